@@ -1,0 +1,1 @@
+//! Seeded synthetic extracts with injected defects and a ground-truth file.

@@ -1,0 +1,10 @@
+//! datashare: marketplace extracts in, partner data products out.
+//!
+//! The modules follow the data:
+//! - [`br`]: Brazilian reference data (states, area codes, CEP ranges, CPF and GTIN check digits, IBGE municipalities).
+//! - [`generate`]: seeded synthetic extracts with injected defects and their ground truth.
+//! - [`extract`]: reading raw objects: object layout, gzip, encodings, CSV dialects.
+//! - [`clean`]: the cleaning engine: table schemas from config, validators, staging, the batch step, the quality report.
+
+pub mod br;
+pub mod generate;
