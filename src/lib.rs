@@ -7,4 +7,6 @@
 //! - [`clean`]: the cleaning engine: table schemas from config, validators, staging, the batch step, the quality report.
 
 pub mod br;
+pub mod clean;
+pub mod extract;
 pub mod generate;

@@ -1,0 +1,320 @@
+//! Arrow types and builders of staged, curated and quarantined rows.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    Date32Builder, Decimal128Builder, Int64Builder, ListBuilder, StringBuilder,
+    TimestampMicrosecondBuilder, UInt64Builder,
+};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use super::schema::TableSchema;
+use super::validators::{Kind, Value};
+
+/// Precision of curated decimals (scale 2).
+pub const DECIMAL_PRECISION: u8 = 18;
+/// Staged column holding the source line number.
+pub const LINE: &str = "_line";
+/// Staged column holding the hash of the normalized row.
+pub const HASH: &str = "_hash";
+/// Staged column holding the raw values, separated by U+001F.
+pub const RAW: &str = "_raw";
+/// Separator of raw values in [`RAW`].
+pub const RAW_SEP: char = '\u{1f}';
+
+/// Arrow type of a validator's values.
+pub fn data_type(kind: Kind) -> DataType {
+    match kind {
+        Kind::Int => DataType::Int64,
+        Kind::Brl => DataType::Decimal128(DECIMAL_PRECISION, 2),
+        Kind::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        Kind::Date => DataType::Date32,
+        _ => DataType::Utf8,
+    }
+}
+
+/// Schema of curated rows: the table's columns, typed.
+pub fn curated_schema(t: &TableSchema) -> SchemaRef {
+    Arc::new(Schema::new(
+        t.columns
+            .iter()
+            .map(|c| Field::new(&c.name, data_type(c.kind), !c.required))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Schema of staged rows: curated columns plus line, row hash and raw values.
+pub fn staged_schema(t: &TableSchema) -> SchemaRef {
+    let mut fields: Vec<Field> = curated_schema(t)
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(LINE, DataType::Int64, false));
+    fields.push(Field::new(HASH, DataType::UInt64, false));
+    fields.push(Field::new(RAW, DataType::Utf8, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Schema of quarantined rows: raw values as strings, reasons, source object and line.
+pub fn quarantine_schema(t: &TableSchema) -> SchemaRef {
+    let mut fields: Vec<Field> = t
+        .columns
+        .iter()
+        .map(|c| Field::new(&c.name, DataType::Utf8, true))
+        .collect();
+    fields.push(Field::new(
+        "reasons",
+        DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+        false,
+    ));
+    fields.push(Field::new("source_object", DataType::Utf8, false));
+    fields.push(Field::new("source_generation", DataType::Utf8, false));
+    fields.push(Field::new("line_number", DataType::Int64, false));
+    fields.push(Field::new("raw_record", DataType::Utf8, true));
+    Arc::new(Schema::new(fields))
+}
+
+/// A builder of one typed column.
+pub enum ColumnBuilder {
+    /// Text.
+    Str(StringBuilder),
+    /// Integers.
+    Int(Int64Builder),
+    /// Decimals.
+    Dec(Decimal128Builder),
+    /// Timestamps.
+    Ts(TimestampMicrosecondBuilder),
+    /// Dates.
+    Date(Date32Builder),
+}
+
+impl ColumnBuilder {
+    /// Creates a builder for a validator's values.
+    pub fn new(kind: Kind, capacity: usize) -> Self {
+        match kind {
+            Kind::Int => ColumnBuilder::Int(Int64Builder::with_capacity(capacity)),
+            Kind::Brl => ColumnBuilder::Dec(
+                Decimal128Builder::with_capacity(capacity)
+                    .with_precision_and_scale(DECIMAL_PRECISION, 2)
+                    .expect("valid decimal type"),
+            ),
+            Kind::Timestamp => ColumnBuilder::Ts(
+                TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"),
+            ),
+            Kind::Date => ColumnBuilder::Date(Date32Builder::with_capacity(capacity)),
+            _ => ColumnBuilder::Str(StringBuilder::with_capacity(capacity, capacity * 12)),
+        }
+    }
+
+    /// Appends a value or a null.
+    pub fn append(&mut self, v: Option<&Value>) {
+        match (self, v) {
+            (ColumnBuilder::Str(b), Some(Value::Str(s))) => b.append_value(s),
+            (ColumnBuilder::Int(b), Some(Value::Int(i))) => b.append_value(*i),
+            (ColumnBuilder::Dec(b), Some(Value::Cents(c))) => b.append_value(i128::from(*c)),
+            (ColumnBuilder::Ts(b), Some(Value::Ts(s))) => {
+                b.append_value(s.saturating_mul(1_000_000))
+            }
+            (ColumnBuilder::Date(b), Some(Value::Date(d))) => b.append_value(*d),
+            (ColumnBuilder::Str(b), _) => b.append_null(),
+            (ColumnBuilder::Int(b), _) => b.append_null(),
+            (ColumnBuilder::Dec(b), _) => b.append_null(),
+            (ColumnBuilder::Ts(b), _) => b.append_null(),
+            (ColumnBuilder::Date(b), _) => b.append_null(),
+        }
+    }
+
+    /// Finishes the column.
+    pub fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Str(b) => Arc::new(b.finish()),
+            ColumnBuilder::Int(b) => Arc::new(b.finish()),
+            ColumnBuilder::Dec(b) => Arc::new(b.finish()),
+            ColumnBuilder::Ts(b) => Arc::new(b.finish()),
+            ColumnBuilder::Date(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Builds staged rows batch by batch.
+pub struct StagedBuilder {
+    schema: SchemaRef,
+    columns: Vec<ColumnBuilder>,
+    line: Int64Builder,
+    hash: UInt64Builder,
+    raw: StringBuilder,
+    rows: usize,
+}
+
+impl StagedBuilder {
+    /// Creates a builder for a table's staged rows.
+    pub fn new(t: &TableSchema, capacity: usize) -> Self {
+        Self {
+            schema: staged_schema(t),
+            columns: t
+                .columns
+                .iter()
+                .map(|c| ColumnBuilder::new(c.kind, capacity))
+                .collect(),
+            line: Int64Builder::with_capacity(capacity),
+            hash: UInt64Builder::with_capacity(capacity),
+            raw: StringBuilder::with_capacity(capacity, capacity * 100),
+            rows: 0,
+        }
+    }
+
+    /// Appends one row of values (in schema order) with its line, hash and raw values.
+    pub fn append(&mut self, values: &[Option<Value>], line: u64, hash: u64, raw: &str) {
+        for (b, v) in self.columns.iter_mut().zip(values) {
+            b.append(v.as_ref());
+        }
+        self.line.append_value(line as i64);
+        self.hash.append_value(hash);
+        self.raw.append_value(raw);
+        self.rows += 1;
+    }
+
+    /// Rows appended since the last batch.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Returns true when no row is pending.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Takes the pending rows as a record batch.
+    pub fn finish(&mut self) -> RecordBatch {
+        let mut arrays: Vec<ArrayRef> =
+            self.columns.iter_mut().map(ColumnBuilder::finish).collect();
+        arrays.push(Arc::new(self.line.finish()));
+        arrays.push(Arc::new(self.hash.finish()));
+        arrays.push(Arc::new(self.raw.finish()));
+        self.rows = 0;
+        RecordBatch::try_new(self.schema.clone(), arrays).expect("staged arrays match their schema")
+    }
+}
+
+/// Builds quarantined rows.
+pub struct QuarantineBuilder {
+    schema: SchemaRef,
+    raw: Vec<StringBuilder>,
+    reasons: ListBuilder<StringBuilder>,
+    object: StringBuilder,
+    generation: StringBuilder,
+    line: Int64Builder,
+    record: StringBuilder,
+    rows: usize,
+}
+
+/// One quarantined row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedRow {
+    /// Raw values in schema order (None: the column was absent).
+    pub raw: Vec<Option<String>>,
+    /// Every reason, in the order found.
+    pub reasons: Vec<String>,
+    /// The object the row came from.
+    pub object: String,
+    /// That object's generation.
+    pub generation: String,
+    /// Line where the record starts.
+    pub line: u64,
+    /// The whole raw record, for malformed rows.
+    pub record: Option<String>,
+}
+
+impl QuarantineBuilder {
+    /// Creates a builder for a table's quarantined rows.
+    pub fn new(t: &TableSchema) -> Self {
+        Self {
+            schema: quarantine_schema(t),
+            raw: t.columns.iter().map(|_| StringBuilder::new()).collect(),
+            reasons: ListBuilder::new(StringBuilder::new()),
+            object: StringBuilder::new(),
+            generation: StringBuilder::new(),
+            line: Int64Builder::new(),
+            record: StringBuilder::new(),
+            rows: 0,
+        }
+    }
+
+    /// Appends one quarantined row.
+    pub fn append(&mut self, row: &QuarantinedRow) {
+        for (b, v) in self.raw.iter_mut().zip(&row.raw) {
+            b.append_option(v.as_deref());
+        }
+        for r in &row.reasons {
+            self.reasons.values().append_value(r);
+        }
+        self.reasons.append(true);
+        self.object.append_value(&row.object);
+        self.generation.append_value(&row.generation);
+        self.line.append_value(row.line as i64);
+        self.record.append_option(row.record.as_deref());
+        self.rows += 1;
+    }
+
+    /// Rows pending.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Returns true when no row is pending.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Takes the pending rows as a record batch.
+    pub fn finish(&mut self) -> RecordBatch {
+        let mut arrays: Vec<ArrayRef> = self
+            .raw
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
+        arrays.push(Arc::new(self.reasons.finish()));
+        arrays.push(Arc::new(self.object.finish()));
+        arrays.push(Arc::new(self.generation.finish()));
+        arrays.push(Arc::new(self.line.finish()));
+        arrays.push(Arc::new(self.record.finish()));
+        self.rows = 0;
+        RecordBatch::try_new(self.schema.clone(), arrays)
+            .expect("quarantine arrays match their schema")
+    }
+}
+
+/// Reads quarantined rows back out of a record batch of [`quarantine_schema`].
+pub fn quarantined_rows(batch: &RecordBatch, columns: usize) -> Vec<QuarantinedRow> {
+    use arrow_array::cast::AsArray;
+    let raw: Vec<_> = (0..columns)
+        .map(|i| batch.column(i).as_string::<i32>())
+        .collect();
+    let reasons = batch.column(columns).as_list::<i32>();
+    let object = batch.column(columns + 1).as_string::<i32>();
+    let generation = batch.column(columns + 2).as_string::<i32>();
+    let line = batch
+        .column(columns + 3)
+        .as_primitive::<arrow_array::types::Int64Type>();
+    let record = batch.column(columns + 4).as_string::<i32>();
+    (0..batch.num_rows())
+        .map(|r| QuarantinedRow {
+            raw: raw
+                .iter()
+                .map(|a| (!a.is_null(r)).then(|| a.value(r).to_string()))
+                .collect(),
+            reasons: reasons
+                .value(r)
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap_or_default().to_string())
+                .collect(),
+            object: object.value(r).to_string(),
+            generation: generation.value(r).to_string(),
+            line: line.value(r) as u64,
+            record: (!record.is_null(r)).then(|| record.value(r).to_string()),
+        })
+        .collect()
+}

@@ -1,0 +1,12 @@
+//! The cleaning engine: table schemas from config, validators, staging of parts, the batch step.
+
+pub mod batch;
+pub mod columns;
+pub mod report;
+pub mod schema;
+pub mod stage;
+pub mod validators;
+
+pub use report::{FieldCounts, FileReport, QualityReport, TableReport};
+pub use schema::{Schemas, TableSchema};
+pub use stage::{PartSummary, StageError, StagedPaths, stage_part};

@@ -1,0 +1,556 @@
+//! Staging one part: decode, parse, apply the field rules, keep good and quarantined rows apart.
+//!
+//! Staging needs nothing but the part itself, so the worker can stage each object as it lands.
+//! Its output (Arrow IPC files and a summary) is what the batch step reads.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufWriter, Read};
+use std::path::{Path, PathBuf};
+
+use arrow_ipc::writer::FileWriter;
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::columns::{
+    QuarantineBuilder, QuarantinedRow, RAW_SEP, StagedBuilder, quarantine_schema, staged_schema,
+};
+use super::report::{FieldCounts, FileError, FileReport};
+use super::schema::{OnInvalid, TableSchema};
+use super::validators::{Kind, Value, is_null_marker};
+use crate::extract::{CsvReader, FileFault, Record};
+
+/// Rows per staged record batch.
+const BATCH_ROWS: usize = 32 * 1024;
+
+/// Staging failed for a reason outside the file; the part can be staged again later.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// Reading the input or writing the staging area failed.
+    #[error("staging i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// Encoding the staged Arrow files failed.
+    #[error("staging arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    /// The summary could not be written.
+    #[error("staging summary: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl StageError {
+    /// Staging errors are transient: the input is fine, the machine or storage was not.
+    pub fn is_transient(&self) -> bool {
+        true
+    }
+}
+
+/// What staging one part produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartSummary {
+    /// The table.
+    pub table: String,
+    /// The file as read (encoding, delimiter, rows, extra columns, file-level error).
+    pub file: FileReport,
+    /// Rows that passed the field rules.
+    pub rows_staged: u64,
+    /// Rows quarantined by field rules or as malformed.
+    pub rows_quarantined: u64,
+    /// Quarantined rows per reason.
+    pub quarantined_by_reason: BTreeMap<String, u64>,
+    /// Per column counts.
+    pub fields: BTreeMap<String, FieldCounts>,
+}
+
+/// Where a staged part's files live inside a staging folder.
+#[derive(Debug, Clone)]
+pub struct StagedPaths {
+    /// Rows that passed the field rules (Arrow IPC).
+    pub data: PathBuf,
+    /// Quarantined rows (Arrow IPC).
+    pub quarantine: PathBuf,
+    /// The [`PartSummary`] as JSON, written last.
+    pub summary: PathBuf,
+}
+
+impl StagedPaths {
+    /// Paths of one object generation's staged files.
+    pub fn new(staging: &Path, object: &str, generation: &str) -> Self {
+        let base = format!("{}@{}", object.replace('/', "~"), generation);
+        Self {
+            data: staging.join(format!("{base}.data.arrow")),
+            quarantine: staging.join(format!("{base}.quarantine.arrow")),
+            summary: staging.join(format!("{base}.summary.json")),
+        }
+    }
+}
+
+/// Applies a table's field rules to one row of raw values.
+pub struct RowCleaner<'s> {
+    schema: &'s TableSchema,
+    order: Vec<usize>,
+    today: NaiveDate,
+    uf_index: Option<usize>,
+}
+
+/// The outcome of the field rules on one row.
+#[derive(Debug, Default)]
+pub struct CleanRow {
+    /// Typed values in schema order (None: null).
+    pub values: Vec<Option<Value>>,
+    /// Reasons to quarantine; empty when the row is good.
+    pub reasons: Vec<String>,
+    /// Columns whose value was normalized.
+    pub normalized: Vec<bool>,
+    /// Columns whose invalid value was nulled.
+    pub nulled: Vec<bool>,
+}
+
+impl<'s> RowCleaner<'s> {
+    /// Prepares the rules of a table; `today` bounds dates that may not be in the future.
+    pub fn new(schema: &'s TableSchema, today: NaiveDate) -> Self {
+        // Municipalities need their row's cleaned UF: evaluate them last.
+        let mut order: Vec<usize> = (0..schema.columns.len()).collect();
+        order.sort_by_key(|&i| schema.columns[i].kind == Kind::Municipality);
+        let uf_index = schema.columns.iter().find_map(|c| c.options.uf_column);
+        Self {
+            schema,
+            order,
+            today,
+            uf_index,
+        }
+    }
+
+    /// Evaluates every field rule of a row; `raw[i]` is column i's raw value (None: column absent).
+    pub fn clean(&self, raw: &[Option<&str>], out: &mut CleanRow, scratch: &mut String) {
+        let n = self.schema.columns.len();
+        out.values.clear();
+        out.values.resize(n, None);
+        out.reasons.clear();
+        out.normalized.clear();
+        out.normalized.resize(n, false);
+        out.nulled.clear();
+        out.nulled.resize(n, false);
+        for &i in &self.order {
+            let col = &self.schema.columns[i];
+            let r = raw[i].unwrap_or("");
+            if is_null_marker(r) {
+                if let Some(d) = &col.default {
+                    let v = col.kind.validate(d, &col.options, None, self.today).ok();
+                    out.normalized[i] = r != d.as_str();
+                    out.values[i] = v;
+                } else if col.required {
+                    out.reasons.push(format!("missing_{}", col.name));
+                }
+                continue;
+            }
+            let uf = match (col.kind, self.uf_index) {
+                (Kind::Municipality, Some(u)) => match &out.values[u] {
+                    Some(Value::Str(s)) => Some(s.as_str()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match col.kind.validate(r, &col.options, uf, self.today) {
+                Ok(v) => {
+                    out.normalized[i] = differs(&v, r, scratch);
+                    out.values[i] = Some(v);
+                }
+                Err(_) => match col.on_invalid {
+                    OnInvalid::Null => out.nulled[i] = true,
+                    OnInvalid::Quarantine => out.reasons.push(format!("invalid_{}", col.name)),
+                },
+            }
+        }
+        // Reasons in column order, whatever the evaluation order was.
+        if out.reasons.len() > 1 {
+            let pos = |r: &String| {
+                let name = r.split_once('_').map_or("", |(_, c)| c);
+                self.schema.column_index(name).unwrap_or(usize::MAX)
+            };
+            out.reasons.sort_by_key(pos);
+        }
+    }
+}
+
+/// Returns true when a value's canonical text differs from its raw text.
+fn differs(v: &Value, raw: &str, scratch: &mut String) -> bool {
+    match v {
+        Value::Str(s) => s != raw,
+        Value::Ts(_) if raw.len() != 20 => true,
+        _ => {
+            scratch.clear();
+            v.write_canonical(scratch);
+            scratch != raw
+        }
+    }
+}
+
+/// Hashes a row of typed values (the identity of exact duplicates).
+pub fn row_hash(values: &[Option<Value>], buf: &mut Vec<u8>) -> u64 {
+    buf.clear();
+    for v in values {
+        match v {
+            None => buf.push(0),
+            Some(Value::Str(s)) => {
+                buf.push(1);
+                buf.extend_from_slice(s.as_bytes());
+                buf.push(0xff);
+            }
+            Some(Value::Int(i)) => {
+                buf.push(2);
+                buf.extend_from_slice(&i.to_le_bytes());
+            }
+            Some(Value::Cents(i)) => {
+                buf.push(3);
+                buf.extend_from_slice(&i.to_le_bytes());
+            }
+            Some(Value::Ts(i)) => {
+                buf.push(4);
+                buf.extend_from_slice(&i.to_le_bytes());
+            }
+            Some(Value::Date(d)) => {
+                buf.push(5);
+                buf.extend_from_slice(&d.to_le_bytes());
+            }
+        }
+    }
+    xxh3_64(buf)
+}
+
+/// Stages one part of a table into `staging`; a file-level failure is reported in the summary.
+///
+/// Errors are only those outside the file (reading the source, writing the staging area).
+pub fn stage_part(
+    schema: &TableSchema,
+    object: &str,
+    generation: &str,
+    input: impl Read + Send + 'static,
+    staging: &Path,
+    today: NaiveDate,
+) -> Result<PartSummary, StageError> {
+    fs::create_dir_all(staging)?;
+    let paths = StagedPaths::new(staging, object, generation);
+    let mut summary = PartSummary {
+        table: schema.name.clone(),
+        file: FileReport {
+            object: object.to_string(),
+            generation: generation.to_string(),
+            encoding: "utf-8".into(),
+            delimiter: ",".into(),
+            gzip: false,
+            rows: 0,
+            extra_columns: Vec::new(),
+            error: None,
+        },
+        rows_staged: 0,
+        rows_quarantined: 0,
+        quarantined_by_reason: BTreeMap::new(),
+        fields: schema
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), FieldCounts::default()))
+            .collect(),
+    };
+    match stage_rows(schema, &paths, input, today, &mut summary) {
+        Ok(()) => {}
+        Err(Failure::File(kind, message)) => {
+            let _ = fs::remove_file(&paths.data);
+            let _ = fs::remove_file(&paths.quarantine);
+            summary.rows_staged = 0;
+            summary.rows_quarantined = 0;
+            summary.quarantined_by_reason.clear();
+            summary
+                .fields
+                .values_mut()
+                .for_each(|f| *f = FieldCounts::default());
+            summary.file.rows = 0;
+            summary.file.error = Some(FileError {
+                kind: kind.to_string(),
+                message,
+            });
+            tracing::warn!(object, generation, kind, "file rejected");
+        }
+        Err(Failure::Stage(e)) => return Err(e),
+    }
+    let tmp = paths.summary.with_extension("json.tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(&summary)?)?;
+    fs::rename(&tmp, &paths.summary)?;
+    Ok(summary)
+}
+
+enum Failure {
+    File(&'static str, String),
+    Stage(StageError),
+}
+
+impl<E: Into<StageError>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Stage(e.into())
+    }
+}
+
+fn fault(f: FileFault) -> Failure {
+    match f {
+        FileFault::Undecodable(m) => Failure::File("undecodable", m),
+        FileFault::NotCsv(m) => Failure::File("not_csv", m),
+        FileFault::Io(e) => Failure::Stage(e.into()),
+    }
+}
+
+fn stage_rows(
+    schema: &TableSchema,
+    paths: &StagedPaths,
+    input: impl Read + Send + 'static,
+    today: NaiveDate,
+    summary: &mut PartSummary,
+) -> Result<(), Failure> {
+    let mut reader = CsvReader::open(input).map_err(fault)?;
+    let header = reader.header().to_vec();
+    let column_at: Vec<Option<usize>> = schema
+        .columns
+        .iter()
+        .map(|c| header.iter().position(|h| *h == c.name))
+        .collect();
+    let missing: Vec<&str> = schema
+        .columns
+        .iter()
+        .zip(&column_at)
+        .filter(|(c, at)| c.required && at.is_none())
+        .map(|(c, _)| c.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(Failure::File(
+            "missing_column",
+            format!("missing required column(s): {}", missing.join(", ")),
+        ));
+    }
+    summary.file.extra_columns = header
+        .iter()
+        .filter(|h| !schema.columns.iter().any(|c| c.name == **h))
+        .cloned()
+        .collect();
+    let dialect = reader.dialect();
+    summary.file.delimiter = char::from(dialect.delimiter).to_string();
+    summary.file.gzip = dialect.gzip;
+
+    let data_tmp = paths.data.with_extension("arrow.tmp");
+    let quarantine_tmp = paths.quarantine.with_extension("arrow.tmp");
+    let mut data_writer = FileWriter::try_new(
+        BufWriter::with_capacity(1 << 20, File::create(&data_tmp)?),
+        &staged_schema(schema),
+    )?;
+    let mut quarantine_writer = FileWriter::try_new(
+        BufWriter::new(File::create(&quarantine_tmp)?),
+        &quarantine_schema(schema),
+    )?;
+    let mut staged = StagedBuilder::new(schema, BATCH_ROWS);
+    let mut quarantined = QuarantineBuilder::new(schema);
+    let cleaner = RowCleaner::new(schema, today);
+    let mut rec = Record::default();
+    let mut row = CleanRow::default();
+    let mut scratch = String::new();
+    let mut hash_buf = Vec::with_capacity(256);
+    let mut raw_joined = String::with_capacity(256);
+    let mut normalized = vec![0u64; schema.columns.len()];
+    let mut nulled = vec![0u64; schema.columns.len()];
+    let delimiter = char::from(dialect.delimiter).to_string();
+
+    loop {
+        match reader.next_record(&mut rec) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(fault(crate::extract::csv::classify_io(e))),
+        }
+        summary.file.rows += 1;
+        let raw: Vec<Option<&str>> = column_at
+            .iter()
+            .map(|at| at.and_then(|i| rec.get(i)))
+            .collect();
+        if rec.broken || rec.len() != header.len() {
+            let q = QuarantinedRow {
+                raw: raw.iter().map(|v| v.map(str::to_string)).collect(),
+                reasons: vec!["malformed_row".to_string()],
+                object: summary.file.object.clone(),
+                generation: summary.file.generation.clone(),
+                line: rec.line,
+                record: Some(rec.iter().collect::<Vec<_>>().join(&delimiter)),
+            };
+            count_quarantine(summary, &q.reasons);
+            quarantined.append(&q);
+            continue;
+        }
+        cleaner.clean(&raw, &mut row, &mut scratch);
+        for i in 0..schema.columns.len() {
+            normalized[i] += u64::from(row.normalized[i]);
+            nulled[i] += u64::from(row.nulled[i]);
+        }
+        if row.reasons.is_empty() {
+            raw_joined.clear();
+            for (i, v) in raw.iter().enumerate() {
+                if i > 0 {
+                    raw_joined.push(RAW_SEP);
+                }
+                raw_joined.push_str(v.unwrap_or(""));
+            }
+            let hash = row_hash(&row.values, &mut hash_buf);
+            staged.append(&row.values, rec.line, hash, &raw_joined);
+            summary.rows_staged += 1;
+            if staged.len() >= BATCH_ROWS {
+                data_writer.write(&staged.finish())?;
+            }
+        } else {
+            let q = QuarantinedRow {
+                raw: raw.iter().map(|v| v.map(str::to_string)).collect(),
+                reasons: std::mem::take(&mut row.reasons),
+                object: summary.file.object.clone(),
+                generation: summary.file.generation.clone(),
+                line: rec.line,
+                record: None,
+            };
+            count_quarantine(summary, &q.reasons);
+            quarantined.append(&q);
+            if quarantined.len() >= BATCH_ROWS {
+                quarantine_writer.write(&quarantined.finish())?;
+            }
+        }
+    }
+    if !staged.is_empty() {
+        data_writer.write(&staged.finish())?;
+    }
+    if !quarantined.is_empty() {
+        quarantine_writer.write(&quarantined.finish())?;
+    }
+    data_writer.finish()?;
+    quarantine_writer.finish()?;
+    drop(data_writer);
+    drop(quarantine_writer);
+    for (i, c) in schema.columns.iter().enumerate() {
+        summary.fields.insert(
+            c.name.clone(),
+            FieldCounts {
+                normalized: normalized[i],
+                nulled: nulled[i],
+            },
+        );
+    }
+    summary.file.encoding = reader.encoding().to_string();
+    fs::rename(&data_tmp, &paths.data)?;
+    fs::rename(&quarantine_tmp, &paths.quarantine)?;
+    Ok(())
+}
+
+fn count_quarantine(summary: &mut PartSummary, reasons: &[String]) {
+    summary.rows_quarantined += 1;
+    for r in reasons {
+        *summary.quarantined_by_reason.entry(r.clone()).or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clean::schema::Schemas;
+
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 28).unwrap()
+    }
+
+    #[test]
+    fn a_row_gets_every_reason_and_normalized_values() {
+        let schemas = Schemas::builtin().unwrap();
+        let t = schemas.table("transactions").unwrap();
+        let cleaner = RowCleaner::new(t, today());
+        let mut out = CleanRow::default();
+        let mut scratch = String::new();
+        // transaction_id, order_id, customer_id, product_code, quantity, unit_price, discount,
+        // status, sold_at, delivery_cep, city, uf, updated_at
+        let raw = [
+            Some(" tx-000123 "),
+            Some("OR-1"),
+            Some("C-000001"),
+            Some("ohb 000101"),
+            Some("abc"),
+            Some("R$ 7,99"),
+            Some("n/a"),
+            Some("pending"),
+            Some("27/11/2026 14:03"),
+            Some("123"),
+            Some("SAO PAULO"),
+            Some("sp"),
+            None,
+        ];
+        cleaner.clean(&raw, &mut out, &mut scratch);
+        assert_eq!(out.reasons, ["invalid_quantity", "invalid_status"]);
+        assert_eq!(out.values[0], Some(Value::Str("TX-000123".into())));
+        assert_eq!(out.values[3], Some(Value::Str("OHB-000101".into())));
+        assert_eq!(out.values[5], Some(Value::Cents(799)));
+        assert_eq!(out.values[6], Some(Value::Cents(0)), "discount null → 0");
+        assert_eq!(out.values[9], None, "invalid CEP nulled");
+        assert!(out.nulled[9]);
+        assert_eq!(out.values[10], Some(Value::Str("São Paulo".into())));
+        assert!(out.normalized[0] && out.normalized[5] && out.normalized[6] && out.normalized[10]);
+        let missing = [None; 13];
+        cleaner.clean(&missing, &mut out, &mut scratch);
+        assert_eq!(
+            out.reasons,
+            [
+                "missing_transaction_id",
+                "missing_order_id",
+                "missing_customer_id",
+                "missing_product_code",
+                "missing_quantity",
+                "missing_unit_price",
+                "missing_status",
+                "missing_sold_at",
+                "missing_city",
+                "missing_uf"
+            ]
+        );
+    }
+
+    #[test]
+    fn stages_a_part_and_rejects_bad_files() {
+        let schemas = Schemas::builtin().unwrap();
+        let t = schemas.table("products").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let csv = "product_code,EAN,name,brand,manufacturer,segment,unit_size,loja\n\
+                   ohb-000101,7894900011517,Hungry Cola,HUNGRY,OuchHungry,Refrigerantes,350ml,1\n\
+                   OHB-000102,7894900011518,Hungry Zero,Hungry,OuchHungry,Refrigerantes,,1\n\
+                   OHB-000103,,,Hungry,OuchHungry,Refrigerantes,2L,1\n\
+                   OHB-000104,1,2\n";
+        let s = stage_part(
+            t,
+            "extracts/products/dt=2026-11-27/part-000.csv",
+            "7",
+            std::io::Cursor::new(csv),
+            dir.path(),
+            today(),
+        )
+        .unwrap();
+        assert_eq!(s.file.rows, 4);
+        assert_eq!(s.rows_staged, 2);
+        assert_eq!(s.rows_quarantined, 2);
+        assert_eq!(s.quarantined_by_reason["missing_name"], 1);
+        assert_eq!(s.quarantined_by_reason["malformed_row"], 1);
+        assert_eq!(s.fields["ean"].nulled, 1);
+        assert_eq!(s.fields["brand"].normalized, 1);
+        assert_eq!(s.file.extra_columns, ["loja"]);
+        let paths = StagedPaths::new(dir.path(), &s.file.object, "7");
+        assert!(paths.data.exists() && paths.quarantine.exists() && paths.summary.exists());
+
+        let bad = "product_code,name\nOHB-000101,x\n";
+        let s = stage_part(
+            t,
+            "extracts/products/dt=2026-11-27/bad.csv",
+            "1",
+            std::io::Cursor::new(bad),
+            dir.path(),
+            today(),
+        )
+        .unwrap();
+        let e = s.file.error.unwrap();
+        assert_eq!(e.kind, "missing_column");
+        assert!(e.message.contains("brand"), "{}", e.message);
+    }
+}

@@ -1,0 +1,927 @@
+//! Field validators: each takes a raw string and returns a typed, normalized value or a failure.
+//!
+//! Adding a kind of validator is one function plus one line in [`Kind`]'s registry.
+
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+use chrono::{
+    DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone,
+};
+use chrono_tz::America::Sao_Paulo;
+use regex::Regex;
+
+use super::schema::KindOptions;
+use crate::br;
+
+/// A cleaned, typed value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// Text.
+    Str(String),
+    /// An integer.
+    Int(i64),
+    /// An amount in hundredths (BRL cents).
+    Cents(i64),
+    /// An instant, seconds since the Unix epoch (UTC).
+    Ts(i64),
+    /// A date, days since 1970-01-01.
+    Date(i32),
+}
+
+impl Value {
+    /// Appends the canonical text of the value (the form the ground truth and reports use).
+    pub fn write_canonical(&self, out: &mut String) {
+        match self {
+            Value::Str(s) => out.push_str(s),
+            Value::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Value::Cents(c) => {
+                let sign = if *c < 0 { "-" } else { "" };
+                let a = c.unsigned_abs();
+                let _ = write!(out, "{sign}{}.{:02}", a / 100, a % 100);
+            }
+            Value::Ts(s) => match DateTime::from_timestamp(*s, 0) {
+                Some(t) => {
+                    let _ = write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%SZ"));
+                }
+                None => {
+                    let _ = write!(out, "@{s}");
+                }
+            },
+            Value::Date(d) => match NaiveDate::from_epoch_days(*d) {
+                Some(date) => {
+                    let _ = write!(out, "{}", date.format("%Y-%m-%d"));
+                }
+                None => {
+                    let _ = write!(out, "#{d}");
+                }
+            },
+        }
+    }
+
+    /// Returns the canonical text of the value.
+    pub fn canonical(&self) -> String {
+        let mut s = String::new();
+        self.write_canonical(&mut s);
+        s
+    }
+}
+
+/// The validators, by the name used in `config/tables.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Free text: trimmed, runs of white space folded, canonical spelling from `known`.
+    Text,
+    /// An identifier: trimmed, optionally upper-cased.
+    Id,
+    /// A product code `AAA-NNNNNN`.
+    ProductCode,
+    /// An integer, possibly written `2.0` or `2 un`.
+    Int,
+    /// A BRL amount with two decimals.
+    Brl,
+    /// One of a closed set of values, with synonyms.
+    Enum,
+    /// An instant; naive times are America/Sao_Paulo local time.
+    Timestamp,
+    /// A calendar date.
+    Date,
+    /// A CEP `NNNNN-NNN`.
+    Cep,
+    /// A federative unit code.
+    Uf,
+    /// A municipality name, canonical when known for the row's UF.
+    Municipality,
+    /// An e-mail address, lower case.
+    Email,
+    /// A CPF, 11 digits with valid check digits.
+    Cpf,
+    /// A Brazilian phone number in E.164.
+    Phone,
+    /// A GTIN-13 with a valid check digit.
+    Gtin13,
+}
+
+impl Kind {
+    /// Finds a validator by its configuration name.
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Some(match name {
+            "text" => Kind::Text,
+            "id" => Kind::Id,
+            "product_code" => Kind::ProductCode,
+            "int" => Kind::Int,
+            "brl" => Kind::Brl,
+            "enum" => Kind::Enum,
+            "timestamp" => Kind::Timestamp,
+            "date" => Kind::Date,
+            "cep" => Kind::Cep,
+            "uf" => Kind::Uf,
+            "municipality" => Kind::Municipality,
+            "email" => Kind::Email,
+            "cpf" => Kind::Cpf,
+            "phone" => Kind::Phone,
+            "gtin13" => Kind::Gtin13,
+            _ => return None,
+        })
+    }
+
+    /// Validates a non-null raw value; `uf` is the row's cleaned UF, `today` bounds dates.
+    pub fn validate(
+        self,
+        raw: &str,
+        opts: &KindOptions,
+        uf: Option<&str>,
+        today: NaiveDate,
+    ) -> Result<Value, Invalid> {
+        let s = raw.trim();
+        match self {
+            Kind::Text => Ok(Value::Str(text(s, &opts.known))),
+            Kind::Id => id(s, opts.upper).map(Value::Str),
+            Kind::ProductCode => product_code(s).map(Value::Str),
+            Kind::Int => int_with_units(s, &opts.units)
+                .and_then(|v| sign_rule(v, opts))
+                .map(Value::Int),
+            Kind::Brl => brl_cents(s)
+                .and_then(|v| sign_rule(v, opts))
+                .map(Value::Cents),
+            Kind::Enum => enumeration(s, &opts.values).map(Value::Str),
+            Kind::Timestamp => timestamp(s).map(Value::Ts),
+            Kind::Date => date(s, opts.min_date, opts.not_future.then_some(today))
+                .map(|d| Value::Date(d.to_epoch_days())),
+            Kind::Cep => cep(s).map(Value::Str),
+            Kind::Uf => uf_code(s).map(|u| Value::Str(u.to_string())),
+            Kind::Municipality => Ok(Value::Str(municipality(s, uf))),
+            Kind::Email => email(s).map(Value::Str),
+            Kind::Cpf => cpf(s).map(Value::Str),
+            Kind::Phone => phone(s).map(Value::Str),
+            Kind::Gtin13 => gtin13(s).map(Value::Str),
+        }
+    }
+}
+
+/// A raw value that no rule can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Invalid;
+
+fn sign_rule(v: i64, opts: &KindOptions) -> Result<i64, Invalid> {
+    if (opts.positive && v <= 0) || (opts.non_negative && v < 0) {
+        Err(Invalid)
+    } else {
+        Ok(v)
+    }
+}
+
+/// Returns true when a raw value is one of the null markers (any case, trimmed).
+pub fn is_null_marker(raw: &str) -> bool {
+    let s = raw.trim();
+    if s.len() > 4 {
+        return false;
+    }
+    s.is_empty()
+        || s == "-"
+        || s == "?"
+        || ["null", "none", "nan", "n/a", "na"]
+            .iter()
+            .any(|m| s.eq_ignore_ascii_case(m))
+}
+
+/// Folds text for matching: lower case, no accents, single spaces.
+pub fn fold(s: &str) -> String {
+    br::fold_name(s)
+}
+
+/// Trims, folds runs of white space, and takes the canonical spelling of a known value.
+pub fn text(s: &str, known: &[String]) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, w) in s.split_whitespace().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(w);
+    }
+    known
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(&out) || k.to_lowercase() == out.to_lowercase())
+        .cloned()
+        .unwrap_or(out)
+}
+
+/// Trims an identifier, optionally upper-casing it; identifiers hold no white space.
+pub fn id(s: &str, upper: bool) -> Result<String, Invalid> {
+    if s.chars().any(char::is_whitespace) {
+        return Err(Invalid);
+    }
+    Ok(if upper {
+        s.to_uppercase()
+    } else {
+        s.to_string()
+    })
+}
+
+/// Normalizes a product code to `AAA-NNNNNN` (`ohb 000101`, `OHB000101` are accepted).
+pub fn product_code(s: &str) -> Result<String, Invalid> {
+    let mut letters = String::with_capacity(3);
+    let mut digits = String::with_capacity(6);
+    for c in s.trim().chars() {
+        match c {
+            'a'..='z' | 'A'..='Z' if digits.is_empty() => letters.push(c.to_ascii_uppercase()),
+            '0'..='9' if letters.len() == 3 => digits.push(c),
+            '-' | ' ' | '_' | '.' if letters.len() == 3 && digits.is_empty() => {}
+            _ => return Err(Invalid),
+        }
+    }
+    if letters.len() == 3 && digits.len() == 6 {
+        Ok(format!("{letters}-{digits}"))
+    } else {
+        Err(Invalid)
+    }
+}
+
+/// Reads a BRL amount in hundredths: `R$ 1.234,56`, `1,234.56`, `7,99`, `1234.5`.
+///
+/// With both `.` and `,` present the last is the decimal separator; a single separator followed by
+/// exactly three digits is a thousands separator; more than two decimals is invalid.
+pub fn brl_cents(s: &str) -> Result<i64, Invalid> {
+    let mut t = s.trim();
+    let mut negative = false;
+    if let Some(rest) = t.strip_prefix('-') {
+        negative = true;
+        t = rest.trim_start();
+    }
+    let t = t.strip_prefix("R$").unwrap_or(t);
+    let mut body = String::with_capacity(t.len());
+    for c in t.chars() {
+        match c {
+            ' ' | '\u{a0}' => {}
+            '-' if body.is_empty() && !negative => negative = true,
+            '0'..='9' | '.' | ',' => body.push(c),
+            _ => return Err(Invalid),
+        }
+    }
+    let (int_part, frac_part) = split_decimal(&body)?;
+    if int_part.is_empty() && frac_part.is_empty() {
+        return Err(Invalid);
+    }
+    let int_value: i64 = if int_part.is_empty() {
+        0
+    } else {
+        int_part.parse().map_err(|_| Invalid)?
+    };
+    let frac: i64 = match frac_part.len() {
+        0 => 0,
+        1 => frac_part.parse::<i64>().map_err(|_| Invalid)? * 10,
+        2 => frac_part.parse().map_err(|_| Invalid)?,
+        _ => return Err(Invalid),
+    };
+    let cents = int_value
+        .checked_mul(100)
+        .and_then(|v| v.checked_add(frac))
+        .ok_or(Invalid)?;
+    Ok(if negative { -cents } else { cents })
+}
+
+/// Splits digits with `.`/`,` separators into integer digits and decimal digits.
+fn split_decimal(body: &str) -> Result<(String, String), Invalid> {
+    let last_dot = body.rfind('.');
+    let last_comma = body.rfind(',');
+    let decimal_at = match (last_dot, last_comma) {
+        (Some(d), Some(c)) => Some(d.max(c)),
+        (Some(p), None) | (None, Some(p)) => {
+            let sep = body.as_bytes()[p];
+            let count = body.bytes().filter(|&b| b == sep).count();
+            let after = body.len() - p - 1;
+            if count > 1 || after == 3 {
+                None
+            } else {
+                Some(p)
+            }
+        }
+        (None, None) => None,
+    };
+    let (int_raw, frac) = match decimal_at {
+        Some(p) => (&body[..p], &body[p + 1..]),
+        None => (body, ""),
+    };
+    if frac.contains(['.', ',']) {
+        return Err(Invalid);
+    }
+    // Thousands separators: every group after the first has exactly three digits.
+    let groups: Vec<&str> = int_raw.split(['.', ',']).collect();
+    if groups.len() > 1 && (groups[0].is_empty() || groups[1..].iter().any(|g| g.len() != 3)) {
+        return Err(Invalid);
+    }
+    Ok((groups.concat(), frac.to_string()))
+}
+
+/// Reads an integer written as `2`, `2.0`, `2 un`, ` 3 `; fractions are invalid.
+pub fn int_with_units(s: &str, units: &[String]) -> Result<i64, Invalid> {
+    let t = s.trim();
+    let number_end = t
+        .char_indices()
+        .find(|(_, c)| c.is_alphabetic())
+        .map_or(t.len(), |(i, _)| i);
+    let (number, unit) = t.split_at(number_end);
+    if !unit.is_empty() && !units.iter().any(|u| unit.trim().eq_ignore_ascii_case(u)) {
+        return Err(Invalid);
+    }
+    let cents = brl_cents_plain(number.trim())?;
+    if cents % 100 != 0 {
+        return Err(Invalid);
+    }
+    Ok(cents / 100)
+}
+
+fn brl_cents_plain(s: &str) -> Result<i64, Invalid> {
+    if s.is_empty() || s.contains("R$") {
+        return Err(Invalid);
+    }
+    brl_cents(s)
+}
+
+/// Maps a value or one of its synonyms (any case, with or without accents) to its canonical value.
+pub fn enumeration(s: &str, values: &[(String, String)]) -> Result<String, Invalid> {
+    let f = fold(s);
+    values
+        .iter()
+        .find(|(folded, _)| *folded == f)
+        .map(|(_, canonical)| canonical.clone())
+        .ok_or(Invalid)
+}
+
+/// Reads an instant in any format of the spec, as seconds since the epoch (UTC).
+pub fn timestamp(s: &str) -> Result<i64, Invalid> {
+    let t = s.trim();
+    if !t.is_empty() && t.len() <= 11 && t.bytes().all(|b| b.is_ascii_digit()) {
+        // Epoch seconds; a bare 8-digit number is more likely a date than 1970.
+        return if t.len() >= 9 {
+            t.parse().map_err(|_| Invalid)
+        } else {
+            Err(Invalid)
+        };
+    }
+    let (naive, offset) = parse_datetime(t)?;
+    match offset {
+        Some(off) => Ok(naive.and_utc().timestamp() - i64::from(off)),
+        None => Ok(sao_paulo_to_utc(naive)),
+    }
+}
+
+/// Converts a São Paulo wall-clock time to UTC: gaps move forward, ambiguous times take the earlier offset.
+pub fn sao_paulo_to_utc(naive: NaiveDateTime) -> i64 {
+    match Sao_Paulo.from_local_datetime(&naive) {
+        LocalResult::Single(t) => t.timestamp(),
+        LocalResult::Ambiguous(earlier, _) => earlier.timestamp(),
+        LocalResult::None => {
+            // In a spring-forward gap: read the time with the offset in force just before it.
+            let mut probe = naive;
+            for _ in 0..4 {
+                probe -= chrono::Duration::hours(1);
+                if let LocalResult::Single(t) = Sao_Paulo.from_local_datetime(&probe) {
+                    let offset = t.offset().fix().local_minus_utc();
+                    return naive.and_utc().timestamp() - i64::from(offset);
+                }
+            }
+            naive.and_utc().timestamp() + 3 * 3600
+        }
+    }
+}
+
+/// Reads a calendar date in any format of the spec (a time part is ignored; epochs in local time).
+pub fn date(s: &str, min: Option<NaiveDate>, max: Option<NaiveDate>) -> Result<NaiveDate, Invalid> {
+    let t = s.trim();
+    let d = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = timestamp(t)?;
+        DateTime::from_timestamp(secs, 0)
+            .ok_or(Invalid)?
+            .with_timezone(&Sao_Paulo)
+            .date_naive()
+    } else {
+        parse_datetime(t)?.0.date()
+    };
+    if min.is_some_and(|m| d < m) || max.is_some_and(|m| d > m) {
+        return Err(Invalid);
+    }
+    Ok(d)
+}
+
+/// Parses `YYYY-MM-DD`, `YYYY/MM/DD` or day-first `DD/MM/YYYY`, then an optional time and offset.
+fn parse_datetime(t: &str) -> Result<(NaiveDateTime, Option<i32>), Invalid> {
+    let b = t.as_bytes();
+    if b.len() < 8 {
+        return Err(Invalid);
+    }
+    let (date, rest) = if b.len() >= 10 && b[4] == b'-' || b.len() >= 10 && b[4] == b'/' {
+        let y = num(&b[0..4])?;
+        let m = num(&b[5..7])?;
+        let d = num(&b[8..10])?;
+        if b[7] != b[4] {
+            return Err(Invalid);
+        }
+        (ymd(y, m, d)?, &t[10..])
+    } else if b.len() >= 10 && b[2] == b'/' && b[5] == b'/' {
+        let d = num(&b[0..2])?;
+        let m = num(&b[3..5])?;
+        let y = num(&b[6..10])?;
+        (ymd(y, m, d)?, &t[10..])
+    } else {
+        return Err(Invalid);
+    };
+    let rest = rest.trim_start_matches(['T', ' ']);
+    if rest.is_empty() {
+        return Ok((date.and_time(NaiveTime::MIN), None));
+    }
+    let rb = rest.as_bytes();
+    if rb.len() < 5 || rb[2] != b':' {
+        return Err(Invalid);
+    }
+    let h = num(&rb[0..2])?;
+    let mi = num(&rb[3..5])?;
+    let mut i = 5;
+    let mut sec = 0;
+    if rb.len() >= 8 && rb[5] == b':' {
+        sec = num(&rb[6..8])?;
+        i = 8;
+        if rb.len() > i && (rb[i] == b'.' || rb[i] == b',') {
+            i += 1;
+            while i < rb.len() && rb[i].is_ascii_digit() {
+                i += 1;
+            }
+        }
+    }
+    let time = NaiveTime::from_hms_opt(h, mi, sec).ok_or(Invalid)?;
+    let zone = rest[i..].trim();
+    let offset = match zone {
+        "" => None,
+        "Z" | "z" | "UTC" | "+00:00" => Some(0),
+        z => Some(parse_offset(z)?),
+    };
+    Ok((date.and_time(time), offset))
+}
+
+fn parse_offset(z: &str) -> Result<i32, Invalid> {
+    let b = z.as_bytes();
+    let sign = match b.first() {
+        Some(b'+') => 1,
+        Some(b'-') => -1,
+        _ => return Err(Invalid),
+    };
+    let digits: Vec<u8> = b[1..].iter().copied().filter(|c| *c != b':').collect();
+    if digits.len() != 4 && digits.len() != 2 {
+        return Err(Invalid);
+    }
+    let h = num(&digits[0..2])? as i32;
+    let m = if digits.len() == 4 {
+        num(&digits[2..4])? as i32
+    } else {
+        0
+    };
+    if h > 14 || m > 59 {
+        return Err(Invalid);
+    }
+    Ok(sign * (h * 3600 + m * 60))
+}
+
+fn num(b: &[u8]) -> Result<u32, Invalid> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return Err(Invalid);
+    }
+    Ok(b.iter().fold(0, |acc, d| acc * 10 + u32::from(d - b'0')))
+}
+
+fn ymd(y: u32, m: u32, d: u32) -> Result<NaiveDate, Invalid> {
+    NaiveDate::from_ymd_opt(i32::try_from(y).map_err(|_| Invalid)?, m, d).ok_or(Invalid)
+}
+
+/// Normalizes a CEP to `NNNNN-NNN`; a CEP that lost its leading zero (7 digits) gets it back.
+pub fn cep(s: &str) -> Result<String, Invalid> {
+    let mut digits = String::with_capacity(8);
+    for c in s.chars() {
+        match c {
+            '0'..='9' => digits.push(c),
+            '.' | '-' | ' ' => {}
+            _ => return Err(Invalid),
+        }
+    }
+    if digits.len() == 7 {
+        digits.insert(0, '0');
+    }
+    if digits.len() != 8 {
+        return Err(Invalid);
+    }
+    let prefix: u32 = digits[..5].parse().map_err(|_| Invalid)?;
+    if !br::CEP_RANGES
+        .iter()
+        .any(|&(_, lo, hi)| (lo..=hi).contains(&prefix))
+    {
+        return Err(Invalid);
+    }
+    Ok(format!("{}-{}", &digits[..5], &digits[5..]))
+}
+
+/// Normalizes a federative unit code (`sp`, ` Sp ` → `SP`).
+pub fn uf_code(s: &str) -> Result<&'static str, Invalid> {
+    let u = s.trim().to_ascii_uppercase();
+    br::UFS.iter().find(|x| **x == u).copied().ok_or(Invalid)
+}
+
+/// Canonical municipality name: the official spelling for the row's UF, else title case.
+pub fn municipality(s: &str, uf: Option<&str>) -> String {
+    if let Some(name) = uf.and_then(|u| br::canonical_municipality(s, u)) {
+        return name.to_string();
+    }
+    title_case(s)
+}
+
+/// Title case with single spaces: `SAO  JOAO` → `Sao Joao`.
+pub fn title_case(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, w) in s.split_whitespace().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let mut chars = w.chars();
+        if let Some(first) = chars.next() {
+            out.extend(first.to_uppercase());
+            for c in chars {
+                out.extend(c.to_lowercase());
+            }
+        }
+    }
+    out
+}
+
+fn email_regex() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+$")
+            .expect("e-mail pattern compiles")
+    })
+}
+
+/// Lower-cases and checks an e-mail address (local part, `@`, a domain with a dot, no spaces).
+pub fn email(s: &str) -> Result<String, Invalid> {
+    let e = s.trim().to_lowercase();
+    if e.len() <= 254 && email_regex().is_match(&e) && !e.contains("..") {
+        Ok(e)
+    } else {
+        Err(Invalid)
+    }
+}
+
+/// Reads a CPF (`123.456.789-09` or `12345678909`) with valid check digits, as 11 digits.
+pub fn cpf(s: &str) -> Result<String, Invalid> {
+    let mut d = [0u8; 11];
+    let mut n = 0;
+    for c in s.trim().chars() {
+        match c {
+            '0'..='9' if n < 11 => {
+                d[n] = c as u8 - b'0';
+                n += 1;
+            }
+            '.' | '-' | ' ' => {}
+            _ => return Err(Invalid),
+        }
+    }
+    if n == 11 && br::cpf_is_valid(&d) {
+        Ok(d.iter().map(|x| char::from(b'0' + x)).collect())
+    } else {
+        Err(Invalid)
+    }
+}
+
+/// Normalizes a Brazilian phone number to E.164 `+55DDNNNNNNNN(N)`.
+pub fn phone(s: &str) -> Result<String, Invalid> {
+    let t = s.trim();
+    let international = t.starts_with('+');
+    let mut digits = String::with_capacity(14);
+    for c in t.chars() {
+        match c {
+            '0'..='9' => digits.push(c),
+            '+' | ' ' | '-' | '(' | ')' | '.' => {}
+            _ => return Err(Invalid),
+        }
+    }
+    let national = if international {
+        digits.strip_prefix("55").ok_or(Invalid)?
+    } else if let Some(rest) = digits.strip_prefix('0') {
+        rest
+    } else if (digits.len() == 12 || digits.len() == 13) && digits.starts_with("55") {
+        &digits[2..]
+    } else {
+        &digits
+    };
+    if national.len() != 10 && national.len() != 11 {
+        return Err(Invalid);
+    }
+    let ddd: u8 = national[..2].parse().map_err(|_| Invalid)?;
+    let subscriber = &national[2..];
+    let ok_subscriber = match subscriber.len() {
+        9 => subscriber.starts_with('9'),
+        8 => matches!(subscriber.as_bytes()[0], b'2'..=b'5'),
+        _ => false,
+    };
+    if br::is_ddd(ddd) && ok_subscriber {
+        Ok(format!("+55{national}"))
+    } else {
+        Err(Invalid)
+    }
+}
+
+/// Checks a GTIN-13 (EAN-13) and its check digit.
+pub fn gtin13(s: &str) -> Result<String, Invalid> {
+    let mut d = [0u8; 13];
+    let mut n = 0;
+    for c in s.trim().chars() {
+        match c {
+            '0'..='9' if n < 13 => {
+                d[n] = c as u8 - b'0';
+                n += 1;
+            }
+            ' ' | '-' => {}
+            _ => return Err(Invalid),
+        }
+    }
+    if n == 13 && br::gtin13_is_valid(&d) {
+        Ok(d.iter().map(|x| char::from(b'0' + x)).collect())
+    } else {
+        Err(Invalid)
+    }
+}
+
+/// Today's date in São Paulo.
+pub fn today_sao_paulo() -> NaiveDate {
+    chrono::Utc::now().with_timezone(&Sao_Paulo).date_naive()
+}
+
+/// Returns the local (São Paulo) date of an instant.
+pub fn local_date(secs: i64) -> Option<NaiveDate> {
+    DateTime::from_timestamp(secs, 0).map(|t| t.with_timezone(&Sao_Paulo).date_naive())
+}
+
+/// Returns the year of a date given in days since the epoch.
+pub fn year_of(days: i32) -> Option<i32> {
+    NaiveDate::from_epoch_days(days).map(|d| d.year())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> String {
+        Value::Ts(timestamp(s).unwrap()).canonical()
+    }
+
+    #[test]
+    fn null_markers() {
+        for m in [
+            "", "  ", "null", "NULL", " None ", "nan", "NaN", "n/a", "N/A", "na", "NA", "-", "?",
+        ] {
+            assert!(is_null_marker(m), "{m:?} is null");
+        }
+        for v in ["0", "nada", "--", "none1", "São Paulo"] {
+            assert!(!is_null_marker(v), "{v:?} is not null");
+        }
+    }
+
+    #[test]
+    fn brl_amounts() {
+        let cases = [
+            ("7.99", Ok(799)),
+            ("7,99", Ok(799)),
+            ("R$ 7,99", Ok(799)),
+            ("R$1.234,56", Ok(123456)),
+            ("1,234.56", Ok(123456)),
+            ("1234.5", Ok(123450)),
+            ("1.234", Ok(123400)),
+            ("1,234", Ok(123400)),
+            ("1.234.567,8", Ok(123456780)),
+            ("12", Ok(1200)),
+            ("0,5", Ok(50)),
+            ("-7,99", Ok(-799)),
+            ("R$ -7,99", Ok(-799)),
+            ("12.3456", Err(Invalid)),
+            ("7.999.9", Err(Invalid)),
+            ("1.23.456", Err(Invalid)),
+            ("abc", Err(Invalid)),
+            ("", Err(Invalid)),
+            ("R$", Err(Invalid)),
+            ("7,99 reais", Err(Invalid)),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(brl_cents(raw), want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn integers_with_units() {
+        let units: Vec<String> = ["un", "und"].iter().map(|s| s.to_string()).collect();
+        for (raw, want) in [
+            ("2", Ok(2)),
+            ("2.0", Ok(2)),
+            ("2,0", Ok(2)),
+            ("2 un", Ok(2)),
+            ("2un", Ok(2)),
+            (" 3 ", Ok(3)),
+            ("12 UND", Ok(12)),
+            ("2.5", Err(Invalid)),
+            ("abc", Err(Invalid)),
+            ("2 kg", Err(Invalid)),
+            ("un", Err(Invalid)),
+        ] {
+            assert_eq!(int_with_units(raw, &units), want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn timestamps_in_every_format() {
+        assert_eq!(ts("2026-11-27T14:03:00-03:00"), "2026-11-27T17:03:00Z");
+        assert_eq!(ts("2026-11-27T17:03:00Z"), "2026-11-27T17:03:00Z");
+        assert_eq!(ts("2026-11-27 14:03:00"), "2026-11-27T17:03:00Z");
+        assert_eq!(ts("27/11/2026 14:03"), "2026-11-27T17:03:00Z");
+        assert_eq!(ts("27/11/2026"), "2026-11-27T03:00:00Z");
+        assert_eq!(ts("2026/11/27 14:03:00"), "2026-11-27T17:03:00Z");
+        assert_eq!(ts("1795798980"), "2026-11-27T17:03:00Z");
+        assert_eq!(ts("2026-11-27T14:03:00.123-0300"), "2026-11-27T17:03:00Z");
+        // Day first: 01/02 is the 1st of February.
+        assert_eq!(ts("01/02/2026 10:00"), "2026-02-01T13:00:00Z");
+        for bad in [
+            "31/02/2026",
+            "yesterday",
+            "2026-13-01",
+            "27/11/26",
+            "2026-11-27 25:00",
+            "12345",
+        ] {
+            assert_eq!(timestamp(bad), Err(Invalid), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sao_paulo_historical_daylight_saving() {
+        // Summer time 2018/19 began 2018-11-04 00:00 (clocks to 01:00): 00:30 is in the gap.
+        assert_eq!(ts("2018-11-04 00:30:00"), "2018-11-04T03:30:00Z");
+        assert_eq!(ts("2018-11-04 01:30:00"), "2018-11-04T03:30:00Z");
+        // It ended 2019-02-17 00:00 (clocks back to 23:00 on the 16th): 23:30 is ambiguous, earlier offset (-02).
+        assert_eq!(ts("2019-02-16 23:30:00"), "2019-02-17T01:30:00Z");
+        // In summer time the offset is -02:00; today it is -03:00 all year.
+        assert_eq!(ts("2018-12-25 12:00:00"), "2018-12-25T14:00:00Z");
+        assert_eq!(ts("2026-12-25 12:00:00"), "2026-12-25T15:00:00Z");
+    }
+
+    #[test]
+    fn dates() {
+        let min = NaiveDate::from_ymd_opt(1900, 1, 1);
+        let today = NaiveDate::from_ymd_opt(2026, 11, 28);
+        let d = |s| date(s, min, today).map(|d| d.to_string());
+        assert_eq!(d("1985-03-07").unwrap(), "1985-03-07");
+        assert_eq!(d("07/03/1985").unwrap(), "1985-03-07");
+        assert_eq!(d("1985/03/07 00:00:00").unwrap(), "1985-03-07");
+        assert_eq!(d("2030-01-01"), Err(Invalid));
+        assert_eq!(d("1899-12-31"), Err(Invalid));
+    }
+
+    #[test]
+    fn ceps() {
+        for (raw, want) in [
+            ("01001-000", "01001-000"),
+            ("01001000", "01001-000"),
+            ("01.001-000", "01001-000"),
+            ("1001000", "01001-000"),
+            (" 69900-000 ", "69900-000"),
+        ] {
+            assert_eq!(cep(raw).as_deref(), Ok(want), "{raw:?}");
+        }
+        for bad in ["123", "00000-000", "0100100", "01001-0000", "abcde-fgh"] {
+            assert_eq!(cep(bad), Err(Invalid), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cpfs() {
+        assert_eq!(cpf("529.982.247-25").as_deref(), Ok("52998224725"));
+        assert_eq!(cpf("52998224725").as_deref(), Ok("52998224725"));
+        for bad in [
+            "111.111.111-11",
+            "00000000000",
+            "529.982.247-26",
+            "5299822472",
+            "52998224725a",
+        ] {
+            assert_eq!(cpf(bad), Err(Invalid), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn phones() {
+        for (raw, want) in [
+            ("(11) 91234-5678", "+5511912345678"),
+            ("11912345678", "+5511912345678"),
+            ("+55 11 91234 5678", "+5511912345678"),
+            ("011 91234-5678", "+5511912345678"),
+            ("(21) 3456-7890", "+552134567890"),
+            ("5511912345678", "+5511912345678"),
+        ] {
+            assert_eq!(phone(raw).as_deref(), Ok(want), "{raw:?}");
+        }
+        for bad in [
+            "(20) 91234-5678",
+            "(11) 81234-5678",
+            "+1 11 91234 5678",
+            "91234-5678",
+            "(11) 1234-5678",
+        ] {
+            assert_eq!(phone(bad), Err(Invalid), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn emails() {
+        assert_eq!(
+            email(" Ana.Silva@Example.COM.br ").as_deref(),
+            Ok("ana.silva@example.com.br")
+        );
+        for bad in [
+            "foo@bar",
+            "a b@c.com",
+            "@c.com",
+            "a@.com",
+            "a@c..com",
+            "a@@c.com",
+        ] {
+            assert_eq!(email(bad), Err(Invalid), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn product_codes_and_gtins() {
+        for raw in [
+            "OHB-000101",
+            "ohb 000101",
+            "OHB000101",
+            "ohb-000101",
+            " OHB_000101 ",
+        ] {
+            assert_eq!(product_code(raw).as_deref(), Ok("OHB-000101"), "{raw:?}");
+        }
+        for bad in ["OH-12", "OHBX-000101", "OHB-00010", "000101-OHB"] {
+            assert_eq!(product_code(bad), Err(Invalid), "{bad:?}");
+        }
+        assert_eq!(gtin13("7894900011517").as_deref(), Ok("7894900011517"));
+        assert_eq!(gtin13("7894900011518"), Err(Invalid));
+    }
+
+    #[test]
+    fn ufs_and_municipalities() {
+        assert_eq!(uf_code(" Sp "), Ok("SP"));
+        assert_eq!(uf_code("XX"), Err(Invalid));
+        assert_eq!(municipality("SAO PAULO", Some("SP")), "São Paulo");
+        assert_eq!(municipality(" sao  paulo", Some("SP")), "São Paulo");
+        // Latin-1 bytes are decoded before validation; the accent survives.
+        let latin1 = encoding_rs::WINDOWS_1252.decode(b"S\xe3o Paulo").0;
+        assert_eq!(municipality(&latin1, Some("SP")), "São Paulo");
+        assert_eq!(
+            municipality("VILA  INVENTADA", Some("SP")),
+            "Vila Inventada"
+        );
+    }
+
+    #[test]
+    fn enums_with_synonyms() {
+        let values: Vec<(String, String)> = [
+            ("completed", "completed"),
+            ("concluido", "completed"),
+            ("cancelado", "cancelled"),
+            ("cancelled", "cancelled"),
+        ]
+        .iter()
+        .map(|(a, b)| (fold(a), b.to_string()))
+        .collect();
+        for raw in [
+            "Completed",
+            "COMPLETED",
+            "concluído",
+            "Concluído",
+            " concluido ",
+        ] {
+            assert_eq!(
+                enumeration(raw, &values).as_deref(),
+                Ok("completed"),
+                "{raw:?}"
+            );
+        }
+        assert_eq!(
+            enumeration("CANCELADO", &values).as_deref(),
+            Ok("cancelled")
+        );
+        assert_eq!(enumeration("pending", &values), Err(Invalid));
+    }
+
+    #[test]
+    fn text_canonical_spelling() {
+        let known = vec!["Hungry".to_string()];
+        assert_eq!(text("  HUNGRY ", &known), "Hungry");
+        assert_eq!(text("Guaraná   Brasil", &known), "Guaraná Brasil");
+    }
+}

@@ -1,0 +1,436 @@
+//! A tolerant CSV reader for dirty legacy exports.
+//!
+//! It reads gzip (by magic bytes) or plain bytes, strips a UTF-8 BOM, sniffs `,` or `;` from the
+//! header, accepts LF and CRLF, and decodes each field as UTF-8 or, when that fails, Windows-1252.
+//! A record with broken quoting is returned as malformed for its first line only, and reading
+//! resumes at the next line, so one bad row never swallows the rest of the file.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Read};
+
+use flate2::read::MultiGzDecoder;
+
+/// How many physical lines one quoted record may span before it is judged broken.
+const MAX_RECORD_LINES: usize = 16;
+/// Bytes inspected to tell text from binary.
+const SNIFF_BYTES: usize = 4096;
+
+/// A file that cannot be read as CSV at all.
+#[derive(Debug, thiserror::Error)]
+pub enum FileFault {
+    /// The bytes cannot be decoded (corrupt gzip, UTF-16, …).
+    #[error("undecodable: {0}")]
+    Undecodable(String),
+    /// The bytes are not CSV text (binary data, no header).
+    #[error("not csv: {0}")]
+    NotCsv(String),
+    /// Reading failed for a reason outside the file (storage, network).
+    #[error("read failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The file's dialect, as found while reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dialect {
+    /// Field delimiter.
+    pub delimiter: u8,
+    /// Whether the data was gzip-compressed.
+    pub gzip: bool,
+    /// Whether the file started with a UTF-8 BOM.
+    pub bom: bool,
+}
+
+/// One record: its starting line number and its decoded fields.
+#[derive(Debug, Default)]
+pub struct Record {
+    /// 1-based physical line where the record starts (the header is line 1).
+    pub line: u64,
+    text: String,
+    ends: Vec<usize>,
+    /// True when the record's quoting is broken (an unclosed quote).
+    pub broken: bool,
+}
+
+impl Record {
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Returns true when the record has no field.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Returns field `i`.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.text[start..end])
+    }
+
+    /// Iterates over the fields.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.ends.len()).filter_map(|i| self.get(i))
+    }
+}
+
+/// Streams records out of raw object bytes.
+pub struct CsvReader {
+    input: Box<dyn BufRead + Send>,
+    dialect: Dialect,
+    next_line: u64,
+    pushback: VecDeque<(u64, Vec<u8>)>,
+    line_buf: Vec<u8>,
+    field_buf: Vec<u8>,
+    saw_windows_1252: bool,
+    header: Vec<String>,
+}
+
+impl std::fmt::Debug for CsvReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CsvReader")
+            .field("dialect", &self.dialect)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CsvReader {
+    /// Opens raw object bytes: detects gzip and the BOM, reads the header and sniffs the delimiter.
+    pub fn open(raw: impl Read + Send + 'static) -> Result<CsvReader, FileFault> {
+        let mut outer = BufReader::with_capacity(1 << 16, raw);
+        let gzip = outer.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+        let mut input: Box<dyn BufRead + Send> = if gzip {
+            Box::new(BufReader::with_capacity(
+                1 << 16,
+                MultiGzDecoder::new(outer),
+            ))
+        } else {
+            Box::new(outer)
+        };
+        let head = peek(&mut input, SNIFF_BYTES).map_err(classify_io)?;
+        if head.starts_with(&[0xff, 0xfe]) || head.starts_with(&[0xfe, 0xff]) {
+            return Err(FileFault::Undecodable(
+                "UTF-16 text is not supported".into(),
+            ));
+        }
+        let bom = head.starts_with(&[0xef, 0xbb, 0xbf]);
+        if head.contains(&0) || head.iter().filter(|b| is_binary_control(**b)).count() > 0 {
+            return Err(FileFault::NotCsv(
+                "binary data (control bytes) where text was expected".into(),
+            ));
+        }
+        if bom {
+            input.consume(3);
+        }
+        let mut reader = CsvReader {
+            input,
+            dialect: Dialect {
+                delimiter: b',',
+                gzip,
+                bom,
+            },
+            next_line: 1,
+            pushback: VecDeque::new(),
+            line_buf: Vec::with_capacity(1024),
+            field_buf: Vec::with_capacity(1024),
+            saw_windows_1252: false,
+            header: Vec::new(),
+        };
+        let Some((_, first)) = reader.read_line().map_err(classify_io)? else {
+            return Err(FileFault::NotCsv("empty file, no header".into()));
+        };
+        reader.dialect.delimiter = sniff_delimiter(&first);
+        reader.pushback.push_front((1, first));
+        let mut header = Record::default();
+        if !reader.next_record(&mut header).map_err(classify_io)? || header.broken {
+            return Err(FileFault::NotCsv("no readable header row".into()));
+        }
+        reader.header = header.iter().map(|h| h.trim().to_lowercase()).collect();
+        if reader.header.len() < 2 {
+            return Err(FileFault::NotCsv(
+                "the header has fewer than two columns".into(),
+            ));
+        }
+        Ok(reader)
+    }
+
+    /// The header's column names, trimmed and lower-cased.
+    pub fn header(&self) -> &[String] {
+        &self.header
+    }
+
+    /// The dialect found.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The file's encoding as far as read: `utf-8`, or `windows-1252` once a field needed it.
+    pub fn encoding(&self) -> &'static str {
+        if self.saw_windows_1252 {
+            "windows-1252"
+        } else {
+            "utf-8"
+        }
+    }
+
+    /// Reads the next record into `rec`; returns false at the end. Blank lines are skipped.
+    pub fn next_record(&mut self, rec: &mut Record) -> io::Result<bool> {
+        loop {
+            let Some((line_no, line)) = self.read_line()? else {
+                return Ok(false);
+            };
+            if line.iter().all(|b| *b == b' ') {
+                continue;
+            }
+            rec.line = line_no;
+            rec.broken = false;
+            let mut joined = line;
+            let mut extra: Vec<(u64, Vec<u8>)> = Vec::new();
+            loop {
+                if self.split_fields(&joined, rec) {
+                    return Ok(true);
+                }
+                // An unclosed quote: the record may continue on the next line.
+                if extra.len() + 1 >= MAX_RECORD_LINES {
+                    break;
+                }
+                match self.read_line()? {
+                    Some((n, next)) => {
+                        joined.push(b'\n');
+                        joined.extend_from_slice(&next);
+                        extra.push((n, next));
+                    }
+                    None => break,
+                }
+            }
+            // Broken quoting: only the first line is malformed; the others are read again.
+            for item in extra.into_iter().rev() {
+                self.pushback.push_front(item);
+            }
+            let first_len = joined
+                .iter()
+                .position(|b| *b == b'\n')
+                .unwrap_or(joined.len());
+            joined.truncate(first_len);
+            self.split_fields(&joined, rec);
+            rec.broken = true;
+            return Ok(true);
+        }
+    }
+
+    /// Returns the next physical line without its line ending.
+    fn read_line(&mut self) -> io::Result<Option<(u64, Vec<u8>)>> {
+        if let Some(item) = self.pushback.pop_front() {
+            return Ok(Some(item));
+        }
+        self.line_buf.clear();
+        let n = self.input.read_until(b'\n', &mut self.line_buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if self.line_buf.last() == Some(&b'\n') {
+            self.line_buf.pop();
+            if self.line_buf.last() == Some(&b'\r') {
+                self.line_buf.pop();
+            }
+        }
+        let no = self.next_line;
+        self.next_line += 1;
+        Ok(Some((no, std::mem::take(&mut self.line_buf))))
+    }
+
+    /// Splits one logical line into decoded fields; false when a quote is left open.
+    fn split_fields(&mut self, line: &[u8], rec: &mut Record) -> bool {
+        rec.text.clear();
+        rec.ends.clear();
+        let delim = self.dialect.delimiter;
+        let mut i = 0;
+        loop {
+            self.field_buf.clear();
+            // Leading spaces before an opening quote are tolerated.
+            let mut j = i;
+            while j < line.len() && line[j] == b' ' {
+                j += 1;
+            }
+            if j < line.len() && line[j] == b'"' {
+                let mut k = j + 1;
+                let mut closed = false;
+                while k < line.len() {
+                    if line[k] == b'"' {
+                        if k + 1 < line.len() && line[k + 1] == b'"' {
+                            self.field_buf.push(b'"');
+                            k += 2;
+                            continue;
+                        }
+                        closed = true;
+                        k += 1;
+                        break;
+                    }
+                    self.field_buf.push(line[k]);
+                    k += 1;
+                }
+                if !closed {
+                    return false;
+                }
+                // Text after the closing quote, up to the delimiter, is kept as is.
+                while k < line.len() && line[k] != delim {
+                    self.field_buf.push(line[k]);
+                    k += 1;
+                }
+                self.push_field(rec);
+                if k >= line.len() {
+                    return true;
+                }
+                i = k + 1;
+            } else {
+                let end = memchr::memchr(delim, &line[i..]).map_or(line.len(), |p| i + p);
+                self.field_buf.extend_from_slice(&line[i..end]);
+                self.push_field(rec);
+                if end >= line.len() {
+                    return true;
+                }
+                i = end + 1;
+            }
+        }
+    }
+
+    fn push_field(&mut self, rec: &mut Record) {
+        match std::str::from_utf8(&self.field_buf) {
+            Ok(s) => rec.text.push_str(s),
+            Err(_) => {
+                self.saw_windows_1252 = true;
+                let (s, _) = encoding_rs::WINDOWS_1252.decode_without_bom_handling(&self.field_buf);
+                rec.text.push_str(&s);
+            }
+        }
+        rec.ends.push(rec.text.len());
+    }
+}
+
+fn is_binary_control(b: u8) -> bool {
+    b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0c)
+}
+
+fn peek(input: &mut Box<dyn BufRead + Send>, want: usize) -> io::Result<Vec<u8>> {
+    let head = input.fill_buf()?;
+    Ok(head[..head.len().min(want)].to_vec())
+}
+
+/// Maps a read error: a decoding error of the input (corrupt gzip) is an undecodable file.
+pub fn classify_io(e: io::Error) -> FileFault {
+    match e.kind() {
+        io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
+            FileFault::Undecodable(e.to_string())
+        }
+        _ => FileFault::Io(e),
+    }
+}
+
+/// Picks `;` when the header has more semicolons than commas outside quotes, else `,`.
+fn sniff_delimiter(header: &[u8]) -> u8 {
+    let (mut commas, mut semis, mut quoted) = (0, 0, false);
+    for &b in header {
+        match b {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => commas += 1,
+            b';' if !quoted => semis += 1,
+            _ => {}
+        }
+    }
+    if semis > commas { b';' } else { b',' }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(bytes: &[u8]) -> (CsvReader, Vec<(u64, bool, Vec<String>)>) {
+        let mut r = CsvReader::open(std::io::Cursor::new(bytes.to_vec())).unwrap();
+        let mut rec = Record::default();
+        let mut out = Vec::new();
+        while r.next_record(&mut rec).unwrap() {
+            out.push((
+                rec.line,
+                rec.broken,
+                rec.iter().map(str::to_string).collect(),
+            ));
+        }
+        (r, out)
+    }
+
+    #[test]
+    fn reads_semicolons_crlf_bom_and_quotes() {
+        let (r, rows) =
+            read_all(b"\xef\xbb\xbfa;B ;c\r\n1;\"x;y\";\"say \"\"hi\"\"\"\r\n2;3;4\r\n\r\n");
+        assert_eq!(r.header(), ["a", "b", "c"]);
+        assert_eq!(r.dialect().delimiter, b';');
+        assert!(r.dialect().bom);
+        assert_eq!(
+            rows[0],
+            (
+                2,
+                false,
+                vec!["1".into(), "x;y".into(), "say \"hi\"".into()]
+            )
+        );
+        assert_eq!(rows[1].0, 3);
+        assert_eq!(rows.len(), 2);
+    }
+
+    #[test]
+    fn decodes_latin1_fields() {
+        let (r, rows) = read_all(b"city,uf\nS\xe3o Paulo,SP\n");
+        assert_eq!(rows[0].2[0], "São Paulo");
+        assert_eq!(r.encoding(), "windows-1252");
+    }
+
+    #[test]
+    fn gzip_by_magic_bytes() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(b"a,b\n1,2\n").unwrap();
+        let (r, rows) = read_all(&enc.finish().unwrap());
+        assert!(r.dialect().gzip);
+        assert_eq!(rows[0].2, ["1", "2"]);
+    }
+
+    #[test]
+    fn broken_quote_is_one_malformed_line() {
+        let (_, rows) = read_all(b"a,b\n\"1,2\n3,4\n5,6\n");
+        assert_eq!(rows[0].0, 2);
+        assert!(rows[0].1, "first line is broken");
+        assert_eq!(rows[1], (3, false, vec!["3".into(), "4".into()]));
+        assert_eq!(rows[2].0, 4);
+    }
+
+    #[test]
+    fn quoted_newline_spans_lines() {
+        let (_, rows) = read_all(b"a,b\n\"x\ny\",2\n3,4\n");
+        assert_eq!(rows[0], (2, false, vec!["x\ny".into(), "2".into()]));
+        assert_eq!(rows[1].0, 4);
+    }
+
+    #[test]
+    fn rejects_binary_and_utf16_and_corrupt_gzip() {
+        let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+        assert!(matches!(
+            CsvReader::open(std::io::Cursor::new(png.to_vec())),
+            Err(FileFault::NotCsv(_))
+        ));
+        let utf16 = b"\xff\xfea\0,\0b\0";
+        assert!(matches!(
+            CsvReader::open(std::io::Cursor::new(utf16.to_vec())),
+            Err(FileFault::Undecodable(_))
+        ));
+        let corrupt = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage".to_vec();
+        assert!(matches!(
+            CsvReader::open(std::io::Cursor::new(corrupt)),
+            Err(FileFault::Undecodable(_))
+        ));
+        assert!(matches!(
+            CsvReader::open(std::io::Cursor::new(b"just one column\n".to_vec())),
+            Err(FileFault::NotCsv(_))
+        ));
+    }
+}

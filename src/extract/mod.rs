@@ -1,0 +1,7 @@
+//! Reading raw objects: the bucket layout of names, gzip, encodings and CSV dialects.
+
+pub mod csv;
+pub mod layout;
+
+pub use csv::{CsvReader, Dialect, FileFault, Record};
+pub use layout::{Layout, Marker, classify};
