@@ -8,5 +8,6 @@
 
 pub mod br;
 pub mod clean;
+pub mod cli;
 pub mod extract;
 pub mod generate;

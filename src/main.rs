@@ -1,5 +1,7 @@
 //! The `datashare` command line: one binary, one subcommand per role.
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 /// Turns a marketplace's daily data extracts into data products for brand partners.
@@ -11,15 +13,24 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Cleans whole batches from a local folder laid out like the raw bucket.
+    Clean(datashare::cli::CleanArgs),
+}
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    match cli.command {}
+    let ok = match Cli::parse().command {
+        Command::Clean(args) => datashare::cli::clean(&args)?,
+    };
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -1,1 +1,650 @@
+//! The batch step: what needs the whole batch once every part is staged.
+//!
+//! Per table, in reference order: deduplicate across parts (exact duplicates after normalization,
+//! then key conflicts won by the latest version, ties by object name and line), check references
+//! against the batch's own tables, write curated and quarantined rows as Parquet, and count it all
+//! in the quality report. Memory grows with the number of staged rows' keys (about 40 bytes per
+//! row), never with the size of the files: rows stream through twice.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, TimestampMicrosecondType, UInt64Type};
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use arrow_ipc::reader::FileReader;
+use chrono::NaiveDate;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::Serialize;
+use xxhash_rust::xxh3::xxh3_128;
+
+use super::columns::{
+    QuarantineBuilder, QuarantinedRow, RAW, RAW_SEP, curated_schema, quarantine_schema,
+    quarantined_rows,
+};
+use super::report::{QualityReport, TableReport};
+use super::schema::{Schemas, TableSchema};
+use super::stage::{PartSummary, StagedPaths};
+use super::validators::Value;
+
+/// The batch step failed for a reason outside the data; it can run again.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// Reading staged files or writing outputs failed.
+    #[error("batch i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A staged file could not be decoded.
+    #[error("batch arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    /// A Parquet file could not be written.
+    #[error("batch parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// The report could not be written.
+    #[error("batch report: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A staged part is not there.
+    #[error("staged part missing for {object}@{generation}")]
+    MissingStage {
+        /// Object name.
+        object: String,
+        /// Generation.
+        generation: String,
+    },
+}
+
+/// Where the batch step writes, under one output root.
+#[derive(Debug, Clone)]
+pub struct BatchOutputs {
+    /// The output root.
+    pub root: PathBuf,
+    /// The batch date.
+    pub dt: NaiveDate,
+}
+
+impl BatchOutputs {
+    /// `curated/<table>/dt=<D>/part-00000.parquet`.
+    pub fn curated(&self, table: &str) -> PathBuf {
+        self.root
+            .join(format!("curated/{table}/dt={}/part-00000.parquet", self.dt))
+    }
+
+    /// `quarantine/<table>/dt=<D>/part-00000.parquet`.
+    pub fn quarantine(&self, table: &str) -> PathBuf {
+        self.root.join(format!(
+            "quarantine/{table}/dt={}/part-00000.parquet",
+            self.dt
+        ))
+    }
+
+    /// `reports/dt=<D>/quality.json`.
+    pub fn quality(&self) -> PathBuf {
+        self.root
+            .join(format!("reports/dt={}/quality.json", self.dt))
+    }
+
+    /// `reports/dt=<D>/conflicts.jsonl`: every key conflict with its winner and losers.
+    pub fn conflicts(&self) -> PathBuf {
+        self.root
+            .join(format!("reports/dt={}/conflicts.jsonl", self.dt))
+    }
+}
+
+/// One staged row's identity for deduplication: 40 bytes.
+#[derive(Clone, Copy)]
+struct Entry {
+    key: u64,
+    check: u32,
+    part: u32,
+    version: i64,
+    row: u64,
+    hash: u64,
+}
+
+/// A row's place: part index and row index within the staged part.
+type Pos = (u32, u64);
+
+/// Winners of deduplication, as one bit per staged row.
+struct Winners {
+    bits: Vec<Vec<u64>>,
+}
+
+impl Winners {
+    fn new(rows: &[u64]) -> Self {
+        Self {
+            bits: rows
+                .iter()
+                .map(|&n| vec![0u64; (n as usize).div_ceil(64)])
+                .collect(),
+        }
+    }
+    fn set(&mut self, (part, row): Pos) {
+        self.bits[part as usize][(row / 64) as usize] |= 1 << (row % 64);
+    }
+    fn get(&self, (part, row): Pos) -> bool {
+        self.bits[part as usize][(row / 64) as usize] & (1 << (row % 64)) != 0
+    }
+}
+
+#[derive(Serialize)]
+struct ConflictRecord<'a> {
+    table: &'a str,
+    key: &'a str,
+    winner: Place<'a>,
+    losers: Vec<Place<'a>>,
+}
+
+#[derive(Serialize)]
+struct Place<'a> {
+    object: &'a str,
+    line: u64,
+}
+
+struct Conflict {
+    key: Option<String>,
+    winner: Pos,
+    losers: Vec<Pos>,
+}
+
+/// Hashes a key's text into (key, check) halves.
+fn key_hash(s: &str) -> (u64, u32) {
+    let h = xxh3_128(s.as_bytes());
+    (h as u64, (h >> 64) as u32)
+}
+
+fn key_id(s: &str) -> u128 {
+    let (k, c) = key_hash(s);
+    (u128::from(c) << 64) | u128::from(k)
+}
+
+/// Runs the batch step over the staged parts of one batch and writes curated data, quarantine and the report.
+///
+/// `parts` are the summaries of every listed part at its current generation (rejected files included).
+pub fn run_batch(
+    schemas: &Schemas,
+    dt: NaiveDate,
+    staging: &Path,
+    parts: &[PartSummary],
+    out: &BatchOutputs,
+) -> Result<QualityReport, BatchError> {
+    let mut report = QualityReport {
+        dt,
+        tables: BTreeMap::new(),
+    };
+    let mut key_sets: HashMap<String, HashSet<u128>> = HashMap::new();
+    let referenced: HashSet<&str> = schemas
+        .names()
+        .filter_map(|n| schemas.table(n))
+        .flat_map(|t| t.references().map(|(_, r)| r))
+        .collect();
+    let mut conflicts_out = Vec::new();
+    for table in schemas.in_dependency_order() {
+        let mut mine: Vec<&PartSummary> = parts.iter().filter(|p| p.table == table.name).collect();
+        mine.sort_by(|a, b| {
+            (&a.file.object, &a.file.generation).cmp(&(&b.file.object, &b.file.generation))
+        });
+        let keep_keys = referenced.contains(table.name.as_str());
+        let (table_report, keys) = run_table(
+            table,
+            staging,
+            &mine,
+            out,
+            &key_sets,
+            keep_keys,
+            &mut conflicts_out,
+        )?;
+        if keep_keys {
+            key_sets.insert(table.name.clone(), keys);
+        }
+        report.tables.insert(table.name.clone(), table_report);
+    }
+    let quality = out.quality();
+    write_atomic(&quality, &serde_json::to_vec_pretty(&report)?)?;
+    write_atomic(&out.conflicts(), &conflicts_out)?;
+    Ok(report)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BatchError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn open_staged(
+    path: &Path,
+    projection: Option<Vec<usize>>,
+) -> Result<FileReader<BufReader<File>>, BatchError> {
+    let f = BufReader::with_capacity(1 << 20, File::open(path)?);
+    Ok(FileReader::try_new(f, projection)?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_table(
+    table: &TableSchema,
+    staging: &Path,
+    parts: &[&PartSummary],
+    out: &BatchOutputs,
+    key_sets: &HashMap<String, HashSet<u128>>,
+    keep_keys: bool,
+    conflicts_out: &mut Vec<u8>,
+) -> Result<(TableReport, HashSet<u128>), BatchError> {
+    let mut rep = TableReport {
+        fields: table
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), Default::default()))
+            .collect(),
+        ..Default::default()
+    };
+    let good: Vec<&PartSummary> = parts
+        .iter()
+        .copied()
+        .filter(|p| p.file.error.is_none())
+        .collect();
+    for p in parts {
+        rep.files.push(p.file.clone());
+        if p.file.error.is_some() {
+            continue;
+        }
+        rep.rows_read += p.file.rows;
+        rep.rows_quarantined += p.rows_quarantined;
+        for (reason, n) in &p.quarantined_by_reason {
+            *rep.quarantined_by_reason.entry(reason.clone()).or_default() += n;
+        }
+        for (col, c) in &p.fields {
+            let f = rep.fields.entry(col.clone()).or_default();
+            f.normalized += c.normalized;
+            f.nulled += c.nulled;
+        }
+    }
+    let paths: Vec<StagedPaths> = good
+        .iter()
+        .map(|p| StagedPaths::new(staging, &p.file.object, &p.file.generation))
+        .collect();
+    for (p, path) in good.iter().zip(&paths) {
+        if !path.data.exists() {
+            return Err(BatchError::MissingStage {
+                object: p.file.object.clone(),
+                generation: p.file.generation.clone(),
+            });
+        }
+    }
+
+    // Pass 1: every staged row's key, version and content hash; sort; pick winners.
+    let ncols = table.columns.len();
+    let mut entries: Vec<Entry> =
+        Vec::with_capacity(good.iter().map(|p| p.rows_staged as usize).sum());
+    let mut projection = vec![table.key, ncols, ncols + 1];
+    if let Some(v) = table.version {
+        projection.push(v);
+    }
+    let mut rows_per_part = Vec::with_capacity(good.len());
+    for (pi, path) in paths.iter().enumerate() {
+        let mut row = 0u64;
+        for batch in open_staged(&path.data, Some(projection.clone()))? {
+            let batch = batch?;
+            let keys = batch.column(0).as_string::<i32>();
+            let hashes = batch.column(2).as_primitive::<UInt64Type>();
+            let versions = table
+                .version
+                .map(|_| batch.column(3).as_primitive::<TimestampMicrosecondType>());
+            for i in 0..batch.num_rows() {
+                let (key, check) = key_hash(keys.value(i));
+                let version = match versions {
+                    Some(v) if !v.is_null(i) => v.value(i),
+                    _ => i64::MIN,
+                };
+                entries.push(Entry {
+                    key,
+                    check,
+                    part: pi as u32,
+                    version,
+                    row,
+                    hash: hashes.value(i),
+                });
+                row += 1;
+            }
+        }
+        rows_per_part.push(row);
+    }
+    entries.sort_unstable_by_key(|e| (e.key, e.check, e.version, e.part, e.row));
+    let mut winners = Winners::new(&rows_per_part);
+    let mut conflicts: HashMap<(u64, u32), Conflict> = HashMap::new();
+    let mut start = 0;
+    let mut distinct: Vec<u64> = Vec::new();
+    while start < entries.len() {
+        let (k, c) = (entries[start].key, entries[start].check);
+        let mut end = start + 1;
+        while end < entries.len() && entries[end].key == k && entries[end].check == c {
+            end += 1;
+        }
+        let group = &entries[start..end];
+        let winner = group[group.len() - 1];
+        winners.set((winner.part, winner.row));
+        if group.len() > 1 {
+            distinct.clear();
+            distinct.extend(group.iter().map(|e| e.hash));
+            distinct.sort_unstable();
+            distinct.dedup();
+            let m = distinct.len() as u64;
+            rep.duplicates_removed += group.len() as u64 - m;
+            rep.conflicts_resolved += m - 1;
+            if m > 1 {
+                // One loser listed per distinct losing content: its last row.
+                let mut losers: Vec<Pos> = Vec::new();
+                let mut seen = vec![winner.hash];
+                for e in group.iter().rev() {
+                    if !seen.contains(&e.hash) {
+                        seen.push(e.hash);
+                        losers.push((e.part, e.row));
+                    }
+                }
+                conflicts.insert(
+                    (k, c),
+                    Conflict {
+                        key: None,
+                        winner: (winner.part, winner.row),
+                        losers,
+                    },
+                );
+            }
+        }
+        start = end;
+    }
+    drop(entries);
+
+    // Pass 2: write the winners that pass reference checks; quarantine the rest.
+    let refs: Vec<(usize, &str, Option<&HashSet<u128>>)> = table
+        .references()
+        .map(|(i, t)| (i, t, key_sets.get(t)))
+        .collect();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(256 * 1024))
+        .build();
+    let curated_path = out.curated(&table.name);
+    fs::create_dir_all(curated_path.parent().expect("curated path has a folder"))?;
+    let curated_tmp = curated_path.with_extension("parquet.tmp");
+    let curated_schema = curated_schema(table);
+    let mut curated = ArrowWriter::try_new(
+        File::create(&curated_tmp)?,
+        curated_schema.clone(),
+        Some(props.clone()),
+    )?;
+    let mut quarantine = QuarantineBuilder::new(table);
+    let mut keys = HashSet::new();
+    let mut lines: HashMap<Pos, u64> = HashMap::new();
+    let conflict_rows: HashSet<Pos> = conflicts
+        .values()
+        .flat_map(|c| std::iter::once(c.winner).chain(c.losers.iter().copied()))
+        .collect();
+    for (pi, (p, path)) in good.iter().zip(&paths).enumerate() {
+        let mut row = 0u64;
+        for batch in open_staged(&path.data, None)? {
+            let batch = batch?;
+            let key_col = batch.column(table.key).as_string::<i32>();
+            let line_col = batch.column(ncols).as_primitive::<Int64Type>();
+            let raw_col = batch
+                .column_by_name(RAW)
+                .expect("staged raw column")
+                .as_string::<i32>();
+            let mut mask = Vec::with_capacity(batch.num_rows());
+            for i in 0..batch.num_rows() {
+                let pos = (pi as u32, row + i as u64);
+                if conflict_rows.contains(&pos) {
+                    lines.insert(pos, line_col.value(i) as u64);
+                    let (k, c) = key_hash(key_col.value(i));
+                    if let Some(conf) = conflicts.get_mut(&(k, c)) {
+                        conf.key.get_or_insert_with(|| key_col.value(i).to_string());
+                    }
+                }
+                if !winners.get(pos) {
+                    mask.push(false);
+                    continue;
+                }
+                let mut reasons = Vec::new();
+                for (ci, target, set) in &refs {
+                    let v = batch.column(*ci).as_string::<i32>();
+                    if !v.is_null(i) && !set.is_some_and(|s| s.contains(&key_id(v.value(i)))) {
+                        reasons.push(format!("unknown_{}", entity(target)));
+                    }
+                }
+                if reasons.is_empty() {
+                    if keep_keys {
+                        keys.insert(key_id(key_col.value(i)));
+                    }
+                    mask.push(true);
+                } else {
+                    quarantine_staged_row(
+                        &mut rep,
+                        &mut quarantine,
+                        p,
+                        raw_col.value(i),
+                        line_col.value(i),
+                        reasons,
+                        ncols,
+                    );
+                    mask.push(false);
+                }
+            }
+            row += batch.num_rows() as u64;
+            let kept =
+                arrow_select::filter::filter_record_batch(&batch, &BooleanArray::from(mask))?;
+            let columns: Vec<ArrayRef> = (0..ncols).map(|c| kept.column(c).clone()).collect();
+            let kept = RecordBatch::try_new(curated_schema.clone(), columns)?;
+            rep.rows_kept += kept.num_rows() as u64;
+            curated.write(&kept)?;
+        }
+    }
+    curated.close()?;
+    fs::rename(&curated_tmp, &curated_path)?;
+
+    // Quarantined rows from staging, with reference reasons added where they apply too.
+    let quarantine_path = out.quarantine(&table.name);
+    fs::create_dir_all(
+        quarantine_path
+            .parent()
+            .expect("quarantine path has a folder"),
+    )?;
+    let quarantine_tmp = quarantine_path.with_extension("parquet.tmp");
+    let mut qwriter = ArrowWriter::try_new(
+        File::create(&quarantine_tmp)?,
+        quarantine_schema(table),
+        Some(props),
+    )?;
+    for path in &paths {
+        for batch in open_staged(&path.quarantine, None)? {
+            let mut builder = QuarantineBuilder::new(table);
+            for mut row in quarantined_rows(&batch?, ncols) {
+                if row.record.is_none() {
+                    let added = reference_reasons(table, &row, key_sets);
+                    for r in &added {
+                        *rep.quarantined_by_reason.entry(r.clone()).or_default() += 1;
+                    }
+                    row.reasons.extend(added);
+                }
+                builder.append(&row);
+            }
+            qwriter.write(&builder.finish())?;
+        }
+    }
+    if !quarantine.is_empty() {
+        qwriter.write(&quarantine.finish())?;
+    }
+    qwriter.close()?;
+    fs::rename(&quarantine_tmp, &quarantine_path)?;
+
+    let mut sorted: Vec<&Conflict> = conflicts.values().collect();
+    sorted.sort_by_key(|c| c.winner);
+    for c in sorted {
+        let place = |pos: Pos| Place {
+            object: &good[pos.0 as usize].file.object,
+            line: lines.get(&pos).copied().unwrap_or(0),
+        };
+        let record = ConflictRecord {
+            table: &table.name,
+            key: c.key.as_deref().unwrap_or(""),
+            winner: place(c.winner),
+            losers: c.losers.iter().map(|&p| place(p)).collect(),
+        };
+        serde_json::to_writer(&mut *conflicts_out, &record)?;
+        conflicts_out.write_all(b"\n")?;
+    }
+    debug_assert!(rep.balances(), "{} does not balance: {rep:?}", table.name);
+    Ok((rep, keys))
+}
+
+/// `customers` → `customer`: the entity a table's key names, for `unknown_<entity>`.
+fn entity(table: &str) -> &str {
+    table.strip_suffix('s').unwrap_or(table)
+}
+
+fn quarantine_staged_row(
+    rep: &mut TableReport,
+    quarantine: &mut QuarantineBuilder,
+    part: &PartSummary,
+    raw: &str,
+    line: i64,
+    reasons: Vec<String>,
+    ncols: usize,
+) {
+    let mut values: Vec<Option<String>> = raw.split(RAW_SEP).map(|s| Some(s.to_string())).collect();
+    values.resize(ncols, None);
+    for r in &reasons {
+        *rep.quarantined_by_reason.entry(r.clone()).or_default() += 1;
+    }
+    rep.rows_quarantined += 1;
+    quarantine.append(&QuarantinedRow {
+        raw: values,
+        reasons,
+        object: part.file.object.clone(),
+        generation: part.file.generation.clone(),
+        line: line as u64,
+        record: None,
+    });
+}
+
+/// Reference reasons of a row already quarantined by field rules, from its raw values.
+fn reference_reasons(
+    table: &TableSchema,
+    row: &QuarantinedRow,
+    key_sets: &HashMap<String, HashSet<u128>>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (ci, target) in table.references() {
+        let col = &table.columns[ci];
+        let Some(raw) = row.raw.get(ci).and_then(|v| v.as_deref()) else {
+            continue;
+        };
+        if super::validators::is_null_marker(raw) {
+            continue;
+        }
+        let Ok(Value::Str(v)) = col.kind.validate(raw, &col.options, None, NaiveDate::MAX) else {
+            continue;
+        };
+        if !key_sets
+            .get(target)
+            .is_some_and(|s| s.contains(&key_id(&v)))
+        {
+            out.push(format!("unknown_{}", entity(target)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clean::stage::stage_part;
+
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 28).unwrap()
+    }
+
+    #[test]
+    fn dedups_across_parts_checks_references_and_balances() {
+        let schemas = Schemas::builtin().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("staging");
+        let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        let stage = |table: &str, object: &str, csv: &str| {
+            stage_part(
+                schemas.table(table).unwrap(),
+                object,
+                "1",
+                std::io::Cursor::new(csv.to_string()),
+                &staging,
+                today(),
+            )
+            .unwrap()
+        };
+        let products = stage(
+            "products",
+            "extracts/products/dt=2026-11-27/part-000.csv",
+            "product_code,ean,name,brand,manufacturer,segment,unit_size,updated_at\n\
+             OHB-000101,7894900011517,Hungry Cola,Hungry,OuchHungry,Refrigerantes,350ml,2026-11-01 10:00:00\n",
+        );
+        let customers = stage(
+            "customers",
+            "extracts/customers/dt=2026-11-27/part-000.csv",
+            "customer_id,name,email,cpf,phone,birth_date,cep,city,uf,created_at,updated_at\n\
+             C-1,Ana,ana@x.com.br,529.982.247-25,(11) 91234-5678,1990-01-02,01001-000,sao paulo,SP,2020-01-01,2026-01-01\n",
+        );
+        let header = "transaction_id,order_id,customer_id,product_code,quantity,unit_price,discount,status,sold_at,delivery_cep,city,uf,updated_at\n";
+        let p0 = stage(
+            "transactions",
+            "extracts/transactions/dt=2026-11-27/part-000.csv",
+            &format!(
+                "{header}TX-1,O-1,C-1,OHB-000101,1,7.99,0,completed,2026-11-27 10:00:00,,São Paulo,SP,2026-11-27 10:00:00\n\
+                 TX-1,O-1,C-1,OHB-000101,1,\"7,99\",,Concluído,27/11/2026 10:00,,SAO PAULO,sp,2026-11-27 10:00:00\n\
+                 TX-2,O-2,C-1,OHB-000101,1,7.99,0,completed,2026-11-27 10:00:00,,São Paulo,SP,2026-11-27 12:00:00\n\
+                 TX-3,O-3,C-9,OHB-000101,1,7.99,0,completed,2026-11-27 10:00:00,,São Paulo,SP,\n\
+                 TX-4,O-4,C-9,OHB-000101,abc,7.99,0,completed,2026-11-27 10:00:00,,São Paulo,SP,\n"
+            ),
+        );
+        let p1 = stage(
+            "transactions",
+            "extracts/transactions/dt=2026-11-27/part-001.csv",
+            &format!(
+                "{header}TX-2,O-2,C-1,OHB-000101,1,7.99,0,refunded,2026-11-27 10:00:00,,São Paulo,SP,2026-11-27 11:00:00\n\
+                 tx-1,O-1,C-1,OHB-000101,1,7.99,0.00,completed,2026-11-27T13:00:00Z,,São Paulo,SP,2026-11-27T13:00:00Z\n"
+            ),
+        );
+        let out = BatchOutputs {
+            root: dir.path().join("out"),
+            dt,
+        };
+        let report =
+            run_batch(&schemas, dt, &staging, &[products, customers, p0, p1], &out).unwrap();
+        let t = &report.tables["transactions"];
+        assert_eq!(t.rows_read, 7);
+        assert_eq!(
+            t.duplicates_removed, 2,
+            "TX-1 three times, identical after normalization"
+        );
+        assert_eq!(
+            t.conflicts_resolved, 1,
+            "TX-2: the later updated_at in the earlier part wins"
+        );
+        assert_eq!(t.rows_quarantined, 2);
+        assert_eq!(t.quarantined_by_reason["unknown_customer"], 2);
+        assert_eq!(t.quarantined_by_reason["invalid_quantity"], 1);
+        assert_eq!(t.rows_kept, 2);
+        assert!(t.balances());
+        let conflicts = fs::read_to_string(out.conflicts()).unwrap();
+        assert!(conflicts.contains("\"key\":\"TX-2\""), "{conflicts}");
+        assert!(
+            conflicts.contains("part-001.csv\",\"line\":2"),
+            "{conflicts}"
+        );
+        assert!(out.curated("transactions").exists() && out.quarantine("transactions").exists());
+        assert!(out.quality().exists());
+    }
+}

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod columns;
+pub mod local;
 pub mod report;
 pub mod schema;
 pub mod stage;

@@ -316,17 +316,16 @@ fn build_table(name: &str, raw: &RawTable) -> Result<TableSchema, SchemaError> {
             min_date,
             not_future: col.not_future,
         };
-        if let Some(d) = &col.default {
-            if kind
+        if let Some(d) = &col.default
+            && kind
                 .validate(d, &options, None, chrono::NaiveDate::MAX)
                 .is_err()
-            {
-                return Err(invalid(
-                    name,
-                    cname,
-                    format!("default `{d}` is not a valid {}", col.kind),
-                ));
-            }
+        {
+            return Err(invalid(
+                name,
+                cname,
+                format!("default `{d}` is not a valid {}", col.kind),
+            ));
         }
         columns.push(ColumnSchema {
             name: cname.clone(),
@@ -355,14 +354,14 @@ fn build_table(name: &str, raw: &RawTable) -> Result<TableSchema, SchemaError> {
                 .ok_or_else(|| invalid(name, v, "version is not a column"))
         })
         .transpose()?;
-    if let Some(v) = version {
-        if columns[v].kind != Kind::Timestamp {
-            return Err(invalid(
-                name,
-                &names[v],
-                "the version column must be a timestamp",
-            ));
-        }
+    if let Some(v) = version
+        && columns[v].kind != Kind::Timestamp
+    {
+        return Err(invalid(
+            name,
+            &names[v],
+            "the version column must be a timestamp",
+        ));
     }
     Ok(TableSchema {
         name: name.to_string(),

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test of the project: formatting, lints, Rust unit and integration tests, and the
+# infrastructure checks. Installs what it needs itself (idempotently); safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/datashare-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+bash scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --locked --all-targets
+if [ -f scripts/check-infra.sh ]; then
+  echo "== infrastructure checks"
+  bash scripts/check-infra.sh
+fi
+echo "== all tests passed"

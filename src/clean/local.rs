@@ -1,0 +1,189 @@
+//! Runs whole batches from a local folder laid out like the raw bucket (`datashare clean`).
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+
+use super::batch::{BatchError, BatchOutputs, run_batch};
+use super::report::{FileError, FileReport, QualityReport};
+use super::schema::Schemas;
+use super::stage::{PartSummary, StageError, stage_part};
+use super::validators::today_sao_paulo;
+use crate::extract::{Layout, Marker, classify};
+
+/// A batch that could not be run from a local folder.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// The folder could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// No marker for the requested day.
+    #[error("no batch marker {0}: the batch is not complete")]
+    NoMarker(String),
+    /// The marker is unusable.
+    #[error("marker {path}: {source}")]
+    Marker {
+        /// The marker's path.
+        path: String,
+        /// The cause.
+        source: crate::extract::layout::MarkerError,
+    },
+    /// Staging failed outside the data.
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    /// The batch step failed outside the data.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+}
+
+/// What one local batch run produced.
+#[derive(Debug)]
+pub struct LocalBatch {
+    /// The quality report.
+    pub report: QualityReport,
+    /// Objects under `extracts/` of that day that the marker does not list (ignored).
+    pub unlisted: Vec<String>,
+    /// Where the outputs are.
+    pub outputs: BatchOutputs,
+}
+
+impl LocalBatch {
+    /// Files that failed (rejected whole or missing).
+    pub fn failed_files(&self) -> Vec<&FileReport> {
+        self.report.failed_files().collect()
+    }
+}
+
+/// Finds the days that have a batch marker under `input`.
+pub fn marker_days(input: &Path) -> Result<Vec<NaiveDate>, LocalError> {
+    let dir = input.join("extracts");
+    let read = |p: &Path| {
+        fs::read_dir(p).map_err(|source| LocalError::Read {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let mut days = Vec::new();
+    for entry in read(&dir)? {
+        let entry = entry.map_err(|source| LocalError::Read {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(d) = name
+            .strip_prefix("dt=")
+            .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+            && entry.path().join("_SUCCESS").exists()
+        {
+            days.push(d);
+        }
+    }
+    days.sort();
+    Ok(days)
+}
+
+/// Runs the batch of day `dt` from `input` (raw bucket layout) into `output`.
+pub fn run_local_batch(
+    schemas: &Schemas,
+    input: &Path,
+    output: &Path,
+    dt: NaiveDate,
+) -> Result<LocalBatch, LocalError> {
+    let tables: Vec<&str> = schemas.names().collect();
+    let marker_name = format!("extracts/dt={dt}/_SUCCESS");
+    let marker_path = input.join(&marker_name);
+    if !marker_path.exists() {
+        return Err(LocalError::NoMarker(marker_path.display().to_string()));
+    }
+    let body = fs::read(&marker_path).map_err(|source| LocalError::Read {
+        path: marker_path.display().to_string(),
+        source,
+    })?;
+    let marker = Marker::parse(&body, dt, &tables).map_err(|source| LocalError::Marker {
+        path: marker_path.display().to_string(),
+        source,
+    })?;
+
+    let mut unlisted = Vec::new();
+    for table in &tables {
+        let dir = input.join(format!("extracts/{table}/dt={dt}"));
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .map(|e| {
+                format!(
+                    "extracts/{table}/dt={dt}/{}",
+                    e.file_name().to_string_lossy()
+                )
+            })
+            .collect();
+        names.sort();
+        unlisted.extend(names.into_iter().filter(|n| !marker.files.contains(n)));
+    }
+    for name in &unlisted {
+        tracing::warn!(
+            object = name.as_str(),
+            "object not listed in the batch marker, ignored"
+        );
+    }
+
+    let staging = output.join(format!("_staging/dt={dt}"));
+    let today = today_sao_paulo();
+    let mut parts: Vec<PartSummary> = Vec::new();
+    for object in &marker.files {
+        let Layout::Part { table, .. } = classify(object, &tables) else {
+            continue;
+        };
+        let schema = schemas.table(&table).expect("classified tables exist");
+        let path: PathBuf = input.join(object);
+        match File::open(&path) {
+            Ok(file) => parts.push(stage_part(schema, object, "local", file, &staging, today)?),
+            Err(e) => {
+                tracing::error!(object = object.as_str(), error = %e, "listed part cannot be read");
+                parts.push(missing_part(&table, object, &e));
+            }
+        }
+    }
+    let outputs = BatchOutputs {
+        root: output.to_path_buf(),
+        dt,
+    };
+    let report = run_batch(schemas, dt, &staging, &parts, &outputs)?;
+    let _ = fs::remove_dir_all(&staging);
+    Ok(LocalBatch {
+        report,
+        unlisted,
+        outputs,
+    })
+}
+
+fn missing_part(table: &str, object: &str, e: &std::io::Error) -> PartSummary {
+    PartSummary {
+        table: table.to_string(),
+        file: FileReport {
+            object: object.to_string(),
+            generation: "local".into(),
+            encoding: String::new(),
+            delimiter: String::new(),
+            gzip: false,
+            rows: 0,
+            extra_columns: Vec::new(),
+            error: Some(FileError {
+                kind: "missing_object".into(),
+                message: e.to_string(),
+            }),
+        },
+        rows_staged: 0,
+        rows_quarantined: 0,
+        quarantined_by_reason: Default::default(),
+        fields: Default::default(),
+    }
+}
