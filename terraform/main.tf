@@ -1,0 +1,57 @@
+# datashare on Google Cloud: what fake-gcp emulates on a laptop, from the same
+# topology file. One file per concern: storage.tf, pubsub.tf, run.tf, iam.tf,
+# secrets.tf, scheduler.tf, registry.tf.
+
+data "google_project" "this" {
+  project_id = var.project_id
+}
+
+# The Cloud Storage service agent publishes the raw bucket's notifications.
+data "google_storage_project_service_account" "gcs" {
+  project = var.project_id
+}
+
+module "topology" {
+  source = "./modules/topology"
+
+  topology_file = coalesce(var.topology_file, "${path.root}/../fake-gcp/topology.yaml")
+  bucket_prefix = var.bucket_prefix
+}
+
+locals {
+  roles         = module.topology.roles
+  buckets       = module.topology.buckets
+  topics        = module.topology.topics
+  subscriptions = module.topology.subscriptions
+  dead_lettered = module.topology.dead_lettered_subscriptions
+
+  # Pub/Sub's service agent forwards messages to dead-letter topics and mints
+  # the OIDC tokens of push requests.
+  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+  image = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.datashare.repository_id}/datashare${startswith(var.image_tag, "@") ? "" : ":"}${var.image_tag}"
+
+  # How the program learns the real bucket names (config/default.toml has the
+  # local ones): DATASHARE_BUCKET_<LOGICAL>.
+  bucket_env = {
+    for logical, b in local.buckets : "DATASHARE_BUCKET_${upper(logical)}" => b.name
+  }
+}
+
+# APIs the platform uses. disable_on_destroy is off: destroying datashare must
+# not switch an API off for anything else in the project.
+resource "google_project_service" "apis" {
+  for_each = toset([
+    "artifactregistry.googleapis.com",
+    "cloudscheduler.googleapis.com",
+    "iam.googleapis.com",
+    "pubsub.googleapis.com",
+    "run.googleapis.com",
+    "secretmanager.googleapis.com",
+    "storage.googleapis.com",
+  ])
+
+  project            = var.project_id
+  service            = each.value
+  disable_on_destroy = false
+}

@@ -1,0 +1,98 @@
+# One Cloud Run service per role, all from the one image: the role is chosen
+# by the container arguments (`datashare worker`, `datashare deliver --sink
+# sftp`, ...). Each listens on $PORT for Pub/Sub push requests.
+resource "google_cloud_run_v2_service" "role" {
+  for_each = local.roles
+
+  name                = "datashare-${each.key}"
+  location            = var.region
+  deletion_protection = var.deletion_protection
+
+  # Pub/Sub push from this project counts as internal traffic: nothing on
+  # the internet can even reach the services (and every request must carry
+  # the invoker's token anyway: no allUsers binding anywhere).
+  ingress = "INGRESS_TRAFFIC_INTERNAL_ONLY"
+
+  template {
+    service_account = google_service_account.role[each.key].email
+
+    # Equal to the ack deadline of every subscription pushing here.
+    timeout = "${each.value.request_timeout_secs}s"
+
+    max_instance_request_concurrency = var.concurrency[each.key]
+    execution_environment            = "EXECUTION_ENVIRONMENT_GEN2"
+
+    # Scale to zero: messages arrive a few times a day, plus the tick.
+    scaling {
+      min_instance_count = 0
+      max_instance_count = var.max_instances[each.key]
+    }
+
+    containers {
+      image = local.image
+      args  = each.value.args
+
+      ports {
+        container_port = 8080
+      }
+
+      resources {
+        limits = {
+          cpu    = var.resources[each.key].cpu
+          memory = var.resources[each.key].memory
+        }
+        # CPU only while a request runs: all work happens inside a push request.
+        cpu_idle          = true
+        startup_cpu_boost = true
+      }
+
+      # Real bucket names (the defaults in config/default.toml are the local
+      # ones), the project, the log filter.
+      dynamic "env" {
+        for_each = merge(local.bucket_env, {
+          DATASHARE_GCP_PROJECT = var.project_id
+          RUST_LOG              = var.log_level
+        })
+        content {
+          name  = env.key
+          value = env.value
+        }
+      }
+
+      # Secrets as files, read when used (a rotated version is picked up
+      # without a redeploy): /secrets/<id>/value.
+      dynamic "volume_mounts" {
+        for_each = local.role_secrets[each.key]
+        content {
+          name       = volume_mounts.value
+          mount_path = "/secrets/${volume_mounts.value}"
+        }
+      }
+    }
+
+    dynamic "volumes" {
+      for_each = local.role_secrets[each.key]
+      content {
+        name = volumes.value
+        secret {
+          secret = google_secret_manager_secret.this[volumes.value].secret_id
+          items {
+            version = "latest"
+            path    = "value"
+            mode    = 256 # 0400: readable by the (non-root) runtime user only
+          }
+        }
+      }
+    }
+  }
+
+  lifecycle {
+    precondition {
+      condition     = contains(keys(var.max_instances), each.key) && contains(keys(var.concurrency), each.key) && contains(keys(var.resources), each.key)
+      error_message = "max_instances, concurrency and resources must each have an entry for every role of the topology."
+    }
+  }
+
+  # A revision whose account cannot read its secrets does not start.
+  depends_on = [google_secret_manager_secret_iam_member.role_reads, google_project_service.apis]
+}

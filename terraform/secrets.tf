@@ -1,0 +1,71 @@
+# Secret Manager secrets: the resources only. Their values (versions) are
+# added outside Terraform (README.md), so no credential ever reaches the
+# state file or the repository.
+
+locals {
+  # Every secret the partners' contracts need, and the roles that read it.
+  # The worker runs check-sinks on the schedule (events.md), which logs in
+  # to every sink: it reads the sink credentials too.
+  secret_candidates = flatten([
+    for partner, p in var.partners : [
+      { id = "${partner}-hmac-key", roles = ["worker"], wanted = true },
+      { id = "${partner}-sftp-key", roles = ["sftp", "worker"], wanted = contains(p.sinks, "sftp") },
+      { id = "${partner}-sftp-passphrase", roles = ["sftp", "worker"], wanted = contains(p.sinks, "sftp") && p.sftp_key_passphrase },
+      { id = "${partner}-api-user", roles = ["api", "worker"], wanted = contains(p.sinks, "api") && p.api_auth == "basic" },
+      { id = "${partner}-api-password", roles = ["api", "worker"], wanted = contains(p.sinks, "api") && p.api_auth == "basic" },
+      { id = "${partner}-api-token", roles = ["api", "worker"], wanted = contains(p.sinks, "api") && p.api_auth == "bearer" },
+    ]
+  ])
+
+  # Short id (also the mount directory) => roles reading it. SMTP serves the
+  # partner e-mails (email sink) and the team's alerts (alert consumer).
+  secrets = merge(
+    { for s in local.secret_candidates : s.id => s.roles if s.wanted },
+    {
+      "smtp-user"     = ["email", "alert", "worker"]
+      "smtp-password" = ["email", "alert", "worker"]
+    },
+  )
+
+  secret_grants = {
+    for g in flatten([
+      for id, roles in local.secrets : [for role in roles : { id = id, role = role }]
+    ]) : "${g.id}/${g.role}" => g
+  }
+
+  # Secrets mounted on each role's service, as files /secrets/<id>/value.
+  role_secrets = {
+    for role in keys(local.roles) : role => sort([for id, roles in local.secrets : id if contains(roles, role)])
+  }
+}
+
+resource "google_secret_manager_secret" "this" {
+  # Google-managed encryption: access is limited per secret and per reader,
+  # and a CMEK would add a key ring to operate.
+  for_each = local.secrets
+
+  secret_id = "datashare-${each.key}"
+
+  # Keys that protect personal data stay in the region of the data.
+  replication {
+    user_managed {
+      replicas {
+        location = var.region
+      }
+    }
+  }
+
+  labels = {
+    app = "datashare"
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_secret_manager_secret_iam_member" "role_reads" {
+  for_each = local.secret_grants
+
+  secret_id = google_secret_manager_secret.this[each.value.id].id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.role[each.value.role].email}"
+}
