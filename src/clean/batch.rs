@@ -18,7 +18,8 @@ use arrow_ipc::reader::FileReader;
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -107,12 +108,12 @@ struct Entry {
 /// A row's place: part index and row index within the staged part.
 type Pos = (u32, u64);
 
-/// Winners of deduplication, as one bit per staged row.
-struct Winners {
+/// A set of staged rows, as one bit per row.
+struct RowBits {
     bits: Vec<Vec<u64>>,
 }
 
-impl Winners {
+impl RowBits {
     fn new(rows: &[u64]) -> Self {
         Self {
             bits: rows
@@ -315,7 +316,7 @@ fn run_table(
         rows_per_part.push(row);
     }
     entries.sort_unstable_by_key(|e| (e.key, e.check, e.version, e.part, e.row));
-    let mut winners = Winners::new(&rows_per_part);
+    let mut winners = RowBits::new(&rows_per_part);
     let mut conflicts: HashMap<(u64, u32), Conflict> = HashMap::new();
     let mut start = 0;
     let mut distinct: Vec<u64> = Vec::new();
@@ -365,7 +366,13 @@ fn run_table(
         .references()
         .map(|(i, t)| (i, t, key_sets.get(t)))
         .collect();
+    // Keys are unique: a dictionary would only cost time.
     let props = WriterProperties::builder()
+        .set_column_dictionary_enabled(
+            ColumnPath::from(table.columns[table.key].name.as_str()),
+            false,
+        )
+        .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(256 * 1024))
         .build();
@@ -381,10 +388,11 @@ fn run_table(
     let mut quarantine = QuarantineBuilder::new(table);
     let mut keys = HashSet::new();
     let mut lines: HashMap<Pos, u64> = HashMap::new();
-    let conflict_rows: HashSet<Pos> = conflicts
-        .values()
-        .flat_map(|c| std::iter::once(c.winner).chain(c.losers.iter().copied()))
-        .collect();
+    let mut conflict_rows = RowBits::new(&rows_per_part);
+    for c in conflicts.values() {
+        conflict_rows.set(c.winner);
+        c.losers.iter().for_each(|&p| conflict_rows.set(p));
+    }
     for (pi, (p, path)) in good.iter().zip(&paths).enumerate() {
         let mut row = 0u64;
         for batch in open_staged(&path.data, None)? {
@@ -398,7 +406,7 @@ fn run_table(
             let mut mask = Vec::with_capacity(batch.num_rows());
             for i in 0..batch.num_rows() {
                 let pos = (pi as u32, row + i as u64);
-                if conflict_rows.contains(&pos) {
+                if conflict_rows.get(pos) {
                     lines.insert(pos, line_col.value(i) as u64);
                     let (k, c) = key_hash(key_col.value(i));
                     if let Some(conf) = conflicts.get_mut(&(k, c)) {

@@ -318,3 +318,27 @@ pub fn quarantined_rows(batch: &RecordBatch, columns: usize) -> Vec<QuarantinedR
         })
         .collect()
 }
+
+/// Reads one cell of a typed curated column back as a [`Value`] (None: null or unsupported type).
+pub fn value_at(array: &dyn Array, row: usize) -> Option<Value> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Date32Type, Decimal128Type, Int64Type, TimestampMicrosecondType};
+    if array.is_null(row) {
+        return None;
+    }
+    Some(match array.data_type() {
+        DataType::Utf8 => Value::Str(array.as_string::<i32>().value(row).to_string()),
+        DataType::Int64 => Value::Int(array.as_primitive::<Int64Type>().value(row)),
+        DataType::Decimal128(_, 2) => {
+            Value::Cents(i64::try_from(array.as_primitive::<Decimal128Type>().value(row)).ok()?)
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => Value::Ts(
+            array
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(row)
+                .div_euclid(1_000_000),
+        ),
+        DataType::Date32 => Value::Date(array.as_primitive::<Date32Type>().value(row)),
+        _ => return None,
+    })
+}

@@ -145,7 +145,17 @@ pub fn run_local_batch(
         let schema = schemas.table(&table).expect("classified tables exist");
         let path: PathBuf = input.join(object);
         match File::open(&path) {
-            Ok(file) => parts.push(stage_part(schema, object, "local", file, &staging, today)?),
+            Ok(file) => {
+                let started = std::time::Instant::now();
+                let part = stage_part(schema, object, "local", file, &staging, today)?;
+                tracing::info!(
+                    object = object.as_str(),
+                    rows = part.file.rows,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "part staged"
+                );
+                parts.push(part);
+            }
             Err(e) => {
                 tracing::error!(object = object.as_str(), error = %e, "listed part cannot be read");
                 parts.push(missing_part(&table, object, &e));
@@ -156,7 +166,9 @@ pub fn run_local_batch(
         root: output.to_path_buf(),
         dt,
     };
+    let started = std::time::Instant::now();
     let report = run_batch(schemas, dt, &staging, &parts, &outputs)?;
+    tracing::info!(%dt, elapsed_ms = started.elapsed().as_millis() as u64, "batch step done");
     let _ = fs::remove_dir_all(&staging);
     Ok(LocalBatch {
         report,

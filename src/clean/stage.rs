@@ -121,8 +121,13 @@ impl<'s> RowCleaner<'s> {
         }
     }
 
-    /// Evaluates every field rule of a row; `raw[i]` is column i's raw value (None: column absent).
-    pub fn clean(&self, raw: &[Option<&str>], out: &mut CleanRow, scratch: &mut String) {
+    /// Evaluates every field rule of a row; `raw(i)` is column i's raw value (None: column absent).
+    pub fn clean<'r>(
+        &self,
+        raw: impl Fn(usize) -> Option<&'r str>,
+        out: &mut CleanRow,
+        scratch: &mut String,
+    ) {
         let n = self.schema.columns.len();
         out.values.clear();
         out.values.resize(n, None);
@@ -133,7 +138,7 @@ impl<'s> RowCleaner<'s> {
         out.nulled.resize(n, false);
         for &i in &self.order {
             let col = &self.schema.columns[i];
-            let r = raw[i].unwrap_or("");
+            let r = raw(i).unwrap_or("");
             if is_null_marker(r) {
                 if let Some(d) = &col.default {
                     let v = col.kind.validate(d, &col.options, None, self.today).ok();
@@ -178,12 +183,32 @@ fn differs(v: &Value, raw: &str, scratch: &mut String) -> bool {
     match v {
         Value::Str(s) => s != raw,
         Value::Ts(_) if raw.len() != 20 => true,
+        Value::Int(i) => !is_canonical_number(raw, 0) || raw.parse::<i64>() != Ok(*i),
+        Value::Cents(c) => {
+            !is_canonical_number(raw, 2) || super::validators::brl_cents(raw) != Ok(*c)
+        }
         _ => {
             scratch.clear();
             v.write_canonical(scratch);
             scratch != raw
         }
     }
+}
+
+/// Returns true when `raw` is written as the canonical text of a number with `decimals` places.
+fn is_canonical_number(raw: &str, decimals: usize) -> bool {
+    let b = raw.as_bytes();
+    let b = b.strip_prefix(b"-").unwrap_or(b);
+    let (int, frac) = if decimals == 0 {
+        (b, &b[b.len()..])
+    } else if b.len() > decimals && b[b.len() - decimals - 1] == b'.' {
+        (&b[..b.len() - decimals - 1], &b[b.len() - decimals..])
+    } else {
+        return false;
+    };
+    !int.is_empty()
+        && (int.len() == 1 || int[0] != b'0')
+        && int.iter().chain(frac).all(u8::is_ascii_digit)
 }
 
 /// Hashes a row of typed values (the identity of exact duplicates).
@@ -352,7 +377,8 @@ fn stage_rows(
     let mut scratch = String::new();
     let mut hash_buf = Vec::with_capacity(256);
     let mut raw_joined = String::with_capacity(256);
-    let mut normalized = vec![0u64; schema.columns.len()];
+    let ncols = schema.columns.len();
+    let mut normalized = vec![0u64; ncols];
     let mut nulled = vec![0u64; schema.columns.len()];
     let delimiter = char::from(dialect.delimiter).to_string();
 
@@ -363,13 +389,11 @@ fn stage_rows(
             Err(e) => return Err(fault(crate::extract::csv::classify_io(e))),
         }
         summary.file.rows += 1;
-        let raw: Vec<Option<&str>> = column_at
-            .iter()
-            .map(|at| at.and_then(|i| rec.get(i)))
-            .collect();
+        let raw = |i: usize| column_at[i].and_then(|at| rec.get(at));
+        let raw_strings = || (0..ncols).map(|i| raw(i).map(str::to_string)).collect();
         if rec.broken || rec.len() != header.len() {
             let q = QuarantinedRow {
-                raw: raw.iter().map(|v| v.map(str::to_string)).collect(),
+                raw: raw_strings(),
                 reasons: vec!["malformed_row".to_string()],
                 object: summary.file.object.clone(),
                 generation: summary.file.generation.clone(),
@@ -380,18 +404,18 @@ fn stage_rows(
             quarantined.append(&q);
             continue;
         }
-        cleaner.clean(&raw, &mut row, &mut scratch);
+        cleaner.clean(raw, &mut row, &mut scratch);
         for i in 0..schema.columns.len() {
             normalized[i] += u64::from(row.normalized[i]);
             nulled[i] += u64::from(row.nulled[i]);
         }
         if row.reasons.is_empty() {
             raw_joined.clear();
-            for (i, v) in raw.iter().enumerate() {
+            for i in 0..ncols {
                 if i > 0 {
                     raw_joined.push(RAW_SEP);
                 }
-                raw_joined.push_str(v.unwrap_or(""));
+                raw_joined.push_str(raw(i).unwrap_or(""));
             }
             let hash = row_hash(&row.values, &mut hash_buf);
             staged.append(&row.values, rec.line, hash, &raw_joined);
@@ -401,7 +425,7 @@ fn stage_rows(
             }
         } else {
             let q = QuarantinedRow {
-                raw: raw.iter().map(|v| v.map(str::to_string)).collect(),
+                raw: raw_strings(),
                 reasons: std::mem::take(&mut row.reasons),
                 object: summary.file.object.clone(),
                 generation: summary.file.generation.clone(),
@@ -480,7 +504,7 @@ mod tests {
             Some("sp"),
             None,
         ];
-        cleaner.clean(&raw, &mut out, &mut scratch);
+        cleaner.clean(|i| raw[i], &mut out, &mut scratch);
         assert_eq!(out.reasons, ["invalid_quantity", "invalid_status"]);
         assert_eq!(out.values[0], Some(Value::Str("TX-000123".into())));
         assert_eq!(out.values[3], Some(Value::Str("OHB-000101".into())));
@@ -491,7 +515,7 @@ mod tests {
         assert_eq!(out.values[10], Some(Value::Str("São Paulo".into())));
         assert!(out.normalized[0] && out.normalized[5] && out.normalized[6] && out.normalized[10]);
         let missing = [None; 13];
-        cleaner.clean(&missing, &mut out, &mut scratch);
+        cleaner.clean(|i| missing[i], &mut out, &mut scratch);
         assert_eq!(
             out.reasons,
             [
@@ -507,6 +531,28 @@ mod tests {
                 "missing_uf"
             ]
         );
+    }
+
+    #[test]
+    fn normalized_means_the_canonical_text_differs() {
+        let mut scratch = String::new();
+        for (v, raw, want) in [
+            (Value::Int(2), "2", false),
+            (Value::Int(2), "2.0", true),
+            (Value::Int(2), "02", true),
+            (Value::Int(2), " 2", true),
+            (Value::Cents(799), "7.99", false),
+            (Value::Cents(799), "7,99", true),
+            (Value::Cents(790), "7.9", true),
+            (Value::Cents(0), "0.00", false),
+            (Value::Cents(-100), "-1.00", false),
+            (Value::Ts(1_795_798_980), "2026-11-27T17:03:00Z", false),
+            (Value::Ts(1_795_798_980), "1795798980", true),
+            (Value::Str("SP".into()), "SP", false),
+            (Value::Str("SP".into()), "sp", true),
+        ] {
+            assert_eq!(differs(&v, raw, &mut scratch), want, "{v:?} {raw:?}");
+        }
     }
 
     #[test]

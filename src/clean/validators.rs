@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use chrono::{
     DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone,
+    Timelike,
 };
 use chrono_tz::America::Sao_Paulo;
 use regex::Regex;
@@ -44,16 +45,22 @@ impl Value {
             }
             Value::Ts(s) => match DateTime::from_timestamp(*s, 0) {
                 Some(t) => {
-                    let _ = write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%SZ"));
+                    write_date(out, t.date_naive());
+                    out.push('T');
+                    for (i, part) in [t.hour(), t.minute(), t.second()].into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(':');
+                        }
+                        push_2(out, part);
+                    }
+                    out.push('Z');
                 }
                 None => {
                     let _ = write!(out, "@{s}");
                 }
             },
             Value::Date(d) => match NaiveDate::from_epoch_days(*d) {
-                Some(date) => {
-                    let _ = write!(out, "{}", date.format("%Y-%m-%d"));
-                }
+                Some(date) => write_date(out, date),
                 None => {
                     let _ = write!(out, "#{d}");
                 }
@@ -67,6 +74,26 @@ impl Value {
         self.write_canonical(&mut s);
         s
     }
+}
+
+/// Appends `YYYY-MM-DD` without the formatting machinery (it runs for every value).
+fn write_date(out: &mut String, d: NaiveDate) {
+    let y = d.year();
+    if (0..=9999).contains(&y) {
+        push_2(out, (y / 100) as u32);
+        push_2(out, (y % 100) as u32);
+    } else {
+        let _ = write!(out, "{y}");
+    }
+    out.push('-');
+    push_2(out, d.month());
+    out.push('-');
+    push_2(out, d.day());
+}
+
+fn push_2(out: &mut String, v: u32) {
+    out.push(char::from(b'0' + (v / 10 % 10) as u8));
+    out.push(char::from(b'0' + (v % 10) as u8));
 }
 
 /// The validators, by the name used in `config/tables.toml`.
@@ -201,9 +228,14 @@ pub fn text(s: &str, known: &[String]) -> String {
         }
         out.push_str(w);
     }
+    let lower = |x: &str| {
+        x.chars()
+            .flat_map(char::to_lowercase)
+            .collect::<Vec<char>>()
+    };
     known
         .iter()
-        .find(|k| k.eq_ignore_ascii_case(&out) || k.to_lowercase() == out.to_lowercase())
+        .find(|k| k.eq_ignore_ascii_case(&out) || (!out.is_ascii() && lower(k) == lower(&out)))
         .cloned()
         .unwrap_or(out)
 }
@@ -222,7 +254,7 @@ pub fn id(s: &str, upper: bool) -> Result<String, Invalid> {
 
 /// Normalizes a product code to `AAA-NNNNNN` (`ohb 000101`, `OHB000101` are accepted).
 pub fn product_code(s: &str) -> Result<String, Invalid> {
-    let mut letters = String::with_capacity(3);
+    let mut letters = String::with_capacity(10);
     let mut digits = String::with_capacity(6);
     for c in s.trim().chars() {
         match c {
@@ -233,7 +265,9 @@ pub fn product_code(s: &str) -> Result<String, Invalid> {
         }
     }
     if letters.len() == 3 && digits.len() == 6 {
-        Ok(format!("{letters}-{digits}"))
+        letters.push('-');
+        letters.push_str(&digits);
+        Ok(letters)
     } else {
         Err(Invalid)
     }
@@ -251,46 +285,34 @@ pub fn brl_cents(s: &str) -> Result<i64, Invalid> {
         t = rest.trim_start();
     }
     let t = t.strip_prefix("R$").unwrap_or(t);
-    let mut body = String::with_capacity(t.len());
-    for c in t.chars() {
-        match c {
-            ' ' | '\u{a0}' => {}
-            '-' if body.is_empty() && !negative => negative = true,
-            '0'..='9' | '.' | ',' => body.push(c),
+    // Digits and separators only, white space dropped; at most one sign after `R$`.
+    let mut body = [0u8; 40];
+    let mut n = 0;
+    for &b in t.as_bytes() {
+        match b {
+            b' ' => {}
+            b'-' if n == 0 && !negative => negative = true,
+            b'0'..=b'9' | b'.' | b',' if n < body.len() => {
+                body[n] = b;
+                n += 1;
+            }
+            0xc2 | 0xa0 => {} // a no-break space (U+00A0) in UTF-8
             _ => return Err(Invalid),
         }
     }
-    let (int_part, frac_part) = split_decimal(&body)?;
-    if int_part.is_empty() && frac_part.is_empty() {
-        return Err(Invalid);
-    }
-    let int_value: i64 = if int_part.is_empty() {
-        0
-    } else {
-        int_part.parse().map_err(|_| Invalid)?
-    };
-    let frac: i64 = match frac_part.len() {
-        0 => 0,
-        1 => frac_part.parse::<i64>().map_err(|_| Invalid)? * 10,
-        2 => frac_part.parse().map_err(|_| Invalid)?,
-        _ => return Err(Invalid),
-    };
-    let cents = int_value
-        .checked_mul(100)
-        .and_then(|v| v.checked_add(frac))
-        .ok_or(Invalid)?;
+    let cents = parse_separated(&body[..n])?;
     Ok(if negative { -cents } else { cents })
 }
 
-/// Splits digits with `.`/`,` separators into integer digits and decimal digits.
-fn split_decimal(body: &str) -> Result<(String, String), Invalid> {
-    let last_dot = body.rfind('.');
-    let last_comma = body.rfind(',');
+/// Reads digits with `.`/`,` separators by the spec's rules into hundredths.
+fn parse_separated(body: &[u8]) -> Result<i64, Invalid> {
+    let last_dot = body.iter().rposition(|&b| b == b'.');
+    let last_comma = body.iter().rposition(|&b| b == b',');
     let decimal_at = match (last_dot, last_comma) {
         (Some(d), Some(c)) => Some(d.max(c)),
         (Some(p), None) | (None, Some(p)) => {
-            let sep = body.as_bytes()[p];
-            let count = body.bytes().filter(|&b| b == sep).count();
+            let sep = body[p];
+            let count = body.iter().filter(|&&b| b == sep).count();
             let after = body.len() - p - 1;
             if count > 1 || after == 3 {
                 None
@@ -302,17 +324,45 @@ fn split_decimal(body: &str) -> Result<(String, String), Invalid> {
     };
     let (int_raw, frac) = match decimal_at {
         Some(p) => (&body[..p], &body[p + 1..]),
-        None => (body, ""),
+        None => (body, &body[body.len()..]),
     };
-    if frac.contains(['.', ',']) {
+    if frac.len() > 2 || frac.iter().any(|b| !b.is_ascii_digit()) {
         return Err(Invalid);
     }
     // Thousands separators: every group after the first has exactly three digits.
-    let groups: Vec<&str> = int_raw.split(['.', ',']).collect();
-    if groups.len() > 1 && (groups[0].is_empty() || groups[1..].iter().any(|g| g.len() != 3)) {
+    let mut value: i64 = 0;
+    let mut digits = 0;
+    let mut group_len = 0;
+    let mut groups = 0;
+    for &b in int_raw {
+        if b.is_ascii_digit() {
+            value = value
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(i64::from(b - b'0')))
+                .ok_or(Invalid)?;
+            digits += 1;
+            group_len += 1;
+        } else {
+            if (groups == 0 && group_len == 0) || (groups > 0 && group_len != 3) {
+                return Err(Invalid);
+            }
+            groups += 1;
+            group_len = 0;
+        }
+    }
+    if groups > 0 && group_len != 3 {
         return Err(Invalid);
     }
-    Ok((groups.concat(), frac.to_string()))
+    if digits == 0 && frac.is_empty() {
+        return Err(Invalid);
+    }
+    let mut cents = value.checked_mul(100).ok_or(Invalid)?;
+    match frac {
+        [a] => cents += i64::from(a - b'0') * 10,
+        [a, b] => cents += i64::from(a - b'0') * 10 + i64::from(b - b'0'),
+        _ => {}
+    }
+    Ok(cents)
 }
 
 /// Reads an integer written as `2`, `2.0`, `2 un`, ` 3 `; fractions are invalid.
@@ -342,6 +392,9 @@ fn brl_cents_plain(s: &str) -> Result<i64, Invalid> {
 
 /// Maps a value or one of its synonyms (any case, with or without accents) to its canonical value.
 pub fn enumeration(s: &str, values: &[(String, String)]) -> Result<String, Invalid> {
+    if let Some((_, canonical)) = values.iter().find(|(folded, _)| folded == s) {
+        return Ok(canonical.clone());
+    }
     let f = fold(s);
     values
         .iter()
@@ -370,6 +423,38 @@ pub fn timestamp(s: &str) -> Result<i64, Invalid> {
 
 /// Converts a São Paulo wall-clock time to UTC: gaps move forward, ambiguous times take the earlier offset.
 pub fn sao_paulo_to_utc(naive: NaiveDateTime) -> i64 {
+    use std::cell::Cell;
+    // Offsets change at most once a day, at midnight: cache each local day with a single offset.
+    const SLOTS: usize = 1024;
+    thread_local! {
+        static DAYS: [Cell<(i64, i32)>; SLOTS] = const { [const { Cell::new((i64::MIN, 0)) }; SLOTS] };
+    }
+    let local = naive.and_utc().timestamp();
+    let day = local.div_euclid(86_400);
+    let slot = ((day as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize % SLOTS;
+    let cached = DAYS.with(|d| d[slot].get());
+    if cached.0 == day {
+        return local - i64::from(cached.1);
+    }
+    let start = naive.date().and_time(NaiveTime::MIN);
+    let end = start + chrono::Duration::seconds(86_399);
+    if let (LocalResult::Single(a), LocalResult::Single(b)) = (
+        Sao_Paulo.from_local_datetime(&start),
+        Sao_Paulo.from_local_datetime(&end),
+    ) {
+        let (oa, ob) = (
+            a.offset().fix().local_minus_utc(),
+            b.offset().fix().local_minus_utc(),
+        );
+        if oa == ob {
+            DAYS.with(|d| d[slot].set((day, oa)));
+            return local - i64::from(oa);
+        }
+    }
+    resolve_sao_paulo(naive)
+}
+
+fn resolve_sao_paulo(naive: NaiveDateTime) -> i64 {
     match Sao_Paulo.from_local_datetime(&naive) {
         LocalResult::Single(t) => t.timestamp(),
         LocalResult::Ambiguous(earlier, _) => earlier.timestamp(),
@@ -496,7 +581,7 @@ fn ymd(y: u32, m: u32, d: u32) -> Result<NaiveDate, Invalid> {
 
 /// Normalizes a CEP to `NNNNN-NNN`; a CEP that lost its leading zero (7 digits) gets it back.
 pub fn cep(s: &str) -> Result<String, Invalid> {
-    let mut digits = String::with_capacity(8);
+    let mut digits = String::with_capacity(9);
     for c in s.chars() {
         match c {
             '0'..='9' => digits.push(c),
@@ -517,7 +602,8 @@ pub fn cep(s: &str) -> Result<String, Invalid> {
     {
         return Err(Invalid);
     }
-    Ok(format!("{}-{}", &digits[..5], &digits[5..]))
+    digits.insert(5, '-');
+    Ok(digits)
 }
 
 /// Normalizes a federative unit code (`sp`, ` Sp ` → `SP`).
@@ -528,10 +614,44 @@ pub fn uf_code(s: &str) -> Result<&'static str, Invalid> {
 
 /// Canonical municipality name: the official spelling for the row's UF, else title case.
 pub fn municipality(s: &str, uf: Option<&str>) -> String {
-    if let Some(name) = uf.and_then(|u| br::canonical_municipality(s, u)) {
-        return name.to_string();
+    let Some(uf) = uf else { return title_case(s) };
+    match cached_municipality(s, uf) {
+        Some(name) => name.to_string(),
+        None => title_case(s),
     }
-    title_case(s)
+}
+
+/// Looks a municipality up through a per-thread cache: the same few spellings repeat on every row.
+fn cached_municipality(s: &str, uf: &str) -> Option<&'static str> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        static CACHE: RefCell<HashMap<(u64, u64), Option<&'static str>>> = RefCell::new(HashMap::new());
+    }
+    let key = (
+        xxhash_rust::xxh3::xxh3_64(s.as_bytes()),
+        xxhash_rust::xxh3::xxh3_64_with_seed(s.as_bytes(), u64::from_le_bytes(pad8(uf))),
+    );
+    CACHE.with(|c| {
+        if let Some(hit) = c.borrow().get(&key) {
+            return *hit;
+        }
+        let found = br::canonical_municipality(s, uf);
+        let mut cache = c.borrow_mut();
+        if cache.len() >= 1 << 16 {
+            cache.clear();
+        }
+        cache.insert(key, found);
+        found
+    })
+}
+
+fn pad8(s: &str) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    for (o, b) in out.iter_mut().zip(s.bytes()) {
+        *o = b;
+    }
+    out
 }
 
 /// Title case with single spaces: `SAO  JOAO` → `Sao Joao`.

@@ -245,6 +245,8 @@ impl CsvReader {
         rec.text.clear();
         rec.ends.clear();
         let delim = self.dialect.delimiter;
+        // Most lines are valid UTF-8 as a whole: their plain fields are copied without a check each.
+        let utf8 = std::str::from_utf8(line).ok();
         let mut i = 0;
         loop {
             self.field_buf.clear();
@@ -285,8 +287,16 @@ impl CsvReader {
                 i = k + 1;
             } else {
                 let end = memchr::memchr(delim, &line[i..]).map_or(line.len(), |p| i + p);
-                self.field_buf.extend_from_slice(&line[i..end]);
-                self.push_field(rec);
+                match utf8 {
+                    Some(text) => {
+                        rec.text.push_str(&text[i..end]);
+                        rec.ends.push(rec.text.len());
+                    }
+                    None => {
+                        self.field_buf.extend_from_slice(&line[i..end]);
+                        self.push_field(rec);
+                    }
+                }
                 if end >= line.len() {
                     return true;
                 }
