@@ -33,6 +33,11 @@ variable "topology_file" {
   description = "The topology shared with fake-gcp (topics, subscriptions, buckets). Change it only to test another topology."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.topology_file == null ? true : fileexists(var.topology_file)
+    error_message = "The topology file does not exist."
+  }
 }
 
 variable "image_tag" {
