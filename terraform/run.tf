@@ -76,10 +76,11 @@ resource "google_cloud_run_v2_service" "role" {
         name = volumes.value
         secret {
           secret = google_secret_manager_secret.this[volumes.value].secret_id
+          # Default mode 0444: the files are owned by root and the image runs
+          # as a non-root user, so a stricter mode would hide them from it.
           items {
             version = "latest"
             path    = "value"
-            mode    = 256 # 0400: readable by the (non-root) runtime user only
           }
         }
       }
