@@ -24,8 +24,7 @@ use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::columns::{
-    QuarantineBuilder, QuarantinedRow, RAW, RAW_SEP, curated_schema, quarantine_schema,
-    quarantined_rows,
+    QuarantineBuilder, QuarantinedRow, RAW_SEP, curated_schema, quarantine_schema, quarantined_rows,
 };
 use super::report::{QualityReport, TableReport};
 use super::schema::{Schemas, TableSchema};
@@ -315,7 +314,8 @@ fn run_table(
         }
         rows_per_part.push(row);
     }
-    entries.sort_unstable_by_key(|e| (e.key, e.check, e.version, e.part, e.row));
+    // Grouping needs only the key; the rare groups of several rows are ordered below.
+    entries.sort_unstable_by_key(|e| (e.key, e.check));
     let mut winners = RowBits::new(&rows_per_part);
     let mut conflicts: HashMap<(u64, u32), Conflict> = HashMap::new();
     let mut start = 0;
@@ -326,7 +326,10 @@ fn run_table(
         while end < entries.len() && entries[end].key == k && entries[end].check == c {
             end += 1;
         }
-        let group = &entries[start..end];
+        let group = &mut entries[start..end];
+        if group.len() > 1 {
+            group.sort_unstable_by_key(|e| (e.version, e.part, e.row));
+        }
         let winner = group[group.len() - 1];
         winners.set((winner.part, winner.row));
         if group.len() > 1 {
@@ -393,16 +396,15 @@ fn run_table(
         conflict_rows.set(c.winner);
         c.losers.iter().for_each(|&p| conflict_rows.set(p));
     }
-    for (pi, (p, path)) in good.iter().zip(&paths).enumerate() {
+    // The raw values (`_raw`) are only read back for the rare rows that fail a reference check.
+    let typed: Vec<usize> = (0..=ncols).collect();
+    let mut orphans: Vec<(usize, u64, i64, Vec<String>)> = Vec::new();
+    for (pi, path) in paths.iter().enumerate() {
         let mut row = 0u64;
-        for batch in open_staged(&path.data, None)? {
+        for batch in open_staged(&path.data, Some(typed.clone()))? {
             let batch = batch?;
             let key_col = batch.column(table.key).as_string::<i32>();
             let line_col = batch.column(ncols).as_primitive::<Int64Type>();
-            let raw_col = batch
-                .column_by_name(RAW)
-                .expect("staged raw column")
-                .as_string::<i32>();
             let mut mask = Vec::with_capacity(batch.num_rows());
             for i in 0..batch.num_rows() {
                 let pos = (pi as u32, row + i as u64);
@@ -430,15 +432,7 @@ fn run_table(
                     }
                     mask.push(true);
                 } else {
-                    quarantine_staged_row(
-                        &mut rep,
-                        &mut quarantine,
-                        p,
-                        raw_col.value(i),
-                        line_col.value(i),
-                        reasons,
-                        ncols,
-                    );
+                    orphans.push((pi, pos.1, line_col.value(i), reasons));
                     mask.push(false);
                 }
             }
@@ -449,6 +443,31 @@ fn run_table(
             let kept = RecordBatch::try_new(curated_schema.clone(), columns)?;
             rep.rows_kept += kept.num_rows() as u64;
             curated.write(&kept)?;
+        }
+    }
+    let mut orphans = orphans.into_iter().peekable();
+    for (pi, path) in paths.iter().enumerate() {
+        if orphans.peek().is_none_or(|o| o.0 != pi) {
+            continue;
+        }
+        let mut row = 0u64;
+        for batch in open_staged(&path.data, Some(vec![ncols + 2]))? {
+            let batch = batch?;
+            let raw_col = batch.column(0).as_string::<i32>();
+            let end = row + batch.num_rows() as u64;
+            while let Some((_, r, line, reasons)) = orphans.next_if(|o| o.0 == pi && o.1 < end) {
+                let raw = raw_col.value((r - row) as usize);
+                quarantine_staged_row(
+                    &mut rep,
+                    &mut quarantine,
+                    good[pi],
+                    raw,
+                    line,
+                    reasons,
+                    ncols,
+                );
+            }
+            row = end;
         }
     }
     curated.close()?;

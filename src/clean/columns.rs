@@ -111,7 +111,7 @@ impl ColumnBuilder {
     /// Appends a value or a null.
     pub fn append(&mut self, v: Option<&Value>) {
         match (self, v) {
-            (ColumnBuilder::Str(b), Some(Value::Str(s))) => b.append_value(s),
+            (ColumnBuilder::Str(b), Some(Value::Str(s))) => b.append_value(s.as_str()),
             (ColumnBuilder::Int(b), Some(Value::Int(i))) => b.append_value(*i),
             (ColumnBuilder::Dec(b), Some(Value::Cents(c))) => b.append_value(i128::from(*c)),
             (ColumnBuilder::Ts(b), Some(Value::Ts(s))) => {
@@ -327,7 +327,7 @@ pub fn value_at(array: &dyn Array, row: usize) -> Option<Value> {
         return None;
     }
     Some(match array.data_type() {
-        DataType::Utf8 => Value::Str(array.as_string::<i32>().value(row).to_string()),
+        DataType::Utf8 => Value::Str(array.as_string::<i32>().value(row).into()),
         DataType::Int64 => Value::Int(array.as_primitive::<Int64Type>().value(row)),
         DataType::Decimal128(_, 2) => {
             Value::Cents(i64::try_from(array.as_primitive::<Decimal128Type>().value(row)).ok()?)

@@ -139,7 +139,8 @@ impl<'s> RowCleaner<'s> {
         for &i in &self.order {
             let col = &self.schema.columns[i];
             let r = raw(i).unwrap_or("");
-            if is_null_marker(r) {
+            let trimmed = super::validators::trim(r);
+            if is_null_marker(trimmed) {
                 if let Some(d) = &col.default {
                     let v = col.kind.validate(d, &col.options, None, self.today).ok();
                     out.normalized[i] = r != d.as_str();
@@ -156,7 +157,7 @@ impl<'s> RowCleaner<'s> {
                 },
                 _ => None,
             };
-            match col.kind.validate(r, &col.options, uf, self.today) {
+            match col.kind.validate(trimmed, &col.options, uf, self.today) {
                 Ok(v) => {
                     out.normalized[i] = differs(&v, r, scratch);
                     out.values[i] = Some(v);

@@ -10,6 +10,7 @@ use chrono::{
     Timelike,
 };
 use chrono_tz::America::Sao_Paulo;
+use compact_str::{CompactString, ToCompactString};
 use regex::Regex;
 
 use super::schema::KindOptions;
@@ -18,8 +19,8 @@ use crate::br;
 /// A cleaned, typed value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
-    /// Text.
-    Str(String),
+    /// Text (short values are stored inline, without a heap allocation).
+    Str(CompactString),
     /// An integer.
     Int(i64),
     /// An amount in hundredths (BRL cents).
@@ -162,7 +163,7 @@ impl Kind {
         uf: Option<&str>,
         today: NaiveDate,
     ) -> Result<Value, Invalid> {
-        let s = raw.trim();
+        let s = trim(raw);
         match self {
             Kind::Text => Ok(Value::Str(text(s, &opts.known))),
             Kind::Id => id(s, opts.upper).map(Value::Str),
@@ -178,13 +179,22 @@ impl Kind {
             Kind::Date => date(s, opts.min_date, opts.not_future.then_some(today))
                 .map(|d| Value::Date(d.to_epoch_days())),
             Kind::Cep => cep(s).map(Value::Str),
-            Kind::Uf => uf_code(s).map(|u| Value::Str(u.to_string())),
+            Kind::Uf => uf_code(s).map(|u| Value::Str(CompactString::const_new(u))),
             Kind::Municipality => Ok(Value::Str(municipality(s, uf))),
             Kind::Email => email(s).map(Value::Str),
             Kind::Cpf => cpf(s).map(Value::Str),
             Kind::Phone => phone(s).map(Value::Str),
             Kind::Gtin13 => gtin13(s).map(Value::Str),
         }
+    }
+}
+
+/// Trims white space; values that need no trimming (most) are checked in a few instructions.
+pub fn trim(s: &str) -> &str {
+    let b = s.as_bytes();
+    match (b.first(), b.last()) {
+        (Some(&f), Some(&l)) if f > b' ' && f < 0x80 && l > b' ' && l < 0x80 => s,
+        _ => s.trim(),
     }
 }
 
@@ -202,7 +212,7 @@ fn sign_rule(v: i64, opts: &KindOptions) -> Result<i64, Invalid> {
 
 /// Returns true when a raw value is one of the null markers (any case, trimmed).
 pub fn is_null_marker(raw: &str) -> bool {
-    let s = raw.trim();
+    let s = trim(raw);
     if s.len() > 4 {
         return false;
     }
@@ -220,8 +230,8 @@ pub fn fold(s: &str) -> String {
 }
 
 /// Trims, folds runs of white space, and takes the canonical spelling of a known value.
-pub fn text(s: &str, known: &[String]) -> String {
-    let mut out = String::with_capacity(s.len());
+pub fn text(s: &str, known: &[String]) -> CompactString {
+    let mut out = CompactString::with_capacity(s.len());
     for (i, w) in s.split_whitespace().enumerate() {
         if i > 0 {
             out.push(' ');
@@ -236,27 +246,29 @@ pub fn text(s: &str, known: &[String]) -> String {
     known
         .iter()
         .find(|k| k.eq_ignore_ascii_case(&out) || (!out.is_ascii() && lower(k) == lower(&out)))
-        .cloned()
+        .map(|k| k.to_compact_string())
         .unwrap_or(out)
 }
 
 /// Trims an identifier, optionally upper-casing it; identifiers hold no white space.
-pub fn id(s: &str, upper: bool) -> Result<String, Invalid> {
+pub fn id(s: &str, upper: bool) -> Result<CompactString, Invalid> {
     if s.chars().any(char::is_whitespace) {
         return Err(Invalid);
     }
-    Ok(if upper {
-        s.to_uppercase()
-    } else {
-        s.to_string()
-    })
+    let mut out = CompactString::from(s);
+    if upper && s.is_ascii() {
+        out.make_ascii_uppercase();
+    } else if upper {
+        out = s.to_uppercase().into();
+    }
+    Ok(out)
 }
 
 /// Normalizes a product code to `AAA-NNNNNN` (`ohb 000101`, `OHB000101` are accepted).
-pub fn product_code(s: &str) -> Result<String, Invalid> {
-    let mut letters = String::with_capacity(10);
-    let mut digits = String::with_capacity(6);
-    for c in s.trim().chars() {
+pub fn product_code(s: &str) -> Result<CompactString, Invalid> {
+    let mut letters = CompactString::with_capacity(10);
+    let mut digits = CompactString::with_capacity(6);
+    for c in s.trim_ascii().chars() {
         match c {
             'a'..='z' | 'A'..='Z' if digits.is_empty() => letters.push(c.to_ascii_uppercase()),
             '0'..='9' if letters.len() == 3 => digits.push(c),
@@ -278,7 +290,7 @@ pub fn product_code(s: &str) -> Result<String, Invalid> {
 /// With both `.` and `,` present the last is the decimal separator; a single separator followed by
 /// exactly three digits is a thousands separator; more than two decimals is invalid.
 pub fn brl_cents(s: &str) -> Result<i64, Invalid> {
-    let mut t = s.trim();
+    let mut t = s.trim_ascii();
     let mut negative = false;
     if let Some(rest) = t.strip_prefix('-') {
         negative = true;
@@ -367,16 +379,20 @@ fn parse_separated(body: &[u8]) -> Result<i64, Invalid> {
 
 /// Reads an integer written as `2`, `2.0`, `2 un`, ` 3 `; fractions are invalid.
 pub fn int_with_units(s: &str, units: &[String]) -> Result<i64, Invalid> {
-    let t = s.trim();
+    let t = s.trim_ascii();
     let number_end = t
         .char_indices()
         .find(|(_, c)| c.is_alphabetic())
         .map_or(t.len(), |(i, _)| i);
     let (number, unit) = t.split_at(number_end);
-    if !unit.is_empty() && !units.iter().any(|u| unit.trim().eq_ignore_ascii_case(u)) {
+    if !unit.is_empty()
+        && !units
+            .iter()
+            .any(|u| unit.trim_ascii().eq_ignore_ascii_case(u))
+    {
         return Err(Invalid);
     }
-    let cents = brl_cents_plain(number.trim())?;
+    let cents = brl_cents_plain(number.trim_ascii())?;
     if cents % 100 != 0 {
         return Err(Invalid);
     }
@@ -391,21 +407,21 @@ fn brl_cents_plain(s: &str) -> Result<i64, Invalid> {
 }
 
 /// Maps a value or one of its synonyms (any case, with or without accents) to its canonical value.
-pub fn enumeration(s: &str, values: &[(String, String)]) -> Result<String, Invalid> {
+pub fn enumeration(s: &str, values: &[(String, String)]) -> Result<CompactString, Invalid> {
     if let Some((_, canonical)) = values.iter().find(|(folded, _)| folded == s) {
-        return Ok(canonical.clone());
+        return Ok(canonical.to_compact_string());
     }
     let f = fold(s);
     values
         .iter()
         .find(|(folded, _)| *folded == f)
-        .map(|(_, canonical)| canonical.clone())
+        .map(|(_, canonical)| canonical.to_compact_string())
         .ok_or(Invalid)
 }
 
 /// Reads an instant in any format of the spec, as seconds since the epoch (UTC).
 pub fn timestamp(s: &str) -> Result<i64, Invalid> {
-    let t = s.trim();
+    let t = s.trim_ascii();
     if !t.is_empty() && t.len() <= 11 && t.bytes().all(|b| b.is_ascii_digit()) {
         // Epoch seconds; a bare 8-digit number is more likely a date than 1970.
         return if t.len() >= 9 {
@@ -475,7 +491,7 @@ fn resolve_sao_paulo(naive: NaiveDateTime) -> i64 {
 
 /// Reads a calendar date in any format of the spec (a time part is ignored; epochs in local time).
 pub fn date(s: &str, min: Option<NaiveDate>, max: Option<NaiveDate>) -> Result<NaiveDate, Invalid> {
-    let t = s.trim();
+    let t = s.trim_ascii();
     let d = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
         let secs = timestamp(t)?;
         DateTime::from_timestamp(secs, 0)
@@ -536,7 +552,7 @@ fn parse_datetime(t: &str) -> Result<(NaiveDateTime, Option<i32>), Invalid> {
         }
     }
     let time = NaiveTime::from_hms_opt(h, mi, sec).ok_or(Invalid)?;
-    let zone = rest[i..].trim();
+    let zone = rest[i..].trim_ascii();
     let offset = match zone {
         "" => None,
         "Z" | "z" | "UTC" | "+00:00" => Some(0),
@@ -580,8 +596,8 @@ fn ymd(y: u32, m: u32, d: u32) -> Result<NaiveDate, Invalid> {
 }
 
 /// Normalizes a CEP to `NNNNN-NNN`; a CEP that lost its leading zero (7 digits) gets it back.
-pub fn cep(s: &str) -> Result<String, Invalid> {
-    let mut digits = String::with_capacity(9);
+pub fn cep(s: &str) -> Result<CompactString, Invalid> {
+    let mut digits = CompactString::with_capacity(9);
     for c in s.chars() {
         match c {
             '0'..='9' => digits.push(c),
@@ -608,15 +624,15 @@ pub fn cep(s: &str) -> Result<String, Invalid> {
 
 /// Normalizes a federative unit code (`sp`, ` Sp ` → `SP`).
 pub fn uf_code(s: &str) -> Result<&'static str, Invalid> {
-    let u = s.trim().to_ascii_uppercase();
+    let u = s.trim_ascii().to_ascii_uppercase();
     br::UFS.iter().find(|x| **x == u).copied().ok_or(Invalid)
 }
 
 /// Canonical municipality name: the official spelling for the row's UF, else title case.
-pub fn municipality(s: &str, uf: Option<&str>) -> String {
+pub fn municipality(s: &str, uf: Option<&str>) -> CompactString {
     let Some(uf) = uf else { return title_case(s) };
     match cached_municipality(s, uf) {
-        Some(name) => name.to_string(),
+        Some(name) => CompactString::from(name),
         None => title_case(s),
     }
 }
@@ -655,8 +671,8 @@ fn pad8(s: &str) -> [u8; 8] {
 }
 
 /// Title case with single spaces: `SAO  JOAO` → `Sao Joao`.
-pub fn title_case(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+pub fn title_case(s: &str) -> CompactString {
+    let mut out = CompactString::with_capacity(s.len());
     for (i, w) in s.split_whitespace().enumerate() {
         if i > 0 {
             out.push(' ');
@@ -681,20 +697,20 @@ fn email_regex() -> &'static Regex {
 }
 
 /// Lower-cases and checks an e-mail address (local part, `@`, a domain with a dot, no spaces).
-pub fn email(s: &str) -> Result<String, Invalid> {
-    let e = s.trim().to_lowercase();
+pub fn email(s: &str) -> Result<CompactString, Invalid> {
+    let e = s.trim_ascii().to_lowercase();
     if e.len() <= 254 && email_regex().is_match(&e) && !e.contains("..") {
-        Ok(e)
+        Ok(e.into())
     } else {
         Err(Invalid)
     }
 }
 
 /// Reads a CPF (`123.456.789-09` or `12345678909`) with valid check digits, as 11 digits.
-pub fn cpf(s: &str) -> Result<String, Invalid> {
+pub fn cpf(s: &str) -> Result<CompactString, Invalid> {
     let mut d = [0u8; 11];
     let mut n = 0;
-    for c in s.trim().chars() {
+    for c in s.trim_ascii().chars() {
         match c {
             '0'..='9' if n < 11 => {
                 d[n] = c as u8 - b'0';
@@ -705,15 +721,17 @@ pub fn cpf(s: &str) -> Result<String, Invalid> {
         }
     }
     if n == 11 && br::cpf_is_valid(&d) {
-        Ok(d.iter().map(|x| char::from(b'0' + x)).collect())
+        Ok(d.iter()
+            .map(|x| char::from(b'0' + x))
+            .collect::<CompactString>())
     } else {
         Err(Invalid)
     }
 }
 
 /// Normalizes a Brazilian phone number to E.164 `+55DDNNNNNNNN(N)`.
-pub fn phone(s: &str) -> Result<String, Invalid> {
-    let t = s.trim();
+pub fn phone(s: &str) -> Result<CompactString, Invalid> {
+    let t = s.trim_ascii();
     let international = t.starts_with('+');
     let mut digits = String::with_capacity(14);
     for c in t.chars() {
@@ -743,17 +761,20 @@ pub fn phone(s: &str) -> Result<String, Invalid> {
         _ => false,
     };
     if br::is_ddd(ddd) && ok_subscriber {
-        Ok(format!("+55{national}"))
+        let mut out = CompactString::with_capacity(14);
+        out.push_str("+55");
+        out.push_str(national);
+        Ok(out)
     } else {
         Err(Invalid)
     }
 }
 
 /// Checks a GTIN-13 (EAN-13) and its check digit.
-pub fn gtin13(s: &str) -> Result<String, Invalid> {
+pub fn gtin13(s: &str) -> Result<CompactString, Invalid> {
     let mut d = [0u8; 13];
     let mut n = 0;
-    for c in s.trim().chars() {
+    for c in s.trim_ascii().chars() {
         match c {
             '0'..='9' if n < 13 => {
                 d[n] = c as u8 - b'0';
@@ -764,7 +785,9 @@ pub fn gtin13(s: &str) -> Result<String, Invalid> {
         }
     }
     if n == 13 && br::gtin13_is_valid(&d) {
-        Ok(d.iter().map(|x| char::from(b'0' + x)).collect())
+        Ok(d.iter()
+            .map(|x| char::from(b'0' + x))
+            .collect::<CompactString>())
     } else {
         Err(Invalid)
     }

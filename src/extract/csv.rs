@@ -181,6 +181,7 @@ impl CsvReader {
                 return Ok(false);
             };
             if line.iter().all(|b| *b == b' ') {
+                self.line_buf = line;
                 continue;
             }
             rec.line = line_no;
@@ -189,6 +190,8 @@ impl CsvReader {
             let mut extra: Vec<(u64, Vec<u8>)> = Vec::new();
             loop {
                 if self.split_fields(&joined, rec) {
+                    // The line's buffer is read into again: no allocation per line.
+                    self.line_buf = joined;
                     return Ok(true);
                 }
                 // An unclosed quote: the record may continue on the next line.
@@ -225,6 +228,9 @@ impl CsvReader {
             return Ok(Some(item));
         }
         self.line_buf.clear();
+        if self.line_buf.capacity() == 0 {
+            self.line_buf.reserve(1024);
+        }
         let n = self.input.read_until(b'\n', &mut self.line_buf)?;
         if n == 0 {
             return Ok(None);
