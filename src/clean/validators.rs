@@ -1068,3 +1068,92 @@ mod tests {
         assert_eq!(text("Guaraná   Brasil", &known), "Guaraná Brasil");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn opts() -> KindOptions {
+        KindOptions {
+            units: vec!["un".into()],
+            values: vec![
+                ("completed".into(), "completed".into()),
+                ("concluido".into(), "completed".into()),
+            ],
+            known: vec!["Hungry".into()],
+            uf_column: Some(0),
+            ..Default::default()
+        }
+    }
+
+    /// Normalizing a normalized value changes nothing, for every kind.
+    fn idempotent(kind: Kind, raw: &str, uf: Option<&str>) {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+        if let Ok(v) = kind.validate(raw, &opts(), uf, today) {
+            let text = v.canonical();
+            let again = kind.validate(&text, &opts(), uf, today);
+            assert_eq!(
+                again.as_ref().map(Value::canonical),
+                Ok(text.clone()),
+                "{kind:?} {raw:?} → {text:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_idempotent(raw in "\\PC{0,30}", uf in "[A-Za-z ]{0,3}") {
+            for kind in [Kind::Text, Kind::Id, Kind::ProductCode, Kind::Int, Kind::Brl, Kind::Enum,
+                         Kind::Timestamp, Kind::Date, Kind::Cep, Kind::Uf, Kind::Municipality,
+                         Kind::Email, Kind::Cpf, Kind::Phone, Kind::Gtin13] {
+                idempotent(kind, &raw, Some(uf.trim()));
+            }
+        }
+
+        #[test]
+        fn amounts_round_trip(cents in 0i64..10_000_000_000, style in 0u8..4) {
+            let (int, frac) = (cents / 100, cents % 100);
+            let grouped = |sep: char| {
+                let digits = int.to_string();
+                let mut out = String::new();
+                for (i, c) in digits.chars().enumerate() {
+                    if i > 0 && (digits.len() - i) % 3 == 0 { out.push(sep); }
+                    out.push(c);
+                }
+                out
+            };
+            let raw = match style {
+                0 => format!("{int}.{frac:02}"),
+                1 => format!("R$ {},{frac:02}", grouped('.')),
+                2 => format!("{},{frac:02}", grouped('.')),
+                _ => format!("{}.{frac:02}", grouped(',')),
+            };
+            prop_assert_eq!(brl_cents(&raw), Ok(cents), "{}", raw);
+            idempotent(Kind::Brl, &raw, None);
+        }
+
+        #[test]
+        fn instants_round_trip(secs in 0i64..4_000_000_000) {
+            let v = Value::Ts(secs).canonical();
+            prop_assert_eq!(timestamp(&v), Ok(secs));
+            prop_assert_eq!(timestamp(&secs.to_string()), if secs >= 100_000_000 { Ok(secs) } else { Err(Invalid) });
+        }
+
+        #[test]
+        fn messy_phones_normalize_once(ddd in prop::sample::select(br::DDDS.iter().map(|d| d.0).collect::<Vec<_>>()),
+                                       n in 10_000_000u32..100_000_000, style in 0u8..4) {
+            let national = format!("{ddd}9{n:08}");
+            let raw = match style {
+                0 => format!("({ddd}) 9{}-{:04}", n / 10_000, n % 10_000),
+                1 => national.clone(),
+                2 => format!("+55 {ddd} 9{} {:04}", n / 10_000, n % 10_000),
+                _ => format!("0{ddd} 9{}-{:04}", n / 10_000, n % 10_000),
+            };
+            let want = format!("+55{national}");
+            let got = phone(&raw);
+            prop_assert_eq!(got.as_deref(), Ok(want.as_str()), "{}", raw);
+            idempotent(Kind::Phone, &raw, None);
+        }
+    }
+}
