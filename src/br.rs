@@ -11,27 +11,107 @@ pub const UFS: [&str; 27] = [
 
 /// Telephone area codes (DDD) in use, with the federative unit each serves (Anatel).
 pub const DDDS: [(u8, &str); 67] = [
-    (11, "SP"), (12, "SP"), (13, "SP"), (14, "SP"), (15, "SP"), (16, "SP"), (17, "SP"), (18, "SP"),
-    (19, "SP"), (21, "RJ"), (22, "RJ"), (24, "RJ"), (27, "ES"), (28, "ES"), (31, "MG"), (32, "MG"),
-    (33, "MG"), (34, "MG"), (35, "MG"), (37, "MG"), (38, "MG"), (41, "PR"), (42, "PR"), (43, "PR"),
-    (44, "PR"), (45, "PR"), (46, "PR"), (47, "SC"), (48, "SC"), (49, "SC"), (51, "RS"), (53, "RS"),
-    (54, "RS"), (55, "RS"), (61, "DF"), (62, "GO"), (63, "TO"), (64, "GO"), (65, "MT"), (66, "MT"),
-    (67, "MS"), (68, "AC"), (69, "RO"), (71, "BA"), (73, "BA"), (74, "BA"), (75, "BA"), (77, "BA"),
-    (79, "SE"), (81, "PE"), (82, "AL"), (83, "PB"), (84, "RN"), (85, "CE"), (86, "PI"), (87, "PE"),
-    (88, "CE"), (89, "PI"), (91, "PA"), (92, "AM"), (93, "PA"), (94, "PA"), (95, "RR"), (96, "AP"),
-    (97, "AM"), (98, "MA"), (99, "MA"),
+    (11, "SP"),
+    (12, "SP"),
+    (13, "SP"),
+    (14, "SP"),
+    (15, "SP"),
+    (16, "SP"),
+    (17, "SP"),
+    (18, "SP"),
+    (19, "SP"),
+    (21, "RJ"),
+    (22, "RJ"),
+    (24, "RJ"),
+    (27, "ES"),
+    (28, "ES"),
+    (31, "MG"),
+    (32, "MG"),
+    (33, "MG"),
+    (34, "MG"),
+    (35, "MG"),
+    (37, "MG"),
+    (38, "MG"),
+    (41, "PR"),
+    (42, "PR"),
+    (43, "PR"),
+    (44, "PR"),
+    (45, "PR"),
+    (46, "PR"),
+    (47, "SC"),
+    (48, "SC"),
+    (49, "SC"),
+    (51, "RS"),
+    (53, "RS"),
+    (54, "RS"),
+    (55, "RS"),
+    (61, "DF"),
+    (62, "GO"),
+    (63, "TO"),
+    (64, "GO"),
+    (65, "MT"),
+    (66, "MT"),
+    (67, "MS"),
+    (68, "AC"),
+    (69, "RO"),
+    (71, "BA"),
+    (73, "BA"),
+    (74, "BA"),
+    (75, "BA"),
+    (77, "BA"),
+    (79, "SE"),
+    (81, "PE"),
+    (82, "AL"),
+    (83, "PB"),
+    (84, "RN"),
+    (85, "CE"),
+    (86, "PI"),
+    (87, "PE"),
+    (88, "CE"),
+    (89, "PI"),
+    (91, "PA"),
+    (92, "AM"),
+    (93, "PA"),
+    (94, "PA"),
+    (95, "RR"),
+    (96, "AP"),
+    (97, "AM"),
+    (98, "MA"),
+    (99, "MA"),
 ];
 
 /// CEP ranges (first five digits, inclusive) assigned to each federative unit by Correios.
 pub const CEP_RANGES: [(&str, u32, u32); 30] = [
-    ("SP", 1000, 19999), ("RJ", 20000, 28999), ("ES", 29000, 29999), ("MG", 30000, 39999),
-    ("BA", 40000, 48999), ("SE", 49000, 49999), ("PE", 50000, 56999), ("AL", 57000, 57999),
-    ("PB", 58000, 58999), ("RN", 59000, 59999), ("CE", 60000, 63999), ("PI", 64000, 64999),
-    ("MA", 65000, 65999), ("PA", 66000, 68899), ("AP", 68900, 68999), ("AM", 69000, 69299),
-    ("RR", 69300, 69399), ("AM", 69400, 69899), ("AC", 69900, 69999), ("DF", 70000, 72799),
-    ("GO", 72800, 72999), ("DF", 73000, 73699), ("GO", 73700, 76799), ("RO", 76800, 76999),
-    ("TO", 77000, 77999), ("MT", 78000, 78899), ("MS", 79000, 79999), ("PR", 80000, 87999),
-    ("SC", 88000, 89999), ("RS", 90000, 99999),
+    ("SP", 1000, 19999),
+    ("RJ", 20000, 28999),
+    ("ES", 29000, 29999),
+    ("MG", 30000, 39999),
+    ("BA", 40000, 48999),
+    ("SE", 49000, 49999),
+    ("PE", 50000, 56999),
+    ("AL", 57000, 57999),
+    ("PB", 58000, 58999),
+    ("RN", 59000, 59999),
+    ("CE", 60000, 63999),
+    ("PI", 64000, 64999),
+    ("MA", 65000, 65999),
+    ("PA", 66000, 68899),
+    ("AP", 68900, 68999),
+    ("AM", 69000, 69299),
+    ("RR", 69300, 69399),
+    ("AM", 69400, 69899),
+    ("AC", 69900, 69999),
+    ("DF", 70000, 72799),
+    ("GO", 72800, 72999),
+    ("DF", 73000, 73699),
+    ("GO", 73700, 76799),
+    ("RO", 76800, 76999),
+    ("TO", 77000, 77999),
+    ("MT", 78000, 78899),
+    ("MS", 79000, 79999),
+    ("PR", 80000, 87999),
+    ("SC", 88000, 89999),
+    ("RS", 90000, 99999),
 ];
 
 /// Returns true when `uf` (upper case) is one of the 27 federative units.
@@ -51,7 +131,10 @@ pub fn ddds_of(uf: &str) -> impl Iterator<Item = u8> + '_ {
 
 /// CEP prefix ranges (first five digits) of one federative unit.
 pub fn cep_ranges_of(uf: &str) -> impl Iterator<Item = (u32, u32)> + '_ {
-    CEP_RANGES.iter().filter(move |(u, _, _)| *u == uf).map(|&(_, lo, hi)| (lo, hi))
+    CEP_RANGES
+        .iter()
+        .filter(move |(u, _, _)| *u == uf)
+        .map(|&(_, lo, hi)| (lo, hi))
 }
 
 /// Computes the two CPF check digits of the first nine digits.
@@ -125,7 +208,9 @@ pub fn municipalities() -> &'static [Municipality] {
                 Municipality {
                     ibge_code: code.parse().expect("shipped municipality code is numeric"),
                     name: name.trim_matches('"').to_string(),
-                    uf: UFS[UFS.binary_search(&uf).expect("shipped municipality has a known uf")],
+                    uf: UFS[UFS
+                        .binary_search(&uf)
+                        .expect("shipped municipality has a known uf")],
                 }
             })
             .collect()
@@ -206,7 +291,10 @@ mod tests {
     #[test]
     fn reference_tables_are_complete() {
         assert_eq!(UFS.len(), 27);
-        assert!(UFS.windows(2).all(|w| w[0] < w[1]), "UFS sorted for binary search");
+        assert!(
+            UFS.windows(2).all(|w| w[0] < w[1]),
+            "UFS sorted for binary search"
+        );
         for uf in UFS {
             assert!(ddds_of(uf).count() > 0, "{uf} has an area code");
             assert!(cep_ranges_of(uf).count() > 0, "{uf} has a CEP range");
@@ -224,7 +312,10 @@ mod tests {
     #[test]
     fn municipality_names_are_canonicalized() {
         assert_eq!(canonical_municipality("SAO PAULO", "SP"), Some("São Paulo"));
-        assert_eq!(canonical_municipality(" sao  paulo", "SP"), Some("São Paulo"));
+        assert_eq!(
+            canonical_municipality(" sao  paulo", "SP"),
+            Some("São Paulo")
+        );
         assert_eq!(canonical_municipality("brasilia", "DF"), Some("Brasília"));
         assert_eq!(canonical_municipality("Sao Paulo", "RJ"), None);
     }
