@@ -191,8 +191,19 @@ enum State {
 
 #[derive(Debug, Clone)]
 struct Cell {
-    raw: String,
+    /// Raw text when it differs from the canonical one (`None`: written as canonical, or empty for null).
+    raw: Option<String>,
     state: State,
+}
+
+impl Cell {
+    fn raw(&self) -> &str {
+        match (&self.raw, &self.state) {
+            (Some(r), _) => r,
+            (None, State::Value(v)) => v,
+            (None, _) => "",
+        }
+    }
 }
 
 /// Role of a row in a duplicate or conflict group.
@@ -241,11 +252,11 @@ fn cells_of(row: &Row) -> Vec<Cell> {
     row.iter()
         .map(|c| match c {
             Some(v) => Cell {
-                raw: v.clone(),
+                raw: None,
                 state: State::Value(v.clone()),
             },
             None => Cell {
-                raw: String::new(),
+                raw: None,
                 state: State::NullOptional,
             },
         })
@@ -584,7 +595,7 @@ impl Run {
             Inject::Format { col, variant } => {
                 let raw = apply_format(t, &mut row, col, variant, &mut self.rng);
                 out.cells = cells_of(&row);
-                out.cells[col].raw = raw;
+                out.cells[col].raw = Some(raw);
                 out.note = note("format", Some(col));
             }
             Inject::Null { col, marker } => {
@@ -595,7 +606,7 @@ impl Run {
                     Need::Optional | Need::Unspecified => State::NullOptional,
                 };
                 out.cells[col] = Cell {
-                    raw: NULL_MARKERS[marker % NULL_MARKERS.len()].to_string(),
+                    raw: Some(NULL_MARKERS[marker % NULL_MARKERS.len()].to_string()),
                     state,
                 };
                 out.note = note("null_marker", Some(col));
@@ -608,7 +619,10 @@ impl Run {
                 } else {
                     State::InvalidNull
                 };
-                out.cells[col] = Cell { raw, state };
+                out.cells[col] = Cell {
+                    raw: Some(raw),
+                    state,
+                };
                 out.note = note("invalid", Some(col));
             }
             Inject::OrphanCustomer => {
@@ -678,7 +692,7 @@ impl Run {
                     if done < 2
                         && let Some(raw) = reformat(t, &row, col, &mut g)
                     {
-                        cells[col].raw = raw;
+                        cells[col].raw = Some(raw);
                         column = column.or(Some(col));
                         done += 1;
                     }
@@ -713,7 +727,7 @@ impl Run {
         out: OutRow,
     ) -> Result<(), GenerateError> {
         let line = pw.rows + 2;
-        let raws: Vec<&str> = out.cells.iter().map(|c| c.raw.as_str()).collect();
+        let raws: Vec<&str> = out.cells.iter().map(Cell::raw).collect();
         pw.write_row(&raws, out.malformed)
             .map_err(|e| GenerateError::io(object, e))?;
         let cols = self.table.columns();
@@ -726,7 +740,7 @@ impl Run {
             for (i, cell) in out.cells.iter().enumerate() {
                 let name = cols[i].name;
                 match &cell.state {
-                    State::Value(canon) if *canon != cell.raw => bump(&mut c.fields, name, true),
+                    State::Value(canon) if canon != cell.raw() => bump(&mut c.fields, name, true),
                     State::NullDefault(_) => bump(&mut c.fields, name, true),
                     State::InvalidNull => bump(&mut c.fields, name, false),
                     State::NullRequired => reasons.push(format!("missing_{name}")),
@@ -791,7 +805,7 @@ impl Run {
                 raw: if out.malformed.is_some() {
                     None
                 } else {
-                    col_cell.map(|c| c.raw.clone())
+                    col_cell.map(|c| c.raw().to_string())
                 },
                 outcome: outcome.to_string(),
                 expected,
