@@ -259,6 +259,7 @@ pub fn generate_day_with_progress(
     progress: &mut dyn FnMut(u64),
 ) -> Result<DayTruth, GenerateError> {
     opts.validate()?;
+    check_date(date)?;
     let dt = date.format("%Y-%m-%d").to_string();
     let catalog = Catalog::new(opts.seed, date);
     let customers = opts.customer_count();
@@ -347,6 +348,18 @@ pub fn generate_day_with_progress(
     Ok(truth)
 }
 
+/// Rejects days outside 1990–2199 (customer histories start in 2015; chrono arithmetic must not overflow).
+fn check_date(date: NaiveDate) -> Result<(), GenerateError> {
+    use chrono::Datelike;
+    if (1990..2200).contains(&date.year()) {
+        Ok(())
+    } else {
+        Err(GenerateError::InvalidOptions(
+            "date must be between 1990 and 2199".into(),
+        ))
+    }
+}
+
 fn write_json(
     sink: &dyn ObjectSink,
     name: &str,
@@ -366,6 +379,7 @@ pub fn generate_transactions_part(
     path: &Path,
 ) -> Result<FileSummary, GenerateError> {
     opts.validate()?;
+    check_date(date)?;
     struct OnePath<'p>(&'p Path);
     impl ObjectSink for OnePath<'_> {
         fn create(&self, _name: &str) -> io::Result<Box<dyn ObjectWriter>> {

@@ -577,6 +577,15 @@ impl Run {
     fn defect_row(&mut self, ctx: &DayCtx<'_>, mut row: Row, inject: Inject) -> OutRow {
         let t = self.table;
         let cols = t.columns();
+        // Without a readable uf the city can only be title-cased: give such rows a city whose
+        // title case is its official spelling, so both readings of the rule agree.
+        if let (Inject::Null { col, .. } | Inject::Invalid { col, .. }, Some(uf), Some(city)) =
+            (inject, t.col("uf"), t.col("city"))
+            && col == uf
+            && row[city].as_deref().is_some_and(|c| title_words(c) != c)
+        {
+            row[city] = Some("São Paulo".to_string());
+        }
         let mut out = OutRow {
             cells: Vec::new(),
             malformed: None,
@@ -827,6 +836,14 @@ impl Run {
         }
         Ok(())
     }
+}
+
+/// Title-cases every word (`são miguel da boa vista` → `São Miguel Da Boa Vista`).
+pub(crate) fn title_words(s: &str) -> String {
+    s.split_whitespace()
+        .map(super::values::title)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn bump(fields: &mut BTreeMap<String, FieldCounts>, name: &str, normalized: bool) {

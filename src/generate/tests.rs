@@ -366,6 +366,11 @@ fn parts_read_back_as_the_truth_says() {
             if let (Some(col), Some(raw)) = (&e.column, &e.raw) {
                 assert_eq!(row.get(col), Some(raw), "{e:?}");
             }
+            if e.column.as_deref() == Some("uf") && e.outcome == "quarantined" {
+                // Without a readable uf, title case must already be the official spelling.
+                let city = row.get("city").cloned().unwrap_or_default();
+                assert_eq!(table::title_words(&city), city, "{e:?}");
+            }
             if let Some(key) = &e.key {
                 let kc = if e.table == "customers" {
                     "customer_id"
