@@ -72,3 +72,119 @@ pub fn clean(args: &CleanArgs) -> anyhow::Result<bool> {
     }
     Ok(ok)
 }
+
+/// Arguments of `datashare bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// What to measure (only `clean` for now).
+    #[arg(default_value = "clean")]
+    pub what: String,
+    /// Transaction rows of the generated batch.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: u64,
+    /// Parts the transactions are split into.
+    #[arg(long, default_value_t = 1)]
+    pub parts: usize,
+    /// Share of rows with a defect.
+    #[arg(long, default_value_t = 0.01)]
+    pub defect_rate: f64,
+    /// Gzip the generated parts.
+    #[arg(long)]
+    pub gzip: bool,
+    /// Folder for the generated batch and the outputs (a temporary folder when omitted).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Runs `datashare bench clean`: generates one batch, then cleans it on one thread and reports
+/// rows/s, MB/s and peak RSS of the cleaning alone.
+pub fn bench(args: &BenchArgs) -> anyhow::Result<bool> {
+    use crate::generate::{GenerateOptions, LocalDirSink, generate_day};
+    anyhow::ensure!(args.what == "clean", "only `datashare bench clean` exists");
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = std::env::temp_dir().join(format!("datashare-bench-{}", std::process::id()));
+            tmp.clone()
+        }
+    };
+    let raw = dir.join("raw");
+    let out = dir.join("out");
+    let _ = std::fs::remove_dir_all(&dir);
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).expect("valid date");
+    let opts = GenerateOptions {
+        rows: args.rows,
+        parts: args.parts,
+        gzip: args.gzip,
+        defect_rate: args.defect_rate,
+        ..GenerateOptions::default()
+    };
+    eprintln!(
+        "generating {} transaction rows into {}",
+        args.rows,
+        raw.display()
+    );
+    let truth = generate_day(&opts, dt, &LocalDirSink::new(&raw))?;
+    let input_bytes = dir_size(&raw.join("extracts"))?;
+    let transactions = truth.tables.get("transactions").map_or(0, |t| t.rows_read);
+    let all_rows: u64 = truth.tables.values().map(|t| t.rows_read).sum();
+
+    reset_peak_rss();
+    let started = std::time::Instant::now();
+    let schemas = Schemas::builtin()?;
+    let batch = run_local_batch(&schemas, &raw, &out, dt)?;
+    let secs = started.elapsed().as_secs_f64();
+    let peak = peak_rss_bytes();
+    let kept: u64 = batch.report.tables.values().map(|t| t.rows_kept).sum();
+    println!(
+        "bench clean: {transactions} transaction rows ({all_rows} rows in all tables), {:.1} MB of CSV",
+        input_bytes as f64 / 1e6
+    );
+    println!("  time        {secs:.2} s (one thread: staging every part, then the batch step)");
+    println!(
+        "  throughput  {:.0} transaction rows/s, {:.0} rows/s over all tables, {:.1} MB/s",
+        transactions as f64 / secs,
+        all_rows as f64 / secs,
+        input_bytes as f64 / 1e6 / secs
+    );
+    match peak {
+        Some(p) => println!(
+            "  peak RSS    {:.1} MiB (cleaning only)",
+            p as f64 / (1024.0 * 1024.0)
+        ),
+        None => println!("  peak RSS    unavailable (no /proc)"),
+    }
+    println!("  rows kept   {kept}");
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(batch.failed_files().is_empty())
+}
+
+fn dir_size(dir: &std::path::Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+/// Resets the kernel's peak-RSS mark of this process (Linux), so generation does not count.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Reads this process's peak RSS (VmHWM) in bytes.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -14,8 +14,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Writes seeded synthetic extracts (with injected defects and their ground truth) to a folder.
+    Generate(datashare::generate::GenerateArgs),
     /// Cleans whole batches from a local folder laid out like the raw bucket.
     Clean(datashare::cli::CleanArgs),
+    /// Measures the cleaning engine on generated data.
+    Bench(datashare::cli::BenchArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -26,7 +30,12 @@ fn main() -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     let ok = match Cli::parse().command {
+        Command::Generate(args) => {
+            datashare::generate::run(&args)?;
+            true
+        }
         Command::Clean(args) => datashare::cli::clean(&args)?,
+        Command::Bench(args) => datashare::cli::bench(&args)?,
     };
     Ok(if ok {
         ExitCode::SUCCESS
