@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Cleans whole batches from a local folder laid out like the raw bucket.
     Clean(datashare::cli::CleanArgs),
+    /// Builds a partner's daily or monthly product from local curated data.
+    Build(datashare::products::command::BuildArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -27,6 +29,10 @@ fn main() -> anyhow::Result<ExitCode> {
         .init();
     let ok = match Cli::parse().command {
         Command::Clean(args) => datashare::cli::clean(&args)?,
+        Command::Build(args) => {
+            datashare::products::command::run(&args)?;
+            true
+        }
     };
     Ok(if ok {
         ExitCode::SUCCESS
