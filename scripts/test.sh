@@ -14,6 +14,8 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --all-targets
+echo "== python tests of the products (pyarrow, duckdb)"
+bash scripts/py-tests.sh
 if [ -f scripts/check-infra.sh ]; then
   echo "== infrastructure checks"
   bash scripts/check-infra.sh

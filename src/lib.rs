@@ -5,9 +5,11 @@
 //! - [`generate`]: seeded synthetic extracts with injected defects and their ground truth.
 //! - [`extract`]: reading raw objects: object layout, gzip, encodings, CSV dialects.
 //! - [`clean`]: the cleaning engine: table schemas from config, validators, staging, the batch step, the quality report.
+//! - [`products`]: partner products: contracts, pseudonymous keys, daily and monthly files, privacy gate, manifests.
 
 pub mod br;
 pub mod clean;
 pub mod cli;
 pub mod extract;
 pub mod generate;
+pub mod products;

@@ -20,6 +20,8 @@ enum Command {
     Clean(datashare::cli::CleanArgs),
     /// Measures the cleaning engine on generated data.
     Bench(datashare::cli::BenchArgs),
+    /// Builds a partner's daily or monthly product from local curated data.
+    Build(datashare::products::command::BuildArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -36,6 +38,10 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Clean(args) => datashare::cli::clean(&args)?,
         Command::Bench(args) => datashare::cli::bench(&args)?,
+        Command::Build(args) => {
+            datashare::products::command::run(&args)?;
+            true
+        }
     };
     Ok(if ok {
         ExitCode::SUCCESS

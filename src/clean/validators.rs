@@ -679,7 +679,12 @@ pub fn title_case(s: &str) -> CompactString {
         }
         let mut chars = w.chars();
         if let Some(first) = chars.next() {
-            out.extend(first.to_uppercase());
+            // A letter whose capital is several letters (`ῴ`) is kept: title case stays idempotent.
+            let mut upper = first.to_uppercase();
+            match (upper.next(), upper.next()) {
+                (Some(u), None) => out.push(u),
+                _ => out.push(first),
+            }
             for c in chars {
                 out.extend(c.to_lowercase());
             }

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, a module per capability.
 
 mod clean;
+mod products;
 
 use std::process::Command;
 

@@ -1,0 +1,777 @@
+//! Partner contracts: one TOML file per partner under `partners/`, typed and validated at start-up.
+//!
+//! A contract names the manufacturer and the brands (each with its segment) the partner bought,
+//! which products (daily, monthly) in which formats, `k` for small cells, the pseudonymization
+//! key *reference* (an environment variable or a file, never a value), the sinks and the
+//! contacts. Every problem is reported as `<file>: <field>: <problem>`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::clean::validators;
+
+/// Minimum length in bytes of a pseudonymization secret.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// A partner contract could not be loaded, or a secret it references could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The contract file.
+        file: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown field or a value of the wrong type.
+    #[error("{file}: {message}")]
+    Parse {
+        /// The contract file.
+        file: PathBuf,
+        /// The parser's message (it names the field and the line).
+        message: String,
+    },
+    /// A field holds a value the contract does not allow.
+    #[error("{file}: {field}: {problem}")]
+    Invalid {
+        /// The contract file.
+        file: PathBuf,
+        /// The field, as a TOML path (e.g. `sinks[1].base_url`).
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// No contract has this partner name.
+    #[error("no partner contract named {name} in {dir}")]
+    UnknownPartner {
+        /// The partner asked for.
+        name: String,
+        /// The folder searched.
+        dir: PathBuf,
+    },
+    /// A referenced secret is not available.
+    #[error("secret {what} of partner {partner}: {problem}")]
+    Secret {
+        /// The partner.
+        partner: String,
+        /// Which secret (its field).
+        what: String,
+        /// What is wrong (names the variable or file, never the value).
+        problem: String,
+    },
+}
+
+/// A secret value: printed as `***`, read only where used.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// Wraps secret bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Secret(bytes)
+    }
+
+    /// Exposes the bytes to the one place that uses them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where a secret lives: an environment variable or a file (e.g. a Secret Manager mount).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// Name of the environment variable holding the secret.
+    pub env: Option<String>,
+    /// Path of the file holding the secret.
+    pub file: Option<PathBuf>,
+}
+
+impl SecretRef {
+    /// Reads the secret; the value is trimmed of surrounding whitespace (files end with a newline).
+    pub fn read(&self, partner: &str, what: &str) -> Result<Secret, ContractError> {
+        let err = |problem: String| ContractError::Secret {
+            partner: partner.to_string(),
+            what: what.to_string(),
+            problem,
+        };
+        let raw = match (&self.env, &self.file) {
+            (Some(var), None) => std::env::var(var).map_err(|_| {
+                err(format!(
+                    "environment variable {var} is not set (or not UTF-8)"
+                ))
+            })?,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| err(format!("cannot read file {}: {e}", path.display())))?,
+            _ => return Err(err("set exactly one of env or file".into())),
+        };
+        let value = raw.trim();
+        if value.is_empty() {
+            return Err(err(format!("{} is empty", self.describe())));
+        }
+        Ok(Secret(value.as_bytes().to_vec()))
+    }
+
+    /// Names the reference (variable or file), never the value.
+    pub fn describe(&self) -> String {
+        match (&self.env, &self.file) {
+            (Some(v), _) => format!("environment variable {v}"),
+            (None, Some(p)) => format!("file {}", p.display()),
+            _ => "an empty reference".into(),
+        }
+    }
+}
+
+/// A product a partner can buy.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ProductKind {
+    /// One row per completed order line of day D.
+    Daily,
+    /// One row per (uf, city, product) of month M.
+    Monthly,
+}
+
+impl ProductKind {
+    /// The name used in file names, manifests and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProductKind::Daily => "daily",
+            ProductKind::Monthly => "monthly",
+        }
+    }
+}
+
+impl fmt::Display for ProductKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A file format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Apache Parquet, Snappy-compressed.
+    Parquet,
+    /// CSV, UTF-8, comma-separated, with a header.
+    Csv,
+}
+
+impl Format {
+    /// The file extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Parquet => "parquet",
+            Format::Csv => "csv",
+        }
+    }
+}
+
+/// The period of pseudonymous customer keys.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyPeriod {
+    /// One key per customer and month (`YYYY-MM` of the local sale month).
+    #[default]
+    Month,
+    /// One key per customer for the whole contract.
+    Contract,
+}
+
+/// A brand the partner bought, with its segment.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Brand {
+    /// Brand as in the cleaned product table (case-sensitive).
+    pub name: String,
+    /// Segment as in the cleaned product table.
+    pub segment: String,
+}
+
+/// Pseudonymization settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Pseudonymization {
+    /// Which secret: named in every manifest.
+    pub key_version: String,
+    /// Where the HMAC secret lives.
+    pub secret: SecretRef,
+}
+
+/// A person to notify at the partner.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    /// Name.
+    pub name: String,
+    /// E-mail address.
+    pub email: String,
+    /// Role, free text.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// Authentication to a partner's REST API.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ApiAuth {
+    /// HTTP Basic with a user and a password secret.
+    Basic {
+        /// User name.
+        user: String,
+        /// Password reference.
+        password: SecretRef,
+    },
+    /// A bearer token secret.
+    Bearer {
+        /// Token reference.
+        token: SecretRef,
+    },
+}
+
+/// Settings of the SFTP sink.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SftpSink {
+    /// Server host name.
+    pub host: String,
+    /// Server port.
+    #[serde(default = "default_sftp_port")]
+    pub port: u16,
+    /// Login.
+    pub user: String,
+    /// Remote root folder (`<root>/<partner>/<daily|monthly>/<file>`).
+    pub root: String,
+    /// The pinned host key: an OpenSSH public key line or a `SHA256:` fingerprint.
+    pub host_key: String,
+    /// Private key reference.
+    pub private_key: SecretRef,
+    /// Optional passphrase reference.
+    #[serde(default)]
+    pub passphrase: Option<SecretRef>,
+}
+
+fn default_sftp_port() -> u16 {
+    22
+}
+
+/// Settings of the REST API sink.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSink {
+    /// Base URL, HTTPS (`<base>/datasets/<product>/files`).
+    pub base_url: String,
+    /// Authentication.
+    pub auth: ApiAuth,
+    /// Optional CA bundle to trust.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Settings of the partner e-mail sink: one e-mail per product version to the contract's contacts.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSink {
+    /// Optional reply-to address.
+    #[serde(default)]
+    pub reply_to: Option<String>,
+}
+
+/// A sink, by its type.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Upload to the partner's SFTP server.
+    Sftp(SftpSink),
+    /// POST to the partner's REST API.
+    Api(ApiSink),
+    /// E-mail to the partner's contacts after the data sinks succeeded.
+    Email(EmailSink),
+}
+
+impl SinkConfig {
+    /// The sink's name (`sftp`, `api`, `email`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkConfig::Sftp(_) => "sftp",
+            SinkConfig::Api(_) => "api",
+            SinkConfig::Email(_) => "email",
+        }
+    }
+}
+
+/// Delivery settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    /// Local time (America/Sao_Paulo) by which the daily file is due, `HH:MM`.
+    pub deadline: String,
+}
+
+/// A partner contract, validated.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Contract {
+    /// Partner name: lower-case, used in file names; equals the file's stem.
+    pub name: String,
+    /// Name shown to people.
+    pub display_name: String,
+    /// Manufacturer as in the cleaned product table.
+    pub manufacturer: String,
+    /// Brands bought.
+    pub brands: Vec<Brand>,
+    /// Products bought.
+    pub products: Vec<ProductKind>,
+    /// File formats (both: one delivery carries both files).
+    #[serde(default = "default_formats")]
+    pub formats: Vec<Format>,
+    /// Minimum customers per cell.
+    #[serde(default = "default_k")]
+    pub k: u32,
+    /// Period of customer keys.
+    #[serde(default)]
+    pub key_period: KeyPeriod,
+    /// Days after a month whose batches may still correct it.
+    #[serde(default = "default_late_days")]
+    pub late_days: u32,
+    /// Pseudonymization settings.
+    pub pseudonymization: Pseudonymization,
+    /// Where products are delivered.
+    pub sinks: Vec<SinkConfig>,
+    /// People at the partner.
+    #[serde(default)]
+    pub contacts: Vec<Contact>,
+    /// Delivery settings.
+    pub delivery: Delivery,
+}
+
+fn default_formats() -> Vec<Format> {
+    vec![Format::Parquet]
+}
+
+fn default_k() -> u32 {
+    5
+}
+
+fn default_late_days() -> u32 {
+    2
+}
+
+impl Contract {
+    /// Reads and validates one contract file.
+    pub fn load(path: &Path) -> Result<Contract, ContractError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ContractError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates contract text; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Contract, ContractError> {
+        let c: Contract = toml::from_str(text).map_err(|e| ContractError::Parse {
+            file: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    /// Checks what types cannot: names, ranges, addresses, references, duplicates.
+    pub fn validate(&self, path: &Path) -> Result<(), ContractError> {
+        let bad = |field: &str, problem: &str| {
+            Err(ContractError::Invalid {
+                file: path.to_path_buf(),
+                field: field.to_string(),
+                problem: problem.to_string(),
+            })
+        };
+        let name_ok = !self.name.is_empty()
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            return bad("name", "must be lower-case letters, digits and '-'");
+        }
+        if let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+            && path.extension().is_some_and(|e| e == "toml")
+            && stem != self.name
+        {
+            return bad("name", &format!("must equal the file name ({stem})"));
+        }
+        if self.display_name.trim().is_empty() {
+            return bad("display_name", "must not be empty");
+        }
+        if self.manufacturer.trim().is_empty() {
+            return bad("manufacturer", "must not be empty");
+        }
+        if self.brands.is_empty() {
+            return bad("brands", "must list at least one brand");
+        }
+        let mut seen = BTreeSet::new();
+        for (i, b) in self.brands.iter().enumerate() {
+            if b.name.trim().is_empty() {
+                return bad(&format!("brands[{i}].name"), "must not be empty");
+            }
+            if b.segment.trim().is_empty() {
+                return bad(&format!("brands[{i}].segment"), "must not be empty");
+            }
+            if !seen.insert((&b.name, &b.segment)) {
+                return bad(&format!("brands[{i}]"), "duplicate brand and segment");
+            }
+        }
+        if self.products.is_empty() {
+            return bad("products", "must list daily, monthly or both");
+        }
+        if self.products.iter().collect::<BTreeSet<_>>().len() != self.products.len() {
+            return bad("products", "duplicate product");
+        }
+        if self.formats.is_empty() {
+            return bad("formats", "must list parquet, csv or both");
+        }
+        if self.formats.iter().collect::<BTreeSet<_>>().len() != self.formats.len() {
+            return bad("formats", "duplicate format");
+        }
+        if self.k < 2 {
+            return bad("k", "must be at least 2");
+        }
+        if self.late_days > 31 {
+            return bad("late_days", "must be at most 31");
+        }
+        let kv = &self.pseudonymization.key_version;
+        if kv.is_empty()
+            || !kv
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return bad(
+                "pseudonymization.key_version",
+                "must be a non-empty name of letters, digits, '-', '_', '.'",
+            );
+        }
+        check_secret_ref(
+            path,
+            "pseudonymization.secret",
+            &self.pseudonymization.secret,
+        )?;
+        if self.sinks.is_empty() {
+            return bad("sinks", "must list at least one sink");
+        }
+        let mut names = BTreeSet::new();
+        for (i, s) in self.sinks.iter().enumerate() {
+            let field = format!("sinks[{i}]");
+            if !names.insert(s.name()) {
+                return bad(&field, &format!("duplicate sink of type {}", s.name()));
+            }
+            match s {
+                SinkConfig::Sftp(x) => {
+                    if x.host.trim().is_empty() {
+                        return bad(&format!("{field}.host"), "must not be empty");
+                    }
+                    if x.port == 0 {
+                        return bad(&format!("{field}.port"), "must not be 0");
+                    }
+                    if x.user.trim().is_empty() {
+                        return bad(&format!("{field}.user"), "must not be empty");
+                    }
+                    if !x.root.starts_with('/') {
+                        return bad(&format!("{field}.root"), "must be an absolute path");
+                    }
+                    let hk = x.host_key.trim();
+                    let pinned = hk.starts_with("SHA256:")
+                        || hk.starts_with("ssh-")
+                        || hk.starts_with("ecdsa-");
+                    if !pinned {
+                        return bad(
+                            &format!("{field}.host_key"),
+                            "must be an OpenSSH public key line or a SHA256: fingerprint",
+                        );
+                    }
+                    check_secret_ref(path, &format!("{field}.private_key"), &x.private_key)?;
+                    if let Some(p) = &x.passphrase {
+                        check_secret_ref(path, &format!("{field}.passphrase"), p)?;
+                    }
+                }
+                SinkConfig::Api(x) => {
+                    let rest = x.base_url.strip_prefix("https://").unwrap_or("");
+                    if rest.is_empty() || rest.contains(char::is_whitespace) {
+                        return bad(&format!("{field}.base_url"), "must be an https:// URL");
+                    }
+                    match &x.auth {
+                        ApiAuth::Basic { user, password } => {
+                            if user.trim().is_empty() {
+                                return bad(&format!("{field}.auth.user"), "must not be empty");
+                            }
+                            check_secret_ref(path, &format!("{field}.auth.password"), password)?;
+                        }
+                        ApiAuth::Bearer { token } => {
+                            check_secret_ref(path, &format!("{field}.auth.token"), token)?;
+                        }
+                    }
+                }
+                SinkConfig::Email(x) => {
+                    if self.contacts.is_empty() {
+                        return bad("contacts", "an email sink needs at least one contact");
+                    }
+                    if let Some(r) = &x.reply_to
+                        && validators::email(r).is_err()
+                    {
+                        return bad(&format!("{field}.reply_to"), "not an e-mail address");
+                    }
+                }
+            }
+        }
+        for (i, c) in self.contacts.iter().enumerate() {
+            if c.name.trim().is_empty() {
+                return bad(&format!("contacts[{i}].name"), "must not be empty");
+            }
+            if validators::email(&c.email).is_err() {
+                return bad(&format!("contacts[{i}].email"), "not an e-mail address");
+            }
+        }
+        if parse_hh_mm(&self.delivery.deadline).is_none() {
+            return bad(
+                "delivery.deadline",
+                "must be a local time HH:MM (00:00-23:59)",
+            );
+        }
+        Ok(())
+    }
+
+    /// Returns true when the contract bought this product.
+    pub fn buys(&self, product: ProductKind) -> bool {
+        self.products.contains(&product)
+    }
+
+    /// Returns true when (brand, segment) is one of the contract's brands.
+    pub fn covers(&self, brand: &str, segment: &str) -> bool {
+        self.brands
+            .iter()
+            .any(|b| b.name == brand && b.segment == segment)
+    }
+
+    /// The segments of the contract's brands, sorted.
+    pub fn segments(&self) -> BTreeSet<&str> {
+        self.brands.iter().map(|b| b.segment.as_str()).collect()
+    }
+
+    /// Reads the pseudonymization secret; fails clearly when it is missing or too short.
+    pub fn hmac_secret(&self) -> Result<Secret, ContractError> {
+        let what = "pseudonymization.secret";
+        let s = self.pseudonymization.secret.read(&self.name, what)?;
+        if s.expose().len() < MIN_SECRET_BYTES {
+            return Err(ContractError::Secret {
+                partner: self.name.clone(),
+                what: what.into(),
+                problem: format!(
+                    "{} holds fewer than {MIN_SECRET_BYTES} bytes",
+                    self.pseudonymization.secret.describe()
+                ),
+            });
+        }
+        Ok(s)
+    }
+}
+
+fn check_secret_ref(path: &Path, field: &str, r: &SecretRef) -> Result<(), ContractError> {
+    let problem = match (&r.env, &r.file) {
+        (Some(v), None) if v.is_empty() || v.contains('=') || v.contains('\0') => {
+            "env must name an environment variable"
+        }
+        (Some(_), None) => return Ok(()),
+        (None, Some(p)) if p.as_os_str().is_empty() => "file must name a file",
+        (None, Some(_)) => return Ok(()),
+        (Some(_), Some(_)) => "set env or file, not both",
+        (None, None) => "set env or file (a reference, never the secret itself)",
+    };
+    Err(ContractError::Invalid {
+        file: path.to_path_buf(),
+        field: field.to_string(),
+        problem: problem.to_string(),
+    })
+}
+
+/// Parses `HH:MM` (24 h).
+pub fn parse_hh_mm(s: &str) -> Option<(u32, u32)> {
+    let (h, m) = s.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let h: u32 = h.parse().ok()?;
+    let m: u32 = m.parse().ok()?;
+    (h < 24 && m < 60).then_some((h, m))
+}
+
+/// Loads every `*.toml` contract of a folder, sorted by file name; rejects duplicate names.
+pub fn load_dir(dir: &Path) -> Result<Vec<Contract>, ContractError> {
+    let read_err = |source| ContractError::Read {
+        file: dir.to_path_buf(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(read_err)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    let mut out: Vec<Contract> = Vec::with_capacity(files.len());
+    for f in files {
+        let c = Contract::load(&f)?;
+        if out.iter().any(|o| o.name == c.name) {
+            return Err(ContractError::Invalid {
+                file: f,
+                field: "name".into(),
+                problem: format!("another contract is named {}", c.name),
+            });
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// Loads the folder's contracts (all validated) and returns the one named `name`.
+pub fn find(dir: &Path, name: &str) -> Result<Contract, ContractError> {
+    load_dir(dir)?
+        .into_iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| ContractError::UnknownPartner {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+name = "acme"
+display_name = "Acme"
+manufacturer = "Acme"
+brands = [{ name = "Zap", segment = "Sucos" }]
+products = ["monthly"]
+formats = ["csv"]
+k = 5
+[pseudonymization]
+key_version = "v1"
+secret = { env = "ACME_KEY" }
+[[sinks]]
+type = "email"
+[[contacts]]
+name = "Dados"
+email = "dados@acme.example"
+[delivery]
+deadline = "08:00"
+"#;
+
+    fn parse(text: &str) -> Result<Contract, ContractError> {
+        Contract::parse(Path::new("partners/acme.toml"), text)
+    }
+
+    #[test]
+    fn base_contract_is_valid() {
+        let c = parse(BASE).unwrap();
+        assert_eq!(c.k, 5);
+        assert_eq!(c.late_days, 2);
+        assert_eq!(c.key_period, KeyPeriod::Month);
+        assert!(c.covers("Zap", "Sucos") && !c.covers("zap", "Sucos"));
+    }
+
+    #[test]
+    fn errors_name_file_field_and_problem() {
+        let cases = [
+            ("k = 5", "k = 1", "k: must be at least 2"),
+            (
+                "brands = [{ name = \"Zap\", segment = \"Sucos\" }]",
+                "brands = []",
+                "brands: must list at least one brand",
+            ),
+            (
+                "email = \"dados@acme.example\"",
+                "email = \"dados at acme\"",
+                "contacts[0].email: not an e-mail address",
+            ),
+            (
+                "deadline = \"08:00\"",
+                "deadline = \"8h\"",
+                "delivery.deadline: must be a local time",
+            ),
+            (
+                "secret = { env = \"ACME_KEY\" }",
+                "secret = {}",
+                "pseudonymization.secret: set env or file",
+            ),
+            (
+                "formats = [\"csv\"]",
+                "formats = []",
+                "formats: must list parquet, csv or both",
+            ),
+            (
+                "type = \"email\"",
+                "type = \"email\"\n[[sinks]]\ntype = \"email\"",
+                "sinks[1]: duplicate sink of type email",
+            ),
+            (
+                "name = \"acme\"",
+                "name = \"other\"",
+                "name: must equal the file name",
+            ),
+            ("k = 5", "k = 5\ncolour = \"red\"", "unknown field `colour`"),
+        ];
+        for (from, to, expected) in cases {
+            let text = BASE.replacen(from, to, 1);
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.starts_with("partners/acme.toml: "), "{e}");
+            assert!(e.contains(expected), "{expected:?} not in {e:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_print_stars_and_missing_ones_fail_clearly() {
+        let s = Secret::new(b"very secret".to_vec());
+        assert_eq!(format!("{s} {s:?}"), "*** ***");
+        let c = parse(&BASE.replace("ACME_KEY", "DATASHARE_TEST_UNSET_KEY_9f2c")).unwrap();
+        let e = c.hmac_secret().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "secret pseudonymization.secret of partner acme: environment variable \
+             DATASHARE_TEST_UNSET_KEY_9f2c is not set (or not UTF-8)"
+        );
+    }
+
+    #[test]
+    fn shipped_contracts_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("partners");
+        let c = find(&dir, "ouchhungry").unwrap();
+        assert_eq!(c.manufacturer, "OuchHungry");
+        assert!(c.covers("Hungry", "Refrigerantes") && c.covers("Ouch", "Salgadinhos"));
+        let sinks: Vec<_> = c.sinks.iter().map(SinkConfig::name).collect();
+        assert_eq!(sinks, ["sftp", "api", "email"]);
+    }
+
+    #[test]
+    fn deadlines() {
+        assert_eq!(parse_hh_mm("08:00"), Some((8, 0)));
+        assert_eq!(parse_hh_mm("23:59"), Some((23, 59)));
+        assert_eq!(parse_hh_mm("24:00"), None);
+        assert_eq!(parse_hh_mm("8:00"), None);
+    }
+}

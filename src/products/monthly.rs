@@ -1,0 +1,448 @@
+//! The monthly aggregate `<partner>_monthly_<M>`: one row per (uf, city, product) of month M.
+//!
+//! Input: the batches of M's days and of the `late_days` after M; the latest version of each
+//! line (greatest `updated_at`, ties to the later batch); lines sold in local month M whose latest
+//! status is completed. Segment figures are computed over every brand of the segment in the
+//! (uf, city) cell and nulled when fewer than 3 brands other than the row's sold there. Rows
+//! with fewer than `k` customers merge per (uf, product) into `OUTRAS`, recomputed over the
+//! merged lines, and that row is dropped when it is still below `k`. The month-over-month change
+//! compares with M−1 computed the same way, before suppression, on the same (uf, city, product);
+//! `OUTRAS` rows get null.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{Datelike, Days, Months, NaiveDate};
+
+use super::contract::Contract;
+use super::curated::{Curated, CuratedError, Line, Product, Status, catalog, latest_versions};
+use super::daily::{OTHER_CITIES, is_partner_product, month_of};
+use super::schema::Cell;
+
+/// Brands other than the row's that must have sold in a cell for segment figures to show.
+pub const MIN_OTHER_BRANDS: usize = 3;
+
+/// The monthly product could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum MonthlyError {
+    /// Curated data could not be read.
+    #[error(transparent)]
+    Curated(#[from] CuratedError),
+    /// `--month` is not `YYYY-MM`.
+    #[error("month {0:?} is not YYYY-MM")]
+    BadMonth(String),
+    /// Batches of the month's window are missing.
+    #[error("month {month}: {} batch(es) missing, first {first}; pass --allow-missing-batches to build anyway", missing.len())]
+    MissingBatches {
+        /// The month.
+        month: String,
+        /// The first missing day.
+        first: NaiveDate,
+        /// Every missing day.
+        missing: Vec<NaiveDate>,
+    },
+}
+
+/// Parses `YYYY-MM` into the month's first day.
+pub fn parse_month(s: &str) -> Result<NaiveDate, MonthlyError> {
+    if s.len() != 7 {
+        return Err(MonthlyError::BadMonth(s.to_string()));
+    }
+    NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d")
+        .map_err(|_| MonthlyError::BadMonth(s.to_string()))
+}
+
+/// The batch days whose data may hold month M's lines: M's days and `late_days` more.
+pub fn window(first_day: NaiveDate, late_days: u32) -> Vec<NaiveDate> {
+    let next = first_day + Months::new(1);
+    let end = next + Days::new(u64::from(late_days));
+    first_day.iter_days().take_while(|d| *d < end).collect()
+}
+
+/// Month M's lines: latest version, completed, sold in local month M, with their product.
+#[derive(Debug, Clone, Default)]
+pub struct MonthLines {
+    /// Lines of every product (all brands), with the product.
+    pub lines: Vec<(Line, Product)>,
+    /// Latest status of every line sold in M, by transaction id (for reconciliation).
+    pub latest_status: BTreeMap<String, Status>,
+    /// Batches read.
+    pub source_batches: Vec<NaiveDate>,
+    /// Batches of the window that do not exist.
+    pub missing_batches: Vec<NaiveDate>,
+}
+
+/// Reads month M's lines from the curated batches of its window that exist.
+pub fn month_lines(
+    curated: &Curated,
+    first_day: NaiveDate,
+    late_days: u32,
+) -> Result<MonthLines, MonthlyError> {
+    let (present, missing): (Vec<NaiveDate>, Vec<NaiveDate>) = window(first_day, late_days)
+        .into_iter()
+        .partition(|d| curated.has_batch(*d));
+    let products = catalog(curated, &present)?;
+    let mut all = Vec::new();
+    for d in &present {
+        all.extend(curated.transactions(*d)?);
+    }
+    let month = month_of(first_day);
+    let mut out = MonthLines {
+        source_batches: present,
+        missing_batches: missing,
+        ..MonthLines::default()
+    };
+    for l in latest_versions(all).into_values() {
+        if l.local_date().map(month_of).as_deref() != Some(month.as_str()) {
+            continue;
+        }
+        out.latest_status.insert(l.transaction_id.clone(), l.status);
+        if l.status != Status::Completed {
+            continue;
+        }
+        if let Some(p) = products.get(&l.product_code) {
+            out.lines.push((l, p.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// Figures of a set of lines.
+#[derive(Debug, Clone, Default)]
+struct Agg {
+    units: i64,
+    net: i64,
+    list: i128,
+    min: i64,
+    max: i64,
+    orders: BTreeSet<String>,
+    customers: BTreeSet<String>,
+}
+
+impl Agg {
+    fn add(&mut self, l: &Line) {
+        if self.units == 0 && self.orders.is_empty() {
+            self.min = l.unit_price;
+            self.max = l.unit_price;
+        }
+        self.units += l.quantity;
+        self.net += l.net_amount();
+        self.list += i128::from(l.quantity) * i128::from(l.unit_price);
+        self.min = self.min.min(l.unit_price);
+        self.max = self.max.max(l.unit_price);
+        self.orders.insert(l.order_id.clone());
+        self.customers.insert(l.customer_id.clone());
+    }
+
+    fn merge(&mut self, o: &Agg) {
+        if self.orders.is_empty() {
+            self.min = o.min;
+            self.max = o.max;
+        }
+        self.units += o.units;
+        self.net += o.net;
+        self.list += o.list;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        self.orders.extend(o.orders.iter().cloned());
+        self.customers.extend(o.customers.iter().cloned());
+    }
+}
+
+/// Figures of a segment in a cell: every brand.
+#[derive(Debug, Clone, Default)]
+struct SegmentCell {
+    units: i64,
+    net: i64,
+    list: i128,
+    brands: BTreeSet<String>,
+}
+
+impl SegmentCell {
+    fn merge(&mut self, o: &SegmentCell) {
+        self.units += o.units;
+        self.net += o.net;
+        self.list += o.list;
+        self.brands.extend(o.brands.iter().cloned());
+    }
+}
+
+/// Divides and rounds half away from zero.
+pub fn round_div(num: i128, den: i128) -> i128 {
+    if den == 0 {
+        return 0;
+    }
+    let (n, d) = if den < 0 { (-num, -den) } else { (num, den) };
+    if n >= 0 {
+        (2 * n + d) / (2 * d)
+    } else {
+        -((-2 * n + d) / (2 * d))
+    }
+}
+
+/// One row of the monthly file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonthlyRow {
+    /// State.
+    pub uf: String,
+    /// City or `OUTRAS`.
+    pub city: String,
+    /// Cities merged (0 for a city row).
+    pub cities_merged: i32,
+    /// The product.
+    pub product: Product,
+    /// Σ quantity.
+    pub units_sold: i64,
+    /// Σ net amount, cents.
+    pub net_revenue: i64,
+    /// Σ(quantity × unit_price) / units, cents.
+    pub avg_unit_price: i64,
+    /// Minimum unit price, cents.
+    pub min_unit_price: i64,
+    /// Maximum unit price, cents.
+    pub max_unit_price: i64,
+    /// Distinct orders.
+    pub orders: i64,
+    /// Distinct customers.
+    pub customers_reached: i64,
+    /// Units of all brands of the segment in the cell.
+    pub segment_units: Option<i64>,
+    /// units_sold / segment_units.
+    pub segment_share_units: Option<f64>,
+    /// net_revenue / segment net revenue.
+    pub segment_share_revenue: Option<f64>,
+    /// avg_unit_price / segment average price.
+    pub price_index: Option<f64>,
+    /// units(M) / units(M−1) − 1.
+    pub units_mom_change: Option<f64>,
+}
+
+/// The monthly product of one month.
+#[derive(Debug, Clone)]
+pub struct MonthlyTable {
+    /// `YYYY-MM`.
+    pub month: String,
+    /// Rows sorted by (uf, city rows before `OUTRAS`, city, product_code).
+    pub rows: Vec<MonthlyRow>,
+    /// Net revenue of merged rows dropped for staying below k, cents.
+    pub dropped_net_revenue: i64,
+    /// Merged rows dropped.
+    pub dropped_rows: usize,
+    /// Batches read for M.
+    pub source_batches: Vec<NaiveDate>,
+    /// Batches of M's window that do not exist.
+    pub missing_batches: Vec<NaiveDate>,
+    /// Batches read for M−1 (for the month-over-month change).
+    pub comparison_batches: Vec<NaiveDate>,
+    /// Month M's lines (kept for reconciliation).
+    pub lines: MonthLines,
+}
+
+impl MonthlyTable {
+    /// The rows as cells in the monthly schema's order.
+    pub fn cells(&self) -> Vec<Vec<Cell>> {
+        let f = |v: Option<f64>| v.map_or(Cell::Null, Cell::F64);
+        self.rows
+            .iter()
+            .map(|r| {
+                vec![
+                    Cell::Str(self.month.clone()),
+                    Cell::Str(r.uf.clone()),
+                    Cell::Str(r.city.clone()),
+                    Cell::I32(r.cities_merged),
+                    Cell::Str(r.product.product_code.clone()),
+                    Cell::Str(r.product.name.clone()),
+                    Cell::Str(r.product.brand.clone()),
+                    Cell::Str(r.product.segment.clone()),
+                    Cell::I64(r.units_sold),
+                    Cell::Cents(r.net_revenue),
+                    Cell::Cents(r.avg_unit_price),
+                    Cell::Cents(r.min_unit_price),
+                    Cell::Cents(r.max_unit_price),
+                    Cell::I64(r.orders),
+                    Cell::I64(r.customers_reached),
+                    r.segment_units.map_or(Cell::Null, Cell::I64),
+                    f(r.segment_share_units),
+                    f(r.segment_share_revenue),
+                    f(r.price_index),
+                    f(r.units_mom_change),
+                ]
+            })
+            .collect()
+    }
+}
+
+type CellKey = (String, String, String);
+
+/// Per (uf, city, product_code) figures of the partner's products, and per (uf, city, segment)
+/// figures of every brand.
+fn aggregate(
+    contract: &Contract,
+    lines: &[(Line, Product)],
+) -> (
+    BTreeMap<CellKey, (Agg, Product)>,
+    BTreeMap<CellKey, SegmentCell>,
+) {
+    let segments = contract.segments();
+    let mut cells: BTreeMap<CellKey, (Agg, Product)> = BTreeMap::new();
+    let mut seg: BTreeMap<CellKey, SegmentCell> = BTreeMap::new();
+    for (l, p) in lines {
+        if !segments.contains(p.segment.as_str()) {
+            continue;
+        }
+        let s = seg
+            .entry((l.uf.clone(), l.city.clone(), p.segment.clone()))
+            .or_default();
+        s.units += l.quantity;
+        s.net += l.net_amount();
+        s.list += i128::from(l.quantity) * i128::from(l.unit_price);
+        s.brands.insert(p.brand.clone());
+        if is_partner_product(contract, p) {
+            cells
+                .entry((l.uf.clone(), l.city.clone(), p.product_code.clone()))
+                .or_insert_with(|| (Agg::default(), p.clone()))
+                .0
+                .add(l);
+        }
+    }
+    (cells, seg)
+}
+
+fn row(
+    uf: &str,
+    city: &str,
+    merged: i32,
+    a: &Agg,
+    p: &Product,
+    s: Option<&SegmentCell>,
+) -> MonthlyRow {
+    let avg = i64::try_from(round_div(a.list, i128::from(a.units))).unwrap_or(i64::MAX);
+    let visible =
+        s.filter(|s| s.brands.iter().filter(|b| **b != p.brand).count() >= MIN_OTHER_BRANDS);
+    let seg_avg = visible.map(|s| round_div(s.list, i128::from(s.units)));
+    MonthlyRow {
+        uf: uf.to_string(),
+        city: city.to_string(),
+        cities_merged: merged,
+        product: p.clone(),
+        units_sold: a.units,
+        net_revenue: a.net,
+        avg_unit_price: avg,
+        min_unit_price: a.min,
+        max_unit_price: a.max,
+        orders: a.orders.len() as i64,
+        customers_reached: a.customers.len() as i64,
+        segment_units: visible.map(|s| s.units),
+        segment_share_units: visible
+            .filter(|s| s.units != 0)
+            .map(|s| a.units as f64 / s.units as f64),
+        segment_share_revenue: visible
+            .filter(|s| s.net != 0)
+            .map(|s| a.net as f64 / s.net as f64),
+        price_index: seg_avg.filter(|x| *x != 0).map(|x| avg as f64 / x as f64),
+        units_mom_change: None,
+    }
+}
+
+/// Builds the monthly product of the month starting on `first_day`.
+pub fn build(
+    curated: &Curated,
+    contract: &Contract,
+    first_day: NaiveDate,
+    allow_missing_batches: bool,
+) -> Result<MonthlyTable, MonthlyError> {
+    let month = month_of(first_day);
+    let lines = month_lines(curated, first_day, contract.late_days)?;
+    if let Some(first) = lines.missing_batches.first()
+        && !allow_missing_batches
+    {
+        return Err(MonthlyError::MissingBatches {
+            month,
+            first: *first,
+            missing: lines.missing_batches.clone(),
+        });
+    }
+    let prev_first = first_day - Months::new(1);
+    let prev = month_lines(curated, prev_first, contract.late_days)?;
+    let (prev_cells, _) = aggregate(contract, &prev.lines);
+    let (cells, seg) = aggregate(contract, &lines.lines);
+    let k = i64::from(contract.k);
+
+    let mut rows = Vec::new();
+    // (uf, product_code) -> (merged figures, merged segment cell, cities, product)
+    let mut small: BTreeMap<(String, String), (Agg, SegmentCell, i32, Product)> = BTreeMap::new();
+    for ((uf, city, code), (a, p)) in &cells {
+        let s = seg.get(&(uf.clone(), city.clone(), p.segment.clone()));
+        if (a.customers.len() as i64) < k {
+            let m = small
+                .entry((uf.clone(), code.clone()))
+                .or_insert_with(|| (Agg::default(), SegmentCell::default(), 0, p.clone()));
+            m.0.merge(a);
+            if let Some(s) = s {
+                m.1.merge(s);
+            }
+            m.2 += 1;
+            continue;
+        }
+        let mut r = row(uf, city, 0, a, p, s);
+        r.units_mom_change = prev_cells
+            .get(&(uf.clone(), city.clone(), code.clone()))
+            .filter(|(pa, _)| pa.units != 0)
+            .map(|(pa, _)| a.units as f64 / pa.units as f64 - 1.0);
+        rows.push(r);
+    }
+    let mut dropped_net_revenue = 0;
+    let mut dropped_rows = 0;
+    for ((uf, _), (a, s, n, p)) in &small {
+        if (a.customers.len() as i64) < k {
+            dropped_net_revenue += a.net;
+            dropped_rows += 1;
+            continue;
+        }
+        rows.push(row(uf, OTHER_CITIES, *n, a, p, Some(s)));
+    }
+    rows.sort_by(|a, b| {
+        (&a.uf, a.cities_merged > 0, &a.city, &a.product.product_code).cmp(&(
+            &b.uf,
+            b.cities_merged > 0,
+            &b.city,
+            &b.product.product_code,
+        ))
+    });
+    Ok(MonthlyTable {
+        month,
+        rows,
+        dropped_net_revenue,
+        dropped_rows,
+        source_batches: lines.source_batches.clone(),
+        missing_batches: lines.missing_batches.clone(),
+        comparison_batches: prev.source_batches,
+        lines,
+    })
+}
+
+/// Returns the month of a date's first day (for callers holding a day).
+pub fn first_day_of(d: NaiveDate) -> NaiveDate {
+    d.with_day(1).unwrap_or(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_half_away_from_zero() {
+        assert_eq!(round_div(5, 2), 3);
+        assert_eq!(round_div(-5, 2), -3);
+        assert_eq!(round_div(4, 3), 1);
+        assert_eq!(round_div(1999, 3), 666);
+        assert_eq!(round_div(7, 0), 0);
+    }
+
+    #[test]
+    fn windows_span_the_month_and_late_days() {
+        let w = window(parse_month("2026-11").unwrap(), 2);
+        assert_eq!(w.len(), 32);
+        assert_eq!(w.last().unwrap().to_string(), "2026-12-02");
+        assert!(parse_month("2026-13").is_err() && parse_month("2026-1").is_err());
+    }
+}

@@ -1,0 +1,103 @@
+//! The monthly reconciliation guardrail: the month's daily lines still completed must add up to
+//! the monthly file's net revenue, merged and dropped cells included; a mismatch holds the file.
+//!
+//! The daily side is recomputed the daily way (batch D's lines sold on D, the partner's products
+//! per batch D's snapshot), keeping the lines whose latest version is still completed; the
+//! monthly side is Σ `net_revenue` of the rows plus what small-cell suppression dropped. A line
+//! that reached the monthly data without ever being in its day's batch, a product that changed
+//! brand within the month or an aggregation bug all show up as a mismatch.
+
+use chrono::NaiveDate;
+
+use super::alert::{Alert, Severity};
+use super::contract::Contract;
+use super::curated::{Curated, Status};
+use super::daily::{DailyError, day_lines};
+use super::monthly::MonthlyTable;
+
+/// The reconciliation failed or did not hold.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// A day's lines could not be read.
+    #[error(transparent)]
+    Daily(#[from] DailyError),
+    /// The sums differ: the file is held.
+    #[error(
+        "reconciliation held {partner} monthly {month}: daily lines sum {daily_cents} cents, monthly file {monthly_cents} cents"
+    )]
+    Mismatch {
+        /// The partner.
+        partner: String,
+        /// The month.
+        month: String,
+        /// Σ daily net_amount of lines still completed.
+        daily_cents: i64,
+        /// Σ monthly net_revenue with merged and dropped cells.
+        monthly_cents: i64,
+        /// The alert raised.
+        alert: Box<Alert>,
+    },
+}
+
+/// Both sides of a reconciliation that held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciliation {
+    /// Σ daily net_amount of lines still completed, cents.
+    pub daily_cents: i64,
+    /// Σ monthly net_revenue including dropped cells, cents.
+    pub monthly_cents: i64,
+}
+
+/// Checks a monthly table against the daily lines of its month.
+pub fn check(
+    curated: &Curated,
+    contract: &Contract,
+    first_day: NaiveDate,
+    table: &MonthlyTable,
+) -> Result<Reconciliation, ReconcileError> {
+    let mut daily_cents = 0i64;
+    let next = first_day + chrono::Months::new(1);
+    for d in first_day.iter_days().take_while(|d| *d < next) {
+        if !curated.has_batch(d) {
+            continue;
+        }
+        for (l, _) in day_lines(curated, contract, d)? {
+            if table.lines.latest_status.get(&l.transaction_id) == Some(&Status::Completed) {
+                daily_cents += l.net_amount();
+            }
+        }
+    }
+    let monthly_cents =
+        table.rows.iter().map(|r| r.net_revenue).sum::<i64>() + table.dropped_net_revenue;
+    if daily_cents == monthly_cents {
+        return Ok(Reconciliation {
+            daily_cents,
+            monthly_cents,
+        });
+    }
+    let alert = Alert::new(
+        Severity::Critical,
+        "reconciliation",
+        (&contract.name, "monthly", &table.month),
+        "net_revenue",
+        format!(
+            "monthly file of {} for {} held: daily lines and monthly net revenue differ",
+            contract.name, table.month
+        ),
+    )
+    .with("daily_cents", daily_cents)
+    .with("monthly_cents", monthly_cents)
+    .with("difference_cents", monthly_cents - daily_cents)
+    .with(
+        "action",
+        "compare the month's batches (late lines, product changes), fix, rebuild the month",
+    );
+    alert.log();
+    Err(ReconcileError::Mismatch {
+        partner: contract.name.clone(),
+        month: table.month.clone(),
+        daily_cents,
+        monthly_cents,
+        alert: Box::new(alert),
+    })
+}

@@ -1,0 +1,455 @@
+//! Partner products built end to end from generated curated data.
+
+mod fixture;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use arrow_array::RecordBatch;
+use arrow_array::cast::AsArray;
+use chrono::{TimeZone, Utc};
+use datashare::products::contract::{self, Contract};
+use datashare::products::gate::{FORBIDDEN_COLUMNS, GateError};
+use datashare::products::{BuildError, BuildOptions, Period, Released, build};
+use fixture::{Fixture, day};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+const SUCORAMA: &str = r#"
+name = "sucorama"
+display_name = "Sucorama"
+manufacturer = "Sucorama"
+brands = [{ name = "Suquinho", segment = "Sucos" }]
+products = ["daily", "monthly"]
+formats = ["csv"]
+k = 3
+
+[pseudonymization]
+key_version = "2026a"
+secret = { env = "SUCORAMA_KEY_VAR" }
+
+[[sinks]]
+type = "api"
+base_url = "https://dados.sucorama.example"
+auth = { type = "bearer", token = { env = "SUCORAMA_TOKEN_VAR" } }
+
+[delivery]
+deadline = "07:30"
+"#;
+
+/// A throwaway random secret, from the OS's randomness (never committed).
+fn throwaway_secret() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    input: PathBuf,
+    partners: PathBuf,
+    root: PathBuf,
+    fixture: Fixture,
+}
+
+/// Curated data, the shipped contract and the fictional second partner, each with a fresh
+/// secret in an environment variable unique to this test.
+fn setup(tag: &str, tweak: impl FnOnce(&mut Fixture)) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let mut fixture = Fixture::generate(7);
+    tweak(&mut fixture);
+    let input = root.join("lake");
+    fixture.write(&input);
+    let partners = root.join("partners");
+    std::fs::create_dir_all(&partners).unwrap();
+    let var = format!("DATASHARE_TEST_{tag}_OH_KEY");
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("partners/ouchhungry.toml"),
+    )
+    .unwrap()
+    .replace("DATASHARE_OUCHHUNGRY_HMAC_KEY", &var);
+    std::fs::write(partners.join("ouchhungry.toml"), shipped).unwrap();
+    let svar = format!("DATASHARE_TEST_{tag}_SUCO_KEY");
+    std::fs::write(
+        partners.join("sucorama.toml"),
+        SUCORAMA.replace("SUCORAMA_KEY_VAR", &svar),
+    )
+    .unwrap();
+    // SAFETY: each test uses its own variable names; nothing reads them concurrently.
+    unsafe {
+        std::env::set_var(&var, throwaway_secret());
+        std::env::set_var(&svar, throwaway_secret());
+    }
+    Env {
+        _dir: dir,
+        input,
+        partners,
+        root,
+        fixture,
+    }
+}
+
+impl Env {
+    fn contract(&self, name: &str) -> Contract {
+        contract::find(&self.partners, name).unwrap()
+    }
+
+    fn build(&self, name: &str, period: Period, out: &str) -> Result<Released, BuildError> {
+        build(
+            &self.contract(name),
+            period,
+            &BuildOptions {
+                input: self.input.clone(),
+                output: self.root.join(out),
+                allow_missing_batches: false,
+                built_at: Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap(),
+            },
+        )
+    }
+}
+
+fn read_parquet(path: &Path) -> RecordBatch {
+    let r = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<RecordBatch> = r.map(Result::unwrap).collect();
+    arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+fn strings(b: &RecordBatch, col: &str) -> Vec<String> {
+    b.column_by_name(col)
+        .unwrap()
+        .as_string::<i32>()
+        .iter()
+        .map(|s| s.unwrap_or_default().to_string())
+        .collect()
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn builds_are_byte_identical() {
+    let env = setup("DET", |_| {});
+    for out in ["a", "b"] {
+        env.build("ouchhungry", Period::Day(day("2026-11-27")), out)
+            .unwrap();
+        env.build("ouchhungry", Period::Month(day("2026-11-01")), out)
+            .unwrap();
+    }
+    let a = files_under(&env.root.join("a"));
+    let b = files_under(&env.root.join("b"));
+    assert_eq!(a.len(), 10, "{a:?}"); // 2 products × (parquet, csv, 2 manifests) + 2 dictionaries
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.file_name(), y.file_name());
+        assert_eq!(
+            std::fs::read(x).unwrap(),
+            std::fs::read(y).unwrap(),
+            "{x:?}"
+        );
+    }
+}
+
+#[test]
+fn daily_file_follows_the_contract() {
+    let env = setup("DAILY", |_| {});
+    let d = day("2026-11-27");
+    let r = env.build("ouchhungry", Period::Day(d), "out").unwrap();
+    let b = read_parquet(&r.files[0].path);
+    assert!(b.num_rows() > 10);
+    // Completed lines of the partner's products sold on local day D, as in batch D.
+    let expected: BTreeSet<String> = env
+        .fixture
+        .lines
+        .iter()
+        .filter(|l| l.batch == d && l.status == "completed")
+        .filter(|l| l.product_code.starts_with("HGY") || l.product_code.starts_with("OUC"))
+        .map(|l| l.transaction_id.clone())
+        .collect();
+    assert_eq!(b.num_rows(), expected.len());
+    let brands: BTreeSet<String> = strings(&b, "brand").into_iter().collect();
+    assert_eq!(brands, BTreeSet::from(["Hungry".into(), "Ouch".into()]));
+    // Small cities over the trailing 30 days are OUTRAS; big ones keep their name.
+    let cities: BTreeSet<String> = strings(&b, "city").into_iter().collect();
+    assert!(!cities.contains("Itu") && !cities.contains("Armação dos Búzios"));
+    assert!(cities.contains("São Paulo"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&r.files[0].manifest).unwrap()).unwrap();
+    assert_eq!(manifest["rows"], b.num_rows());
+    assert_eq!(manifest["product_version"], r.files[0].sha256);
+    assert_eq!(manifest["source_batches"].as_array().unwrap().len(), 30);
+    assert_eq!(manifest["key_version"], "v1");
+}
+
+#[test]
+fn monthly_file_merges_drops_and_hides_rivals() {
+    let env = setup("MONTHLY", |_| {});
+    let r = env
+        .build("ouchhungry", Period::Month(day("2026-11-01")), "out")
+        .unwrap();
+    let b = read_parquet(&r.files[0].path);
+    let city = strings(&b, "city");
+    let uf = strings(&b, "uf");
+    let merged = b
+        .column_by_name("cities_merged")
+        .unwrap()
+        .as_primitive::<arrow_array::types::Int32Type>();
+    let customers = b
+        .column_by_name("customers_reached")
+        .unwrap()
+        .as_primitive::<arrow_array::types::Int64Type>();
+    let seg = b.column_by_name("segment_units").unwrap();
+    let segment = strings(&b, "segment");
+    let mut outras_sp = 0;
+    for i in 0..b.num_rows() {
+        assert!(customers.value(i) >= 5);
+        assert!(!["Itu", "Jundiaí", "Armação dos Búzios"].contains(&city[i].as_str()));
+        if city[i] == "OUTRAS" {
+            assert_eq!(
+                uf[i], "SP",
+                "the RJ merged row stays below k and is dropped"
+            );
+            assert_eq!(merged.value(i), 2);
+            outras_sp += 1;
+        } else {
+            assert_eq!(merged.value(i), 0);
+        }
+        // Salgadinhos has only two rivals except in Campinas (Tchan sells there).
+        if segment[i] == "Salgadinhos" && city[i] != "Campinas" {
+            assert!(seg.is_null(i), "row {i} {}", city[i]);
+        }
+        if segment[i] == "Refrigerantes" && city[i] != "OUTRAS" {
+            assert!(!seg.is_null(i));
+        }
+    }
+    assert_eq!(outras_sp, 4, "one merged row per SP product");
+    assert!(r.highlights.len() >= 2, "{:?}", r.highlights);
+}
+
+#[test]
+fn no_personal_data_leaves() {
+    let env = setup("PRIVACY", |_| {});
+    env.build("ouchhungry", Period::Day(day("2026-11-27")), "out")
+        .unwrap();
+    env.build("ouchhungry", Period::Month(day("2026-11-01")), "out")
+        .unwrap();
+    let identifiers: BTreeSet<&str> = env
+        .fixture
+        .lines
+        .iter()
+        .flat_map(|l| {
+            [
+                l.customer_id.as_str(),
+                l.order_id.as_str(),
+                l.transaction_id.as_str(),
+            ]
+        })
+        .collect();
+    for f in files_under(&env.root.join("out")) {
+        let text = String::from_utf8(std::fs::read(&f).unwrap()).unwrap_or_default();
+        if f.extension().is_some_and(|e| e == "parquet") {
+            let b = read_parquet(&f);
+            for field in b.schema().fields() {
+                assert!(!FORBIDDEN_COLUMNS.contains(&field.name().as_str()), "{f:?}");
+            }
+        } else {
+            for id in &identifiers {
+                assert!(!text.contains(id), "{id} in {f:?}");
+            }
+            assert!(!text.contains("01001-000"), "a CEP in {f:?}");
+        }
+    }
+}
+
+#[test]
+fn keys_differ_between_partners_and_months_and_are_stable() {
+    let env = setup("KEYS", |f| {
+        // One customer buys both partners' products in October and November.
+        for l in f.lines.iter_mut().filter(|l| l.customer_id == "C-SP0001") {
+            l.status = "completed";
+        }
+    });
+    let keys = |partner: &str, d: &str| -> BTreeSet<String> {
+        let r = env.build(partner, Period::Day(day(d)), "out").unwrap();
+        let p = r
+            .files
+            .iter()
+            .find(|f| f.path.extension().unwrap() == "csv")
+            .unwrap();
+        let text = std::fs::read_to_string(&p.path).unwrap();
+        let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+        let i = header.iter().position(|h| *h == "customer_key").unwrap();
+        text.lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(i).unwrap().to_string())
+            .collect()
+    };
+    let c = env.contract("ouchhungry");
+    let secret = c.hmac_secret().unwrap();
+    let p = datashare::products::pseudonym::Pseudonymizer::new(&secret, c.key_period).unwrap();
+    let (nov, oct) = (
+        p.customer_key("2026-11", "C-SP0001"),
+        p.customer_key("2026-10", "C-SP0001"),
+    );
+    assert_ne!(nov, oct);
+    let bought = |d: &str, prefix: &[&str]| {
+        env.fixture.lines.iter().any(|l| {
+            l.customer_id == "C-SP0001"
+                && l.batch == day(d)
+                && prefix.iter().any(|x| l.product_code.starts_with(x))
+        })
+    };
+    let nov_day = (1..=30)
+        .map(|i| format!("2026-11-{i:02}"))
+        .find(|d| bought(d, &["HGY", "OUC"]))
+        .unwrap();
+    assert!(keys("ouchhungry", &nov_day).contains(&nov));
+    assert!(!keys("ouchhungry", &nov_day).contains(&oct));
+    // The second partner never sees the first partner's key of the same customer.
+    let all_oh: BTreeSet<String> = ["2026-11-05", "2026-11-06", "2026-11-07"]
+        .iter()
+        .flat_map(|d| keys("ouchhungry", d))
+        .collect();
+    let all_sq: BTreeSet<String> = ["2026-11-05", "2026-11-06", "2026-11-07"]
+        .iter()
+        .flat_map(|d| keys("sucorama", d))
+        .collect();
+    assert!(!all_sq.is_empty());
+    assert!(all_oh.is_disjoint(&all_sq));
+}
+
+#[test]
+fn a_second_partner_needs_config_only() {
+    let env = setup("SECOND", |_| {});
+    let d = env
+        .build("sucorama", Period::Day(day("2026-11-20")), "out")
+        .unwrap();
+    let m = env
+        .build("sucorama", Period::Month(day("2026-11-01")), "out")
+        .unwrap();
+    for r in [&d, &m] {
+        assert_eq!(r.files.len(), 1);
+        assert_eq!(r.files[0].path.extension().unwrap(), "csv");
+        let text = std::fs::read_to_string(&r.files[0].path).unwrap();
+        assert!(
+            text.lines().skip(1).all(|l| l.contains("Suquinho")),
+            "{text}"
+        );
+        assert!(!text.contains("Hungry") && !text.contains("Ouch"));
+    }
+    let dir = env.root.join("out/products/sucorama/monthly");
+    assert!(
+        dir.join("sucorama_monthly_2026-11.csv.manifest.json")
+            .exists()
+    );
+    assert!(dir.join("sucorama_monthly_dictionary.pt-BR.md").exists());
+    assert!(!dir.join("sucorama_monthly_2026-11.parquet").exists());
+}
+
+#[test]
+fn planted_personal_data_is_refused_and_not_released() {
+    let planted = [
+        ("Hungry Cola fale com joana.souza@example.com", "email"),
+        ("Hungry Cola CPF 529.982.247-25", "cpf"),
+        ("Hungry Cola (11) 98765-4321", "phone"),
+    ];
+    for (i, (name, kind)) in planted.iter().enumerate() {
+        let env = setup(&format!("GATE{i}"), |f| {
+            f.products[0].name = name.to_string()
+        });
+        let e = env
+            .build("ouchhungry", Period::Day(day("2026-11-27")), "out")
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("column product_name row "), "{msg}");
+        assert!(msg.contains(kind), "{msg}");
+        let alert = e.alert().expect("an alert is raised");
+        assert_eq!(alert.kind, "privacy.gate");
+        assert!(matches!(e, BuildError::Gate(GateError::Refused { .. })));
+        let dir = env.root.join("out/products/ouchhungry/daily");
+        assert!(!dir.join("ouchhungry_daily_2026-11-27.parquet").exists());
+        assert!(
+            !dir.join("ouchhungry_daily_2026-11-27.parquet.manifest.json")
+                .exists()
+        );
+    }
+}
+
+#[test]
+fn building_without_the_secret_fails_clearly() {
+    let env = setup("NOSECRET", |_| {});
+    let var = "DATASHARE_TEST_NOSECRET_OH_KEY";
+    // SAFETY: this variable belongs to this test only.
+    unsafe { std::env::remove_var(var) };
+    let e = env
+        .build("ouchhungry", Period::Day(day("2026-11-27")), "out")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "secret pseudonymization.secret of partner ouchhungry: environment variable {var} is not set (or not UTF-8)"
+        )
+    );
+}
+
+#[test]
+fn reconciliation_holds_a_month_that_does_not_add_up() {
+    // A November line that never was in its day's batch shows up first in a late batch.
+    let env = setup("RECON", |f| {
+        let mut l = f
+            .lines
+            .iter()
+            .find(|l| {
+                l.batch == day("2026-11-30")
+                    && l.status == "completed"
+                    && l.product_code.starts_with("HGY")
+                    && l.city == "São Paulo"
+            })
+            .unwrap()
+            .clone();
+        l.transaction_id = "TX-LATE01".into();
+        l.batch = day("2026-12-01");
+        f.lines.push(l);
+    });
+    let e = env
+        .build("ouchhungry", Period::Month(day("2026-11-01")), "out")
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("reconciliation held ouchhungry monthly 2026-11"),
+        "{e}"
+    );
+    assert_eq!(e.alert().unwrap().kind, "reconciliation");
+    assert!(
+        !env.root
+            .join("out/products/ouchhungry/monthly/ouchhungry_monthly_2026-11.parquet")
+            .exists()
+    );
+}
+
+#[test]
+fn missing_batches_stop_a_month_unless_allowed() {
+    let env = setup("MISSING", |_| {});
+    std::fs::remove_dir_all(env.input.join("curated/transactions/dt=2026-12-02")).unwrap();
+    let e = env
+        .build("ouchhungry", Period::Month(day("2026-11-01")), "out")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("batch(es) missing, first 2026-12-02"), "{e}");
+}
