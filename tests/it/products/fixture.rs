@@ -418,7 +418,10 @@ impl Fixture {
                 .iter()
                 .map(|l| {
                     BTreeMap::from([
-                        ("transaction_id", Value::Str(l.transaction_id.as_str().into())),
+                        (
+                            "transaction_id",
+                            Value::Str(l.transaction_id.as_str().into()),
+                        ),
                         ("order_id", Value::Str(l.order_id.as_str().into())),
                         ("customer_id", Value::Str(l.customer_id.as_str().into())),
                         ("product_code", Value::Str(l.product_code.into())),
