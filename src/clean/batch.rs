@@ -315,7 +315,7 @@ fn run_table(
         rows_per_part.push(row);
     }
     // Grouping needs only the key; the rare groups of several rows are ordered below.
-    entries.sort_unstable_by_key(|e| (e.key, e.check));
+    entries.sort_unstable_by_key(|e| (u128::from(e.key) << 32) | u128::from(e.check));
     let mut winners = RowBits::new(&rows_per_part);
     let mut conflicts: HashMap<(u64, u32), Conflict> = HashMap::new();
     let mut start = 0;
@@ -369,12 +369,12 @@ fn run_table(
         .references()
         .map(|(i, t)| (i, t, key_sets.get(t)))
         .collect();
-    // Keys are unique: a dictionary would only cost time.
-    let props = WriterProperties::builder()
-        .set_column_dictionary_enabled(
-            ColumnPath::from(table.columns[table.key].name.as_str()),
-            false,
-        )
+    // Keys and nearly unique columns skip the dictionary: it would only cost time.
+    let mut props = WriterProperties::builder();
+    for c in table.columns.iter().filter(|c| !c.dictionary) {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(c.name.as_str()), false);
+    }
+    let props = props
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(256 * 1024))

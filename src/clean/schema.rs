@@ -94,6 +94,12 @@ struct RawColumn {
     min: Option<String>,
     #[serde(default)]
     not_future: bool,
+    #[serde(default = "yes")]
+    dictionary: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Options of a column's validator, as declared.
@@ -136,6 +142,8 @@ pub struct ColumnSchema {
     pub default: Option<String>,
     /// Table whose key this column must reference.
     pub references: Option<String>,
+    /// Dictionary-encode the column in Parquet (off for nearly unique values).
+    pub dictionary: bool,
 }
 
 /// One table: its columns, key and version column.
@@ -335,6 +343,7 @@ fn build_table(name: &str, raw: &RawTable) -> Result<TableSchema, SchemaError> {
             on_invalid: col.on_invalid,
             default: col.default.clone(),
             references: col.references.clone(),
+            dictionary: col.dictionary && *cname != raw.key,
         });
     }
     let key = names

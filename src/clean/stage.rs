@@ -184,10 +184,10 @@ fn differs(v: &Value, raw: &str, scratch: &mut String) -> bool {
     match v {
         Value::Str(s) => s != raw,
         Value::Ts(_) if raw.len() != 20 => true,
-        Value::Int(i) => !is_canonical_number(raw, 0) || raw.parse::<i64>() != Ok(*i),
-        Value::Cents(c) => {
-            !is_canonical_number(raw, 2) || super::validators::brl_cents(raw) != Ok(*c)
-        }
+        // A raw text already in canonical form reads back as the same number.
+        Value::Int(_) => !is_canonical_number(raw, 0),
+        Value::Cents(_) => !is_canonical_number(raw, 2),
+        Value::Date(_) if raw.len() != 10 => true,
         _ => {
             scratch.clear();
             v.write_canonical(scratch);
@@ -199,7 +199,11 @@ fn differs(v: &Value, raw: &str, scratch: &mut String) -> bool {
 /// Returns true when `raw` is written as the canonical text of a number with `decimals` places.
 fn is_canonical_number(raw: &str, decimals: usize) -> bool {
     let b = raw.as_bytes();
+    let negative = b.first() == Some(&b'-');
     let b = b.strip_prefix(b"-").unwrap_or(b);
+    if negative && b.iter().all(|d| *d == b'0' || *d == b'.') {
+        return false; // `-0.00` reads as zero, written `0.00`
+    }
     let (int, frac) = if decimals == 0 {
         (b, &b[b.len()..])
     } else if b.len() > decimals && b[b.len() - decimals - 1] == b'.' {
@@ -547,6 +551,7 @@ mod tests {
             (Value::Cents(790), "7.9", true),
             (Value::Cents(0), "0.00", false),
             (Value::Cents(-100), "-1.00", false),
+            (Value::Cents(0), "-0.00", true),
             (Value::Ts(1_795_798_980), "2026-11-27T17:03:00Z", false),
             (Value::Ts(1_795_798_980), "1795798980", true),
             (Value::Str("SP".into()), "SP", false),

@@ -252,7 +252,11 @@ pub fn text(s: &str, known: &[String]) -> CompactString {
 
 /// Trims an identifier, optionally upper-casing it; identifiers hold no white space.
 pub fn id(s: &str, upper: bool) -> Result<CompactString, Invalid> {
-    if s.chars().any(char::is_whitespace) {
+    if s.is_ascii() {
+        if s.bytes().any(|b| b <= b' ') {
+            return Err(Invalid);
+        }
+    } else if s.chars().any(char::is_whitespace) {
         return Err(Invalid);
     }
     let mut out = CompactString::from(s);
@@ -266,6 +270,9 @@ pub fn id(s: &str, upper: bool) -> Result<CompactString, Invalid> {
 
 /// Normalizes a product code to `AAA-NNNNNN` (`ohb 000101`, `OHB000101` are accepted).
 pub fn product_code(s: &str) -> Result<CompactString, Invalid> {
+    if is_canonical_product_code(s.as_bytes()) {
+        return Ok(CompactString::from(s));
+    }
     let mut letters = CompactString::with_capacity(10);
     let mut digits = CompactString::with_capacity(6);
     for c in s.trim_ascii().chars() {
@@ -283,6 +290,13 @@ pub fn product_code(s: &str) -> Result<CompactString, Invalid> {
     } else {
         Err(Invalid)
     }
+}
+
+fn is_canonical_product_code(b: &[u8]) -> bool {
+    b.len() == 10
+        && b[..3].iter().all(u8::is_ascii_uppercase)
+        && b[3] == b'-'
+        && b[4..].iter().all(u8::is_ascii_digit)
 }
 
 /// Reads a BRL amount in hundredths: `R$ 1.234,56`, `1,234.56`, `7,99`, `1234.5`.
@@ -597,6 +611,25 @@ fn ymd(y: u32, m: u32, d: u32) -> Result<NaiveDate, Invalid> {
 
 /// Normalizes a CEP to `NNNNN-NNN`; a CEP that lost its leading zero (7 digits) gets it back.
 pub fn cep(s: &str) -> Result<CompactString, Invalid> {
+    let b = s.as_bytes();
+    if b.len() == 9
+        && b[5] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, d)| i == 5 || d.is_ascii_digit())
+    {
+        let prefix = b[..5]
+            .iter()
+            .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
+        return if br::CEP_RANGES
+            .iter()
+            .any(|&(_, lo, hi)| (lo..=hi).contains(&prefix))
+        {
+            Ok(CompactString::from(s))
+        } else {
+            Err(Invalid)
+        };
+    }
     let mut digits = CompactString::with_capacity(9);
     for c in s.chars() {
         match c {
