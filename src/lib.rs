@@ -7,6 +7,8 @@
 //! - [`clean`]: the cleaning engine: table schemas from config, validators, staging, the batch step, the quality report.
 //! - [`products`]: partner products: contracts, pseudonymous keys, daily and monthly files, privacy gate, manifests.
 
+#![warn(missing_docs)]
+
 pub mod br;
 pub mod clean;
 pub mod cli;
