@@ -12,7 +12,7 @@ use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int64Type, TimestampMicrosecondType, UInt64Type};
+use arrow_array::types::{Int64Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow_ipc::reader::FileReader;
 use chrono::NaiveDate;
@@ -21,10 +21,10 @@ use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::Serialize;
-use xxhash_rust::xxh3::xxh3_128;
 
 use super::columns::{
-    QuarantineBuilder, QuarantinedRow, RAW_SEP, curated_schema, quarantine_schema, quarantined_rows,
+    QuarantineBuilder, QuarantinedRow, RAW_SEP, curated_schema, key_hash, quarantine_schema,
+    quarantined_rows,
 };
 use super::report::{QualityReport, TableReport};
 use super::schema::{Schemas, TableSchema};
@@ -149,12 +149,6 @@ struct Conflict {
     losers: Vec<Pos>,
 }
 
-/// Hashes a key's text into (key, check) halves.
-fn key_hash(s: &str) -> (u64, u32) {
-    let h = xxh3_128(s.as_bytes());
-    (h as u64, (h >> 64) as u32)
-}
-
 fn key_id(s: &str) -> u128 {
     let (k, c) = key_hash(s);
     (u128::from(c) << 64) | u128::from(k)
@@ -217,12 +211,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BatchError> {
     Ok(())
 }
 
-fn open_staged(
-    path: &Path,
-    projection: Option<Vec<usize>>,
-) -> Result<FileReader<BufReader<File>>, BatchError> {
+fn open_staged(path: &Path) -> Result<FileReader<BufReader<File>>, BatchError> {
     let f = BufReader::with_capacity(1 << 20, File::open(path)?);
-    Ok(FileReader::try_new(f, projection)?)
+    Ok(FileReader::try_new(f, None)?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -269,7 +260,7 @@ fn run_table(
         .map(|p| StagedPaths::new(staging, &p.file.object, &p.file.generation))
         .collect();
     for (p, path) in good.iter().zip(&paths) {
-        if !path.data.exists() {
+        if !path.files().iter().all(|f| f.exists()) {
             return Err(BatchError::MissingStage {
                 object: p.file.object.clone(),
                 generation: p.file.generation.clone(),
@@ -281,31 +272,21 @@ fn run_table(
     let ncols = table.columns.len();
     let mut entries: Vec<Entry> =
         Vec::with_capacity(good.iter().map(|p| p.rows_staged as usize).sum());
-    let mut projection = vec![table.key, ncols, ncols + 1];
-    if let Some(v) = table.version {
-        projection.push(v);
-    }
     let mut rows_per_part = Vec::with_capacity(good.len());
     for (pi, path) in paths.iter().enumerate() {
         let mut row = 0u64;
-        for batch in open_staged(&path.data, Some(projection.clone()))? {
+        for batch in open_staged(&path.keys)? {
             let batch = batch?;
-            let keys = batch.column(0).as_string::<i32>();
-            let hashes = batch.column(2).as_primitive::<UInt64Type>();
-            let versions = table
-                .version
-                .map(|_| batch.column(3).as_primitive::<TimestampMicrosecondType>());
+            let keys = batch.column(0).as_primitive::<UInt64Type>();
+            let checks = batch.column(1).as_primitive::<UInt32Type>();
+            let versions = batch.column(2).as_primitive::<Int64Type>();
+            let hashes = batch.column(3).as_primitive::<UInt64Type>();
             for i in 0..batch.num_rows() {
-                let (key, check) = key_hash(keys.value(i));
-                let version = match versions {
-                    Some(v) if !v.is_null(i) => v.value(i),
-                    _ => i64::MIN,
-                };
                 entries.push(Entry {
-                    key,
-                    check,
+                    key: keys.value(i),
+                    check: checks.value(i),
                     part: pi as u32,
-                    version,
+                    version: versions.value(i),
                     row,
                     hash: hashes.value(i),
                 });
@@ -397,11 +378,10 @@ fn run_table(
         c.losers.iter().for_each(|&p| conflict_rows.set(p));
     }
     // The raw values (`_raw`) are only read back for the rare rows that fail a reference check.
-    let typed: Vec<usize> = (0..=ncols).collect();
     let mut orphans: Vec<(usize, u64, i64, Vec<String>)> = Vec::new();
     for (pi, path) in paths.iter().enumerate() {
         let mut row = 0u64;
-        for batch in open_staged(&path.data, Some(typed.clone()))? {
+        for batch in open_staged(&path.data)? {
             let batch = batch?;
             let key_col = batch.column(table.key).as_string::<i32>();
             let line_col = batch.column(ncols).as_primitive::<Int64Type>();
@@ -451,7 +431,7 @@ fn run_table(
             continue;
         }
         let mut row = 0u64;
-        for batch in open_staged(&path.data, Some(vec![ncols + 2]))? {
+        for batch in open_staged(&path.raw)? {
             let batch = batch?;
             let raw_col = batch.column(0).as_string::<i32>();
             let end = row + batch.num_rows() as u64;
@@ -487,7 +467,7 @@ fn run_table(
         Some(props),
     )?;
     for path in &paths {
-        for batch in open_staged(&path.quarantine, None)? {
+        for batch in open_staged(&path.quarantine)? {
             let mut builder = QuarantineBuilder::new(table);
             for mut row in quarantined_rows(&batch?, ncols) {
                 if row.record.is_none() {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arrow_array::builder::{
     Date32Builder, Decimal128Builder, Int64Builder, ListBuilder, StringBuilder,
-    TimestampMicrosecondBuilder, UInt64Builder,
+    TimestampMicrosecondBuilder, UInt32Builder, UInt64Builder,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -16,8 +16,14 @@ use super::validators::{Kind, Value};
 pub const DECIMAL_PRECISION: u8 = 18;
 /// Staged column holding the source line number.
 pub const LINE: &str = "_line";
-/// Staged column holding the hash of the normalized row.
-pub const HASH: &str = "_hash";
+/// Separator-free hashes of a staged row's key, split in two halves (see [`key_hash`]).
+pub const KEY: &str = "key";
+/// Second half of the key's hash.
+pub const CHECK: &str = "check";
+/// The row's version (`updated_at`, seconds; `i64::MIN` when null).
+pub const VERSION: &str = "version";
+/// Hash of the normalized row (exact duplicates share it).
+pub const HASH: &str = "hash";
 /// Staged column holding the raw values, separated by U+001F.
 pub const RAW: &str = "_raw";
 /// Separator of raw values in [`RAW`].
@@ -44,7 +50,7 @@ pub fn curated_schema(t: &TableSchema) -> SchemaRef {
     ))
 }
 
-/// Schema of staged rows: curated columns plus line, row hash and raw values.
+/// Schema of staged rows: curated columns plus the source line.
 pub fn staged_schema(t: &TableSchema) -> SchemaRef {
     let mut fields: Vec<Field> = curated_schema(t)
         .fields()
@@ -52,9 +58,39 @@ pub fn staged_schema(t: &TableSchema) -> SchemaRef {
         .map(|f| f.as_ref().clone())
         .collect();
     fields.push(Field::new(LINE, DataType::Int64, false));
-    fields.push(Field::new(HASH, DataType::UInt64, false));
-    fields.push(Field::new(RAW, DataType::Utf8, false));
     Arc::new(Schema::new(fields))
+}
+
+/// Schema of staged keys: all that deduplication reads (fixed width, 28 bytes a row).
+pub fn keys_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(KEY, DataType::UInt64, false),
+        Field::new(CHECK, DataType::UInt32, false),
+        Field::new(VERSION, DataType::Int64, false),
+        Field::new(HASH, DataType::UInt64, false),
+    ]))
+}
+
+/// Schema of staged raw values, read back only for rows quarantined by the batch step.
+pub fn raw_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(RAW, DataType::Utf8, false)]))
+}
+
+/// Hashes a key's canonical text into two halves: 96 bits tell keys apart.
+pub fn key_hash(s: &str) -> (u64, u32) {
+    let h = xxhash_rust::xxh3::xxh3_128(s.as_bytes());
+    (h as u64, (h >> 64) as u32)
+}
+
+/// One staged row's identity, as [`StagedBuilder::append`] takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowIdentity {
+    /// The key's hash (see [`key_hash`]).
+    pub key: (u64, u32),
+    /// The version (`updated_at` in seconds, `i64::MIN` when null).
+    pub version: i64,
+    /// The normalized row's hash.
+    pub hash: u64,
 }
 
 /// Schema of quarantined rows: raw values as strings, reasons, source object and line.
@@ -138,14 +174,27 @@ impl ColumnBuilder {
     }
 }
 
-/// Builds staged rows batch by batch.
+/// Builds staged rows batch by batch: typed data, keys, raw values.
 pub struct StagedBuilder {
     schema: SchemaRef,
     columns: Vec<ColumnBuilder>,
     line: Int64Builder,
+    key: UInt64Builder,
+    check: UInt32Builder,
+    version: Int64Builder,
     hash: UInt64Builder,
     raw: StringBuilder,
     rows: usize,
+}
+
+/// One batch of staged rows, split by who reads it.
+pub struct StagedBatches {
+    /// Typed values and lines (read by the batch step's second pass).
+    pub data: RecordBatch,
+    /// Keys, versions and hashes (read by deduplication).
+    pub keys: RecordBatch,
+    /// Raw values (read only for rows quarantined by reference checks).
+    pub raw: RecordBatch,
 }
 
 impl StagedBuilder {
@@ -159,19 +208,25 @@ impl StagedBuilder {
                 .map(|c| ColumnBuilder::new(c.kind, capacity))
                 .collect(),
             line: Int64Builder::with_capacity(capacity),
+            key: UInt64Builder::with_capacity(capacity),
+            check: UInt32Builder::with_capacity(capacity),
+            version: Int64Builder::with_capacity(capacity),
             hash: UInt64Builder::with_capacity(capacity),
             raw: StringBuilder::with_capacity(capacity, capacity * 100),
             rows: 0,
         }
     }
 
-    /// Appends one row of values (in schema order) with its line, hash and raw values.
-    pub fn append(&mut self, values: &[Option<Value>], line: u64, hash: u64, raw: &str) {
+    /// Appends one row of values (in schema order) with its line, identity and raw values.
+    pub fn append(&mut self, values: &[Option<Value>], line: u64, id: RowIdentity, raw: &str) {
         for (b, v) in self.columns.iter_mut().zip(values) {
             b.append(v.as_ref());
         }
         self.line.append_value(line as i64);
-        self.hash.append_value(hash);
+        self.key.append_value(id.key.0);
+        self.check.append_value(id.key.1);
+        self.version.append_value(id.version);
+        self.hash.append_value(id.hash);
         self.raw.append_value(raw);
         self.rows += 1;
     }
@@ -186,15 +241,25 @@ impl StagedBuilder {
         self.rows == 0
     }
 
-    /// Takes the pending rows as a record batch.
-    pub fn finish(&mut self) -> RecordBatch {
+    /// Takes the pending rows as record batches.
+    pub fn finish(&mut self) -> StagedBatches {
         let mut arrays: Vec<ArrayRef> =
             self.columns.iter_mut().map(ColumnBuilder::finish).collect();
         arrays.push(Arc::new(self.line.finish()));
-        arrays.push(Arc::new(self.hash.finish()));
-        arrays.push(Arc::new(self.raw.finish()));
         self.rows = 0;
-        RecordBatch::try_new(self.schema.clone(), arrays).expect("staged arrays match their schema")
+        let keys: Vec<ArrayRef> = vec![
+            Arc::new(self.key.finish()),
+            Arc::new(self.check.finish()),
+            Arc::new(self.version.finish()),
+            Arc::new(self.hash.finish()),
+        ];
+        StagedBatches {
+            data: RecordBatch::try_new(self.schema.clone(), arrays)
+                .expect("staged arrays match their schema"),
+            keys: RecordBatch::try_new(keys_schema(), keys).expect("keys match their schema"),
+            raw: RecordBatch::try_new(raw_schema(), vec![Arc::new(self.raw.finish())])
+                .expect("raw values match their schema"),
+        }
     }
 }
 

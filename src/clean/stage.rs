@@ -8,13 +8,16 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Read};
 use std::path::{Path, PathBuf};
 
+use arrow_array::RecordBatch;
 use arrow_ipc::writer::FileWriter;
+use arrow_schema::SchemaRef;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::columns::{
-    QuarantineBuilder, QuarantinedRow, RAW_SEP, StagedBuilder, quarantine_schema, staged_schema,
+    QuarantineBuilder, QuarantinedRow, RAW_SEP, RowIdentity, StagedBatches, StagedBuilder,
+    key_hash, keys_schema, quarantine_schema, raw_schema, staged_schema,
 };
 use super::report::{FieldCounts, FileError, FileReport};
 use super::schema::{OnInvalid, TableSchema};
@@ -65,8 +68,12 @@ pub struct PartSummary {
 /// Where a staged part's files live inside a staging folder.
 #[derive(Debug, Clone)]
 pub struct StagedPaths {
-    /// Rows that passed the field rules (Arrow IPC).
+    /// Typed values of the rows that passed the field rules, with their lines (Arrow IPC).
     pub data: PathBuf,
+    /// Their keys, versions and row hashes: all deduplication reads (Arrow IPC).
+    pub keys: PathBuf,
+    /// Their raw values, for rows the batch step quarantines (Arrow IPC).
+    pub raw: PathBuf,
     /// Quarantined rows (Arrow IPC).
     pub quarantine: PathBuf,
     /// The [`PartSummary`] as JSON, written last.
@@ -77,11 +84,61 @@ impl StagedPaths {
     /// Paths of one object generation's staged files.
     pub fn new(staging: &Path, object: &str, generation: &str) -> Self {
         let base = format!("{}@{}", object.replace('/', "~"), generation);
+        let file = |suffix: &str| staging.join(format!("{base}.{suffix}"));
         Self {
-            data: staging.join(format!("{base}.data.arrow")),
-            quarantine: staging.join(format!("{base}.quarantine.arrow")),
-            summary: staging.join(format!("{base}.summary.json")),
+            data: file("data.arrow"),
+            keys: file("keys.arrow"),
+            raw: file("raw.arrow"),
+            quarantine: file("quarantine.arrow"),
+            summary: file("summary.json"),
         }
+    }
+
+    /// Every staged file, the summary last (it says the others are complete).
+    pub fn files(&self) -> [&Path; 5] {
+        [
+            &self.data,
+            &self.keys,
+            &self.raw,
+            &self.quarantine,
+            &self.summary,
+        ]
+    }
+}
+
+/// Indexes of [`StagedWriters`], in the order they are created.
+const DATA: usize = 0;
+const KEYS: usize = 1;
+const RAW: usize = 2;
+const QUARANTINE: usize = 3;
+
+/// Arrow IPC writers of one staged part, to temporary names until the part is complete.
+struct StagedWriters {
+    writers: Vec<(FileWriter<BufWriter<File>>, PathBuf, PathBuf)>,
+}
+
+impl StagedWriters {
+    fn create(targets: &[(&Path, SchemaRef)]) -> Result<Self, StageError> {
+        let mut writers = Vec::with_capacity(targets.len());
+        for (path, schema) in targets {
+            let tmp = path.with_extension("arrow.tmp");
+            let file = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+            writers.push((FileWriter::try_new(file, schema)?, tmp, path.to_path_buf()));
+        }
+        Ok(Self { writers })
+    }
+
+    fn write(&mut self, i: usize, batch: &RecordBatch) -> Result<(), StageError> {
+        Ok(self.writers[i].0.write(batch)?)
+    }
+
+    fn finish(self) -> Result<(), StageError> {
+        for (mut w, tmp, path) in self.writers {
+            w.finish()?;
+            drop(w);
+            fs::rename(&tmp, &path)?;
+        }
+        Ok(())
     }
 }
 
@@ -285,8 +342,10 @@ pub fn stage_part(
     match stage_rows(schema, &paths, input, today, &mut summary) {
         Ok(()) => {}
         Err(Failure::File(kind, message)) => {
-            let _ = fs::remove_file(&paths.data);
-            let _ = fs::remove_file(&paths.quarantine);
+            for f in paths.files() {
+                let _ = fs::remove_file(f);
+                let _ = fs::remove_file(f.with_extension("arrow.tmp"));
+            }
             summary.rows_staged = 0;
             summary.rows_quarantined = 0;
             summary.quarantined_by_reason.clear();
@@ -364,16 +423,12 @@ fn stage_rows(
     summary.file.delimiter = char::from(dialect.delimiter).to_string();
     summary.file.gzip = dialect.gzip;
 
-    let data_tmp = paths.data.with_extension("arrow.tmp");
-    let quarantine_tmp = paths.quarantine.with_extension("arrow.tmp");
-    let mut data_writer = FileWriter::try_new(
-        BufWriter::with_capacity(1 << 20, File::create(&data_tmp)?),
-        &staged_schema(schema),
-    )?;
-    let mut quarantine_writer = FileWriter::try_new(
-        BufWriter::new(File::create(&quarantine_tmp)?),
-        &quarantine_schema(schema),
-    )?;
+    let mut writers = StagedWriters::create(&[
+        (&paths.data, staged_schema(schema)),
+        (&paths.keys, keys_schema()),
+        (&paths.raw, raw_schema()),
+        (&paths.quarantine, quarantine_schema(schema)),
+    ])?;
     let mut staged = StagedBuilder::new(schema, BATCH_ROWS);
     let mut quarantined = QuarantineBuilder::new(schema);
     let cleaner = RowCleaner::new(schema, today);
@@ -422,11 +477,22 @@ fn stage_rows(
                 }
                 raw_joined.push_str(raw(i).unwrap_or(""));
             }
-            let hash = row_hash(&row.values, &mut hash_buf);
-            staged.append(&row.values, rec.line, hash, &raw_joined);
+            let id = RowIdentity {
+                key: match &row.values[schema.key] {
+                    Some(Value::Str(k)) => key_hash(k),
+                    Some(other) => key_hash(&other.canonical()),
+                    None => (0, 0), // the key is required: never null here
+                },
+                version: match schema.version.and_then(|v| row.values[v].as_ref()) {
+                    Some(Value::Ts(t)) => *t,
+                    _ => i64::MIN,
+                },
+                hash: row_hash(&row.values, &mut hash_buf),
+            };
+            staged.append(&row.values, rec.line, id, &raw_joined);
             summary.rows_staged += 1;
             if staged.len() >= BATCH_ROWS {
-                data_writer.write(&staged.finish())?;
+                write_staged(&mut writers, staged.finish())?;
             }
         } else {
             let q = QuarantinedRow {
@@ -440,20 +506,17 @@ fn stage_rows(
             count_quarantine(summary, &q.reasons);
             quarantined.append(&q);
             if quarantined.len() >= BATCH_ROWS {
-                quarantine_writer.write(&quarantined.finish())?;
+                writers.write(QUARANTINE, &quarantined.finish())?;
             }
         }
     }
     if !staged.is_empty() {
-        data_writer.write(&staged.finish())?;
+        write_staged(&mut writers, staged.finish())?;
     }
     if !quarantined.is_empty() {
-        quarantine_writer.write(&quarantined.finish())?;
+        writers.write(QUARANTINE, &quarantined.finish())?;
     }
-    data_writer.finish()?;
-    quarantine_writer.finish()?;
-    drop(data_writer);
-    drop(quarantine_writer);
+    writers.finish()?;
     for (i, c) in schema.columns.iter().enumerate() {
         summary.fields.insert(
             c.name.clone(),
@@ -464,9 +527,13 @@ fn stage_rows(
         );
     }
     summary.file.encoding = reader.encoding().to_string();
-    fs::rename(&data_tmp, &paths.data)?;
-    fs::rename(&quarantine_tmp, &paths.quarantine)?;
     Ok(())
+}
+
+fn write_staged(writers: &mut StagedWriters, b: StagedBatches) -> Result<(), StageError> {
+    writers.write(DATA, &b.data)?;
+    writers.write(KEYS, &b.keys)?;
+    writers.write(RAW, &b.raw)
 }
 
 fn count_quarantine(summary: &mut PartSummary, reasons: &[String]) {

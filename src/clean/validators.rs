@@ -674,8 +674,10 @@ pub fn municipality(s: &str, uf: Option<&str>) -> CompactString {
 fn cached_municipality(s: &str, uf: &str) -> Option<&'static str> {
     use std::cell::RefCell;
     use std::collections::HashMap;
+    use std::hash::BuildHasherDefault;
+    type Cache = HashMap<(u64, u64), Option<&'static str>, BuildHasherDefault<HashedKey>>;
     thread_local! {
-        static CACHE: RefCell<HashMap<(u64, u64), Option<&'static str>>> = RefCell::new(HashMap::new());
+        static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
     }
     let key = (
         xxhash_rust::xxh3::xxh3_64(s.as_bytes()),
@@ -693,6 +695,24 @@ fn cached_municipality(s: &str, uf: &str) -> Option<&'static str> {
         cache.insert(key, found);
         found
     })
+}
+
+/// A hasher for keys that are already hashes: it mixes their words, no more.
+#[derive(Default)]
+struct HashedKey(u64);
+
+impl std::hash::Hasher for HashedKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = self.0.rotate_left(29) ^ v;
+    }
 }
 
 fn pad8(s: &str) -> [u8; 8] {
