@@ -162,6 +162,13 @@ def request(method: str, url: str, body: dict | None = None, raw: bytes | None =
     return status, parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
+def two_free_ports() -> tuple[int, int]:
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        return a.getsockname()[1], b.getsockname()[1]
+
+
 def listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)

@@ -112,17 +112,17 @@ def test_push_endpoints_per_role_then_back_to_pull(stack, topology):
     assert all(s.get("pushConfig", {}) == {} for s in list_names(stack, "subscriptions").values())
 
 
-def test_filters_route_deliveries_by_sink_attribute(stack):
+def test_quirk_the_emulator_ignores_filters(stack):
+    """Documents a limit of the emulator (0.8.20): a subscription's filter is
+    stored (checked above) but not applied, to pull or push deliveries; so
+    locally every sink's subscription gets every delivery request, and a sink
+    must check its own `sink_<name>` attribute (and ack the others). If this
+    test fails, the emulator was fixed: update fake-gcp/README.md."""
     marker = unique("filter")
     stack.publish("deliveries", b"{}", {"sink_api": "true", "test": marker})
-    stack.pull_until("deliveries-api", lambda m: m.get("attributes", {}).get("test") == marker)
-    # the api copy has arrived; the sftp subscription must not get one
-    stack.publish("deliveries", b"{}", {"sink_sftp": "true", "test": marker + "-sftp"})
-    stack.pull_until("deliveries-sftp",
-                     lambda m: m["attributes"]["test"] == marker + "-sftp", ack_others=True)
-    leftovers = [r for r in stack.pull("deliveries-sftp")
-                 if r["message"].get("attributes", {}).get("test") == marker]
-    assert leftovers == []
+    for sub in ("deliveries-api", "deliveries-sftp"):
+        got = stack.pull_until(sub, lambda m: m.get("attributes", {}).get("test") == marker)
+        assert got["message"]["attributes"]["sink_api"] == "true"
 
 
 def _listening_inodes():
