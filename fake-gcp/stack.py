@@ -34,7 +34,6 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -66,6 +65,7 @@ GCS_EVENT_TYPES = {
 }
 
 try:
+    import tomllib  # Python >= 3.11
     import yaml
 except ImportError:  # pragma: no cover - depends on the interpreter
     venv_python = VENV / "bin" / "python"
@@ -73,7 +73,10 @@ except ImportError:  # pragma: no cover - depends on the interpreter
             and not os.environ.get("FAKE_GCP_REEXEC"):
         os.environ["FAKE_GCP_REEXEC"] = "1"
         os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
-    sys.exit("fake-gcp: PyYAML is missing: run fake-gcp/setup.sh (or pip install PyYAML)")
+    sys.exit("fake-gcp: needs Python >= 3.11 with PyYAML: run fake-gcp/setup.sh")
+
+# Set by `run`'s signal handler: a start in progress gives up at once.
+STOP_REQUESTED = False
 
 
 class StackError(Exception):
@@ -96,6 +99,8 @@ class Settings:
     @staticmethod
     def load(topology_path: Path, config_path: Path, project: str | None) -> "Settings":
         topology = yaml.safe_load(topology_path.read_text())
+        if topology.get("version") != 1:
+            raise StackError(f"{topology_path}: unsupported version {topology.get('version')!r}")
         with config_path.open("rb") as f:
             config = tomllib.load(f)
         gcp = config.get("gcp", {})
@@ -414,6 +419,8 @@ def start_process(argv: list[str], env: dict, log_path: Path) -> subprocess.Pope
 def wait_ready(name: str, proc: subprocess.Popen, ready, log_path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if STOP_REQUESTED:
+            raise StackError(f"interrupted while {name} was starting")
         if proc.poll() is not None:
             raise StackError(f"{name} exited with {proc.returncode} while starting; "
                              f"its log ({log_path}):\n{_tail(log_path)}")
@@ -453,7 +460,7 @@ def read_state(path: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except ValueError as e:
-        raise StackError(f"unreadable state file {path}: {e}")
+        raise StackError(f"unreadable state file {path}: {e}") from e
 
 
 def write_state(path: Path, state: dict) -> None:
@@ -524,11 +531,15 @@ def start_stack(args, settings: Settings, path: Path) -> tuple[dict, list[subpro
                                         "argv": argv}
             write_state(path, state)
             try:
-                wait_ready(name, proc, lambda: ready(port, log_path, offset), log_path, args.timeout)
+                wait_ready(name, proc, lambda p=port, lp=log_path, o=offset: ready(p, lp, o),
+                           log_path, args.timeout)
                 return port
             except StackError:
                 stop_group(name, proc.pid, marker_of(port))
                 proc.wait()
+                procs.remove(proc)
+                del state["processes"][name]
+                write_state(path, state)
                 in_use = "already in use" in _tail(log_path, 40).lower()
                 if attempt + 1 < attempts and in_use:
                     log(f"{name}: port {port} was taken meanwhile, trying another")
@@ -613,6 +624,8 @@ def cmd_run(args, settings: Settings) -> int:
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
+        global STOP_REQUESTED
+        STOP_REQUESTED = True
         stop["signal"] = signum
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -624,7 +637,7 @@ def cmd_run(args, settings: Settings) -> int:
     code = 0
     try:
         while stop["signal"] is None:
-            dead = [n for n, p in zip(state["processes"], procs) if p.poll() is not None]
+            dead = [n for n, p in zip(state["processes"], procs, strict=True) if p.poll() is not None]
             if dead:
                 log(f"{', '.join(dead)} exited on its own; stopping")
                 code = 1

@@ -55,8 +55,12 @@ def test_writes_to_other_buckets_do_not_notify(stack, config):
     sentinel = unique("extracts/sentinel")
     assert stack.upload_multipart(buckets["raw"], sentinel, b"x")[0] == 200
     seen = []
-    stack.pull_until("extracts-worker",
-                     lambda m: seen.append(m["attributes"]["objectId"]) or m["attributes"]["objectId"] == sentinel)
+
+    def is_sentinel(message):
+        seen.append(message["attributes"]["objectId"])
+        return message["attributes"]["objectId"] == sentinel
+
+    stack.pull_until("extracts-worker", is_sentinel)
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:
         received = stack.pull("extracts-worker")
