@@ -16,6 +16,8 @@ echo "== cargo test"
 cargo test --locked --all-targets
 echo "== python tests of the products (pyarrow, duckdb)"
 bash scripts/py-tests.sh
+echo "== fake-gcp local stack (Pub/Sub emulator, fake-gcs-server)"
+bash scripts/fake-gcp-tests.sh
 if [ -f scripts/check-infra.sh ]; then
   echo "== infrastructure checks"
   bash scripts/check-infra.sh
