@@ -4,14 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Per-column counters of the quality report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FieldCounts {
-    /// Rows whose value was kept but whose canonical text differs from the raw text.
-    pub normalized: u64,
-    /// Rows whose non-null value was invalid and set to null.
-    pub nulled: u64,
-}
+/// Per-column counters of the quality report (the report's own type: the truth has its shape).
+pub use crate::clean::report::FieldCounts;
 
 /// The counters a correct cleaner reports for one table of one batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
