@@ -301,3 +301,26 @@ fn a_structurally_invalid_file_is_named_and_the_others_still_clean() {
         assert!(t.balances());
     }
 }
+
+#[test]
+fn the_generators_brands_are_the_known_brands_of_the_schema() {
+    let schemas = Schemas::builtin().unwrap();
+    let brand = schemas
+        .table("products")
+        .unwrap()
+        .columns
+        .iter()
+        .find(|c| c.name == "brand")
+        .unwrap();
+    let mut known = brand.options.known.clone();
+    let mut generated: Vec<String> = datashare::generate::known_brands()
+        .iter()
+        .map(|b| b.to_string())
+        .collect();
+    known.sort();
+    generated.sort();
+    assert_eq!(
+        known, generated,
+        "config/tables.toml `known` brands and the generator's catalog agree"
+    );
+}
