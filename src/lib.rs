@@ -15,3 +15,4 @@ pub mod cli;
 pub mod extract;
 pub mod generate;
 pub mod products;
+pub mod sinks;
