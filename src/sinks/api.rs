@@ -229,6 +229,11 @@ fn network_error(context: &str, e: &reqwest::Error) -> Result<Attempt, SinkError
     if e.is_builder() {
         return Err(config(format!("{context}: {e}")));
     }
+    if super::is_untrusted_certificate(e) {
+        return Err(config(format!(
+            "{context}: the server's certificate is not trusted (ca_file?): {e}"
+        )));
+    }
     // Keep the chain: "error sending request" alone does not say what happened.
     let mut why = format!("{context}: {e}");
     let mut source = std::error::Error::source(e);

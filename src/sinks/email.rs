@@ -237,7 +237,7 @@ fn classify(context: &str, e: lettre::transport::smtp::Error) -> SinkError {
             message,
         };
     }
-    if e.is_tls() || e.is_client() {
+    if e.is_tls() || e.is_client() || super::is_untrusted_certificate(&e) {
         // An untrusted certificate or a client-side misconfiguration does not heal by itself.
         return config(message);
     }

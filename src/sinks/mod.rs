@@ -210,6 +210,27 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     manifest::sha256_hex(bytes)
 }
 
+/// True when an error chain holds a TLS certificate the client refused (unknown issuer,
+/// expired, wrong name): a configuration problem that retrying does not fix.
+pub fn is_untrusted_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(rustls::Error::InvalidCertificate(_)) = err.downcast_ref::<rustls::Error>() {
+            return true;
+        }
+        // io::Error::source() skips the error it wraps: look inside.
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && is_untrusted_certificate(inner)
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
 /// A file as the sink left it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiptFile {

@@ -174,7 +174,9 @@ impl SftpSink {
                 message: e.to_string(),
             })
         };
+        // Secrets are read trimmed; PEM parsers want the final line end back.
         let private_key = secret(&c.private_key, "private_key")?;
+        let private_key = Secret::new([private_key.expose(), b"\n"].concat());
         if std::str::from_utf8(private_key.expose()).is_err() {
             return Err(SinkError::Config {
                 sink: SINK,
