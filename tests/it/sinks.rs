@@ -482,6 +482,22 @@ async fn sftp_refuses_a_host_key_that_is_not_pinned() {
         .await
         .expect("the pinned fingerprint matches");
 
+    // A rebuilt product (same file names, new content) replaces the files at the destination.
+    let good = SftpSink::new("ouchhungry", &env.config, &sftp_options()).unwrap();
+    let rebuilt_dir = work.path().join("rebuilt");
+    std::fs::create_dir(&rebuilt_dir).unwrap();
+    let rebuilt = delivery(&rebuilt_dir, "ouchhungry");
+    assert_eq!(rebuilt.files[0].data.name, d.files[0].data.name);
+    for version in [&d, &rebuilt] {
+        let r = good.deliver(version).await.unwrap();
+        assert!(!r.already_present);
+        let folder = Path::new(&env.server.field("upload")).join("ouchhungry/daily");
+        for lf in [&version.files[0].data, &version.files[0].manifest] {
+            let remote = std::fs::read(folder.join(&lf.name)).unwrap();
+            assert_eq!(sha256_hex(&remote), lf.sha256);
+        }
+    }
+
     let logins = |s: &Server| s.log_text().matches("Accepted publickey").count();
     let logins_before = logins(&env.server);
 
@@ -508,7 +524,7 @@ async fn sftp_refuses_a_host_key_that_is_not_pinned() {
         "no login was attempted with a wrong host key"
     );
     let upload = PathBuf::from(env.server.field("upload"));
-    assert!(tree(&upload).is_empty(), "nothing was uploaded");
+    assert_eq!(tree(&upload).len(), 2, "nothing else was uploaded");
 }
 
 fn base64_blob(line: &str) -> Vec<u8> {
