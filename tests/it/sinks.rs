@@ -726,6 +726,11 @@ async fn api_retries_what_may_pass_and_stops_on_what_cannot() {
         e.is_transient() && started.elapsed() < Duration::from_secs(5),
         "{e}"
     );
+    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("api delivery failed, retrying"),
+        "retries are logged"
+    );
     assert_secrets_hidden(&[&env.password], &[e.to_string()]);
 }
 
