@@ -7,6 +7,10 @@ need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+# ssh2 links the system OpenSSL; the SFTP sink's tests run Debian's OpenSSH server.
+dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
+[ -x /usr/sbin/sshd ] || command -v sshd >/dev/null || need_apt+=(openssh-server)
+command -v ssh-keygen >/dev/null || need_apt+=(openssh-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -15,3 +19,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+
+# The partner-side stand-ins (fake-gcp/partner/): SMTP (aiosmtpd) and the HTTPS API, with
+# throwaway certificates made by `cryptography`.
+venv="${DATASHARE_CACHE:-$HOME/.cache/datashare}/venvs/partner"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup: creating $venv"
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c "import aiosmtpd, cryptography" 2>/dev/null; then
+  echo "setup: installing aiosmtpd, cryptography"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check aiosmtpd cryptography
+fi

@@ -6,6 +6,7 @@
 //! - [`extract`]: reading raw objects: object layout, gzip, encodings, CSV dialects.
 //! - [`clean`]: the cleaning engine: table schemas from config, validators, staging, the batch step, the quality report.
 //! - [`products`]: partner products: contracts, pseudonymous keys, daily and monthly files, privacy gate, manifests.
+//! - [`sinks`]: delivery to partners (SFTP, REST API, e-mail) behind one trait, idempotent through receipts.
 
 #![warn(missing_docs)]
 
@@ -15,3 +16,4 @@ pub mod cli;
 pub mod extract;
 pub mod generate;
 pub mod products;
+pub mod sinks;

@@ -139,7 +139,9 @@ impl SecretRef {
 }
 
 /// A product a partner can buy.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ProductKind {
     /// One row per completed order line of day D.

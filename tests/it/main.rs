@@ -2,6 +2,7 @@
 
 mod clean;
 mod products;
+mod sinks;
 
 use std::process::Command;
 

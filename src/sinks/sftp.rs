@@ -1,0 +1,556 @@
+//! The SFTP sink: `<root>/<partner>/<daily|monthly>/<file>` plus the manifest.
+//!
+//! Every attempt opens a fresh connection (libssh2, blocking, on `spawn_blocking`), compares the
+//! server's host key with the pinned one before sending anything (never trust on first use),
+//! authenticates with a private key from a secret, creates the folders, and for each file
+//! uploads to a temporary name, checks the size, then renames. A data file of the same size whose
+//! manifest at the destination is byte-for-byte ours counts as delivered (the manifest carries
+//! the file's SHA-256 and is uploaded last).
+
+use std::io::{BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use sha2::{Digest, Sha256};
+use ssh2::{ErrorCode, MethodType, Session, Sftp};
+
+use super::{Delivery, LocalFile, Receipt, ReceiptFile, Sink, SinkError};
+use crate::products::contract::{self, Secret};
+
+const SINK: &str = "sftp";
+const FX_NO_SUCH_FILE: i32 = 2;
+const FX_PERMISSION_DENIED: i32 = 3;
+const FX_WRITE_PROTECT: i32 = 12;
+const FX_NO_SUCH_PATH: i32 = 10;
+
+/// Timeouts of the SFTP sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SftpOptions {
+    /// TCP connect timeout.
+    pub connect_timeout_secs: u64,
+    /// Timeout of each SSH/SFTP operation once connected.
+    pub io_timeout_secs: u64,
+}
+
+impl Default for SftpOptions {
+    fn default() -> Self {
+        SftpOptions {
+            connect_timeout_secs: 10,
+            io_timeout_secs: 60,
+        }
+    }
+}
+
+/// The pinned host key of a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeyPin {
+    /// An OpenSSH public key line (`ssh-ed25519 AAAA… comment`): the exact key.
+    Key {
+        /// Key type, e.g. `ssh-ed25519`.
+        algorithm: String,
+        /// The key blob.
+        blob: Vec<u8>,
+    },
+    /// A `SHA256:` fingerprint as `ssh-keygen -lf` prints it.
+    Fingerprint(String),
+}
+
+impl HostKeyPin {
+    /// Parses a pin from configuration.
+    pub fn parse(s: &str) -> Result<HostKeyPin, SinkError> {
+        let s = s.trim();
+        let bad = |message: &str| SinkError::Config {
+            sink: SINK,
+            message: format!("host_key: {message}"),
+        };
+        if let Some(fp) = s.strip_prefix("SHA256:") {
+            let fp = fp.trim_end_matches('=');
+            let ok = STANDARD_NO_PAD
+                .decode(fp)
+                .is_ok_and(|b| b.len() == Sha256::output_size());
+            if !ok {
+                return Err(bad("not a SHA256: fingerprint"));
+            }
+            return Ok(HostKeyPin::Fingerprint(fp.to_string()));
+        }
+        let mut parts = s.split_whitespace();
+        let (Some(algorithm), Some(b64)) = (parts.next(), parts.next()) else {
+            return Err(bad(
+                "must be an OpenSSH public key line or a SHA256: fingerprint",
+            ));
+        };
+        let blob = STANDARD
+            .decode(b64)
+            .map_err(|_| bad("the public key is not base64"))?;
+        if blob_algorithm(&blob) != Some(algorithm) {
+            return Err(bad("the key type does not match the key"));
+        }
+        Ok(HostKeyPin::Key {
+            algorithm: algorithm.to_string(),
+            blob,
+        })
+    }
+
+    /// True when the server's key blob is the pinned key.
+    pub fn matches(&self, blob: &[u8]) -> bool {
+        match self {
+            HostKeyPin::Key { blob: pinned, .. } => pinned == blob,
+            HostKeyPin::Fingerprint(fp) => fingerprint(blob) == format!("SHA256:{fp}"),
+        }
+    }
+
+    /// Host key algorithms to ask for, so the server presents the pinned kind of key.
+    fn method_pref(&self) -> Option<&'static str> {
+        match self {
+            HostKeyPin::Key { algorithm, .. } => match algorithm.as_str() {
+                "ssh-ed25519" => Some("ssh-ed25519"),
+                "ssh-rsa" => Some("rsa-sha2-512,rsa-sha2-256,ssh-rsa"),
+                "ecdsa-sha2-nistp256" => Some("ecdsa-sha2-nistp256"),
+                "ecdsa-sha2-nistp384" => Some("ecdsa-sha2-nistp384"),
+                "ecdsa-sha2-nistp521" => Some("ecdsa-sha2-nistp521"),
+                _ => None,
+            },
+            HostKeyPin::Fingerprint(_) => None,
+        }
+    }
+}
+
+/// The `SHA256:` fingerprint of a key blob, as OpenSSH prints it.
+pub fn fingerprint(blob: &[u8]) -> String {
+    format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(blob)))
+}
+
+/// The algorithm name a key blob starts with (an SSH string).
+fn blob_algorithm(blob: &[u8]) -> Option<&str> {
+    let len = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?) as usize;
+    std::str::from_utf8(blob.get(4..4 + len)?).ok()
+}
+
+struct Inner {
+    partner: String,
+    host: String,
+    port: u16,
+    user: String,
+    root: String,
+    pin: HostKeyPin,
+    private_key: Secret,
+    passphrase: Option<Secret>,
+    options: SftpOptions,
+}
+
+/// Uploads product files to a partner's SFTP server.
+#[derive(Clone)]
+pub struct SftpSink {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SftpSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("SftpSink")
+            .field("host", &i.host)
+            .field("port", &i.port)
+            .field("user", &i.user)
+            .field("root", &i.root)
+            .field("private_key", &i.private_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SftpSink {
+    /// Builds the sink from a contract's settings, reading the key and passphrase secrets.
+    pub fn new(
+        partner: &str,
+        c: &contract::SftpSink,
+        options: &SftpOptions,
+    ) -> Result<SftpSink, SinkError> {
+        let secret = |r: &contract::SecretRef, what: &str| {
+            r.read(partner, what).map_err(|e| SinkError::Config {
+                sink: SINK,
+                message: e.to_string(),
+            })
+        };
+        // Secrets are read trimmed; PEM parsers want the final line end back.
+        let private_key = secret(&c.private_key, "private_key")?;
+        let private_key = Secret::new([private_key.expose(), b"\n"].concat());
+        if std::str::from_utf8(private_key.expose()).is_err() {
+            return Err(SinkError::Config {
+                sink: SINK,
+                message: format!(
+                    "private_key in {} is not a PEM or OpenSSH text key",
+                    c.private_key.describe()
+                ),
+            });
+        }
+        let passphrase = c
+            .passphrase
+            .as_ref()
+            .map(|p| secret(p, "passphrase"))
+            .transpose()?;
+        Ok(SftpSink {
+            inner: Arc::new(Inner {
+                partner: partner.to_string(),
+                host: c.host.clone(),
+                port: c.port,
+                user: c.user.clone(),
+                root: c.root.trim_end_matches('/').to_string(),
+                pin: HostKeyPin::parse(&c.host_key)?,
+                private_key,
+                passphrase,
+                options: *options,
+            }),
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, SinkError> + Send + 'static,
+    ) -> Result<T, SinkError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| SinkError::Transient {
+                sink: SINK,
+                message: format!("sftp task did not finish: {e}"),
+            })?
+    }
+}
+
+impl Sink for SftpSink {
+    fn name(&self) -> &'static str {
+        SINK
+    }
+
+    async fn deliver(&self, delivery: &Delivery) -> Result<Receipt, SinkError> {
+        let d = delivery.clone();
+        self.blocking(move |i| i.deliver(&d)).await
+    }
+
+    async fn check(&self) -> Result<(), SinkError> {
+        self.blocking(|i| {
+            let (session, sftp) = i.connect()?;
+            sftp.readdir(Path::new(&i.root))
+                .map_err(|e| classify(&format!("list {}", i.root), e))?;
+            let _ = session.disconnect(None, "check done", None);
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Maps a libssh2 error: credentials and permissions are permanent, the rest may pass.
+fn classify(context: &str, e: ssh2::Error) -> SinkError {
+    let message = format!("{context}: {}", e.message());
+    match e.code() {
+        ErrorCode::Session(-18 | -19 | -48) => SinkError::Auth {
+            sink: SINK,
+            message,
+        },
+        ErrorCode::Session(-16) => SinkError::Config {
+            sink: SINK,
+            message: format!("{context}: cannot use the private key (format or passphrase)"),
+        },
+        ErrorCode::SFTP(FX_PERMISSION_DENIED | FX_WRITE_PROTECT) => SinkError::Rejected {
+            sink: SINK,
+            message,
+        },
+        _ => SinkError::Transient {
+            sink: SINK,
+            message,
+        },
+    }
+}
+
+fn transient(message: String) -> SinkError {
+    SinkError::Transient {
+        sink: SINK,
+        message,
+    }
+}
+
+fn is_missing(e: &ssh2::Error) -> bool {
+    matches!(e.code(), ErrorCode::SFTP(FX_NO_SUCH_FILE | FX_NO_SUCH_PATH))
+}
+
+impl Inner {
+    fn connect(&self) -> Result<(Session, Sftp), SinkError> {
+        let where_ = format!("{}:{}", self.host, self.port);
+        let addrs: Vec<_> = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| transient(format!("resolve {where_}: {e}")))?
+            .collect();
+        let timeout = Duration::from_secs(self.options.connect_timeout_secs.max(1));
+        let mut last = None;
+        let mut tcp = None;
+        for a in &addrs {
+            match TcpStream::connect_timeout(a, timeout) {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let tcp = tcp.ok_or_else(|| {
+            let cause = last.map_or_else(|| "no address".to_string(), |e| e.to_string());
+            transient(format!("connect {where_}: {cause}"))
+        })?;
+        let io = Duration::from_secs(self.options.io_timeout_secs.max(1));
+        tcp.set_read_timeout(Some(io))
+            .and_then(|()| tcp.set_write_timeout(Some(io)))
+            .map_err(|e| transient(format!("socket {where_}: {e}")))?;
+        let mut session = Session::new().map_err(|e| classify("ssh session", e))?;
+        session.set_tcp_stream(tcp);
+        session.set_timeout(u32::try_from(io.as_millis()).unwrap_or(u32::MAX));
+        if let Some(pref) = self.pin.method_pref() {
+            session
+                .method_pref(MethodType::HostKey, pref)
+                .map_err(|e| classify("host key preference", e))?;
+        }
+        session.handshake().map_err(|e| match e.code() {
+            // No common host key algorithm: the server does not have the pinned kind of key.
+            ErrorCode::Session(-5 | -8) => SinkError::HostKey {
+                sink: SINK,
+                message: format!(
+                    "{where_}: key exchange failed ({}); the server may not offer the pinned host key",
+                    e.message()
+                ),
+            },
+            _ => classify(&format!("ssh handshake with {where_}"), e),
+        })?;
+        let (blob, _) = session.host_key().ok_or_else(|| SinkError::HostKey {
+            sink: SINK,
+            message: format!("{where_} presented no host key"),
+        })?;
+        if !self.pin.matches(blob) {
+            return Err(SinkError::HostKey {
+                sink: SINK,
+                message: format!(
+                    "{where_} presented {} key {}, which is not the pinned host key; refusing to \
+                     connect (update host_key only after the partner confirms the new key)",
+                    blob_algorithm(blob).unwrap_or("an unknown"),
+                    fingerprint(blob)
+                ),
+            });
+        }
+        let key = std::str::from_utf8(self.private_key.expose())
+            .map_err(|_| transient("private key is not text".into()))?;
+        let passphrase = match &self.passphrase {
+            Some(p) => Some(
+                std::str::from_utf8(p.expose())
+                    .map_err(|_| transient("passphrase is not UTF-8".into()))?,
+            ),
+            None => None,
+        };
+        session
+            .userauth_pubkey_memory(&self.user, None, key, passphrase)
+            .map_err(|e| {
+                classify(
+                    &format!("key authentication of {} at {where_}", self.user),
+                    e,
+                )
+            })?;
+        if !session.authenticated() {
+            return Err(SinkError::Auth {
+                sink: SINK,
+                message: format!("{where_} did not accept the key of {}", self.user),
+            });
+        }
+        let sftp = session.sftp().map_err(|e| classify("start sftp", e))?;
+        Ok((session, sftp))
+    }
+
+    fn location(&self, path: &str) -> String {
+        if self.port == 22 {
+            format!("sftp://{}{path}", self.host)
+        } else {
+            format!("sftp://{}:{}{path}", self.host, self.port)
+        }
+    }
+
+    fn deliver(&self, d: &Delivery) -> Result<Receipt, SinkError> {
+        let (session, sftp) = self.connect()?;
+        let dir = format!("{}/{}/{}", self.root, self.partner, d.product);
+        mkdir_p(&sftp, &dir)?;
+        let mut files = Vec::new();
+        let mut all_present = true;
+        for f in &d.files {
+            let data_path = format!("{dir}/{}", f.data.name);
+            let manifest_path = format!("{dir}/{}", f.manifest.name);
+            if already_there(&sftp, &data_path, &f.data, &manifest_path, &f.manifest)? {
+                tracing::info!(file = %f.data.name, "already at the destination");
+            } else {
+                all_present = false;
+                // Data first, manifest last: a manifest at the destination means the file is whole.
+                upload(&sftp, &dir, &f.data)?;
+                upload(&sftp, &dir, &f.manifest)?;
+            }
+            for (lf, path) in [(&f.data, &data_path), (&f.manifest, &manifest_path)] {
+                files.push(ReceiptFile {
+                    name: lf.name.clone(),
+                    location: self.location(path),
+                    bytes: lf.bytes,
+                    sha256: lf.sha256.clone(),
+                });
+            }
+        }
+        let _ = session.disconnect(None, "delivery done", None);
+        Ok(Receipt::new(SINK, d, files, all_present))
+    }
+}
+
+fn mkdir_p(sftp: &Sftp, dir: &str) -> Result<(), SinkError> {
+    let mut path = String::new();
+    for part in dir.split('/').filter(|p| !p.is_empty()) {
+        path.push('/');
+        path.push_str(part);
+        let p = Path::new(&path);
+        match sftp.stat(p) {
+            Ok(st) if st.is_dir() => continue,
+            Ok(_) => {
+                return Err(SinkError::Rejected {
+                    sink: SINK,
+                    message: format!("{path} exists and is not a folder"),
+                });
+            }
+            Err(e) if is_missing(&e) => {}
+            Err(e) => return Err(classify(&format!("stat {path}"), e)),
+        }
+        if let Err(e) = sftp.mkdir(p, 0o755) {
+            // Another instance may have created it meanwhile.
+            if !sftp.stat(p).is_ok_and(|st| st.is_dir()) {
+                return Err(classify(&format!("create folder {path}"), e));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remote_size(sftp: &Sftp, path: &str) -> Result<Option<u64>, SinkError> {
+    match sftp.stat(Path::new(path)) {
+        Ok(st) => Ok(Some(st.size.unwrap_or(0))),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(classify(&format!("stat {path}"), e)),
+    }
+}
+
+fn already_there(
+    sftp: &Sftp,
+    data_path: &str,
+    data: &LocalFile,
+    manifest_path: &str,
+    manifest: &LocalFile,
+) -> Result<bool, SinkError> {
+    if remote_size(sftp, data_path)? != Some(data.bytes)
+        || remote_size(sftp, manifest_path)? != Some(manifest.bytes)
+    {
+        return Ok(false);
+    }
+    let mut remote = Vec::with_capacity(manifest.bytes as usize);
+    let mut f = sftp
+        .open(Path::new(manifest_path))
+        .map_err(|e| classify(&format!("open {manifest_path}"), e))?;
+    f.read_to_end(&mut remote)
+        .map_err(|e| transient(format!("read {manifest_path}: {e}")))?;
+    let local = std::fs::read(&manifest.path)
+        .map_err(|e| transient(format!("read {}: {e}", manifest.path.display())))?;
+    Ok(remote == local)
+}
+
+fn upload(sftp: &Sftp, dir: &str, f: &LocalFile) -> Result<(), SinkError> {
+    let target = format!("{dir}/{}", f.name);
+    let tmp = format!("{dir}/.{}.{:08x}.part", f.name, super::receipts::rand_u32());
+    let result = upload_to(sftp, &tmp, &target, f);
+    if result.is_err() {
+        let _ = sftp.unlink(Path::new(&tmp));
+    }
+    result
+}
+
+fn upload_to(sftp: &Sftp, tmp: &str, target: &str, f: &LocalFile) -> Result<(), SinkError> {
+    let local = std::fs::File::open(&f.path)
+        .map_err(|e| transient(format!("open {}: {e}", f.path.display())))?;
+    let mut remote = sftp
+        .create(Path::new(tmp))
+        .map_err(|e| classify(&format!("create {tmp}"), e))?;
+    let mut reader = BufReader::with_capacity(256 * 1024, local);
+    let copied = std::io::copy(&mut reader, &mut remote)
+        .and_then(|n| remote.flush().map(|()| n))
+        .map_err(|e| transient(format!("upload {tmp}: {e}")))?;
+    remote
+        .close()
+        .map_err(|e| classify(&format!("close {tmp}"), e))?;
+    drop(remote);
+    let size = remote_size(sftp, tmp)?;
+    if copied != f.bytes || size != Some(f.bytes) {
+        return Err(transient(format!(
+            "size after upload of {tmp}: {size:?}, expected {}",
+            f.bytes
+        )));
+    }
+    let (tmp_p, target_p) = (Path::new(tmp), Path::new(target));
+    if let Err(e) = sftp.rename(tmp_p, target_p, None) {
+        // SFTP v3 servers refuse to rename over an existing file: replace it.
+        if remote_size(sftp, target)?.is_none() {
+            return Err(classify(&format!("rename {tmp} to {target}"), e));
+        }
+        tracing::info!(file = %f.name, "replacing the file at the destination");
+        sftp.unlink(target_p)
+            .map_err(|e| classify(&format!("remove {target}"), e))?;
+        sftp.rename(tmp_p, target_p, None)
+            .map_err(|e| classify(&format!("rename {tmp} to {target}"), e))?;
+    }
+    let size = remote_size(sftp, target)?;
+    if size != Some(f.bytes) {
+        return Err(transient(format!(
+            "size of {target} after rename: {size:?}, expected {}",
+            f.bytes
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A throwaway public key generated for this test only (no private key is kept anywhere).
+    const LINE: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb2yBfO8Wq0oYJmVh1g5d6oWcLbXl4m2bI+SxG6v8qD test";
+
+    #[test]
+    fn pins_parse_and_match() {
+        let pin = HostKeyPin::parse(LINE).unwrap();
+        let HostKeyPin::Key { algorithm, blob } = &pin else {
+            panic!("{pin:?}")
+        };
+        assert_eq!(algorithm, "ssh-ed25519");
+        assert!(pin.matches(blob));
+        let fp = fingerprint(blob);
+        let by_fp = HostKeyPin::parse(&fp).unwrap();
+        assert!(by_fp.matches(blob));
+        let mut other = blob.clone();
+        *other.last_mut().unwrap() ^= 1;
+        assert!(!pin.matches(&other) && !by_fp.matches(&other));
+    }
+
+    #[test]
+    fn bad_pins_are_configuration_errors() {
+        for bad in [
+            "SHA256:REPLACE-WITH-THE-PARTNER-HOST-KEY-FINGERPRINT",
+            "ssh-ed25519",
+            "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIGb2yBfO8Wq0oYJmVh1g5d6oWcLbXl4m2bI+SxG6v8qD",
+            "ssh-ed25519 !!!",
+        ] {
+            let e = HostKeyPin::parse(bad).unwrap_err();
+            assert!(
+                matches!(e, SinkError::Config { .. }) && !e.is_transient(),
+                "{bad}"
+            );
+        }
+    }
+}
