@@ -96,12 +96,17 @@ impl StagedPaths {
 
     /// Every staged file, the summary last (it says the others are complete).
     pub fn files(&self) -> [&Path; 5] {
+        self.named().map(|(_, p)| p)
+    }
+
+    /// Every staged file with its suffix (what follows `<object>@<generation>.`), the summary last.
+    pub fn named(&self) -> [(&'static str, &Path); 5] {
         [
-            &self.data,
-            &self.keys,
-            &self.raw,
-            &self.quarantine,
-            &self.summary,
+            ("data.arrow", &self.data),
+            ("keys.arrow", &self.keys),
+            ("raw.arrow", &self.raw),
+            ("quarantine.arrow", &self.quarantine),
+            ("summary.json", &self.summary),
         ]
     }
 }
