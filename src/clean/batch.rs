@@ -260,7 +260,10 @@ fn run_table(
         .map(|p| StagedPaths::new(staging, &p.file.object, &p.file.generation))
         .collect();
     for (p, path) in good.iter().zip(&paths) {
-        if !path.files().iter().all(|f| f.exists()) {
+        if ![&path.data, &path.keys, &path.raw, &path.quarantine]
+            .iter()
+            .all(|f| f.exists())
+        {
             return Err(BatchError::MissingStage {
                 object: p.file.object.clone(),
                 generation: p.file.generation.clone(),
