@@ -22,6 +22,8 @@ enum Command {
     Bench(datashare::cli::BenchArgs),
     /// Builds a partner's daily or monthly product from local curated data.
     Build(datashare::products::command::BuildArgs),
+    /// Runs the worker: stages parts, runs claimed batch steps, publishes delivery requests.
+    Worker(datashare::service::command::WorkerArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -40,6 +42,10 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Bench(args) => datashare::cli::bench(&args)?,
         Command::Build(args) => {
             datashare::products::command::run(&args)?;
+            true
+        }
+        Command::Worker(args) => {
+            datashare::service::command::run(&args)?;
             true
         }
     };
