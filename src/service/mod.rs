@@ -191,8 +191,9 @@ impl Worker {
 
     async fn handle_inner(&self, subscription: &str, msg: &Incoming) -> Outcome {
         let result = match subscription {
-            EXTRACTS_SUBSCRIPTION => self.handle_object(msg).await,
-            BATCHES_SUBSCRIPTION => self.handle_batch(msg).await,
+            // Boxed: the batch step's future is large, and callers may poll it on a small stack.
+            EXTRACTS_SUBSCRIPTION => Box::pin(self.handle_object(msg)).await,
+            BATCHES_SUBSCRIPTION => Box::pin(self.handle_batch(msg)).await,
             other => Err(HandleError::Transient(format!(
                 "the worker does not consume subscription {other}"
             ))),

@@ -25,8 +25,11 @@ struct PushMessage {
     data: Option<String>,
     #[serde(default)]
     attributes: Option<BTreeMap<String, String>>,
-    #[serde(default, rename = "messageId", alias = "message_id")]
+    // Pub/Sub sends both spellings (serde aliases would call them duplicates).
+    #[serde(default, rename = "messageId")]
     message_id: Option<String>,
+    #[serde(default, rename = "message_id")]
+    message_id_snake: Option<String>,
 }
 
 /// A Pub/Sub push request body.
@@ -35,8 +38,10 @@ struct Envelope {
     message: PushMessage,
     #[serde(default)]
     subscription: Option<String>,
-    #[serde(default, rename = "deliveryAttempt", alias = "delivery_attempt")]
+    #[serde(default, rename = "deliveryAttempt")]
     delivery_attempt: Option<i32>,
+    #[serde(default, rename = "delivery_attempt")]
+    delivery_attempt_snake: Option<i32>,
 }
 
 /// Parses a push request body into a message; the error says why it is not an envelope.
@@ -52,6 +57,7 @@ pub fn parse_envelope(body: &[u8]) -> Result<(Incoming, Option<String>), String>
     let id = env
         .message
         .message_id
+        .or(env.message.message_id_snake)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| "message without messageId".to_string())?;
     Ok((
@@ -59,7 +65,7 @@ pub fn parse_envelope(body: &[u8]) -> Result<(Incoming, Option<String>), String>
             id,
             data,
             attributes: env.message.attributes.unwrap_or_default(),
-            delivery_attempt: env.delivery_attempt,
+            delivery_attempt: env.delivery_attempt.or(env.delivery_attempt_snake),
         },
         env.subscription,
     ))
@@ -145,6 +151,8 @@ mod tests {
             sub.as_deref(),
             Some("projects/p/subscriptions/extracts-worker")
         );
+        let both = br#"{"message":{"messageId":"9","message_id":"9","publishTime":"t","publish_time":"t"}}"#;
+        assert_eq!(parse_envelope(both).unwrap().0.id, "9");
         let snake = br#"{"message":{"message_id":"8"}}"#;
         let (m, _) = parse_envelope(snake).unwrap();
         assert_eq!(m.id, "8");

@@ -2,6 +2,7 @@
 
 mod clean;
 mod products;
+mod worker;
 
 use std::process::Command;
 
