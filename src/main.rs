@@ -24,6 +24,8 @@ enum Command {
     Build(datashare::products::command::BuildArgs),
     /// Runs the worker: stages parts, runs claimed batch steps, publishes delivery requests.
     Worker(datashare::service::command::WorkerArgs),
+    /// Releases a held batch without its failed files (products are built and delivered).
+    Release(datashare::service::release::ReleaseArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -48,6 +50,7 @@ fn main() -> anyhow::Result<ExitCode> {
             datashare::service::command::run(&args)?;
             true
         }
+        Command::Release(args) => datashare::service::release::run(&args)?,
     };
     Ok(if ok {
         ExitCode::SUCCESS

@@ -32,6 +32,9 @@ pub struct BatchReady {
     pub marker_generation: i64,
     /// Every listed file at the generation that was settled.
     pub files: Vec<ObjectGeneration>,
+    /// The team released this batch version although a listed file failed (`datashare release`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub release: bool,
 }
 
 impl BatchReady {
@@ -49,14 +52,27 @@ impl BatchReady {
         format!("{}-{}", self.marker_generation, &digest[..16])
     }
 
-    /// Encodes the message (JSON data, `dt` attribute).
+    /// Names this step's claim and done marker: the version, and `.release` for a release.
+    pub fn step_key(&self) -> String {
+        if self.release {
+            format!("{}.release", self.version())
+        } else {
+            self.version()
+        }
+    }
+
+    /// Encodes the message (JSON data; `dt`, `batch_version` and `release` attributes).
     pub fn to_message(&self) -> Outgoing {
+        let mut attributes = BTreeMap::from([
+            ("dt".to_string(), self.dt.to_string()),
+            ("batch_version".to_string(), self.version()),
+        ]);
+        if self.release {
+            attributes.insert("release".to_string(), "true".to_string());
+        }
         Outgoing {
             data: serde_json::to_vec(self).expect("batch-ready encodes"),
-            attributes: BTreeMap::from([
-                ("dt".to_string(), self.dt.to_string()),
-                ("batch_version".to_string(), self.version()),
-            ]),
+            attributes,
         }
     }
 
@@ -89,6 +105,7 @@ mod tests {
             dt: NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(),
             marker_generation: 7,
             files: vec![f("a", 1), f("b", 2)],
+            release: false,
         };
         let out = b.to_message();
         let back = BatchReady::parse(&Incoming {
@@ -104,6 +121,17 @@ mod tests {
         newer.files[1].generation = 3;
         assert_ne!(newer.version(), b.version());
         assert!(b.version().starts_with("7-"));
+        let released = BatchReady {
+            release: true,
+            ..b.clone()
+        };
+        assert_eq!(released.version(), b.version());
+        assert_eq!(released.step_key(), format!("{}.release", b.version()));
+        assert!(
+            !String::from_utf8(b.to_message().data)
+                .unwrap()
+                .contains("release")
+        );
         assert!(BatchReady::parse(&Incoming::default()).is_err());
     }
 }

@@ -47,7 +47,7 @@ impl Worker {
     /// Handles one `BatchReady`.
     pub async fn handle_batch(&self, msg: &Incoming) -> Result<Disposition, HandleError> {
         let ready = BatchReady::parse(msg)?;
-        let version = ready.version();
+        let version = ready.step_key();
         let dt = ready.dt;
         let ops = &self.config.gcp.buckets.ops;
         let done = names::batch_done(dt, &version);
@@ -179,7 +179,9 @@ impl Worker {
                 )
             })
             .collect();
-        if !failed.is_empty() {
+        if !failed.is_empty() && ready.release {
+            tracing::warn!(%dt, failed = ?failed, "batch released without its failed files");
+        } else if !failed.is_empty() {
             Alert::new(
                 Severity::Critical,
                 "batch.held",

@@ -7,7 +7,7 @@
 //! - [`claim`]: claims with leases in the ops bucket.
 //! - [`pull`] and [`push`]: the streaming subscriber and the HTTP push endpoint; both map a
 //!   handler's [`Outcome`] to ack or nack.
-//! - [`command`]: `datashare worker`.
+//! - [`command`]: `datashare worker`; [`release`]: `datashare release`.
 //!
 //! Errors decide what happens: transient → nack (Pub/Sub retries with backoff); permanent →
 //! one dead letter with `error_kind`, then ack.
@@ -19,6 +19,7 @@ pub mod names;
 pub mod objects;
 pub mod pull;
 pub mod push;
+pub mod release;
 
 use std::path::PathBuf;
 use std::sync::Arc;

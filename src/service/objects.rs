@@ -8,14 +8,17 @@ use chrono::NaiveDate;
 use futures::future::try_join_all;
 
 use super::{Disposition, HandleError, Worker, blocking, names};
+use crate::clean::Schemas;
 use crate::clean::stage::{PartSummary, StageError, StagedPaths, stage_part};
 use crate::clean::validators::today_sao_paulo;
+use crate::config::Config;
 use crate::events::batch::BATCH_READY_VERSION;
 use crate::events::gcs::OBJECT_FINALIZE;
 use crate::events::{
     BatchReady, ErrorKind, GcsNotification, Incoming, ObjectGeneration, ObjectRef,
 };
 use crate::extract::{Layout, Marker, classify};
+use crate::gcp::Gcs;
 
 /// What staging one object generation came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,49 +166,8 @@ impl Worker {
     /// Publishes `BatchReady` when the marker exists and every listed file is staged at its
     /// current generation; returns whether it did.
     pub async fn check_batch(&self, dt: NaiveDate) -> Result<bool, HandleError> {
-        let b = &self.config.gcp.buckets;
-        let marker_name = names::marker(dt);
-        let Some((body, marker_generation)) = self.gcs.read(&b.raw, &marker_name, None).await?
-        else {
-            tracing::info!(%dt, "batch marker not there yet");
+        let Some(ready) = ready_batch(&self.gcs, &self.config, &self.schemas, dt).await? else {
             return Ok(false);
-        };
-        let tables: Vec<&str> = self.schemas.names().collect();
-        let marker = match Marker::parse(&body, dt, &tables) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(%dt, error = %e, "batch marker unusable, batch not checked");
-                return Ok(false);
-            }
-        };
-        let metas = try_join_all(marker.files.iter().map(|f| self.gcs.stat(&b.raw, f))).await?;
-        let mut files = Vec::with_capacity(metas.len());
-        for (name, meta) in marker.files.iter().zip(metas) {
-            match meta {
-                Some(m) => files.push(ObjectGeneration {
-                    name: name.clone(),
-                    generation: m.generation,
-                }),
-                None => {
-                    tracing::info!(%dt, object = %name, "listed file not uploaded yet");
-                    return Ok(false);
-                }
-            }
-        }
-        let staged = try_join_all(files.iter().map(|f| {
-            let key = names::staged(dt, &f.name, f.generation, "summary.json");
-            async move { self.gcs.stat(&b.curated, &key).await }
-        }))
-        .await?;
-        if let Some((f, _)) = files.iter().zip(&staged).find(|(_, s)| s.is_none()) {
-            tracing::info!(%dt, object = %f.name, generation = f.generation, "listed file not staged yet");
-            return Ok(false);
-        }
-        let ready = BatchReady {
-            schema_version: BATCH_READY_VERSION,
-            dt,
-            marker_generation,
-            files,
         };
         let id = self
             .bus
@@ -214,4 +176,58 @@ impl Worker {
         tracing::info!(%dt, version = %ready.version(), message_id = %id, "batch ready published");
         Ok(true)
     }
+}
+
+/// The batch of `dt` as it stands, if its marker exists and every listed file is settled
+/// (staged, or failed permanently) at its current generation.
+pub async fn ready_batch(
+    gcs: &Gcs,
+    config: &Config,
+    schemas: &Schemas,
+    dt: NaiveDate,
+) -> Result<Option<BatchReady>, HandleError> {
+    let b = &config.gcp.buckets;
+    let marker_name = names::marker(dt);
+    let Some((body, marker_generation)) = gcs.read(&b.raw, &marker_name, None).await? else {
+        tracing::info!(%dt, "batch marker not there yet");
+        return Ok(None);
+    };
+    let tables: Vec<&str> = schemas.names().collect();
+    let marker = match Marker::parse(&body, dt, &tables) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(%dt, error = %e, "batch marker unusable, batch not checked");
+            return Ok(None);
+        }
+    };
+    let metas = try_join_all(marker.files.iter().map(|f| gcs.stat(&b.raw, f))).await?;
+    let mut files = Vec::with_capacity(metas.len());
+    for (name, meta) in marker.files.iter().zip(metas) {
+        match meta {
+            Some(m) => files.push(ObjectGeneration {
+                name: name.clone(),
+                generation: m.generation,
+            }),
+            None => {
+                tracing::info!(%dt, object = %name, "listed file not uploaded yet");
+                return Ok(None);
+            }
+        }
+    }
+    let staged = try_join_all(files.iter().map(|f| {
+        let key = names::staged(dt, &f.name, f.generation, "summary.json");
+        async move { gcs.stat(&b.curated, &key).await }
+    }))
+    .await?;
+    if let Some((f, _)) = files.iter().zip(&staged).find(|(_, s)| s.is_none()) {
+        tracing::info!(%dt, object = %f.name, generation = f.generation, "listed file not staged yet");
+        return Ok(None);
+    }
+    Ok(Some(BatchReady {
+        schema_version: BATCH_READY_VERSION,
+        dt,
+        marker_generation,
+        files,
+        release: false,
+    }))
 }

@@ -269,12 +269,17 @@ impl ObjectSink for MemSink {
 }
 
 /// A generated day: (marker, parts) as (name, bytes), and the truth's rows read per table.
-fn generated(dt: NaiveDate, rows: u64) -> (Object, Vec<Object>, BTreeMap<String, u64>) {
+fn generated(
+    dt: NaiveDate,
+    rows: u64,
+    bad_files: bool,
+) -> (Object, Vec<Object>, BTreeMap<String, u64>) {
     let sink = MemSink::default();
     let opts = GenerateOptions {
         rows,
         parts: 2,
         defect_rate: 0.02,
+        bad_files,
         ..GenerateOptions::default()
     };
     let truth = generate_day(&opts, dt, &sink).expect("generates");
@@ -332,6 +337,7 @@ async fn current_batch(gcs: &Gcs, cfg: &Config, dt: NaiveDate) -> BatchReady {
         dt,
         marker_generation,
         files,
+        release: false,
     }
 }
 
@@ -435,7 +441,7 @@ async fn pull_worker_turns_a_messy_upload_into_one_delivery_per_version() {
     let pulling = tokio::spawn(pull::run(worker.clone(), rx));
 
     let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
-    let (marker, mut parts, truth) = generated(dt, 400);
+    let (marker, mut parts, truth) = generated(dt, 400, false);
     parts.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(7));
     let gcs = &worker.gcs;
     let raw = &cfg.gcp.buckets.raw;
@@ -497,8 +503,9 @@ async fn upload_day(
     cfg: &Config,
     dt: NaiveDate,
     rows: u64,
+    bad_files: bool,
 ) -> (Vec<(String, i64)>, BTreeMap<String, u64>) {
-    let (marker, parts, truth) = generated(dt, rows);
+    let (marker, parts, truth) = generated(dt, rows, bad_files);
     let raw = &cfg.gcp.buckets.raw;
     let mut written = vec![(
         marker.0.clone(),
@@ -566,7 +573,7 @@ async fn two_workers_race_for_one_batch_claim() {
 
     // Stage the batch through worker a's handler (no subscriber runs in this test).
     let dt = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
-    let (written, truth) = upload_day(&a.gcs, &cfg, dt, 200).await;
+    let (written, truth) = upload_day(&a.gcs, &cfg, dt, 200, false).await;
     for (i, (name, generation)) in written.iter().enumerate() {
         let n = notification(&cfg.gcp.buckets.raw, name, *generation);
         let outcome = a
@@ -723,7 +730,7 @@ async fn push_worker_through_the_emulators_push_subscriptions() {
     assert_eq!(bad.status().as_u16(), 400);
 
     let dt = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
-    let (_, truth) = upload_day(&worker.gcs, &cfg, dt, 200).await;
+    let (_, truth) = upload_day(&worker.gcs, &cfg, dt, 200, false).await;
     let ready = current_batch(&worker.gcs, &cfg, dt).await;
     let done = names::batch_done(dt, &ready.version());
     let ops = cfg.gcp.buckets.ops.clone();
@@ -743,4 +750,83 @@ async fn push_worker_through_the_emulators_push_subscriptions() {
     check_delivery(&worker.gcs, &got[0], dt).await;
     stop.send(true).unwrap();
     serving.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_file_holds_the_products_until_the_batch_is_released() {
+    let stack = Stack::up(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = stack.config(&partners(dir.path()), &[]);
+    stack.watch("deliveries", "test-deliveries").await;
+    let worker = Arc::new(Worker::start(cfg.clone()).await.unwrap());
+    let (stop, rx) = watch::channel(false);
+    let pulling = tokio::spawn(pull::run(worker.clone(), rx));
+    let gcs = &worker.gcs;
+    let ops = cfg.gcp.buckets.ops.clone();
+
+    // One part per table can never be parsed: each is one dead letter, the batch step still
+    // writes what it can, and the products are held.
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 24).unwrap();
+    upload_day(gcs, &cfg, dt, 200, true).await;
+    let ready = current_batch(gcs, &cfg, dt).await;
+    let done = names::batch_done(dt, &ready.version());
+    until(
+        "the held batch's done marker",
+        Duration::from_secs(120),
+        || async { gcs.stat(&ops, &done).await.unwrap() },
+    )
+    .await;
+    let (body, _) = gcs.read(&ops, &done, None).await.unwrap().unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["held"].as_array().map(Vec::len), Some(1), "{body}");
+    assert!(
+        gcs.stat(
+            &cfg.gcp.buckets.curated,
+            &format!("reports/dt={dt}/quality.json")
+        )
+        .await
+        .unwrap()
+        .is_some()
+    );
+    let letters = stack
+        .drain(
+            "extracts-worker-dead-letter-alert",
+            Duration::from_secs(60),
+            |m| m.len() >= 3,
+        )
+        .await;
+    assert_eq!(letters.len(), 3, "one dead letter per failed file");
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.attributes["error_kind"] == "invalid_extract")
+    );
+    let none = stack
+        .drain("test-deliveries", Duration::from_secs(30), |_| true)
+        .await;
+    assert!(none.is_empty(), "held products are not delivered: {none:?}");
+
+    // The team releases the batch without the failed files (the CLI, as an operator would).
+    let out = crate::run_ok(
+        crate::datashare_cmd()
+            .args(["release", "--date", &dt.to_string()])
+            .envs(&stack.env),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("released batch"));
+    let released = names::batch_done(dt, &format!("{}.release", ready.version()));
+    until(
+        "the release's done marker",
+        Duration::from_secs(120),
+        || async { gcs.stat(&ops, &released).await.unwrap() },
+    )
+    .await;
+    let got = stack
+        .drain("test-deliveries", Duration::from_secs(60), |m| {
+            !m.is_empty()
+        })
+        .await;
+    assert_eq!(got.len(), 1, "one delivery request: {got:?}");
+    check_delivery(gcs, &got[0], dt).await;
+    stop.send(true).unwrap();
+    pulling.await.unwrap().unwrap();
 }
