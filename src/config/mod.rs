@@ -5,7 +5,7 @@
 //! Environment overrides (the names Terraform sets, `terraform/README.md`):
 //! `DATASHARE_GCP_PROJECT`, `DATASHARE_BUCKET_<LOGICAL>` (`RAW`, `CURATED`, `PRODUCTS`, `OPS`);
 //! the emulators' `PUBSUB_EMULATOR_HOST` and `STORAGE_EMULATOR_HOST`; and for the worker
-//! `DATASHARE_STEP_TIMEOUT_SECS` and `DATASHARE_PARTNERS_DIR`.
+//! `DATASHARE_STEP_TIMEOUT_SECS`, `DATASHARE_LEASE_EXTENSION_SECS` and `DATASHARE_PARTNERS_DIR`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -115,6 +115,9 @@ pub struct WorkerSettings {
     pub partners_dir: PathBuf,
     /// Messages handled at once per subscription in pull mode.
     pub max_concurrent_messages: usize,
+    /// Pull mode: each lease extension (the stream's ack deadline), so a message held by a
+    /// crashed worker is redelivered after at most this long.
+    pub lease_extension_secs: u64,
 }
 
 /// Where the emulators are, when they are used instead of Google Cloud.
@@ -202,6 +205,11 @@ impl Config {
             self.worker.step_timeout_secs = v
                 .parse()
                 .map_err(|_| invalid("DATASHARE_STEP_TIMEOUT_SECS", "not a whole number"))?;
+        }
+        if let Some(v) = set(env("DATASHARE_LEASE_EXTENSION_SECS")) {
+            self.worker.lease_extension_secs = v
+                .parse()
+                .map_err(|_| invalid("DATASHARE_LEASE_EXTENSION_SECS", "not a whole number"))?;
         }
         if let Some(v) = set(env("DATASHARE_PARTNERS_DIR")) {
             self.worker.partners_dir = PathBuf::from(v);
@@ -302,6 +310,12 @@ impl Config {
             return Err(invalid(
                 "worker.step_timeout_secs",
                 "must be between 1 and 86400",
+            ));
+        }
+        if !(10..=600).contains(&self.worker.lease_extension_secs) {
+            return Err(invalid(
+                "worker.lease_extension_secs",
+                "must be between 10 and 600 (Pub/Sub's ack deadline range)",
             ));
         }
         if self.worker.max_concurrent_messages == 0 {

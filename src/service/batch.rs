@@ -26,6 +26,12 @@ use crate::products::manifest::sha256_hex;
 use crate::products::monthly::{self, first_day_of};
 use crate::products::{BuildError, BuildOptions, Period, Released, build};
 
+/// How long a handler waits on a held batch claim before nacking.
+const HELD_CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often it looks again meanwhile.
+const HELD_CLAIM_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the batch step did, for logs and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StepSummary {
@@ -60,27 +66,36 @@ impl Worker {
             return Ok(Disposition::Done);
         }
         let claim_name = names::batch_claim(dt, &version);
-        let generation = match claim::take(
-            &self.gcs,
-            ops,
-            &claim_name,
-            &self.owner,
-            self.config.claim_lease(),
-        )
-        .await?
-        {
-            Claim::Taken { generation, .. } => generation,
-            Claim::Held { owner, until } => {
-                // A redelivery while the step runs elsewhere: the done marker may be there now.
-                if self.gcs.stat(ops, &done).await?.is_some() {
-                    return Ok(Disposition::Done);
+        // A held claim is waited on briefly before nacking: the step may finish (done marker:
+        // ack) or its lease expire (take over) meanwhile, and every nack spends one of the
+        // subscription's delivery attempts.
+        let waited_since = std::time::Instant::now();
+        let generation = loop {
+            match claim::take(
+                &self.gcs,
+                ops,
+                &claim_name,
+                &self.owner,
+                self.config.claim_lease(),
+            )
+            .await?
+            {
+                Claim::Taken { generation, .. } => break generation,
+                Claim::Held { owner, until } => {
+                    if self.gcs.stat(ops, &done).await?.is_some() {
+                        return Ok(Disposition::Done);
+                    }
+                    if waited_since.elapsed() >= HELD_CLAIM_WAIT {
+                        return Err(HandleError::Transient(format!(
+                            "batch claim held by {owner} until {until}"
+                        )));
+                    }
+                    tokio::time::sleep(HELD_CLAIM_POLL).await;
                 }
-                return Err(HandleError::Transient(format!(
-                    "batch claim held by {owner} until {until}"
-                )));
             }
         };
         tracing::info!(%dt, %version, "batch claim taken");
+        self.faults.at("after_claim").await;
         let timeout = std::time::Duration::from_secs(self.config.worker.step_timeout_secs);
         let result = match tokio::time::timeout(timeout, self.batch_step(&ready)).await {
             Ok(r) => r,
@@ -91,6 +106,7 @@ impl Worker {
         };
         match result {
             Ok(summary) => {
+                self.faults.at("before_done").await;
                 let body = serde_json::json!({
                     "owner": self.owner,
                     "finished_at": Utc::now().to_rfc3339(),
@@ -141,6 +157,7 @@ impl Worker {
     async fn batch_step(&self, ready: &BatchReady) -> Result<StepSummary, HandleError> {
         let b = &self.config.gcp.buckets;
         let dt = ready.dt;
+        self.faults.at("batch_step").await;
         let tmp = self.tempdir()?;
         let staging = tmp.path().join("staging");
         let out = tmp.path().join("out");
@@ -404,6 +421,7 @@ impl Worker {
                 .collect(),
             source_batches: Vec::new(),
         };
+        self.faults.at("before_publish").await;
         let id = self
             .bus
             .publish(&self.config.gcp.topics.deliveries, request.to_message())

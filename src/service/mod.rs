@@ -15,6 +15,7 @@
 pub mod batch;
 pub mod claim;
 pub mod command;
+pub mod faults;
 pub mod names;
 pub mod objects;
 pub mod pull;
@@ -120,6 +121,8 @@ pub struct Worker {
     pub owner: String,
     /// Where temporary files go.
     pub tmp_root: PathBuf,
+    /// Faults to inject (tests only; empty unless `DATASHARE_FAULTS` is set).
+    pub faults: faults::Faults,
 }
 
 /// The worker could not start.
@@ -134,12 +137,16 @@ pub enum StartError {
     /// A client could not be created.
     #[error(transparent)]
     Client(#[from] crate::gcp::ClientError),
+    /// `DATASHARE_FAULTS` is malformed.
+    #[error("{0}")]
+    Faults(String),
 }
 
 impl Worker {
     /// Builds the worker: schemas, contracts (with their secrets), clients.
     pub async fn start(config: Config) -> Result<Worker, StartError> {
         let schemas = Schemas::builtin().map_err(|e| StartError::Schemas(e.to_string()))?;
+        let faults = faults::Faults::from_env().map_err(StartError::Faults)?;
         let contracts = crate::products::contract::load_dir(&config.worker.partners_dir)?;
         for c in &contracts {
             // Fails now, naming the variable or file, rather than on the first batch.
@@ -176,6 +183,7 @@ impl Worker {
             contracts: Arc::new(contracts),
             owner,
             tmp_root: std::env::temp_dir(),
+            faults,
         })
     }
 

@@ -3,6 +3,7 @@
 //! extends leases while a handler runs (up to twice the step timeout).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
@@ -38,6 +39,9 @@ pub async fn run(worker: Arc<Worker>, stop: watch::Receiver<bool>) -> Result<(),
             .subscribe(path)
             .set_max_outstanding_messages(worker.config.worker.max_concurrent_messages as i64)
             .set_max_lease(worker.config.claim_lease())
+            .set_max_lease_extension(Duration::from_secs(
+                worker.config.worker.lease_extension_secs,
+            ))
             .build();
         tasks.spawn(consume(worker.clone(), sub, stream, stop.clone()));
     }
@@ -65,7 +69,7 @@ async fn consume(
                 }
                 Some(Err(e)) => {
                     tracing::warn!(subscription, error = %e, "pull stream error");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 None => break,
             },

@@ -180,6 +180,23 @@ impl Stack {
         }
     }
 
+    /// Sets a subscription's ack deadline (the topology's are minutes long).
+    async fn ack_deadline(&self, subscription: &str, secs: u32) {
+        let body = json!({"subscription": {"ackDeadlineSeconds": secs}, "updateMask": "ackDeadlineSeconds"});
+        let r = self
+            .http
+            .patch(self.pubsub(&format!("subscriptions/{subscription}")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "patch {subscription}: {}",
+            r.status()
+        );
+    }
+
     fn config(&self, partners: &Path, overrides: &[(&str, &str)]) -> Config {
         let mut env = self.env.clone();
         env.insert(
@@ -829,4 +846,158 @@ async fn a_failed_file_holds_the_products_until_the_batch_is_released() {
     check_delivery(gcs, &got[0], dt).await;
     stop.send(true).unwrap();
     pulling.await.unwrap().unwrap();
+}
+
+/// A `datashare worker` process, killed on drop.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn worker(stack: &Stack, partners: &Path, extra_env: &[(&str, &str)]) -> Proc {
+        let mut cmd = crate::datashare_cmd();
+        cmd.args(["worker", "--pull"])
+            .envs(&stack.env)
+            .env("DATASHARE_PARTNERS_DIR", partners)
+            .env("RUST_LOG", "datashare=info,warn")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        Proc(cmd.spawn().expect("datashare worker starts"))
+    }
+
+    async fn exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        until("the worker to exit", limit, || {
+            let status = self.0.try_wait().unwrap();
+            async move { status }
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_before_its_done_marker_is_taken_over_without_a_second_delivery() {
+    let stack = Stack::up(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let partners = partners(dir.path());
+    let cfg = stack.config(&partners, &[]);
+    stack.watch("deliveries", "test-deliveries").await;
+    for sub in [EXTRACTS_SUBSCRIPTION, BATCHES_SUBSCRIPTION] {
+        stack.ack_deadline(sub, 10).await;
+    }
+    // Short claim leases (2 × 10 s) and lease extensions (10 s), so the takeover comes soon.
+    let lease = [
+        ("DATASHARE_STEP_TIMEOUT_SECS", "10"),
+        ("DATASHARE_LEASE_EXTENSION_SECS", "10"),
+    ];
+    let mut a = Proc::worker(
+        &stack,
+        &partners,
+        &[
+            lease[0],
+            lease[1],
+            ("DATASHARE_FAULTS", "crash:before_done"),
+        ],
+    );
+    let gcs = Gcs::connect(cfg.emulators.storage.as_deref())
+        .await
+        .unwrap();
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+    upload_day(&gcs, &cfg, dt, 200, false).await;
+
+    // Worker a publishes the delivery request, then dies holding the claim and its messages.
+    let status = a.exit(Duration::from_secs(120)).await;
+    assert!(
+        !status.success(),
+        "the injected crash kills the worker: {status:?}"
+    );
+    let ready = current_batch(&gcs, &cfg, dt).await;
+    let done = names::batch_done(dt, &ready.version());
+    assert!(
+        gcs.stat(&cfg.gcp.buckets.ops, &done)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let first = stack
+        .drain("test-deliveries", Duration::from_secs(30), |m| {
+            !m.is_empty()
+        })
+        .await;
+    assert_eq!(first.len(), 1);
+
+    // Worker b gets the redelivered batch, takes the expired claim over, finds the delivery
+    // already published, and finishes the step.
+    let mut b = Proc::worker(&stack, &partners, &lease);
+    let ops = cfg.gcp.buckets.ops.clone();
+    until("the done marker", Duration::from_secs(240), || async {
+        gcs.stat(&ops, &done).await.unwrap()
+    })
+    .await;
+    let again = stack
+        .drain("test-deliveries", Duration::from_secs(30), |_| true)
+        .await;
+    assert!(again.is_empty(), "no second delivery request: {again:?}");
+
+    // SIGTERM: the worker finishes in-flight messages and exits cleanly.
+    let pid = b.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = b.exit(Duration::from_secs(60)).await;
+    assert!(status.success(), "graceful shutdown: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_step_longer_than_the_ack_deadline_runs_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let endpoint = format!("worker=http://127.0.0.1:{port}");
+    let stack =
+        tokio::task::spawn_blocking(move || Stack::up(&["--push-endpoint".into(), endpoint]))
+            .await
+            .unwrap();
+    stack.ack_deadline(BATCHES_SUBSCRIPTION, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = stack.config(&partners(dir.path()), &[]);
+    stack.watch("deliveries", "test-deliveries").await;
+    let mut worker = Worker::start(cfg.clone()).await.unwrap();
+    worker.faults = datashare::service::faults::Faults::parse("delay:batch_step:25").unwrap();
+    let worker = Arc::new(worker);
+    let (stop, rx) = watch::channel(false);
+    let serving = tokio::spawn(push::serve(worker.clone(), listener, rx));
+
+    let started = Instant::now();
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
+    upload_day(&worker.gcs, &cfg, dt, 200, false).await;
+    let ready = current_batch(&worker.gcs, &cfg, dt).await;
+    let done = names::batch_done(dt, &ready.version());
+    let ops = cfg.gcp.buckets.ops.clone();
+    until("the done marker", Duration::from_secs(180), || async {
+        worker.gcs.stat(&ops, &done).await.unwrap()
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(25));
+    // Redeliveries during the step found the claim held (503); after it, the done marker (204).
+    let got = stack
+        .drain("test-deliveries", Duration::from_secs(60), |m| {
+            !m.is_empty()
+        })
+        .await;
+    assert_eq!(got.len(), 1, "one delivery request: {got:?}");
+    check_delivery(&worker.gcs, &got[0], dt).await;
+    stop.send(true).unwrap();
+    serving.await.unwrap().unwrap();
 }
