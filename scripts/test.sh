@@ -13,6 +13,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
+# The worker's integration tests start the local stack (fake-gcp/stack.py): Java, the Pub/Sub
+# emulator and fake-gcs-server must be installed.
+bash fake-gcp/setup.sh >/dev/null
 cargo test --locked --all-targets
 echo "== python tests of the products (pyarrow, duckdb)"
 bash scripts/py-tests.sh

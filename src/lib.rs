@@ -7,13 +7,21 @@
 //! - [`clean`]: the cleaning engine: table schemas from config, validators, staging, the batch step, the quality report.
 //! - [`products`]: partner products: contracts, pseudonymous keys, daily and monthly files, privacy gate, manifests.
 //! - [`sinks`]: delivery to partners (SFTP, REST API, e-mail) behind one trait, idempotent through receipts.
+//! - [`config`]: typed settings (resource names, worker settings), file + environment, validated at start-up.
+//! - [`events`]: Pub/Sub messages: GCS notifications, batch-ready, delivery requests, dead letters.
+//! - [`gcp`]: Cloud Storage and Pub/Sub clients, emulator-aware.
+//! - [`service`]: the worker: one handler per subscription behind pull and push front ends.
 
 #![warn(missing_docs)]
 
 pub mod br;
 pub mod clean;
 pub mod cli;
+pub mod config;
+pub mod events;
 pub mod extract;
+pub mod gcp;
 pub mod generate;
 pub mod products;
+pub mod service;
 pub mod sinks;

@@ -22,6 +22,10 @@ enum Command {
     Bench(datashare::cli::BenchArgs),
     /// Builds a partner's daily or monthly product from local curated data.
     Build(datashare::products::command::BuildArgs),
+    /// Runs the worker: stages parts, runs claimed batch steps, publishes delivery requests.
+    Worker(datashare::service::command::WorkerArgs),
+    /// Releases a held batch without its failed files (products are built and delivered).
+    Release(datashare::service::release::ReleaseArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -42,6 +46,11 @@ fn main() -> anyhow::Result<ExitCode> {
             datashare::products::command::run(&args)?;
             true
         }
+        Command::Worker(args) => {
+            datashare::service::command::run(&args)?;
+            true
+        }
+        Command::Release(args) => datashare::service::release::run(&args)?,
     };
     Ok(if ok {
         ExitCode::SUCCESS

@@ -3,6 +3,7 @@
 mod clean;
 mod products;
 mod sinks;
+mod worker;
 
 use std::process::Command;
 

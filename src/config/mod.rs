@@ -1,0 +1,500 @@
+//! Typed settings: `config/default.toml` (built in, or a file) plus environment overrides,
+//! validated once at start-up so a misconfigured service refuses to start instead of failing on
+//! its first message.
+//!
+//! Environment overrides (the names Terraform sets, `terraform/README.md`):
+//! `DATASHARE_GCP_PROJECT`, `DATASHARE_BUCKET_<LOGICAL>` (`RAW`, `CURATED`, `PRODUCTS`, `OPS`);
+//! the emulators' `PUBSUB_EMULATOR_HOST` and `STORAGE_EMULATOR_HOST`; and for the worker
+//! `DATASHARE_STEP_TIMEOUT_SECS`, `DATASHARE_LEASE_EXTENSION_SECS` and `DATASHARE_PARTNERS_DIR`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The configuration built into the binary.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Subscription of the worker to raw-object notifications.
+pub const EXTRACTS_SUBSCRIPTION: &str = "extracts-worker";
+/// Subscription of the worker to batch-ready messages.
+pub const BATCHES_SUBSCRIPTION: &str = "batches-worker";
+
+/// The configuration is unusable; the message names the field and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has an unknown field.
+    #[error("{file}: {message}")]
+    Parse {
+        /// The file (or `built-in`).
+        file: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is not allowed.
+    #[error("config {field}: {problem}")]
+    Invalid {
+        /// The field, as a TOML path or an environment variable.
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// Bucket names by logical name.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Buckets {
+    /// Extracts as uploaded.
+    pub raw: String,
+    /// Staging, curated, quarantine and reports.
+    pub curated: String,
+    /// Product files and manifests.
+    pub products: String,
+    /// Claims, receipts, alert state, dead-letter archive.
+    pub ops: String,
+}
+
+/// Topic names by role.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Topics {
+    /// GCS notifications of the raw bucket.
+    pub extracts: String,
+    /// Batch-ready messages.
+    pub batches: String,
+    /// Delivery requests, one per product version.
+    pub deliveries: String,
+    /// Partner notifications.
+    pub notify: String,
+    /// Scheduled messages.
+    pub schedules: String,
+    /// Alerts to the data team.
+    pub alerts: String,
+}
+
+/// The `[gcp]` table: project and resource names.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Gcp {
+    /// Project id.
+    pub project: String,
+    /// Buckets.
+    pub buckets: Buckets,
+    /// Topics.
+    pub topics: Topics,
+    /// Dead-letter topic of each subscription that has one.
+    pub dead_letter_topics: BTreeMap<String, String>,
+    /// Per role, its subscriptions and the push path served for each.
+    pub subscriptions: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// The `[worker]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Longest the batch step (with its products) may run; a batch claim's lease is twice this.
+    pub step_timeout_secs: u64,
+    /// Folder of partner contracts.
+    pub partners_dir: PathBuf,
+    /// Messages handled at once per subscription in pull mode.
+    pub max_concurrent_messages: usize,
+    /// Pull mode: each lease extension (the stream's ack deadline), so a message held by a
+    /// crashed worker is redelivered after at most this long.
+    pub lease_extension_secs: u64,
+}
+
+/// Where the emulators are, when they are used instead of Google Cloud.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Emulators {
+    /// Pub/Sub emulator endpoint (`http://host:port`).
+    pub pubsub: Option<String>,
+    /// Cloud Storage emulator endpoint (`http://host:port`).
+    pub storage: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    gcp: Gcp,
+    worker: WorkerSettings,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Project and resource names.
+    pub gcp: Gcp,
+    /// Worker settings.
+    pub worker: WorkerSettings,
+    /// Emulator endpoints, from the environment.
+    pub emulators: Emulators,
+}
+
+impl Config {
+    /// Loads `path` (or the built-in defaults), applies the process environment and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with(path, &|k| std::env::var(k).ok())
+    }
+
+    /// Loads like [`Config::load`] with an explicit environment (for tests).
+    pub fn load_with(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let (name, text) = match path {
+            Some(p) => (
+                p.display().to_string(),
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    file: p.to_path_buf(),
+                    source,
+                })?,
+            ),
+            None => (
+                "built-in config/default.toml".to_string(),
+                DEFAULT_TOML.to_string(),
+            ),
+        };
+        let file: File = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            file: name,
+            message: e.to_string(),
+        })?;
+        let mut c = Config {
+            gcp: file.gcp,
+            worker: file.worker,
+            emulators: Emulators::default(),
+        };
+        c.apply_env(env)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let set = |v: Option<String>| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        if let Some(p) = set(env("DATASHARE_GCP_PROJECT")) {
+            self.gcp.project = p;
+        }
+        let b = &mut self.gcp.buckets;
+        for (var, slot) in [
+            ("DATASHARE_BUCKET_RAW", &mut b.raw),
+            ("DATASHARE_BUCKET_CURATED", &mut b.curated),
+            ("DATASHARE_BUCKET_PRODUCTS", &mut b.products),
+            ("DATASHARE_BUCKET_OPS", &mut b.ops),
+        ] {
+            if let Some(v) = set(env(var)) {
+                *slot = v;
+            }
+        }
+        if let Some(v) = set(env("DATASHARE_STEP_TIMEOUT_SECS")) {
+            self.worker.step_timeout_secs = v
+                .parse()
+                .map_err(|_| invalid("DATASHARE_STEP_TIMEOUT_SECS", "not a whole number"))?;
+        }
+        if let Some(v) = set(env("DATASHARE_LEASE_EXTENSION_SECS")) {
+            self.worker.lease_extension_secs = v
+                .parse()
+                .map_err(|_| invalid("DATASHARE_LEASE_EXTENSION_SECS", "not a whole number"))?;
+        }
+        if let Some(v) = set(env("DATASHARE_PARTNERS_DIR")) {
+            self.worker.partners_dir = PathBuf::from(v);
+        }
+        if let Some(v) = set(env("PUBSUB_EMULATOR_HOST")) {
+            self.emulators.pubsub = Some(endpoint("PUBSUB_EMULATOR_HOST", &v)?);
+        }
+        if let Some(v) = set(env("STORAGE_EMULATOR_HOST")) {
+            self.emulators.storage = Some(endpoint("STORAGE_EMULATOR_HOST", &v)?);
+        }
+        Ok(())
+    }
+
+    /// Checks every name and setting; the first problem is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let g = &self.gcp;
+        if !valid_project(&g.project) {
+            return Err(invalid(
+                "gcp.project",
+                format!(
+                    "{:?} is not a project id (6-30 lower-case letters, digits, hyphens)",
+                    g.project
+                ),
+            ));
+        }
+        for (name, value) in [
+            ("raw", &g.buckets.raw),
+            ("curated", &g.buckets.curated),
+            ("products", &g.buckets.products),
+            ("ops", &g.buckets.ops),
+        ] {
+            if !valid_bucket(value) {
+                return Err(invalid(
+                    format!("gcp.buckets.{name}"),
+                    format!("{value:?} is not a bucket name"),
+                ));
+            }
+        }
+        let t = &g.topics;
+        for (name, value) in [
+            ("extracts", &t.extracts),
+            ("batches", &t.batches),
+            ("deliveries", &t.deliveries),
+            ("notify", &t.notify),
+            ("schedules", &t.schedules),
+            ("alerts", &t.alerts),
+        ] {
+            if !valid_resource(value) {
+                return Err(invalid(
+                    format!("gcp.topics.{name}"),
+                    format!("{value:?} is not a topic name"),
+                ));
+            }
+        }
+        for (sub, topic) in &g.dead_letter_topics {
+            if !valid_resource(sub) || !valid_resource(topic) {
+                return Err(invalid(
+                    format!("gcp.dead_letter_topics.{sub}"),
+                    "not a subscription and topic name",
+                ));
+            }
+        }
+        for (role, subs) in &g.subscriptions {
+            for (sub, path) in subs {
+                if !valid_resource(sub) {
+                    return Err(invalid(
+                        format!("gcp.subscriptions.{role}.{sub}"),
+                        "not a subscription name",
+                    ));
+                }
+                if !path.starts_with("/push/") {
+                    return Err(invalid(
+                        format!("gcp.subscriptions.{role}.{sub}"),
+                        format!("push path {path:?} does not start with /push/"),
+                    ));
+                }
+            }
+        }
+        let worker = g
+            .subscriptions
+            .get("worker")
+            .ok_or_else(|| invalid("gcp.subscriptions.worker", "missing"))?;
+        for sub in [EXTRACTS_SUBSCRIPTION, BATCHES_SUBSCRIPTION] {
+            if !worker.contains_key(sub) {
+                return Err(invalid(
+                    format!("gcp.subscriptions.worker.{sub}"),
+                    "missing: the worker consumes it",
+                ));
+            }
+            if !g.dead_letter_topics.contains_key(sub) {
+                return Err(invalid(
+                    format!("gcp.dead_letter_topics.{sub}"),
+                    "missing: the worker dead-letters permanent failures there",
+                ));
+            }
+        }
+        if self.worker.step_timeout_secs == 0 || self.worker.step_timeout_secs > 24 * 3600 {
+            return Err(invalid(
+                "worker.step_timeout_secs",
+                "must be between 1 and 86400",
+            ));
+        }
+        if !(10..=600).contains(&self.worker.lease_extension_secs) {
+            return Err(invalid(
+                "worker.lease_extension_secs",
+                "must be between 10 and 600 (Pub/Sub's ack deadline range)",
+            ));
+        }
+        if self.worker.max_concurrent_messages == 0 {
+            return Err(invalid(
+                "worker.max_concurrent_messages",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `projects/<project>/topics/<topic>`.
+    pub fn topic_path(&self, topic: &str) -> String {
+        format!("projects/{}/topics/{topic}", self.gcp.project)
+    }
+
+    /// `projects/<project>/subscriptions/<subscription>`.
+    pub fn subscription_path(&self, subscription: &str) -> String {
+        format!("projects/{}/subscriptions/{subscription}", self.gcp.project)
+    }
+
+    /// The lease of a batch claim: twice the step timeout.
+    pub fn claim_lease(&self) -> Duration {
+        Duration::from_secs(2 * self.worker.step_timeout_secs)
+    }
+
+    /// Topic a worker subscription reads.
+    pub fn source_topic(&self, subscription: &str) -> Option<&str> {
+        match subscription {
+            EXTRACTS_SUBSCRIPTION => Some(&self.gcp.topics.extracts),
+            BATCHES_SUBSCRIPTION => Some(&self.gcp.topics.batches),
+            _ => None,
+        }
+    }
+
+    /// The push path the worker serves for a subscription.
+    pub fn push_path(&self, subscription: &str) -> Option<&str> {
+        self.gcp
+            .subscriptions
+            .get("worker")
+            .and_then(|s| s.get(subscription))
+            .map(String::as_str)
+    }
+}
+
+/// Normalizes an emulator address (`host:port` or `http://host:port`) into a URL.
+fn endpoint(var: &str, value: &str) -> Result<String, ConfigError> {
+    let url = if value.starts_with("http://") || value.starts_with("https://") {
+        value.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{}", value.trim_end_matches('/'))
+    };
+    let rest = url.split_once("://").map_or("", |(_, r)| r);
+    let ok = rest
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if ok {
+        Ok(url)
+    } else {
+        Err(invalid(var, format!("{value:?} is not host:port")))
+    }
+}
+
+fn valid_project(s: &str) -> bool {
+    let b = s.as_bytes();
+    (6..=30).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && *b.last().unwrap_or(&b'-') != b'-'
+}
+
+fn valid_bucket(s: &str) -> bool {
+    let b = s.as_bytes();
+    (3..=63).contains(&b.len())
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.')
+        })
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+fn valid_resource(s: &str) -> bool {
+    let b = s.as_bytes();
+    (3..=255).contains(&b.len())
+        && b[0].is_ascii_alphabetic()
+        && !s.starts_with("goog")
+        && b.iter().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'~' | b'+' | b'%')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with(None, &move |k| {
+            vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.gcp.project, "datashare-local");
+        assert_eq!(c.gcp.buckets.raw, "datashare-raw");
+        assert_eq!(c.push_path(EXTRACTS_SUBSCRIPTION), Some("/push/extracts"));
+        assert_eq!(c.source_topic(BATCHES_SUBSCRIPTION), Some("batches"));
+        assert_eq!(c.claim_lease(), Duration::from_secs(1200));
+        assert_eq!(c.emulators, Emulators::default());
+    }
+
+    #[test]
+    fn environment_overrides_names_and_emulators() {
+        let c = load(&[
+            ("DATASHARE_GCP_PROJECT", "acme-prod-1"),
+            ("DATASHARE_BUCKET_RAW", "acme-raw"),
+            ("DATASHARE_BUCKET_OPS", "acme-ops"),
+            ("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"),
+            ("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9023/"),
+            ("DATASHARE_STEP_TIMEOUT_SECS", "25"),
+        ])
+        .unwrap();
+        assert_eq!(c.gcp.project, "acme-prod-1");
+        assert_eq!(c.gcp.buckets.raw, "acme-raw");
+        assert_eq!(c.gcp.buckets.curated, "datashare-curated");
+        assert_eq!(c.gcp.buckets.ops, "acme-ops");
+        assert_eq!(c.emulators.pubsub.as_deref(), Some("http://127.0.0.1:8085"));
+        assert_eq!(
+            c.emulators.storage.as_deref(),
+            Some("http://127.0.0.1:9023")
+        );
+        assert_eq!(c.claim_lease(), Duration::from_secs(50));
+        assert_eq!(
+            c.topic_path("batches"),
+            "projects/acme-prod-1/topics/batches"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let cases = [
+            ("DATASHARE_BUCKET_RAW", "Not A Bucket", "gcp.buckets.raw"),
+            ("DATASHARE_GCP_PROJECT", "x", "gcp.project"),
+            ("PUBSUB_EMULATOR_HOST", "localhost", "PUBSUB_EMULATOR_HOST"),
+            (
+                "DATASHARE_STEP_TIMEOUT_SECS",
+                "soon",
+                "DATASHARE_STEP_TIMEOUT_SECS",
+            ),
+            (
+                "DATASHARE_STEP_TIMEOUT_SECS",
+                "0",
+                "worker.step_timeout_secs",
+            ),
+        ];
+        for (var, value, field) in cases {
+            let e = load(&[(var, value)]).unwrap_err().to_string();
+            assert!(e.contains(field), "{var}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            DEFAULT_TOML.replace("[worker]", "[worker]\nstep_timeot_secs = 3"),
+        )
+        .unwrap();
+        let e = Config::load_with(Some(&p), &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("step_timeot_secs"), "{e}");
+    }
+}

@@ -1,0 +1,142 @@
+//! `DeliveryRequest` (topic `deliveries`): one message per new product version.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Incoming, Malformed, Outgoing};
+
+/// Layout version of [`DeliveryRequest`].
+pub const DELIVERY_REQUEST_VERSION: u32 = 1;
+
+/// An object to fetch, with what proves it is the right one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    /// `gs://bucket/name`.
+    pub uri: String,
+    /// SHA-256 hex of its bytes.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// One data file of a delivery and its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryFile {
+    /// File name as delivered.
+    pub name: String,
+    /// `parquet` or `csv`.
+    pub format: String,
+    /// Data rows.
+    pub rows: u64,
+    /// The data file.
+    pub file: FileDigest,
+    /// Its manifest (`<file>.manifest.json`).
+    pub manifest: FileDigest,
+}
+
+/// A request to deliver one product version through the partner's sinks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRequest {
+    /// Layout version.
+    pub schema_version: u32,
+    /// SHA-256 of `partner|product|period|product_version` (products.md).
+    pub delivery_id: String,
+    /// Partner name.
+    pub partner: String,
+    /// `daily` or `monthly`.
+    pub product: String,
+    /// `YYYY-MM-DD` or `YYYY-MM`.
+    pub period: String,
+    /// SHA-256 of the reference (Parquet) file.
+    pub product_version: String,
+    /// Files of the delivery (Parquet first).
+    pub files: Vec<DeliveryFile>,
+    /// The data dictionary (pt-BR).
+    pub dictionary: FileDigest,
+    /// The sinks that must deliver it (`sftp`, `api`).
+    pub sinks: Vec<String>,
+    /// Batches the files were built from.
+    pub source_batches: Vec<String>,
+}
+
+impl DeliveryRequest {
+    /// The attributes: `partner`, `product`, `period`, `delivery_id` and `sink_<name>` per sink.
+    pub fn attributes(&self) -> BTreeMap<String, String> {
+        let mut a = BTreeMap::from([
+            ("partner".to_string(), self.partner.clone()),
+            ("product".to_string(), self.product.clone()),
+            ("period".to_string(), self.period.clone()),
+            ("delivery_id".to_string(), self.delivery_id.clone()),
+        ]);
+        for s in &self.sinks {
+            a.insert(format!("sink_{s}"), "true".to_string());
+        }
+        a
+    }
+
+    /// Encodes the message.
+    pub fn to_message(&self) -> Outgoing {
+        Outgoing {
+            data: serde_json::to_vec(self).expect("delivery request encodes"),
+            attributes: self.attributes(),
+        }
+    }
+
+    /// Decodes a received message.
+    pub fn parse(msg: &Incoming) -> Result<DeliveryRequest, Malformed> {
+        let d: DeliveryRequest = serde_json::from_slice(&msg.data)
+            .map_err(|e| Malformed(format!("delivery request: {e}")))?;
+        if d.schema_version != DELIVERY_REQUEST_VERSION {
+            return Err(Malformed(format!(
+                "delivery request schema version {}",
+                d.schema_version
+            )));
+        }
+        Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_name_every_sink() {
+        let digest = |u: &str| FileDigest {
+            uri: u.into(),
+            sha256: "ab".into(),
+            bytes: 1,
+        };
+        let d = DeliveryRequest {
+            schema_version: DELIVERY_REQUEST_VERSION,
+            delivery_id: "id".into(),
+            partner: "p".into(),
+            product: "daily".into(),
+            period: "2026-11-27".into(),
+            product_version: "ab".into(),
+            files: vec![DeliveryFile {
+                name: "p_daily_2026-11-27.parquet".into(),
+                format: "parquet".into(),
+                rows: 3,
+                file: digest("gs://b/f"),
+                manifest: digest("gs://b/f.manifest.json"),
+            }],
+            dictionary: digest("gs://b/d"),
+            sinks: vec!["sftp".into(), "api".into()],
+            source_batches: vec!["2026-11-27".into()],
+        };
+        let m = d.to_message();
+        assert_eq!(m.attributes["sink_sftp"], "true");
+        assert_eq!(m.attributes["sink_api"], "true");
+        assert_eq!(m.attributes["delivery_id"], "id");
+        assert_eq!(m.attributes["period"], "2026-11-27");
+        assert!(!m.attributes.contains_key("sink_email"));
+        let back = DeliveryRequest::parse(&Incoming {
+            data: m.data,
+            ..Incoming::default()
+        })
+        .unwrap();
+        assert_eq!(back, d);
+    }
+}

@@ -1,0 +1,396 @@
+//! Cloud Storage: reads and conditional writes with the official data-plane client; object
+//! metadata and listing with the JSON API over `reqwest`, because the official control client
+//! speaks gRPC, which fake-gcs-server does not.
+//!
+//! Conditional writes (`if_generation_match`) of small objects go out as multipart uploads,
+//! the only kind on which fake-gcs-server honours preconditions; claims are small.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use google_cloud_auth::credentials::{CacheableResource, Credentials};
+use google_cloud_storage::client::Storage;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+
+use super::{ClientError, is_transient, retryable_status};
+
+/// The public Cloud Storage JSON API.
+const JSON_API: &str = "https://storage.googleapis.com";
+
+/// A Cloud Storage operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("gcs {op} gs://{bucket}/{name}: {message}")]
+pub struct GcsError {
+    /// The operation (`read`, `write`, `stat`, `list`).
+    pub op: &'static str,
+    /// The bucket.
+    pub bucket: String,
+    /// The object name (or prefix).
+    pub name: String,
+    /// HTTP status, when the service answered.
+    pub status: Option<u16>,
+    /// Worth retrying.
+    pub transient: bool,
+    /// One line.
+    pub message: String,
+}
+
+impl GcsError {
+    /// A generation precondition failed (HTTP 412).
+    pub fn is_precondition_failed(&self) -> bool {
+        self.status == Some(412)
+    }
+
+    /// The object does not exist (HTTP 404).
+    pub fn is_not_found(&self) -> bool {
+        self.status == Some(404)
+    }
+}
+
+/// An object's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Object name.
+    pub name: String,
+    /// Generation.
+    pub generation: i64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+#[derive(Deserialize)]
+struct JsonObject {
+    name: String,
+    generation: String,
+    #[serde(default)]
+    size: Option<String>,
+}
+
+impl JsonObject {
+    fn meta(self) -> Option<ObjectMeta> {
+        Some(ObjectMeta {
+            generation: self.generation.parse().ok()?,
+            size: self.size.and_then(|s| s.parse().ok()).unwrap_or(0),
+            name: self.name,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct JsonList {
+    #[serde(default)]
+    items: Vec<JsonObject>,
+    #[serde(default, rename = "nextPageToken")]
+    next_page_token: Option<String>,
+}
+
+/// A Cloud Storage client for the worker's buckets.
+#[derive(Clone, Debug)]
+pub struct Gcs {
+    client: Storage,
+    http: reqwest::Client,
+    json_base: String,
+    credentials: Option<Credentials>,
+}
+
+impl Gcs {
+    /// Connects to Cloud Storage, or to the emulator at `emulator` (anonymous).
+    pub async fn connect(emulator: Option<&str>) -> Result<Gcs, ClientError> {
+        let creds = super::credentials(emulator.is_some())?;
+        let mut b = Storage::builder().with_credentials(creds.clone());
+        if let Some(e) = emulator {
+            b = b.with_endpoint(e);
+        }
+        let client = b.build().await.map_err(|e| ClientError::Build {
+            client: "storage",
+            message: e.to_string(),
+        })?;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .map_err(|e| ClientError::Build {
+                client: "storage json",
+                message: e.to_string(),
+            })?;
+        Ok(Gcs {
+            client,
+            http,
+            json_base: emulator.unwrap_or(JSON_API).to_string(),
+            credentials: emulator.is_none().then_some(creds),
+        })
+    }
+
+    fn err(
+        op: &'static str,
+        bucket: &str,
+        name: &str,
+        e: &google_cloud_gax::error::Error,
+    ) -> GcsError {
+        let status = e.http_status_code().or_else(|| {
+            e.status().and_then(|s| {
+                use google_cloud_gax::error::rpc::Code;
+                match s.code {
+                    Code::NotFound => Some(404),
+                    Code::FailedPrecondition => Some(412),
+                    _ => None,
+                }
+            })
+        });
+        GcsError {
+            op,
+            bucket: bucket.to_string(),
+            name: name.to_string(),
+            status,
+            transient: is_transient(e),
+            message: e.to_string().lines().next().unwrap_or_default().to_string(),
+        }
+    }
+
+    /// Reads a whole (small) object; `None` when it (or that generation) does not exist.
+    pub async fn read(
+        &self,
+        bucket: &str,
+        name: &str,
+        generation: Option<i64>,
+    ) -> Result<Option<(Vec<u8>, i64)>, GcsError> {
+        let mut req = self
+            .client
+            .read_object(format!("projects/_/buckets/{bucket}"), name);
+        if let Some(g) = generation {
+            req = req.set_generation(g);
+        }
+        let mut resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let e = Self::err("read", bucket, name, &e);
+                return if e.is_not_found() { Ok(None) } else { Err(e) };
+            }
+        };
+        let gen_read = resp.object().generation;
+        let mut data = Vec::new();
+        while let Some(chunk) = resp.next().await {
+            let chunk = chunk.map_err(|e| Self::err("read", bucket, name, &e))?;
+            data.extend_from_slice(&chunk);
+        }
+        Ok(Some((data, gen_read)))
+    }
+
+    /// Streams an object generation into a local file; `None` when it does not exist.
+    pub async fn download(
+        &self,
+        bucket: &str,
+        name: &str,
+        generation: Option<i64>,
+        dest: &Path,
+    ) -> Result<Option<i64>, GcsError> {
+        let io = |e: std::io::Error| GcsError {
+            op: "download",
+            bucket: bucket.to_string(),
+            name: name.to_string(),
+            status: None,
+            transient: true,
+            message: format!("{}: {e}", dest.display()),
+        };
+        let mut req = self
+            .client
+            .read_object(format!("projects/_/buckets/{bucket}"), name);
+        if let Some(g) = generation {
+            req = req.set_generation(g);
+        }
+        let mut resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let e = Self::err("read", bucket, name, &e);
+                return if e.is_not_found() { Ok(None) } else { Err(e) };
+            }
+        };
+        let gen_read = resp.object().generation;
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(io)?;
+        }
+        let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+        while let Some(chunk) = resp.next().await {
+            let chunk = chunk.map_err(|e| Self::err("read", bucket, name, &e))?;
+            file.write_all(&chunk).await.map_err(io)?;
+        }
+        file.flush().await.map_err(io)?;
+        Ok(Some(gen_read))
+    }
+
+    /// Writes an object, only if its live generation is `if_generation_match` when given
+    /// (0: only if it does not exist); returns the new generation.
+    pub async fn write(
+        &self,
+        bucket: &str,
+        name: &str,
+        data: impl Into<Bytes>,
+        if_generation_match: Option<i64>,
+    ) -> Result<i64, GcsError> {
+        let data: Bytes = data.into();
+        let mut w = self
+            .client
+            .write_object(format!("projects/_/buckets/{bucket}"), name, data);
+        if let Some(g) = if_generation_match {
+            w = w.set_if_generation_match(g);
+        }
+        let obj = w
+            .send_buffered()
+            .await
+            .map_err(|e| Self::err("write", bucket, name, &e))?;
+        Ok(obj.generation)
+    }
+
+    /// Uploads a local file (unconditionally); returns the new generation.
+    pub async fn upload(&self, bucket: &str, name: &str, src: &Path) -> Result<i64, GcsError> {
+        let data = tokio::fs::read(src).await.map_err(|e| GcsError {
+            op: "upload",
+            bucket: bucket.to_string(),
+            name: name.to_string(),
+            status: None,
+            transient: true,
+            message: format!("{}: {e}", src.display()),
+        })?;
+        self.write(bucket, name, data, None).await
+    }
+
+    async fn json_get(
+        &self,
+        op: &'static str,
+        bucket: &str,
+        name: &str,
+        url: &str,
+    ) -> Result<Option<Vec<u8>>, GcsError> {
+        let fail = |status: Option<u16>, transient: bool, message: String| GcsError {
+            op,
+            bucket: bucket.to_string(),
+            name: name.to_string(),
+            status,
+            transient,
+            message,
+        };
+        let mut req = self.http.get(url);
+        if let Some(c) = &self.credentials {
+            let headers = c
+                .headers(http::Extensions::new())
+                .await
+                .map_err(|e| fail(None, true, format!("credentials: {e}")))?;
+            if let CacheableResource::New { data, .. } = headers {
+                req = req.headers(data);
+            }
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| fail(None, true, e.to_string()))?;
+        let status = resp.status().as_u16();
+        if status == 404 {
+            return Ok(None);
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| fail(Some(status), true, e.to_string()))?;
+        if !(200..300).contains(&status) {
+            let text = String::from_utf8_lossy(&body);
+            return Err(fail(
+                Some(status),
+                retryable_status(status) || status == 401 || status == 403,
+                format!("http {status}: {}", text.lines().next().unwrap_or_default()),
+            ));
+        }
+        Ok(Some(body.to_vec()))
+    }
+
+    /// The live generation and size of an object; `None` when it does not exist.
+    pub async fn stat(&self, bucket: &str, name: &str) -> Result<Option<ObjectMeta>, GcsError> {
+        let url = format!(
+            "{}/storage/v1/b/{}/o/{}?fields=name,generation,size",
+            self.json_base,
+            encode(bucket),
+            encode(name)
+        );
+        let Some(body) = self.json_get("stat", bucket, name, &url).await? else {
+            return Ok(None);
+        };
+        let o: JsonObject = serde_json::from_slice(&body).map_err(|e| GcsError {
+            op: "stat",
+            bucket: bucket.to_string(),
+            name: name.to_string(),
+            status: None,
+            transient: true,
+            message: format!("unreadable object resource: {e}"),
+        })?;
+        Ok(o.meta())
+    }
+
+    /// Every live object whose name starts with `prefix`, in name order.
+    pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>, GcsError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut url = format!(
+                "{}/storage/v1/b/{}/o?prefix={}&fields=items(name,generation,size),nextPageToken",
+                self.json_base,
+                encode(bucket),
+                encode(prefix)
+            );
+            if let Some(t) = &token {
+                url.push_str(&format!("&pageToken={}", encode(t)));
+            }
+            let body = self
+                .json_get("list", bucket, prefix, &url)
+                .await?
+                .unwrap_or_default();
+            let page: JsonList = if body.is_empty() {
+                JsonList {
+                    items: Vec::new(),
+                    next_page_token: None,
+                }
+            } else {
+                serde_json::from_slice(&body).map_err(|e| GcsError {
+                    op: "list",
+                    bucket: bucket.to_string(),
+                    name: prefix.to_string(),
+                    status: None,
+                    transient: true,
+                    message: format!("unreadable listing: {e}"),
+                })?
+            };
+            out.extend(page.items.into_iter().filter_map(JsonObject::meta));
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
+/// Percent-encodes a path segment or query value (RFC 3986 unreserved characters kept).
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_object_names() {
+        assert_eq!(
+            encode("extracts/dt=2026-11-27/_SUCCESS"),
+            "extracts%2Fdt%3D2026-11-27%2F_SUCCESS"
+        );
+        assert_eq!(encode("a b@1"), "a%20b%401");
+    }
+}

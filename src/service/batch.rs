@@ -1,0 +1,528 @@
+//! Per batch (`batches-worker`): the claimed batch step.
+//!
+//! done marker present → ack; stale batch version → ack; claim (412 and unexpired → nack); download
+//! the staged parts; `run_batch`; upload curated, quarantine and reports; unless a listed file
+//! failed (products held, alert), build each partner's daily product (and the monthly one when
+//! this batch completes a month: its last day + `late_days`) from the curated window, upload
+//! files and manifests, publish one `DeliveryRequest` per new product version; done marker; ack.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use chrono::{Days, Months, NaiveDate, Utc};
+use futures::future::try_join_all;
+
+use super::claim::{self, Claim};
+use super::{Disposition, HandleError, Worker, blocking, names};
+use crate::clean::batch::{BatchOutputs, run_batch};
+use crate::clean::stage::{PartSummary, StagedPaths};
+use crate::clean::{QualityReport, Schemas};
+use crate::events::delivery::DELIVERY_REQUEST_VERSION;
+use crate::events::{BatchReady, DeliveryFile, DeliveryRequest, FileDigest, Incoming};
+use crate::products::alert::{Alert, Severity};
+use crate::products::contract::{Contract, ProductKind};
+use crate::products::daily::WINDOW_DAYS;
+use crate::products::manifest::sha256_hex;
+use crate::products::monthly::{self, first_day_of};
+use crate::products::{BuildError, BuildOptions, Period, Released, build};
+
+/// How long a handler waits on a held batch claim before nacking.
+const HELD_CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often it looks again meanwhile.
+const HELD_CLAIM_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the batch step did, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepSummary {
+    /// Delivery ids published.
+    pub published: Vec<String>,
+    /// Product versions already delivered before (skipped).
+    pub redelivered: Vec<String>,
+    /// Products held by a guardrail or a failed file.
+    pub held: Vec<String>,
+}
+
+/// The month whose monthly product batch `dt` completes (its last day + `late_days`), if any.
+pub fn month_completed_by(dt: NaiveDate, late_days: u32) -> Option<NaiveDate> {
+    let first = first_day_of(dt - Days::new(u64::from(late_days)));
+    (monthly::window(first, late_days).last() == Some(&dt)).then_some(first)
+}
+
+impl Worker {
+    /// Handles one `BatchReady`.
+    pub async fn handle_batch(&self, msg: &Incoming) -> Result<Disposition, HandleError> {
+        let ready = BatchReady::parse(msg)?;
+        let version = ready.step_key();
+        let dt = ready.dt;
+        let ops = &self.config.gcp.buckets.ops;
+        let done = names::batch_done(dt, &version);
+        if self.gcs.stat(ops, &done).await?.is_some() {
+            tracing::info!(%dt, %version, "batch already done");
+            return Ok(Disposition::Done);
+        }
+        if !self.is_current(&ready).await? {
+            tracing::info!(%dt, %version, "batch superseded by a newer generation, skipped");
+            return Ok(Disposition::Done);
+        }
+        let claim_name = names::batch_claim(dt, &version);
+        // A held claim is waited on briefly before nacking: the step may finish (done marker:
+        // ack) or its lease expire (take over) meanwhile, and every nack spends one of the
+        // subscription's delivery attempts.
+        let waited_since = std::time::Instant::now();
+        let generation = loop {
+            match claim::take(
+                &self.gcs,
+                ops,
+                &claim_name,
+                &self.owner,
+                self.config.claim_lease(),
+            )
+            .await?
+            {
+                Claim::Taken { generation, .. } => break generation,
+                Claim::Held { owner, until } => {
+                    if self.gcs.stat(ops, &done).await?.is_some() {
+                        return Ok(Disposition::Done);
+                    }
+                    if waited_since.elapsed() >= HELD_CLAIM_WAIT {
+                        return Err(HandleError::Transient(format!(
+                            "batch claim held by {owner} until {until}"
+                        )));
+                    }
+                    tokio::time::sleep(HELD_CLAIM_POLL).await;
+                }
+            }
+        };
+        tracing::info!(%dt, %version, "batch claim taken");
+        self.faults.at("after_claim").await;
+        let timeout = std::time::Duration::from_secs(self.config.worker.step_timeout_secs);
+        let result = match tokio::time::timeout(timeout, self.batch_step(&ready)).await {
+            Ok(r) => r,
+            Err(_) => Err(HandleError::Transient(format!(
+                "batch step exceeded {} s",
+                timeout.as_secs()
+            ))),
+        };
+        match result {
+            Ok(summary) => {
+                self.faults.at("before_done").await;
+                let body = serde_json::json!({
+                    "owner": self.owner,
+                    "finished_at": Utc::now().to_rfc3339(),
+                    "published": summary.published,
+                    "redelivered": summary.redelivered,
+                    "held": summary.held,
+                });
+                match self
+                    .gcs
+                    .write(ops, &done, body.to_string().into_bytes(), Some(0))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if e.is_precondition_failed() => {}
+                    Err(e) => return Err(e.into()),
+                }
+                tracing::info!(
+                    %dt,
+                    %version,
+                    published = summary.published.len(),
+                    redelivered = summary.redelivered.len(),
+                    held = summary.held.len(),
+                    "batch step done"
+                );
+                Ok(Disposition::Done)
+            }
+            Err(e) => {
+                claim::release(&self.gcs, ops, &claim_name, &self.owner, generation).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the marker and every file are still at the generations of this batch version.
+    async fn is_current(&self, ready: &BatchReady) -> Result<bool, HandleError> {
+        let raw = &self.config.gcp.buckets.raw;
+        let marker = names::marker(ready.dt);
+        let mut wanted = vec![(marker.as_str(), ready.marker_generation)];
+        wanted.extend(ready.files.iter().map(|f| (f.name.as_str(), f.generation)));
+        let metas = try_join_all(wanted.iter().map(|(n, _)| self.gcs.stat(raw, n))).await?;
+        Ok(wanted
+            .iter()
+            .zip(metas)
+            .all(|((_, g), m)| m.is_some_and(|m| m.generation == *g)))
+    }
+
+    /// The claimed work: batch step, uploads, products, delivery requests.
+    async fn batch_step(&self, ready: &BatchReady) -> Result<StepSummary, HandleError> {
+        let b = &self.config.gcp.buckets;
+        let dt = ready.dt;
+        self.faults.at("batch_step").await;
+        let tmp = self.tempdir()?;
+        let staging = tmp.path().join("staging");
+        let out = tmp.path().join("out");
+        let parts = try_join_all(ready.files.iter().map(|f| {
+            let staging = staging.clone();
+            async move { self.fetch_staged(dt, &f.name, f.generation, &staging).await }
+        }))
+        .await?;
+
+        let schemas: std::sync::Arc<Schemas> = self.schemas.clone();
+        let outputs = BatchOutputs {
+            root: out.clone(),
+            dt,
+        };
+        let started = std::time::Instant::now();
+        let (staging2, outputs2) = (staging.clone(), outputs.clone());
+        let report: QualityReport = blocking("batch step", move || {
+            run_batch(&schemas, dt, &staging2, &parts, &outputs2)
+        })
+        .await?
+        .map_err(|e| HandleError::local("batch step", e))?;
+        tracing::info!(%dt, elapsed_ms = started.elapsed().as_millis() as u64, "batch step ran");
+        for path in files_under(&out).map_err(|e| HandleError::local("outputs", e))? {
+            let rel = relative(&out, &path);
+            self.gcs.upload(&b.curated, &rel, &path).await?;
+        }
+
+        let mut summary = StepSummary::default();
+        let failed: Vec<String> = report
+            .failed_files()
+            .map(|f| {
+                format!(
+                    "{} ({})",
+                    f.object,
+                    f.error.as_ref().map_or("", |e| e.kind.as_str())
+                )
+            })
+            .collect();
+        if !failed.is_empty() && ready.release {
+            tracing::warn!(%dt, failed = ?failed, "batch released without its failed files");
+        } else if !failed.is_empty() {
+            Alert::new(
+                Severity::Critical,
+                "batch.held",
+                ("*", "*", &dt.to_string()),
+                &failed.join(","),
+                format!(
+                    "batch {dt} held: {} listed file(s) failed; products wait for a new generation or `datashare release`",
+                    failed.len()
+                ),
+            )
+            .with("failed_files", failed.clone())
+            .log();
+            summary.held.push(format!("batch {dt}"));
+            return Ok(summary);
+        }
+
+        let mut periods: Vec<(usize, Period)> = Vec::new();
+        let mut days: BTreeSet<NaiveDate> = BTreeSet::new();
+        for (i, c) in self.contracts.iter().enumerate() {
+            if c.buys(ProductKind::Daily) {
+                periods.push((i, Period::Day(dt)));
+                let first = dt - Days::new(WINDOW_DAYS - 1);
+                days.extend(first.iter_days().take_while(|d| *d <= dt));
+            }
+            if c.buys(ProductKind::Monthly)
+                && let Some(first) = month_completed_by(dt, c.late_days)
+            {
+                periods.push((i, Period::Month(first)));
+                days.extend(monthly::window(first, c.late_days));
+                days.extend(monthly::window(first - Months::new(1), c.late_days));
+            }
+        }
+        days.remove(&dt);
+        self.fetch_curated(&out, &days).await?;
+
+        let products_out = tmp.path().join("products");
+        for (i, period) in periods {
+            let contract = self.contracts[i].clone();
+            let opts = BuildOptions {
+                input: out.clone(),
+                output: products_out.clone(),
+                allow_missing_batches: false,
+                built_at: Utc::now(),
+            };
+            let label = format!("{} {} {}", contract.name, period.kind(), period.label());
+            let c2 = contract.clone();
+            let built = blocking("product build", move || build(&c2, period, &opts)).await?;
+            match built {
+                Ok(released) => {
+                    if self.deliver(&contract, &released).await? {
+                        summary.published.push(released.delivery_id.clone());
+                    } else {
+                        summary.redelivered.push(released.delivery_id.clone());
+                    }
+                }
+                Err(e) => {
+                    if let Some(alert) = e.alert() {
+                        alert.log();
+                        summary.held.push(label);
+                    } else if let BuildError::Monthly(
+                        m @ monthly::MonthlyError::MissingBatches { .. },
+                    ) = &e
+                    {
+                        Alert::new(
+                            Severity::Error,
+                            "product.missing_batches",
+                            (&contract.name, "monthly", &period.label()),
+                            "missing_batches",
+                            m.to_string(),
+                        )
+                        .log();
+                        summary.held.push(label);
+                    } else {
+                        return Err(HandleError::local("product build", e));
+                    }
+                }
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Downloads one staged part (summary, then its Arrow files) into `staging`.
+    async fn fetch_staged(
+        &self,
+        dt: NaiveDate,
+        object: &str,
+        generation: i64,
+        staging: &Path,
+    ) -> Result<PartSummary, HandleError> {
+        let curated = &self.config.gcp.buckets.curated;
+        let key = names::staged(dt, object, generation, "summary.json");
+        let Some((body, _)) = self.gcs.read(curated, &key, None).await? else {
+            return Err(HandleError::Transient(format!(
+                "staged part {object}@{generation} not found"
+            )));
+        };
+        let summary: PartSummary =
+            serde_json::from_slice(&body).map_err(|e| HandleError::local("staged summary", e))?;
+        if summary.file.error.is_none() {
+            let paths = StagedPaths::new(staging, object, &generation.to_string());
+            for (suffix, dest) in paths
+                .named()
+                .into_iter()
+                .filter(|(s, _)| *s != "summary.json")
+            {
+                let key = names::staged(dt, object, generation, suffix);
+                self.gcs.download(curated, &key, None, dest).await?;
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Downloads the curated batches of `days` that exist into `root/curated/`.
+    async fn fetch_curated(
+        &self,
+        root: &Path,
+        days: &BTreeSet<NaiveDate>,
+    ) -> Result<(), HandleError> {
+        if days.is_empty() {
+            return Ok(());
+        }
+        let curated = &self.config.gcp.buckets.curated;
+        for table in ["transactions", "products"] {
+            let listed = self
+                .gcs
+                .list(curated, &format!("curated/{table}/dt="))
+                .await?;
+            let wanted: Vec<_> = listed
+                .into_iter()
+                .filter(|o| {
+                    o.name
+                        .split('/')
+                        .nth(2)
+                        .and_then(|s| s.strip_prefix("dt="))
+                        .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+                        .is_some_and(|d| days.contains(&d))
+                })
+                .collect();
+            try_join_all(wanted.iter().map(|o| {
+                let dest = root.join(&o.name);
+                async move {
+                    self.gcs
+                        .download(curated, &o.name, Some(o.generation), &dest)
+                        .await
+                }
+            }))
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Uploads a released product and publishes its delivery request, unless this product
+    /// version was already published; returns whether it published.
+    async fn deliver(&self, contract: &Contract, rel: &Released) -> Result<bool, HandleError> {
+        let b = &self.config.gcp.buckets;
+        let published = names::delivery_published(&rel.delivery_id);
+        if self.gcs.stat(&b.ops, &published).await?.is_some() {
+            tracing::info!(partner = %rel.partner, delivery_id = %rel.delivery_id, "product version already delivered");
+            return Ok(false);
+        }
+        let product = rel.product.as_str();
+        let key = |p: &Path| {
+            let file = p
+                .file_name()
+                .map(|f| f.to_string_lossy().to_string())
+                .unwrap_or_default();
+            names::product_file(&rel.partner, product, &rel.delivery_id, &file)
+        };
+        let dictionary = self
+            .put_immutable(&b.products, &key(&rel.dictionary), &rel.dictionary)
+            .await?;
+        let mut files = Vec::new();
+        for f in &rel.files {
+            files.push(
+                self.put_immutable(&b.products, &key(&f.path), &f.path)
+                    .await?,
+            );
+        }
+        let mut manifests = Vec::new();
+        for f in &rel.files {
+            manifests.push(
+                self.put_immutable(&b.products, &key(&f.manifest), &f.manifest)
+                    .await?,
+            );
+        }
+        let request = DeliveryRequest {
+            schema_version: DELIVERY_REQUEST_VERSION,
+            delivery_id: rel.delivery_id.clone(),
+            partner: rel.partner.clone(),
+            product: product.to_string(),
+            period: rel.period.clone(),
+            product_version: rel.product_version.clone(),
+            files: rel
+                .files
+                .iter()
+                .zip(files)
+                .zip(manifests)
+                .map(|((f, file), manifest)| DeliveryFile {
+                    name: f
+                        .path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().to_string())
+                        .unwrap_or_default(),
+                    format: f
+                        .path
+                        .extension()
+                        .map(|e| e.to_string_lossy().to_string())
+                        .unwrap_or_default(),
+                    rows: f.rows as u64,
+                    file,
+                    manifest,
+                })
+                .collect(),
+            dictionary,
+            sinks: contract
+                .sinks
+                .iter()
+                .map(|s| s.name())
+                .filter(|n| *n != "email")
+                .map(String::from)
+                .collect(),
+            source_batches: Vec::new(),
+        };
+        self.faults.at("before_publish").await;
+        let id = self
+            .bus
+            .publish(&self.config.gcp.topics.deliveries, request.to_message())
+            .await?;
+        let record = serde_json::json!({
+            "delivery_id": rel.delivery_id,
+            "message_id": id,
+            "published_at": Utc::now().to_rfc3339(),
+            "owner": self.owner,
+        });
+        match self
+            .gcs
+            .write(&b.ops, &published, record.to_string().into_bytes(), Some(0))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is_precondition_failed() => {}
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(partner = %rel.partner, product, period = %rel.period, delivery_id = %rel.delivery_id, message_id = %id, "delivery request published");
+        Ok(true)
+    }
+
+    /// Writes an object that must never change (content-addressed by delivery id): created if
+    /// absent; if present (an earlier attempt), the stored bytes are what the digest describes.
+    async fn put_immutable(
+        &self,
+        bucket: &str,
+        name: &str,
+        src: &Path,
+    ) -> Result<FileDigest, HandleError> {
+        let data = tokio::fs::read(src)
+            .await
+            .map_err(|e| HandleError::local("product file", e))?;
+        let stored = match self.gcs.write(bucket, name, data.clone(), Some(0)).await {
+            Ok(_) => data,
+            Err(e) if e.is_precondition_failed() => {
+                match self.gcs.read(bucket, name, None).await? {
+                    Some((d, _)) => d,
+                    None => return Err(HandleError::Transient(format!("{name} vanished"))),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(FileDigest {
+            uri: names::uri(bucket, name),
+            sha256: sha256_hex(&stored),
+            bytes: stored.len() as u64,
+        })
+    }
+}
+
+/// Every file under `dir`, recursively, in name order.
+fn files_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let p = entry?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `path` relative to `root`, with `/` separators (an object name).
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().to_string())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_complete_on_their_last_day_plus_late_days() {
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        assert_eq!(
+            month_completed_by(d("2026-12-02"), 2),
+            Some(d("2026-11-01"))
+        );
+        assert_eq!(month_completed_by(d("2026-12-01"), 2), None);
+        assert_eq!(
+            month_completed_by(d("2026-11-30"), 0),
+            Some(d("2026-11-01"))
+        );
+        assert_eq!(
+            month_completed_by(d("2026-03-02"), 2),
+            Some(d("2026-02-01"))
+        );
+        assert_eq!(month_completed_by(d("2026-11-27"), 2), None);
+    }
+}

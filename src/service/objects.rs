@@ -1,0 +1,230 @@
+//! Per raw object (`extracts-worker`): classify; stage a part or read the marker; then publish
+//! `BatchReady` when the marker exists and every listed file is settled at its current
+//! generation. The batch step itself never runs here.
+
+use std::fs::File;
+
+use chrono::NaiveDate;
+use futures::future::try_join_all;
+
+use super::{Disposition, HandleError, Worker, blocking, names};
+use crate::clean::Schemas;
+use crate::clean::stage::{PartSummary, StageError, StagedPaths, stage_part};
+use crate::clean::validators::today_sao_paulo;
+use crate::config::Config;
+use crate::events::batch::BATCH_READY_VERSION;
+use crate::events::gcs::OBJECT_FINALIZE;
+use crate::events::{
+    BatchReady, ErrorKind, GcsNotification, Incoming, ObjectGeneration, ObjectRef,
+};
+use crate::extract::{Layout, Marker, classify};
+use crate::gcp::Gcs;
+
+/// What staging one object generation came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Staged {
+    /// Staged now; the file error when the whole file was rejected.
+    Now(Option<String>),
+    /// Staged before (a duplicate notification or a redelivery).
+    Already,
+    /// That generation no longer exists (deleted); nothing to stage.
+    Gone,
+}
+
+impl Worker {
+    /// Handles one GCS notification of the raw bucket.
+    pub async fn handle_object(&self, msg: &Incoming) -> Result<Disposition, HandleError> {
+        let n = GcsNotification::parse(msg)?;
+        if n.event_type != OBJECT_FINALIZE {
+            tracing::info!(event = %n.event_type, object = %n.object, "not a new object, ignored");
+            return Ok(Disposition::Done);
+        }
+        let raw = &self.config.gcp.buckets.raw;
+        if &n.object.bucket != raw {
+            return Ok(Disposition::DeadLetter {
+                kind: ErrorKind::UnknownLayout,
+                error: format!("object of bucket {}, not the raw bucket", n.object.bucket),
+            });
+        }
+        let tables: Vec<&str> = self.schemas.names().collect();
+        match classify(&n.object.name, &tables) {
+            Layout::Other { reason } => {
+                tracing::warn!(object = %n.object, reason = %reason, "not an extract");
+                Ok(Disposition::DeadLetter {
+                    kind: ErrorKind::UnknownLayout,
+                    error: format!("{}: {reason}", n.object.name),
+                })
+            }
+            Layout::Part { table, dt } => {
+                let staged = self.stage_object(&n.object, &table, dt).await?;
+                self.check_batch(dt).await?;
+                match staged {
+                    Staged::Now(Some(error)) => Ok(Disposition::DeadLetter {
+                        kind: ErrorKind::InvalidExtract,
+                        error: format!("{}: {error}", n.object.name),
+                    }),
+                    _ => Ok(Disposition::Done),
+                }
+            }
+            Layout::Marker { dt } => {
+                let Some((body, _)) = self
+                    .gcs
+                    .read(raw, &n.object.name, Some(n.object.generation))
+                    .await?
+                else {
+                    tracing::info!(object = %n.object, "marker generation gone");
+                    return Ok(Disposition::Done);
+                };
+                if let Err(e) = Marker::parse(&body, dt, &tables) {
+                    return Ok(Disposition::DeadLetter {
+                        kind: ErrorKind::InvalidExtract,
+                        error: format!("{}: {e}", n.object.name),
+                    });
+                }
+                self.check_batch(dt).await?;
+                Ok(Disposition::Done)
+            }
+        }
+    }
+
+    /// Stages one part generation into the curated bucket's staging area (once).
+    pub async fn stage_object(
+        &self,
+        object: &ObjectRef,
+        table: &str,
+        dt: NaiveDate,
+    ) -> Result<Staged, HandleError> {
+        let curated = &self.config.gcp.buckets.curated;
+        let summary_name = names::staged(dt, &object.name, object.generation, "summary.json");
+        if self.gcs.stat(curated, &summary_name).await?.is_some() {
+            tracing::info!(object = %object, "part already staged");
+            return Ok(Staged::Already);
+        }
+        let tmp = self.tempdir()?;
+        let raw_path = tmp.path().join("raw");
+        let got = self
+            .gcs
+            .download(
+                &object.bucket,
+                &object.name,
+                Some(object.generation),
+                &raw_path,
+            )
+            .await?;
+        if got.is_none() {
+            tracing::info!(object = %object, "object generation gone, nothing to stage");
+            return Ok(Staged::Gone);
+        }
+        let schema = self
+            .schemas
+            .table(table)
+            .ok_or_else(|| HandleError::Transient(format!("no schema for table {table}")))?
+            .clone();
+        let staging = tmp.path().join("staging");
+        let (name, generation) = (object.name.clone(), object.generation.to_string());
+        let started = std::time::Instant::now();
+        let stage_dir = staging.clone();
+        let summary = blocking("staging", move || -> Result<PartSummary, StageError> {
+            let file = File::open(&raw_path)?;
+            stage_part(
+                &schema,
+                &name,
+                &generation,
+                file,
+                &stage_dir,
+                today_sao_paulo(),
+            )
+        })
+        .await?
+        .map_err(|e| HandleError::local("staging", e))?;
+        tracing::info!(
+            object = %object,
+            rows = summary.file.rows,
+            quarantined = summary.rows_quarantined,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "part staged"
+        );
+        let paths = StagedPaths::new(&staging, &object.name, &object.generation.to_string());
+        // Every staged file, the summary last: its presence says the part is staged.
+        for (suffix, path) in paths.named() {
+            if path.exists() {
+                let key = names::staged(dt, &object.name, object.generation, suffix);
+                self.gcs.upload(curated, &key, path).await?;
+            }
+        }
+        let error = summary
+            .file
+            .error
+            .as_ref()
+            .map(|e| format!("{} ({})", e.kind, e.message));
+        Ok(Staged::Now(error))
+    }
+
+    /// Publishes `BatchReady` when the marker exists and every listed file is staged at its
+    /// current generation; returns whether it did.
+    pub async fn check_batch(&self, dt: NaiveDate) -> Result<bool, HandleError> {
+        let Some(ready) = ready_batch(&self.gcs, &self.config, &self.schemas, dt).await? else {
+            return Ok(false);
+        };
+        let id = self
+            .bus
+            .publish(&self.config.gcp.topics.batches, ready.to_message())
+            .await?;
+        tracing::info!(%dt, version = %ready.version(), message_id = %id, "batch ready published");
+        Ok(true)
+    }
+}
+
+/// The batch of `dt` as it stands, if its marker exists and every listed file is settled
+/// (staged, or failed permanently) at its current generation.
+pub async fn ready_batch(
+    gcs: &Gcs,
+    config: &Config,
+    schemas: &Schemas,
+    dt: NaiveDate,
+) -> Result<Option<BatchReady>, HandleError> {
+    let b = &config.gcp.buckets;
+    let marker_name = names::marker(dt);
+    let Some((body, marker_generation)) = gcs.read(&b.raw, &marker_name, None).await? else {
+        tracing::info!(%dt, "batch marker not there yet");
+        return Ok(None);
+    };
+    let tables: Vec<&str> = schemas.names().collect();
+    let marker = match Marker::parse(&body, dt, &tables) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(%dt, error = %e, "batch marker unusable, batch not checked");
+            return Ok(None);
+        }
+    };
+    let metas = try_join_all(marker.files.iter().map(|f| gcs.stat(&b.raw, f))).await?;
+    let mut files = Vec::with_capacity(metas.len());
+    for (name, meta) in marker.files.iter().zip(metas) {
+        match meta {
+            Some(m) => files.push(ObjectGeneration {
+                name: name.clone(),
+                generation: m.generation,
+            }),
+            None => {
+                tracing::info!(%dt, object = %name, "listed file not uploaded yet");
+                return Ok(None);
+            }
+        }
+    }
+    let staged = try_join_all(files.iter().map(|f| {
+        let key = names::staged(dt, &f.name, f.generation, "summary.json");
+        async move { gcs.stat(&b.curated, &key).await }
+    }))
+    .await?;
+    if let Some((f, _)) = files.iter().zip(&staged).find(|(_, s)| s.is_none()) {
+        tracing::info!(%dt, object = %f.name, generation = f.generation, "listed file not staged yet");
+        return Ok(None);
+    }
+    Ok(Some(BatchReady {
+        schema_version: BATCH_READY_VERSION,
+        dt,
+        marker_generation,
+        files,
+        release: false,
+    }))
+}

@@ -1,0 +1,169 @@
+//! Push front end: `POST <push path>` per worker subscription (the topology's push paths), the
+//! Pub/Sub push envelope in, 204 to ack, 503 to have it retried, 400 for an envelope that is not
+//! one; `GET /healthz`. Handlers run in their own task, so a dropped connection never abandons
+//! work half done.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use base64::Engine;
+use serde::Deserialize;
+
+use super::{Outcome, Worker};
+use crate::config::{BATCHES_SUBSCRIPTION, EXTRACTS_SUBSCRIPTION};
+use crate::events::Incoming;
+
+/// The `message` of a push envelope (camelCase or snake_case ids).
+#[derive(Debug, Deserialize)]
+struct PushMessage {
+    #[serde(default)]
+    data: Option<String>,
+    #[serde(default)]
+    attributes: Option<BTreeMap<String, String>>,
+    // Pub/Sub sends both spellings (serde aliases would call them duplicates).
+    #[serde(default, rename = "messageId")]
+    message_id: Option<String>,
+    #[serde(default, rename = "message_id")]
+    message_id_snake: Option<String>,
+}
+
+/// A Pub/Sub push request body.
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    message: PushMessage,
+    #[serde(default)]
+    subscription: Option<String>,
+    #[serde(default, rename = "deliveryAttempt")]
+    delivery_attempt: Option<i32>,
+    #[serde(default, rename = "delivery_attempt")]
+    delivery_attempt_snake: Option<i32>,
+}
+
+/// Parses a push request body into a message; the error says why it is not an envelope.
+pub fn parse_envelope(body: &[u8]) -> Result<(Incoming, Option<String>), String> {
+    let env: Envelope =
+        serde_json::from_slice(body).map_err(|e| format!("not a push envelope: {e}"))?;
+    let data = match env.message.data.as_deref() {
+        None | Some("") => Vec::new(),
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("message data is not base64: {e}"))?,
+    };
+    let id = env
+        .message
+        .message_id
+        .or(env.message.message_id_snake)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| "message without messageId".to_string())?;
+    Ok((
+        Incoming {
+            id,
+            data,
+            attributes: env.message.attributes.unwrap_or_default(),
+            delivery_attempt: env.delivery_attempt.or(env.delivery_attempt_snake),
+        },
+        env.subscription,
+    ))
+}
+
+#[derive(Clone)]
+struct Route {
+    worker: Arc<Worker>,
+    subscription: &'static str,
+}
+
+async fn on_push(State(route): State<Route>, body: Bytes) -> StatusCode {
+    let (msg, from) = match parse_envelope(&body) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(subscription = route.subscription, error = %e, "malformed push request");
+            return StatusCode::BAD_REQUEST;
+        }
+    };
+    if let Some(from) = from
+        && !from.ends_with(&format!("/{}", route.subscription))
+    {
+        tracing::warn!(expected = route.subscription, got = %from, "push from another subscription");
+    }
+    let worker = route.worker.clone();
+    let sub = route.subscription;
+    let handled = tokio::spawn(async move { worker.handle(sub, &msg).await }).await;
+    match handled {
+        Ok(Outcome::Ack) => StatusCode::NO_CONTENT,
+        Ok(Outcome::Nack) => StatusCode::SERVICE_UNAVAILABLE,
+        Err(e) => {
+            tracing::error!(error = %e, "handler panicked");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// The worker's HTTP routes: one push path per subscription, and `/healthz`.
+pub fn router(worker: Arc<Worker>) -> Router {
+    let mut app = Router::new().route("/healthz", get(|| async { "ok" }));
+    for sub in [EXTRACTS_SUBSCRIPTION, BATCHES_SUBSCRIPTION] {
+        let path = worker
+            .config
+            .push_path(sub)
+            .expect("validated: every worker subscription has a push path")
+            .to_string();
+        let route = Route {
+            worker: worker.clone(),
+            subscription: sub,
+        };
+        app = app.route(&path, post(on_push).with_state(route));
+    }
+    app
+}
+
+/// Serves the push endpoint on `listener` until `stop` turns true, then drains requests.
+pub async fn serve(
+    worker: Arc<Worker>,
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    tracing::info!(addr = ?listener.local_addr().ok(), "serving push requests");
+    axum::serve(listener, router(worker))
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_in_both_spellings() {
+        let camel = br#"{"message":{"data":"aGk=","attributes":{"a":"b"},"messageId":"7","publishTime":"x"},
+            "subscription":"projects/p/subscriptions/extracts-worker","deliveryAttempt":3}"#;
+        let (m, sub) = parse_envelope(camel).unwrap();
+        assert_eq!((m.id.as_str(), m.data.as_slice()), ("7", &b"hi"[..]));
+        assert_eq!(m.attributes["a"], "b");
+        assert_eq!(m.delivery_attempt, Some(3));
+        assert_eq!(
+            sub.as_deref(),
+            Some("projects/p/subscriptions/extracts-worker")
+        );
+        let both = br#"{"message":{"messageId":"9","message_id":"9","publishTime":"t","publish_time":"t"}}"#;
+        assert_eq!(parse_envelope(both).unwrap().0.id, "9");
+        let snake = br#"{"message":{"message_id":"8"}}"#;
+        let (m, _) = parse_envelope(snake).unwrap();
+        assert_eq!(m.id, "8");
+        assert!(m.data.is_empty());
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_envelope() {
+        assert!(parse_envelope(b"nope").is_err());
+        assert!(parse_envelope(br#"{"message":{"data":"!!","messageId":"1"}}"#).is_err());
+        assert!(parse_envelope(br#"{"message":{"data":"aGk="}}"#).is_err());
+        assert!(parse_envelope(br#"{"subscription":"x"}"#).is_err());
+    }
+}
