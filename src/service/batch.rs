@@ -305,7 +305,17 @@ impl Worker {
                 .filter(|(s, _)| *s != "summary.json")
             {
                 let key = names::staged(dt, object, generation, suffix);
-                self.gcs.download(curated, &key, None, dest).await?;
+                // A summary without its files is a part still being written: retry later.
+                if self
+                    .gcs
+                    .download(curated, &key, None, dest)
+                    .await?
+                    .is_none()
+                {
+                    return Err(HandleError::Transient(format!(
+                        "staged file gs://{curated}/{key} not found"
+                    )));
+                }
             }
         }
         Ok(summary)
