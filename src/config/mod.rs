@@ -280,6 +280,12 @@ impl Config {
                         "not a subscription name",
                     ));
                 }
+                if self.source_topic(sub).is_none() {
+                    return Err(invalid(
+                        format!("gcp.subscriptions.{role}.{sub}"),
+                        format!("must be named <topic>-{role} after a configured topic"),
+                    ));
+                }
                 if !path.starts_with("/push/") {
                     return Err(invalid(
                         format!("gcp.subscriptions.{role}.{sub}"),
@@ -342,22 +348,55 @@ impl Config {
         Duration::from_secs(2 * self.worker.step_timeout_secs)
     }
 
-    /// Topic a worker subscription reads.
+    /// The topic a subscription reads: its name without the `-<role>` suffix of the role that
+    /// consumes it (`deliveries-sftp` → `deliveries`, `extracts-worker-dead-letter-alert` →
+    /// `extracts-worker-dead-letter`), when that is a known topic.
     pub fn source_topic(&self, subscription: &str) -> Option<&str> {
-        match subscription {
-            EXTRACTS_SUBSCRIPTION => Some(&self.gcp.topics.extracts),
-            BATCHES_SUBSCRIPTION => Some(&self.gcp.topics.batches),
-            _ => None,
-        }
+        let g = &self.gcp;
+        let (role, _) = g
+            .subscriptions
+            .iter()
+            .find(|(_, subs)| subs.contains_key(subscription))?;
+        let stem = subscription.strip_suffix(&format!("-{role}"))?;
+        let t = &g.topics;
+        [
+            &t.extracts,
+            &t.batches,
+            &t.deliveries,
+            &t.notify,
+            &t.schedules,
+            &t.alerts,
+        ]
+        .into_iter()
+        .chain(g.dead_letter_topics.values())
+        .find(|t| t.as_str() == stem)
+        .map(String::as_str)
     }
 
-    /// The push path the worker serves for a subscription.
-    pub fn push_path(&self, subscription: &str) -> Option<&str> {
+    /// The push path a role serves for one of its subscriptions.
+    pub fn push_path(&self, role: &str, subscription: &str) -> Option<&str> {
         self.gcp
             .subscriptions
-            .get("worker")
+            .get(role)
             .and_then(|s| s.get(subscription))
             .map(String::as_str)
+    }
+
+    /// A role's subscriptions with their push paths (empty for an unknown role).
+    pub fn role_subscriptions(&self, role: &str) -> Vec<(&str, &str)> {
+        self.gcp
+            .subscriptions
+            .get(role)
+            .map(|s| s.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The dead-letter topics of a role's subscriptions (what its consumers publish to).
+    pub fn role_dead_letter_topics(&self, role: &str) -> Vec<&str> {
+        self.role_subscriptions(role)
+            .into_iter()
+            .filter_map(|(sub, _)| self.gcp.dead_letter_topics.get(sub).map(String::as_str))
+            .collect()
     }
 }
 
@@ -427,7 +466,15 @@ mod tests {
         let c = load(&[]).unwrap();
         assert_eq!(c.gcp.project, "datashare-local");
         assert_eq!(c.gcp.buckets.raw, "datashare-raw");
-        assert_eq!(c.push_path(EXTRACTS_SUBSCRIPTION), Some("/push/extracts"));
+        assert_eq!(
+            c.push_path("worker", EXTRACTS_SUBSCRIPTION),
+            Some("/push/extracts")
+        );
+        assert_eq!(c.source_topic("deliveries-sftp"), Some("deliveries"));
+        assert_eq!(
+            c.source_topic("extracts-worker-dead-letter-alert"),
+            Some("extracts-worker-dead-letter")
+        );
         assert_eq!(c.source_topic(BATCHES_SUBSCRIPTION), Some("batches"));
         assert_eq!(c.claim_lease(), Duration::from_secs(1200));
         assert_eq!(c.emulators, Emulators::default());

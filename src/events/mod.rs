@@ -2,6 +2,7 @@
 //! (batch-ready, delivery requests, dead letters). Parsed once at the edge into types; a message
 //! that cannot be parsed is a permanent failure (dead-lettered, never retried).
 
+pub mod alert;
 pub mod batch;
 pub mod dead_letter;
 pub mod delivery;
@@ -9,6 +10,7 @@ pub mod gcs;
 
 use std::collections::BTreeMap;
 
+pub use alert::{Alert, Severity};
 pub use batch::{BatchReady, ObjectGeneration};
 pub use dead_letter::{DeadLetter, ErrorKind};
 pub use delivery::{DeliveryFile, DeliveryRequest, FileDigest};

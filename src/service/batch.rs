@@ -199,7 +199,7 @@ impl Worker {
         if !failed.is_empty() && ready.release {
             tracing::warn!(%dt, failed = ?failed, "batch released without its failed files");
         } else if !failed.is_empty() {
-            Alert::new(
+            let alert = Alert::new(
                 Severity::Critical,
                 "batch.held",
                 ("*", "*", &dt.to_string()),
@@ -209,8 +209,8 @@ impl Worker {
                     failed.len()
                 ),
             )
-            .with("failed_files", failed.clone())
-            .log();
+            .with("failed_files", failed.clone());
+            self.alert(&alert).await;
             summary.held.push(format!("batch {dt}"));
             return Ok(summary);
         }
@@ -256,20 +256,20 @@ impl Worker {
                 }
                 Err(e) => {
                     if let Some(alert) = e.alert() {
-                        alert.log();
+                        self.alert(alert).await;
                         summary.held.push(label);
                     } else if let BuildError::Monthly(
                         m @ monthly::MonthlyError::MissingBatches { .. },
                     ) = &e
                     {
-                        Alert::new(
+                        let alert = Alert::new(
                             Severity::Error,
                             "product.missing_batches",
                             (&contract.name, "monthly", &period.label()),
                             "missing_batches",
                             m.to_string(),
-                        )
-                        .log();
+                        );
+                        self.alert(&alert).await;
                         summary.held.push(label);
                     } else {
                         return Err(HandleError::local("product build", e));

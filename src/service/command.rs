@@ -1,16 +1,25 @@
-//! `datashare worker`: load and check the configuration, connect, serve until SIGTERM.
+//! `datashare worker`, and the main loop of every role: load and check the configuration,
+//! connect, serve (push or pull) until SIGTERM, finish what is in flight.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{Worker, pull, push};
+use super::{Role, Worker, pull, push};
 use crate::config::Config;
 
 /// Arguments of `datashare worker`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
+    /// How to serve.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// How a role serves: push endpoint or pull, where, which configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
     /// Pulls the subscriptions with the streaming subscriber.
     #[arg(long, conflicts_with = "push")]
     pub pull: bool,
@@ -30,12 +39,25 @@ pub struct WorkerArgs {
 
 /// Runs the worker until SIGTERM or Ctrl-C; in-flight messages finish first.
 pub fn run(args: &WorkerArgs) -> anyhow::Result<()> {
+    serve(&args.serve, |config| async move {
+        Ok(Worker::start(config).await?)
+    })
+}
+
+/// Loads the configuration, starts a role with `start`, and serves it (push or pull) until
+/// SIGTERM or Ctrl-C; in-flight messages finish first.
+pub fn serve<R, F, Fut>(args: &ServeArgs, start: F) -> anyhow::Result<()>
+where
+    R: Role,
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<R>>,
+{
     let config = Config::load(args.config.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let worker = Arc::new(Worker::start(config).await?);
+        let role = Arc::new(start(config).await?);
         let (tx, rx) = watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;
@@ -43,7 +65,7 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<()> {
             let _ = tx.send(true);
         });
         if args.pull {
-            pull::run(worker, rx).await?;
+            pull::run(role.clone(), rx).await?;
         } else {
             let port = match args.port {
                 Some(p) => p,
@@ -55,9 +77,9 @@ pub fn run(args: &WorkerArgs) -> anyhow::Result<()> {
                     .unwrap_or(8080),
             };
             let listener = tokio::net::TcpListener::bind((args.host.as_str(), port)).await?;
-            push::serve(worker, listener, rx).await?;
+            push::serve(role.clone(), listener, rx).await?;
         }
-        tracing::info!("worker stopped");
+        tracing::info!(role = role.role(), "stopped");
         Ok(())
     })
 }

@@ -1,5 +1,8 @@
-//! The worker role: one handler per subscription, behind two front ends (pull and push).
+//! The service roles and their shared machinery: a [`Role`] handles the messages of its
+//! subscriptions (`[gcp.subscriptions.<role>]`), behind two front ends (pull and push), with one
+//! mapping of errors to ack, nack or dead letter ([`dispatch`]).
 //!
+//! The worker role (`datashare worker`):
 //! - [`objects`]: per raw object (`extracts-worker`): stage a part, read a marker, and publish
 //!   `BatchReady` once the batch is complete.
 //! - [`batch`]: per batch (`batches-worker`): claim, batch step, partner products, delivery
@@ -7,7 +10,8 @@
 //! - [`claim`]: claims with leases in the ops bucket.
 //! - [`pull`] and [`push`]: the streaming subscriber and the HTTP push endpoint; both map a
 //!   handler's [`Outcome`] to ack or nack.
-//! - [`command`]: `datashare worker`; [`release`]: `datashare release`.
+//! - [`command`]: `datashare worker` (and [`command::serve`], any role's main loop);
+//!   [`release`]: `datashare release`.
 //!
 //! Errors decide what happens: transient → nack (Pub/Sub retries with backoff); permanent →
 //! one dead letter with `error_kind`, then ack.
@@ -22,6 +26,7 @@ pub mod pull;
 pub mod push;
 pub mod release;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -29,7 +34,7 @@ use tracing::Instrument;
 
 use crate::clean::Schemas;
 use crate::config::{BATCHES_SUBSCRIPTION, Config, EXTRACTS_SUBSCRIPTION};
-use crate::events::{DeadLetter, ErrorKind, Incoming, Malformed};
+use crate::events::{Alert, DeadLetter, ErrorKind, Incoming, Malformed};
 use crate::gcp::{Bus, Gcs, GcsError, PublishError};
 use crate::products::contract::Contract;
 
@@ -104,6 +109,121 @@ pub enum Disposition {
     },
 }
 
+/// A service role: the messages of its subscriptions in, a [`Disposition`] or an error out.
+pub trait Role: Send + Sync + 'static {
+    /// Its key in `[gcp.subscriptions]` (`worker`, `sftp`, `api`, `email`, `alert`).
+    fn role(&self) -> &str;
+    /// The validated configuration.
+    fn config(&self) -> &Config;
+    /// Publishers (must include the dead-letter topics of the role's subscriptions).
+    fn bus(&self) -> &Bus;
+    /// Handles one message of one of its subscriptions.
+    fn handle_message(
+        &self,
+        subscription: &str,
+        msg: &Incoming,
+    ) -> impl Future<Output = Result<Disposition, HandleError>> + Send;
+}
+
+/// Handles a message and decides: transient error → nack; permanent → one dead letter, ack.
+pub async fn dispatch<R: Role>(role: &R, subscription: &str, msg: &Incoming) -> Outcome {
+    let span = tracing::info_span!(
+        "message",
+        role = role.role(),
+        subscription,
+        message_id = %msg.id,
+        attempt = msg.delivery_attempt.unwrap_or(0)
+    );
+    async {
+        let disposition = match role.handle_message(subscription, msg).await {
+            Ok(d) => d,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "transient failure, message nacked");
+                return Outcome::Nack;
+            }
+            Err(HandleError::Permanent { kind, message }) => Disposition::DeadLetter {
+                kind,
+                error: message,
+            },
+            Err(e) => Disposition::DeadLetter {
+                kind: ErrorKind::MalformedMessage,
+                error: e.to_string(),
+            },
+        };
+        match disposition {
+            Disposition::Done => Outcome::Ack,
+            Disposition::DeadLetter { kind, error } => {
+                dead_letter(role.config(), role.bus(), subscription, msg, kind, error).await
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Publishes one dead letter, then acks; nacks if the dead letter could not be published.
+pub async fn dead_letter(
+    cfg: &Config,
+    bus: &Bus,
+    subscription: &str,
+    msg: &Incoming,
+    kind: ErrorKind,
+    error: String,
+) -> Outcome {
+    let Some(topic) = cfg.gcp.dead_letter_topics.get(subscription) else {
+        tracing::error!(kind = %kind, error = %error, "no dead-letter topic; message acked");
+        return Outcome::Ack;
+    };
+    let letter = DeadLetter {
+        kind,
+        error,
+        source_subscription: subscription.to_string(),
+        source_topic: cfg
+            .source_topic(subscription)
+            .unwrap_or_default()
+            .to_string(),
+    };
+    match bus.publish(topic, letter.message(msg)).await {
+        Ok(id) => {
+            tracing::warn!(
+                kind = %letter.kind,
+                error = %letter.error,
+                dead_letter_id = %id,
+                "permanent failure, dead-lettered"
+            );
+            Outcome::Ack
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "dead letter not published, message nacked");
+            Outcome::Nack
+        }
+    }
+}
+
+/// Publishes an alert to `alerts` (and logs it); a failure to publish is logged, never fatal:
+/// the condition that raised it is raised again on the next attempt or tick.
+pub async fn publish_alert(cfg: &Config, bus: &Bus, alert: &Alert) {
+    alert.log();
+    if let Err(e) = bus
+        .publish(&cfg.gcp.topics.alerts, alert.to_message())
+        .await
+    {
+        tracing::error!(error = %e, fingerprint = %alert.fingerprint, "alert not published");
+    }
+}
+
+/// A name for this instance, written into claims: revision or host, process id, random.
+pub fn instance_owner() -> String {
+    format!(
+        "{}:{}:{:08x}",
+        std::env::var("K_REVISION")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "local".into()),
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
 /// Everything the handlers share: configuration, clients, schemas, contracts.
 #[derive(Clone, Debug)]
 pub struct Worker {
@@ -154,21 +274,15 @@ impl Worker {
         }
         let gcs = Gcs::connect(config.emulators.storage.as_deref()).await?;
         let g = &config.gcp;
-        let mut topics: Vec<&str> = vec![&g.topics.batches, &g.topics.deliveries, &g.topics.alerts];
-        for sub in [EXTRACTS_SUBSCRIPTION, BATCHES_SUBSCRIPTION] {
-            if let Some(t) = g.dead_letter_topics.get(sub) {
-                topics.push(t);
-            }
-        }
+        let mut topics: Vec<&str> = vec![
+            &g.topics.batches,
+            &g.topics.deliveries,
+            &g.topics.alerts,
+            &g.topics.schedules,
+        ];
+        topics.extend(config.role_dead_letter_topics(WORKER_ROLE));
         let bus = Bus::connect(&g.project, &topics, config.emulators.pubsub.as_deref()).await?;
-        let owner = format!(
-            "{}:{}:{:08x}",
-            std::env::var("K_REVISION")
-                .or_else(|_| std::env::var("HOSTNAME"))
-                .unwrap_or_else(|_| "local".into()),
-            std::process::id(),
-            rand::random::<u32>()
-        );
+        let owner = instance_owner();
         tracing::info!(
             owner = %owner,
             partners = contracts.len(),
@@ -189,84 +303,12 @@ impl Worker {
 
     /// Handles one message of a subscription and says whether to ack it.
     pub async fn handle(&self, subscription: &str, msg: &Incoming) -> Outcome {
-        let span = tracing::info_span!(
-            "message",
-            subscription,
-            message_id = %msg.id,
-            attempt = msg.delivery_attempt.unwrap_or(0)
-        );
-        self.handle_inner(subscription, msg).instrument(span).await
+        dispatch(self, subscription, msg).await
     }
 
-    async fn handle_inner(&self, subscription: &str, msg: &Incoming) -> Outcome {
-        let result = match subscription {
-            // Boxed: the batch step's future is large, and callers may poll it on a small stack.
-            EXTRACTS_SUBSCRIPTION => Box::pin(self.handle_object(msg)).await,
-            BATCHES_SUBSCRIPTION => Box::pin(self.handle_batch(msg)).await,
-            other => Err(HandleError::Transient(format!(
-                "the worker does not consume subscription {other}"
-            ))),
-        };
-        let disposition = match result {
-            Ok(d) => d,
-            Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, "transient failure, message nacked");
-                return Outcome::Nack;
-            }
-            Err(HandleError::Permanent { kind, message }) => Disposition::DeadLetter {
-                kind,
-                error: message,
-            },
-            Err(e) => Disposition::DeadLetter {
-                kind: ErrorKind::MalformedMessage,
-                error: e.to_string(),
-            },
-        };
-        match disposition {
-            Disposition::Done => Outcome::Ack,
-            Disposition::DeadLetter { kind, error } => {
-                self.dead_letter(subscription, msg, kind, error).await
-            }
-        }
-    }
-
-    /// Publishes one dead letter, then acks; nacks if the dead letter could not be published.
-    async fn dead_letter(
-        &self,
-        subscription: &str,
-        msg: &Incoming,
-        kind: ErrorKind,
-        error: String,
-    ) -> Outcome {
-        let cfg = &self.config;
-        let Some(topic) = cfg.gcp.dead_letter_topics.get(subscription) else {
-            tracing::error!(kind = %kind, error = %error, "no dead-letter topic; message acked");
-            return Outcome::Ack;
-        };
-        let letter = DeadLetter {
-            kind,
-            error,
-            source_subscription: subscription.to_string(),
-            source_topic: cfg
-                .source_topic(subscription)
-                .unwrap_or_default()
-                .to_string(),
-        };
-        match self.bus.publish(topic, letter.message(msg)).await {
-            Ok(id) => {
-                tracing::warn!(
-                    kind = %letter.kind,
-                    error = %letter.error,
-                    dead_letter_id = %id,
-                    "permanent failure, dead-lettered"
-                );
-                Outcome::Ack
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "dead letter not published, message nacked");
-                Outcome::Nack
-            }
-        }
+    /// Publishes an alert to `alerts`.
+    pub async fn alert(&self, alert: &Alert) {
+        publish_alert(&self.config, &self.bus, alert).await;
     }
 
     /// A fresh temporary folder for one message's files.
@@ -277,6 +319,38 @@ impl Worker {
             .map_err(|e| HandleError::local("temporary folder", e))
     }
 }
+
+impl Role for Worker {
+    fn role(&self) -> &str {
+        WORKER_ROLE
+    }
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    async fn handle_message(
+        &self,
+        subscription: &str,
+        msg: &Incoming,
+    ) -> Result<Disposition, HandleError> {
+        match subscription {
+            // Boxed: the batch step's future is large, and callers may poll it on a small stack.
+            EXTRACTS_SUBSCRIPTION => Box::pin(self.handle_object(msg)).await,
+            BATCHES_SUBSCRIPTION => Box::pin(self.handle_batch(msg)).await,
+            other => Err(HandleError::Transient(format!(
+                "the worker does not consume subscription {other}"
+            ))),
+        }
+    }
+}
+
+/// The worker's key in `[gcp.subscriptions]`.
+pub const WORKER_ROLE: &str = "worker";
 
 /// Runs CPU-heavy work off the async runtime.
 pub(crate) async fn blocking<T: Send + 'static>(

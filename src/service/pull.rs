@@ -1,4 +1,4 @@
-//! Pull front end: the official streaming subscriber on each worker subscription. A message is
+//! Pull front end: the official streaming subscriber on each subscription of a role. A message is
 //! acked after its handler finished its durable work, nacked on a transient failure; the client
 //! extends leases while a handler runs (up to twice the step timeout).
 
@@ -10,8 +10,7 @@ use google_cloud_pubsub::subscriber::handler::Handler;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::{Outcome, Worker};
-use crate::config::{BATCHES_SUBSCRIPTION, EXTRACTS_SUBSCRIPTION};
+use super::{Outcome, Role, dispatch};
 use crate::events::Incoming;
 use crate::gcp::ClientError;
 
@@ -29,46 +28,45 @@ pub fn incoming(m: &Message, delivery_attempt: Option<i32>) -> Incoming {
     }
 }
 
-/// Pulls both worker subscriptions until `stop` turns true, then waits for in-flight handlers.
-pub async fn run(worker: Arc<Worker>, stop: watch::Receiver<bool>) -> Result<(), ClientError> {
-    let client = crate::gcp::pubsub::subscriber(worker.config.emulators.pubsub.as_deref()).await?;
+/// Pulls every subscription of the role until `stop` turns true, then waits for in-flight
+/// handlers.
+pub async fn run<R: Role>(role: Arc<R>, stop: watch::Receiver<bool>) -> Result<(), ClientError> {
+    let config = role.config();
+    let client = crate::gcp::pubsub::subscriber(config.emulators.pubsub.as_deref()).await?;
     let mut tasks = JoinSet::new();
-    for sub in [EXTRACTS_SUBSCRIPTION, BATCHES_SUBSCRIPTION] {
-        let path = worker.config.subscription_path(sub);
+    for (sub, _) in config.role_subscriptions(role.role()) {
         let stream = client
-            .subscribe(path)
-            .set_max_outstanding_messages(worker.config.worker.max_concurrent_messages as i64)
-            .set_max_lease(worker.config.claim_lease())
-            .set_max_lease_extension(Duration::from_secs(
-                worker.config.worker.lease_extension_secs,
-            ))
+            .subscribe(config.subscription_path(sub))
+            .set_max_outstanding_messages(config.worker.max_concurrent_messages as i64)
+            .set_max_lease(config.claim_lease())
+            .set_max_lease_extension(Duration::from_secs(config.worker.lease_extension_secs))
             .build();
-        tasks.spawn(consume(worker.clone(), sub, stream, stop.clone()));
+        tasks.spawn(consume(role.clone(), sub.to_string(), stream, stop.clone()));
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
 
-async fn consume(
-    worker: Arc<Worker>,
-    subscription: &'static str,
+async fn consume<R: Role>(
+    role: Arc<R>,
+    subscription: String,
     mut stream: google_cloud_pubsub::subscriber::MessageStream,
     mut stop: watch::Receiver<bool>,
 ) {
     let token = stream.shutdown_token();
     let mut handlers = JoinSet::new();
-    tracing::info!(subscription, "pulling");
+    tracing::info!(subscription, role = role.role(), "pulling");
     loop {
         tokio::select! {
             _ = stopped(&mut stop) => break,
             Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
             next = stream.next() => match next {
                 Some(Ok((m, h))) => {
-                    let worker = worker.clone();
-                    handlers.spawn(async move { on_message(&worker, subscription, m, h).await });
+                    let (role, sub) = (role.clone(), subscription.clone());
+                    handlers.spawn(async move { on_message(&*role, &sub, m, h).await });
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(subscription, error = %e, "pull stream error");
+                    tracing::warn!(%subscription, error = %e, "pull stream error");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 None => break,
@@ -76,7 +74,7 @@ async fn consume(
         }
     }
     tracing::info!(
-        subscription,
+        %subscription,
         in_flight = handlers.len(),
         "stopping: finishing in-flight messages"
     );
@@ -89,9 +87,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn on_message(worker: &Worker, subscription: &str, m: Message, h: Handler) {
+async fn on_message<R: Role>(role: &R, subscription: &str, m: Message, h: Handler) {
     let msg = incoming(&m, h.delivery_attempt());
-    match worker.handle(subscription, &msg).await {
+    match dispatch(role, subscription, &msg).await {
         Outcome::Ack => h.ack(),
         Outcome::Nack => h.nack(),
     }

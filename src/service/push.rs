@@ -1,7 +1,8 @@
-//! Push front end: `POST <push path>` per worker subscription (the topology's push paths), the
+//! Push front end: `POST <push path>` per subscription of a role (the topology's push paths), the
 //! Pub/Sub push envelope in, 204 to ack, 503 to have it retried, 400 for an envelope that is not
-//! one; `GET /healthz`. Handlers run in their own task, so a dropped connection never abandons
-//! work half done.
+//! one; `GET /healthz`. A path shared by several subscriptions (the alert role's dead letters)
+//! tells them apart by the envelope's `subscription`. Handlers run in their own task, so a
+//! dropped connection never abandons work half done.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,8 +15,7 @@ use axum::routing::{get, post};
 use base64::Engine;
 use serde::Deserialize;
 
-use super::{Outcome, Worker};
-use crate::config::{BATCHES_SUBSCRIPTION, EXTRACTS_SUBSCRIPTION};
+use super::{Outcome, Role, dispatch};
 use crate::events::Incoming;
 
 /// The `message` of a push envelope (camelCase or snake_case ids).
@@ -71,28 +71,52 @@ pub fn parse_envelope(body: &[u8]) -> Result<(Incoming, Option<String>), String>
     ))
 }
 
-#[derive(Clone)]
-struct Route {
-    worker: Arc<Worker>,
-    subscription: &'static str,
+struct Route<R> {
+    role: Arc<R>,
+    /// The subscriptions pushing to this path.
+    subscriptions: Vec<String>,
 }
 
-async fn on_push(State(route): State<Route>, body: Bytes) -> StatusCode {
-    let (msg, from) = match parse_envelope(&body) {
+impl<R> Clone for Route<R> {
+    fn clone(&self) -> Self {
+        Route {
+            role: self.role.clone(),
+            subscriptions: self.subscriptions.clone(),
+        }
+    }
+}
+
+impl<R> Route<R> {
+    /// The subscription a request comes from: the path's only one, else the envelope's.
+    fn subscription(&self, from: Option<&str>) -> Result<String, String> {
+        let named = from.map(|f| f.rsplit('/').next().unwrap_or(f));
+        match (self.subscriptions.as_slice(), named) {
+            ([only], Some(n)) if n != only => {
+                tracing::warn!(expected = %only, got = %n, "push from another subscription");
+                Ok(only.clone())
+            }
+            ([only], _) => Ok(only.clone()),
+            (subs, Some(n)) if subs.iter().any(|s| s == n) => Ok(n.to_string()),
+            (_, n) => Err(format!(
+                "push from {n:?}, not one of {}",
+                self.subscriptions.join(", ")
+            )),
+        }
+    }
+}
+
+async fn on_push<R: Role>(State(route): State<Route<R>>, body: Bytes) -> StatusCode {
+    let parsed = parse_envelope(&body)
+        .and_then(|(msg, from)| Ok((route.subscription(from.as_deref())?, msg)));
+    let (sub, msg) = match parsed {
         Ok(x) => x,
         Err(e) => {
-            tracing::warn!(subscription = route.subscription, error = %e, "malformed push request");
+            tracing::warn!(subscriptions = ?route.subscriptions, error = %e, "malformed push request");
             return StatusCode::BAD_REQUEST;
         }
     };
-    if let Some(from) = from
-        && !from.ends_with(&format!("/{}", route.subscription))
-    {
-        tracing::warn!(expected = route.subscription, got = %from, "push from another subscription");
-    }
-    let worker = route.worker.clone();
-    let sub = route.subscription;
-    let handled = tokio::spawn(async move { worker.handle(sub, &msg).await }).await;
+    let role = route.role.clone();
+    let handled = tokio::spawn(async move { dispatch(&*role, &sub, &msg).await }).await;
     match handled {
         Ok(Outcome::Ack) => StatusCode::NO_CONTENT,
         Ok(Outcome::Nack) => StatusCode::SERVICE_UNAVAILABLE,
@@ -103,32 +127,34 @@ async fn on_push(State(route): State<Route>, body: Bytes) -> StatusCode {
     }
 }
 
-/// The worker's HTTP routes: one push path per subscription, and `/healthz`.
-pub fn router(worker: Arc<Worker>) -> Router {
+/// A role's HTTP routes: one push path per subscription (or group), and `/healthz`.
+pub fn router<R: Role>(role: Arc<R>) -> Router {
+    let mut paths: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (sub, path) in role.config().role_subscriptions(role.role()) {
+        paths
+            .entry(path.to_string())
+            .or_default()
+            .push(sub.to_string());
+    }
     let mut app = Router::new().route("/healthz", get(|| async { "ok" }));
-    for sub in [EXTRACTS_SUBSCRIPTION, BATCHES_SUBSCRIPTION] {
-        let path = worker
-            .config
-            .push_path(sub)
-            .expect("validated: every worker subscription has a push path")
-            .to_string();
+    for (path, subscriptions) in paths {
         let route = Route {
-            worker: worker.clone(),
-            subscription: sub,
+            role: role.clone(),
+            subscriptions,
         };
-        app = app.route(&path, post(on_push).with_state(route));
+        app = app.route(&path, post(on_push::<R>).with_state(route));
     }
     app
 }
 
 /// Serves the push endpoint on `listener` until `stop` turns true, then drains requests.
-pub async fn serve(
-    worker: Arc<Worker>,
+pub async fn serve<R: Role>(
+    role: Arc<R>,
     listener: tokio::net::TcpListener,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     tracing::info!(addr = ?listener.local_addr().ok(), "serving push requests");
-    axum::serve(listener, router(worker))
+    axum::serve(listener, router(role))
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
