@@ -10,6 +10,7 @@ use std::path::Path;
 use bytes::Bytes;
 use google_cloud_auth::credentials::{CacheableResource, Credentials};
 use google_cloud_storage::client::Storage;
+use google_cloud_storage::read_object::ReadObjectResponse;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
@@ -147,6 +148,28 @@ impl Gcs {
         }
     }
 
+    /// Starts reading an object (generation); `None` when it does not exist.
+    async fn open(
+        &self,
+        bucket: &str,
+        name: &str,
+        generation: Option<i64>,
+    ) -> Result<Option<ReadObjectResponse>, GcsError> {
+        let mut req = self
+            .client
+            .read_object(format!("projects/_/buckets/{bucket}"), name);
+        if let Some(g) = generation {
+            req = req.set_generation(g);
+        }
+        match req.send().await {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                let e = Self::err("read", bucket, name, &e);
+                if e.is_not_found() { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
     /// Reads a whole (small) object; `None` when it (or that generation) does not exist.
     pub async fn read(
         &self,
@@ -154,18 +177,8 @@ impl Gcs {
         name: &str,
         generation: Option<i64>,
     ) -> Result<Option<(Vec<u8>, i64)>, GcsError> {
-        let mut req = self
-            .client
-            .read_object(format!("projects/_/buckets/{bucket}"), name);
-        if let Some(g) = generation {
-            req = req.set_generation(g);
-        }
-        let mut resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                let e = Self::err("read", bucket, name, &e);
-                return if e.is_not_found() { Ok(None) } else { Err(e) };
-            }
+        let Some(mut resp) = self.open(bucket, name, generation).await? else {
+            return Ok(None);
         };
         let gen_read = resp.object().generation;
         let mut data = Vec::new();
@@ -192,18 +205,8 @@ impl Gcs {
             transient: true,
             message: format!("{}: {e}", dest.display()),
         };
-        let mut req = self
-            .client
-            .read_object(format!("projects/_/buckets/{bucket}"), name);
-        if let Some(g) = generation {
-            req = req.set_generation(g);
-        }
-        let mut resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                let e = Self::err("read", bucket, name, &e);
-                return if e.is_not_found() { Ok(None) } else { Err(e) };
-            }
+        let Some(mut resp) = self.open(bucket, name, generation).await? else {
+            return Ok(None);
         };
         let gen_read = resp.object().generation;
         if let Some(dir) = dest.parent() {
