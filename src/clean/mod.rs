@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod columns;
+pub mod guardrails;
 pub mod local;
 pub mod report;
 pub mod schema;

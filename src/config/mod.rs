@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::clean::guardrails::Guardrails;
+
 /// The configuration built into the binary.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
@@ -134,6 +136,8 @@ pub struct Emulators {
 struct File {
     gcp: Gcp,
     worker: WorkerSettings,
+    #[serde(default)]
+    guardrails: Guardrails,
 }
 
 /// The whole validated configuration.
@@ -145,6 +149,8 @@ pub struct Config {
     pub worker: WorkerSettings,
     /// Emulator endpoints, from the environment.
     pub emulators: Emulators,
+    /// Data-quality guardrails per table (`[guardrails.<table>]`).
+    pub guardrails: Guardrails,
 }
 
 impl Config {
@@ -179,6 +185,7 @@ impl Config {
             gcp: file.gcp,
             worker: file.worker,
             emulators: Emulators::default(),
+            guardrails: file.guardrails,
         };
         c.apply_env(env)?;
         c.validate()?;
@@ -324,6 +331,9 @@ impl Config {
                 "must be between 10 and 600 (Pub/Sub's ack deadline range)",
             ));
         }
+        self.guardrails
+            .validate()
+            .map_err(|(field, problem)| invalid(field, problem))?;
         if self.worker.max_concurrent_messages == 0 {
             return Err(invalid(
                 "worker.max_concurrent_messages",
