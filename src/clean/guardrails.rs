@@ -219,7 +219,8 @@ impl Evaluation {
                 if let Some(i) = a.summary.find("; products held") {
                     a.summary.truncate(i);
                 }
-                a.summary.push_str("; batch released by the team, products delivered");
+                a.summary
+                    .push_str("; batch released by the team, products delivered");
                 a.details.insert("released".into(), true.into());
             }
         }
@@ -244,7 +245,7 @@ pub fn median(counts: &[u64]) -> Option<f64> {
 /// number: the latest [`VOLUME_HISTORY`] before the batch's date are used).
 pub fn evaluate(g: &Guardrails, report: &QualityReport, history: &[QualityReport]) -> Evaluation {
     let mut earlier: Vec<&QualityReport> = history.iter().filter(|h| h.dt < report.dt).collect();
-    earlier.sort_by(|a, b| b.dt.cmp(&a.dt));
+    earlier.sort_by_key(|h| std::cmp::Reverse(h.dt));
     earlier.dedup_by_key(|h| h.dt);
     earlier.truncate(VOLUME_HISTORY);
     let mut out = Evaluation::default();
@@ -255,8 +256,16 @@ pub fn evaluate(g: &Guardrails, report: &QualityReport, history: &[QualityReport
         };
         if t.rows_read > 0 {
             let mut shares = vec![
-                ("quarantine_share".to_string(), tg.quarantine, t.rows_quarantined),
-                ("duplicate_share".to_string(), tg.duplicates, t.duplicates_removed),
+                (
+                    "quarantine_share".to_string(),
+                    tg.quarantine,
+                    t.rows_quarantined,
+                ),
+                (
+                    "duplicate_share".to_string(),
+                    tg.duplicates,
+                    t.duplicates_removed,
+                ),
             ];
             for f in &tg.key_fields {
                 shares.push((format!("null_share.{f}"), tg.key_nulls, nulls(t, f)));
@@ -420,7 +429,12 @@ mod tests {
     fn measures(e: &Evaluation) -> Vec<(String, Severity)> {
         e.alerts
             .iter()
-            .map(|a| (a.details["measure"].as_str().unwrap().to_string(), a.severity))
+            .map(|a| {
+                (
+                    a.details["measure"].as_str().unwrap().to_string(),
+                    a.severity,
+                )
+            })
             .collect()
     }
 
@@ -457,7 +471,11 @@ mod tests {
         let r = e.released();
         assert!(!r.holds());
         assert!(r.alerts.iter().all(|a| a.severity == Severity::Warning));
-        assert!(r.alerts[0].summary.contains("released"), "{}", r.alerts[0].summary);
+        assert!(
+            r.alerts[0].summary.contains("released"),
+            "{}",
+            r.alerts[0].summary
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The cleaning engine: table schemas from config, validators, staging of parts, the batch step.
+//! The cleaning engine: table schemas from config, validators, staging of parts, the batch step,
+//! data-quality guardrails on its report.
 
 pub mod batch;
 pub mod columns;

@@ -472,6 +472,28 @@ mod tests {
     }
 
     #[test]
+    fn guardrails_load_and_bad_ones_are_refused() {
+        let c = load(&[]).unwrap();
+        let t = &c.guardrails.0["transactions"];
+        assert_eq!(t.quarantine.block.map(|s| s.get()), Some(0.20));
+        assert_eq!(t.volume.map(|v| v.max_deviation.get()), Some(0.5));
+        let schemas = crate::clean::Schemas::builtin().unwrap();
+        assert_eq!(c.guardrails.check_schemas(&schemas), Ok(()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        let bad = DEFAULT_TOML.replacen(
+            "quarantine = { warn = 0.05, block = 0.20 }",
+            "quarantine = { warn = 0.05, block = 0.01 }",
+            1,
+        );
+        std::fs::write(&path, bad).unwrap();
+        let e = Config::load_with(Some(&path), &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("guardrails.transactions.quarantine"), "{e}");
+    }
+
+    #[test]
     fn defaults_load_and_validate() {
         let c = load(&[]).unwrap();
         assert_eq!(c.gcp.project, "datashare-local");

@@ -230,7 +230,9 @@ impl Worker {
         }
         if guard.holds() {
             tracing::warn!(%dt, blocking = ?guard.blocking, "batch held by blocking guardrails");
-            summary.held.push(format!("batch {dt}: {}", guard.blocking.join(",")));
+            summary
+                .held
+                .push(format!("batch {dt}: {}", guard.blocking.join(",")));
             return Ok(summary);
         }
 
@@ -326,7 +328,9 @@ impl Worker {
             };
             match serde_json::from_slice::<QualityReport>(&body) {
                 Ok(r) => out.push(r),
-                Err(e) => tracing::warn!(%dt, batch = %d, error = %e, "earlier quality report unreadable, left out of the volume check"),
+                Err(e) => {
+                    tracing::warn!(%dt, batch = %d, error = %e, "earlier quality report unreadable, left out of the volume check")
+                }
             }
         }
         Ok(out)

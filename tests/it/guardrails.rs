@@ -15,9 +15,7 @@ use datashare::service::{Worker, names, pull};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::worker::{
-    Stack, check_delivery, current_batch, generated, partners, until, upload_day,
-};
+use crate::worker::{Stack, check_delivery, current_batch, generated, partners, until, upload_day};
 
 /// The alerts of `kind` among messages of the `alerts` topic.
 fn alerts_of(msgs: &[Incoming], kind: &str) -> Vec<Alert> {
@@ -32,9 +30,11 @@ async fn done_marker(gcs: &Gcs, cfg: &Config, dt: NaiveDate, suffix: &str) -> Va
     let ready = current_batch(gcs, cfg, dt).await;
     let done = names::batch_done(dt, &format!("{}{suffix}", ready.version()));
     let ops = &cfg.gcp.buckets.ops;
-    let (body, _) = until("the batch's done marker", Duration::from_secs(120), || async {
-        gcs.read(ops, &done, None).await.unwrap()
-    })
+    let (body, _) = until(
+        "the batch's done marker",
+        Duration::from_secs(120),
+        || async { gcs.read(ops, &done, None).await.unwrap() },
+    )
     .await;
     serde_json::from_slice(&body).unwrap()
 }
@@ -122,7 +122,11 @@ async fn a_blocking_quarantine_threshold_holds_the_products_until_released() {
         .filter(|x| x.fingerprint == a.fingerprint)
         .collect();
     assert_eq!(again.len(), 1, "{again:?}");
-    assert_eq!(again[0].severity, Severity::Warning, "released: no longer critical");
+    assert_eq!(
+        again[0].severity,
+        Severity::Warning,
+        "released: no longer critical"
+    );
     assert_eq!(again[0].details["released"], true);
     stop.send(true).unwrap();
     pulling.await.unwrap().unwrap();
@@ -205,7 +209,11 @@ async fn a_batch_far_below_the_median_of_the_previous_seven_raises_a_volume_aler
         .await;
     assert_eq!(got.len(), 1, "the products are delivered: {got:?}");
     let d: DeliveryRequest = check_delivery(gcs, &got[0], dt).await;
-    assert_eq!(d.source_batches, vec![dt.to_string()], "only this day's curated data exists");
+    assert_eq!(
+        d.source_batches,
+        vec![dt.to_string()],
+        "only this day's curated data exists"
+    );
     stop.send(true).unwrap();
     pulling.await.unwrap().unwrap();
 }
