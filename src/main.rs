@@ -24,7 +24,7 @@ enum Command {
     Build(datashare::products::command::BuildArgs),
     /// Runs the worker: stages parts, runs claimed batch steps, publishes delivery requests.
     Worker(datashare::service::command::WorkerArgs),
-    /// Releases a held batch without its failed files (products are built and delivered).
+    /// Releases a held batch (failed files, blocking guardrails): products are built and delivered.
     Release(datashare::service::release::ReleaseArgs),
 }
 

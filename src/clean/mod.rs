@@ -1,7 +1,9 @@
-//! The cleaning engine: table schemas from config, validators, staging of parts, the batch step.
+//! The cleaning engine: table schemas from config, validators, staging of parts, the batch step,
+//! data-quality guardrails on its report.
 
 pub mod batch;
 pub mod columns;
+pub mod guardrails;
 pub mod local;
 pub mod report;
 pub mod schema;

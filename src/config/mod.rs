@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::clean::guardrails::Guardrails;
+
 /// The configuration built into the binary.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
@@ -134,6 +136,8 @@ pub struct Emulators {
 struct File {
     gcp: Gcp,
     worker: WorkerSettings,
+    #[serde(default)]
+    guardrails: Guardrails,
 }
 
 /// The whole validated configuration.
@@ -145,6 +149,8 @@ pub struct Config {
     pub worker: WorkerSettings,
     /// Emulator endpoints, from the environment.
     pub emulators: Emulators,
+    /// Data-quality guardrails per table (`[guardrails.<table>]`).
+    pub guardrails: Guardrails,
 }
 
 impl Config {
@@ -179,6 +185,7 @@ impl Config {
             gcp: file.gcp,
             worker: file.worker,
             emulators: Emulators::default(),
+            guardrails: file.guardrails,
         };
         c.apply_env(env)?;
         c.validate()?;
@@ -324,6 +331,9 @@ impl Config {
                 "must be between 10 and 600 (Pub/Sub's ack deadline range)",
             ));
         }
+        self.guardrails
+            .validate()
+            .map_err(|(field, problem)| invalid(field, problem))?;
         if self.worker.max_concurrent_messages == 0 {
             return Err(invalid(
                 "worker.max_concurrent_messages",
@@ -459,6 +469,28 @@ mod tests {
         Config::load_with(None, &move |k| {
             vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
         })
+    }
+
+    #[test]
+    fn guardrails_load_and_bad_ones_are_refused() {
+        let c = load(&[]).unwrap();
+        let t = &c.guardrails.0["transactions"];
+        assert_eq!(t.quarantine.block.map(|s| s.get()), Some(0.20));
+        assert_eq!(t.volume.map(|v| v.max_deviation.get()), Some(0.5));
+        let schemas = crate::clean::Schemas::builtin().unwrap();
+        assert_eq!(c.guardrails.check_schemas(&schemas), Ok(()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        let bad = DEFAULT_TOML.replacen(
+            "quarantine = { warn = 0.05, block = 0.20 }",
+            "quarantine = { warn = 0.05, block = 0.01 }",
+            1,
+        );
+        std::fs::write(&path, bad).unwrap();
+        let e = Config::load_with(Some(&path), &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("guardrails.transactions.quarantine"), "{e}");
     }
 
     #[test]

@@ -15,10 +15,12 @@ use futures::future::try_join_all;
 use super::claim::{self, Claim};
 use super::{Disposition, HandleError, Worker, blocking, names};
 use crate::clean::batch::{BatchOutputs, run_batch};
+use crate::clean::guardrails::{self, VOLUME_HISTORY};
 use crate::clean::stage::{PartSummary, StagedPaths};
 use crate::clean::{QualityReport, Schemas};
 use crate::events::delivery::DELIVERY_REQUEST_VERSION;
 use crate::events::{BatchReady, DeliveryFile, DeliveryRequest, FileDigest, Incoming};
+use crate::extract::{Layout, classify};
 use crate::products::alert::{Alert, Severity};
 use crate::products::contract::{Contract, ProductKind};
 use crate::products::daily::WINDOW_DAYS;
@@ -185,6 +187,18 @@ impl Worker {
             self.gcs.upload(&b.curated, &rel, &path).await?;
         }
 
+        // Guardrails on the report just written, and raw files the marker does not list.
+        self.report_unlisted(ready).await?;
+        let history = self.previous_reports(dt).await?;
+        let mut guard = guardrails::evaluate(&self.config.guardrails, &report, &history);
+        if ready.release && guard.holds() {
+            tracing::warn!(%dt, blocking = ?guard.blocking, "batch released despite blocking guardrails");
+            guard = guard.released();
+        }
+        for alert in &guard.alerts {
+            self.alert(alert).await;
+        }
+
         let mut summary = StepSummary::default();
         let failed: Vec<String> = report
             .failed_files()
@@ -212,6 +226,13 @@ impl Worker {
             .with("failed_files", failed.clone());
             self.alert(&alert).await;
             summary.held.push(format!("batch {dt}"));
+            return Ok(summary);
+        }
+        if guard.holds() {
+            tracing::warn!(%dt, blocking = ?guard.blocking, "batch held by blocking guardrails");
+            summary
+                .held
+                .push(format!("batch {dt}: {}", guard.blocking.join(",")));
             return Ok(summary);
         }
 
@@ -278,6 +299,81 @@ impl Worker {
             }
         }
         Ok(summary)
+    }
+
+    /// The quality reports of the latest [`VOLUME_HISTORY`] batches before `dt` in the curated
+    /// bucket (`reports/dt=<D>/quality.json`); one that cannot be read is skipped with a warning.
+    async fn previous_reports(&self, dt: NaiveDate) -> Result<Vec<QualityReport>, HandleError> {
+        let curated = &self.config.gcp.buckets.curated;
+        let mut earlier: Vec<(NaiveDate, String)> = self
+            .gcs
+            .list(curated, "reports/dt=")
+            .await?
+            .into_iter()
+            .filter_map(|o| {
+                let d = o
+                    .name
+                    .strip_prefix("reports/dt=")?
+                    .strip_suffix("/quality.json")?;
+                let d = NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()?;
+                (d < dt).then_some((d, o.name))
+            })
+            .collect();
+        earlier.sort();
+        let start = earlier.len().saturating_sub(VOLUME_HISTORY);
+        let mut out = Vec::new();
+        for (d, name) in &earlier[start..] {
+            let Some((body, _)) = self.gcs.read(curated, name, None).await? else {
+                continue;
+            };
+            match serde_json::from_slice::<QualityReport>(&body) {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    tracing::warn!(%dt, batch = %d, error = %e, "earlier quality report unreadable, left out of the volume check")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Publishes one `extract.unlisted` warning per part of the batch's day in the raw bucket
+    /// that its marker does not list (the worker stages such a part but the batch ignores it).
+    async fn report_unlisted(&self, ready: &BatchReady) -> Result<(), HandleError> {
+        let raw = &self.config.gcp.buckets.raw;
+        let dt = ready.dt;
+        let tables: Vec<&str> = self.schemas.names().collect();
+        let listed: BTreeSet<&str> = ready.files.iter().map(|f| f.name.as_str()).collect();
+        for table in &tables {
+            let objects = self
+                .gcs
+                .list(raw, &format!("extracts/{table}/dt={dt}/"))
+                .await?;
+            for o in objects {
+                // Objects outside the layout were dead-lettered when they arrived: not repeated.
+                let is_part =
+                    matches!(classify(&o.name, &tables), Layout::Part { dt: d, .. } if d == dt);
+                if !is_part || listed.contains(o.name.as_str()) {
+                    continue;
+                }
+                tracing::warn!(%dt, object = %o.name, generation = o.generation, "extract not listed in the batch marker, ignored");
+                let alert = Alert::new(
+                    Severity::Warning,
+                    "extract.unlisted",
+                    ("*", "*", &dt.to_string()),
+                    &o.name,
+                    format!(
+                        "batch {dt}: {} is not listed in the marker and was left out of the batch",
+                        o.name
+                    ),
+                )
+                .with("object", o.name.as_str())
+                .with("generation", o.generation)
+                .with("table", *table)
+                .with("dt", dt.to_string());
+                self.alert(&alert).await;
+            }
+        }
+        Ok(())
     }
 
     /// Downloads one staged part (summary, then its Arrow files) into `staging`.
@@ -430,7 +526,7 @@ impl Worker {
                 .filter(|n| *n != "email")
                 .map(String::from)
                 .collect(),
-            source_batches: Vec::new(),
+            source_batches: source_batches(rel).await,
         };
         self.faults.at("before_publish").await;
         let id = self
@@ -483,6 +579,24 @@ impl Worker {
             bytes: stored.len() as u64,
         })
     }
+}
+
+/// The batches a released product was built from, as its manifest names them.
+async fn source_batches(rel: &Released) -> Vec<String> {
+    let Some(f) = rel.files.first() else {
+        return Vec::new();
+    };
+    let manifest = match tokio::fs::read(&f.manifest).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, delivery_id = %rel.delivery_id, "manifest unreadable, no source batches");
+            return Vec::new();
+        }
+    };
+    serde_json::from_slice::<serde_json::Value>(&manifest)
+        .ok()
+        .and_then(|m| serde_json::from_value(m["source_batches"].clone()).ok())
+        .unwrap_or_default()
 }
 
 /// Every file under `dir`, recursively, in name order.

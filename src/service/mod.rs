@@ -266,6 +266,10 @@ impl Worker {
     /// Builds the worker: schemas, contracts (with their secrets), clients.
     pub async fn start(config: Config) -> Result<Worker, StartError> {
         let schemas = Schemas::builtin().map_err(|e| StartError::Schemas(e.to_string()))?;
+        config
+            .guardrails
+            .check_schemas(&schemas)
+            .map_err(StartError::Schemas)?;
         let faults = faults::Faults::from_env().map_err(StartError::Faults)?;
         let contracts = crate::products::contract::load_dir(&config.worker.partners_dir)?;
         for c in &contracts {

@@ -1,4 +1,5 @@
-//! `datashare release --date D`: the team releases a held batch without its failed files.
+//! `datashare release --date D`: the team releases a held batch without its failed files, or
+//! despite a blocking data-quality guardrail.
 //!
 //! Publishes `BatchReady` with `release: true` for the batch as it stands (every listed file
 //! settled at its current generation); the batch step then builds and delivers the products

@@ -27,10 +27,10 @@ use tokio::sync::watch;
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// A running fake-gcp stack; `down` runs on drop.
-struct Stack {
+pub(crate) struct Stack {
     _dir: tempfile::TempDir,
     state: PathBuf,
-    env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
     http: reqwest::Client,
 }
 
@@ -47,7 +47,7 @@ fn init_tracing() {
 }
 
 impl Stack {
-    fn up(extra: &[String]) -> Stack {
+    pub(crate) fn up(extra: &[String]) -> Stack {
         init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         let state = dir.path().join("stack.json");
@@ -88,7 +88,7 @@ impl Stack {
     }
 
     /// Creates a pull subscription on `topic` for the test to watch.
-    async fn watch(&self, topic: &str, name: &str) {
+    pub(crate) async fn watch(&self, topic: &str, name: &str) {
         let body = json!({
             "topic": format!("projects/{}/topics/{topic}", self.project()),
             "ackDeadlineSeconds": 60
@@ -108,7 +108,7 @@ impl Stack {
     }
 
     /// Pulls (and acknowledges) what a subscription has now.
-    async fn pull(&self, name: &str) -> Vec<Incoming> {
+    pub(crate) async fn pull(&self, name: &str) -> Vec<Incoming> {
         let r: Value = self
             .http
             .post(self.pubsub(&format!("subscriptions/{name}:pull")))
@@ -151,7 +151,7 @@ impl Stack {
 
     /// Pulls until `enough` holds for what was received, then until nothing more comes for a
     /// few polls; fails after `limit`.
-    async fn drain(
+    pub(crate) async fn drain(
         &self,
         name: &str,
         limit: Duration,
@@ -197,7 +197,7 @@ impl Stack {
         );
     }
 
-    fn config(&self, partners: &Path, overrides: &[(&str, &str)]) -> Config {
+    pub(crate) fn config(&self, partners: &Path, overrides: &[(&str, &str)]) -> Config {
         let mut env = self.env.clone();
         env.insert(
             "DATASHARE_PARTNERS_DIR".into(),
@@ -222,7 +222,7 @@ impl Drop for Stack {
 }
 
 /// The OuchHungry contract with a throwaway key in a file.
-fn partners(dir: &Path) -> PathBuf {
+pub(crate) fn partners(dir: &Path) -> PathBuf {
     let p = dir.join("partners");
     std::fs::create_dir_all(&p).unwrap();
     let key = dir.join("hmac-key");
@@ -243,7 +243,7 @@ fn partners(dir: &Path) -> PathBuf {
 }
 
 /// An object: name and bytes.
-type Object = (String, Vec<u8>);
+pub(crate) type Object = (String, Vec<u8>);
 
 /// Objects collected in memory, shared with their writers.
 type Objects = Arc<Mutex<Vec<Object>>>;
@@ -286,7 +286,7 @@ impl ObjectSink for MemSink {
 }
 
 /// A generated day: (marker, parts) as (name, bytes), and the truth's rows read per table.
-fn generated(
+pub(crate) fn generated(
     dt: NaiveDate,
     rows: u64,
     bad_files: bool,
@@ -319,7 +319,7 @@ fn generated(
     (marker, parts, rows)
 }
 
-async fn until<T, F: std::future::Future<Output = Option<T>>>(
+pub(crate) async fn until<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
     limit: Duration,
     mut f: impl FnMut() -> F,
@@ -335,7 +335,7 @@ async fn until<T, F: std::future::Future<Output = Option<T>>>(
 }
 
 /// The batch version of what is in the raw bucket now.
-async fn current_batch(gcs: &Gcs, cfg: &Config, dt: NaiveDate) -> BatchReady {
+pub(crate) async fn current_batch(gcs: &Gcs, cfg: &Config, dt: NaiveDate) -> BatchReady {
     let raw = &cfg.gcp.buckets.raw;
     let (body, marker_generation) = gcs
         .read(raw, &names::marker(dt), None)
@@ -407,7 +407,7 @@ async fn check_curated(gcs: &Gcs, cfg: &Config, dt: NaiveDate, truth: &BTreeMap<
 }
 
 /// Checks a delivery request's attributes and that its files are what it says.
-async fn check_delivery(gcs: &Gcs, m: &Incoming, dt: NaiveDate) -> DeliveryRequest {
+pub(crate) async fn check_delivery(gcs: &Gcs, m: &Incoming, dt: NaiveDate) -> DeliveryRequest {
     let d = DeliveryRequest::parse(m).expect("a delivery request");
     let a = &m.attributes;
     assert_eq!(a["partner"], "ouchhungry");
@@ -515,7 +515,7 @@ async fn pull_worker_turns_a_messy_upload_into_one_delivery_per_version() {
 }
 
 /// Uploads a generated day (marker first) and returns the truth's rows per table.
-async fn upload_day(
+pub(crate) async fn upload_day(
     gcs: &Gcs,
     cfg: &Config,
     dt: NaiveDate,
