@@ -134,6 +134,7 @@ pub struct Emulators {
 struct File {
     gcp: Gcp,
     worker: WorkerSettings,
+    alerting: crate::alerting::AlertingSettings,
 }
 
 /// The whole validated configuration.
@@ -145,6 +146,8 @@ pub struct Config {
     pub worker: WorkerSettings,
     /// Emulator endpoints, from the environment.
     pub emulators: Emulators,
+    /// The alerting consumer's settings.
+    pub alerting: crate::alerting::AlertingSettings,
 }
 
 impl Config {
@@ -179,9 +182,12 @@ impl Config {
             gcp: file.gcp,
             worker: file.worker,
             emulators: Emulators::default(),
+            alerting: file.alerting,
         };
         c.apply_env(env)?;
+        c.alerting.apply_env(env)?;
         c.validate()?;
+        c.alerting.validate()?;
         Ok(c)
     }
 
