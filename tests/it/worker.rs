@@ -27,10 +27,10 @@ use tokio::sync::watch;
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// A running fake-gcp stack; `down` runs on drop.
-struct Stack {
+pub(crate) struct Stack {
     _dir: tempfile::TempDir,
     state: PathBuf,
-    env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
     http: reqwest::Client,
 }
 
@@ -47,7 +47,7 @@ fn init_tracing() {
 }
 
 impl Stack {
-    fn up(extra: &[String]) -> Stack {
+    pub(crate) fn up(extra: &[String]) -> Stack {
         init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         let state = dir.path().join("stack.json");
@@ -75,11 +75,11 @@ impl Stack {
         stack
     }
 
-    fn project(&self) -> &str {
+    pub(crate) fn project(&self) -> &str {
         &self.env["GOOGLE_CLOUD_PROJECT"]
     }
 
-    fn pubsub(&self, path: &str) -> String {
+    pub(crate) fn pubsub(&self, path: &str) -> String {
         format!(
             "http://{}/v1/projects/{}/{path}",
             self.env["PUBSUB_EMULATOR_HOST"],
@@ -88,7 +88,7 @@ impl Stack {
     }
 
     /// Creates a pull subscription on `topic` for the test to watch.
-    async fn watch(&self, topic: &str, name: &str) {
+    pub(crate) async fn watch(&self, topic: &str, name: &str) {
         let body = json!({
             "topic": format!("projects/{}/topics/{topic}", self.project()),
             "ackDeadlineSeconds": 60
@@ -108,7 +108,7 @@ impl Stack {
     }
 
     /// Pulls (and acknowledges) what a subscription has now.
-    async fn pull(&self, name: &str) -> Vec<Incoming> {
+    pub(crate) async fn pull(&self, name: &str) -> Vec<Incoming> {
         let r: Value = self
             .http
             .post(self.pubsub(&format!("subscriptions/{name}:pull")))
@@ -151,7 +151,7 @@ impl Stack {
 
     /// Pulls until `enough` holds for what was received, then until nothing more comes for a
     /// few polls; fails after `limit`.
-    async fn drain(
+    pub(crate) async fn drain(
         &self,
         name: &str,
         limit: Duration,
@@ -197,7 +197,7 @@ impl Stack {
         );
     }
 
-    fn config(&self, partners: &Path, overrides: &[(&str, &str)]) -> Config {
+    pub(crate) fn config(&self, partners: &Path, overrides: &[(&str, &str)]) -> Config {
         let mut env = self.env.clone();
         env.insert(
             "DATASHARE_PARTNERS_DIR".into(),
@@ -319,7 +319,7 @@ fn generated(
     (marker, parts, rows)
 }
 
-async fn until<T, F: std::future::Future<Output = Option<T>>>(
+pub(crate) async fn until<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
     limit: Duration,
     mut f: impl FnMut() -> F,
