@@ -230,7 +230,13 @@ impl Role for Alerting {
                 }
                 other => tracing::info!(schedule = ?other, "schedule not for the alerting role"),
             },
-            s if self.is_dead_letter_subscription(s) => self.dead_letter(s, msg).await?,
+            s if self.is_dead_letter_subscription(s) => {
+                // A dead letter is the end of the line: it is retried until archived, never
+                // dead-lettered again (its subscription has nowhere to send it).
+                self.dead_letter(s, msg)
+                    .await
+                    .map_err(|e| HandleError::Transient(e.to_string()))?
+            }
             other => {
                 return Err(HandleError::Transient(format!(
                     "the alerting role does not consume subscription {other}"

@@ -311,3 +311,77 @@ async fn a_dead_letter_is_archived_mailed_and_replayed_once() {
     assert_secrets_hidden(&[s.smtp.password.as_str()], &texts);
     s.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_failed_is_retried_on_redelivery_and_arrives_once() {
+    use datashare::service::{Outcome, dispatch};
+    capture_logs();
+    let stack = Stack::up(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let start = |smtp: &SmtpEnv| {
+        let overrides = smtp_overrides(smtp);
+        let o: Vec<(&str, &str)> = overrides
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let cfg = stack.config(dir.path(), &o);
+        async move { Alerting::start(cfg).await.expect("alerting starts") }
+    };
+    let alert = Alert::new(
+        Severity::Critical,
+        "sink.check_failed",
+        ("ouchhungry", "daily", "*"),
+        "sftp",
+        "sftp check failed".into(),
+    );
+    let msg = |id: &str| Incoming {
+        id: id.into(),
+        data: alert.to_message().data,
+        attributes: alert.to_message().attributes,
+        delivery_attempt: Some(1),
+    };
+
+    // The relay is down: the alert is nacked (transient), never dropped.
+    let stopped = smtp_env(&dir.path().join("down"), SmtpTls::Starttls);
+    let down = start(&stopped).await;
+    let password_down = stopped.password.clone();
+    drop(stopped);
+    assert_eq!(
+        dispatch(&down, "alerts-alert", &msg("m-1")).await,
+        Outcome::Nack
+    );
+
+    // Back up: a later repeat is counted, the redelivered first alert is e-mailed, once.
+    let smtp = smtp_env(&dir.path().join("up"), SmtpTls::Starttls);
+    let mail_dir = PathBuf::from(smtp.server.field("mail"));
+    let up = start(&smtp).await;
+    assert_eq!(
+        dispatch(&up, "alerts-alert", &msg("m-2")).await,
+        Outcome::Ack
+    );
+    assert!(mails(&mail_dir).is_empty(), "a repeat is not mailed");
+    assert_eq!(
+        dispatch(&up, "alerts-alert", &msg("m-1")).await,
+        Outcome::Ack
+    );
+    assert_eq!(
+        dispatch(&up, "alerts-alert", &msg("m-1")).await,
+        Outcome::Ack
+    );
+    let got = exactly(&mail_dir, 1).await;
+    assert!(text(&got[0]).contains("What to do: A sink failed its connection check"));
+    let (b, _) = up
+        .gcs
+        .read(
+            &up.config.gcp.buckets.ops,
+            &state_object(&alert.fingerprint),
+            None,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let st: State = serde_json::from_slice(&b).unwrap();
+    assert_eq!((st.total, st.pending, st.first.is_none()), (2, 1, true));
+    let texts: Vec<String> = got.iter().map(|m| m.to_string()).collect();
+    assert_secrets_hidden(&[smtp.password.as_str(), password_down.as_str()], &texts);
+}
