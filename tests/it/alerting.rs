@@ -385,3 +385,110 @@ async fn a_send_that_failed_is_retried_on_redelivery_and_arrives_once() {
     let texts: Vec<String> = got.iter().map(|m| m.to_string()).collect();
     assert_secrets_hidden(&[smtp.password.as_str(), password_down.as_str()], &texts);
 }
+
+/// Pulls `subscription` without acknowledging and nacks what carries `marker`, until Pub/Sub
+/// gives up on it (its dead-letter policy forwards it); acks anything else.
+async fn exhaust(
+    stack: &Stack,
+    subscription: &str,
+    marker: &str,
+    stop_when: impl AsyncFn() -> bool,
+) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !stop_when().await {
+        assert!(
+            Instant::now() < deadline,
+            "{subscription}: never dead-lettered"
+        );
+        let r: Value = http
+            .post(stack.pubsub(&format!("subscriptions/{subscription}:pull")))
+            .json(&serde_json::json!({"maxMessages": 10, "returnImmediately": true}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for m in r["receivedMessages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let ours = m["message"]["attributes"]["test"] == marker;
+            let (verb, body) = if ours {
+                (
+                    "modifyAckDeadline",
+                    serde_json::json!({"ackIds": [m["ackId"]], "ackDeadlineSeconds": 0}),
+                )
+            } else {
+                ("acknowledge", serde_json::json!({"ackIds": [m["ackId"]]}))
+            };
+            http.post(stack.pubsub(&format!("subscriptions/{subscription}:{verb}")))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_pubsub_gave_up_on_is_archived_mailed_and_replayed_without_its_dead_letter_attributes()
+ {
+    let s = setup().await;
+    s.stack.watch("schedules", "watch-schedules").await;
+    let tick = Schedule::Tick {
+        at: chrono::Utc::now(),
+    };
+    let mut out = tick.to_message();
+    out.attributes.insert("test".into(), "exhausted-1".into());
+    s.bus.publish("schedules", out.clone()).await.unwrap();
+    // Nobody runs the worker: its subscription nacks the tick until Pub/Sub forwards it.
+    let ops = s.ops().to_string();
+    let gcs = s.gcs.clone();
+    exhaust(&s.stack, "schedules-worker", "exhausted-1", async || {
+        !gcs.list(&ops, "deadletters/schedules-worker/")
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    let archived = s
+        .gcs
+        .list(s.ops(), "deadletters/schedules-worker/")
+        .await
+        .unwrap();
+    assert_eq!(archived.len(), 1, "{archived:?}");
+    let got = exactly(&s.mail_dir, 1).await;
+    let body = text(&got[0]);
+    for needle in [
+        "max_delivery_attempts",
+        "delivery_attempts: 5",
+        "subscription: schedules-worker",
+        "topic: schedules",
+        "What to do: Pub/Sub gave up",
+    ] {
+        assert!(body.contains(needle), "{needle}: {body}");
+    }
+    s.stack.pull("watch-schedules").await;
+    let mut c = crate::datashare_cmd();
+    c.envs(&s.stack.env)
+        .args(["replay", "--dead-letters", "schedules-worker"]);
+    let o = crate::run_ok(&mut c);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("1 replayed"));
+    let again = s
+        .stack
+        .drain("watch-schedules", Duration::from_secs(30), |m| {
+            !m.is_empty()
+        })
+        .await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].data, out.data);
+    assert_eq!(
+        again[0].attributes, out.attributes,
+        "no CloudPubSubDeadLetter* attributes"
+    );
+    s.finish().await;
+}
