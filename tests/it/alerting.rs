@@ -492,3 +492,62 @@ async fn a_message_pubsub_gave_up_on_is_archived_mailed_and_replayed_without_its
     );
     s.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_command_mails_and_stops_on_sigterm_without_logging_secrets() {
+    capture_logs();
+    let stack = Stack::up(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = smtp_env(dir.path(), SmtpTls::Starttls);
+    let mail_dir = PathBuf::from(smtp.server.field("mail"));
+    let log = dir.path().join("alert.log");
+    let mut child = crate::datashare_cmd()
+        .envs(&stack.env)
+        .envs(smtp_overrides(&smtp))
+        .env("RUST_LOG", "debug")
+        .args(["alert", "--pull"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("datashare alert starts");
+    let cfg = stack.config(dir.path(), &[]);
+    let bus = Bus::connect(
+        &cfg.gcp.project,
+        &["alerts"],
+        cfg.emulators.pubsub.as_deref(),
+    )
+    .await
+    .unwrap();
+    let alert = Alert::new(
+        Severity::Critical,
+        "privacy.gate",
+        ("ouchhungry", "monthly", "2026-11"),
+        "k",
+        "a group below the minimum size".into(),
+    );
+    bus.publish("alerts", alert.to_message()).await.unwrap();
+    let got = exactly(&mail_dir, 1).await;
+    assert!(text(&got[0]).contains("What to do: A product failed the privacy gate"));
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("datashare alert did not stop on SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{logs}");
+    assert!(logs.contains("alert e-mailed"), "{logs}");
+    assert!(
+        !logs.contains(&smtp.password),
+        "the SMTP password appears in the logs"
+    );
+    let texts: Vec<String> = got.iter().map(|m| m.to_string()).collect();
+    assert_secrets_hidden(&[smtp.password.as_str()], &texts);
+}
