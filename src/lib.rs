@@ -10,10 +10,12 @@
 //! - [`config`]: typed settings (resource names, worker settings), file + environment, validated at start-up.
 //! - [`events`]: Pub/Sub messages: GCS notifications, batch-ready, delivery requests, dead letters.
 //! - [`gcp`]: Cloud Storage and Pub/Sub clients, emulator-aware.
+//! - [`alerting`]: the alerting consumer: dead-letter archive, grouping, e-mails to the data team, replay.
 //! - [`service`]: the worker: one handler per subscription behind pull and push front ends.
 
 #![warn(missing_docs)]
 
+pub mod alerting;
 pub mod br;
 pub mod clean;
 pub mod cli;

@@ -26,6 +26,10 @@ enum Command {
     Worker(datashare::service::command::WorkerArgs),
     /// Releases a held batch (failed files, blocking guardrails): products are built and delivered.
     Release(datashare::service::release::ReleaseArgs),
+    /// Runs the alerting consumer: archives dead letters, e-mails alerts to the data team.
+    Alert(datashare::alerting::AlertArgs),
+    /// Republishes archived dead letters to their source topic.
+    Replay(datashare::alerting::replay::ReplayArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -51,6 +55,11 @@ fn main() -> anyhow::Result<ExitCode> {
             true
         }
         Command::Release(args) => datashare::service::release::run(&args)?,
+        Command::Alert(args) => {
+            datashare::alerting::run(&args)?;
+            true
+        }
+        Command::Replay(args) => datashare::alerting::replay::run(&args)?,
     };
     Ok(if ok {
         ExitCode::SUCCESS

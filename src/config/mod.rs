@@ -138,6 +138,7 @@ struct File {
     worker: WorkerSettings,
     #[serde(default)]
     guardrails: Guardrails,
+    alerting: crate::alerting::AlertingSettings,
 }
 
 /// The whole validated configuration.
@@ -151,6 +152,8 @@ pub struct Config {
     pub emulators: Emulators,
     /// Data-quality guardrails per table (`[guardrails.<table>]`).
     pub guardrails: Guardrails,
+    /// The alerting consumer's settings.
+    pub alerting: crate::alerting::AlertingSettings,
 }
 
 impl Config {
@@ -186,9 +189,12 @@ impl Config {
             worker: file.worker,
             emulators: Emulators::default(),
             guardrails: file.guardrails,
+            alerting: file.alerting,
         };
         c.apply_env(env)?;
+        c.alerting.apply_env(env)?;
         c.validate()?;
+        c.alerting.validate()?;
         Ok(c)
     }
 

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, a module per capability.
 
+mod alerting;
 mod clean;
 mod guardrails;
 mod products;

@@ -44,7 +44,7 @@ impl Write for Capture {
     }
 }
 
-fn capture_logs() {
+pub(crate) fn capture_logs() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let _ = tracing_subscriber::fmt()
@@ -56,7 +56,7 @@ fn capture_logs() {
 }
 
 /// Fails when a secret shows up in the captured logs or in any of the texts given.
-fn assert_secrets_hidden(secrets: &[&str], texts: &[String]) {
+pub(crate) fn assert_secrets_hidden(secrets: &[&str], texts: &[String]) {
     let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
     assert!(!logs.is_empty(), "logs were captured");
     for s in secrets.iter().filter(|s| s.len() >= 8) {
@@ -70,7 +70,7 @@ fn assert_secrets_hidden(secrets: &[&str], texts: &[String]) {
 // ---------------------------------------------------------------------------------------------
 // Throwaway material.
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
@@ -78,7 +78,7 @@ fn random_hex(bytes: usize) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn secret_file(dir: &Path, name: &str, value: &str) -> SecretRef {
+pub(crate) fn secret_file(dir: &Path, name: &str, value: &str) -> SecretRef {
     let path = dir.join(name);
     std::fs::write(&path, format!("{value}\n")).unwrap();
     SecretRef {
@@ -188,7 +188,7 @@ fn partner_python() -> PathBuf {
 }
 
 /// A stand-in server; dropping it kills its process group.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     ready: Value,
     log: PathBuf,
@@ -234,11 +234,11 @@ impl Server {
         server
     }
 
-    fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.ready["port"].as_u64().unwrap() as u16
     }
 
-    fn field(&self, name: &str) -> String {
+    pub(crate) fn field(&self, name: &str) -> String {
         self.ready[name].as_str().unwrap().to_string()
     }
 
@@ -819,13 +819,13 @@ fn test_contract(sinks: Vec<SinkConfig>) -> Contract {
     }
 }
 
-struct SmtpEnv {
-    server: Server,
-    settings: SmtpSettings,
-    password: String,
+pub(crate) struct SmtpEnv {
+    pub(crate) server: Server,
+    pub(crate) settings: SmtpSettings,
+    pub(crate) password: String,
 }
 
-fn smtp_env(work: &Path, tls: SmtpTls) -> SmtpEnv {
+pub(crate) fn smtp_env(work: &Path, tls: SmtpTls) -> SmtpEnv {
     let password = random_hex(16);
     let mode = match tls {
         SmtpTls::Starttls => "starttls",
@@ -861,7 +861,7 @@ fn smtp_env(work: &Path, tls: SmtpTls) -> SmtpEnv {
     }
 }
 
-fn mails(folder: &Path) -> Vec<PathBuf> {
+pub(crate) fn mails(folder: &Path) -> Vec<PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(folder)
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -871,7 +871,7 @@ fn mails(folder: &Path) -> Vec<PathBuf> {
 }
 
 /// Parses an .eml with Python's e-mail package (decodes headers and bodies as a client would).
-fn parse_eml(path: &Path) -> Value {
+pub(crate) fn parse_eml(path: &Path) -> Value {
     const PY: &str = r#"
 import email, email.policy, json, sys
 m = email.message_from_binary_file(open(sys.argv[1], "rb"), policy=email.policy.default)

@@ -75,11 +75,11 @@ impl Stack {
         stack
     }
 
-    fn project(&self) -> &str {
+    pub(crate) fn project(&self) -> &str {
         &self.env["GOOGLE_CLOUD_PROJECT"]
     }
 
-    fn pubsub(&self, path: &str) -> String {
+    pub(crate) fn pubsub(&self, path: &str) -> String {
         format!(
             "http://{}/v1/projects/{}/{path}",
             self.env["PUBSUB_EMULATOR_HOST"],

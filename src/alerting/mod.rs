@@ -1,0 +1,263 @@
+//! The alerting consumer (`datashare alert`): alerts and dead letters in, e-mails to the data
+//! team out, grouped per fingerprint.
+//!
+//! - [`dead_letters`]: archive every dead letter (`deadletters/<source subscription>/<id>.json`,
+//!   create-only, before the ack) and turn it into an alert with a stable fingerprint.
+//! - [`state`]: one state object per fingerprint; first alert e-mailed at once, repeats counted.
+//! - [`mail`]: the e-mails (what, where, since when, how often, what to do), sent with lettre.
+//! - [`runbook`]: what to do next, one line per kind.
+//! - [`settings`]: the `[alerting]` table; [`replay`]: `datashare replay --dead-letters`.
+
+pub mod dead_letters;
+pub mod mail;
+pub mod replay;
+pub mod runbook;
+pub mod settings;
+pub mod state;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+
+pub use dead_letters::dead_letter_fingerprint;
+pub use settings::AlertingSettings;
+
+use crate::config::Config;
+use crate::events::{Alert, Incoming, Schedule};
+use crate::gcp::{Bus, Gcs};
+use crate::service::command::ServeArgs;
+use crate::service::{Disposition, HandleError, Role};
+use mail::{Mailer, digest_mail, first_mail};
+use state::{Recorded, State};
+
+/// The alerting role's key in `[gcp.subscriptions]`.
+pub const ALERT_ROLE: &str = "alert";
+/// The subscription to `alerts`.
+pub const ALERTS_SUBSCRIPTION: &str = "alerts-alert";
+/// The subscription to `schedules`.
+pub const SCHEDULES_SUBSCRIPTION: &str = "schedules-alert";
+
+/// The alerting consumer.
+#[derive(Debug)]
+pub struct Alerting {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// Cloud Storage (archive and state in ops).
+    pub gcs: Gcs,
+    /// Publishers (its subscriptions' dead-letter topics).
+    pub bus: Bus,
+    mailer: Mailer,
+}
+
+/// The alerting consumer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertStartError {
+    /// No SMTP relay configured.
+    #[error("alerting: no SMTP relay (set DATASHARE_SMTP_HOST or [alerting.smtp])")]
+    NoRelay,
+    /// The mailer cannot be built.
+    #[error(transparent)]
+    Mail(#[from] mail::MailError),
+    /// A client could not be created.
+    #[error(transparent)]
+    Client(#[from] crate::gcp::ClientError),
+}
+
+impl Alerting {
+    /// Builds the consumer: mailer (password read now), storage and publishers.
+    pub async fn start(config: Config) -> Result<Alerting, AlertStartError> {
+        let a = &config.alerting;
+        let smtp = a.smtp.as_ref().ok_or(AlertStartError::NoRelay)?;
+        let mailer = Mailer::new(smtp, &a.from, &a.recipients)?;
+        let gcs = Gcs::connect(config.emulators.storage.as_deref()).await?;
+        let topics = config.role_dead_letter_topics(ALERT_ROLE);
+        let bus = Bus::connect(
+            &config.gcp.project,
+            &topics,
+            config.emulators.pubsub.as_deref(),
+        )
+        .await?;
+        tracing::info!(
+            recipients = a.recipients.len(),
+            window_secs = a.window_secs,
+            "alerting ready"
+        );
+        Ok(Alerting {
+            config: Arc::new(config),
+            gcs,
+            bus,
+            mailer,
+        })
+    }
+
+    fn ops(&self) -> &str {
+        &self.config.gcp.buckets.ops
+    }
+
+    /// Records an alert in its fingerprint's state and e-mails it when it is the first.
+    pub async fn notify(&self, alert: &Alert, message_id: &str) -> Result<(), HandleError> {
+        let now = Utc::now();
+        let window = self.config.alerting.window_secs;
+        let decided = state::update(&self.gcs, self.ops(), &alert.fingerprint, |current| {
+            let mut s = current.unwrap_or_else(|| State::new(alert, now));
+            let r = s.record(alert, message_id, now, window);
+            if r == Recorded::Duplicate {
+                return None;
+            }
+            Some((s.clone(), (r, s)))
+        })
+        .await?;
+        let Some((Recorded::MailNow, s)) = decided else {
+            tracing::info!(fingerprint = %alert.fingerprint, kind = %alert.kind, "alert counted");
+            return Ok(());
+        };
+        let Some(sending) = s.first.clone() else {
+            return Ok(());
+        };
+        self.mailer
+            .send(&first_mail(&s, &sending))
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))?;
+        tracing::info!(fingerprint = %alert.fingerprint, kind = %alert.kind, "alert e-mailed");
+        state::update(&self.gcs, self.ops(), &alert.fingerprint, |current| {
+            let mut s = current?;
+            s.first_sent(message_id);
+            Some((s, ()))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// At a tick: one digest per fingerprint with pending repeats.
+    pub async fn tick(&self, tick_id: &str) -> Result<usize, HandleError> {
+        let now = Utc::now();
+        let objects = self.gcs.list(self.ops(), "alerts/state/").await?;
+        let mut sent = 0;
+        let mut failed = None;
+        for o in objects {
+            let Some(fp) = o
+                .name
+                .strip_prefix("alerts/state/")
+                .and_then(|n| n.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            let taken = state::update(&self.gcs, self.ops(), fp, |current| {
+                let mut s = current?;
+                let d = s.take_digest(tick_id, now)?;
+                Some((s.clone(), (s, d)))
+            })
+            .await?;
+            let Some((s, d)) = taken else { continue };
+            if let Err(e) = self.mailer.send(&digest_mail(&s, &d)).await {
+                // The others are still tried; the tick is retried for this one.
+                tracing::warn!(fingerprint = fp, error = %e, "digest not sent");
+                failed = Some(e);
+                continue;
+            }
+            tracing::info!(fingerprint = fp, repeats = d.count, "digest e-mailed");
+            state::update(&self.gcs, self.ops(), fp, |current| {
+                let mut s = current?;
+                s.digest_sent(tick_id);
+                Some((s, ()))
+            })
+            .await?;
+            sent += 1;
+        }
+        match failed {
+            Some(e) => Err(HandleError::Transient(e.to_string())),
+            None => Ok(sent),
+        }
+    }
+
+    /// Archives a dead letter (create-only), then notifies its alert.
+    pub async fn dead_letter(&self, subscription: &str, msg: &Incoming) -> Result<(), HandleError> {
+        let letter = dead_letters::Letter::read(&self.config, subscription, msg);
+        let name = dead_letters::archive_object(&letter.source_subscription, &msg.id);
+        let record = letter.archived(subscription, msg, Utc::now());
+        let body = serde_json::to_vec_pretty(&record).unwrap_or_default();
+        match self.gcs.write(self.ops(), &name, body, Some(0)).await {
+            Ok(_) => {}
+            Err(e) if e.is_precondition_failed() => {
+                tracing::info!(archive = %name, "dead letter already archived (redelivery)");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::warn!(
+            archive = %name,
+            kind = %letter.kind,
+            source_subscription = %letter.source_subscription,
+            "dead letter archived"
+        );
+        let alert = letter.alert(&format!("gs://{}/{name}", self.ops()));
+        self.notify(&alert, &msg.id).await
+    }
+
+    fn is_dead_letter_subscription(&self, subscription: &str) -> bool {
+        self.config
+            .source_topic(subscription)
+            .is_some_and(|t| self.config.gcp.dead_letter_topics.values().any(|d| d == t))
+    }
+}
+
+impl Role for Alerting {
+    fn role(&self) -> &str {
+        ALERT_ROLE
+    }
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    async fn handle_message(
+        &self,
+        subscription: &str,
+        msg: &Incoming,
+    ) -> Result<Disposition, HandleError> {
+        match subscription {
+            ALERTS_SUBSCRIPTION => {
+                let alert = Alert::parse(msg)?;
+                self.notify(&alert, &msg.id).await?;
+            }
+            SCHEDULES_SUBSCRIPTION => match Schedule::parse(msg)? {
+                Schedule::Tick { at } => {
+                    let sent = self.tick(&msg.id).await?;
+                    tracing::info!(%at, digests = sent, "tick handled");
+                }
+                other => tracing::info!(schedule = ?other, "schedule not for the alerting role"),
+            },
+            s if self.is_dead_letter_subscription(s) => {
+                // A dead letter is the end of the line: it is retried until archived, never
+                // dead-lettered again (its subscription has nowhere to send it).
+                self.dead_letter(s, msg)
+                    .await
+                    .map_err(|e| HandleError::Transient(e.to_string()))?
+            }
+            other => {
+                return Err(HandleError::Transient(format!(
+                    "the alerting role does not consume subscription {other}"
+                )));
+            }
+        }
+        Ok(Disposition::Done)
+    }
+}
+
+/// Arguments of `datashare alert`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AlertArgs {
+    /// How to serve.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Runs the alerting consumer until SIGTERM or Ctrl-C.
+pub fn run(args: &AlertArgs) -> anyhow::Result<()> {
+    crate::service::command::serve(&args.serve, |config| async move {
+        Ok(Alerting::start(config).await?)
+    })
+}

@@ -1,0 +1,286 @@
+//! Grouping: one state object per fingerprint (`alerts/state/<fingerprint>.json` in ops),
+//! changed by read-modify-write under `ifGenerationMatch`, so concurrent consumers never lose a
+//! count. The transitions are pure functions of the state, the message and the time.
+//!
+//! At-least-once, and what can double: an e-mail is sent after its state is written as
+//! "sending" and marked sent afterwards; a crash (or a failed write) between the send and the
+//! mark sends that one e-mail again. A redelivered repeat is not counted twice (recent message
+//! ids are kept), and a redelivered or concurrent tick does not send a digest twice unless the
+//! first sender stalled longer than [`SENDING_LEASE_SECS`].
+
+use std::collections::VecDeque;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::events::Alert;
+use crate::gcp::{Gcs, GcsError};
+
+/// Recent message ids kept per fingerprint to recognise redeliveries.
+pub const SEEN_IDS: usize = 500;
+/// After this long, an e-mail marked as being sent by someone else is sent again.
+pub const SENDING_LEASE_SECS: i64 = 120;
+
+/// The state object name of a fingerprint.
+pub fn state_object(fingerprint: &str) -> String {
+    format!("alerts/state/{fingerprint}.json")
+}
+
+/// An e-mail decided but not yet confirmed sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sending {
+    /// The message that decided it (first alert) or the tick.
+    pub by: String,
+    /// When it was decided.
+    pub at: DateTime<Utc>,
+    /// Repeats it reports (0 for a first alert).
+    pub count: u64,
+    /// Since when those repeats were counted.
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// Everything known about one fingerprint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// The fingerprint.
+    pub fingerprint: String,
+    /// The latest alert of this fingerprint (what the e-mails describe).
+    pub alert: Alert,
+    /// When it was first seen.
+    pub first_seen: DateTime<Utc>,
+    /// When it was last seen.
+    pub last_seen: DateTime<Utc>,
+    /// How many times it was seen, in all.
+    pub total: u64,
+    /// Repeats not yet reported.
+    pub pending: u64,
+    /// Since when the pending repeats were counted.
+    pub pending_since: Option<DateTime<Utc>>,
+    /// When the last e-mail about it was decided (opens the grouping window).
+    pub last_mail_at: Option<DateTime<Utc>>,
+    /// The first-alert e-mail in flight.
+    pub first: Option<Sending>,
+    /// The digest in flight.
+    pub digest: Option<Sending>,
+    /// Recent message ids (redeliveries are not counted twice).
+    pub seen: VecDeque<String>,
+}
+
+/// What to do with an alert once recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    /// E-mail it now (first of its fingerprint, or first after the window).
+    MailNow,
+    /// Counted for the next digest.
+    Counted,
+    /// A redelivery of a message already counted.
+    Duplicate,
+}
+
+impl State {
+    /// A fresh state for an alert.
+    pub fn new(alert: &Alert, now: DateTime<Utc>) -> State {
+        State {
+            fingerprint: alert.fingerprint.clone(),
+            alert: alert.clone(),
+            first_seen: now,
+            last_seen: now,
+            total: 0,
+            pending: 0,
+            pending_since: None,
+            last_mail_at: None,
+            first: None,
+            digest: None,
+            seen: VecDeque::new(),
+        }
+    }
+
+    /// Records one delivery of an alert message.
+    pub fn record(
+        &mut self,
+        alert: &Alert,
+        message_id: &str,
+        now: DateTime<Utc>,
+        window_secs: u64,
+    ) -> Recorded {
+        if !message_id.is_empty() && self.seen.iter().any(|s| s == message_id) {
+            // The first e-mail of this very message may have failed: send it again.
+            return match &self.first {
+                Some(s) if s.by == message_id => Recorded::MailNow,
+                _ => Recorded::Duplicate,
+            };
+        }
+        if !message_id.is_empty() {
+            self.seen.push_back(message_id.to_string());
+            while self.seen.len() > SEEN_IDS {
+                self.seen.pop_front();
+            }
+        }
+        self.alert = alert.clone();
+        self.total += 1;
+        self.last_seen = now;
+        let window = chrono::Duration::seconds(window_secs as i64);
+        let open = self.last_mail_at.is_some_and(|t| now - t < window);
+        if open || self.first.is_some() {
+            self.pending += 1;
+            self.pending_since.get_or_insert(now);
+            return Recorded::Counted;
+        }
+        self.last_mail_at = Some(now);
+        self.first = Some(Sending {
+            by: message_id.to_string(),
+            at: now,
+            count: 0,
+            since: None,
+        });
+        Recorded::MailNow
+    }
+
+    /// Marks the first-alert e-mail of `message_id` as sent.
+    pub fn first_sent(&mut self, message_id: &str) {
+        if self.first.as_ref().is_some_and(|s| s.by == message_id) {
+            self.first = None;
+        }
+    }
+
+    /// At a tick: the digest to send now, if any (moves the pending repeats into it).
+    pub fn take_digest(&mut self, tick: &str, now: DateTime<Utc>) -> Option<Sending> {
+        if let Some(d) = &self.digest {
+            let stalled = now - d.at >= chrono::Duration::seconds(SENDING_LEASE_SECS);
+            if d.by == tick || stalled {
+                let d = Sending {
+                    by: tick.to_string(),
+                    at: now,
+                    ..d.clone()
+                };
+                self.digest = Some(d.clone());
+                return Some(d);
+            }
+            return None;
+        }
+        if self.pending == 0 {
+            return None;
+        }
+        let d = Sending {
+            by: tick.to_string(),
+            at: now,
+            count: self.pending,
+            since: self.pending_since,
+        };
+        self.pending = 0;
+        self.pending_since = None;
+        self.last_mail_at = Some(now);
+        self.digest = Some(d.clone());
+        Some(d)
+    }
+
+    /// Marks the digest sent by `tick` as sent.
+    pub fn digest_sent(&mut self, tick: &str) {
+        if self.digest.as_ref().is_some_and(|d| d.by == tick) {
+            self.digest = None;
+        }
+    }
+}
+
+/// Changes a fingerprint's state with `f` under a generation precondition, retrying on 412;
+/// returns what `f` returned for the state that was written (`None` when `f` wants no write).
+pub async fn update<T>(
+    gcs: &Gcs,
+    bucket: &str,
+    fingerprint: &str,
+    mut f: impl FnMut(Option<State>) -> Option<(State, T)>,
+) -> Result<Option<T>, GcsError> {
+    let name = state_object(fingerprint);
+    for attempt in 0.. {
+        let (current, generation) = match gcs.read(bucket, &name, None).await? {
+            Some((bytes, g)) => match serde_json::from_slice::<State>(&bytes) {
+                Ok(s) => (Some(s), g),
+                Err(e) => {
+                    // Unreadable: start again rather than block every alert of the fingerprint.
+                    tracing::warn!(fingerprint, error = %e, "alert state unreadable, reset");
+                    (None, g)
+                }
+            },
+            None => (None, 0),
+        };
+        let Some((next, out)) = f(current) else {
+            return Ok(None);
+        };
+        let body = serde_json::to_vec(&next).unwrap_or_default();
+        match gcs.write(bucket, &name, body, Some(generation)).await {
+            Ok(_) => return Ok(Some(out)),
+            Err(e) if e.is_precondition_failed() && attempt < 50 => {
+                tracing::debug!(
+                    fingerprint,
+                    attempt,
+                    "alert state changed meanwhile, retried"
+                );
+                let jitter = rand::random::<u64>() % (10 + 10 * attempt.min(10) as u64);
+                tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Severity;
+
+    fn alert() -> Alert {
+        Alert::new(
+            Severity::Error,
+            "quality.volume",
+            ("p", "daily", "2026-11-27"),
+            "x",
+            "s".into(),
+        )
+    }
+
+    #[test]
+    fn a_storm_is_one_mail_then_one_digest() {
+        let t0 = Utc::now();
+        let a = alert();
+        let mut s = State::new(&a, t0);
+        assert_eq!(s.record(&a, "m0", t0, 3600), Recorded::MailNow);
+        // Until the first is confirmed, even a later message is counted, never mailed.
+        assert_eq!(s.record(&a, "m1", t0, 3600), Recorded::Counted);
+        s.first_sent("m0");
+        for i in 2..50 {
+            assert_eq!(s.record(&a, &format!("m{i}"), t0, 3600), Recorded::Counted);
+        }
+        assert_eq!(s.record(&a, "m7", t0, 3600), Recorded::Duplicate);
+        assert_eq!((s.total, s.pending), (50, 49));
+        let d = s.take_digest("tick1", t0).unwrap();
+        assert_eq!((d.count, d.since), (49, Some(t0)));
+        // A redelivered tick resends the same digest; another tick waits for the lease.
+        assert_eq!(s.take_digest("tick2", t0), None);
+        assert_eq!(s.take_digest("tick1", t0).unwrap().count, 49);
+        s.digest_sent("tick1");
+        assert_eq!(s.take_digest("tick1", t0), None);
+        assert_eq!(s.pending, 0);
+    }
+
+    #[test]
+    fn the_window_reopens_and_failed_sends_are_retried() {
+        let t0 = Utc::now();
+        let a = alert();
+        let mut s = State::new(&a, t0);
+        assert_eq!(s.record(&a, "m0", t0, 3600), Recorded::MailNow);
+        // The send failed: the redelivery of m0 mails again.
+        assert_eq!(s.record(&a, "m0", t0, 3600), Recorded::MailNow);
+        s.first_sent("m0");
+        assert_eq!(s.record(&a, "m0", t0, 3600), Recorded::Duplicate);
+        let later = t0 + chrono::Duration::seconds(3601);
+        assert_eq!(s.record(&a, "m1", later, 3600), Recorded::MailNow);
+        assert_eq!(s.total, 2);
+        // A stalled digest is taken over by another tick after the lease.
+        s.first_sent("m1");
+        s.record(&a, "m2", later, 3600);
+        s.take_digest("t1", later).unwrap();
+        let much_later = later + chrono::Duration::seconds(SENDING_LEASE_SECS);
+        assert_eq!(s.take_digest("t2", much_later).unwrap().count, 1);
+    }
+}
