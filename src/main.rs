@@ -26,6 +26,8 @@ enum Command {
     Worker(datashare::service::command::WorkerArgs),
     /// Releases a held batch without its failed files (products are built and delivered).
     Release(datashare::service::release::ReleaseArgs),
+    /// Checks every partner sink's connection and credentials without delivering.
+    CheckSinks(datashare::sinks::check::CheckSinksArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -51,6 +53,7 @@ fn main() -> anyhow::Result<ExitCode> {
             true
         }
         Command::Release(args) => datashare::service::release::run(&args)?,
+        Command::CheckSinks(args) => datashare::sinks::check::run(&args)?,
     };
     Ok(if ok {
         ExitCode::SUCCESS

@@ -62,6 +62,65 @@ pub struct SmtpSettings {
     pub timeout_secs: u64,
 }
 
+impl SmtpSettings {
+    /// The relay from the environment, `None` when `DATASHARE_SMTP_HOST` is unset:
+    /// `DATASHARE_SMTP_HOST`, `_PORT` (587), `_TLS` (`starttls` or `implicit`), `_FROM`
+    /// (required), `_USER`, the password as a file `_PASSWORD_FILE` or in `_PASSWORD` (with
+    /// `_USER`), `_CA_FILE`, `_TIMEOUT_SECS` (30).
+    pub fn from_env() -> Result<Option<SmtpSettings>, SinkError> {
+        Self::from_env_with(&|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// Like [`SmtpSettings::from_env`] with an explicit environment (for tests).
+    pub fn from_env_with(
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<SmtpSettings>, SinkError> {
+        let var = |k: &str| env(&format!("DATASHARE_SMTP_{k}"));
+        let Some(host) = var("HOST") else {
+            return Ok(None);
+        };
+        let number = |k: &str, default: u64| -> Result<u64, SinkError> {
+            var(k).map_or(Ok(default), |v| {
+                v.parse()
+                    .map_err(|_| config(format!("DATASHARE_SMTP_{k}: not a number: {v:?}")))
+            })
+        };
+        let port = u16::try_from(number("PORT", u64::from(default_port()))?)
+            .map_err(|_| config("DATASHARE_SMTP_PORT: not a port".into()))?;
+        let tls = match var("TLS").as_deref() {
+            None | Some("starttls") => SmtpTls::Starttls,
+            Some("implicit") => SmtpTls::Implicit,
+            Some(v) => {
+                return Err(config(format!(
+                    "DATASHARE_SMTP_TLS: {v:?} is not starttls or implicit"
+                )));
+            }
+        };
+        let from = var("FROM").ok_or_else(|| config("DATASHARE_SMTP_FROM is not set".into()))?;
+        let password = match (var("PASSWORD_FILE"), var("PASSWORD")) {
+            (Some(f), _) => Some(SecretRef {
+                env: None,
+                file: Some(PathBuf::from(f)),
+            }),
+            (None, Some(_)) => Some(SecretRef {
+                env: Some("DATASHARE_SMTP_PASSWORD".into()),
+                file: None,
+            }),
+            (None, None) => None,
+        };
+        Ok(Some(SmtpSettings {
+            host,
+            port,
+            tls,
+            from,
+            user: var("USER"),
+            password,
+            ca_file: var("CA_FILE").map(PathBuf::from),
+            timeout_secs: number("TIMEOUT_SECS", default_timeout_secs())?,
+        }))
+    }
+}
+
 fn default_port() -> u16 {
     587
 }

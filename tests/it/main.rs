@@ -1,5 +1,6 @@
 //! Integration tests: one binary, a module per capability.
 
+mod check_sinks;
 mod clean;
 mod products;
 mod sinks;

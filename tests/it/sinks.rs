@@ -70,7 +70,7 @@ fn assert_secrets_hidden(secrets: &[&str], texts: &[String]) {
 // ---------------------------------------------------------------------------------------------
 // Throwaway material.
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
@@ -78,7 +78,7 @@ fn random_hex(bytes: usize) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn secret_file(dir: &Path, name: &str, value: &str) -> SecretRef {
+pub(crate) fn secret_file(dir: &Path, name: &str, value: &str) -> SecretRef {
     let path = dir.join(name);
     std::fs::write(&path, format!("{value}\n")).unwrap();
     SecretRef {
@@ -188,7 +188,7 @@ fn partner_python() -> PathBuf {
 }
 
 /// A stand-in server; dropping it kills its process group.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     ready: Value,
     log: PathBuf,
@@ -234,15 +234,15 @@ impl Server {
         server
     }
 
-    fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.ready["port"].as_u64().unwrap() as u16
     }
 
-    fn field(&self, name: &str) -> String {
+    pub(crate) fn field(&self, name: &str) -> String {
         self.ready[name].as_str().unwrap().to_string()
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -341,13 +341,13 @@ async fn sink_contract<S: Sink>(mut h: Harness<S>, d: &Delivery, work: &Path) ->
 // ---------------------------------------------------------------------------------------------
 // SFTP
 
-struct SftpEnv {
-    server: Server,
-    config: contract::SftpSink,
-    secrets: Vec<String>,
+pub(crate) struct SftpEnv {
+    pub(crate) server: Server,
+    pub(crate) config: contract::SftpSink,
+    pub(crate) secrets: Vec<String>,
 }
 
-fn sftp_env(work: &Path) -> SftpEnv {
+pub(crate) fn sftp_env(work: &Path) -> SftpEnv {
     let passphrase = random_hex(16);
     let (key, public) = ssh_keygen(work, "client_key", &passphrase);
     let authorized = work.join("authorized_keys");
@@ -538,14 +538,14 @@ fn base64_blob(line: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // API
 
-struct ApiEnv {
-    server: Server,
-    state: PathBuf,
-    config: contract::ApiSink,
-    password: String,
+pub(crate) struct ApiEnv {
+    pub(crate) server: Server,
+    pub(crate) state: PathBuf,
+    pub(crate) config: contract::ApiSink,
+    pub(crate) password: String,
 }
 
-fn api_env(work: &Path) -> ApiEnv {
+pub(crate) fn api_env(work: &Path) -> ApiEnv {
     let password = random_hex(16);
     let state = work.join("api");
     let server = Server::start(
@@ -819,13 +819,13 @@ fn test_contract(sinks: Vec<SinkConfig>) -> Contract {
     }
 }
 
-struct SmtpEnv {
-    server: Server,
-    settings: SmtpSettings,
-    password: String,
+pub(crate) struct SmtpEnv {
+    pub(crate) server: Server,
+    pub(crate) settings: SmtpSettings,
+    pub(crate) password: String,
 }
 
-fn smtp_env(work: &Path, tls: SmtpTls) -> SmtpEnv {
+pub(crate) fn smtp_env(work: &Path, tls: SmtpTls) -> SmtpEnv {
     let password = random_hex(16);
     let mode = match tls {
         SmtpTls::Starttls => "starttls",

@@ -27,10 +27,10 @@ use tokio::sync::watch;
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// A running fake-gcp stack; `down` runs on drop.
-struct Stack {
+pub(crate) struct Stack {
     _dir: tempfile::TempDir,
     state: PathBuf,
-    env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
     http: reqwest::Client,
 }
 
@@ -47,7 +47,7 @@ fn init_tracing() {
 }
 
 impl Stack {
-    fn up(extra: &[String]) -> Stack {
+    pub(crate) fn up(extra: &[String]) -> Stack {
         init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         let state = dir.path().join("stack.json");
@@ -88,7 +88,7 @@ impl Stack {
     }
 
     /// Creates a pull subscription on `topic` for the test to watch.
-    async fn watch(&self, topic: &str, name: &str) {
+    pub(crate) async fn watch(&self, topic: &str, name: &str) {
         let body = json!({
             "topic": format!("projects/{}/topics/{topic}", self.project()),
             "ackDeadlineSeconds": 60
@@ -108,7 +108,7 @@ impl Stack {
     }
 
     /// Pulls (and acknowledges) what a subscription has now.
-    async fn pull(&self, name: &str) -> Vec<Incoming> {
+    pub(crate) async fn pull(&self, name: &str) -> Vec<Incoming> {
         let r: Value = self
             .http
             .post(self.pubsub(&format!("subscriptions/{name}:pull")))
