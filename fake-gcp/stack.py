@@ -6,7 +6,10 @@ both answer, and creates on them exactly the topology of fake-gcp/topology.yaml
 (topics, subscriptions with their delivery settings, buckets), with the bucket
 names and project of config/default.toml. fake-gcs-server publishes the real
 GCS notification (OBJECT_FINALIZE, JSON_API_V1) of every object finalized in
-the raw bucket to the `extracts` topic on the emulator.
+the raw bucket to the `extracts` topic on the emulator. Unless --no-partners, it
+also starts the partner stand-ins of fake-gcp/partner/ (OpenSSH sshd, an HTTPS API,
+an SMTP relay) with throwaway secrets, and writes a local partners folder
+pointing at them (see fake-gcp/README.md, "Partner stand-ins").
 
     stack.py up [--json]      start, apply the topology, print the client env
     stack.py down             stop every process `up` started (idempotent)

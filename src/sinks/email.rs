@@ -564,6 +564,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn smtp_settings_from_the_environment() {
+        let none = SmtpSettings::from_env_with(&|_| None).unwrap();
+        assert!(none.is_none(), "no host, no relay");
+        let env = |k: &str| {
+            match k {
+                "DATASHARE_SMTP_HOST" => Some("relay.example"),
+                "DATASHARE_SMTP_PORT" => Some("465"),
+                "DATASHARE_SMTP_TLS" => Some("implicit"),
+                "DATASHARE_SMTP_FROM" => Some("datashare <dados@datashare.example>"),
+                "DATASHARE_SMTP_USER" => Some("datashare"),
+                "DATASHARE_SMTP_PASSWORD_FILE" => Some("/run/secrets/smtp"),
+                _ => None,
+            }
+            .map(String::from)
+        };
+        let s = SmtpSettings::from_env_with(&env).unwrap().unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.port, s.tls),
+            ("relay.example", 465, SmtpTls::Implicit)
+        );
+        assert_eq!(
+            s.password.unwrap().file,
+            Some(PathBuf::from("/run/secrets/smtp"))
+        );
+        assert_eq!(s.timeout_secs, 30);
+        let bad = |k: &'static str, v: &'static str| {
+            move |q: &str| if q == k { Some(v.to_string()) } else { env(q) }
+        };
+        for (k, v) in [
+            ("DATASHARE_SMTP_TLS", "none"),
+            ("DATASHARE_SMTP_PORT", "70000"),
+        ] {
+            let e = SmtpSettings::from_env_with(&bad(k, v)).unwrap_err();
+            assert!(!e.is_transient() && e.to_string().contains(k), "{e}");
+        }
+        let no_from = |q: &str| {
+            if q == "DATASHARE_SMTP_FROM" {
+                None
+            } else {
+                env(q)
+            }
+        };
+        assert!(SmtpSettings::from_env_with(&no_from).is_err());
+    }
+
+    #[test]
     fn periods_and_escaping() {
         assert_eq!(period_pt(ProductKind::Daily, "2026-11-27"), "27/11/2026");
         assert_eq!(period_pt(ProductKind::Monthly, "2026-11"), "11/2026");
