@@ -132,16 +132,29 @@ def objects(bucket, prefix=""):
 def files(folder, pattern="*"):
     return sorted(p for p in pathlib.Path(folder).rglob(pattern) if p.is_file())
 
+def partner_mails():
+    """E-mails to the partner's contacts (the alert role e-mails the data team through the same relay)."""
+    out = []
+    for p in files(env["FAKE_GCP_MAIL_DIR"], "*.eml"):
+        try:
+            rcpt = json.loads(p.with_suffix(".json").read_text())["rcpt_tos"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if any(r.endswith("@ouchhungry.example") for r in rcpt):
+            out.append(p)
+    return out
+
 requests, started, last = [], time.monotonic(), None
 delivered = lambda: (len(files(env["FAKE_GCP_SFTP_ROOT"], "*.manifest.json")) >= want
                      and len(files(env["FAKE_GCP_API_RECEIVED"], "*.manifest.json")) >= want
-                     and len(files(env["FAKE_GCP_MAIL_DIR"], "*.eml")) >= want)
+                     and len(partner_mails()) >= want)
 while True:
     requests += pull()
     status = (f"{len(requests)}/{want} delivery requests; SFTP "
               f"{len(files(env['FAKE_GCP_SFTP_ROOT']))} files, API "
               f"{len(files(env['FAKE_GCP_API_RECEIVED']))} files, "
-              f"{len(files(env['FAKE_GCP_MAIL_DIR'], '*.eml'))} e-mails")
+              f"{len(partner_mails())} partner e-mails, "
+              f"{len(files(env['FAKE_GCP_MAIL_DIR'], '*.eml')) - len(partner_mails())} other e-mails")
     if status != last:
         print(f"   {time.monotonic() - started:5.0f} s  {status}", flush=True)
         last = status
@@ -171,7 +184,7 @@ for title, folder, pattern in [("SFTP server", env["FAKE_GCP_SFTP_ROOT"], "*"),
             import email
             msg = email.message_from_bytes(p.read_bytes())
             subject = str(email.header.make_header(email.header.decode_header(msg["Subject"] or "")))
-            line += f"  Subject: {subject}"
+            line += f"  To: {msg['To']}  Subject: {subject}"
         print(line)
     if not found:
         print("  (nothing)")
