@@ -12,7 +12,7 @@ use datashare::products::contract::{ApiAuth, SecretRef};
 use datashare::sinks::email::SmtpTls;
 
 use crate::datashare_cmd;
-use crate::sinks::{api_env, random_hex, sftp_env, smtp_env};
+use crate::sinks::{api_env, capture_logs, random_hex, sftp_env, smtp_env};
 use crate::worker::Stack;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -119,6 +119,9 @@ async fn alerts(stack: &Stack, sub: &str, n: usize) -> Vec<Alert> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_sinks_passes_then_alerts_on_a_stopped_server_and_a_wrong_password() {
+    // The sink tests read the process's logs from memory: their subscriber must be the global
+    // one, whichever test starts first (Stack::up would install another).
+    capture_logs();
     let work = tempfile::tempdir().unwrap();
     let stack = Stack::up(&[]);
     stack.watch("alerts", "check-sinks-test").await;

@@ -44,7 +44,7 @@ impl Write for Capture {
     }
 }
 
-fn capture_logs() {
+pub(crate) fn capture_logs() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let _ = tracing_subscriber::fmt()
