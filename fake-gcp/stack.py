@@ -627,6 +627,7 @@ def local_contract(template: str, *, sftp: dict, api: dict, secrets: Path) -> st
         return f"{{ file = {_toml_str(str(secrets / name))} }}"
 
     text = re.sub(r'\{ env = "([A-Z0-9_]+)" \}', secret_file, template)
+    text = re.sub(r"(?m)^# Pinned host key: .*\n", "", text)
     subs = [
         (r"(?m)^host = .*$", f"host = {_toml_str('127.0.0.1')}"),
         (r"(?m)^port = .*$", f"port = {sftp['port']}"),
