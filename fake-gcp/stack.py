@@ -6,7 +6,10 @@ both answer, and creates on them exactly the topology of fake-gcp/topology.yaml
 (topics, subscriptions with their delivery settings, buckets), with the bucket
 names and project of config/default.toml. fake-gcs-server publishes the real
 GCS notification (OBJECT_FINALIZE, JSON_API_V1) of every object finalized in
-the raw bucket to the `extracts` topic on the emulator.
+the raw bucket to the `extracts` topic on the emulator. Unless --no-partners, it
+also starts the partner stand-ins of fake-gcp/partner/ (OpenSSH sshd, an HTTPS API,
+an SMTP relay) with throwaway secrets, and writes a local partners folder
+pointing at them (see fake-gcp/README.md, "Partner stand-ins").
 
     stack.py up [--json]      start, apply the topology, print the client env
     stack.py down             stop every process `up` started (idempotent)
@@ -28,6 +31,8 @@ import glob
 import json
 import os
 import platform
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -46,6 +51,10 @@ DEFAULT_CONFIG = ROOT / "config" / "default.toml"
 DEFAULT_STATE = HERE / ".state" / "stack.json"
 CACHE = Path(os.environ.get("DATASHARE_CACHE") or Path.home() / ".cache" / "datashare")
 VENV = CACHE / "venvs" / "fakegcp"
+PARTNER_VENV = CACHE / "venvs" / "partner"
+PARTNER_DIR = HERE / "partner"
+PARTNER_TEMPLATE = ROOT / "partners" / "ouchhungry.toml"
+SMTP_FROM = "datashare <dados@datashare.example>"
 
 EMULATOR_APT_PACKAGE = "google-cloud-cli-pubsub-emulator"
 EMULATOR_REL = Path("platform/pubsub-emulator/bin/cloud-pubsub-emulator")
@@ -479,6 +488,7 @@ def client_env(settings: Settings, pubsub_port: int, gcs_port: int) -> dict[str,
         "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{gcs_port}",
         "GOOGLE_CLOUD_PROJECT": settings.project,
         "PUBSUB_PROJECT_ID": settings.project,
+        "DATASHARE_GCP_PROJECT": settings.project,
     }
     for logical, bucket in settings.buckets.items():
         env[f"DATASHARE_BUCKET_{logical.upper()}"] = bucket
@@ -490,7 +500,7 @@ def print_env(env: dict[str, str], as_json: bool) -> None:
         print(json.dumps(env, indent=2))
     else:
         for k, v in env.items():
-            print(f"export {k}={v}")
+            print(f"export {k}={shlex.quote(v)}")
     sys.stdout.flush()
 
 
@@ -577,6 +587,8 @@ def start_stack(args, settings: Settings, path: Path) -> tuple[dict, list[subpro
         counts = apply_topology(settings, env_out["PUBSUB_EMULATOR_HOST"],
                                 env_out["STORAGE_EMULATOR_HOST"], endpoints, args.retry_backoff_cap)
         log(f"topology applied: {counts['created']} created")
+        if not args.no_partners:
+            env_out.update(start_partners(launch, path.parent))
         state.update(env=env_out, push_endpoints=endpoints,
                      retry_backoff_cap_secs=args.retry_backoff_cap)
         write_state(path, state)
@@ -587,6 +599,122 @@ def start_stack(args, settings: Settings, path: Path) -> tuple[dict, list[subpro
             p.wait()
         path.unlink(missing_ok=True)
         raise
+
+
+# --------------------------------------------------------------------------- partner stand-ins
+
+
+def _secret(folder: Path, name: str, value: str | None = None) -> Path:
+    """Writes a throwaway secret (random unless given) readable by this user only."""
+    p = folder / name
+    p.unlink(missing_ok=True)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write((value if value is not None else os.urandom(24).hex()) + "\n")
+    return p
+
+
+def _toml_str(v: str) -> str:
+    return json.dumps(v)  # a JSON string is a valid TOML basic string
+
+
+def local_contract(template: str, *, sftp: dict, api: dict, secrets: Path) -> str:
+    """partners/ouchhungry.toml with the stand-ins' endpoints, the local sshd's pinned host key
+    and every `{ env = "..." }` secret turned into a file in `secrets`."""
+    def secret_file(m):
+        var = m.group(1)
+        name = var.removeprefix("DATASHARE_OUCHHUNGRY_").lower()
+        return f"{{ file = {_toml_str(str(secrets / name))} }}"
+
+    text = re.sub(r'\{ env = "([A-Z0-9_]+)" \}', secret_file, template)
+    text = re.sub(r"(?m)^# Pinned host key: .*\n", "", text)
+    subs = [
+        (r"(?m)^host = .*$", f"host = {_toml_str('127.0.0.1')}"),
+        (r"(?m)^port = .*$", f"port = {sftp['port']}"),
+        (r"(?m)^user = .*$", f"user = {_toml_str(sftp['user'])}"),
+        (r"(?m)^root = .*$", f"root = {_toml_str(sftp['upload'])}"),
+        (r"(?m)^host_key = .*$", f"host_key = {_toml_str(sftp['host_key'])}"),
+        (r"(?m)^base_url = .*$",
+         f"base_url = {_toml_str(api['base_url'] + '/v1')}\nca_file = {_toml_str(api['ca'])}"),
+    ]
+    for pattern, value in subs:
+        text, n = re.subn(pattern, lambda _m, v=value: v, text)
+        if n != 1:
+            raise StackError(f"{PARTNER_TEMPLATE}: expected one line matching {pattern!r}, found {n}")
+    header = ("# Made by fake-gcp/stack.py for the local partner stand-ins: throwaway keys and\n"
+              "# passwords (files in the state dir), local endpoints. Do not edit; `up` rewrites it.\n")
+    return header + text
+
+
+def start_partners(launch, state_dir: Path) -> dict[str, str]:
+    """Starts the partner stand-ins (sshd, HTTPS API, SMTP) with throwaway secrets, writes the
+    local partners folder, and returns the env a client needs."""
+    python = PARTNER_VENV / "bin" / "python"
+    if not python.exists():
+        raise StackError(f"{python} is missing: run scripts/setup.sh (or `up --no-partners`)")
+    if not shutil.which("ssh-keygen"):
+        raise StackError("ssh-keygen is missing: run scripts/setup.sh (openssh-client)")
+    secrets = state_dir / "secrets"
+    secrets.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(secrets, 0o700)
+    # The client's SFTP key, with a passphrase, both throwaway.
+    passphrase = _secret(secrets, "sftp_passphrase")
+    key = secrets / "sftp_key"
+    key.unlink(missing_ok=True)
+    key.with_suffix(".pub").unlink(missing_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-C", "throwaway-datashare", "-N",
+                    passphrase.read_text().strip(), "-f", str(key)], check=True)
+    _secret(secrets, "hmac_key", os.urandom(32).hex())
+    api_password = _secret(secrets, "api_password").read_text().strip()
+    smtp_password = _secret(secrets, "smtp_password")
+    partner_root = state_dir / "partner"
+    infos: dict[str, dict] = {}
+
+    def ready_line(name):
+        def ready(port, log_path, offset):
+            with log_path.open("rb") as f:
+                f.seek(offset)
+                for line in f.read().decode(errors="replace").splitlines():
+                    if line.startswith("{") and '"ready": true' in line:
+                        infos[name] = json.loads(line)
+                        return True
+            return False
+        return ready
+
+    def stand_in(name, script, extra, env):
+        folder = partner_root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        launch(name, lambda p: [str(python), str(PARTNER_DIR / script), "--state-dir", str(folder),
+                                "--port", str(p), *extra],
+               None, dict(os.environ, **env), ready_line(name), lambda p: str(folder))
+
+    stand_in("sftp", "sshd.py", ["--authorized-keys", str(key.with_suffix(".pub"))], {})
+    stand_in("api", "api.py", [], {"PARTNER_API_USER": "datashare",
+                                   "PARTNER_API_PASSWORD": api_password})
+    stand_in("smtp", "smtp.py", ["--tls", "starttls"],
+             {"PARTNER_SMTP_USER": "datashare",
+              "PARTNER_SMTP_PASSWORD": smtp_password.read_text().strip()})
+    partners = state_dir / "partners"
+    partners.mkdir(exist_ok=True)
+    contract = local_contract(PARTNER_TEMPLATE.read_text(), sftp=infos["sftp"], api=infos["api"],
+                              secrets=secrets)
+    (partners / "ouchhungry.toml").write_text(contract)
+    log(f"partner stand-ins: sftp :{infos['sftp']['port']}, api :{infos['api']['port']}, "
+        f"smtp :{infos['smtp']['port']}; contract {partners / 'ouchhungry.toml'}")
+    return {
+        "DATASHARE_PARTNERS_DIR": str(partners),
+        "DATASHARE_SMTP_HOST": "127.0.0.1",
+        "DATASHARE_SMTP_PORT": str(infos["smtp"]["port"]),
+        "DATASHARE_SMTP_TLS": "starttls",
+        "DATASHARE_SMTP_FROM": SMTP_FROM,
+        "DATASHARE_SMTP_USER": "datashare",
+        "DATASHARE_SMTP_PASSWORD_FILE": str(smtp_password),
+        "DATASHARE_SMTP_CA_FILE": infos["smtp"]["ca"],
+        "FAKE_GCP_SECRETS_DIR": str(secrets),
+        "FAKE_GCP_SFTP_ROOT": infos["sftp"]["upload"],
+        "FAKE_GCP_API_RECEIVED": str(partner_root / "api" / "received"),
+        "FAKE_GCP_MAIL_DIR": infos["smtp"]["mail"],
+    }
 
 
 def stop_state(state: dict) -> None:
@@ -720,6 +848,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--gcs-port", type=int, default=port_default("FAKE_GCP_GCS_PORT"),
                        help="default $FAKE_GCP_GCS_PORT or a free port")
         p.add_argument("--timeout", type=float, default=90, help="readiness timeout, seconds")
+        p.add_argument("--no-partners", action="store_true",
+                       help="do not start the partner stand-ins (sshd, HTTPS API, SMTP)")
         topology_opts(p)
     topology_opts(sub.add_parser("apply"))
     sub.add_parser("env").add_argument("--json", action="store_true")

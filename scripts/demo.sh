@@ -1,42 +1,194 @@
 #!/usr/bin/env bash
-# The local demo: generates a month of dirty extracts, cleans every batch, builds OuchHungry's
-# monthly and daily products, and shows what came out. Installs what it needs itself
-# (idempotently); writes under ./out/demo (or $DEMO_DIR).
+# The local demo, end to end on the local stack (fake-gcp/): starts Google's Pub/Sub emulator,
+# fake-gcs-server and the partner stand-ins (OpenSSH sshd, HTTPS API, SMTP), checks the partner's
+# sinks, runs the roles as background processes in pull mode (worker, one deliver per sink,
+# alert), uploads three generated days of dirty extracts to the raw bucket, waits until the
+# products are built and delivered, shows where everything landed, then stops all it started.
+# Installs what it needs itself (idempotently); writes under ./out/demo (or $DEMO_DIR).
+# DEMO_PROFILE=release builds with LTO instead of the (faster to build) debug profile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/datashare-target}"
+profile="${DEMO_PROFILE:-debug}"
+demo="$(realpath -m "${DEMO_DIR:-out/demo}")"
+state="$demo/stack/stack.json"
+days=(2026-11-24 2026-11-25 2026-11-26)
+wait_secs="${DEMO_WAIT_SECS:-300}"
+
 bash scripts/setup.sh
-cargo build --locked --release --quiet
-bin="$CARGO_TARGET_DIR/release/datashare"
-demo="${DEMO_DIR:-out/demo}"
+case "$profile" in
+  release) cargo build --locked --release --quiet ;;
+  debug) cargo build --locked --quiet ;;
+  *) echo "DEMO_PROFILE must be debug or release" >&2; exit 2 ;;
+esac
+bin="$CARGO_TARGET_DIR/$profile/datashare"
+
+# A previous demo killed halfway may have left its stack running: stop it, then start afresh.
+python3 fake-gcp/stack.py --state "$state" down 2>/dev/null || true
 rm -rf "$demo"
-mkdir -p "$demo"
+mkdir -p "$demo/logs" "$(dirname "$state")"
 
-echo "== 1. generating extracts for 2026-10-01..2026-11-02 (2% of rows with a defect) into $demo/raw"
-"$bin" generate --out "$demo/raw" --from 2026-10-01 --to 2026-11-02 --rows 3000 --parts 2 --defect-rate 0.02 --gzip
+pids=()
+cleanup() {
+  local code=$?
+  trap - EXIT INT TERM
+  echo
+  echo "== stopping the roles and the stack"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  python3 fake-gcp/stack.py --state "$state" down || true
+  exit "$code"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-echo "== 2. cleaning every batch into $demo/lake (curated/, quarantine/, reports/)"
-"$bin" clean --input "$demo/raw" --output "$demo/lake" | tail -n 4
+echo "== 1. generating extracts for ${days[0]}..${days[-1]} (2% of rows with a defect) into $demo/raw"
+"$bin" generate --out "$demo/raw" --from "${days[0]}" --to "${days[-1]}" --rows 3000 --parts 2 \
+  --defect-rate 0.02 --gzip
 
-echo "== 3. building OuchHungry's products (a throwaway pseudonymization key for this run only)"
-DATASHARE_OUCHHUNGRY_HMAC_KEY="$(head -c 32 /dev/urandom | base64)"
-export DATASHARE_OUCHHUNGRY_HMAC_KEY
-"$bin" build --partner ouchhungry --month 2026-10 --input "$demo/lake" --output "$demo"
-"$bin" build --partner ouchhungry --date 2026-11-02 --input "$demo/lake" --output "$demo"
+echo "== 2. starting the local stack: emulators and partner stand-ins (logs in $demo/stack)"
+python3 fake-gcp/stack.py --state "$state" up --retry-backoff-cap 1 >"$demo/stack.env"
+# shellcheck disable=SC1091
+source "$demo/stack.env"
+export RUST_LOG="${RUST_LOG:-datashare=info,warn}"
 
-echo
-echo "== what landed"
-(cd "$demo" && find lake/reports products -type f | sort | sed 's/^/  /')
-echo
-echo "== quality of batch 2026-11-02 (transactions)"
-python3 - "$demo/lake/reports/dt=2026-11-02/quality.json" "$demo/products/ouchhungry/monthly/ouchhungry_monthly_2026-10.csv" <<'PY'
-import csv, json, sys
-t = json.load(open(sys.argv[1]))["tables"]["transactions"]
-print(" ", {k: t[k] for k in ("rows_read", "rows_kept", "rows_quarantined", "duplicates_removed", "conflicts_resolved")})
-print("  quarantined by reason:", t["quarantined_by_reason"])
-print("\n== first rows of ouchhungry_monthly_2026-10.csv")
-for i, row in enumerate(csv.reader(open(sys.argv[2], encoding="utf-8"))):
-    print("  " + ",".join(row))
-    if i == 4:
-        break
+# A pull subscription of the demo's own on `deliveries`, to see the delivery requests.
+python3 - <<'PY'
+import json, os, urllib.request
+host, project = os.environ["PUBSUB_EMULATOR_HOST"], os.environ["GOOGLE_CLOUD_PROJECT"]
+body = {"topic": f"projects/{project}/topics/deliveries", "ackDeadlineSeconds": 60}
+req = urllib.request.Request(f"http://{host}/v1/projects/{project}/subscriptions/demo-deliveries",
+                             data=json.dumps(body).encode(), method="PUT",
+                             headers={"content-type": "application/json"})
+urllib.request.urlopen(req, timeout=10).read()
 PY
+
+echo "== 3. checking the partner's sinks (SFTP login + listing, API health, SMTP AUTH)"
+"$bin" check-sinks || echo "   (a sink check failed: see above)"
+
+echo "== 4. starting the roles in pull mode (logs in $demo/logs)"
+start_role() {
+  local name=$1
+  shift
+  "$bin" "$@" >"$demo/logs/$name.log" 2>&1 &
+  pids+=("$!")
+  echo "   $name: datashare $* (pid $!)"
+}
+start_role worker worker --pull
+delivering=0
+if "$bin" help deliver >/dev/null 2>&1; then
+  delivering=1
+  for sink in sftp api email; do start_role "deliver-$sink" deliver --sink "$sink" --pull; done
+else
+  echo "   (no \`datashare deliver\` in this build: products are built, not delivered)"
+fi
+if "$bin" help alert >/dev/null 2>&1; then
+  start_role alert alert --pull
+else
+  echo "   (no \`datashare alert\` in this build)"
+fi
+
+echo "== 5. uploading the extracts to gs://$DATASHARE_BUCKET_RAW (parts first, then each day's marker)"
+python3 - "$demo/raw" <<'PY'
+import os, pathlib, sys, urllib.parse, urllib.request
+root = pathlib.Path(sys.argv[1])
+gcs, bucket = os.environ["STORAGE_EMULATOR_HOST"], os.environ["DATASHARE_BUCKET_RAW"]
+files = sorted(p for p in (root / "extracts").rglob("*") if p.is_file())
+files.sort(key=lambda p: p.name == "_SUCCESS")  # markers last
+for p in files:
+    name = p.relative_to(root).as_posix()
+    q = urllib.parse.urlencode({"uploadType": "media", "name": name})
+    req = urllib.request.Request(f"{gcs}/upload/storage/v1/b/{bucket}/o?{q}", data=p.read_bytes(),
+                                 method="POST", headers={"content-type": "application/octet-stream"})
+    urllib.request.urlopen(req, timeout=30).read()
+print(f"   {len(files)} objects uploaded")
+PY
+
+echo "== 6. waiting for the products and their delivery requests (up to $wait_secs s)"
+python3 - "$demo" "${#days[@]}" "$wait_secs" "$delivering" <<'PY'
+import base64, json, os, pathlib, sys, time, urllib.parse, urllib.request
+demo, want, limit, delivering = pathlib.Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1"
+env = os.environ
+host, project = env["PUBSUB_EMULATOR_HOST"], env["GOOGLE_CLOUD_PROJECT"]
+
+def call(url, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method="POST" if data else "GET",
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read() or b"{}")
+
+def pull():
+    base = f"http://{host}/v1/projects/{project}/subscriptions/demo-deliveries"
+    got = call(f"{base}:pull", {"maxMessages": 50, "returnImmediately": True}).get("receivedMessages", [])
+    if got:
+        call(f"{base}:acknowledge", {"ackIds": [m["ackId"] for m in got]})
+    return [json.loads(base64.b64decode(m["message"]["data"])) for m in got]
+
+def objects(bucket, prefix=""):
+    q = urllib.parse.urlencode({"prefix": prefix})
+    return [o["name"] for o in call(f"{env['STORAGE_EMULATOR_HOST']}/storage/v1/b/{bucket}/o?{q}").get("items", [])]
+
+def files(folder, pattern="*"):
+    return sorted(p for p in pathlib.Path(folder).rglob(pattern) if p.is_file())
+
+def partner_mails():
+    """E-mails to the partner's contacts (the alert role e-mails the data team through the same relay)."""
+    out = []
+    for p in files(env["FAKE_GCP_MAIL_DIR"], "*.eml"):
+        try:
+            rcpt = json.loads(p.with_suffix(".json").read_text())["rcpt_tos"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if any(r.endswith("@ouchhungry.example") for r in rcpt):
+            out.append(p)
+    return out
+
+requests, started, last = [], time.monotonic(), None
+delivered = lambda: (len(files(env["FAKE_GCP_SFTP_ROOT"], "*.manifest.json")) >= want
+                     and len(files(env["FAKE_GCP_API_RECEIVED"], "*.manifest.json")) >= want
+                     and len(partner_mails()) >= want)
+while True:
+    requests += pull()
+    status = (f"{len(requests)}/{want} delivery requests; SFTP "
+              f"{len(files(env['FAKE_GCP_SFTP_ROOT']))} files, API "
+              f"{len(files(env['FAKE_GCP_API_RECEIVED']))} files, "
+              f"{len(partner_mails())} partner e-mails, "
+              f"{len(files(env['FAKE_GCP_MAIL_DIR'], '*.eml')) - len(partner_mails())} other e-mails")
+    if status != last:
+        print(f"   {time.monotonic() - started:5.0f} s  {status}", flush=True)
+        last = status
+    if len(requests) >= want and (not delivering or delivered()):
+        break
+    if time.monotonic() - started > limit:
+        print(f"   gave up after {limit:.0f} s: see the logs in {demo}/logs", flush=True)
+        break
+    time.sleep(1)
+
+print("\n== what landed")
+print(f"products (gs://{env['DATASHARE_BUCKET_PRODUCTS']}):")
+for n in objects(env["DATASHARE_BUCKET_PRODUCTS"]):
+    print(f"  {n}")
+print("delivery requests (topic deliveries, seen on the demo's subscription demo-deliveries):")
+for r in requests:
+    print(f"  {r['partner']} {r['product']} {r['period']} -> {', '.join(r['sinks'])}  "
+          f"delivery_id {r['delivery_id'][:12]}…  files {', '.join(str(f.get('name')) for f in r['files'])}")
+for title, folder, pattern in [("SFTP server", env["FAKE_GCP_SFTP_ROOT"], "*"),
+                               ("partner API (received/<idempotency key>/)", env["FAKE_GCP_API_RECEIVED"], "*"),
+                               ("partner e-mail (SMTP catcher)", env["FAKE_GCP_MAIL_DIR"], "*.eml")]:
+    found = files(folder, pattern)
+    print(f"{title}: {folder}")
+    for p in found:
+        line = f"  {p.relative_to(folder)}"
+        if p.suffix == ".eml":
+            import email
+            msg = email.message_from_bytes(p.read_bytes())
+            subject = str(email.header.make_header(email.header.decode_header(msg["Subject"] or "")))
+            line += f"  To: {msg['To']}  Subject: {subject}"
+        print(line)
+    if not found:
+        print("  (nothing)")
+sys.exit(0 if len(requests) >= want and (not delivering or delivered()) else 1)
+PY
+echo
+echo "logs of the roles: $demo/logs; of the stack and stand-ins: $demo/stack"

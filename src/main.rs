@@ -30,6 +30,8 @@ enum Command {
     Alert(datashare::alerting::AlertArgs),
     /// Republishes archived dead letters to their source topic.
     Replay(datashare::alerting::replay::ReplayArgs),
+    /// Checks every partner sink's connection and credentials without delivering.
+    CheckSinks(datashare::sinks::check::CheckSinksArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -60,6 +62,7 @@ fn main() -> anyhow::Result<ExitCode> {
             true
         }
         Command::Replay(args) => datashare::alerting::replay::run(&args)?,
+        Command::CheckSinks(args) => datashare::sinks::check::run(&args)?,
     };
     Ok(if ok {
         ExitCode::SUCCESS

@@ -12,6 +12,7 @@
 //! - [`receipts`]: where receipts are kept (a local folder now; Cloud Storage later).
 
 pub mod api;
+pub mod check;
 pub mod email;
 pub mod receipts;
 pub mod sftp;

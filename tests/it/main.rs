@@ -1,6 +1,7 @@
 //! Integration tests: one binary, a module per capability.
 
 mod alerting;
+mod check_sinks;
 mod clean;
 mod guardrails;
 mod products;

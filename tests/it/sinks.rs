@@ -242,7 +242,7 @@ impl Server {
         self.ready[name].as_str().unwrap().to_string()
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -341,13 +341,13 @@ async fn sink_contract<S: Sink>(mut h: Harness<S>, d: &Delivery, work: &Path) ->
 // ---------------------------------------------------------------------------------------------
 // SFTP
 
-struct SftpEnv {
-    server: Server,
-    config: contract::SftpSink,
-    secrets: Vec<String>,
+pub(crate) struct SftpEnv {
+    pub(crate) server: Server,
+    pub(crate) config: contract::SftpSink,
+    pub(crate) secrets: Vec<String>,
 }
 
-fn sftp_env(work: &Path) -> SftpEnv {
+pub(crate) fn sftp_env(work: &Path) -> SftpEnv {
     let passphrase = random_hex(16);
     let (key, public) = ssh_keygen(work, "client_key", &passphrase);
     let authorized = work.join("authorized_keys");
@@ -538,14 +538,14 @@ fn base64_blob(line: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // API
 
-struct ApiEnv {
-    server: Server,
-    state: PathBuf,
-    config: contract::ApiSink,
-    password: String,
+pub(crate) struct ApiEnv {
+    pub(crate) server: Server,
+    pub(crate) state: PathBuf,
+    pub(crate) config: contract::ApiSink,
+    pub(crate) password: String,
 }
 
-fn api_env(work: &Path) -> ApiEnv {
+pub(crate) fn api_env(work: &Path) -> ApiEnv {
     let password = random_hex(16);
     let state = work.join("api");
     let server = Server::start(

@@ -55,7 +55,7 @@ impl Stack {
             .arg(Path::new(ROOT).join("fake-gcp/stack.py"))
             .arg("--state")
             .arg(&state)
-            .args(["up", "--json", "--retry-backoff-cap", "1"])
+            .args(["up", "--json", "--retry-backoff-cap", "1", "--no-partners"])
             .args(extra)
             .output()
             .expect("python3 runs fake-gcp/stack.py");

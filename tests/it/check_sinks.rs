@@ -1,0 +1,250 @@
+//! `datashare check-sinks` (the binary) against the real partner stand-ins (sshd, HTTPS API,
+//! SMTP with STARTTLS and AUTH) and the real Pub/Sub emulator: passes, then fails with the SFTP
+//! server stopped and with a wrong API password, each failure with a `sink.check_failed` alert
+//! on `alerts`, and no throwaway secret in the output.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use datashare::events::alert::Alert;
+use datashare::products::contract::{ApiAuth, SecretRef};
+use datashare::sinks::email::SmtpTls;
+
+use crate::datashare_cmd;
+use crate::sinks::{api_env, capture_logs, random_hex, sftp_env, smtp_env};
+use crate::worker::Stack;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn file_of(r: &SecretRef) -> String {
+    r.file
+        .as_ref()
+        .expect("secret in a file")
+        .display()
+        .to_string()
+}
+
+/// The OuchHungry contract with the stand-ins' endpoints and throwaway secret files.
+fn write_contract(
+    dir: &Path,
+    sftp: &datashare::products::contract::SftpSink,
+    api: &datashare::products::contract::ApiSink,
+) -> PathBuf {
+    let partners = dir.join("partners");
+    std::fs::create_dir_all(&partners).unwrap();
+    let hmac = dir.join("hmac-key");
+    std::fs::write(&hmac, random_hex(32)).unwrap();
+    let text = std::fs::read_to_string(Path::new(ROOT).join("partners/ouchhungry.toml")).unwrap();
+    let head = &text[..text.find("[[sinks]]").unwrap()];
+    let tail = &text[text.find("[[contacts]]").unwrap()..];
+    let head = head.replace(
+        r#"secret = { env = "DATASHARE_OUCHHUNGRY_HMAC_KEY" }"#,
+        &format!("secret = {{ file = {:?} }}", hmac.display().to_string()),
+    );
+    let ApiAuth::Basic { user, password } = &api.auth else {
+        panic!("the API stand-in uses basic auth here")
+    };
+    let sinks = format!(
+        r#"[[sinks]]
+type = "sftp"
+host = "{host}"
+port = {port}
+user = "{suser}"
+root = "{root}"
+host_key = "{host_key}"
+private_key = {{ file = {key:?} }}
+passphrase = {{ file = {pass:?} }}
+
+[[sinks]]
+type = "api"
+base_url = "{base}"
+ca_file = {ca:?}
+auth = {{ type = "basic", user = "{user}", password = {{ file = {apw:?} }} }}
+
+[[sinks]]
+type = "email"
+reply_to = "dados@datashare.example"
+
+"#,
+        host = sftp.host,
+        port = sftp.port,
+        suser = sftp.user,
+        root = sftp.root,
+        host_key = sftp.host_key,
+        key = file_of(&sftp.private_key),
+        pass = file_of(sftp.passphrase.as_ref().unwrap()),
+        base = api.base_url,
+        ca = api.ca_file.as_ref().unwrap().display().to_string(),
+        apw = file_of(password),
+    );
+    std::fs::write(
+        partners.join("ouchhungry.toml"),
+        format!("{head}{sinks}{tail}"),
+    )
+    .unwrap();
+    partners
+}
+
+fn check_sinks(env: &[(String, String)]) -> (bool, String, String) {
+    let mut cmd = datashare_cmd();
+    cmd.arg("check-sinks").env("RUST_LOG", "debug");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("datashare runs");
+    (
+        status.success(),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+/// Pulls alerts until `n` arrived (or 20 s passed).
+async fn alerts(stack: &Stack, sub: &str, n: usize) -> Vec<Alert> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    while got.len() < n && Instant::now() < deadline {
+        for m in stack.pull(sub).await {
+            got.push(Alert::parse(&m).expect("an alert"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_sinks_passes_then_alerts_on_a_stopped_server_and_a_wrong_password() {
+    // The sink tests read the process's logs from memory: their subscriber must be the global
+    // one, whichever test starts first (Stack::up would install another).
+    capture_logs();
+    let work = tempfile::tempdir().unwrap();
+    let stack = Stack::up(&[]);
+    stack.watch("alerts", "check-sinks-test").await;
+
+    let sftp = sftp_env(work.path());
+    let api = api_env(work.path());
+    let smtp = smtp_env(work.path(), SmtpTls::Starttls);
+    let partners = write_contract(work.path(), &sftp.config, &api.config);
+
+    let mut env: Vec<(String, String)> = stack
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let s = &smtp.settings;
+    env.extend(
+        [
+            ("DATASHARE_PARTNERS_DIR", partners.display().to_string()),
+            ("DATASHARE_SMTP_HOST", s.host.clone()),
+            ("DATASHARE_SMTP_PORT", s.port.to_string()),
+            ("DATASHARE_SMTP_TLS", "starttls".into()),
+            ("DATASHARE_SMTP_FROM", s.from.clone()),
+            ("DATASHARE_SMTP_USER", s.user.clone().unwrap()),
+            (
+                "DATASHARE_SMTP_PASSWORD_FILE",
+                file_of(s.password.as_ref().unwrap()),
+            ),
+            (
+                "DATASHARE_SMTP_CA_FILE",
+                s.ca_file.as_ref().unwrap().display().to_string(),
+            ),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    let mut secrets: Vec<String> = sftp.secrets.clone();
+    secrets.push(api.password.clone());
+    secrets.push(smtp.password.clone());
+    let mut outputs = Vec::new();
+
+    // 1. Everything answers: three ok lines, exit 0, no alert.
+    let (ok, out, err) = check_sinks(&env);
+    assert!(ok, "check-sinks passes: {out}\n{err}");
+    for sink in ["sftp", "api", "email"] {
+        assert!(out.contains(&format!("ouchhungry {sink}: ok")), "{out}");
+    }
+    let logins = smtp.server.log_text();
+    assert!(
+        api.state.join("requests.jsonl").exists(),
+        "the API health call reached the stand-in"
+    );
+    outputs.push(out);
+    outputs.push(err);
+
+    // 2. The SFTP server is stopped: exit 1, the sftp line says why, one alert for sftp.
+    drop(sftp.server);
+    let (ok, out, err) = check_sinks(&env);
+    assert!(!ok, "a stopped SFTP server fails the check: {out}");
+    assert!(
+        out.contains("ouchhungry sftp: FAILED (transient"),
+        "{out}\n{err}"
+    );
+    assert!(out.contains("ouchhungry api: ok"), "{out}");
+    assert!(out.contains("ouchhungry email: ok"), "{out}");
+    let got = alerts(&stack, "check-sinks-test", 1).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let sftp_alert = got[0].clone();
+    assert_eq!(sftp_alert.kind, "sink.check_failed");
+    assert_eq!(sftp_alert.partner, "ouchhungry");
+    assert_eq!(sftp_alert.details["sink"], "sftp");
+    outputs.push(out);
+    outputs.push(err);
+
+    // 3. A wrong API password: the api line fails permanently, one more alert for api; the
+    // stopped SFTP server alerts again under the same fingerprint.
+    let ApiAuth::Basic { password, .. } = &api.config.auth else {
+        unreachable!()
+    };
+    std::fs::write(
+        password.file.as_ref().unwrap(),
+        format!("{}\n", random_hex(16)),
+    )
+    .unwrap();
+    let (ok, out, err) = check_sinks(&env);
+    assert!(!ok, "a wrong API password fails the check: {out}");
+    assert!(
+        out.contains("ouchhungry api: FAILED (sink_auth, permanent)"),
+        "{out}\n{err}"
+    );
+    assert!(out.contains("ouchhungry email: ok"), "{out}");
+    let got = alerts(&stack, "check-sinks-test", 2).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    let api_alert = got
+        .iter()
+        .find(|a| a.details["sink"] == "api")
+        .expect("an api alert");
+    assert_eq!(api_alert.details["error_kind"], "sink_auth");
+    let again = got
+        .iter()
+        .find(|a| a.details["sink"] == "sftp")
+        .expect("the sftp alert again");
+    assert_eq!(
+        again.fingerprint, sftp_alert.fingerprint,
+        "stable per partner+sink"
+    );
+    assert_ne!(api_alert.fingerprint, sftp_alert.fingerprint);
+    outputs.push(out);
+    outputs.push(err);
+    outputs.push(logins);
+    for a in &got {
+        outputs.push(serde_json::to_string(a).unwrap());
+    }
+
+    // No throwaway secret in any output, log or alert.
+    assert!(
+        outputs.iter().any(|o| o.contains("DEBUG")),
+        "debug logs were captured"
+    );
+    for s in secrets.iter().filter(|s| s.len() >= 8) {
+        for o in &outputs {
+            assert!(
+                !o.contains(s.as_str()),
+                "a throwaway secret appears in the output"
+            );
+        }
+    }
+}
