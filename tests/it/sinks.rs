@@ -28,7 +28,9 @@ use datashare::sinks::{
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
-// Logs: everything the sinks (and reqwest, hyper, rustls) log at debug level, kept in memory.
+// Logs: everything the roles (and reqwest, lettre, rustls) log at debug level, kept in memory
+// for the secret checks; the one subscriber of the test binary (`DATASHARE_TEST_LOGS=1` also
+// copies it to stderr, to read a failing test's logs).
 
 static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
@@ -37,6 +39,9 @@ struct Capture;
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         LOGS.lock().unwrap().extend_from_slice(buf);
+        if std::env::var_os("DATASHARE_TEST_LOGS").is_some() {
+            let _ = std::io::stderr().write_all(buf);
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -48,7 +53,8 @@ pub(crate) fn capture_logs() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("debug")
+            // Transport internals at debug are megabytes per test and carry no secret of ours.
+            .with_env_filter("debug,h2=info,tonic=info,tower=info,hyper_util=info,hyper=info")
             .with_ansi(false)
             .with_writer(|| Capture)
             .try_init();

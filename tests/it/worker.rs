@@ -36,14 +36,8 @@ pub(crate) struct Stack {
 
 /// Logs of the code under test, shown for failing tests (`RUST_LOG` to change the level).
 fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "datashare=info,warn".into()),
-        )
-        .with_test_writer()
-        .with_ansi(false)
-        .try_init();
+    // One subscriber for the whole test binary: the sinks' capture (the secret checks read it).
+    crate::sinks::capture_logs();
 }
 
 impl Stack {
