@@ -224,6 +224,16 @@ impl Worker {
                 ),
             )
             .with("failed_files", failed.clone());
+            // The same fingerprint as the first failed file's dead letter: one failure, one
+            // e-mail (the held batch is counted as a repeat of it).
+            let alert = match report.failed_files().next() {
+                Some(f) => alert.with_fingerprint(crate::alerting::dead_letter_fingerprint(
+                    crate::config::EXTRACTS_SUBSCRIPTION,
+                    crate::events::ErrorKind::InvalidExtract.as_str(),
+                    &f.object,
+                )),
+                None => alert,
+            };
             self.alert(&alert).await;
             summary.held.push(format!("batch {dt}"));
             return Ok(summary);
