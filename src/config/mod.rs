@@ -5,7 +5,10 @@
 //! Environment overrides (the names Terraform sets, `terraform/README.md`):
 //! `DATASHARE_GCP_PROJECT`, `DATASHARE_BUCKET_<LOGICAL>` (`RAW`, `CURATED`, `PRODUCTS`, `OPS`);
 //! the emulators' `PUBSUB_EMULATOR_HOST` and `STORAGE_EMULATOR_HOST`; and for the worker
-//! `DATASHARE_STEP_TIMEOUT_SECS`, `DATASHARE_LEASE_EXTENSION_SECS` and `DATASHARE_PARTNERS_DIR`.
+//! `DATASHARE_STEP_TIMEOUT_SECS`, `DATASHARE_LEASE_EXTENSION_SECS` and `DATASHARE_PARTNERS_DIR`;
+//! the partner e-mail relay (`[smtp]`): `DATASHARE_SMTP_HOST`, `_PORT`, `_TLS` (`starttls` or
+//! `implicit`), `_FROM`, `_USER`, `_CA_FILE`, and the password as `DATASHARE_SMTP_PASSWORD_FILE`
+//! (a file) or in `DATASHARE_SMTP_PASSWORD` (read only when the e-mail sink starts, never printed).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -134,6 +137,8 @@ pub struct Emulators {
 struct File {
     gcp: Gcp,
     worker: WorkerSettings,
+    #[serde(default)]
+    smtp: Option<crate::sinks::email::SmtpSettings>,
 }
 
 /// The whole validated configuration.
@@ -145,6 +150,8 @@ pub struct Config {
     pub worker: WorkerSettings,
     /// Emulator endpoints, from the environment.
     pub emulators: Emulators,
+    /// The SMTP relay for partner e-mails (`[smtp]`; required by `datashare deliver --sink email`).
+    pub smtp: Option<crate::sinks::email::SmtpSettings>,
 }
 
 impl Config {
@@ -179,6 +186,7 @@ impl Config {
             gcp: file.gcp,
             worker: file.worker,
             emulators: Emulators::default(),
+            smtp: file.smtp,
         };
         c.apply_env(env)?;
         c.validate()?;
@@ -214,11 +222,97 @@ impl Config {
         if let Some(v) = set(env("DATASHARE_PARTNERS_DIR")) {
             self.worker.partners_dir = PathBuf::from(v);
         }
+        self.apply_smtp_env(&|k| set(env(k)))?;
         if let Some(v) = set(env("PUBSUB_EMULATOR_HOST")) {
             self.emulators.pubsub = Some(endpoint("PUBSUB_EMULATOR_HOST", &v)?);
         }
         if let Some(v) = set(env("STORAGE_EMULATOR_HOST")) {
             self.emulators.storage = Some(endpoint("STORAGE_EMULATOR_HOST", &v)?);
+        }
+        Ok(())
+    }
+
+    fn apply_smtp_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        use crate::products::contract::SecretRef;
+        use crate::sinks::email::{SmtpSettings, SmtpTls};
+        let host = env("DATASHARE_SMTP_HOST");
+        if self.smtp.is_none() {
+            let Some(host) = host.clone() else {
+                return Ok(());
+            };
+            let from = env("DATASHARE_SMTP_FROM").ok_or_else(|| {
+                invalid("DATASHARE_SMTP_FROM", "required with DATASHARE_SMTP_HOST")
+            })?;
+            self.smtp = Some(SmtpSettings {
+                host,
+                port: 587,
+                tls: SmtpTls::Starttls,
+                from,
+                user: None,
+                password: None,
+                ca_file: None,
+                timeout_secs: 30,
+            });
+        }
+        let Some(smtp) = self.smtp.as_mut() else {
+            return Ok(());
+        };
+        if let Some(h) = host {
+            smtp.host = h;
+        }
+        if let Some(v) = env("DATASHARE_SMTP_PORT") {
+            smtp.port = v
+                .parse()
+                .map_err(|_| invalid("DATASHARE_SMTP_PORT", "not a port number"))?;
+        }
+        if let Some(v) = env("DATASHARE_SMTP_TLS") {
+            smtp.tls = match v.as_str() {
+                "starttls" => SmtpTls::Starttls,
+                "implicit" => SmtpTls::Implicit,
+                _ => return Err(invalid("DATASHARE_SMTP_TLS", "must be starttls or implicit")),
+            };
+        }
+        if let Some(v) = env("DATASHARE_SMTP_FROM") {
+            smtp.from = v;
+        }
+        if let Some(v) = env("DATASHARE_SMTP_USER") {
+            smtp.user = Some(v);
+        }
+        if let Some(v) = env("DATASHARE_SMTP_CA_FILE") {
+            smtp.ca_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("DATASHARE_SMTP_PASSWORD_FILE") {
+            smtp.password = Some(SecretRef {
+                env: None,
+                file: Some(PathBuf::from(v)),
+            });
+        } else if env("DATASHARE_SMTP_PASSWORD").is_some() {
+            smtp.password = Some(SecretRef {
+                env: Some("DATASHARE_SMTP_PASSWORD".into()),
+                file: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_smtp(&self) -> Result<(), ConfigError> {
+        let Some(smtp) = &self.smtp else {
+            return Ok(());
+        };
+        if smtp.host.trim().is_empty() {
+            return Err(invalid("smtp.host", "empty"));
+        }
+        if smtp.port == 0 {
+            return Err(invalid("smtp.port", "must be a port number"));
+        }
+        if smtp.from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(invalid("smtp.from", "not an e-mail address"));
+        }
+        if smtp.password.is_some() != smtp.user.is_some() {
+            return Err(invalid("smtp.user", "set user and password together"));
+        }
+        if smtp.timeout_secs == 0 {
+            return Err(invalid("smtp.timeout_secs", "must be at least 1"));
         }
         Ok(())
     }
@@ -330,7 +424,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        Ok(())
+        self.validate_smtp()
     }
 
     /// `projects/<project>/topics/<topic>`.

@@ -13,6 +13,20 @@ pub enum ErrorKind {
     UnknownLayout,
     /// A message without the shape its topic promises.
     MalformedMessage,
+    /// The partner refused a delivery (HTTP 4xx, SMTP 5xx, SFTP permission denied).
+    PartnerRejected,
+    /// The SFTP server's host key is not the pinned one.
+    HostKey,
+    /// A sink's credentials were refused.
+    SinkAuth,
+    /// A sink's configuration cannot work.
+    SinkConfig,
+    /// A delivery request with unusable names or ids.
+    InvalidDelivery,
+    /// A delivery for a partner without a contract or without this sink.
+    UnknownPartner,
+    /// A stored receipt is unreadable.
+    Receipts,
 }
 
 impl ErrorKind {
@@ -22,7 +36,30 @@ impl ErrorKind {
             ErrorKind::InvalidExtract => "invalid_extract",
             ErrorKind::UnknownLayout => "unknown_layout",
             ErrorKind::MalformedMessage => "malformed_message",
+            ErrorKind::PartnerRejected => "partner_rejected",
+            ErrorKind::HostKey => "host_key",
+            ErrorKind::SinkAuth => "sink_auth",
+            ErrorKind::SinkConfig => "sink_config",
+            ErrorKind::InvalidDelivery => "invalid_delivery",
+            ErrorKind::UnknownPartner => "unknown_partner",
+            ErrorKind::Receipts => "receipts",
         }
+    }
+}
+
+impl ErrorKind {
+    /// The kind of a permanent sink error (`None` for a transient one).
+    pub fn of_sink_error(e: &crate::sinks::SinkError) -> Option<ErrorKind> {
+        use crate::sinks::SinkError as S;
+        Some(match e {
+            S::Config { .. } => ErrorKind::SinkConfig,
+            S::HostKey { .. } => ErrorKind::HostKey,
+            S::Auth { .. } => ErrorKind::SinkAuth,
+            S::Rejected { .. } => ErrorKind::PartnerRejected,
+            S::Invalid { .. } => ErrorKind::InvalidDelivery,
+            S::Receipts { .. } if !e.is_transient() => ErrorKind::Receipts,
+            S::Receipts { .. } | S::Transient { .. } => return None,
+        })
     }
 }
 

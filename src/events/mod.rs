@@ -7,6 +7,7 @@ pub mod batch;
 pub mod dead_letter;
 pub mod delivery;
 pub mod gcs;
+pub mod notify;
 
 use std::collections::BTreeMap;
 
@@ -15,6 +16,7 @@ pub use batch::{BatchReady, ObjectGeneration};
 pub use dead_letter::{DeadLetter, ErrorKind};
 pub use delivery::{DeliveryFile, DeliveryRequest, FileDigest};
 pub use gcs::{GcsNotification, ObjectRef};
+pub use notify::Notify;
 
 /// A message as received, whichever front end (pull or push) delivered it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

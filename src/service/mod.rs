@@ -19,6 +19,7 @@
 pub mod batch;
 pub mod claim;
 pub mod command;
+pub mod deliver;
 pub mod faults;
 pub mod names;
 pub mod objects;
