@@ -1,6 +1,7 @@
 //! Integration tests: one binary, a module per capability.
 
 mod clean;
+mod delivery;
 mod products;
 mod sinks;
 mod worker;

@@ -70,7 +70,7 @@ fn assert_secrets_hidden(secrets: &[&str], texts: &[String]) {
 // ---------------------------------------------------------------------------------------------
 // Throwaway material.
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
@@ -78,7 +78,7 @@ fn random_hex(bytes: usize) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn secret_file(dir: &Path, name: &str, value: &str) -> SecretRef {
+pub(crate) fn secret_file(dir: &Path, name: &str, value: &str) -> SecretRef {
     let path = dir.join(name);
     std::fs::write(&path, format!("{value}\n")).unwrap();
     SecretRef {
@@ -88,7 +88,7 @@ fn secret_file(dir: &Path, name: &str, value: &str) -> SecretRef {
 }
 
 /// An ed25519 key pair made by ssh-keygen; returns (private key path, public key line).
-fn ssh_keygen(dir: &Path, name: &str, passphrase: &str) -> (PathBuf, String) {
+pub(crate) fn ssh_keygen(dir: &Path, name: &str, passphrase: &str) -> (PathBuf, String) {
     let path = dir.join(name);
     let out = Command::new("ssh-keygen")
         .args([
@@ -188,7 +188,7 @@ fn partner_python() -> PathBuf {
 }
 
 /// A stand-in server; dropping it kills its process group.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     ready: Value,
     log: PathBuf,
@@ -234,15 +234,15 @@ impl Server {
         server
     }
 
-    fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.ready["port"].as_u64().unwrap() as u16
     }
 
-    fn field(&self, name: &str) -> String {
+    pub(crate) fn field(&self, name: &str) -> String {
         self.ready[name].as_str().unwrap().to_string()
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -341,13 +341,13 @@ async fn sink_contract<S: Sink>(mut h: Harness<S>, d: &Delivery, work: &Path) ->
 // ---------------------------------------------------------------------------------------------
 // SFTP
 
-struct SftpEnv {
-    server: Server,
-    config: contract::SftpSink,
-    secrets: Vec<String>,
+pub(crate) struct SftpEnv {
+    pub(crate) server: Server,
+    pub(crate) config: contract::SftpSink,
+    pub(crate) secrets: Vec<String>,
 }
 
-fn sftp_env(work: &Path) -> SftpEnv {
+pub(crate) fn sftp_env(work: &Path) -> SftpEnv {
     let passphrase = random_hex(16);
     let (key, public) = ssh_keygen(work, "client_key", &passphrase);
     let authorized = work.join("authorized_keys");
@@ -393,7 +393,7 @@ fn sftp_options() -> SftpOptions {
 }
 
 /// (name, inode, size, mtime) of every file under a folder: a new upload changes the inode.
-fn tree(dir: &Path) -> Vec<String> {
+pub(crate) fn tree(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -538,14 +538,14 @@ fn base64_blob(line: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // API
 
-struct ApiEnv {
-    server: Server,
-    state: PathBuf,
-    config: contract::ApiSink,
-    password: String,
+pub(crate) struct ApiEnv {
+    pub(crate) server: Server,
+    pub(crate) state: PathBuf,
+    pub(crate) config: contract::ApiSink,
+    pub(crate) password: String,
 }
 
-fn api_env(work: &Path) -> ApiEnv {
+pub(crate) fn api_env(work: &Path) -> ApiEnv {
     let password = random_hex(16);
     let state = work.join("api");
     let server = Server::start(
@@ -584,7 +584,7 @@ fn api_options() -> ApiOptions {
     }
 }
 
-fn requests(state: &Path) -> Vec<Value> {
+pub(crate) fn requests(state: &Path) -> Vec<Value> {
     std::fs::read_to_string(state.join("requests.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -593,14 +593,14 @@ fn requests(state: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn statuses(state: &Path) -> Vec<String> {
+pub(crate) fn statuses(state: &Path) -> Vec<String> {
     requests(state)
         .iter()
         .map(|r| r["status"].to_string())
         .collect()
 }
 
-async fn script(env: &ApiEnv, answers: Value) {
+pub(crate) async fn script(env: &ApiEnv, answers: Value) {
     let ca =
         reqwest::Certificate::from_pem(&std::fs::read(env.server.field("ca")).unwrap()).unwrap();
     let client = reqwest::Client::builder()
@@ -819,13 +819,13 @@ fn test_contract(sinks: Vec<SinkConfig>) -> Contract {
     }
 }
 
-struct SmtpEnv {
-    server: Server,
-    settings: SmtpSettings,
-    password: String,
+pub(crate) struct SmtpEnv {
+    pub(crate) server: Server,
+    pub(crate) settings: SmtpSettings,
+    pub(crate) password: String,
 }
 
-fn smtp_env(work: &Path, tls: SmtpTls) -> SmtpEnv {
+pub(crate) fn smtp_env(work: &Path, tls: SmtpTls) -> SmtpEnv {
     let password = random_hex(16);
     let mode = match tls {
         SmtpTls::Starttls => "starttls",
@@ -861,7 +861,7 @@ fn smtp_env(work: &Path, tls: SmtpTls) -> SmtpEnv {
     }
 }
 
-fn mails(folder: &Path) -> Vec<PathBuf> {
+pub(crate) fn mails(folder: &Path) -> Vec<PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(folder)
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -871,7 +871,7 @@ fn mails(folder: &Path) -> Vec<PathBuf> {
 }
 
 /// Parses an .eml with Python's e-mail package (decodes headers and bodies as a client would).
-fn parse_eml(path: &Path) -> Value {
+pub(crate) fn parse_eml(path: &Path) -> Value {
     const PY: &str = r#"
 import email, email.policy, json, sys
 m = email.message_from_binary_file(open(sys.argv[1], "rb"), policy=email.policy.default)

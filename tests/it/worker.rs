@@ -27,7 +27,7 @@ use tokio::sync::watch;
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// A running fake-gcp stack; `down` runs on drop.
-struct Stack {
+pub(crate) struct Stack {
     _dir: tempfile::TempDir,
     state: PathBuf,
     env: BTreeMap<String, String>,
@@ -47,7 +47,7 @@ fn init_tracing() {
 }
 
 impl Stack {
-    fn up(extra: &[String]) -> Stack {
+    pub(crate) fn up(extra: &[String]) -> Stack {
         init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         let state = dir.path().join("stack.json");
@@ -75,7 +75,7 @@ impl Stack {
         stack
     }
 
-    fn project(&self) -> &str {
+    pub(crate) fn project(&self) -> &str {
         &self.env["GOOGLE_CLOUD_PROJECT"]
     }
 
@@ -88,7 +88,7 @@ impl Stack {
     }
 
     /// Creates a pull subscription on `topic` for the test to watch.
-    async fn watch(&self, topic: &str, name: &str) {
+    pub(crate) async fn watch(&self, topic: &str, name: &str) {
         let body = json!({
             "topic": format!("projects/{}/topics/{topic}", self.project()),
             "ackDeadlineSeconds": 60
@@ -108,7 +108,7 @@ impl Stack {
     }
 
     /// Pulls (and acknowledges) what a subscription has now.
-    async fn pull(&self, name: &str) -> Vec<Incoming> {
+    pub(crate) async fn pull(&self, name: &str) -> Vec<Incoming> {
         let r: Value = self
             .http
             .post(self.pubsub(&format!("subscriptions/{name}:pull")))
@@ -151,7 +151,7 @@ impl Stack {
 
     /// Pulls until `enough` holds for what was received, then until nothing more comes for a
     /// few polls; fails after `limit`.
-    async fn drain(
+    pub(crate) async fn drain(
         &self,
         name: &str,
         limit: Duration,
@@ -181,7 +181,7 @@ impl Stack {
     }
 
     /// Sets a subscription's ack deadline (the topology's are minutes long).
-    async fn ack_deadline(&self, subscription: &str, secs: u32) {
+    pub(crate) async fn ack_deadline(&self, subscription: &str, secs: u32) {
         let body = json!({"subscription": {"ackDeadlineSeconds": secs}, "updateMask": "ackDeadlineSeconds"});
         let r = self
             .http
@@ -197,7 +197,7 @@ impl Stack {
         );
     }
 
-    fn config(&self, partners: &Path, overrides: &[(&str, &str)]) -> Config {
+    pub(crate) fn config(&self, partners: &Path, overrides: &[(&str, &str)]) -> Config {
         let mut env = self.env.clone();
         env.insert(
             "DATASHARE_PARTNERS_DIR".into(),
@@ -319,7 +319,7 @@ fn generated(
     (marker, parts, rows)
 }
 
-async fn until<T, F: std::future::Future<Output = Option<T>>>(
+pub(crate) async fn until<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
     limit: Duration,
     mut f: impl FnMut() -> F,
@@ -515,7 +515,7 @@ async fn pull_worker_turns_a_messy_upload_into_one_delivery_per_version() {
 }
 
 /// Uploads a generated day (marker first) and returns the truth's rows per table.
-async fn upload_day(
+pub(crate) async fn upload_day(
     gcs: &Gcs,
     cfg: &Config,
     dt: NaiveDate,

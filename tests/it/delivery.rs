@@ -1,0 +1,299 @@
+//! The sink consumers end to end: the worker and `datashare deliver --sink sftp|api|email`
+//! in-process (pull mode) on the fake-gcp emulators, with the real partner stand-ins (OpenSSH
+//! sshd, the HTTPS API, the SMTP server).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use datashare::config::Config;
+use datashare::events::{DeliveryRequest, Incoming, Notify, Outgoing};
+use datashare::gcp::{Bus, Gcs};
+use datashare::products::contract::{ApiAuth, SftpSink};
+use datashare::products::manifest::sha256_hex;
+use datashare::service::deliver::Deliver;
+use datashare::service::{Worker, pull};
+use datashare::sinks::email::SmtpTls;
+use datashare::sinks::{GcsReceipts, ReceiptStore};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::sinks::{
+    ApiEnv, SftpEnv, SmtpEnv, api_env, mails, parse_eml, requests, sftp_env, smtp_env, tree,
+};
+use crate::worker::{Stack, until, upload_day};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The OuchHungry contract pointing at the local stand-ins, with throwaway secrets in files.
+fn partners(work: &Path, sftp: &SftpSink, api: &datashare::products::contract::ApiSink) -> PathBuf {
+    let p = work.join("partners");
+    std::fs::create_dir_all(&p).unwrap();
+    let key = work.join("hmac-key");
+    std::fs::write(&key, crate::sinks::random_hex(32)).unwrap();
+    let text = std::fs::read_to_string(Path::new(ROOT).join("partners/ouchhungry.toml")).unwrap();
+    let head = &text[..text.find("[[sinks]]").unwrap()];
+    let tail = &text[text.find("[[contacts]]").unwrap()..];
+    let head = head.replace(
+        r#"secret = { env = "DATASHARE_OUCHHUNGRY_HMAC_KEY" }"#,
+        &format!("secret = {{ file = {:?} }}", key.display().to_string()),
+    );
+    let file = |r: &datashare::products::contract::SecretRef| {
+        format!("{{ file = {:?} }}", r.file.as_ref().unwrap().display().to_string())
+    };
+    let ApiAuth::Basic { user, password } = &api.auth else {
+        panic!("the test API uses basic auth")
+    };
+    let sinks = format!(
+        r#"[[sinks]]
+type = "sftp"
+host = "{host}"
+port = {port}
+user = "{suser}"
+root = "{root}"
+host_key = "{host_key}"
+private_key = {key}
+passphrase = {pass}
+
+[[sinks]]
+type = "api"
+base_url = "{base}"
+ca_file = {ca:?}
+auth = {{ type = "basic", user = "{user}", password = {password} }}
+
+[[sinks]]
+type = "email"
+reply_to = "dados@datashare.example"
+
+"#,
+        host = sftp.host,
+        port = sftp.port,
+        suser = sftp.user,
+        root = sftp.root,
+        host_key = sftp.host_key,
+        key = file(&sftp.private_key),
+        pass = file(sftp.passphrase.as_ref().unwrap()),
+        base = api.base_url,
+        ca = api.ca_file.as_ref().unwrap().display().to_string(),
+        password = file(password),
+    );
+    std::fs::write(p.join("ouchhungry.toml"), format!("{head}{sinks}{tail}")).unwrap();
+    p
+}
+
+/// The stand-ins, the stack, and every role pulling.
+struct Running {
+    stack: Stack,
+    cfg: Config,
+    gcs: Gcs,
+    sftp: SftpEnv,
+    api: ApiEnv,
+    smtp: SmtpEnv,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), datashare::gcp::ClientError>>>,
+    _work: tempfile::TempDir,
+}
+
+async fn start() -> Running {
+    let stack = Stack::up(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let sftp = sftp_env(work.path());
+    let api = api_env(work.path());
+    let smtp = smtp_env(work.path(), SmtpTls::Starttls);
+    let partners = partners(work.path(), &sftp.config, &api.config);
+    let s = &smtp.settings;
+    let port = s.port.to_string();
+    let password_file = s.password.as_ref().unwrap().file.as_ref().unwrap();
+    let password_file = password_file.display().to_string();
+    let ca = s.ca_file.as_ref().unwrap().display().to_string();
+    let cfg = stack.config(
+        &partners,
+        &[
+            ("DATASHARE_SMTP_HOST", "127.0.0.1"),
+            ("DATASHARE_SMTP_PORT", &port),
+            ("DATASHARE_SMTP_TLS", "starttls"),
+            ("DATASHARE_SMTP_FROM", "datashare <dados@datashare.example>"),
+            ("DATASHARE_SMTP_USER", "datashare"),
+            ("DATASHARE_SMTP_PASSWORD_FILE", &password_file),
+            ("DATASHARE_SMTP_CA_FILE", &ca),
+        ],
+    );
+    stack.watch("deliveries", "test-deliveries").await;
+    stack.watch("notify", "test-notify").await;
+    let gcs = Gcs::connect(cfg.emulators.storage.as_deref()).await.unwrap();
+    let (stop, rx) = watch::channel(false);
+    let worker = Arc::new(Worker::start(cfg.clone()).await.expect("worker starts"));
+    let mut tasks = vec![tokio::spawn(pull::run(worker, rx.clone()))];
+    for sink in ["sftp", "api", "email"] {
+        let role = Arc::new(
+            Deliver::start(cfg.clone(), sink)
+                .await
+                .unwrap_or_else(|e| panic!("{sink} starts: {e}")),
+        );
+        tasks.push(tokio::spawn(pull::run(role, rx.clone())));
+    }
+    Running {
+        stack,
+        cfg,
+        gcs,
+        sftp,
+        api,
+        smtp,
+        stop,
+        tasks,
+        _work: work,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        for t in self.tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+
+    fn mail_dir(&self) -> PathBuf {
+        PathBuf::from(self.smtp.server.field("mail"))
+    }
+
+    fn upload_dir(&self) -> PathBuf {
+        PathBuf::from(self.sftp.server.field("upload"))
+    }
+
+    /// POSTs the API stored (status 201).
+    fn api_stored(&self) -> usize {
+        requests(&self.api.state)
+            .iter()
+            .filter(|r| r["status"] == 201)
+            .count()
+    }
+}
+
+async fn read_json(gcs: &Gcs, uri: &str) -> Value {
+    let (bucket, name) = uri.strip_prefix("gs://").unwrap().split_once('/').unwrap();
+    let (bytes, _) = gcs.read(bucket, name, None).await.unwrap().unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn republish(m: &Incoming) -> Outgoing {
+    Outgoing {
+        data: m.data.clone(),
+        attributes: m.attributes.clone(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_ends_on_sftp_at_the_api_and_in_one_email_and_redeliveries_change_nothing() {
+    let r = start().await;
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
+
+    let mail_dir = r.mail_dir();
+    until("the partner e-mail", Duration::from_secs(300), || {
+        let n = mails(&mail_dir).len();
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    let deliveries = r
+        .stack
+        .drain("test-deliveries", Duration::from_secs(30), |m| !m.is_empty())
+        .await;
+    let daily: Vec<_> = deliveries
+        .iter()
+        .filter(|m| m.attributes.get("product").map(String::as_str) == Some("daily"))
+        .collect();
+    assert_eq!(daily.len(), 1, "{deliveries:?}");
+    let req = DeliveryRequest::parse(daily[0]).unwrap();
+    assert_eq!(req.sinks, vec!["sftp".to_string(), "api".to_string()]);
+
+    // SFTP: every file and manifest, with the manifests' checksums.
+    let folder = r.upload_dir().join("ouchhungry/daily");
+    for f in &req.files {
+        let manifest = read_json(&r.gcs, &f.manifest.uri).await;
+        let data = std::fs::read(folder.join(&f.name)).expect("data file on the SFTP server");
+        assert_eq!(sha256_hex(&data), manifest["sha256"].as_str().unwrap());
+        assert_eq!(data.len() as u64, manifest["bytes"].as_u64().unwrap());
+        let m_name = f.manifest.uri.rsplit('/').next().unwrap();
+        let m = std::fs::read(folder.join(m_name)).expect("manifest on the SFTP server");
+        assert_eq!(sha256_hex(&m), f.manifest.sha256);
+        // API: the same bytes under the delivery's idempotency key.
+        let received = r.api.state.join("received");
+        let at_api: Vec<PathBuf> = std::fs::read_dir(&received)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path().join(&f.name))
+            .filter(|p| p.exists())
+            .collect();
+        assert_eq!(at_api.len(), 1, "one copy of {} at the API", f.name);
+        assert_eq!(
+            sha256_hex(&std::fs::read(&at_api[0]).unwrap()),
+            manifest["sha256"].as_str().unwrap()
+        );
+    }
+    assert_eq!(r.api_stored(), 1, "one POST stored at the API");
+
+    // One notify, one e-mail, with the Message-ID of the delivery and the dictionary.
+    let notifies = r
+        .stack
+        .drain("test-notify", Duration::from_secs(30), |m| !m.is_empty())
+        .await;
+    assert_eq!(notifies.len(), 1, "{notifies:?}");
+    let notify = Notify::parse(&notifies[0]).unwrap();
+    assert_eq!(notify.delivery_id, req.delivery_id);
+    let sinks: Vec<&str> = notify.receipts.iter().map(|r| r.sink.as_str()).collect();
+    assert_eq!(sinks, ["api", "sftp"]);
+    let got = mails(&mail_dir);
+    assert_eq!(got.len(), 1);
+    let eml = parse_eml(&got[0]);
+    assert!(
+        eml["message_id"].as_str().unwrap().contains(&req.delivery_id),
+        "{eml}"
+    );
+    assert!(
+        eml["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["filename"].as_str().is_some_and(|f| f.contains("dicion")
+                || f.contains("dictionary"))),
+        "first delivery attaches the dictionary: {eml}"
+    );
+    let receipts = GcsReceipts::new(r.gcs.clone(), r.cfg.gcp.buckets.ops.clone());
+    for sink in ["sftp", "api", "email"] {
+        assert!(
+            receipts
+                .get("ouchhungry", sink, &req.delivery_id)
+                .await
+                .unwrap()
+                .is_some(),
+            "{sink} receipt"
+        );
+    }
+
+    // Redelivery of the request and of the notify: nothing uploaded or sent twice.
+    let before = tree(&r.upload_dir());
+    let bus = Bus::connect(
+        &r.cfg.gcp.project,
+        &["deliveries", "notify"],
+        r.cfg.emulators.pubsub.as_deref(),
+    )
+    .await
+    .unwrap();
+    bus.publish("deliveries", republish(daily[0])).await.unwrap();
+    bus.publish("notify", republish(&notifies[0])).await.unwrap();
+    // Both consumers acknowledge the copies (the test subscriptions see them too).
+    let again = r
+        .stack
+        .drain("test-deliveries", Duration::from_secs(30), |m| !m.is_empty())
+        .await;
+    assert_eq!(again.len(), 1);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let notifies_again = r.stack.drain("test-notify", Duration::from_secs(30), |m| !m.is_empty()).await;
+    assert_eq!(notifies_again.len(), 1, "only the test's copy of the notify: {notifies_again:?}");
+    assert_eq!(tree(&r.upload_dir()), before, "nothing uploaded again");
+    assert_eq!(r.api_stored(), 1, "nothing posted again");
+    assert_eq!(mails(&mail_dir).len(), 1, "no second e-mail");
+    r.stop().await;
+}
