@@ -96,12 +96,19 @@ struct Running {
 }
 
 async fn start() -> Running {
+    start_with(|_, _| {}).await
+}
+
+/// Starts everything; `tweak` may change the SFTP settings written into the contract.
+async fn start_with(tweak: impl FnOnce(&Path, &mut SftpSink)) -> Running {
     let stack = Stack::up(&[]);
     let work = tempfile::tempdir().unwrap();
     let sftp = sftp_env(work.path());
     let api = api_env(work.path());
     let smtp = smtp_env(work.path(), SmtpTls::Starttls);
-    let partners = partners(work.path(), &sftp.config, &api.config);
+    let mut sftp_config = sftp.config.clone();
+    tweak(work.path(), &mut sftp_config);
+    let partners = partners(work.path(), &sftp_config, &api.config);
     let s = &smtp.settings;
     let port = s.port.to_string();
     let password_file = s.password.as_ref().unwrap().file.as_ref().unwrap();
@@ -121,6 +128,10 @@ async fn start() -> Running {
     );
     stack.watch("deliveries", "test-deliveries").await;
     stack.watch("notify", "test-notify").await;
+    for sink in ["sftp", "api"] {
+        let topic = format!("deliveries-{sink}-dead-letter");
+        stack.watch(&topic, &format!("test-{sink}-dead")).await;
+    }
     let gcs = Gcs::connect(cfg.emulators.storage.as_deref()).await.unwrap();
     let (stop, rx) = watch::channel(false);
     let worker = Arc::new(Worker::start(cfg.clone()).await.expect("worker starts"));
@@ -295,5 +306,103 @@ async fn an_upload_ends_on_sftp_at_the_api_and_in_one_email_and_redeliveries_cha
     assert_eq!(tree(&r.upload_dir()), before, "nothing uploaded again");
     assert_eq!(r.api_stored(), 1, "nothing posted again");
     assert_eq!(mails(&mail_dir).len(), 1, "no second e-mail");
+    r.stop().await;
+}
+
+/// The daily delivery request the worker published.
+async fn daily_request(r: &Running) -> (Incoming, DeliveryRequest) {
+    let deliveries = r
+        .stack
+        .drain("test-deliveries", Duration::from_secs(240), |m| {
+            m.iter().any(|m| m.attributes.get("product").map(String::as_str) == Some("daily"))
+        })
+        .await;
+    let m = deliveries
+        .into_iter()
+        .find(|m| m.attributes.get("product").map(String::as_str) == Some("daily"))
+        .unwrap();
+    let req = DeliveryRequest::parse(&m).unwrap();
+    (m, req)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_api_400_is_dead_lettered_once_and_a_429_retry_after_is_honoured() {
+    let r = start().await;
+    crate::sinks::script(&r.api, serde_json::json!([{"status": 400}])).await;
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
+    let (msg, req) = daily_request(&r).await;
+    let dead = r
+        .stack
+        .drain("test-api-dead", Duration::from_secs(120), |m| !m.is_empty())
+        .await;
+    assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
+    assert_eq!(dead[0].attributes["error_kind"], "partner_rejected");
+    assert_eq!(dead[0].attributes["delivery_id"], req.delivery_id);
+    assert_eq!(
+        crate::sinks::statuses(&r.api.state),
+        ["400"],
+        "a 400 is not retried"
+    );
+    // The SFTP sink delivered, but without the API's receipt no e-mail goes out.
+    let folder = r.upload_dir().join("ouchhungry/daily");
+    until("the SFTP upload", Duration::from_secs(60), || {
+        let ok = folder.join(&req.files[0].name).exists();
+        async move { ok.then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(mails(&r.mail_dir()).is_empty(), "no e-mail before every sink delivered");
+
+    // Replayed after the partner fixed its side; it first answers 429 with Retry-After: 2.
+    crate::sinks::script(&r.api, serde_json::json!([{"status": 429, "retry_after": "2"}])).await;
+    let bus = Bus::connect(
+        &r.cfg.gcp.project,
+        &["deliveries"],
+        r.cfg.emulators.pubsub.as_deref(),
+    )
+    .await
+    .unwrap();
+    let mut replay = republish(&msg);
+    replay.attributes.remove("sink_sftp");
+    bus.publish("deliveries", replay).await.unwrap();
+    let mail_dir = r.mail_dir();
+    until("the partner e-mail", Duration::from_secs(180), || {
+        let n = mails(&mail_dir).len();
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    let log = crate::sinks::requests(&r.api.state);
+    let statuses: Vec<String> = log.iter().map(|r| r["status"].to_string()).collect();
+    assert_eq!(statuses, ["400", "429", "201"]);
+    let gap = log[2]["time"].as_f64().unwrap() - log[1]["time"].as_f64().unwrap();
+    assert!(gap >= 1.9, "Retry-After honoured: {gap}s");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(mails(&mail_dir).len(), 1);
+    let dead = r.stack.drain("test-api-dead", Duration::from_secs(10), |_| true).await;
+    assert!(dead.is_empty(), "no second dead letter: {dead:?}");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_sftp_host_key_is_dead_lettered_as_host_key() {
+    let r = start_with(|work, sftp| {
+        let (_, other) = crate::sinks::ssh_keygen(work, "not_the_host_key", "");
+        sftp.host_key = other;
+    })
+    .await;
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
+    let (_, req) = daily_request(&r).await;
+    let dead = r
+        .stack
+        .drain("test-sftp-dead", Duration::from_secs(120), |m| !m.is_empty())
+        .await;
+    assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
+    assert_eq!(dead[0].attributes["error_kind"], "host_key");
+    assert_eq!(dead[0].attributes["delivery_id"], req.delivery_id);
+    assert!(tree(&r.upload_dir()).is_empty(), "nothing uploaded");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(mails(&r.mail_dir()).is_empty(), "no e-mail");
     r.stop().await;
 }
