@@ -406,3 +406,74 @@ async fn a_wrong_sftp_host_key_is_dead_lettered_as_host_key() {
     assert!(mails(&r.mail_dir()).is_empty(), "no e-mail");
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_sftp_server_down_is_retried_then_dead_lettered_by_pubsub() {
+    // Nothing listens on the contract's port.
+    let r = start_with(|_, sftp| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        sftp.port = l.local_addr().unwrap().port();
+    })
+    .await;
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
+    let (_, req) = daily_request(&r).await;
+    let dead = r
+        .stack
+        .drain("test-sftp-dead", Duration::from_secs(240), |m| !m.is_empty())
+        .await;
+    assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
+    let a = &dead[0].attributes;
+    assert_eq!(a["delivery_id"], req.delivery_id);
+    assert!(!a.contains_key("error_kind"), "not dead-lettered by the consumer: {a:?}");
+    let attempts: u32 = a["CloudPubSubDeadLetterSourceDeliveryCount"].parse().unwrap();
+    assert!(attempts > 1, "retried before the dead letter: {attempts}");
+    assert!(mails(&r.mail_dir()).is_empty(), "no e-mail");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_smtp_server_down_then_back_gets_the_email_once() {
+    let mut r = start().await;
+    let port = r.smtp.server.port().to_string();
+    let state = r.mail_dir().parent().unwrap().to_path_buf();
+    r.smtp.server.stop();
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
+    let (_, req) = daily_request(&r).await;
+    let notifies = r
+        .stack
+        .drain("test-notify", Duration::from_secs(240), |m| !m.is_empty())
+        .await;
+    assert_eq!(notifies.len(), 1);
+    // A few failed attempts while the relay is down.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let receipts = GcsReceipts::new(r.gcs.clone(), r.cfg.gcp.buckets.ops.clone());
+    assert!(
+        receipts
+            .get("ouchhungry", "email", &req.delivery_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    r.smtp.server = crate::sinks::Server::start(
+        "smtp.py",
+        &state,
+        &["--tls", "starttls", "--port", &port],
+        &[
+            ("PARTNER_SMTP_USER", "datashare"),
+            ("PARTNER_SMTP_PASSWORD", r.smtp.password.as_str()),
+        ],
+    );
+    let mail_dir = r.mail_dir();
+    until("the partner e-mail", Duration::from_secs(120), || {
+        let n = mails(&mail_dir).len();
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(mails(&mail_dir).len(), 1, "the e-mail arrives once");
+    let dead = r.stack.drain("test-sftp-dead", Duration::from_secs(5), |_| true).await;
+    assert!(dead.is_empty());
+    r.stop().await;
+}

@@ -195,7 +195,7 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    fn start(script: &str, state: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+    pub(crate) fn start(script: &str, state: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         std::fs::create_dir_all(state).unwrap();
         let log = state.join(format!("{script}.log"));
         let mut cmd = Command::new(partner_python());
@@ -247,8 +247,16 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
+impl Server {
+    /// Stops the server now (as dropping it does).
+    pub(crate) fn stop(&mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let pgid = self.child.id() as i32;
         // SAFETY: signals our own child's process group (process_group(0) made pgid == pid).
         unsafe { libc::kill(-pgid, libc::SIGTERM) };
@@ -262,6 +270,12 @@ impl Drop for Server {
         // SAFETY: as above.
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.terminate();
     }
 }
 
