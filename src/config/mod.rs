@@ -269,7 +269,12 @@ impl Config {
             smtp.tls = match v.as_str() {
                 "starttls" => SmtpTls::Starttls,
                 "implicit" => SmtpTls::Implicit,
-                _ => return Err(invalid("DATASHARE_SMTP_TLS", "must be starttls or implicit")),
+                _ => {
+                    return Err(invalid(
+                        "DATASHARE_SMTP_TLS",
+                        "must be starttls or implicit",
+                    ));
+                }
             };
         }
         if let Some(v) = env("DATASHARE_SMTP_FROM") {
@@ -637,5 +642,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("step_timeot_secs"), "{e}");
+    }
+
+    #[test]
+    fn smtp_relay_from_the_environment_is_validated_and_hides_the_password() {
+        assert_eq!(load(&[]).unwrap().smtp, None);
+        let c = load(&[
+            ("DATASHARE_SMTP_HOST", "smtp.example.com"),
+            ("DATASHARE_SMTP_PORT", "465"),
+            ("DATASHARE_SMTP_TLS", "implicit"),
+            ("DATASHARE_SMTP_FROM", "datashare <dados@datashare.example>"),
+            ("DATASHARE_SMTP_USER", "datashare"),
+            ("DATASHARE_SMTP_PASSWORD", "s3cr3t-value"),
+        ])
+        .unwrap();
+        let smtp = c.smtp.clone().unwrap();
+        assert_eq!((smtp.host.as_str(), smtp.port), ("smtp.example.com", 465));
+        assert_eq!(smtp.tls, crate::sinks::email::SmtpTls::Implicit);
+        let pw = smtp.password.unwrap();
+        assert_eq!(pw.env.as_deref(), Some("DATASHARE_SMTP_PASSWORD"));
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+        for (vars, field) in [
+            (vec![("DATASHARE_SMTP_HOST", "h")], "DATASHARE_SMTP_FROM"),
+            (
+                vec![
+                    ("DATASHARE_SMTP_HOST", "h"),
+                    ("DATASHARE_SMTP_FROM", "not an address"),
+                ],
+                "smtp.from",
+            ),
+            (
+                vec![
+                    ("DATASHARE_SMTP_HOST", "h"),
+                    ("DATASHARE_SMTP_FROM", "a@b.example"),
+                    ("DATASHARE_SMTP_TLS", "none"),
+                ],
+                "DATASHARE_SMTP_TLS",
+            ),
+            (
+                vec![
+                    ("DATASHARE_SMTP_HOST", "h"),
+                    ("DATASHARE_SMTP_FROM", "a@b.example"),
+                    ("DATASHARE_SMTP_PASSWORD", "x"),
+                ],
+                "smtp.user",
+            ),
+        ] {
+            let e = load(&vars).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
     }
 }

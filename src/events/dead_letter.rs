@@ -138,4 +138,25 @@ mod tests {
         assert_eq!(m.attributes["source_subscription"], "extracts-worker");
         assert_eq!(m.attributes["source_topic"], "extracts");
     }
+
+    #[test]
+    fn permanent_sink_errors_keep_their_kind() {
+        use crate::sinks::SinkError;
+        let e = SinkError::Rejected {
+            sink: "api",
+            message: "http 400".into(),
+        };
+        let k = ErrorKind::of_sink_error(&e).unwrap();
+        assert_eq!(k.as_str(), e.kind());
+        let e = SinkError::HostKey {
+            sink: "sftp",
+            message: "changed".into(),
+        };
+        assert_eq!(ErrorKind::of_sink_error(&e).unwrap().as_str(), "host_key");
+        let t = SinkError::Transient {
+            sink: "sftp",
+            message: "refused".into(),
+        };
+        assert_eq!(ErrorKind::of_sink_error(&t), None);
+    }
 }

@@ -73,3 +73,48 @@ impl Notify {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{DeliveryFile, FileDigest, delivery::DELIVERY_REQUEST_VERSION};
+
+    #[test]
+    fn round_trips_and_refuses_a_mismatched_request() {
+        let digest = |u: &str| FileDigest {
+            uri: u.into(),
+            sha256: "ab".into(),
+            bytes: 1,
+        };
+        let req = DeliveryRequest {
+            schema_version: DELIVERY_REQUEST_VERSION,
+            delivery_id: "c".repeat(64),
+            partner: "acme".into(),
+            product: "daily".into(),
+            period: "2026-11-27".into(),
+            product_version: "ab".into(),
+            files: vec![DeliveryFile {
+                name: "acme_daily_2026-11-27.csv".into(),
+                format: "csv".into(),
+                rows: 3,
+                file: digest("gs://b/f"),
+                manifest: digest("gs://b/f.manifest.json"),
+            }],
+            dictionary: digest("gs://b/d"),
+            sinks: vec!["sftp".into()],
+            source_batches: vec![],
+        };
+        let n = Notify::new(&req, vec![]);
+        let m = n.to_message();
+        assert_eq!(m.attributes["delivery_id"], req.delivery_id);
+        let incoming = |data: Vec<u8>| Incoming {
+            data,
+            ..Incoming::default()
+        };
+        assert_eq!(Notify::parse(&incoming(m.data)).unwrap(), n);
+        let mut bad = n.clone();
+        bad.partner = "other".into();
+        assert!(Notify::parse(&incoming(serde_json::to_vec(&bad).unwrap())).is_err());
+        assert!(Notify::parse(&incoming(b"{}".to_vec())).is_err());
+    }
+}

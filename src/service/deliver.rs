@@ -25,8 +25,8 @@ use crate::events::{DeliveryRequest, ErrorKind, FileDigest, Incoming, Notify};
 use crate::gcp::{Bus, Gcs};
 use crate::products::contract::{Contract, ProductKind};
 use crate::sinks::{
-    AnySink, Delivery, DeliveryFile, GcsReceipts, LocalFile, ReceiptError, ReceiptStore,
-    SinkError, SinkSettings, deliver_once,
+    AnySink, Delivery, DeliveryFile, GcsReceipts, LocalFile, ReceiptError, ReceiptStore, SinkError,
+    SinkSettings, deliver_once,
 };
 
 /// The sink names `datashare deliver --sink` accepts.
@@ -92,11 +92,12 @@ impl Deliver {
         let mut sinks = BTreeMap::new();
         for c in crate::products::contract::load_dir(&config.worker.partners_dir)? {
             if let Some(sc) = c.sinks.iter().find(|s| s.name() == sink) {
-                let built =
-                    AnySink::build(&c, sc, &settings).map_err(|source| DeliverStartError::Sink {
+                let built = AnySink::build(&c, sc, &settings).map_err(|source| {
+                    DeliverStartError::Sink {
                         partner: c.name.clone(),
                         source,
-                    })?;
+                    }
+                })?;
                 sinks.insert(c.name.clone(), built);
             }
             contracts.insert(c.name.clone(), c);
@@ -132,10 +133,15 @@ impl Deliver {
     }
 
     fn partner_sink(&self, partner: &str) -> Result<&AnySink, HandleError> {
-        self.sinks.get(partner).ok_or_else(|| HandleError::Permanent {
-            kind: ErrorKind::UnknownPartner,
-            message: format!("partner {partner:?} has no contract with a {} sink", self.sink),
-        })
+        self.sinks
+            .get(partner)
+            .ok_or_else(|| HandleError::Permanent {
+                kind: ErrorKind::UnknownPartner,
+                message: format!(
+                    "partner {partner:?} has no contract with a {} sink",
+                    self.sink
+                ),
+            })
     }
 
     fn tempdir(&self) -> Result<tempfile::TempDir, HandleError> {
@@ -223,7 +229,11 @@ impl Deliver {
             .bus
             .publish(&self.config.gcp.topics.notify, notify.to_message())
             .await?;
-        match self.gcs.write(ops, &marker, id.clone().into_bytes(), Some(0)).await {
+        match self
+            .gcs
+            .write(ops, &marker, id.clone().into_bytes(), Some(0))
+            .await
+        {
             Ok(_) => {}
             Err(e) if e.is_precondition_failed() => {}
             Err(e) => return Err(e.into()),
@@ -248,7 +258,9 @@ impl Deliver {
         let tmp = self.tempdir()?;
         let mut delivery = self.download(&n.request, tmp.path()).await?;
         delivery.upstream = n.receipts.clone();
-        let dict = self.download_file(&n.request.dictionary, tmp.path()).await?;
+        let dict = self
+            .download_file(&n.request.dictionary, tmp.path())
+            .await?;
         let fingerprint = schema_fingerprint(&delivery).unwrap_or(dict.sha256.clone());
         let ops = &self.config.gcp.buckets.ops;
         let dict_marker = format!(
@@ -265,7 +277,12 @@ impl Deliver {
         if first {
             match self
                 .gcs
-                .write(ops, &dict_marker, n.delivery_id.clone().into_bytes(), Some(0))
+                .write(
+                    ops,
+                    &dict_marker,
+                    n.delivery_id.clone().into_bytes(),
+                    Some(0),
+                )
                 .await
             {
                 Ok(_) => {}
@@ -328,7 +345,12 @@ impl Deliver {
             return Err(invalid(format!("{:?} has no file name", f.uri)));
         }
         let path = dir.join(file_name);
-        if self.gcs.download(bucket, name, None, &path).await?.is_none() {
+        if self
+            .gcs
+            .download(bucket, name, None, &path)
+            .await?
+            .is_none()
+        {
             return Err(HandleError::Transient(format!("{} not found", f.uri)));
         }
         Ok(LocalFile {

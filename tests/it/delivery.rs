@@ -40,7 +40,10 @@ fn partners(work: &Path, sftp: &SftpSink, api: &datashare::products::contract::A
         &format!("secret = {{ file = {:?} }}", key.display().to_string()),
     );
     let file = |r: &datashare::products::contract::SecretRef| {
-        format!("{{ file = {:?} }}", r.file.as_ref().unwrap().display().to_string())
+        format!(
+            "{{ file = {:?} }}",
+            r.file.as_ref().unwrap().display().to_string()
+        )
     };
     let ApiAuth::Basic { user, password } = &api.auth else {
         panic!("the test API uses basic auth")
@@ -132,7 +135,9 @@ async fn start_with(tweak: impl FnOnce(&Path, &mut SftpSink)) -> Running {
         let topic = format!("deliveries-{sink}-dead-letter");
         stack.watch(&topic, &format!("test-{sink}-dead")).await;
     }
-    let gcs = Gcs::connect(cfg.emulators.storage.as_deref()).await.unwrap();
+    let gcs = Gcs::connect(cfg.emulators.storage.as_deref())
+        .await
+        .unwrap();
     let (stop, rx) = watch::channel(false);
     let worker = Arc::new(Worker::start(cfg.clone()).await.expect("worker starts"));
     let mut tasks = vec![tokio::spawn(pull::run(worker, rx.clone()))];
@@ -209,7 +214,9 @@ async fn an_upload_ends_on_sftp_at_the_api_and_in_one_email_and_redeliveries_cha
     .await;
     let deliveries = r
         .stack
-        .drain("test-deliveries", Duration::from_secs(30), |m| !m.is_empty())
+        .drain("test-deliveries", Duration::from_secs(30), |m| {
+            !m.is_empty()
+        })
         .await;
     let daily: Vec<_> = deliveries
         .iter()
@@ -259,7 +266,10 @@ async fn an_upload_ends_on_sftp_at_the_api_and_in_one_email_and_redeliveries_cha
     assert_eq!(got.len(), 1);
     let eml = parse_eml(&got[0]);
     assert!(
-        eml["message_id"].as_str().unwrap().contains(&req.delivery_id),
+        eml["message_id"]
+            .as_str()
+            .unwrap()
+            .contains(&req.delivery_id),
         "{eml}"
     );
     assert!(
@@ -267,8 +277,9 @@ async fn an_upload_ends_on_sftp_at_the_api_and_in_one_email_and_redeliveries_cha
             .as_array()
             .unwrap()
             .iter()
-            .any(|p| p["filename"].as_str().is_some_and(|f| f.contains("dicion")
-                || f.contains("dictionary"))),
+            .any(|p| p["filename"]
+                .as_str()
+                .is_some_and(|f| f.contains("dicion") || f.contains("dictionary"))),
         "first delivery attaches the dictionary: {eml}"
     );
     let receipts = GcsReceipts::new(r.gcs.clone(), r.cfg.gcp.buckets.ops.clone());
@@ -292,17 +303,30 @@ async fn an_upload_ends_on_sftp_at_the_api_and_in_one_email_and_redeliveries_cha
     )
     .await
     .unwrap();
-    bus.publish("deliveries", republish(daily[0])).await.unwrap();
-    bus.publish("notify", republish(&notifies[0])).await.unwrap();
+    bus.publish("deliveries", republish(daily[0]))
+        .await
+        .unwrap();
+    bus.publish("notify", republish(&notifies[0]))
+        .await
+        .unwrap();
     // Both consumers acknowledge the copies (the test subscriptions see them too).
     let again = r
         .stack
-        .drain("test-deliveries", Duration::from_secs(30), |m| !m.is_empty())
+        .drain("test-deliveries", Duration::from_secs(30), |m| {
+            !m.is_empty()
+        })
         .await;
     assert_eq!(again.len(), 1);
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let notifies_again = r.stack.drain("test-notify", Duration::from_secs(30), |m| !m.is_empty()).await;
-    assert_eq!(notifies_again.len(), 1, "only the test's copy of the notify: {notifies_again:?}");
+    let notifies_again = r
+        .stack
+        .drain("test-notify", Duration::from_secs(30), |m| !m.is_empty())
+        .await;
+    assert_eq!(
+        notifies_again.len(),
+        1,
+        "only the test's copy of the notify: {notifies_again:?}"
+    );
     assert_eq!(tree(&r.upload_dir()), before, "nothing uploaded again");
     assert_eq!(r.api_stored(), 1, "nothing posted again");
     assert_eq!(mails(&mail_dir).len(), 1, "no second e-mail");
@@ -314,7 +338,8 @@ async fn daily_request(r: &Running) -> (Incoming, DeliveryRequest) {
     let deliveries = r
         .stack
         .drain("test-deliveries", Duration::from_secs(240), |m| {
-            m.iter().any(|m| m.attributes.get("product").map(String::as_str) == Some("daily"))
+            m.iter()
+                .any(|m| m.attributes.get("product").map(String::as_str) == Some("daily"))
         })
         .await;
     let m = deliveries
@@ -352,10 +377,17 @@ async fn an_api_400_is_dead_lettered_once_and_a_429_retry_after_is_honoured() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(mails(&r.mail_dir()).is_empty(), "no e-mail before every sink delivered");
+    assert!(
+        mails(&r.mail_dir()).is_empty(),
+        "no e-mail before every sink delivered"
+    );
 
     // Replayed after the partner fixed its side; it first answers 429 with Retry-After: 2.
-    crate::sinks::script(&r.api, serde_json::json!([{"status": 429, "retry_after": "2"}])).await;
+    crate::sinks::script(
+        &r.api,
+        serde_json::json!([{"status": 429, "retry_after": "2"}]),
+    )
+    .await;
     let bus = Bus::connect(
         &r.cfg.gcp.project,
         &["deliveries"],
@@ -379,7 +411,10 @@ async fn an_api_400_is_dead_lettered_once_and_a_429_retry_after_is_honoured() {
     assert!(gap >= 1.9, "Retry-After honoured: {gap}s");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(mails(&mail_dir).len(), 1);
-    let dead = r.stack.drain("test-api-dead", Duration::from_secs(10), |_| true).await;
+    let dead = r
+        .stack
+        .drain("test-api-dead", Duration::from_secs(10), |_| true)
+        .await;
     assert!(dead.is_empty(), "no second dead letter: {dead:?}");
     r.stop().await;
 }
@@ -396,7 +431,9 @@ async fn a_wrong_sftp_host_key_is_dead_lettered_as_host_key() {
     let (_, req) = daily_request(&r).await;
     let dead = r
         .stack
-        .drain("test-sftp-dead", Duration::from_secs(120), |m| !m.is_empty())
+        .drain("test-sftp-dead", Duration::from_secs(120), |m| {
+            !m.is_empty()
+        })
         .await;
     assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
     assert_eq!(dead[0].attributes["error_kind"], "host_key");
@@ -420,13 +457,20 @@ async fn an_sftp_server_down_is_retried_then_dead_lettered_by_pubsub() {
     let (_, req) = daily_request(&r).await;
     let dead = r
         .stack
-        .drain("test-sftp-dead", Duration::from_secs(240), |m| !m.is_empty())
+        .drain("test-sftp-dead", Duration::from_secs(240), |m| {
+            !m.is_empty()
+        })
         .await;
     assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
     let a = &dead[0].attributes;
     assert_eq!(a["delivery_id"], req.delivery_id);
-    assert!(!a.contains_key("error_kind"), "not dead-lettered by the consumer: {a:?}");
-    let attempts: u32 = a["CloudPubSubDeadLetterSourceDeliveryCount"].parse().unwrap();
+    assert!(
+        !a.contains_key("error_kind"),
+        "not dead-lettered by the consumer: {a:?}"
+    );
+    let attempts: u32 = a["CloudPubSubDeadLetterSourceDeliveryCount"]
+        .parse()
+        .unwrap();
     assert!(attempts > 1, "retried before the dead letter: {attempts}");
     assert!(mails(&r.mail_dir()).is_empty(), "no e-mail");
     r.stop().await;
@@ -473,7 +517,10 @@ async fn an_smtp_server_down_then_back_gets_the_email_once() {
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(mails(&mail_dir).len(), 1, "the e-mail arrives once");
-    let dead = r.stack.drain("test-sftp-dead", Duration::from_secs(5), |_| true).await;
+    let dead = r
+        .stack
+        .drain("test-sftp-dead", Duration::from_secs(5), |_| true)
+        .await;
     assert!(dead.is_empty());
     r.stop().await;
 }
