@@ -12,6 +12,7 @@ use datashare::events::{DeliveryRequest, Incoming, Notify, Outgoing};
 use datashare::gcp::{Bus, Gcs};
 use datashare::products::contract::{ApiAuth, SftpSink};
 use datashare::products::manifest::sha256_hex;
+use datashare::service::claim::{self, Claim};
 use datashare::service::deliver::Deliver;
 use datashare::service::{Worker, pull};
 use datashare::sinks::email::SmtpTls;
@@ -95,15 +96,16 @@ struct Running {
     smtp: SmtpEnv,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<Result<(), datashare::gcp::ClientError>>>,
+    rx: watch::Receiver<bool>,
     _work: tempfile::TempDir,
 }
 
 async fn start() -> Running {
-    start_with(|_, _| {}).await
+    start_with(|_, _| {}, &["sftp", "api", "email"]).await
 }
 
 /// Starts everything; `tweak` may change the SFTP settings written into the contract.
-async fn start_with(tweak: impl FnOnce(&Path, &mut SftpSink)) -> Running {
+async fn start_with(tweak: impl FnOnce(&Path, &mut SftpSink), sinks: &[&str]) -> Running {
     let stack = Stack::up(&[]);
     let work = tempfile::tempdir().unwrap();
     let sftp = sftp_env(work.path());
@@ -140,16 +142,8 @@ async fn start_with(tweak: impl FnOnce(&Path, &mut SftpSink)) -> Running {
         .unwrap();
     let (stop, rx) = watch::channel(false);
     let worker = Arc::new(Worker::start(cfg.clone()).await.expect("worker starts"));
-    let mut tasks = vec![tokio::spawn(pull::run(worker, rx.clone()))];
-    for sink in ["sftp", "api", "email"] {
-        let role = Arc::new(
-            Deliver::start(cfg.clone(), sink)
-                .await
-                .unwrap_or_else(|e| panic!("{sink} starts: {e}")),
-        );
-        tasks.push(tokio::spawn(pull::run(role, rx.clone())));
-    }
-    Running {
+    let tasks = vec![tokio::spawn(pull::run(worker, rx.clone()))];
+    let mut running = Running {
         stack,
         cfg,
         gcs,
@@ -158,11 +152,27 @@ async fn start_with(tweak: impl FnOnce(&Path, &mut SftpSink)) -> Running {
         smtp,
         stop,
         tasks,
+        rx,
         _work: work,
+    };
+    for sink in sinks {
+        running.add_role(sink).await;
     }
+    running
 }
 
 impl Running {
+    /// Starts `datashare deliver --sink <sink>` in pull mode.
+    async fn add_role(&mut self, sink: &str) {
+        let role = Arc::new(
+            Deliver::start(self.cfg.clone(), sink)
+                .await
+                .unwrap_or_else(|e| panic!("{sink} starts: {e}")),
+        );
+        self.tasks
+            .push(tokio::spawn(pull::run(role, self.rx.clone())));
+    }
+
     async fn stop(self) {
         self.stop.send(true).unwrap();
         for t in self.tasks {
@@ -421,10 +431,13 @@ async fn an_api_400_is_dead_lettered_once_and_a_429_retry_after_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wrong_sftp_host_key_is_dead_lettered_as_host_key() {
-    let r = start_with(|work, sftp| {
-        let (_, other) = crate::sinks::ssh_keygen(work, "not_the_host_key", "");
-        sftp.host_key = other;
-    })
+    let r = start_with(
+        |work, sftp| {
+            let (_, other) = crate::sinks::ssh_keygen(work, "not_the_host_key", "");
+            sftp.host_key = other;
+        },
+        &["sftp", "api", "email"],
+    )
     .await;
     let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
     upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
@@ -447,10 +460,13 @@ async fn a_wrong_sftp_host_key_is_dead_lettered_as_host_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_sftp_server_down_is_retried_then_dead_lettered_by_pubsub() {
     // Nothing listens on the contract's port.
-    let r = start_with(|_, sftp| {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        sftp.port = l.local_addr().unwrap().port();
-    })
+    let r = start_with(
+        |_, sftp| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            sftp.port = l.local_addr().unwrap().port();
+        },
+        &["sftp", "api", "email"],
+    )
     .await;
     let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
     upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
@@ -522,5 +538,46 @@ async fn an_smtp_server_down_then_back_gets_the_email_once() {
         .drain("test-sftp-dead", Duration::from_secs(5), |_| true)
         .await;
     assert!(dead.is_empty());
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_notify_claim_left_by_a_crashed_instance_is_taken_over_once_its_lease_expires() {
+    // The API sink starts late, after a "crashed" instance took the notify claim.
+    let mut r = start_with(|_, _| {}, &["sftp", "email"]).await;
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
+    let (_, req) = daily_request(&r).await;
+    let ops = r.cfg.gcp.buckets.ops.clone();
+    let name = format!("notify/{}", req.delivery_id);
+    let lease = Duration::from_secs(8);
+    let taken = claim::take(&r.gcs, &ops, &name, "crashed-instance", lease)
+        .await
+        .unwrap();
+    assert!(matches!(taken, Claim::Taken { .. }), "{taken:?}");
+    let claimed_at = std::time::Instant::now();
+    r.add_role("api").await;
+    let mail_dir = r.mail_dir();
+    until("the partner e-mail", Duration::from_secs(180), || {
+        let n = mails(&mail_dir).len();
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    assert!(
+        claimed_at.elapsed() >= lease,
+        "the notify waited for the crashed instance's lease"
+    );
+    let notifies = r
+        .stack
+        .drain("test-notify", Duration::from_secs(30), |m| !m.is_empty())
+        .await;
+    assert_eq!(notifies.len(), 1, "one notify: {notifies:?}");
+    let (body, _) = r.gcs.read(&ops, &name, None).await.unwrap().unwrap();
+    let holder: Value = serde_json::from_slice(&body).unwrap();
+    assert_ne!(
+        holder["owner"], "crashed-instance",
+        "the claim was taken over"
+    );
+    assert_eq!(mails(&mail_dir).len(), 1);
     r.stop().await;
 }
