@@ -283,13 +283,7 @@ async fn an_upload_ends_on_sftp_at_the_api_and_in_one_email_and_redeliveries_cha
         "{eml}"
     );
     assert!(
-        eml["parts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["filename"]
-                .as_str()
-                .is_some_and(|f| f.contains("dicion") || f.contains("dictionary"))),
+        has_dictionary(&eml),
         "first delivery attaches the dictionary: {eml}"
     );
     let receipts = GcsReceipts::new(r.gcs.clone(), r.cfg.gcp.buckets.ops.clone());
@@ -340,7 +334,29 @@ async fn an_upload_ends_on_sftp_at_the_api_and_in_one_email_and_redeliveries_cha
     assert_eq!(tree(&r.upload_dir()), before, "nothing uploaded again");
     assert_eq!(r.api_stored(), 1, "nothing posted again");
     assert_eq!(mails(&mail_dir).len(), 1, "no second e-mail");
+
+    // The next day's delivery: same schema, so no dictionary attached.
+    let next = dt.succ_opt().unwrap();
+    upload_day(&r.gcs, &r.cfg, next, 300, false).await;
+    until("the second e-mail", Duration::from_secs(300), || {
+        let n = mails(&mail_dir).len();
+        async move { (n > 1).then_some(()) }
+    })
+    .await;
+    let second = parse_eml(&mails(&mail_dir)[1]);
+    assert!(
+        !has_dictionary(&second),
+        "no dictionary on a later delivery with the same schema: {second}"
+    );
     r.stop().await;
+}
+
+fn has_dictionary(eml: &Value) -> bool {
+    eml["parts"].as_array().unwrap().iter().any(|p| {
+        p["filename"]
+            .as_str()
+            .is_some_and(|f| f.contains("dicion") || f.contains("dictionary"))
+    })
 }
 
 /// The daily delivery request the worker published.
