@@ -312,7 +312,9 @@ impl Deliver {
             let manifest = self.download_file(&f.manifest, dir).await?;
             files.push(DeliveryFile { data, manifest });
         }
-        let delivery = Delivery {
+        // Sizes and SHA-256 against the request: `deliver_once` checks them (a mismatch is
+        // transient: a fresh download may fix it).
+        Ok(Delivery {
             delivery_id: req.delivery_id.clone(),
             partner: req.partner.clone(),
             product,
@@ -320,13 +322,7 @@ impl Deliver {
             files,
             new_dictionary: None,
             upstream: Vec::new(),
-        };
-        let d = delivery.clone();
-        let sink = self.sink;
-        super::blocking("file check", move || d.verify_local_files(sink))
-            .await?
-            .map_err(sink_error)?;
-        Ok(delivery)
+        })
     }
 
     /// Downloads one `gs://` object into `dir` under its last name segment.

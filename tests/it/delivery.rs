@@ -58,7 +58,7 @@ user = "{suser}"
 root = "{root}"
 host_key = "{host_key}"
 private_key = {key}
-passphrase = {pass}
+{pass}
 
 [[sinks]]
 type = "api"
@@ -77,7 +77,11 @@ reply_to = "dados@datashare.example"
         root = sftp.root,
         host_key = sftp.host_key,
         key = file(&sftp.private_key),
-        pass = file(sftp.passphrase.as_ref().unwrap()),
+        pass = sftp
+            .passphrase
+            .as_ref()
+            .map(|p| format!("passphrase = {}", file(p)))
+            .unwrap_or_default(),
         base = api.base_url,
         ca = api.ca_file.as_ref().unwrap().display().to_string(),
         password = file(password),
@@ -596,4 +600,52 @@ async fn a_notify_claim_left_by_a_crashed_instance_is_taken_over_once_its_lease_
     );
     assert_eq!(mails(&mail_dir).len(), 1);
     r.stop().await;
+}
+
+#[tokio::test]
+async fn a_misconfigured_sink_stops_the_role_at_start_up() {
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("missing-key");
+    let sftp = SftpSink {
+        host: "127.0.0.1".into(),
+        port: 22,
+        user: "datashare".into(),
+        root: "/upload".into(),
+        host_key: "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+        private_key: datashare::products::contract::SecretRef {
+            env: None,
+            file: Some(key),
+        },
+        passphrase: None,
+    };
+    let api = datashare::products::contract::ApiSink {
+        base_url: "https://127.0.0.1:9/v1/".into(),
+        auth: ApiAuth::Basic {
+            user: "datashare".into(),
+            password: crate::sinks::secret_file(work.path(), "pw", &crate::sinks::random_hex(8)),
+        },
+        ca_file: Some(work.path().join("missing-ca.pem")),
+    };
+    let dir = partners(work.path(), &sftp, &api);
+    let dir_s = dir.display().to_string();
+    let cfg = Config::load_with(None, &|k| {
+        (k == "DATASHARE_PARTNERS_DIR").then(|| dir_s.clone())
+    })
+    .unwrap();
+    for (sink, expected) in [
+        ("sftp", "missing-key"),
+        ("api", "missing-ca.pem"),
+        ("email", "no SMTP relay configured"),
+    ] {
+        let e = Deliver::start(cfg.clone(), sink)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ouchhungry") && e.contains(expected),
+            "{sink}: {e}"
+        );
+    }
+    let e = Deliver::start(cfg, "fax").await.unwrap_err().to_string();
+    assert!(e.contains("unknown sink"), "{e}");
 }
