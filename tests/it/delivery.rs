@@ -393,6 +393,15 @@ async fn an_api_400_is_dead_lettered_once_and_a_429_retry_after_is_honoured() {
         .await;
     assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
     assert_eq!(dead[0].attributes["error_kind"], "partner_rejected");
+    let seen = format!(
+        "{:?} {}",
+        dead[0].attributes,
+        String::from_utf8_lossy(&dead[0].data)
+    );
+    assert!(
+        !seen.contains(&r.api.password),
+        "no secret in the dead letter"
+    );
     assert_eq!(dead[0].attributes["delivery_id"], req.delivery_id);
     assert_eq!(
         crate::sinks::statuses(&r.api.state),
