@@ -48,12 +48,12 @@ pub enum DeliverStartError {
     #[error(transparent)]
     Contract(#[from] crate::products::contract::ContractError),
     /// A partner's sink is misconfigured (the message names the sink, never a secret).
-    #[error("partner {partner}: {source}")]
+    #[error("partner {partner}: {error}")]
     Sink {
         /// The partner.
         partner: String,
-        /// The cause.
-        source: SinkError,
+        /// The cause (in the message, not a separate source, so it prints once).
+        error: SinkError,
     },
     /// A client could not be created.
     #[error(transparent)]
@@ -92,12 +92,11 @@ impl Deliver {
         let mut sinks = BTreeMap::new();
         for c in crate::products::contract::load_dir(&config.worker.partners_dir)? {
             if let Some(sc) = c.sinks.iter().find(|s| s.name() == sink) {
-                let built = AnySink::build(&c, sc, &settings).map_err(|source| {
-                    DeliverStartError::Sink {
+                let built =
+                    AnySink::build(&c, sc, &settings).map_err(|error| DeliverStartError::Sink {
                         partner: c.name.clone(),
-                        source,
-                    }
-                })?;
+                        error,
+                    })?;
                 sinks.insert(c.name.clone(), built);
             }
             contracts.insert(c.name.clone(), c);
