@@ -658,3 +658,73 @@ async fn a_misconfigured_sink_stops_the_role_at_start_up() {
     let e = Deliver::start(cfg, "fax").await.unwrap_err().to_string();
     assert!(e.contains("unknown sink"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_requests_and_unknown_partners_are_dead_lettered_not_retried() {
+    let r = start_with(|_, _| {}, &["api"]).await;
+    let bus = Bus::connect(
+        &r.cfg.gcp.project,
+        &["deliveries"],
+        r.cfg.emulators.pubsub.as_deref(),
+    )
+    .await
+    .unwrap();
+    let attrs = |extra: &[(&str, &str)]| {
+        let mut a: std::collections::BTreeMap<String, String> =
+            [("sink_api".to_string(), "true".to_string())].into();
+        for (k, v) in extra {
+            a.insert(k.to_string(), v.to_string());
+        }
+        a
+    };
+    bus.publish(
+        "deliveries",
+        Outgoing {
+            data: b"{not json".to_vec(),
+            attributes: attrs(&[("case", "garbage")]),
+        },
+    )
+    .await
+    .unwrap();
+    let digest = |u: &str| datashare::events::FileDigest {
+        uri: u.into(),
+        sha256: "00".repeat(32),
+        bytes: 1,
+    };
+    let req = DeliveryRequest {
+        schema_version: datashare::events::delivery::DELIVERY_REQUEST_VERSION,
+        delivery_id: "d".repeat(64),
+        partner: "nobody".into(),
+        product: "daily".into(),
+        period: "2026-11-27".into(),
+        product_version: "e".repeat(64),
+        files: vec![datashare::events::DeliveryFile {
+            name: "nobody_daily_2026-11-27.csv".into(),
+            format: "csv".into(),
+            rows: 1,
+            file: digest("gs://datashare-products/x.csv"),
+            manifest: digest("gs://datashare-products/x.csv.manifest.json"),
+        }],
+        dictionary: digest("gs://datashare-products/d.md"),
+        sinks: vec!["api".into()],
+        source_batches: vec![],
+    };
+    let mut m = req.to_message();
+    m.attributes.insert("case".into(), "unknown".into());
+    bus.publish("deliveries", m).await.unwrap();
+    let dead = r
+        .stack
+        .drain("test-api-dead", Duration::from_secs(60), |m| m.len() >= 2)
+        .await;
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let kind = |case: &str| {
+        dead.iter()
+            .find(|m| m.attributes["case"] == case)
+            .map(|m| m.attributes["error_kind"].clone())
+            .unwrap()
+    };
+    assert_eq!(kind("garbage"), "malformed_message");
+    assert_eq!(kind("unknown"), "unknown_partner");
+    assert!(crate::sinks::requests(&r.api.state).is_empty());
+    r.stop().await;
+}
