@@ -14,7 +14,7 @@ use datashare::products::contract::{ApiAuth, SftpSink};
 use datashare::products::manifest::sha256_hex;
 use datashare::service::claim::{self, Claim};
 use datashare::service::deliver::Deliver;
-use datashare::service::{Worker, pull};
+use datashare::service::{Worker, pull, push};
 use datashare::sinks::email::SmtpTls;
 use datashare::sinks::{GcsReceipts, ReceiptStore};
 use serde_json::Value;
@@ -99,7 +99,8 @@ struct Running {
     api: ApiEnv,
     smtp: SmtpEnv,
     stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<Result<(), datashare::gcp::ClientError>>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
+    listeners: std::collections::BTreeMap<String, tokio::net::TcpListener>,
     rx: watch::Receiver<bool>,
     _work: tempfile::TempDir,
 }
@@ -110,7 +111,29 @@ async fn start() -> Running {
 
 /// Starts everything; `tweak` may change the SFTP settings written into the contract.
 async fn start_with(tweak: impl FnOnce(&Path, &mut SftpSink), sinks: &[&str]) -> Running {
-    let stack = Stack::up(&[]);
+    start_full(tweak, sinks, false).await
+}
+
+/// Starts everything; with `push`, the sinks serve the emulator's push subscriptions.
+async fn start_full(
+    tweak: impl FnOnce(&Path, &mut SftpSink),
+    sinks: &[&str],
+    push: bool,
+) -> Running {
+    let mut listeners = std::collections::BTreeMap::new();
+    let mut args = Vec::new();
+    if push {
+        for sink in sinks {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = l.local_addr().unwrap().port();
+            args.push("--push-endpoint".to_string());
+            args.push(format!("{sink}=http://127.0.0.1:{port}"));
+            listeners.insert(sink.to_string(), l);
+        }
+    }
+    let stack = tokio::task::spawn_blocking(move || Stack::up(&args))
+        .await
+        .unwrap();
     let work = tempfile::tempdir().unwrap();
     let sftp = sftp_env(work.path());
     let api = api_env(work.path());
@@ -146,7 +169,10 @@ async fn start_with(tweak: impl FnOnce(&Path, &mut SftpSink), sinks: &[&str]) ->
         .unwrap();
     let (stop, rx) = watch::channel(false);
     let worker = Arc::new(Worker::start(cfg.clone()).await.expect("worker starts"));
-    let tasks = vec![tokio::spawn(pull::run(worker, rx.clone()))];
+    let pulling = pull::run(worker, rx.clone());
+    let tasks = vec![tokio::spawn(async move {
+        pulling.await.map_err(|e| e.to_string())
+    })];
     let mut running = Running {
         stack,
         cfg,
@@ -157,6 +183,7 @@ async fn start_with(tweak: impl FnOnce(&Path, &mut SftpSink), sinks: &[&str]) ->
         stop,
         tasks,
         rx,
+        listeners,
         _work: work,
     };
     for sink in sinks {
@@ -173,8 +200,18 @@ impl Running {
                 .await
                 .unwrap_or_else(|e| panic!("{sink} starts: {e}")),
         );
-        self.tasks
-            .push(tokio::spawn(pull::run(role, self.rx.clone())));
+        let rx = self.rx.clone();
+        let task = match self.listeners.remove(sink) {
+            Some(l) => {
+                tokio::spawn(
+                    async move { push::serve(role, l, rx).await.map_err(|e| e.to_string()) },
+                )
+            }
+            None => {
+                tokio::spawn(async move { pull::run(role, rx).await.map_err(|e| e.to_string()) })
+            }
+        };
+        self.tasks.push(task);
     }
 
     async fn stop(self) {
@@ -726,5 +763,28 @@ async fn malformed_requests_and_unknown_partners_are_dead_lettered_not_retried()
     assert_eq!(kind("garbage"), "malformed_message");
     assert_eq!(kind("unknown"), "unknown_partner");
     assert!(crate::sinks::requests(&r.api.state).is_empty());
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sinks_serve_push_subscriptions_too() {
+    let r = start_full(|_, _| {}, &["sftp", "api", "email"], true).await;
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
+    let mail_dir = r.mail_dir();
+    until("the partner e-mail", Duration::from_secs(300), || {
+        let n = mails(&mail_dir).len();
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    let (_, req) = daily_request(&r).await;
+    let folder = r.upload_dir().join("ouchhungry/daily");
+    for f in &req.files {
+        let data = std::fs::read(folder.join(&f.name)).expect("data file on the SFTP server");
+        assert_eq!(sha256_hex(&data), f.file.sha256);
+    }
+    assert_eq!(r.api_stored(), 1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(mails(&mail_dir).len(), 1);
     r.stop().await;
 }
