@@ -24,6 +24,8 @@ enum Command {
     Build(datashare::products::command::BuildArgs),
     /// Runs the worker: stages parts, runs claimed batch steps, publishes delivery requests.
     Worker(datashare::service::command::WorkerArgs),
+    /// Runs a sink's consumer: delivers requests (sftp, api) or sends partner e-mails (email).
+    Deliver(datashare::service::deliver::DeliverArgs),
     /// Releases a held batch (failed files, blocking guardrails): products are built and delivered.
     Release(datashare::service::release::ReleaseArgs),
     /// Runs the alerting consumer: archives dead letters, e-mails alerts to the data team.
@@ -54,6 +56,10 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Worker(args) => {
             datashare::service::command::run(&args)?;
+            true
+        }
+        Command::Deliver(args) => {
+            datashare::service::deliver::run(&args)?;
             true
         }
         Command::Release(args) => datashare::service::release::run(&args)?,

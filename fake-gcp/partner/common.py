@@ -64,7 +64,12 @@ def write_atomic(path, data):
 
 
 def throwaway_tls(state_dir, name):
-    """Makes a CA and a server certificate for 127.0.0.1/localhost; returns (ca, cert, key) paths."""
+    """Makes a CA and a server certificate for 127.0.0.1/localhost; returns (ca, cert, key) paths.
+
+    A restarted server in the same state dir keeps its certificate (clients trust the same CA)."""
+    existing = tuple(os.path.join(state_dir, f"{name}-{p}.pem") for p in ("ca", "cert", "key"))
+    if all(os.path.exists(p) for p in existing):
+        return existing
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec

@@ -53,7 +53,7 @@ pub struct Alerting {
 #[derive(Debug, thiserror::Error)]
 pub enum AlertStartError {
     /// No SMTP relay configured.
-    #[error("alerting: no SMTP relay (set DATASHARE_SMTP_HOST or [alerting.smtp])")]
+    #[error("alerting: no SMTP relay (set DATASHARE_SMTP_HOST, [smtp] or [alerting.smtp])")]
     NoRelay,
     /// The mailer cannot be built.
     #[error(transparent)]
@@ -67,7 +67,11 @@ impl Alerting {
     /// Builds the consumer: mailer (password read now), storage and publishers.
     pub async fn start(config: Config) -> Result<Alerting, AlertStartError> {
         let a = &config.alerting;
-        let smtp = a.smtp.as_ref().ok_or(AlertStartError::NoRelay)?;
+        let smtp = a
+            .smtp
+            .as_ref()
+            .or(config.smtp.as_ref())
+            .ok_or(AlertStartError::NoRelay)?;
         let mailer = Mailer::new(smtp, &a.from, &a.recipients)?;
         let gcs = Gcs::connect(config.emulators.storage.as_deref()).await?;
         let topics = config.role_dead_letter_topics(ALERT_ROLE);

@@ -1,18 +1,13 @@
 //! The `[alerting]` table: who is told, how alerts are grouped, and the SMTP relay.
 //!
-//! Environment overrides: `DATASHARE_ALERT_RECIPIENTS` (comma-separated),
-//! `DATASHARE_ALERT_WINDOW_SECS`, and the relay's `DATASHARE_SMTP_HOST`, `DATASHARE_SMTP_PORT`,
-//! `DATASHARE_SMTP_TLS` (`starttls` or `implicit`), `DATASHARE_SMTP_FROM`,
-//! `DATASHARE_SMTP_USER`, `DATASHARE_SMTP_PASSWORD_FILE` (or the password itself in
-//! `DATASHARE_SMTP_PASSWORD`, read only when the transport is built), `DATASHARE_SMTP_CA_FILE`.
-
-use std::path::PathBuf;
+//! Environment overrides: `DATASHARE_ALERT_RECIPIENTS` (comma-separated) and
+//! `DATASHARE_ALERT_WINDOW_SECS`. The relay is `[alerting.smtp]` when set, else the service's
+//! one relay (`[smtp]` and its `DATASHARE_SMTP_*` variables, see [`crate::config`]).
 
 use serde::Deserialize;
 
 use crate::config::ConfigError;
-use crate::products::contract::SecretRef;
-use crate::sinks::email::{SmtpSettings, SmtpTls};
+use crate::sinks::email::SmtpSettings;
 
 /// The `[alerting]` table.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -25,8 +20,8 @@ pub struct AlertingSettings {
     pub window_secs: u64,
     /// Sender of the alert e-mails.
     pub from: String,
-    /// The SMTP relay (usually from the environment); `datashare alert` refuses to start
-    /// without one.
+    /// A relay for alerts only; without it the service's `[smtp]` relay is used, and
+    /// `datashare alert` refuses to start without either.
     #[serde(default)]
     pub smtp: Option<SmtpSettings>,
 }
@@ -53,55 +48,6 @@ impl AlertingSettings {
             self.window_secs = v
                 .parse()
                 .map_err(|_| invalid("DATASHARE_ALERT_WINDOW_SECS", "not a whole number"))?;
-        }
-        if let Some(host) = get("DATASHARE_SMTP_HOST") {
-            let from = self.from.clone();
-            let s = self.smtp.get_or_insert_with(|| SmtpSettings {
-                host: host.clone(),
-                port: 587,
-                tls: SmtpTls::Starttls,
-                from,
-                user: None,
-                password: None,
-                ca_file: None,
-                timeout_secs: 30,
-            });
-            s.host = host;
-        }
-        let Some(s) = self.smtp.as_mut() else {
-            return Ok(());
-        };
-        if let Some(v) = get("DATASHARE_SMTP_PORT") {
-            s.port = v
-                .parse()
-                .map_err(|_| invalid("DATASHARE_SMTP_PORT", "not a port number"))?;
-        }
-        if let Some(v) = get("DATASHARE_SMTP_TLS") {
-            s.tls = match v.as_str() {
-                "starttls" => SmtpTls::Starttls,
-                "implicit" => SmtpTls::Implicit,
-                _ => return Err(invalid("DATASHARE_SMTP_TLS", "starttls or implicit")),
-            };
-        }
-        if let Some(v) = get("DATASHARE_SMTP_FROM") {
-            s.from = v;
-        }
-        if let Some(v) = get("DATASHARE_SMTP_USER") {
-            s.user = Some(v);
-        }
-        if let Some(v) = get("DATASHARE_SMTP_PASSWORD_FILE") {
-            s.password = Some(SecretRef {
-                env: None,
-                file: Some(PathBuf::from(v)),
-            });
-        } else if env("DATASHARE_SMTP_PASSWORD").is_some() {
-            s.password = Some(SecretRef {
-                env: Some("DATASHARE_SMTP_PASSWORD".into()),
-                file: None,
-            });
-        }
-        if let Some(v) = get("DATASHARE_SMTP_CA_FILE") {
-            s.ca_file = Some(PathBuf::from(v));
         }
         Ok(())
     }
@@ -169,13 +115,14 @@ mod tests {
         assert!(c.alerting.smtp.is_none());
         let c = load(&[
             ("DATASHARE_SMTP_HOST", "smtp.example"),
+            ("DATASHARE_SMTP_FROM", "d <d@datashare.example>"),
             ("DATASHARE_SMTP_PORT", "465"),
             ("DATASHARE_SMTP_TLS", "implicit"),
             ("DATASHARE_SMTP_USER", "u"),
             ("DATASHARE_SMTP_PASSWORD_FILE", "/run/secrets/smtp"),
         ])
         .unwrap();
-        let s = c.alerting.smtp.unwrap();
+        let s = c.smtp.unwrap();
         assert_eq!((s.host.as_str(), s.port), ("smtp.example", 465));
         assert_eq!(s.tls, crate::sinks::email::SmtpTls::Implicit);
         assert!(s.password.unwrap().file.is_some());
@@ -195,7 +142,6 @@ mod tests {
                 "x",
                 "DATASHARE_ALERT_WINDOW_SECS",
             ),
-            ("DATASHARE_SMTP_TLS", "none", "DATASHARE_SMTP_TLS"),
         ] {
             let mut vars = vec![(var, value)];
             vars.push(("DATASHARE_SMTP_HOST", "smtp.example"));

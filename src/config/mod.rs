@@ -5,7 +5,10 @@
 //! Environment overrides (the names Terraform sets, `terraform/README.md`):
 //! `DATASHARE_GCP_PROJECT`, `DATASHARE_BUCKET_<LOGICAL>` (`RAW`, `CURATED`, `PRODUCTS`, `OPS`);
 //! the emulators' `PUBSUB_EMULATOR_HOST` and `STORAGE_EMULATOR_HOST`; and for the worker
-//! `DATASHARE_STEP_TIMEOUT_SECS`, `DATASHARE_LEASE_EXTENSION_SECS` and `DATASHARE_PARTNERS_DIR`.
+//! `DATASHARE_STEP_TIMEOUT_SECS`, `DATASHARE_LEASE_EXTENSION_SECS` and `DATASHARE_PARTNERS_DIR`;
+//! the partner e-mail relay (`[smtp]`): `DATASHARE_SMTP_HOST`, `_PORT`, `_TLS` (`starttls` or
+//! `implicit`), `_FROM`, `_USER`, `_CA_FILE`, and the password as `DATASHARE_SMTP_PASSWORD_FILE`
+//! (a file) or in `DATASHARE_SMTP_PASSWORD` (read only when the e-mail sink starts, never printed).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -139,6 +142,7 @@ struct File {
     #[serde(default)]
     guardrails: Guardrails,
     alerting: crate::alerting::AlertingSettings,
+    smtp: Option<crate::sinks::email::SmtpSettings>,
 }
 
 /// The whole validated configuration.
@@ -154,6 +158,8 @@ pub struct Config {
     pub guardrails: Guardrails,
     /// The alerting consumer's settings.
     pub alerting: crate::alerting::AlertingSettings,
+    /// The SMTP relay for partner e-mails (`[smtp]`; required by `datashare deliver --sink email`).
+    pub smtp: Option<crate::sinks::email::SmtpSettings>,
 }
 
 impl Config {
@@ -190,6 +196,7 @@ impl Config {
             emulators: Emulators::default(),
             guardrails: file.guardrails,
             alerting: file.alerting,
+            smtp: file.smtp,
         };
         c.apply_env(env)?;
         c.alerting.apply_env(env)?;
@@ -227,11 +234,102 @@ impl Config {
         if let Some(v) = set(env("DATASHARE_PARTNERS_DIR")) {
             self.worker.partners_dir = PathBuf::from(v);
         }
+        self.apply_smtp_env(&|k| set(env(k)))?;
         if let Some(v) = set(env("PUBSUB_EMULATOR_HOST")) {
             self.emulators.pubsub = Some(endpoint("PUBSUB_EMULATOR_HOST", &v)?);
         }
         if let Some(v) = set(env("STORAGE_EMULATOR_HOST")) {
             self.emulators.storage = Some(endpoint("STORAGE_EMULATOR_HOST", &v)?);
+        }
+        Ok(())
+    }
+
+    fn apply_smtp_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        use crate::products::contract::SecretRef;
+        use crate::sinks::email::{SmtpSettings, SmtpTls};
+        let host = env("DATASHARE_SMTP_HOST");
+        if self.smtp.is_none() {
+            let Some(host) = host.clone() else {
+                return Ok(());
+            };
+            let from = env("DATASHARE_SMTP_FROM").ok_or_else(|| {
+                invalid("DATASHARE_SMTP_FROM", "required with DATASHARE_SMTP_HOST")
+            })?;
+            self.smtp = Some(SmtpSettings {
+                host,
+                port: 587,
+                tls: SmtpTls::Starttls,
+                from,
+                user: None,
+                password: None,
+                ca_file: None,
+                timeout_secs: 30,
+            });
+        }
+        let Some(smtp) = self.smtp.as_mut() else {
+            return Ok(());
+        };
+        if let Some(h) = host {
+            smtp.host = h;
+        }
+        if let Some(v) = env("DATASHARE_SMTP_PORT") {
+            smtp.port = v
+                .parse()
+                .map_err(|_| invalid("DATASHARE_SMTP_PORT", "not a port number"))?;
+        }
+        if let Some(v) = env("DATASHARE_SMTP_TLS") {
+            smtp.tls = match v.as_str() {
+                "starttls" => SmtpTls::Starttls,
+                "implicit" => SmtpTls::Implicit,
+                _ => {
+                    return Err(invalid(
+                        "DATASHARE_SMTP_TLS",
+                        "must be starttls or implicit",
+                    ));
+                }
+            };
+        }
+        if let Some(v) = env("DATASHARE_SMTP_FROM") {
+            smtp.from = v;
+        }
+        if let Some(v) = env("DATASHARE_SMTP_USER") {
+            smtp.user = Some(v);
+        }
+        if let Some(v) = env("DATASHARE_SMTP_CA_FILE") {
+            smtp.ca_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("DATASHARE_SMTP_PASSWORD_FILE") {
+            smtp.password = Some(SecretRef {
+                env: None,
+                file: Some(PathBuf::from(v)),
+            });
+        } else if env("DATASHARE_SMTP_PASSWORD").is_some() {
+            smtp.password = Some(SecretRef {
+                env: Some("DATASHARE_SMTP_PASSWORD".into()),
+                file: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_smtp(&self) -> Result<(), ConfigError> {
+        let Some(smtp) = &self.smtp else {
+            return Ok(());
+        };
+        if smtp.host.trim().is_empty() {
+            return Err(invalid("smtp.host", "empty"));
+        }
+        if smtp.port == 0 {
+            return Err(invalid("smtp.port", "must be a port number"));
+        }
+        if smtp.from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(invalid("smtp.from", "not an e-mail address"));
+        }
+        if smtp.password.is_some() != smtp.user.is_some() {
+            return Err(invalid("smtp.user", "set user and password together"));
+        }
+        if smtp.timeout_secs == 0 {
+            return Err(invalid("smtp.timeout_secs", "must be at least 1"));
         }
         Ok(())
     }
@@ -346,7 +444,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        Ok(())
+        self.validate_smtp()
     }
 
     /// `projects/<project>/topics/<topic>`.
@@ -581,5 +679,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("step_timeot_secs"), "{e}");
+    }
+
+    #[test]
+    fn smtp_relay_from_the_environment_is_validated_and_hides_the_password() {
+        assert_eq!(load(&[]).unwrap().smtp, None);
+        let c = load(&[
+            ("DATASHARE_SMTP_HOST", "smtp.example.com"),
+            ("DATASHARE_SMTP_PORT", "465"),
+            ("DATASHARE_SMTP_TLS", "implicit"),
+            ("DATASHARE_SMTP_FROM", "datashare <dados@datashare.example>"),
+            ("DATASHARE_SMTP_USER", "datashare"),
+            ("DATASHARE_SMTP_PASSWORD", "s3cr3t-value"),
+        ])
+        .unwrap();
+        let smtp = c.smtp.clone().unwrap();
+        assert_eq!((smtp.host.as_str(), smtp.port), ("smtp.example.com", 465));
+        assert_eq!(smtp.tls, crate::sinks::email::SmtpTls::Implicit);
+        let pw = smtp.password.unwrap();
+        assert_eq!(pw.env.as_deref(), Some("DATASHARE_SMTP_PASSWORD"));
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+        for (vars, field) in [
+            (vec![("DATASHARE_SMTP_HOST", "h")], "DATASHARE_SMTP_FROM"),
+            (
+                vec![
+                    ("DATASHARE_SMTP_HOST", "h"),
+                    ("DATASHARE_SMTP_FROM", "not an address"),
+                ],
+                "smtp.from",
+            ),
+            (
+                vec![
+                    ("DATASHARE_SMTP_HOST", "h"),
+                    ("DATASHARE_SMTP_FROM", "a@b.example"),
+                    ("DATASHARE_SMTP_TLS", "none"),
+                ],
+                "DATASHARE_SMTP_TLS",
+            ),
+            (
+                vec![
+                    ("DATASHARE_SMTP_HOST", "h"),
+                    ("DATASHARE_SMTP_FROM", "a@b.example"),
+                    ("DATASHARE_SMTP_PASSWORD", "x"),
+                ],
+                "smtp.user",
+            ),
+        ] {
+            let e = load(&vars).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
     }
 }

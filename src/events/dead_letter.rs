@@ -13,6 +13,20 @@ pub enum ErrorKind {
     UnknownLayout,
     /// A message without the shape its topic promises.
     MalformedMessage,
+    /// The partner refused a delivery (HTTP 4xx, SMTP 5xx, SFTP permission denied).
+    PartnerRejected,
+    /// The SFTP server's host key is not the pinned one.
+    HostKey,
+    /// A sink's credentials were refused.
+    SinkAuth,
+    /// A sink's configuration cannot work.
+    SinkConfig,
+    /// A delivery request with unusable names or ids.
+    InvalidDelivery,
+    /// A delivery for a partner without a contract or without this sink.
+    UnknownPartner,
+    /// A stored receipt is unreadable.
+    Receipts,
 }
 
 impl ErrorKind {
@@ -22,7 +36,30 @@ impl ErrorKind {
             ErrorKind::InvalidExtract => "invalid_extract",
             ErrorKind::UnknownLayout => "unknown_layout",
             ErrorKind::MalformedMessage => "malformed_message",
+            ErrorKind::PartnerRejected => "partner_rejected",
+            ErrorKind::HostKey => "host_key",
+            ErrorKind::SinkAuth => "sink_auth",
+            ErrorKind::SinkConfig => "sink_config",
+            ErrorKind::InvalidDelivery => "invalid_delivery",
+            ErrorKind::UnknownPartner => "unknown_partner",
+            ErrorKind::Receipts => "receipts",
         }
+    }
+}
+
+impl ErrorKind {
+    /// The kind of a permanent sink error (`None` for a transient one).
+    pub fn of_sink_error(e: &crate::sinks::SinkError) -> Option<ErrorKind> {
+        use crate::sinks::SinkError as S;
+        Some(match e {
+            S::Config { .. } => ErrorKind::SinkConfig,
+            S::HostKey { .. } => ErrorKind::HostKey,
+            S::Auth { .. } => ErrorKind::SinkAuth,
+            S::Rejected { .. } => ErrorKind::PartnerRejected,
+            S::Invalid { .. } => ErrorKind::InvalidDelivery,
+            S::Receipts { .. } if !e.is_transient() => ErrorKind::Receipts,
+            S::Receipts { .. } | S::Transient { .. } => return None,
+        })
     }
 }
 
@@ -100,5 +137,26 @@ mod tests {
         assert_eq!(m.attributes["error"], "not under extracts/");
         assert_eq!(m.attributes["source_subscription"], "extracts-worker");
         assert_eq!(m.attributes["source_topic"], "extracts");
+    }
+
+    #[test]
+    fn permanent_sink_errors_keep_their_kind() {
+        use crate::sinks::SinkError;
+        let e = SinkError::Rejected {
+            sink: "api",
+            message: "http 400".into(),
+        };
+        let k = ErrorKind::of_sink_error(&e).unwrap();
+        assert_eq!(k.as_str(), e.kind());
+        let e = SinkError::HostKey {
+            sink: "sftp",
+            message: "changed".into(),
+        };
+        assert_eq!(ErrorKind::of_sink_error(&e).unwrap().as_str(), "host_key");
+        let t = SinkError::Transient {
+            sink: "sftp",
+            message: "refused".into(),
+        };
+        assert_eq!(ErrorKind::of_sink_error(&t), None);
     }
 }

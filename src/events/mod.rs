@@ -7,6 +7,7 @@ pub mod batch;
 pub mod dead_letter;
 pub mod delivery;
 pub mod gcs;
+pub mod notify;
 pub mod schedule;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ pub use batch::{BatchReady, ObjectGeneration};
 pub use dead_letter::{DeadLetter, ErrorKind};
 pub use delivery::{DeliveryFile, DeliveryRequest, FileDigest};
 pub use gcs::{GcsNotification, ObjectRef};
+pub use notify::Notify;
 pub use schedule::Schedule;
 
 /// A message as received, whichever front end (pull or push) delivered it.

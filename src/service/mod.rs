@@ -8,6 +8,8 @@
 //! - [`batch`]: per batch (`batches-worker`): claim, batch step, partner products, delivery
 //!   requests, done marker.
 //! - [`claim`]: claims with leases in the ops bucket.
+//! - [`deliver`]: `datashare deliver --sink <sftp|api|email>`, each sink's consumer (delivery
+//!   requests in, receipts and one `notify` out; `notify` in, the partner e-mail out).
 //! - [`pull`] and [`push`]: the streaming subscriber and the HTTP push endpoint; both map a
 //!   handler's [`Outcome`] to ack or nack.
 //! - [`command`]: `datashare worker` (and [`command::serve`], any role's main loop);
@@ -19,6 +21,7 @@
 pub mod batch;
 pub mod claim;
 pub mod command;
+pub mod deliver;
 pub mod faults;
 pub mod names;
 pub mod objects;

@@ -119,7 +119,7 @@ pub fn run(args: &CheckSinksArgs) -> anyhow::Result<bool> {
         );
     }
     let settings = SinkSettings {
-        smtp: super::email::SmtpSettings::from_env()?,
+        smtp: config.smtp.clone(),
         ..SinkSettings::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

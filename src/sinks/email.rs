@@ -62,65 +62,6 @@ pub struct SmtpSettings {
     pub timeout_secs: u64,
 }
 
-impl SmtpSettings {
-    /// The relay from the environment, `None` when `DATASHARE_SMTP_HOST` is unset:
-    /// `DATASHARE_SMTP_HOST`, `_PORT` (587), `_TLS` (`starttls` or `implicit`), `_FROM`
-    /// (required), `_USER`, the password as a file `_PASSWORD_FILE` or in `_PASSWORD` (with
-    /// `_USER`), `_CA_FILE`, `_TIMEOUT_SECS` (30).
-    pub fn from_env() -> Result<Option<SmtpSettings>, SinkError> {
-        Self::from_env_with(&|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-    }
-
-    /// Like [`SmtpSettings::from_env`] with an explicit environment (for tests).
-    pub fn from_env_with(
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Option<SmtpSettings>, SinkError> {
-        let var = |k: &str| env(&format!("DATASHARE_SMTP_{k}"));
-        let Some(host) = var("HOST") else {
-            return Ok(None);
-        };
-        let number = |k: &str, default: u64| -> Result<u64, SinkError> {
-            var(k).map_or(Ok(default), |v| {
-                v.parse()
-                    .map_err(|_| config(format!("DATASHARE_SMTP_{k}: not a number: {v:?}")))
-            })
-        };
-        let port = u16::try_from(number("PORT", u64::from(default_port()))?)
-            .map_err(|_| config("DATASHARE_SMTP_PORT: not a port".into()))?;
-        let tls = match var("TLS").as_deref() {
-            None | Some("starttls") => SmtpTls::Starttls,
-            Some("implicit") => SmtpTls::Implicit,
-            Some(v) => {
-                return Err(config(format!(
-                    "DATASHARE_SMTP_TLS: {v:?} is not starttls or implicit"
-                )));
-            }
-        };
-        let from = var("FROM").ok_or_else(|| config("DATASHARE_SMTP_FROM is not set".into()))?;
-        let password = match (var("PASSWORD_FILE"), var("PASSWORD")) {
-            (Some(f), _) => Some(SecretRef {
-                env: None,
-                file: Some(PathBuf::from(f)),
-            }),
-            (None, Some(_)) => Some(SecretRef {
-                env: Some("DATASHARE_SMTP_PASSWORD".into()),
-                file: None,
-            }),
-            (None, None) => None,
-        };
-        Ok(Some(SmtpSettings {
-            host,
-            port,
-            tls,
-            from,
-            user: var("USER"),
-            password,
-            ca_file: var("CA_FILE").map(PathBuf::from),
-            timeout_secs: number("TIMEOUT_SECS", default_timeout_secs())?,
-        }))
-    }
-}
-
 fn default_port() -> u16 {
     587
 }
@@ -562,52 +503,6 @@ impl<'a> Text<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn smtp_settings_from_the_environment() {
-        let none = SmtpSettings::from_env_with(&|_| None).unwrap();
-        assert!(none.is_none(), "no host, no relay");
-        let env = |k: &str| {
-            match k {
-                "DATASHARE_SMTP_HOST" => Some("relay.example"),
-                "DATASHARE_SMTP_PORT" => Some("465"),
-                "DATASHARE_SMTP_TLS" => Some("implicit"),
-                "DATASHARE_SMTP_FROM" => Some("datashare <dados@datashare.example>"),
-                "DATASHARE_SMTP_USER" => Some("datashare"),
-                "DATASHARE_SMTP_PASSWORD_FILE" => Some("/run/secrets/smtp"),
-                _ => None,
-            }
-            .map(String::from)
-        };
-        let s = SmtpSettings::from_env_with(&env).unwrap().unwrap();
-        assert_eq!(
-            (s.host.as_str(), s.port, s.tls),
-            ("relay.example", 465, SmtpTls::Implicit)
-        );
-        assert_eq!(
-            s.password.unwrap().file,
-            Some(PathBuf::from("/run/secrets/smtp"))
-        );
-        assert_eq!(s.timeout_secs, 30);
-        let bad = |k: &'static str, v: &'static str| {
-            move |q: &str| if q == k { Some(v.to_string()) } else { env(q) }
-        };
-        for (k, v) in [
-            ("DATASHARE_SMTP_TLS", "none"),
-            ("DATASHARE_SMTP_PORT", "70000"),
-        ] {
-            let e = SmtpSettings::from_env_with(&bad(k, v)).unwrap_err();
-            assert!(!e.is_transient() && e.to_string().contains(k), "{e}");
-        }
-        let no_from = |q: &str| {
-            if q == "DATASHARE_SMTP_FROM" {
-                None
-            } else {
-                env(q)
-            }
-        };
-        assert!(SmtpSettings::from_env_with(&no_from).is_err());
-    }
 
     #[test]
     fn periods_and_escaping() {

@@ -9,7 +9,7 @@
 //! - [`sftp`]: key authentication, pinned host key, temporary name then rename, size checked.
 //! - [`api`]: one `multipart/form-data` POST per delivery, `Idempotency-Key`, bounded retries.
 //! - [`email`]: the pt-BR e-mail to the partner's contacts once the data sinks succeeded.
-//! - [`receipts`]: where receipts are kept (a local folder now; Cloud Storage later).
+//! - [`receipts`]: where receipts are kept (a local folder, or the ops bucket: [`GcsReceipts`]).
 
 pub mod api;
 pub mod check;
@@ -30,7 +30,7 @@ use crate::products::contract::{Contract, ProductKind, SinkConfig};
 use crate::products::schema::hex;
 use crate::products::{Released, manifest};
 
-pub use receipts::{LocalReceipts, ReceiptError, ReceiptStore};
+pub use receipts::{GcsReceipts, LocalReceipts, ReceiptError, ReceiptStore};
 
 /// A file of a delivery on the local disk, with what it must hash to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

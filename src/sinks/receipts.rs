@@ -20,6 +20,9 @@ pub enum ReceiptError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Cloud Storage failed (transient or not, as the error says).
+    #[error(transparent)]
+    Gcs(#[from] crate::gcp::GcsError),
     /// A stored receipt is not valid JSON: permanent (someone must look at it).
     #[error("{path}: not a receipt: {source}")]
     Corrupt {
@@ -33,7 +36,11 @@ pub enum ReceiptError {
 impl ReceiptError {
     /// True when retrying may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ReceiptError::Io { .. })
+        match self {
+            ReceiptError::Io { .. } => true,
+            ReceiptError::Gcs(e) => e.transient,
+            ReceiptError::Corrupt { .. } => false,
+        }
     }
 }
 
@@ -127,6 +134,87 @@ impl ReceiptStore for LocalReceipts {
                 Ok(())
             }
             Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+}
+
+/// Receipts in the ops bucket: `receipts/<partner>/<delivery id>/<sink>.json`, written with
+/// `ifGenerationMatch=0` (the first one wins).
+#[derive(Debug, Clone)]
+pub struct GcsReceipts {
+    gcs: crate::gcp::Gcs,
+    bucket: String,
+}
+
+impl GcsReceipts {
+    /// Keeps receipts in `bucket` (the ops bucket).
+    pub fn new(gcs: crate::gcp::Gcs, bucket: impl Into<String>) -> Self {
+        GcsReceipts {
+            gcs,
+            bucket: bucket.into(),
+        }
+    }
+
+    /// The object name of a receipt.
+    pub fn name(partner: &str, sink: &str, delivery_id: &str) -> String {
+        format!("receipts/{partner}/{delivery_id}/{sink}.json")
+    }
+
+    /// Every receipt stored for a delivery, by sink name.
+    pub async fn list(
+        &self,
+        partner: &str,
+        delivery_id: &str,
+    ) -> Result<Vec<Receipt>, ReceiptError> {
+        let prefix = format!("receipts/{partner}/{delivery_id}/");
+        let mut out = Vec::new();
+        for meta in self.gcs.list(&self.bucket, &prefix).await? {
+            if !meta.name.ends_with(".json") {
+                continue;
+            }
+            if let Some((bytes, _)) = self.gcs.read(&self.bucket, &meta.name, None).await? {
+                out.push(parse(&meta.name, &bytes)?);
+            }
+        }
+        out.sort_by(|a, b| a.sink.cmp(&b.sink));
+        Ok(out)
+    }
+}
+
+fn parse(path: &str, bytes: &[u8]) -> Result<Receipt, ReceiptError> {
+    serde_json::from_slice(bytes).map_err(|source| ReceiptError::Corrupt {
+        path: path.to_string(),
+        source,
+    })
+}
+
+impl ReceiptStore for GcsReceipts {
+    async fn get(
+        &self,
+        partner: &str,
+        sink: &str,
+        delivery_id: &str,
+    ) -> Result<Option<Receipt>, ReceiptError> {
+        let name = Self::name(partner, sink, delivery_id);
+        match self.gcs.read(&self.bucket, &name, None).await? {
+            Some((bytes, _)) => parse(&name, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn put(&self, receipt: &Receipt) -> Result<(), ReceiptError> {
+        let name = Self::name(&receipt.partner, &receipt.sink, &receipt.delivery_id);
+        let json = serde_json::to_vec_pretty(receipt).map_err(|source| ReceiptError::Corrupt {
+            path: name.clone(),
+            source,
+        })?;
+        match self.gcs.write(&self.bucket, &name, json, Some(0)).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_precondition_failed() => {
+                tracing::info!(sink = %receipt.sink, "receipt already stored, keeping the first");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -3,6 +3,7 @@
 mod alerting;
 mod check_sinks;
 mod clean;
+mod delivery;
 mod guardrails;
 mod products;
 mod sinks;

@@ -94,7 +94,7 @@ pub(crate) fn secret_file(dir: &Path, name: &str, value: &str) -> SecretRef {
 }
 
 /// An ed25519 key pair made by ssh-keygen; returns (private key path, public key line).
-fn ssh_keygen(dir: &Path, name: &str, passphrase: &str) -> (PathBuf, String) {
+pub(crate) fn ssh_keygen(dir: &Path, name: &str, passphrase: &str) -> (PathBuf, String) {
     let path = dir.join(name);
     let out = Command::new("ssh-keygen")
         .args([
@@ -201,7 +201,7 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    fn start(script: &str, state: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+    pub(crate) fn start(script: &str, state: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         std::fs::create_dir_all(state).unwrap();
         let log = state.join(format!("{script}.log"));
         let mut cmd = Command::new(partner_python());
@@ -253,8 +253,16 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
+impl Server {
+    /// Stops the server now (as dropping it does).
+    pub(crate) fn stop(&mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let pgid = self.child.id() as i32;
         // SAFETY: signals our own child's process group (process_group(0) made pgid == pid).
         unsafe { libc::kill(-pgid, libc::SIGTERM) };
@@ -268,6 +276,12 @@ impl Drop for Server {
         // SAFETY: as above.
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.terminate();
     }
 }
 
@@ -399,7 +413,7 @@ fn sftp_options() -> SftpOptions {
 }
 
 /// (name, inode, size, mtime) of every file under a folder: a new upload changes the inode.
-fn tree(dir: &Path) -> Vec<String> {
+pub(crate) fn tree(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -590,7 +604,7 @@ fn api_options() -> ApiOptions {
     }
 }
 
-fn requests(state: &Path) -> Vec<Value> {
+pub(crate) fn requests(state: &Path) -> Vec<Value> {
     std::fs::read_to_string(state.join("requests.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -599,14 +613,14 @@ fn requests(state: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn statuses(state: &Path) -> Vec<String> {
+pub(crate) fn statuses(state: &Path) -> Vec<String> {
     requests(state)
         .iter()
         .map(|r| r["status"].to_string())
         .collect()
 }
 
-async fn script(env: &ApiEnv, answers: Value) {
+pub(crate) async fn script(env: &ApiEnv, answers: Value) {
     let ca =
         reqwest::Certificate::from_pem(&std::fs::read(env.server.field("ca")).unwrap()).unwrap();
     let client = reqwest::Client::builder()

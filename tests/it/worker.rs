@@ -175,7 +175,7 @@ impl Stack {
     }
 
     /// Sets a subscription's ack deadline (the topology's are minutes long).
-    async fn ack_deadline(&self, subscription: &str, secs: u32) {
+    pub(crate) async fn ack_deadline(&self, subscription: &str, secs: u32) {
         let body = json!({"subscription": {"ackDeadlineSeconds": secs}, "updateMask": "ackDeadlineSeconds"});
         let r = self
             .http

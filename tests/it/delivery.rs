@@ -1,0 +1,790 @@
+//! The sink consumers end to end: the worker and `datashare deliver --sink sftp|api|email`
+//! in-process (pull mode) on the fake-gcp emulators, with the real partner stand-ins (OpenSSH
+//! sshd, the HTTPS API, the SMTP server).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use datashare::config::Config;
+use datashare::events::{DeliveryRequest, Incoming, Notify, Outgoing};
+use datashare::gcp::{Bus, Gcs};
+use datashare::products::contract::{ApiAuth, SftpSink};
+use datashare::products::manifest::sha256_hex;
+use datashare::service::claim::{self, Claim};
+use datashare::service::deliver::Deliver;
+use datashare::service::{Worker, pull, push};
+use datashare::sinks::email::SmtpTls;
+use datashare::sinks::{GcsReceipts, ReceiptStore};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::sinks::{
+    ApiEnv, SftpEnv, SmtpEnv, api_env, mails, parse_eml, requests, sftp_env, smtp_env, tree,
+};
+use crate::worker::{Stack, until, upload_day};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The OuchHungry contract pointing at the local stand-ins, with throwaway secrets in files.
+fn partners(work: &Path, sftp: &SftpSink, api: &datashare::products::contract::ApiSink) -> PathBuf {
+    let p = work.join("partners");
+    std::fs::create_dir_all(&p).unwrap();
+    let key = work.join("hmac-key");
+    std::fs::write(&key, crate::sinks::random_hex(32)).unwrap();
+    let text = std::fs::read_to_string(Path::new(ROOT).join("partners/ouchhungry.toml")).unwrap();
+    let head = &text[..text.find("[[sinks]]").unwrap()];
+    let tail = &text[text.find("[[contacts]]").unwrap()..];
+    let head = head.replace(
+        r#"secret = { env = "DATASHARE_OUCHHUNGRY_HMAC_KEY" }"#,
+        &format!("secret = {{ file = {:?} }}", key.display().to_string()),
+    );
+    let file = |r: &datashare::products::contract::SecretRef| {
+        format!(
+            "{{ file = {:?} }}",
+            r.file.as_ref().unwrap().display().to_string()
+        )
+    };
+    let ApiAuth::Basic { user, password } = &api.auth else {
+        panic!("the test API uses basic auth")
+    };
+    let sinks = format!(
+        r#"[[sinks]]
+type = "sftp"
+host = "{host}"
+port = {port}
+user = "{suser}"
+root = "{root}"
+host_key = "{host_key}"
+private_key = {key}
+{pass}
+
+[[sinks]]
+type = "api"
+base_url = "{base}"
+ca_file = {ca:?}
+auth = {{ type = "basic", user = "{user}", password = {password} }}
+
+[[sinks]]
+type = "email"
+reply_to = "dados@datashare.example"
+
+"#,
+        host = sftp.host,
+        port = sftp.port,
+        suser = sftp.user,
+        root = sftp.root,
+        host_key = sftp.host_key,
+        key = file(&sftp.private_key),
+        pass = sftp
+            .passphrase
+            .as_ref()
+            .map(|p| format!("passphrase = {}", file(p)))
+            .unwrap_or_default(),
+        base = api.base_url,
+        ca = api.ca_file.as_ref().unwrap().display().to_string(),
+        password = file(password),
+    );
+    std::fs::write(p.join("ouchhungry.toml"), format!("{head}{sinks}{tail}")).unwrap();
+    p
+}
+
+/// The stand-ins, the stack, and every role pulling.
+struct Running {
+    stack: Stack,
+    cfg: Config,
+    gcs: Gcs,
+    sftp: SftpEnv,
+    api: ApiEnv,
+    smtp: SmtpEnv,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
+    listeners: std::collections::BTreeMap<String, tokio::net::TcpListener>,
+    rx: watch::Receiver<bool>,
+    _work: tempfile::TempDir,
+}
+
+async fn start() -> Running {
+    start_with(|_, _| {}, &["sftp", "api", "email"]).await
+}
+
+/// Starts everything; `tweak` may change the SFTP settings written into the contract.
+async fn start_with(tweak: impl FnOnce(&Path, &mut SftpSink), sinks: &[&str]) -> Running {
+    start_full(tweak, sinks, false).await
+}
+
+/// Starts everything; with `push`, the sinks serve the emulator's push subscriptions.
+async fn start_full(
+    tweak: impl FnOnce(&Path, &mut SftpSink),
+    sinks: &[&str],
+    push: bool,
+) -> Running {
+    let mut listeners = std::collections::BTreeMap::new();
+    let mut args = Vec::new();
+    if push {
+        for sink in sinks {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = l.local_addr().unwrap().port();
+            args.push("--push-endpoint".to_string());
+            args.push(format!("{sink}=http://127.0.0.1:{port}"));
+            listeners.insert(sink.to_string(), l);
+        }
+    }
+    let stack = tokio::task::spawn_blocking(move || Stack::up(&args))
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let sftp = sftp_env(work.path());
+    let api = api_env(work.path());
+    let smtp = smtp_env(work.path(), SmtpTls::Starttls);
+    let mut sftp_config = sftp.config.clone();
+    tweak(work.path(), &mut sftp_config);
+    let partners = partners(work.path(), &sftp_config, &api.config);
+    let s = &smtp.settings;
+    let port = s.port.to_string();
+    let password_file = s.password.as_ref().unwrap().file.as_ref().unwrap();
+    let password_file = password_file.display().to_string();
+    let ca = s.ca_file.as_ref().unwrap().display().to_string();
+    let cfg = stack.config(
+        &partners,
+        &[
+            ("DATASHARE_SMTP_HOST", "127.0.0.1"),
+            ("DATASHARE_SMTP_PORT", &port),
+            ("DATASHARE_SMTP_TLS", "starttls"),
+            ("DATASHARE_SMTP_FROM", "datashare <dados@datashare.example>"),
+            ("DATASHARE_SMTP_USER", "datashare"),
+            ("DATASHARE_SMTP_PASSWORD_FILE", &password_file),
+            ("DATASHARE_SMTP_CA_FILE", &ca),
+        ],
+    );
+    stack.watch("deliveries", "test-deliveries").await;
+    stack.watch("notify", "test-notify").await;
+    for sink in ["sftp", "api"] {
+        let topic = format!("deliveries-{sink}-dead-letter");
+        stack.watch(&topic, &format!("test-{sink}-dead")).await;
+    }
+    let gcs = Gcs::connect(cfg.emulators.storage.as_deref())
+        .await
+        .unwrap();
+    let (stop, rx) = watch::channel(false);
+    let worker = Arc::new(Worker::start(cfg.clone()).await.expect("worker starts"));
+    let pulling = pull::run(worker, rx.clone());
+    let tasks = vec![tokio::spawn(async move {
+        pulling.await.map_err(|e| e.to_string())
+    })];
+    let mut running = Running {
+        stack,
+        cfg,
+        gcs,
+        sftp,
+        api,
+        smtp,
+        stop,
+        tasks,
+        rx,
+        listeners,
+        _work: work,
+    };
+    for sink in sinks {
+        running.add_role(sink).await;
+    }
+    running
+}
+
+impl Running {
+    /// Starts `datashare deliver --sink <sink>` in pull mode.
+    async fn add_role(&mut self, sink: &str) {
+        let role = Arc::new(
+            Deliver::start(self.cfg.clone(), sink)
+                .await
+                .unwrap_or_else(|e| panic!("{sink} starts: {e}")),
+        );
+        let rx = self.rx.clone();
+        let task = match self.listeners.remove(sink) {
+            Some(l) => {
+                tokio::spawn(
+                    async move { push::serve(role, l, rx).await.map_err(|e| e.to_string()) },
+                )
+            }
+            None => {
+                tokio::spawn(async move { pull::run(role, rx).await.map_err(|e| e.to_string()) })
+            }
+        };
+        self.tasks.push(task);
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        for t in self.tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+
+    fn mail_dir(&self) -> PathBuf {
+        PathBuf::from(self.smtp.server.field("mail"))
+    }
+
+    fn upload_dir(&self) -> PathBuf {
+        PathBuf::from(self.sftp.server.field("upload"))
+    }
+
+    /// POSTs the API stored (status 201).
+    fn api_stored(&self) -> usize {
+        requests(&self.api.state)
+            .iter()
+            .filter(|r| r["status"] == 201)
+            .count()
+    }
+}
+
+async fn read_json(gcs: &Gcs, uri: &str) -> Value {
+    let (bucket, name) = uri.strip_prefix("gs://").unwrap().split_once('/').unwrap();
+    let (bytes, _) = gcs.read(bucket, name, None).await.unwrap().unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn republish(m: &Incoming) -> Outgoing {
+    Outgoing {
+        data: m.data.clone(),
+        attributes: m.attributes.clone(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_ends_on_sftp_at_the_api_and_in_one_email_and_redeliveries_change_nothing() {
+    let r = start().await;
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
+
+    let mail_dir = r.mail_dir();
+    until("the partner e-mail", Duration::from_secs(300), || {
+        let n = mails(&mail_dir).len();
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    let deliveries = r
+        .stack
+        .drain("test-deliveries", Duration::from_secs(30), |m| {
+            !m.is_empty()
+        })
+        .await;
+    let daily: Vec<_> = deliveries
+        .iter()
+        .filter(|m| m.attributes.get("product").map(String::as_str) == Some("daily"))
+        .collect();
+    assert_eq!(daily.len(), 1, "{deliveries:?}");
+    let req = DeliveryRequest::parse(daily[0]).unwrap();
+    assert_eq!(req.sinks, vec!["sftp".to_string(), "api".to_string()]);
+
+    // SFTP: every file and manifest, with the manifests' checksums.
+    let folder = r.upload_dir().join("ouchhungry/daily");
+    for f in &req.files {
+        let manifest = read_json(&r.gcs, &f.manifest.uri).await;
+        let data = std::fs::read(folder.join(&f.name)).expect("data file on the SFTP server");
+        assert_eq!(sha256_hex(&data), manifest["sha256"].as_str().unwrap());
+        assert_eq!(data.len() as u64, manifest["bytes"].as_u64().unwrap());
+        let m_name = f.manifest.uri.rsplit('/').next().unwrap();
+        let m = std::fs::read(folder.join(m_name)).expect("manifest on the SFTP server");
+        assert_eq!(sha256_hex(&m), f.manifest.sha256);
+        // API: the same bytes under the delivery's idempotency key.
+        let received = r.api.state.join("received");
+        let at_api: Vec<PathBuf> = std::fs::read_dir(&received)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path().join(&f.name))
+            .filter(|p| p.exists())
+            .collect();
+        assert_eq!(at_api.len(), 1, "one copy of {} at the API", f.name);
+        assert_eq!(
+            sha256_hex(&std::fs::read(&at_api[0]).unwrap()),
+            manifest["sha256"].as_str().unwrap()
+        );
+    }
+    assert_eq!(r.api_stored(), 1, "one POST stored at the API");
+
+    // One notify, one e-mail, with the Message-ID of the delivery and the dictionary.
+    let notifies = r
+        .stack
+        .drain("test-notify", Duration::from_secs(30), |m| !m.is_empty())
+        .await;
+    assert_eq!(notifies.len(), 1, "{notifies:?}");
+    let notify = Notify::parse(&notifies[0]).unwrap();
+    assert_eq!(notify.delivery_id, req.delivery_id);
+    let sinks: Vec<&str> = notify.receipts.iter().map(|r| r.sink.as_str()).collect();
+    assert_eq!(sinks, ["api", "sftp"]);
+    let got = mails(&mail_dir);
+    assert_eq!(got.len(), 1);
+    let eml = parse_eml(&got[0]);
+    assert!(
+        eml["message_id"]
+            .as_str()
+            .unwrap()
+            .contains(&req.delivery_id),
+        "{eml}"
+    );
+    assert!(
+        has_dictionary(&eml),
+        "first delivery attaches the dictionary: {eml}"
+    );
+    let receipts = GcsReceipts::new(r.gcs.clone(), r.cfg.gcp.buckets.ops.clone());
+    for sink in ["sftp", "api", "email"] {
+        assert!(
+            receipts
+                .get("ouchhungry", sink, &req.delivery_id)
+                .await
+                .unwrap()
+                .is_some(),
+            "{sink} receipt"
+        );
+    }
+
+    // Redelivery of the request and of the notify: nothing uploaded or sent twice.
+    let before = tree(&r.upload_dir());
+    let bus = Bus::connect(
+        &r.cfg.gcp.project,
+        &["deliveries", "notify"],
+        r.cfg.emulators.pubsub.as_deref(),
+    )
+    .await
+    .unwrap();
+    bus.publish("deliveries", republish(daily[0]))
+        .await
+        .unwrap();
+    bus.publish("notify", republish(&notifies[0]))
+        .await
+        .unwrap();
+    // Both consumers acknowledge the copies (the test subscriptions see them too).
+    let again = r
+        .stack
+        .drain("test-deliveries", Duration::from_secs(30), |m| {
+            !m.is_empty()
+        })
+        .await;
+    assert_eq!(again.len(), 1);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let notifies_again = r
+        .stack
+        .drain("test-notify", Duration::from_secs(30), |m| !m.is_empty())
+        .await;
+    assert_eq!(
+        notifies_again.len(),
+        1,
+        "only the test's copy of the notify: {notifies_again:?}"
+    );
+    assert_eq!(tree(&r.upload_dir()), before, "nothing uploaded again");
+    assert_eq!(r.api_stored(), 1, "nothing posted again");
+    assert_eq!(mails(&mail_dir).len(), 1, "no second e-mail");
+
+    // The next day's delivery: same schema, so no dictionary attached.
+    let next = dt.succ_opt().unwrap();
+    upload_day(&r.gcs, &r.cfg, next, 300, false).await;
+    until("the second e-mail", Duration::from_secs(300), || {
+        let n = mails(&mail_dir).len();
+        async move { (n > 1).then_some(()) }
+    })
+    .await;
+    let second = parse_eml(&mails(&mail_dir)[1]);
+    assert!(
+        !has_dictionary(&second),
+        "no dictionary on a later delivery with the same schema: {second}"
+    );
+    r.stop().await;
+}
+
+fn has_dictionary(eml: &Value) -> bool {
+    eml["parts"].as_array().unwrap().iter().any(|p| {
+        p["filename"]
+            .as_str()
+            .is_some_and(|f| f.contains("dicion") || f.contains("dictionary"))
+    })
+}
+
+/// The daily delivery request the worker published.
+async fn daily_request(r: &Running) -> (Incoming, DeliveryRequest) {
+    let deliveries = r
+        .stack
+        .drain("test-deliveries", Duration::from_secs(240), |m| {
+            m.iter()
+                .any(|m| m.attributes.get("product").map(String::as_str) == Some("daily"))
+        })
+        .await;
+    let m = deliveries
+        .into_iter()
+        .find(|m| m.attributes.get("product").map(String::as_str) == Some("daily"))
+        .unwrap();
+    let req = DeliveryRequest::parse(&m).unwrap();
+    (m, req)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_api_400_is_dead_lettered_once_and_a_429_retry_after_is_honoured() {
+    let r = start().await;
+    crate::sinks::script(&r.api, serde_json::json!([{"status": 400}])).await;
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
+    let (msg, req) = daily_request(&r).await;
+    let dead = r
+        .stack
+        .drain("test-api-dead", Duration::from_secs(120), |m| !m.is_empty())
+        .await;
+    assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
+    assert_eq!(dead[0].attributes["error_kind"], "partner_rejected");
+    let seen = format!(
+        "{:?} {}",
+        dead[0].attributes,
+        String::from_utf8_lossy(&dead[0].data)
+    );
+    assert!(
+        !seen.contains(&r.api.password),
+        "no secret in the dead letter"
+    );
+    assert_eq!(dead[0].attributes["delivery_id"], req.delivery_id);
+    assert_eq!(
+        crate::sinks::statuses(&r.api.state),
+        ["400"],
+        "a 400 is not retried"
+    );
+    // The SFTP sink delivered, but without the API's receipt no e-mail goes out.
+    let folder = r.upload_dir().join("ouchhungry/daily");
+    until("the SFTP upload", Duration::from_secs(60), || {
+        let ok = folder.join(&req.files[0].name).exists();
+        async move { ok.then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        mails(&r.mail_dir()).is_empty(),
+        "no e-mail before every sink delivered"
+    );
+
+    // Replayed after the partner fixed its side; it first answers 429 with Retry-After: 2.
+    crate::sinks::script(
+        &r.api,
+        serde_json::json!([{"status": 429, "retry_after": "2"}]),
+    )
+    .await;
+    let bus = Bus::connect(
+        &r.cfg.gcp.project,
+        &["deliveries"],
+        r.cfg.emulators.pubsub.as_deref(),
+    )
+    .await
+    .unwrap();
+    let mut replay = republish(&msg);
+    replay.attributes.remove("sink_sftp");
+    bus.publish("deliveries", replay).await.unwrap();
+    let mail_dir = r.mail_dir();
+    until("the partner e-mail", Duration::from_secs(180), || {
+        let n = mails(&mail_dir).len();
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    let log = crate::sinks::requests(&r.api.state);
+    let statuses: Vec<String> = log.iter().map(|r| r["status"].to_string()).collect();
+    assert_eq!(statuses, ["400", "429", "201"]);
+    let gap = log[2]["time"].as_f64().unwrap() - log[1]["time"].as_f64().unwrap();
+    assert!(gap >= 1.9, "Retry-After honoured: {gap}s");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(mails(&mail_dir).len(), 1);
+    let dead = r
+        .stack
+        .drain("test-api-dead", Duration::from_secs(10), |_| true)
+        .await;
+    assert!(dead.is_empty(), "no second dead letter: {dead:?}");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_sftp_host_key_is_dead_lettered_as_host_key() {
+    let r = start_with(
+        |work, sftp| {
+            let (_, other) = crate::sinks::ssh_keygen(work, "not_the_host_key", "");
+            sftp.host_key = other;
+        },
+        &["sftp", "api", "email"],
+    )
+    .await;
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
+    let (_, req) = daily_request(&r).await;
+    let dead = r
+        .stack
+        .drain("test-sftp-dead", Duration::from_secs(120), |m| {
+            !m.is_empty()
+        })
+        .await;
+    assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
+    assert_eq!(dead[0].attributes["error_kind"], "host_key");
+    assert_eq!(dead[0].attributes["delivery_id"], req.delivery_id);
+    assert!(tree(&r.upload_dir()).is_empty(), "nothing uploaded");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(mails(&r.mail_dir()).is_empty(), "no e-mail");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_sftp_server_down_is_retried_then_dead_lettered_by_pubsub() {
+    // Nothing listens on the contract's port.
+    let r = start_with(
+        |_, sftp| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            sftp.port = l.local_addr().unwrap().port();
+        },
+        &["sftp", "api", "email"],
+    )
+    .await;
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
+    let (_, req) = daily_request(&r).await;
+    let dead = r
+        .stack
+        .drain("test-sftp-dead", Duration::from_secs(240), |m| {
+            !m.is_empty()
+        })
+        .await;
+    assert_eq!(dead.len(), 1, "one dead letter: {dead:?}");
+    let a = &dead[0].attributes;
+    assert_eq!(a["delivery_id"], req.delivery_id);
+    assert!(
+        !a.contains_key("error_kind"),
+        "not dead-lettered by the consumer: {a:?}"
+    );
+    let attempts: u32 = a["CloudPubSubDeadLetterSourceDeliveryCount"]
+        .parse()
+        .unwrap();
+    assert!(attempts > 1, "retried before the dead letter: {attempts}");
+    assert!(mails(&r.mail_dir()).is_empty(), "no e-mail");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_smtp_server_down_then_back_gets_the_email_once() {
+    let mut r = start().await;
+    let port = r.smtp.server.port().to_string();
+    let state = r.mail_dir().parent().unwrap().to_path_buf();
+    r.smtp.server.stop();
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
+    let (_, req) = daily_request(&r).await;
+    let notifies = r
+        .stack
+        .drain("test-notify", Duration::from_secs(240), |m| !m.is_empty())
+        .await;
+    assert_eq!(notifies.len(), 1);
+    // A few failed attempts while the relay is down.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let receipts = GcsReceipts::new(r.gcs.clone(), r.cfg.gcp.buckets.ops.clone());
+    assert!(
+        receipts
+            .get("ouchhungry", "email", &req.delivery_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    r.smtp.server = crate::sinks::Server::start(
+        "smtp.py",
+        &state,
+        &["--tls", "starttls", "--port", &port],
+        &[
+            ("PARTNER_SMTP_USER", "datashare"),
+            ("PARTNER_SMTP_PASSWORD", r.smtp.password.as_str()),
+        ],
+    );
+    let mail_dir = r.mail_dir();
+    until("the partner e-mail", Duration::from_secs(120), || {
+        let n = mails(&mail_dir).len();
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(mails(&mail_dir).len(), 1, "the e-mail arrives once");
+    let dead = r
+        .stack
+        .drain("test-sftp-dead", Duration::from_secs(5), |_| true)
+        .await;
+    assert!(dead.is_empty());
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_notify_claim_left_by_a_crashed_instance_is_taken_over_once_its_lease_expires() {
+    // The API sink starts late, after a "crashed" instance took the notify claim.
+    let mut r = start_with(|_, _| {}, &["sftp", "email"]).await;
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
+    let (_, req) = daily_request(&r).await;
+    let ops = r.cfg.gcp.buckets.ops.clone();
+    let name = format!("notify/{}", req.delivery_id);
+    let lease = Duration::from_secs(8);
+    let taken = claim::take(&r.gcs, &ops, &name, "crashed-instance", lease)
+        .await
+        .unwrap();
+    assert!(matches!(taken, Claim::Taken { .. }), "{taken:?}");
+    let claimed_at = std::time::Instant::now();
+    r.add_role("api").await;
+    let mail_dir = r.mail_dir();
+    until("the partner e-mail", Duration::from_secs(180), || {
+        let n = mails(&mail_dir).len();
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    assert!(
+        claimed_at.elapsed() >= lease,
+        "the notify waited for the crashed instance's lease"
+    );
+    let notifies = r
+        .stack
+        .drain("test-notify", Duration::from_secs(30), |m| !m.is_empty())
+        .await;
+    assert_eq!(notifies.len(), 1, "one notify: {notifies:?}");
+    let (body, _) = r.gcs.read(&ops, &name, None).await.unwrap().unwrap();
+    let holder: Value = serde_json::from_slice(&body).unwrap();
+    assert_ne!(
+        holder["owner"], "crashed-instance",
+        "the claim was taken over"
+    );
+    assert_eq!(mails(&mail_dir).len(), 1);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_misconfigured_sink_stops_the_role_at_start_up() {
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("missing-key");
+    let sftp = SftpSink {
+        host: "127.0.0.1".into(),
+        port: 22,
+        user: "datashare".into(),
+        root: "/upload".into(),
+        host_key: "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+        private_key: datashare::products::contract::SecretRef {
+            env: None,
+            file: Some(key),
+        },
+        passphrase: None,
+    };
+    let api = datashare::products::contract::ApiSink {
+        base_url: "https://127.0.0.1:9/v1/".into(),
+        auth: ApiAuth::Basic {
+            user: "datashare".into(),
+            password: crate::sinks::secret_file(work.path(), "pw", &crate::sinks::random_hex(8)),
+        },
+        ca_file: Some(work.path().join("missing-ca.pem")),
+    };
+    let dir = partners(work.path(), &sftp, &api);
+    let dir_s = dir.display().to_string();
+    let cfg = Config::load_with(None, &|k| {
+        (k == "DATASHARE_PARTNERS_DIR").then(|| dir_s.clone())
+    })
+    .unwrap();
+    for (sink, expected) in [
+        ("sftp", "missing-key"),
+        ("api", "missing-ca.pem"),
+        ("email", "no SMTP relay configured"),
+    ] {
+        let e = Deliver::start(cfg.clone(), sink)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ouchhungry") && e.contains(expected),
+            "{sink}: {e}"
+        );
+    }
+    let e = Deliver::start(cfg, "fax").await.unwrap_err().to_string();
+    assert!(e.contains("unknown sink"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_requests_and_unknown_partners_are_dead_lettered_not_retried() {
+    let r = start_with(|_, _| {}, &["api"]).await;
+    let bus = Bus::connect(
+        &r.cfg.gcp.project,
+        &["deliveries"],
+        r.cfg.emulators.pubsub.as_deref(),
+    )
+    .await
+    .unwrap();
+    let attrs = |extra: &[(&str, &str)]| {
+        let mut a: std::collections::BTreeMap<String, String> =
+            [("sink_api".to_string(), "true".to_string())].into();
+        for (k, v) in extra {
+            a.insert(k.to_string(), v.to_string());
+        }
+        a
+    };
+    bus.publish(
+        "deliveries",
+        Outgoing {
+            data: b"{not json".to_vec(),
+            attributes: attrs(&[("case", "garbage")]),
+        },
+    )
+    .await
+    .unwrap();
+    let digest = |u: &str| datashare::events::FileDigest {
+        uri: u.into(),
+        sha256: "00".repeat(32),
+        bytes: 1,
+    };
+    let req = DeliveryRequest {
+        schema_version: datashare::events::delivery::DELIVERY_REQUEST_VERSION,
+        delivery_id: "d".repeat(64),
+        partner: "nobody".into(),
+        product: "daily".into(),
+        period: "2026-11-27".into(),
+        product_version: "e".repeat(64),
+        files: vec![datashare::events::DeliveryFile {
+            name: "nobody_daily_2026-11-27.csv".into(),
+            format: "csv".into(),
+            rows: 1,
+            file: digest("gs://datashare-products/x.csv"),
+            manifest: digest("gs://datashare-products/x.csv.manifest.json"),
+        }],
+        dictionary: digest("gs://datashare-products/d.md"),
+        sinks: vec!["api".into()],
+        source_batches: vec![],
+    };
+    let mut m = req.to_message();
+    m.attributes.insert("case".into(), "unknown".into());
+    bus.publish("deliveries", m).await.unwrap();
+    let dead = r
+        .stack
+        .drain("test-api-dead", Duration::from_secs(60), |m| m.len() >= 2)
+        .await;
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let kind = |case: &str| {
+        dead.iter()
+            .find(|m| m.attributes["case"] == case)
+            .map(|m| m.attributes["error_kind"].clone())
+            .unwrap()
+    };
+    assert_eq!(kind("garbage"), "malformed_message");
+    assert_eq!(kind("unknown"), "unknown_partner");
+    assert!(crate::sinks::requests(&r.api.state).is_empty());
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sinks_serve_push_subscriptions_too() {
+    let r = start_full(|_, _| {}, &["sftp", "api", "email"], true).await;
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
+    let mail_dir = r.mail_dir();
+    until("the partner e-mail", Duration::from_secs(300), || {
+        let n = mails(&mail_dir).len();
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    let (_, req) = daily_request(&r).await;
+    let folder = r.upload_dir().join("ouchhungry/daily");
+    for f in &req.files {
+        let data = std::fs::read(folder.join(&f.name)).expect("data file on the SFTP server");
+        assert_eq!(sha256_hex(&data), f.file.sha256);
+    }
+    assert_eq!(r.api_stored(), 1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(mails(&mail_dir).len(), 1);
+    r.stop().await;
+}
