@@ -25,6 +25,8 @@ pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 pub const EXTRACTS_SUBSCRIPTION: &str = "extracts-worker";
 /// Subscription of the worker to batch-ready messages.
 pub const BATCHES_SUBSCRIPTION: &str = "batches-worker";
+/// Subscription of the worker to schedule messages (monthly builds, ticks).
+pub const SCHEDULES_SUBSCRIPTION: &str = "schedules-worker";
 
 /// The configuration is unusable; the message names the field and the problem.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +125,28 @@ pub struct WorkerSettings {
     /// Pull mode: each lease extension (the stream's ack deadline), so a message held by a
     /// crashed worker is redelivered after at most this long.
     pub lease_extension_secs: u64,
+    /// A day's batch is due by this local hour (America/Sao_Paulo) of the next day; a tick
+    /// after it without a finished batch raises `extract.missing`.
+    #[serde(default = "default_deadline_hour")]
+    pub deadline_local_hour: u32,
+    /// How many past days a tick checks for a missing batch.
+    #[serde(default = "default_deadline_lookback_days")]
+    pub deadline_lookback_days: u32,
+    /// Ticks this long before a day's deadline run every sink's connection check.
+    #[serde(default = "default_check_sinks_before_mins")]
+    pub check_sinks_before_mins: u32,
+}
+
+fn default_deadline_hour() -> u32 {
+    6
+}
+
+fn default_deadline_lookback_days() -> u32 {
+    3
+}
+
+fn default_check_sinks_before_mins() -> u32 {
+    120
 }
 
 /// Where the emulators are, when they are used instead of Google Cloud.
@@ -438,6 +462,18 @@ impl Config {
         self.guardrails
             .validate()
             .map_err(|(field, problem)| invalid(field, problem))?;
+        if self.worker.deadline_local_hour > 23 {
+            return Err(invalid("worker.deadline_local_hour", "must be 0-23"));
+        }
+        if !(1..=31).contains(&self.worker.deadline_lookback_days) {
+            return Err(invalid("worker.deadline_lookback_days", "must be 1-31"));
+        }
+        if self.worker.check_sinks_before_mins > 24 * 60 {
+            return Err(invalid(
+                "worker.check_sinks_before_mins",
+                "must be at most 1440",
+            ));
+        }
         if self.worker.max_concurrent_messages == 0 {
             return Err(invalid(
                 "worker.max_concurrent_messages",

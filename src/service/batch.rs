@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use chrono::{Days, Months, NaiveDate, Utc};
+use chrono::{Days, NaiveDate, Utc};
 use futures::future::try_join_all;
 
 use super::claim::{self, Claim};
@@ -19,7 +19,7 @@ use crate::clean::guardrails::{self, VOLUME_HISTORY};
 use crate::clean::stage::{PartSummary, StagedPaths};
 use crate::clean::{QualityReport, Schemas};
 use crate::events::delivery::DELIVERY_REQUEST_VERSION;
-use crate::events::{BatchReady, DeliveryFile, DeliveryRequest, FileDigest, Incoming};
+use crate::events::{BatchReady, DeliveryFile, DeliveryRequest, FileDigest, Incoming, Schedule};
 use crate::extract::{Layout, classify};
 use crate::products::alert::{Alert, Severity};
 use crate::products::contract::{Contract, ProductKind};
@@ -248,6 +248,7 @@ impl Worker {
 
         let mut periods: Vec<(usize, Period)> = Vec::new();
         let mut days: BTreeSet<NaiveDate> = BTreeSet::new();
+        let mut months: Vec<Schedule> = Vec::new();
         for (i, c) in self.contracts.iter().enumerate() {
             if c.buys(ProductKind::Daily) {
                 periods.push((i, Period::Day(dt)));
@@ -257,20 +258,42 @@ impl Worker {
             if c.buys(ProductKind::Monthly)
                 && let Some(first) = month_completed_by(dt, c.late_days)
             {
-                periods.push((i, Period::Month(first)));
-                days.extend(monthly::window(first, c.late_days));
-                days.extend(monthly::window(first - Months::new(1), c.late_days));
+                months.push(Schedule::Monthly {
+                    month: first.format("%Y-%m").to_string(),
+                    partner: Some(c.name.clone()),
+                });
             }
         }
         days.remove(&dt);
         self.fetch_curated(&out, &days).await?;
+        self.build_products(&out, &tmp.path().join("products"), periods, &mut summary)
+            .await?;
+        // Monthly builds run from their own message (slow work, its own claim).
+        for m in months {
+            let id = self
+                .bus
+                .publish(&self.config.gcp.topics.schedules, m.to_message())
+                .await?;
+            tracing::info!(%dt, request = ?m, message_id = %id, "monthly build requested");
+        }
+        Ok(summary)
+    }
 
-        let products_out = tmp.path().join("products");
+    /// Builds the products of `periods` from the curated data under `input`, uploads them and
+    /// publishes one delivery request per new product version; held products (privacy gate,
+    /// reconciliation, missing batches) alert and are listed in `summary.held`.
+    pub(crate) async fn build_products(
+        &self,
+        input: &Path,
+        output: &Path,
+        periods: Vec<(usize, Period)>,
+        summary: &mut StepSummary,
+    ) -> Result<(), HandleError> {
         for (i, period) in periods {
             let contract = self.contracts[i].clone();
             let opts = BuildOptions {
-                input: out.clone(),
-                output: products_out.clone(),
+                input: input.to_path_buf(),
+                output: output.to_path_buf(),
                 allow_missing_batches: false,
                 built_at: Utc::now(),
             };
@@ -308,7 +331,7 @@ impl Worker {
                 }
             }
         }
-        Ok(summary)
+        Ok(())
     }
 
     /// The quality reports of the latest [`VOLUME_HISTORY`] batches before `dt` in the curated
@@ -428,7 +451,7 @@ impl Worker {
     }
 
     /// Downloads the curated batches of `days` that exist into `root/curated/`.
-    async fn fetch_curated(
+    pub(crate) async fn fetch_curated(
         &self,
         root: &Path,
         days: &BTreeSet<NaiveDate>,

@@ -28,6 +28,7 @@ pub mod objects;
 pub mod pull;
 pub mod push;
 pub mod release;
+pub mod schedules;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -36,7 +37,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use crate::clean::Schemas;
-use crate::config::{BATCHES_SUBSCRIPTION, Config, EXTRACTS_SUBSCRIPTION};
+use crate::config::{BATCHES_SUBSCRIPTION, Config, EXTRACTS_SUBSCRIPTION, SCHEDULES_SUBSCRIPTION};
 use crate::events::{Alert, DeadLetter, ErrorKind, Incoming, Malformed};
 use crate::gcp::{Bus, Gcs, GcsError, PublishError};
 use crate::products::contract::Contract;
@@ -349,6 +350,7 @@ impl Role for Worker {
             // Boxed: the batch step's future is large, and callers may poll it on a small stack.
             EXTRACTS_SUBSCRIPTION => Box::pin(self.handle_object(msg)).await,
             BATCHES_SUBSCRIPTION => Box::pin(self.handle_batch(msg)).await,
+            SCHEDULES_SUBSCRIPTION => Box::pin(self.handle_schedule(msg)).await,
             other => Err(HandleError::Transient(format!(
                 "the worker does not consume subscription {other}"
             ))),

@@ -37,6 +37,7 @@ fn smtp_overrides(smtp: &SmtpEnv) -> Vec<(String, String)> {
         ("DATASHARE_SMTP_HOST".into(), s.host.clone()),
         ("DATASHARE_SMTP_PORT".into(), s.port.to_string()),
         ("DATASHARE_SMTP_TLS".into(), "starttls".into()),
+        ("DATASHARE_SMTP_FROM".into(), s.from.clone()),
         ("DATASHARE_SMTP_USER".into(), s.user.clone().unwrap()),
         (
             "DATASHARE_SMTP_PASSWORD_FILE".into(),

@@ -1,0 +1,272 @@
+//! Per schedule message (`schedules-worker`): monthly builds and the periodic tick.
+//!
+//! - `monthly` (requested by the batch step that completes a month, and by Cloud Scheduler as a
+//!   backstop): builds month M's product for each contract that buys it, under a claim
+//!   (`claims/monthly/<partner>/<M>.json`) so copies of the request build once at a time; an
+//!   unchanged product version is not delivered again (its `deliveries/<id>.json` marker).
+//! - `tick` (every 5 minutes): a day whose batch has not finished by its deadline raises
+//!   `extract.missing`; ticks shortly before a deadline check every sink's connection.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Days, Months, NaiveDate, TimeZone, Utc};
+use chrono_tz::America::Sao_Paulo;
+
+use super::claim::{self, Claim};
+use super::{Disposition, HandleError, Worker, batch::StepSummary};
+use crate::events::{Alert, ErrorKind, Incoming, Schedule, Severity};
+use crate::products::Period;
+use crate::products::contract::ProductKind;
+use crate::products::monthly;
+use crate::sinks::SinkSettings;
+use crate::sinks::check::check_all;
+
+/// Kind of the alert raised for a day without a finished batch at its deadline.
+pub const EXTRACT_MISSING: &str = "extract.missing";
+
+/// `claims/monthly/<partner>/<YYYY-MM>.json` in the ops bucket.
+fn monthly_claim(partner: &str, month: NaiveDate) -> String {
+    format!("claims/monthly/{partner}/{}.json", month.format("%Y-%m"))
+}
+
+/// The deadline of day `dt`: `hour`:00 local (America/Sao_Paulo) of the next day, in UTC.
+pub fn deadline(dt: NaiveDate, hour: u32) -> DateTime<Utc> {
+    let next = dt + Days::new(1);
+    let local = next.and_hms_opt(hour.min(23), 0, 0).unwrap_or_default();
+    Sao_Paulo
+        .from_local_datetime(&local)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+        // A deadline inside a DST gap: the hour after it.
+        .unwrap_or_else(|| Utc.from_utc_datetime(&local) + chrono::Duration::hours(3))
+}
+
+/// The days a tick at `at` checks: up to `lookback` days whose deadline has passed, newest first.
+pub fn days_past_deadline(at: DateTime<Utc>, hour: u32, lookback: u32) -> Vec<NaiveDate> {
+    let today = at.with_timezone(&Sao_Paulo).date_naive();
+    (1..=u64::from(lookback) + 1)
+        .filter_map(|back| today.checked_sub_days(Days::new(back)))
+        .filter(|d| deadline(*d, hour) <= at)
+        .take(lookback as usize)
+        .collect()
+}
+
+/// The day whose deadline falls within `window` after `at`, if any.
+pub fn deadline_within(
+    at: DateTime<Utc>,
+    hour: u32,
+    window: chrono::Duration,
+) -> Option<NaiveDate> {
+    let today = at.with_timezone(&Sao_Paulo).date_naive();
+    [today.pred_opt()?, today].into_iter().find(|d| {
+        let due = deadline(*d, hour);
+        at < due && due - at <= window
+    })
+}
+
+impl Worker {
+    /// Handles one schedule message.
+    pub async fn handle_schedule(&self, msg: &Incoming) -> Result<Disposition, HandleError> {
+        match Schedule::parse(msg)? {
+            Schedule::Monthly { month, partner } => {
+                let first = NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d").map_err(
+                    |_| HandleError::Permanent {
+                        kind: ErrorKind::MalformedMessage,
+                        message: format!("month {month:?} is not YYYY-MM"),
+                    },
+                )?;
+                let summary = self.monthly(first, partner.as_deref()).await?;
+                tracing::info!(
+                    month = %month,
+                    published = summary.published.len(),
+                    redelivered = summary.redelivered.len(),
+                    held = summary.held.len(),
+                    "monthly build done"
+                );
+                Ok(Disposition::Done)
+            }
+            Schedule::Tick { at } => {
+                self.tick(at).await?;
+                Ok(Disposition::Done)
+            }
+            Schedule::Other => {
+                tracing::info!("schedule message of an unknown kind, ignored");
+                Ok(Disposition::Done)
+            }
+        }
+    }
+
+    /// Builds month `first`'s products for every contract buying them (or the one named).
+    pub async fn monthly(
+        &self,
+        first: NaiveDate,
+        partner: Option<&str>,
+    ) -> Result<StepSummary, HandleError> {
+        let chosen: Vec<usize> = self
+            .contracts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.buys(ProductKind::Monthly))
+            .filter(|(_, c)| partner.is_none_or(|p| c.name == p))
+            .map(|(i, _)| i)
+            .collect();
+        if let Some(p) = partner
+            && chosen.is_empty()
+        {
+            return Err(HandleError::Permanent {
+                kind: ErrorKind::MalformedMessage,
+                message: format!("no contract {p:?} buying a monthly product"),
+            });
+        }
+        let ops = &self.config.gcp.buckets.ops;
+        let mut summary = StepSummary::default();
+        for i in chosen {
+            let contract = &self.contracts[i];
+            let name = monthly_claim(&contract.name, first);
+            let generation = match claim::take(
+                &self.gcs,
+                ops,
+                &name,
+                &self.owner,
+                self.config.claim_lease(),
+            )
+            .await?
+            {
+                Claim::Taken { generation, .. } => generation,
+                Claim::Held { owner, until } => {
+                    return Err(HandleError::Transient(format!(
+                        "monthly build of {} {} held by {owner} until {until}",
+                        contract.name,
+                        first.format("%Y-%m")
+                    )));
+                }
+            };
+            let result = self.monthly_one(i, first, &mut summary).await;
+            // Released either way: a later request (a rebuild) may build again; an unchanged
+            // version is not delivered twice.
+            claim::release(&self.gcs, ops, &name, &self.owner, generation).await;
+            result?;
+        }
+        Ok(summary)
+    }
+
+    async fn monthly_one(
+        &self,
+        contract: usize,
+        first: NaiveDate,
+        summary: &mut StepSummary,
+    ) -> Result<(), HandleError> {
+        let late = self.contracts[contract].late_days;
+        let mut days: BTreeSet<NaiveDate> = monthly::window(first, late).into_iter().collect();
+        days.extend(monthly::window(first - Months::new(1), late));
+        let tmp = self.tempdir()?;
+        let input = tmp.path().join("in");
+        self.fetch_curated(&input, &days).await?;
+        let timeout = std::time::Duration::from_secs(self.config.worker.step_timeout_secs);
+        let output = tmp.path().join("products");
+        let build = self.build_products(
+            &input,
+            &output,
+            vec![(contract, Period::Month(first))],
+            summary,
+        );
+        tokio::time::timeout(timeout, build)
+            .await
+            .map_err(|_| HandleError::Transient("monthly build exceeded the step timeout".into()))?
+    }
+
+    /// The tick: missing batches past their deadline, and sink checks before a deadline.
+    pub async fn tick(&self, at: DateTime<Utc>) -> Result<(), HandleError> {
+        let w = &self.config.worker;
+        for dt in days_past_deadline(at, w.deadline_local_hour, w.deadline_lookback_days) {
+            if self.batch_finished(dt).await? {
+                continue;
+            }
+            let due = deadline(dt, w.deadline_local_hour);
+            let alert = Alert::new(
+                Severity::Critical,
+                EXTRACT_MISSING,
+                ("*", "*", &dt.to_string()),
+                EXTRACT_MISSING,
+                format!(
+                    "no complete batch for {dt} by its deadline {} (marker or listed parts missing, or the batch step has not finished)",
+                    due.to_rfc3339()
+                ),
+            )
+            .with("deadline", due.to_rfc3339())
+            .with("checked_at", at.to_rfc3339());
+            self.alert(&alert).await;
+        }
+        let window = chrono::Duration::minutes(i64::from(w.check_sinks_before_mins));
+        if let Some(dt) = deadline_within(at, w.deadline_local_hour, window) {
+            let settings = SinkSettings {
+                smtp: self.config.smtp.clone(),
+                ..SinkSettings::default()
+            };
+            for r in check_all(&self.contracts, &settings).await {
+                tracing::info!(%dt, "{}", r.line());
+                if let Some(alert) = r.alert() {
+                    self.alert(&alert.with("before_deadline_of", dt.to_string()))
+                        .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any version of batch `dt` has its done marker.
+    async fn batch_finished(&self, dt: NaiveDate) -> Result<bool, HandleError> {
+        let ops = &self.config.gcp.buckets.ops;
+        let prefix = format!("claims/batch/dt={dt}/");
+        Ok(self
+            .gcs
+            .list(ops, &prefix)
+            .await?
+            .iter()
+            .any(|o| o.name.ends_with(".done.json")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn deadlines_are_local_six_of_the_next_day() {
+        // São Paulo is UTC-3 (no DST since 2019).
+        assert_eq!(deadline(d("2026-11-27"), 6), t("2026-11-28T09:00:00Z"));
+        // 2018-11-04 00:00 local did not exist (DST start): 06:00 did.
+        assert_eq!(deadline(d("2018-11-03"), 6), t("2018-11-04T08:00:00Z"));
+    }
+
+    #[test]
+    fn ticks_check_the_days_whose_deadline_passed() {
+        assert_eq!(
+            days_past_deadline(t("2026-11-28T08:59:00Z"), 6, 3),
+            vec![d("2026-11-26"), d("2026-11-25"), d("2026-11-24")]
+        );
+        assert_eq!(
+            days_past_deadline(t("2026-11-28T09:00:00Z"), 6, 2),
+            vec![d("2026-11-27"), d("2026-11-26")]
+        );
+    }
+
+    #[test]
+    fn sink_checks_run_in_the_window_before_a_deadline() {
+        let w = chrono::Duration::minutes(120);
+        assert_eq!(
+            deadline_within(t("2026-11-28T07:30:00Z"), 6, w),
+            Some(d("2026-11-27"))
+        );
+        assert_eq!(deadline_within(t("2026-11-28T06:30:00Z"), 6, w), None);
+        assert_eq!(deadline_within(t("2026-11-28T09:00:00Z"), 6, w), None);
+    }
+}
