@@ -159,6 +159,22 @@ impl Worker {
         let late = self.contracts[contract].late_days;
         let mut days: BTreeSet<NaiveDate> = monthly::window(first, late).into_iter().collect();
         days.extend(monthly::window(first - Months::new(1), late));
+        // Batches of the window may still be running (they finish in any order): wait for them
+        // (nack, retried with backoff; dead-lettered and alerted if one never comes).
+        let missing = self.missing_batches(&monthly::window(first, late)).await?;
+        if !missing.is_empty() {
+            return Err(HandleError::Transient(format!(
+                "monthly {} of {} waits for {} batch(es): {}",
+                first.format("%Y-%m"),
+                self.contracts[contract].name,
+                missing.len(),
+                missing
+                    .iter()
+                    .map(NaiveDate::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         let tmp = self.tempdir()?;
         let input = tmp.path().join("in");
         self.fetch_curated(&input, &days).await?;
@@ -212,6 +228,23 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// The days of `days` without a curated quality report (their batch step has not run).
+    async fn missing_batches(&self, days: &[NaiveDate]) -> Result<Vec<NaiveDate>, HandleError> {
+        let curated = &self.config.gcp.buckets.curated;
+        let present: BTreeSet<String> = self
+            .gcs
+            .list(curated, "reports/dt=")
+            .await?
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        Ok(days
+            .iter()
+            .filter(|d| !present.contains(&format!("reports/dt={d}/quality.json")))
+            .copied()
+            .collect())
     }
 
     /// Whether any version of batch `dt` has its done marker.

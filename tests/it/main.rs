@@ -6,6 +6,7 @@ mod clean;
 mod delivery;
 mod guardrails;
 mod products;
+mod schedules;
 mod sinks;
 mod worker;
 

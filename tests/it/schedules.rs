@@ -1,0 +1,158 @@
+//! The worker's schedules on the real emulators: the month boundary requests and builds the
+//! monthly product once (late days included), and ticks raise `extract.missing` after a day's
+//! deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use datashare::events::{Alert, DeliveryRequest, Schedule};
+use datashare::gcp::Bus;
+use datashare::service::{Worker, names, pull};
+use tokio::sync::watch;
+
+use crate::worker::{Stack, current_batch, partners, until, upload_day};
+
+fn day(s: &str) -> NaiveDate {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_month_boundary_builds_the_monthly_product_once_with_its_late_days() {
+    let stack = Stack::up(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = stack.config(&partners(dir.path()), &[]);
+    stack.watch("deliveries", "test-deliveries").await;
+    let worker = Arc::new(Worker::start(cfg.clone()).await.expect("worker starts"));
+    let (stop, rx) = watch::channel(false);
+    let pulling = tokio::spawn(pull::run(worker.clone(), rx));
+    let gcs = &worker.gcs;
+
+    // Every day of November and the two late days of December (late_days = 2), in order of
+    // upload but finishing in any order: the monthly request waits for the window's batches.
+    let days: Vec<NaiveDate> = day("2026-11-01")
+        .iter_days()
+        .take_while(|d| *d <= day("2026-12-02"))
+        .collect();
+    for d in &days {
+        upload_day(gcs, &cfg, *d, 200, false).await;
+    }
+    let ops = cfg.gcp.buckets.ops.clone();
+    for d in &days {
+        let ready = current_batch(gcs, &cfg, *d).await;
+        let done = names::batch_done(*d, &ready.version());
+        until(
+            "every batch's done marker",
+            Duration::from_secs(600),
+            || async { gcs.stat(&ops, &done).await.unwrap() },
+        )
+        .await;
+    }
+    let monthly = |got: &[datashare::events::Incoming]| -> Vec<DeliveryRequest> {
+        got.iter()
+            .filter(|m| m.attributes.get("product").map(String::as_str) == Some("monthly"))
+            .map(|m| DeliveryRequest::parse(m).unwrap())
+            .collect()
+    };
+    let got = stack
+        .drain("test-deliveries", Duration::from_secs(180), |m| {
+            !monthly(m).is_empty()
+        })
+        .await;
+    let months = monthly(&got);
+    assert_eq!(months.len(), 1, "one monthly delivery request: {months:?}");
+    let m = &months[0];
+    assert_eq!(m.period, "2026-11");
+    // Built from the month's batches and its late days (late corrections of November).
+    for d in ["2026-11-01", "2026-11-30", "2026-12-01", "2026-12-02"] {
+        assert!(
+            m.source_batches.iter().any(|b| b.contains(d)),
+            "{d} in {:?}",
+            m.source_batches
+        );
+    }
+    let dailies = got.len() - months.len();
+    assert_eq!(dailies, days.len(), "one daily request per day");
+
+    // A second request for the month (Cloud Scheduler's backstop): same bytes, no new request.
+    let bus = Bus::connect(
+        &cfg.gcp.project,
+        &["schedules"],
+        cfg.emulators.pubsub.as_deref(),
+    )
+    .await
+    .unwrap();
+    let again = Schedule::Monthly {
+        month: "2026-11".into(),
+        partner: None,
+    };
+    bus.publish("schedules", again.to_message()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let more = stack.pull("test-deliveries").await;
+    assert!(
+        more.is_empty(),
+        "an unchanged month is not delivered again: {more:?}"
+    );
+
+    stop.send(true).unwrap();
+    pulling.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_after_the_deadline_raises_extract_missing_for_days_without_a_batch() {
+    let stack = Stack::up(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = stack.config(&partners(dir.path()), &[]);
+    cfg.worker.deadline_lookback_days = 3;
+    stack.watch("alerts", "test-alerts").await;
+    let worker = Arc::new(Worker::start(cfg.clone()).await.expect("worker starts"));
+    let (stop, rx) = watch::channel(false);
+    let pulling = tokio::spawn(pull::run(worker.clone(), rx));
+    let gcs = &worker.gcs;
+
+    // 2026-11-26 arrives complete; 2026-11-25 and 2026-11-27 never do.
+    let complete = day("2026-11-26");
+    upload_day(gcs, &cfg, complete, 200, false).await;
+    let ready = current_batch(gcs, &cfg, complete).await;
+    let done = names::batch_done(complete, &ready.version());
+    let ops = cfg.gcp.buckets.ops.clone();
+    until(
+        "the batch's done marker",
+        Duration::from_secs(120),
+        || async { gcs.stat(&ops, &done).await.unwrap() },
+    )
+    .await;
+    stack.pull("test-alerts").await;
+
+    // A tick at 07:00 local of 2026-11-28: the deadlines of 25, 26 and 27 have passed.
+    let at: DateTime<Utc> = "2026-11-28T10:00:00Z".parse().unwrap();
+    let bus = Bus::connect(
+        &cfg.gcp.project,
+        &["schedules"],
+        cfg.emulators.pubsub.as_deref(),
+    )
+    .await
+    .unwrap();
+    bus.publish("schedules", Schedule::Tick { at }.to_message())
+        .await
+        .unwrap();
+    let missing = |got: &[datashare::events::Incoming]| -> Vec<Alert> {
+        got.iter()
+            .filter_map(|m| Alert::parse(m).ok())
+            .filter(|a| a.kind == "extract.missing")
+            .collect()
+    };
+    let got = stack
+        .drain("test-alerts", Duration::from_secs(60), |m| {
+            missing(m).len() >= 2
+        })
+        .await;
+    let mut periods: Vec<String> = missing(&got).into_iter().map(|a| a.period).collect();
+    periods.sort();
+    assert_eq!(periods, ["2026-11-25", "2026-11-27"], "{got:?}");
+    // Before the deadline of 2026-11-28 (09:00 UTC on the 29th) it is not missing yet.
+    assert!(!periods.contains(&(complete + Days::new(2)).to_string()));
+
+    stop.send(true).unwrap();
+    pulling.await.unwrap().unwrap();
+}
