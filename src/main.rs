@@ -30,7 +30,7 @@ enum Command {
     Release(datashare::service::release::ReleaseArgs),
     /// Runs the alerting consumer: archives dead letters, e-mails alerts to the data team.
     Alert(datashare::alerting::AlertArgs),
-    /// Republishes archived dead letters to their source topic.
+    /// Re-runs batch steps (--date, --from/--to) or republishes archived dead letters.
     Replay(datashare::alerting::replay::ReplayArgs),
     /// Checks every partner sink's connection and credentials without delivering.
     CheckSinks(datashare::sinks::check::CheckSinksArgs),

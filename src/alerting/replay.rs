@@ -17,8 +17,17 @@ use super::dead_letters::{Archived, archive_prefix, replayed_object};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReplayArgs {
     /// Republishes the archived dead letters of this source subscription (e.g. `deliveries-sftp`).
-    #[arg(long, value_name = "SUBSCRIPTION")]
+    #[arg(long, value_name = "SUBSCRIPTION", conflicts_with_all = ["date", "from", "to"])]
     pub dead_letters: Option<String>,
+    /// Re-runs the batch step of this day (unchanged products are not delivered again).
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    pub date: Option<chrono::NaiveDate>,
+    /// Re-runs the batch steps from this day ...
+    #[arg(long, requires = "to")]
+    pub from: Option<chrono::NaiveDate>,
+    /// ... to this day (inclusive).
+    #[arg(long, requires = "from")]
+    pub to: Option<chrono::NaiveDate>,
     /// Configuration file instead of the built-in `config/default.toml`.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -108,8 +117,18 @@ pub async fn replay_dead_letters(
 
 /// Runs `datashare replay`; prints what it did. Returns false when nothing was asked.
 pub fn run(args: &ReplayArgs) -> anyhow::Result<bool> {
+    let range = match (args.date, args.from, args.to) {
+        (Some(d), _, _) => Some((d, d)),
+        (None, Some(f), Some(t)) => Some((f, t)),
+        _ => None,
+    };
+    if let Some((from, to)) = range {
+        return crate::service::release::run_replay(from, to, args.config.as_deref());
+    }
     let Some(sub) = args.dead_letters.clone() else {
-        eprintln!("datashare replay: give --dead-letters <subscription>");
+        eprintln!(
+            "datashare replay: give --dead-letters <subscription>, --date D or --from D1 --to D2"
+        );
         return Ok(false);
     };
     let cfg = Config::load(args.config.as_deref())?;

@@ -35,6 +35,10 @@ pub struct BatchReady {
     /// The team released this batch version although a listed file failed (`datashare release`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub release: bool,
+    /// A replay of this batch version (`datashare replay --date`): a nonce, so the step runs
+    /// again under its own claim and done marker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<String>,
 }
 
 impl BatchReady {
@@ -52,13 +56,17 @@ impl BatchReady {
         format!("{}-{}", self.marker_generation, &digest[..16])
     }
 
-    /// Names this step's claim and done marker: the version, and `.release` for a release.
+    /// Names this step's claim and done marker: the version, `.release` for a release and
+    /// `.replay-<nonce>` for a replay.
     pub fn step_key(&self) -> String {
+        let mut key = self.version();
         if self.release {
-            format!("{}.release", self.version())
-        } else {
-            self.version()
+            key.push_str(".release");
         }
+        if let Some(n) = &self.replay {
+            key.push_str(&format!(".replay-{n}"));
+        }
+        key
     }
 
     /// Encodes the message (JSON data; `dt`, `batch_version` and `release` attributes).
@@ -106,6 +114,7 @@ mod tests {
             marker_generation: 7,
             files: vec![f("a", 1), f("b", 2)],
             release: false,
+            replay: None,
         };
         let out = b.to_message();
         let back = BatchReady::parse(&Incoming {
@@ -123,6 +132,7 @@ mod tests {
         assert!(b.version().starts_with("7-"));
         let released = BatchReady {
             release: true,
+            replay: None,
             ..b.clone()
         };
         assert_eq!(released.version(), b.version());

@@ -226,5 +226,6 @@ pub async fn ready_batch(
         marker_generation,
         files,
         release: false,
+        replay: None,
     }))
 }

@@ -45,6 +45,70 @@ pub async fn release(
     Ok(Some((ready, id)))
 }
 
+/// Publishes a replay of each settled batch from `from` to `to` (`datashare replay --date`):
+/// the step runs again under its own claim; unchanged products are not delivered again.
+/// Returns the days replayed and those skipped (not settled).
+pub async fn replay_batches(
+    gcs: &Gcs,
+    bus: &Bus,
+    config: &Config,
+    schemas: &Schemas,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<(Vec<(NaiveDate, String)>, Vec<NaiveDate>), HandleError> {
+    let nonce = format!(
+        "{}-{:06x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+        rand::random::<u32>() & 0xff_ffff
+    );
+    let (mut done, mut skipped) = (Vec::new(), Vec::new());
+    for dt in from.iter_days().take_while(|d| *d <= to) {
+        let Some(mut ready) = ready_batch(gcs, config, schemas, dt).await? else {
+            skipped.push(dt);
+            continue;
+        };
+        ready.replay = Some(nonce.clone());
+        let id = bus
+            .publish(&config.gcp.topics.batches, ready.to_message())
+            .await?;
+        tracing::info!(%dt, version = %ready.version(), message_id = %id, "batch replay requested");
+        done.push((dt, id));
+    }
+    Ok((done, skipped))
+}
+
+/// Runs `datashare replay --date D` or `--from D1 --to D2`.
+pub fn run_replay(
+    from: NaiveDate,
+    to: NaiveDate,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<bool> {
+    anyhow::ensure!(from <= to, "--from {from} is after --to {to}");
+    let config = Config::load(config)?;
+    let schemas = Schemas::builtin()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let gcs = Gcs::connect(config.emulators.storage.as_deref()).await?;
+        let bus = Bus::connect(
+            &config.gcp.project,
+            &[config.gcp.topics.batches.as_str()],
+            config.emulators.pubsub.as_deref(),
+        )
+        .await?;
+        let (done, skipped) = replay_batches(&gcs, &bus, &config, &schemas, from, to).await?;
+        for (dt, id) in &done {
+            println!("replay of batch {dt} requested (message {id})");
+        }
+        for dt in &skipped {
+            eprintln!("batch {dt} is not settled (marker missing, or a listed file not uploaded or staged): skipped");
+        }
+        Ok(skipped.is_empty())
+    })
+}
+
 /// Runs `datashare release`.
 pub fn run(args: &ReleaseArgs) -> anyhow::Result<bool> {
     let config = Config::load(args.config.as_deref())?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use datashare::events::{Alert, DeliveryRequest, Schedule};
 use datashare::gcp::Bus;
-use datashare::service::{Worker, names, pull};
+use datashare::service::{Worker, names, pull, release};
 use tokio::sync::watch;
 
 use crate::worker::{Stack, current_batch, partners, until, upload_day};
@@ -99,12 +99,13 @@ async fn the_month_boundary_builds_the_monthly_product_once_with_its_late_days()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tick_after_the_deadline_raises_extract_missing_for_days_without_a_batch() {
+async fn a_tick_raises_extract_missing_for_days_without_a_batch_and_replays_run_again_quietly() {
     let stack = Stack::up(&[]);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = stack.config(&partners(dir.path()), &[]);
     cfg.worker.deadline_lookback_days = 3;
     stack.watch("alerts", "test-alerts").await;
+    stack.watch("deliveries", "test-deliveries").await;
     let worker = Arc::new(Worker::start(cfg.clone()).await.expect("worker starts"));
     let (stop, rx) = watch::channel(false);
     let pulling = tokio::spawn(pull::run(worker.clone(), rx));
@@ -152,6 +153,49 @@ async fn a_tick_after_the_deadline_raises_extract_missing_for_days_without_a_bat
     assert_eq!(periods, ["2026-11-25", "2026-11-27"], "{got:?}");
     // Before the deadline of 2026-11-28 (09:00 UTC on the 29th) it is not missing yet.
     assert!(!periods.contains(&(complete + Days::new(2)).to_string()));
+
+    // `datashare replay --date`: the step runs again (a second done marker), and the unchanged
+    // product is not delivered again.
+    let first = stack
+        .drain("test-deliveries", Duration::from_secs(60), |m| {
+            !m.is_empty()
+        })
+        .await;
+    assert_eq!(first.len(), 1);
+    let schemas = datashare::clean::Schemas::builtin().unwrap();
+    let batches = Bus::connect(
+        &cfg.gcp.project,
+        &["batches"],
+        cfg.emulators.pubsub.as_deref(),
+    )
+    .await
+    .unwrap();
+    let (replayed, skipped) =
+        release::replay_batches(gcs, &batches, &cfg, &schemas, complete, complete)
+            .await
+            .unwrap();
+    assert_eq!((replayed.len(), skipped.len()), (1, 0));
+    let prefix = format!("claims/batch/dt={complete}/");
+    until(
+        "the replay's done marker",
+        Duration::from_secs(120),
+        || async {
+            let done = gcs.list(&ops, &prefix).await.unwrap();
+            (done
+                .iter()
+                .filter(|o| o.name.ends_with(".done.json"))
+                .count()
+                == 2)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = stack.pull("test-deliveries").await;
+    assert!(
+        again.is_empty(),
+        "a replay delivers nothing unchanged: {again:?}"
+    );
 
     stop.send(true).unwrap();
     pulling.await.unwrap().unwrap();

@@ -349,6 +349,7 @@ pub(crate) async fn current_batch(gcs: &Gcs, cfg: &Config, dt: NaiveDate) -> Bat
         marker_generation,
         files,
         release: false,
+        replay: None,
     }
 }
 
