@@ -115,17 +115,24 @@ impl Alert {
 
     /// Logs the alert (beside publishing it, or when there is nowhere to publish: local builds).
     pub fn log(&self) {
-        let json = serde_json::to_string(self).unwrap_or_default();
-        tracing::error!(
-            kind = %self.kind,
-            partner = %self.partner,
-            product = %self.product,
-            period = %self.period,
-            fingerprint = %self.fingerprint,
-            alert = %json,
-            "{}",
-            self.summary
-        );
+        macro_rules! at {
+            ($level:ident) => {
+                tracing::$level!(
+                    kind = %self.kind,
+                    severity = ?self.severity,
+                    partner = %self.partner,
+                    product = %self.product,
+                    period = %self.period,
+                    fingerprint = %self.fingerprint,
+                    "alert: {}",
+                    self.summary
+                )
+            };
+        }
+        match self.severity {
+            Severity::Critical | Severity::Error => at!(error),
+            Severity::Warning => at!(warn),
+        }
     }
 }
 
