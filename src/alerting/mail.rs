@@ -2,18 +2,15 @@
 //! Plain text in English; never a secret or a personal value (alerts carry neither).
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Message};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use super::runbook::runbook;
 use super::state::{Sending, State};
-use crate::sinks::email::{SmtpSettings, SmtpTls};
+use crate::sinks::email::SmtpSettings;
 
 /// The mailer could not be built, or a send failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,38 +47,7 @@ impl Mailer {
         recipients: &[String],
     ) -> Result<Mailer, MailError> {
         let cfg = |m: String| MailError::Config(m);
-        // Same transport as the partner e-mail sink (src/sinks/email.rs).
-        let mut b = TlsParameters::builder(smtp.host.clone());
-        if let Some(ca) = &smtp.ca_file {
-            let pem =
-                std::fs::read(ca).map_err(|e| cfg(format!("ca_file {}: {e}", ca.display())))?;
-            let cert = Certificate::from_pem(&pem)
-                .map_err(|e| cfg(format!("ca_file {}: {e}", ca.display())))?;
-            b = b
-                .certificate_store(CertificateStore::None)
-                .add_root_certificate(cert);
-        }
-        let params = b.build().map_err(|e| cfg(format!("tls settings: {e}")))?;
-        let tls = match smtp.tls {
-            SmtpTls::Starttls => Tls::Required(params),
-            SmtpTls::Implicit => Tls::Wrapper(params),
-        };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
-            .port(smtp.port)
-            .tls(tls)
-            .timeout(Some(Duration::from_secs(smtp.timeout_secs.max(1))));
-        match (&smtp.user, &smtp.password) {
-            (Some(user), Some(password)) => {
-                let secret = password
-                    .read("alerting", "smtp password")
-                    .map_err(|e| cfg(e.to_string()))?;
-                let password = String::from_utf8(secret.expose().to_vec())
-                    .map_err(|_| cfg("smtp password is not UTF-8".into()))?;
-                builder = builder.credentials(Credentials::new(user.clone(), password));
-            }
-            (None, None) => {}
-            _ => return Err(cfg("smtp: set user and password together".into())),
-        }
+        let transport = crate::sinks::email::smtp_transport(smtp).map_err(cfg)?;
         let from: Mailbox = (if from.is_empty() { &smtp.from } else { from })
             .parse()
             .map_err(|e| cfg(format!("from: {e}")))?;
@@ -90,7 +56,7 @@ impl Mailer {
             .map(|r| r.parse().map_err(|e| cfg(format!("recipient: {e}"))))
             .collect::<Result<Vec<Mailbox>, _>>()?;
         Ok(Mailer {
-            transport: builder.build(),
+            transport,
             from,
             to,
         })

@@ -143,14 +143,16 @@ mod tests {
                 "DATASHARE_ALERT_WINDOW_SECS",
             ),
         ] {
-            let mut vars = vec![(var, value)];
-            vars.push(("DATASHARE_SMTP_HOST", "smtp.example"));
-            let e = load(&vars).unwrap_err().to_string();
+            let e = load(&[(var, value)]).unwrap_err().to_string();
             assert!(e.contains(field), "{var}={value}: {e}");
         }
-        let e = load(&[("DATASHARE_SMTP_HOST", "h"), ("DATASHARE_SMTP_USER", "u")])
-            .unwrap_err()
-            .to_string();
+        let e = load(&[
+            ("DATASHARE_SMTP_HOST", "h"),
+            ("DATASHARE_SMTP_FROM", "a@b.example"),
+            ("DATASHARE_SMTP_USER", "u"),
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("together"), "{e}");
     }
 }

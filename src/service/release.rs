@@ -77,13 +77,12 @@ pub async fn replay_batches(
     Ok((done, skipped))
 }
 
-/// Runs `datashare replay --date D` or `--from D1 --to D2`.
-pub fn run_replay(
-    from: NaiveDate,
-    to: NaiveDate,
+/// Runs `f` with the configuration, schemas, storage and a `batches` publisher, on a small
+/// runtime (the one-shot commands that publish batch steps).
+fn with_batch_clients<T>(
     config: Option<&std::path::Path>,
-) -> anyhow::Result<bool> {
-    anyhow::ensure!(from <= to, "--from {from} is after --to {to}");
+    f: impl AsyncFnOnce(&Gcs, &Bus, &Config, &Schemas) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let config = Config::load(config)?;
     let schemas = Schemas::builtin()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -98,12 +97,26 @@ pub fn run_replay(
             config.emulators.pubsub.as_deref(),
         )
         .await?;
-        let (done, skipped) = replay_batches(&gcs, &bus, &config, &schemas, from, to).await?;
+        f(&gcs, &bus, &config, &schemas).await
+    })
+}
+
+/// Runs `datashare replay --date D` or `--from D1 --to D2`.
+pub fn run_replay(
+    from: NaiveDate,
+    to: NaiveDate,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<bool> {
+    anyhow::ensure!(from <= to, "--from {from} is after --to {to}");
+    with_batch_clients(config, async |gcs, bus, config, schemas| {
+        let (done, skipped) = replay_batches(gcs, bus, config, schemas, from, to).await?;
         for (dt, id) in &done {
             println!("replay of batch {dt} requested (message {id})");
         }
         for dt in &skipped {
-            eprintln!("batch {dt} is not settled (marker missing, or a listed file not uploaded or staged): skipped");
+            eprintln!(
+                "batch {dt} is not settled (marker missing, or a listed file not uploaded or staged): skipped"
+            );
         }
         Ok(skipped.is_empty())
     })
@@ -111,21 +124,11 @@ pub fn run_replay(
 
 /// Runs `datashare release`.
 pub fn run(args: &ReleaseArgs) -> anyhow::Result<bool> {
-    let config = Config::load(args.config.as_deref())?;
-    let schemas = Schemas::builtin()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let gcs = Gcs::connect(config.emulators.storage.as_deref()).await?;
-        let bus = Bus::connect(
-            &config.gcp.project,
-            &[config.gcp.topics.batches.as_str()],
-            config.emulators.pubsub.as_deref(),
-        )
-        .await?;
-        match release(&gcs, &bus, &config, &schemas, args.date).await? {
+    with_batch_clients(
+        args.config.as_deref(),
+        async |gcs, bus, config, schemas| match release(gcs, bus, config, schemas, args.date)
+            .await?
+        {
             Some((ready, id)) => {
                 println!(
                     "released batch {} version {} (message {id})",
@@ -141,6 +144,6 @@ pub fn run(args: &ReleaseArgs) -> anyhow::Result<bool> {
                 );
                 Ok(false)
             }
-        }
-    })
+        },
+    )
 }

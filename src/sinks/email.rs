@@ -95,6 +95,42 @@ fn config(message: String) -> SinkError {
     }
 }
 
+/// The SMTP transport of a relay: TLS always (STARTTLS required, or implicit), the relay's CA
+/// when given, credentials read from their secret now. Errors are one line, never the secret.
+pub fn smtp_transport(smtp: &SmtpSettings) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+    let mut b = TlsParameters::builder(smtp.host.clone());
+    if let Some(ca) = &smtp.ca_file {
+        let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+        let cert =
+            Certificate::from_pem(&pem).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+        b = b
+            .certificate_store(CertificateStore::None)
+            .add_root_certificate(cert);
+    }
+    let params = b.build().map_err(|e| format!("tls settings: {e}"))?;
+    let tls = match smtp.tls {
+        SmtpTls::Starttls => Tls::Required(params),
+        SmtpTls::Implicit => Tls::Wrapper(params),
+    };
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
+        .port(smtp.port)
+        .tls(tls)
+        .timeout(Some(Duration::from_secs(smtp.timeout_secs.max(1))));
+    match (&smtp.user, &smtp.password) {
+        (Some(user), Some(password)) => {
+            let secret = password
+                .read("smtp", "password")
+                .map_err(|e| e.to_string())?;
+            let password = String::from_utf8(secret.expose().to_vec())
+                .map_err(|_| "smtp password is not UTF-8".to_string())?;
+            builder = builder.credentials(Credentials::new(user.clone(), password));
+        }
+        (None, None) => {}
+        _ => return Err("smtp: set user and password together".into()),
+    }
+    Ok(builder.build())
+}
+
 fn mailbox(what: &str, s: &str) -> Result<Mailbox, SinkError> {
     s.parse()
         .map_err(|e| config(format!("{what}: not an address ({e})")))
@@ -107,40 +143,7 @@ impl EmailSink {
         c: &contract::EmailSink,
         smtp: &SmtpSettings,
     ) -> Result<EmailSink, SinkError> {
-        let tls_params = {
-            let mut b = TlsParameters::builder(smtp.host.clone());
-            if let Some(ca) = &smtp.ca_file {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| config(format!("ca_file {}: {e}", ca.display())))?;
-                let cert = Certificate::from_pem(&pem)
-                    .map_err(|e| config(format!("ca_file {}: {e}", ca.display())))?;
-                b = b
-                    .certificate_store(CertificateStore::None)
-                    .add_root_certificate(cert);
-            }
-            b.build()
-                .map_err(|e| config(format!("tls settings: {e}")))?
-        };
-        let tls = match smtp.tls {
-            SmtpTls::Starttls => Tls::Required(tls_params),
-            SmtpTls::Implicit => Tls::Wrapper(tls_params),
-        };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
-            .port(smtp.port)
-            .tls(tls)
-            .timeout(Some(Duration::from_secs(smtp.timeout_secs.max(1))));
-        match (&smtp.user, &smtp.password) {
-            (Some(user), Some(password)) => {
-                let secret = password
-                    .read("smtp", "password")
-                    .map_err(|e| config(e.to_string()))?;
-                let password = String::from_utf8(secret.expose().to_vec())
-                    .map_err(|_| config("smtp password is not UTF-8".into()))?;
-                builder = builder.credentials(Credentials::new(user.clone(), password));
-            }
-            (None, None) => {}
-            _ => return Err(config("smtp: set user and password together".into())),
-        }
+        let transport = smtp_transport(smtp).map_err(config)?;
         let to = contract
             .contacts
             .iter()
@@ -152,7 +155,7 @@ impl EmailSink {
             return Err(config("the contract has no contacts".into()));
         }
         Ok(EmailSink {
-            transport: builder.build(),
+            transport,
             from: mailbox("smtp.from", &smtp.from)?,
             to,
             reply_to: c

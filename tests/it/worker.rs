@@ -878,8 +878,9 @@ impl Proc {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_before_its_done_marker_is_taken_over_without_a_second_delivery() {
+/// Kills a worker (a real process, like SIGKILL: no cleanup) at an injected point of the batch
+/// step, then starts another: the batch completes with exactly one delivery request.
+async fn killed_at(point: &str, dt: NaiveDate) {
     let stack = Stack::up(&[]);
     let dir = tempfile::tempdir().unwrap();
     let partners = partners(dir.path());
@@ -893,22 +894,18 @@ async fn a_worker_killed_before_its_done_marker_is_taken_over_without_a_second_d
         ("DATASHARE_STEP_TIMEOUT_SECS", "10"),
         ("DATASHARE_LEASE_EXTENSION_SECS", "10"),
     ];
+    let crash = format!("crash:{point}");
     let mut a = Proc::worker(
         &stack,
         &partners,
-        &[
-            lease[0],
-            lease[1],
-            ("DATASHARE_FAULTS", "crash:before_done"),
-        ],
+        &[lease[0], lease[1], ("DATASHARE_FAULTS", crash.as_str())],
     );
     let gcs = Gcs::connect(cfg.emulators.storage.as_deref())
         .await
         .unwrap();
-    let dt = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
     upload_day(&gcs, &cfg, dt, 200, false).await;
 
-    // Worker a publishes the delivery request, then dies holding the claim and its messages.
+    // Worker a dies at the point, holding the claim and its messages.
     let status = a.exit(Duration::from_secs(120)).await;
     assert!(
         !status.success(),
@@ -923,14 +920,13 @@ async fn a_worker_killed_before_its_done_marker_is_taken_over_without_a_second_d
             .is_none()
     );
     let first = stack
-        .drain("test-deliveries", Duration::from_secs(30), |m| {
-            !m.is_empty()
-        })
+        .drain("test-deliveries", Duration::from_secs(15), |_| true)
         .await;
-    assert_eq!(first.len(), 1);
+    let published_before = usize::from(point == "before_done");
+    assert_eq!(first.len(), published_before, "{point}: {first:?}");
 
-    // Worker b gets the redelivered batch, takes the expired claim over, finds the delivery
-    // already published, and finishes the step.
+    // Worker b gets the redelivered batch, takes the expired claim over, and finishes the step
+    // without publishing what was already published.
     let mut b = Proc::worker(&stack, &partners, &lease);
     let ops = cfg.gcp.buckets.ops.clone();
     until("the done marker", Duration::from_secs(240), || async {
@@ -938,9 +934,15 @@ async fn a_worker_killed_before_its_done_marker_is_taken_over_without_a_second_d
     })
     .await;
     let again = stack
-        .drain("test-deliveries", Duration::from_secs(30), |_| true)
+        .drain("test-deliveries", Duration::from_secs(30), |m| {
+            m.len() + published_before >= 1
+        })
         .await;
-    assert!(again.is_empty(), "no second delivery request: {again:?}");
+    assert_eq!(
+        again.len() + published_before,
+        1,
+        "{point}: one delivery request in all: {again:?}"
+    );
 
     // SIGTERM: the worker finishes in-flight messages and exits cleanly.
     let pid = b.0.id().to_string();
@@ -953,6 +955,33 @@ async fn a_worker_killed_before_its_done_marker_is_taken_over_without_a_second_d
     );
     let status = b.exit(Duration::from_secs(60)).await;
     assert!(status.success(), "graceful shutdown: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_taking_the_claim_is_taken_over() {
+    killed_at(
+        "after_claim",
+        NaiveDate::from_ymd_opt(2026, 11, 21).unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_before_publishing_is_taken_over_and_publishes_once() {
+    killed_at(
+        "before_publish",
+        NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_before_its_done_marker_is_taken_over_without_a_second_delivery() {
+    killed_at(
+        "before_done",
+        NaiveDate::from_ymd_opt(2026, 11, 23).unwrap(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
