@@ -889,9 +889,10 @@ async fn killed_at(point: &str, dt: NaiveDate) {
     for sub in [EXTRACTS_SUBSCRIPTION, BATCHES_SUBSCRIPTION] {
         stack.ack_deadline(sub, 10).await;
     }
-    // Short claim leases (2 × 10 s) and lease extensions (10 s), so the takeover comes soon.
+    // Short claim leases (2 × 25 s) and lease extensions (10 s), so the takeover comes soon;
+    // the step timeout leaves room for a debug build on a busy 2-core machine.
     let lease = [
-        ("DATASHARE_STEP_TIMEOUT_SECS", "10"),
+        ("DATASHARE_STEP_TIMEOUT_SECS", "25"),
         ("DATASHARE_LEASE_EXTENSION_SECS", "10"),
     ];
     let crash = format!("crash:{point}");
