@@ -788,3 +788,101 @@ async fn the_sinks_serve_push_subscriptions_too() {
     assert_eq!(mails(&mail_dir).len(), 1);
     r.stop().await;
 }
+
+/// The e-mails in the catcher addressed to the data team (the alert consumer's) and to the
+/// partner (the e-mail sink's).
+fn team_and_partner_mails(dir: &Path) -> (Vec<String>, Vec<String>) {
+    let texts: Vec<String> = mails(dir)
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect();
+    texts.into_iter().partition(|t| t.contains("@aiqfome.com"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rejected_delivery_alerts_the_team_and_its_archived_dead_letter_replays_once() {
+    let mut r = start().await;
+    // The alerting consumer, through the same relay.
+    let alerting = Arc::new(
+        datashare::alerting::Alerting::start(r.cfg.clone())
+            .await
+            .expect("alerting starts"),
+    );
+    let rx = r.rx.clone();
+    r.tasks.push(tokio::spawn(async move {
+        pull::run(alerting, rx).await.map_err(|e| e.to_string())
+    }));
+    crate::sinks::script(&r.api, serde_json::json!([{"status": 400}])).await;
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
+    let (_, req) = daily_request(&r).await;
+
+    // One dead letter, archived, and one e-mail to the data team saying what and what to do.
+    let mail_dir = r.mail_dir();
+    // (The team also gets the batch's quality warnings: only the rejection is looked at.)
+    let rejected = |team: Vec<String>| -> Vec<String> {
+        team.into_iter()
+            .filter(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("Subject:"))
+                    .is_some_and(|l| l.contains("partner_rejected"))
+            })
+            .collect()
+    };
+    let team = until("the team's alert e-mail", Duration::from_secs(180), || {
+        let (team, _) = team_and_partner_mails(&mail_dir);
+        let team = rejected(team);
+        async move { (!team.is_empty()).then_some(team) }
+    })
+    .await;
+    assert!(
+        team[0].contains(&req.delivery_id[..12]),
+        "names the delivery"
+    );
+    let ops = r.cfg.gcp.buckets.ops.clone();
+    let archived = r
+        .gcs
+        .list(&ops, "deadletters/deliveries-api/")
+        .await
+        .unwrap();
+    assert_eq!(archived.len(), 1, "archived before the ack: {archived:?}");
+
+    // The partner fixed its side: the archived dead letter is replayed and delivered once; the
+    // SFTP sink, which already delivered, does nothing (its receipt), and one partner e-mail.
+    let bus = Bus::connect(
+        &r.cfg.gcp.project,
+        &["deliveries"],
+        r.cfg.emulators.pubsub.as_deref(),
+    )
+    .await
+    .unwrap();
+    let report =
+        datashare::alerting::replay::replay_dead_letters(&r.cfg, &r.gcs, &bus, "deliveries-api")
+            .await
+            .unwrap();
+    assert_eq!(report.replayed.len(), 1);
+    until("the partner e-mail", Duration::from_secs(180), || {
+        let (_, partner) = team_and_partner_mails(&mail_dir);
+        async move { (!partner.is_empty()).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (team, partner) = team_and_partner_mails(&mail_dir);
+    let team = rejected(team);
+    assert_eq!(
+        (team.len(), partner.len()),
+        (1, 1),
+        "one alert about the rejection, one partner e-mail"
+    );
+    assert_eq!(crate::sinks::statuses(&r.api.state), ["400", "201"]);
+    assert_eq!(
+        tree(&r.upload_dir().join("ouchhungry/daily")).len(),
+        req.files.len() * 2,
+        "each file and manifest uploaded once"
+    );
+    for text in team.iter().chain(&partner) {
+        assert!(!text.contains(&r.api.password), "no secret in an e-mail");
+        assert!(!text.contains(&r.smtp.password), "no secret in an e-mail");
+    }
+    r.stop().await;
+}
