@@ -97,13 +97,7 @@ mod tests {
     use crate::config::Config;
 
     fn load(vars: &[(&str, &str)]) -> Result<Config, crate::config::ConfigError> {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::load_with(None, &move |k| {
-            vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
-        })
+        crate::config::load_with_vars(vars)
     }
 
     #[test]

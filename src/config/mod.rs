@@ -597,18 +597,24 @@ fn valid_resource(s: &str) -> bool {
         })
 }
 
+/// Loads the built-in configuration with only `vars` as the environment (unit tests).
+#[cfg(test)]
+pub(crate) fn load_with_vars(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::load_with(None, &move |k| {
+        vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::load_with(None, &move |k| {
-            vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
-        })
+        load_with_vars(vars)
     }
 
     #[test]
