@@ -957,9 +957,11 @@ async fn killed_at(point: &str, dt: NaiveDate) {
     assert!(status.success(), "graceful shutdown: {status:?}");
 }
 
-/// One point after the other: three crashed workers at once load a 2-core machine enough to
-/// make the takeover timing flaky.
+/// One point after the other, and alone (scripts/test.sh runs ignored tests separately): under
+/// the parallel suite's load the emulator has been seen not to redeliver a dead worker's
+/// messages for minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run alone by scripts/test.sh: the emulator's redelivery is unreliable under load"]
 async fn a_worker_killed_at_each_point_is_taken_over_and_publishes_once() {
     for (point, day) in [
         ("after_claim", 21),
