@@ -13,6 +13,13 @@ use tokio::sync::watch;
 
 use crate::worker::{Stack, current_batch, partners, until, upload_day};
 
+/// A publisher of one topic on the emulator.
+async fn publisher(cfg: &datashare::config::Config, topic: &str) -> Bus {
+    Bus::connect(&cfg.gcp.project, &[topic], cfg.emulators.pubsub.as_deref())
+        .await
+        .unwrap()
+}
+
 fn day(s: &str) -> NaiveDate {
     NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
 }
@@ -75,13 +82,7 @@ async fn the_month_boundary_builds_the_monthly_product_once_with_its_late_days()
     assert_eq!(dailies, days.len(), "one daily request per day");
 
     // A second request for the month (Cloud Scheduler's backstop): same bytes, no new request.
-    let bus = Bus::connect(
-        &cfg.gcp.project,
-        &["schedules"],
-        cfg.emulators.pubsub.as_deref(),
-    )
-    .await
-    .unwrap();
+    let bus = publisher(&cfg, "schedules").await;
     let again = Schedule::Monthly {
         month: "2026-11".into(),
         partner: None,
@@ -127,13 +128,7 @@ async fn a_tick_raises_extract_missing_for_days_without_a_batch_and_replays_run_
 
     // A tick at 07:00 local of 2026-11-28: the deadlines of 25, 26 and 27 have passed.
     let at: DateTime<Utc> = "2026-11-28T10:00:00Z".parse().unwrap();
-    let bus = Bus::connect(
-        &cfg.gcp.project,
-        &["schedules"],
-        cfg.emulators.pubsub.as_deref(),
-    )
-    .await
-    .unwrap();
+    let bus = publisher(&cfg, "schedules").await;
     bus.publish("schedules", Schedule::Tick { at }.to_message())
         .await
         .unwrap();
@@ -163,13 +158,7 @@ async fn a_tick_raises_extract_missing_for_days_without_a_batch_and_replays_run_
         .await;
     assert_eq!(first.len(), 1);
     let schemas = datashare::clean::Schemas::builtin().unwrap();
-    let batches = Bus::connect(
-        &cfg.gcp.project,
-        &["batches"],
-        cfg.emulators.pubsub.as_deref(),
-    )
-    .await
-    .unwrap();
+    let batches = publisher(&cfg, "batches").await;
     let (replayed, skipped) =
         release::replay_batches(gcs, &batches, &cfg, &schemas, complete, complete)
             .await
