@@ -17,10 +17,6 @@ echo "== cargo test"
 # emulator and fake-gcs-server must be installed.
 bash fake-gcp/setup.sh >/dev/null
 cargo test --locked --all-targets
-# Tests that kill worker processes and wait on the emulator's redelivery: alone, since under the
-# load of the parallel suite the emulator has been seen not to redeliver within minutes.
-echo "== cargo test (alone: crash takeovers)"
-cargo test --locked --test it -- --ignored --test-threads 1
 echo "== python tests of the products (pyarrow, duckdb)"
 bash scripts/py-tests.sh
 echo "== fake-gcp local stack (Pub/Sub emulator, fake-gcs-server)"

@@ -69,6 +69,21 @@ impl BatchReady {
         key
     }
 
+    /// This version of the batch under the step key `key` (the inverse of
+    /// [`BatchReady::step_key`]); `None` when `key` names another version.
+    pub fn for_step_key(mut self, key: &str) -> Option<BatchReady> {
+        let rest = key.strip_prefix(&self.version())?;
+        let rest = match rest.strip_prefix(".release") {
+            Some(r) => {
+                self.release = true;
+                r
+            }
+            None => rest,
+        };
+        self.replay = rest.strip_prefix(".replay-").map(str::to_string);
+        (self.step_key() == key).then_some(self)
+    }
+
     /// Encodes the message (JSON data; `dt`, `batch_version` and `release` attributes).
     pub fn to_message(&self) -> Outgoing {
         let mut attributes = BTreeMap::from([
@@ -143,5 +158,21 @@ mod tests {
                 .contains("release")
         );
         assert!(BatchReady::parse(&Incoming::default()).is_err());
+        for step in [
+            b.clone(),
+            released.clone(),
+            BatchReady {
+                release: true,
+                replay: Some("n1".into()),
+                ..b.clone()
+            },
+        ] {
+            assert_eq!(b.clone().for_step_key(&step.step_key()), Some(step));
+        }
+        assert_eq!(b.clone().for_step_key(&newer.step_key()), None);
+        assert_eq!(
+            b.clone().for_step_key(&format!("{}.other", b.version())),
+            None
+        );
     }
 }

@@ -18,6 +18,12 @@ pub struct ClaimBody {
     pub taken_at: String,
     /// Until when (RFC 3339 UTC); after that anyone may take it over.
     pub lease_expires_at: String,
+    /// Given back by its holder after a failed attempt (not left behind by a dead one).
+    #[serde(default)]
+    pub released: bool,
+    /// How many times a lease left behind by a dead holder was taken over.
+    #[serde(default)]
+    pub takeovers: u32,
 }
 
 impl ClaimBody {
@@ -27,6 +33,8 @@ impl ClaimBody {
             owner: owner.to_string(),
             taken_at: now.to_rfc3339_opts(SecondsFormat::Millis, true),
             lease_expires_at: until.to_rfc3339_opts(SecondsFormat::Millis, true),
+            released: false,
+            takeovers: 0,
         }
     }
 
@@ -35,6 +43,20 @@ impl ClaimBody {
             .ok()
             .map(|d| d.with_timezone(&Utc))
     }
+
+    /// Whether its holder died with it: not released, and its lease (or its unreadable
+    /// expiry) is past at `now`.
+    pub fn abandoned(&self, now: DateTime<Utc>) -> bool {
+        !self.released && self.expires().is_none_or(|t| t <= now)
+    }
+}
+
+/// Reads the claim `name`; `None` when it does not exist or is unreadable.
+pub async fn read(gcs: &Gcs, bucket: &str, name: &str) -> Result<Option<ClaimBody>, GcsError> {
+    Ok(gcs
+        .read(bucket, name, None)
+        .await?
+        .and_then(|(data, _)| serde_json::from_slice(&data).ok()))
 }
 
 /// What trying to take a claim came to.
@@ -65,8 +87,9 @@ pub async fn take(
     lease: Duration,
 ) -> Result<Claim, GcsError> {
     let now = Utc::now();
-    let body = serde_json::to_vec(&ClaimBody::new(owner, now, lease)).expect("claim encodes");
-    match gcs.write(bucket, name, body.clone(), Some(0)).await {
+    let mut claim = ClaimBody::new(owner, now, lease);
+    let body = serde_json::to_vec(&claim).expect("claim encodes");
+    match gcs.write(bucket, name, body, Some(0)).await {
         Ok(generation) => {
             return Ok(Claim::Taken {
                 generation,
@@ -95,11 +118,17 @@ pub async fn take(
             until: h.lease_expires_at.clone(),
         });
     }
+    // A lease its holder gave back is retried, not taken over: only a dead holder's counts.
+    claim.takeovers = held
+        .as_ref()
+        .map_or(1, |h| h.takeovers + u32::from(!h.released));
+    let body = serde_json::to_vec(&claim).expect("claim encodes");
     match gcs.write(bucket, name, body, Some(generation)).await {
         Ok(generation) => {
             tracing::warn!(
                 claim = name,
                 previous_owner = held.as_ref().map_or("unreadable", |h| h.owner.as_str()),
+                takeovers = claim.takeovers,
                 "expired claim taken over"
             );
             Ok(Claim::Taken {
@@ -118,8 +147,9 @@ pub async fn take(
 /// Releases a claim we hold by expiring its lease (conditional on our generation), so a retry
 /// need not wait for the lease; failures are only logged (the lease expires anyway).
 pub async fn release(gcs: &Gcs, bucket: &str, name: &str, owner: &str, generation: i64) {
-    let body = serde_json::to_vec(&ClaimBody::new(owner, Utc::now(), Duration::ZERO))
-        .expect("claim encodes");
+    let mut claim = ClaimBody::new(owner, Utc::now(), Duration::ZERO);
+    claim.released = true;
+    let body = serde_json::to_vec(&claim).expect("claim encodes");
     if let Err(e) = gcs.write(bucket, name, body, Some(generation)).await {
         tracing::warn!(claim = name, error = %e, "claim not released; its lease will expire");
     }
@@ -136,5 +166,22 @@ mod tests {
         assert!(b.expires().unwrap() > now);
         let b = ClaimBody::new("me", now, Duration::ZERO);
         assert!(b.expires().unwrap() <= now);
+    }
+
+    #[test]
+    fn only_a_dead_holders_expired_claim_is_abandoned() {
+        let now = Utc::now();
+        let live = ClaimBody::new("me", now, Duration::from_secs(60));
+        assert!(!live.abandoned(now));
+        let mut dead = ClaimBody::new("me", now - chrono::Duration::minutes(5), Duration::ZERO);
+        assert!(dead.abandoned(now));
+        dead.released = true;
+        assert!(!dead.abandoned(now), "given back after a failure");
+        // Claims written before these fields existed read as not released, no takeovers.
+        let old: ClaimBody = serde_json::from_str(
+            r#"{"owner":"x","taken_at":"2026-11-01T00:00:00Z","lease_expires_at":"2026-11-01T00:20:00Z"}"#,
+        )
+        .unwrap();
+        assert!(old.abandoned(now) && old.takeovers == 0);
     }
 }

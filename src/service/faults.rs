@@ -1,5 +1,5 @@
 //! Fault injection for crash and long-work tests: `DATASHARE_FAULTS` names points where the
-//! worker crashes (`crash:<point>`, like `kill -9`: no cleanup) or waits (`delay:<point>:<secs>`),
+//! worker kills itself with SIGKILL (`crash:<point>`: no cleanup) or waits (`delay:<point>:<secs>`),
 //! comma-separated. Read and checked at start-up; empty in production.
 //!
 //! Points: `after_claim` (claim taken, nothing done), `batch_step` (before the step's work),
@@ -68,6 +68,11 @@ impl Faults {
         }
         if self.crash_at.iter().any(|p| p == point) {
             tracing::error!(point, "fault injection: crash");
+            // SIGKILL to ourselves: no unwinding, no flushing, no core file (abort would dump one).
+            // SAFETY: getpid and kill have no preconditions.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
             std::process::abort();
         }
     }

@@ -29,6 +29,17 @@ pub fn batch_done(dt: NaiveDate, version: &str) -> String {
     format!("claims/batch/dt={dt}/{version}.done.json")
 }
 
+/// The day and step key of a batch claim's name (`None` for a done marker or another name).
+pub fn parse_batch_claim(name: &str) -> Option<(NaiveDate, &str)> {
+    let rest = name.strip_prefix("claims/batch/dt=")?;
+    let (day, file) = rest.split_once('/')?;
+    let key = file.strip_suffix(".json")?;
+    if key.ends_with(".done") || key.is_empty() {
+        return None;
+    }
+    Some((day.parse().ok()?, key))
+}
+
 /// `deliveries/<delivery id>.json` in the ops bucket: the delivery request was published.
 pub fn delivery_published(delivery_id: &str) -> String {
     format!("deliveries/{delivery_id}.json")
@@ -68,5 +79,11 @@ mod tests {
             batch_done(d, "5-ab"),
             "claims/batch/dt=2026-11-27/5-ab.done.json"
         );
+        assert_eq!(
+            parse_batch_claim(&batch_claim(d, "5-ab.replay-x")),
+            Some((d, "5-ab.replay-x"))
+        );
+        assert_eq!(parse_batch_claim(&batch_done(d, "5-ab")), None);
+        assert_eq!(parse_batch_claim("claims/monthly/acme/2026-11.json"), None);
     }
 }

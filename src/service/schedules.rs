@@ -4,8 +4,11 @@
 //!   backstop): builds month M's product for each contract that buys it, under a claim
 //!   (`claims/monthly/<partner>/<M>.json`) so copies of the request build once at a time; an
 //!   unchanged product version is not delivered again (its `deliveries/<id>.json` marker).
-//! - `tick` (every 5 minutes): a day whose batch has not finished by its deadline raises
-//!   `extract.missing`; ticks shortly before a deadline check every sink's connection.
+//! - `tick` (every 5 minutes): a batch step whose worker died (its claim's lease ran out, not
+//!   released, no done marker) is published again, so it is taken over even when Pub/Sub has
+//!   stopped redelivering its message (`batch.stalled` after [`MAX_TAKEOVERS`] takeovers); a day
+//!   whose batch has not finished by its deadline raises `extract.missing`; ticks shortly before
+//!   a deadline check every sink's connection.
 
 use std::collections::BTreeSet;
 
@@ -13,7 +16,8 @@ use chrono::{DateTime, Days, Months, NaiveDate, TimeZone, Utc};
 use chrono_tz::America::Sao_Paulo;
 
 use super::claim::{self, Claim};
-use super::{Disposition, HandleError, Worker, batch::StepSummary};
+use super::objects::ready_batch;
+use super::{Disposition, HandleError, Worker, batch::StepSummary, names};
 use crate::events::{Alert, ErrorKind, Incoming, Schedule, Severity};
 use crate::products::Period;
 use crate::products::contract::ProductKind;
@@ -23,6 +27,13 @@ use crate::sinks::check::check_all;
 
 /// Kind of the alert raised for a day without a finished batch at its deadline.
 pub const EXTRACT_MISSING: &str = "extract.missing";
+
+/// Kind of the alert raised for a batch step whose workers keep dying.
+pub const BATCH_STALLED: &str = "batch.stalled";
+
+/// Takeovers of a batch step's claim after which ticks stop restarting it and alert instead
+/// (a step that kills its worker every time, e.g. out of memory, is not restarted for ever).
+pub const MAX_TAKEOVERS: u32 = 3;
 
 /// `claims/monthly/<partner>/<YYYY-MM>.json` in the ops bucket.
 fn monthly_claim(partner: &str, month: NaiveDate) -> String {
@@ -191,8 +202,10 @@ impl Worker {
             .map_err(|_| HandleError::Transient("monthly build exceeded the step timeout".into()))?
     }
 
-    /// The tick: missing batches past their deadline, and sink checks before a deadline.
+    /// The tick: abandoned batch steps, missing batches past their deadline, and sink checks
+    /// before a deadline.
     pub async fn tick(&self, at: DateTime<Utc>) -> Result<(), HandleError> {
+        self.restart_abandoned_batches().await?;
         let w = &self.config.worker;
         for dt in days_past_deadline(at, w.deadline_local_hour, w.deadline_lookback_days) {
             if self.batch_finished(dt).await? {
@@ -228,6 +241,64 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Publishes `BatchReady` again for every batch step whose claim was abandoned by a dead
+    /// worker, while it is still the batch's current version; returns how many it published.
+    pub async fn restart_abandoned_batches(&self) -> Result<usize, HandleError> {
+        let ops = &self.config.gcp.buckets.ops;
+        let names: BTreeSet<String> = self
+            .gcs
+            .list(ops, "claims/batch/")
+            .await?
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        let now = Utc::now();
+        let mut published = 0;
+        for name in &names {
+            let Some((dt, key)) = names::parse_batch_claim(name) else {
+                continue;
+            };
+            if names.contains(&names::batch_done(dt, key)) {
+                continue;
+            }
+            let Some(held) = claim::read(&self.gcs, ops, name).await? else {
+                continue;
+            };
+            if !held.abandoned(now) {
+                continue;
+            }
+            if held.takeovers >= MAX_TAKEOVERS {
+                let alert = Alert::new(
+                    Severity::Critical,
+                    BATCH_STALLED,
+                    ("*", "*", &dt.to_string()),
+                    key,
+                    format!(
+                        "the batch step of {dt} lost its worker {} times (last: {}); not restarted again",
+                        held.takeovers + 1,
+                        held.owner
+                    ),
+                )
+                .with("claim", name.as_str())
+                .with("taken_at", held.taken_at.as_str());
+                self.alert(&alert).await;
+                continue;
+            }
+            let current = ready_batch(&self.gcs, &self.config, &self.schemas, dt).await?;
+            let Some(ready) = current.and_then(|r| r.for_step_key(key)) else {
+                tracing::info!(%dt, key, "abandoned batch step superseded by a newer version");
+                continue;
+            };
+            let id = self
+                .bus
+                .publish(&self.config.gcp.topics.batches, ready.to_message())
+                .await?;
+            tracing::warn!(%dt, key, previous_owner = %held.owner, message_id = %id, "abandoned batch step published again");
+            published += 1;
+        }
+        Ok(published)
     }
 
     /// The days of `days` without a curated quality report (their batch step has not run).

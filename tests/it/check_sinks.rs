@@ -15,8 +15,6 @@ use crate::datashare_cmd;
 use crate::sinks::{api_env, capture_logs, random_hex, sftp_env, smtp_env};
 use crate::worker::Stack;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
 fn file_of(r: &SecretRef) -> String {
     r.file
         .as_ref()
@@ -35,7 +33,7 @@ fn write_contract(
     std::fs::create_dir_all(&partners).unwrap();
     let hmac = dir.join("hmac-key");
     std::fs::write(&hmac, random_hex(32)).unwrap();
-    let text = std::fs::read_to_string(Path::new(ROOT).join("partners/ouchhungry.toml")).unwrap();
+    let text = std::fs::read_to_string(crate::root().join("partners/ouchhungry.toml")).unwrap();
     let head = &text[..text.find("[[sinks]]").unwrap()];
     let tail = &text[text.find("[[contacts]]").unwrap()..];
     let head = head.replace(

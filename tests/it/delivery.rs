@@ -25,15 +25,13 @@ use crate::sinks::{
 };
 use crate::worker::{Stack, until, upload_day};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
 /// The OuchHungry contract pointing at the local stand-ins, with throwaway secrets in files.
 fn partners(work: &Path, sftp: &SftpSink, api: &datashare::products::contract::ApiSink) -> PathBuf {
     let p = work.join("partners");
     std::fs::create_dir_all(&p).unwrap();
     let key = work.join("hmac-key");
     std::fs::write(&key, crate::sinks::random_hex(32)).unwrap();
-    let text = std::fs::read_to_string(Path::new(ROOT).join("partners/ouchhungry.toml")).unwrap();
+    let text = std::fs::read_to_string(crate::root().join("partners/ouchhungry.toml")).unwrap();
     let head = &text[..text.find("[[sinks]]").unwrap()];
     let tail = &text[text.find("[[contacts]]").unwrap()..];
     let head = head.replace(

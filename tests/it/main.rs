@@ -10,7 +10,16 @@ mod schedules;
 mod sinks;
 mod worker;
 
+use std::path::PathBuf;
 use std::process::Command;
+
+/// The checkout under test: cargo's `CARGO_MANIFEST_DIR` at run time, so a test binary reused
+/// from a shared target directory built in another checkout still reads this one's files.
+pub fn root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
 
 /// A command running the `datashare` binary under test.
 pub fn datashare_cmd() -> Command {

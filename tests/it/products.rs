@@ -66,11 +66,9 @@ fn setup(tag: &str, tweak: impl FnOnce(&mut Fixture)) -> Env {
     let partners = root.join("partners");
     std::fs::create_dir_all(&partners).unwrap();
     let var = format!("DATASHARE_TEST_{tag}_OH_KEY");
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("partners/ouchhungry.toml"),
-    )
-    .unwrap()
-    .replace("DATASHARE_OUCHHUNGRY_HMAC_KEY", &var);
+    let shipped = std::fs::read_to_string(crate::root().join("partners/ouchhungry.toml"))
+        .unwrap()
+        .replace("DATASHARE_OUCHHUNGRY_HMAC_KEY", &var);
     std::fs::write(partners.join("ouchhungry.toml"), shipped).unwrap();
     let svar = format!("DATASHARE_TEST_{tag}_SUCO_KEY");
     std::fs::write(

@@ -7,18 +7,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use datashare::events::{Alert, DeliveryRequest, Schedule};
-use datashare::gcp::Bus;
 use datashare::service::{Worker, names, pull, release};
 use tokio::sync::watch;
 
-use crate::worker::{Stack, current_batch, partners, until, upload_day};
-
-/// A publisher of one topic on the emulator.
-async fn publisher(cfg: &datashare::config::Config, topic: &str) -> Bus {
-    Bus::connect(&cfg.gcp.project, &[topic], cfg.emulators.pubsub.as_deref())
-        .await
-        .unwrap()
-}
+use crate::worker::{Stack, current_batch, partners, publisher, until, upload_day};
 
 fn day(s: &str) -> NaiveDate {
     NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()

@@ -205,19 +205,15 @@ impl Server {
         std::fs::create_dir_all(state).unwrap();
         let log = state.join(format!("{script}.log"));
         let mut cmd = Command::new(partner_python());
-        cmd.arg(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("fake-gcp/partner")
-                .join(script),
-        )
-        .arg("--state-dir")
-        .arg(state)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .process_group(0);
+        cmd.arg(crate::root().join("fake-gcp/partner").join(script))
+            .arg("--state-dir")
+            .arg(state)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .process_group(0);
         let mut child = cmd.spawn().expect("stand-in starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();

@@ -13,7 +13,9 @@ use chrono::NaiveDate;
 use datashare::clean::QualityReport;
 use datashare::config::{BATCHES_SUBSCRIPTION, Config, EXTRACTS_SUBSCRIPTION};
 use datashare::events::batch::BATCH_READY_VERSION;
-use datashare::events::{BatchReady, DeliveryRequest, Incoming, ObjectGeneration, Outgoing};
+use datashare::events::{
+    BatchReady, DeliveryRequest, Incoming, ObjectGeneration, Outgoing, Schedule,
+};
 use datashare::gcp::{Bus, Gcs};
 use datashare::generate::{GenerateOptions, ObjectSink, ObjectWriter, generate_day};
 use datashare::products::manifest::sha256_hex;
@@ -23,8 +25,6 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 use tokio::sync::watch;
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// A running fake-gcp stack; `down` runs on drop.
 pub(crate) struct Stack {
@@ -46,7 +46,7 @@ impl Stack {
         let dir = tempfile::tempdir().expect("temp dir");
         let state = dir.path().join("stack.json");
         let out = Command::new("python3")
-            .arg(Path::new(ROOT).join("fake-gcp/stack.py"))
+            .arg(crate::root().join("fake-gcp/stack.py"))
             .arg("--state")
             .arg(&state)
             .args(["up", "--json", "--retry-backoff-cap", "1", "--no-partners"])
@@ -174,6 +174,24 @@ impl Stack {
         }
     }
 
+    /// Drops every message of `subscription` published so far, acknowledged or not (a seek to
+    /// now): as if Pub/Sub had given up on them.
+    pub(crate) async fn forget(&self, subscription: &str) {
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let r = self
+            .http
+            .post(self.pubsub(&format!("subscriptions/{subscription}:seek")))
+            .json(&json!({ "time": time }))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "seek {subscription}: {}",
+            r.status()
+        );
+    }
+
     /// Sets a subscription's ack deadline (the topology's are minutes long).
     pub(crate) async fn ack_deadline(&self, subscription: &str, secs: u32) {
         let body = json!({"subscription": {"ackDeadlineSeconds": secs}, "updateMask": "ackDeadlineSeconds"});
@@ -207,7 +225,7 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         let _ = Command::new("python3")
-            .arg(Path::new(ROOT).join("fake-gcp/stack.py"))
+            .arg(crate::root().join("fake-gcp/stack.py"))
             .arg("--state")
             .arg(&self.state)
             .arg("down")
@@ -226,7 +244,7 @@ pub(crate) fn partners(dir: &Path) -> PathBuf {
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
     )
     .unwrap();
-    let text = std::fs::read_to_string(Path::new(ROOT).join("partners/ouchhungry.toml"))
+    let text = std::fs::read_to_string(crate::root().join("partners/ouchhungry.toml"))
         .unwrap()
         .replace(
             r#"secret = { env = "DATASHARE_OUCHHUNGRY_HMAC_KEY" }"#,
@@ -878,18 +896,25 @@ impl Proc {
     }
 }
 
-/// Kills a worker (a real process, like SIGKILL: no cleanup) at an injected point of the batch
-/// step, then starts another: the batch completes with exactly one delivery request.
+/// A publisher of one topic on the emulator.
+pub(crate) async fn publisher(cfg: &Config, topic: &str) -> Bus {
+    Bus::connect(&cfg.gcp.project, &[topic], cfg.emulators.pubsub.as_deref())
+        .await
+        .unwrap()
+}
+
+/// Kills a worker (a real process, SIGKILL: no cleanup) at an injected point of the batch step,
+/// drops its messages (as if Pub/Sub had given up on them: the test does not rely on the
+/// emulator's redelivery) and starts another: a tick finds the abandoned claim, publishes the
+/// batch again, the new worker takes the claim over and the batch completes with exactly one
+/// delivery request.
 async fn killed_at(point: &str, dt: NaiveDate) {
     let stack = Stack::up(&[]);
     let dir = tempfile::tempdir().unwrap();
     let partners = partners(dir.path());
     let cfg = stack.config(&partners, &[]);
     stack.watch("deliveries", "test-deliveries").await;
-    for sub in [EXTRACTS_SUBSCRIPTION, BATCHES_SUBSCRIPTION] {
-        stack.ack_deadline(sub, 10).await;
-    }
-    // Short claim leases (2 × 10 s) and lease extensions (10 s), so the takeover comes soon.
+    // Short claim leases (2 × 10 s), so the takeover comes soon.
     let lease = [
         ("DATASHARE_STEP_TIMEOUT_SECS", "10"),
         ("DATASHARE_LEASE_EXTENSION_SECS", "10"),
@@ -911,25 +936,34 @@ async fn killed_at(point: &str, dt: NaiveDate) {
         !status.success(),
         "the injected crash kills the worker: {status:?}"
     );
+    stack.forget(BATCHES_SUBSCRIPTION).await;
     let ready = current_batch(&gcs, &cfg, dt).await;
+    let ops = cfg.gcp.buckets.ops.clone();
     let done = names::batch_done(dt, &ready.version());
-    assert!(
-        gcs.stat(&cfg.gcp.buckets.ops, &done)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(gcs.stat(&ops, &done).await.unwrap().is_none());
     let first = stack
         .drain("test-deliveries", Duration::from_secs(15), |_| true)
         .await;
     let published_before = usize::from(point == "before_done");
     assert_eq!(first.len(), published_before, "{point}: {first:?}");
 
-    // Worker b gets the redelivered batch, takes the expired claim over, and finishes the step
-    // without publishing what was already published.
+    // Worker b gets ticks (Cloud Scheduler's, every 5 minutes in production); once the dead
+    // worker's lease has run out a tick publishes the batch again, b takes the claim over and
+    // finishes the step without publishing what was already published.
     let mut b = Proc::worker(&stack, &partners, &lease);
-    let ops = cfg.gcp.buckets.ops.clone();
+    let schedules = publisher(&cfg, &cfg.gcp.topics.schedules).await;
     until("the done marker", Duration::from_secs(240), || async {
+        // At 15:00 UTC: outside the sink checks' window before the 06:00 local deadline.
+        let at = chrono::Utc::now()
+            .date_naive()
+            .and_hms_opt(15, 0, 0)
+            .unwrap();
+        let tick = Schedule::Tick { at: at.and_utc() };
+        schedules
+            .publish(&cfg.gcp.topics.schedules, tick.to_message())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
         gcs.stat(&ops, &done).await.unwrap()
     })
     .await;
@@ -943,6 +977,11 @@ async fn killed_at(point: &str, dt: NaiveDate) {
         1,
         "{point}: one delivery request in all: {again:?}"
     );
+    let taken = claim::read(&gcs, &ops, &names::batch_claim(dt, &ready.version()))
+        .await
+        .unwrap()
+        .expect("the claim");
+    assert_eq!(taken.takeovers, 1, "{point}: taken over once: {taken:?}");
 
     // SIGTERM: the worker finishes in-flight messages and exits cleanly.
     let pid = b.0.id().to_string();
@@ -957,19 +996,31 @@ async fn killed_at(point: &str, dt: NaiveDate) {
     assert!(status.success(), "graceful shutdown: {status:?}");
 }
 
-/// One point after the other, and alone (scripts/test.sh runs ignored tests separately): under
-/// the parallel suite's load the emulator has been seen not to redeliver a dead worker's
-/// messages for minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "run alone by scripts/test.sh: the emulator's redelivery is unreliable under load"]
-async fn a_worker_killed_at_each_point_is_taken_over_and_publishes_once() {
-    for (point, day) in [
-        ("after_claim", 21),
-        ("before_publish", 20),
-        ("before_done", 23),
-    ] {
-        killed_at(point, NaiveDate::from_ymd_opt(2026, 11, day).unwrap()).await;
-    }
+async fn a_worker_killed_after_taking_the_claim_is_taken_over() {
+    killed_at(
+        "after_claim",
+        NaiveDate::from_ymd_opt(2026, 11, 21).unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_before_publishing_is_taken_over_and_publishes_once() {
+    killed_at(
+        "before_publish",
+        NaiveDate::from_ymd_opt(2026, 11, 20).unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_before_its_done_marker_is_taken_over_without_publishing_again() {
+    killed_at(
+        "before_done",
+        NaiveDate::from_ymd_opt(2026, 11, 23).unwrap(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
