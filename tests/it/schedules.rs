@@ -1,12 +1,13 @@
 //! The worker's schedules on the real emulators: the month boundary requests and builds the
-//! monthly product once (late days included), and ticks raise `extract.missing` after a day's
-//! deadline.
+//! monthly product once (late days included), ticks raise `extract.missing` after a day's
+//! deadline and restart batch steps abandoned by a dead worker.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
-use datashare::events::{Alert, DeliveryRequest, Schedule};
+use datashare::events::{Alert, BatchReady, DeliveryRequest, Schedule};
+use datashare::service::schedules::{BATCH_STALLED, MAX_TAKEOVERS};
 use datashare::service::{Worker, names, pull, release};
 use tokio::sync::watch;
 
@@ -177,7 +178,55 @@ async fn a_tick_raises_extract_missing_for_days_without_a_batch_and_replays_run_
         again.is_empty(),
         "a replay delivers nothing unchanged: {again:?}"
     );
-
     stop.send(true).unwrap();
     pulling.await.unwrap().unwrap();
+
+    // Abandoned steps (no worker pulls now): a dead holder's expired claim is published again,
+    // one taken over MAX_TAKEOVERS times alerts instead, a released one and a live one are left.
+    stack.watch("batches", "test-batches").await;
+    stack.pull("test-alerts").await;
+    let claim = |suffix: &str, lease_mins: i64, released: bool, takeovers: u32| {
+        let now = Utc::now();
+        let body = serde_json::json!({
+            "owner": "local:1:dead",
+            "taken_at": (now - chrono::Duration::minutes(30)).to_rfc3339(),
+            "lease_expires_at": (now + chrono::Duration::minutes(lease_mins)).to_rfc3339(),
+            "released": released,
+            "takeovers": takeovers,
+        });
+        let name = names::batch_claim(complete, &format!("{}.replay-{suffix}", ready.version()));
+        let ops = ops.clone();
+        async move {
+            gcs.write(&ops, &name, body.to_string().into_bytes(), Some(0))
+                .await
+                .unwrap();
+        }
+    };
+    claim("dead", -1, false, 0).await;
+    claim("crashing", -1, false, MAX_TAKEOVERS).await;
+    claim("released", -1, true, 0).await;
+    claim("running", 10, false, 0).await;
+    assert_eq!(worker.restart_abandoned_batches().await.unwrap(), 1);
+    let restarted = stack
+        .drain("test-batches", Duration::from_secs(30), |m| !m.is_empty())
+        .await;
+    let keys: Vec<String> = restarted
+        .iter()
+        .map(|m| BatchReady::parse(m).unwrap().step_key())
+        .collect();
+    assert_eq!(keys, [format!("{}.replay-dead", ready.version())]);
+    let alerts = stack
+        .drain("test-alerts", Duration::from_secs(30), |m| !m.is_empty())
+        .await;
+    let stalled: Vec<Alert> = alerts
+        .iter()
+        .filter_map(|m| Alert::parse(m).ok())
+        .filter(|a| a.kind == BATCH_STALLED)
+        .collect();
+    assert_eq!(stalled.len(), 1, "{alerts:?}");
+    assert!(
+        stalled[0].summary.contains("lost its worker 4 times"),
+        "{}",
+        stalled[0].summary
+    );
 }
