@@ -111,9 +111,16 @@ impl Alerting {
             Some((s.clone(), (r, s)))
         })
         .await?;
-        let Some((Recorded::MailNow, s)) = decided else {
-            tracing::info!(fingerprint = %alert.fingerprint, kind = %alert.kind, "alert counted");
-            return Ok(());
+        let s = match decided {
+            Some((Recorded::MailNow, s)) => s,
+            Some((Recorded::Related, _)) => {
+                tracing::info!(fingerprint = %alert.fingerprint, kind = %alert.kind, "alert about a failure already reported, recorded");
+                return Ok(());
+            }
+            _ => {
+                tracing::info!(fingerprint = %alert.fingerprint, kind = %alert.kind, "alert counted");
+                return Ok(());
+            }
         };
         let Some(sending) = s.first.clone() else {
             return Ok(());

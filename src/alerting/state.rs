@@ -7,8 +7,13 @@
 //! mark sends that one e-mail again. A redelivered repeat is not counted twice (recent message
 //! ids are kept), and a redelivered or concurrent tick does not send a digest twice unless the
 //! first sender stalled longer than [`SENDING_LEASE_SECS`].
+//!
+//! One failure, one e-mail: a fingerprint is shared by different kinds only on purpose (a held
+//! batch's `batch.held` alert reuses its failed file's dead-letter fingerprint), so a message of
+//! another kind than the ones already seen is the same failure told by another service: it is
+//! recorded ([`State::related`]) but neither e-mailed nor counted as a repeat.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -64,6 +69,10 @@ pub struct State {
     pub digest: Option<Sending>,
     /// Recent message ids (redeliveries are not counted twice).
     pub seen: VecDeque<String>,
+    /// The kinds this fingerprint was seen with, and how often (the first kind's repeats are
+    /// mailed and counted; another kind is the same failure told by another service).
+    #[serde(default)]
+    pub related: BTreeMap<String, u64>,
 }
 
 /// What to do with an alert once recorded.
@@ -75,6 +84,8 @@ pub enum Recorded {
     Counted,
     /// A redelivery of a message already counted.
     Duplicate,
+    /// Another kind of message about a failure already reported: recorded, not mailed.
+    Related,
 }
 
 impl State {
@@ -92,6 +103,7 @@ impl State {
             first: None,
             digest: None,
             seen: VecDeque::new(),
+            related: BTreeMap::new(),
         }
     }
 
@@ -116,9 +128,15 @@ impl State {
                 self.seen.pop_front();
             }
         }
-        self.alert = alert.clone();
         self.total += 1;
         self.last_seen = now;
+        let known = !self.related.is_empty();
+        let kind = self.related.entry(alert.kind.clone()).or_insert(0);
+        *kind += 1;
+        if known && *kind == 1 {
+            return Recorded::Related;
+        }
+        self.alert = alert.clone();
         let window = chrono::Duration::seconds(window_secs as i64);
         let open = self.last_mail_at.is_some_and(|t| now - t < window);
         if open || self.first.is_some() {
@@ -261,6 +279,26 @@ mod tests {
         s.digest_sent("tick1");
         assert_eq!(s.take_digest("tick1", t0), None);
         assert_eq!(s.pending, 0);
+    }
+
+    #[test]
+    fn another_kind_of_message_about_the_same_failure_is_not_mailed_again() {
+        let t0 = Utc::now();
+        let dead_letter = alert();
+        let held = Alert {
+            kind: "batch.held".into(),
+            ..dead_letter.clone()
+        };
+        let mut s = State::new(&dead_letter, t0);
+        assert_eq!(s.record(&dead_letter, "m0", t0, 3600), Recorded::MailNow);
+        s.first_sent("m0");
+        let later = t0 + chrono::Duration::seconds(7200);
+        assert_eq!(s.record(&held, "m1", later, 3600), Recorded::Related);
+        assert_eq!(s.take_digest("tick", later), None);
+        assert_eq!(s.alert.kind, "quality.volume");
+        // Its own repeats are repeats like any other.
+        assert_eq!(s.record(&held, "m2", later, 3600), Recorded::MailNow);
+        assert_eq!(s.related["batch.held"], 2);
     }
 
     #[test]

@@ -275,6 +275,30 @@ async fn a_dead_letter_is_archived_mailed_and_replayed_once() {
         "the fingerprint the worker can reuse: {body}"
     );
 
+    // The same failure told by another service (as the worker's held-batch alert reuses its
+    // failed file's dead-letter fingerprint): recorded, no second e-mail, nothing to digest.
+    let same = Alert::new(
+        Severity::Error,
+        "batch.held",
+        ("ouchhungry", "daily", "2026-11-27"),
+        "d-42",
+        "held because of the refused delivery".into(),
+    )
+    .with_fingerprint(fp.clone());
+    s.bus.publish("alerts", same.to_message()).await.unwrap();
+    until(
+        "the related alert recorded",
+        Duration::from_secs(60),
+        || async {
+            s.state(&fp)
+                .await
+                .filter(|st| st.related.contains_key("batch.held"))
+        },
+    )
+    .await;
+    s.tick().await;
+    exactly(&s.mail_dir, 1).await;
+
     // Replay: once, with the original data and attributes.
     let env = s.stack.env.clone();
     let replay = || {
