@@ -12,6 +12,7 @@
 //! - [`gcp`]: Cloud Storage and Pub/Sub clients, emulator-aware.
 //! - [`alerting`]: the alerting consumer: dead-letter archive, grouping, e-mails to the data team, replay.
 //! - [`service`]: the worker: one handler per subscription behind pull and push front ends.
+//! - [`telemetry`]: logs, and the W3C trace context carried in message attributes.
 
 #![warn(missing_docs)]
 
@@ -27,3 +28,4 @@ pub mod generate;
 pub mod products;
 pub mod service;
 pub mod sinks;
+pub mod telemetry;

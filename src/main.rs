@@ -37,12 +37,12 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    datashare::telemetry::init(
+        std::io::stderr,
+        "warn",
+        std::io::IsTerminal::is_terminal(&std::io::stderr())
+            && std::env::var_os("NO_COLOR").is_none(),
+    );
     let ok = match Cli::parse().command {
         Command::Generate(args) => {
             datashare::generate::run(&args)?;

@@ -192,6 +192,9 @@ impl Letter {
                 place.insert(k.to_string(), v);
             }
         }
+        if let Some(t) = crate::telemetry::trace_id(&msg.attributes) {
+            place.insert("trace_id".to_string(), t);
+        }
         let subject = ["object", "delivery_id", "dt", "period"]
             .iter()
             .find_map(|k| place.get(*k).cloned())

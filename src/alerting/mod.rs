@@ -231,7 +231,10 @@ impl Role for Alerting {
     ) -> Result<Disposition, HandleError> {
         match subscription {
             ALERTS_SUBSCRIPTION => {
-                let alert = Alert::parse(msg)?;
+                let mut alert = Alert::parse(msg)?;
+                if let Some(t) = crate::telemetry::trace_id(&msg.attributes) {
+                    alert = alert.with("trace_id", t);
+                }
                 self.notify(&alert, &msg.id).await?;
             }
             SCHEDULES_SUBSCRIPTION => match Schedule::parse(msg)? {

@@ -65,9 +65,9 @@ impl Bus {
                 message: format!("no publisher for topic {topic} in {}", self.project),
             });
         };
-        let m = Message::new()
-            .set_data(msg.data)
-            .set_attributes(msg.attributes);
+        let mut attributes = msg.attributes;
+        crate::telemetry::inject(&mut attributes);
+        let m = Message::new().set_data(msg.data).set_attributes(attributes);
         p.publish(m).await.map_err(|e| {
             let transient = match &e {
                 google_cloud_pubsub::error::PublishError::Rpc(inner) => is_transient(inner),

@@ -136,8 +136,10 @@ pub async fn dispatch<R: Role>(role: &R, subscription: &str, msg: &Incoming) -> 
         role = role.role(),
         subscription,
         message_id = %msg.id,
-        attempt = msg.delivery_attempt.unwrap_or(0)
+        attempt = msg.delivery_attempt.unwrap_or(0),
+        trace_id = tracing::field::Empty,
     );
+    crate::telemetry::continue_trace(&span, &msg.attributes);
     async {
         let disposition = match role.handle_message(subscription, msg).await {
             Ok(d) => d,

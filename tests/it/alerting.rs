@@ -229,7 +229,14 @@ async fn a_dead_letter_is_archived_mailed_and_replayed_once() {
     let original = Incoming {
         id: "orig-1".into(),
         data: br#"{"delivery_id":"d-42","partner":"ouchhungry","product":"daily","period":"2026-11-27"}"#.to_vec(),
-        attributes: [("sink".to_string(), "api".to_string())].into(),
+        attributes: [
+            ("sink".to_string(), "api".to_string()),
+            (
+                "traceparent".to_string(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+            ),
+        ]
+        .into(),
         delivery_attempt: Some(1),
     };
     let letter = DeadLetter {
@@ -265,6 +272,7 @@ async fn a_dead_letter_is_archived_mailed_and_replayed_once() {
         "delivery_id: d-42",
         "subscription: deliveries-api",
         "What to do: The partner refused the delivery",
+        "trace_id: 4bf92f3577b34da6a3ce929d0e0e4736",
         &archive,
     ] {
         assert!(body.contains(needle), "{needle}: {body}");

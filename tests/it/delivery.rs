@@ -17,6 +17,7 @@ use datashare::service::deliver::Deliver;
 use datashare::service::{Worker, pull, push};
 use datashare::sinks::email::SmtpTls;
 use datashare::sinks::{GcsReceipts, ReceiptStore};
+use datashare::telemetry;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -118,6 +119,8 @@ async fn start_full(
     sinks: &[&str],
     push: bool,
 ) -> Running {
+    // The roles run in this process: its subscriber carries their trace context.
+    crate::sinks::capture_logs();
     let mut listeners = std::collections::BTreeMap::new();
     let mut args = Vec::new();
     if push {
@@ -252,6 +255,7 @@ fn republish(m: &Incoming) -> Outgoing {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upload_ends_on_sftp_at_the_api_and_in_one_email_and_redeliveries_change_nothing() {
     let r = start().await;
+    r.stack.watch("batches", "test-batches").await;
     let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
     upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
 
@@ -311,6 +315,26 @@ async fn an_upload_ends_on_sftp_at_the_api_and_in_one_email_and_redeliveries_cha
     assert_eq!(notify.delivery_id, req.delivery_id);
     let sinks: Vec<&str> = notify.receipts.iter().map(|r| r.sink.as_str()).collect();
     assert_eq!(sinks, ["api", "sftp"]);
+
+    // One trace from the upload that completed the batch to the e-mail: the batch step runs in
+    // the trace of the batch-ready message it claimed, the sinks in the delivery request's.
+    let traced = |m: &Incoming| telemetry::trace_id(&m.attributes).expect("a traceparent");
+    let trace = traced(daily[0]);
+    let ready = r
+        .stack
+        .drain("test-batches", Duration::from_secs(10), |m| !m.is_empty())
+        .await;
+    assert!(
+        ready.iter().any(|m| traced(m) == trace),
+        "the batch step continues a batch-ready message's trace"
+    );
+    assert_eq!(traced(&notifies[0]), trace, "notify continues it");
+    let logs = crate::sinks::captured_logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(&format!("trace_id={trace}")) && l.contains("email")),
+        "the e-mail role logs under the trace id"
+    );
     let got = mails(&mail_dir);
     assert_eq!(got.len(), 1);
     let eml = parse_eml(&got[0]);

@@ -52,18 +52,23 @@ impl Write for Capture {
 pub(crate) fn capture_logs() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
-        let _ = tracing_subscriber::fmt()
-            // Transport internals at debug are megabytes per test and carry no secret of ours.
-            .with_env_filter("debug,h2=info,tonic=info,tower=info,hyper_util=info,hyper=info")
-            .with_ansi(false)
-            .with_writer(|| Capture)
-            .try_init();
+        // Transport internals at debug are megabytes per test and carry no secret of ours.
+        datashare::telemetry::init(
+            || Capture,
+            "debug,h2=info,tonic=info,tower=info,hyper_util=info,hyper=info",
+            false,
+        );
     });
+}
+
+/// Everything logged in this test binary so far.
+pub(crate) fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
 }
 
 /// Fails when a secret shows up in the captured logs or in any of the texts given.
 pub(crate) fn assert_secrets_hidden(secrets: &[&str], texts: &[String]) {
-    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
+    let logs = captured_logs();
     assert!(!logs.is_empty(), "logs were captured");
     for s in secrets.iter().filter(|s| s.len() >= 8) {
         assert!(!logs.contains(s), "a throwaway secret appears in the logs");
