@@ -194,6 +194,47 @@ async fn start_full(
 }
 
 impl Running {
+    /// Starts the alerting consumer (`datashare alert`) in pull mode, through the same relay.
+    async fn add_alerting(&mut self) {
+        let alerting = Arc::new(
+            datashare::alerting::Alerting::start(self.cfg.clone())
+                .await
+                .expect("alerting starts"),
+        );
+        let rx = self.rx.clone();
+        self.tasks.push(tokio::spawn(async move {
+            pull::run(alerting, rx).await.map_err(|e| e.to_string())
+        }));
+    }
+
+    /// Waits for the data team's e-mail about `kind`, then checks it stays the only one.
+    async fn one_team_mail_about(&self, kind: &str) -> String {
+        let mail_dir = self.mail_dir();
+        let about = |dir: &Path| -> Vec<String> {
+            let (team, _) = team_and_partner_mails(dir);
+            team.into_iter()
+                .filter(|t| {
+                    t.lines()
+                        .find(|l| l.starts_with("Subject:"))
+                        .is_some_and(|l| l.contains(kind))
+                })
+                .collect()
+        };
+        until(
+            &format!("the team's {kind} e-mail"),
+            Duration::from_secs(180),
+            || {
+                let n = about(&mail_dir).len();
+                async move { (n > 0).then_some(()) }
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let got = about(&mail_dir);
+        assert_eq!(got.len(), 1, "one e-mail about {kind}");
+        got.into_iter().next().unwrap()
+    }
+
     /// Starts `datashare deliver --sink <sink>` in pull mode.
     async fn add_role(&mut self, sink: &str) {
         let role = Arc::new(
@@ -518,8 +559,8 @@ async fn an_api_400_is_dead_lettered_once_and_a_429_retry_after_is_honoured() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_wrong_sftp_host_key_is_dead_lettered_as_host_key() {
-    let r = start_with(
+async fn a_wrong_sftp_host_key_is_refused_dead_lettered_and_alerted() {
+    let mut r = start_with(
         |work, sftp| {
             let (_, other) = crate::sinks::ssh_keygen(work, "not_the_host_key", "");
             sftp.host_key = other;
@@ -527,6 +568,7 @@ async fn a_wrong_sftp_host_key_is_dead_lettered_as_host_key() {
         &["sftp", "api", "email"],
     )
     .await;
+    r.add_alerting().await;
     let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
     upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
     let (_, req) = daily_request(&r).await;
@@ -540,15 +582,17 @@ async fn a_wrong_sftp_host_key_is_dead_lettered_as_host_key() {
     assert_eq!(dead[0].attributes["error_kind"], "host_key");
     assert_eq!(dead[0].attributes["delivery_id"], req.delivery_id);
     assert!(tree(&r.upload_dir()).is_empty(), "nothing uploaded");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(mails(&r.mail_dir()).is_empty(), "no e-mail");
+    let alert = r.one_team_mail_about("host_key").await;
+    assert!(alert.contains(&req.delivery_id[..12]), "names the delivery");
+    let (_, partner) = team_and_partner_mails(&r.mail_dir());
+    assert!(partner.is_empty(), "no partner e-mail");
     r.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_sftp_server_down_is_retried_then_dead_lettered_by_pubsub() {
+async fn an_sftp_server_down_is_retried_dead_lettered_by_pubsub_and_alerted() {
     // Nothing listens on the contract's port.
-    let r = start_with(
+    let mut r = start_with(
         |_, sftp| {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             sftp.port = l.local_addr().unwrap().port();
@@ -576,7 +620,12 @@ async fn an_sftp_server_down_is_retried_then_dead_lettered_by_pubsub() {
         .parse()
         .unwrap();
     assert!(attempts > 1, "retried before the dead letter: {attempts}");
-    assert!(mails(&r.mail_dir()).is_empty(), "no e-mail");
+    // The alerting consumer starts late: the dead letter waits in its subscription.
+    r.add_alerting().await;
+    let alert = r.one_team_mail_about("max_delivery_attempts").await;
+    assert!(alert.contains(&req.delivery_id[..12]), "names the delivery");
+    let (_, partner) = team_and_partner_mails(&r.mail_dir());
+    assert!(partner.is_empty(), "no partner e-mail");
     r.stop().await;
 }
 
@@ -824,16 +873,7 @@ fn team_and_partner_mails(dir: &Path) -> (Vec<String>, Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rejected_delivery_alerts_the_team_and_its_archived_dead_letter_replays_once() {
     let mut r = start().await;
-    // The alerting consumer, through the same relay.
-    let alerting = Arc::new(
-        datashare::alerting::Alerting::start(r.cfg.clone())
-            .await
-            .expect("alerting starts"),
-    );
-    let rx = r.rx.clone();
-    r.tasks.push(tokio::spawn(async move {
-        pull::run(alerting, rx).await.map_err(|e| e.to_string())
-    }));
+    r.add_alerting().await;
     crate::sinks::script(&r.api, serde_json::json!([{"status": 400}])).await;
     let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
     upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
