@@ -1064,3 +1064,67 @@ async fn a_push_step_longer_than_the_ack_deadline_runs_once() {
     stop.send(true).unwrap();
     serving.await.unwrap().unwrap();
 }
+
+/// Pull mode: the subscriber extends the lease of a step longer than the ack deadline, so the
+/// message that runs it is not redelivered meanwhile (its trace id would show up again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_step_longer_than_the_ack_deadline_keeps_its_lease_and_runs_once() {
+    crate::sinks::capture_logs();
+    let stack = Stack::up(&[]);
+    stack.ack_deadline(BATCHES_SUBSCRIPTION, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = stack.config(&partners(dir.path()), &[]);
+    cfg.worker.lease_extension_secs = 10;
+    stack.watch("deliveries", "test-deliveries").await;
+    let mut worker = Worker::start(cfg.clone()).await.unwrap();
+    worker.faults = datashare::service::faults::Faults::parse("delay:batch_step:25").unwrap();
+    let worker = Arc::new(worker);
+    let (stop, rx) = watch::channel(false);
+    let pulling = tokio::spawn(pull::run(worker.clone(), rx));
+
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 19).unwrap();
+    upload_day(&worker.gcs, &cfg, dt, 200, false).await;
+    let ready = current_batch(&worker.gcs, &cfg, dt).await;
+    let done = names::batch_done(dt, &ready.version());
+    let ops = cfg.gcp.buckets.ops.clone();
+    until("the done marker", Duration::from_secs(180), || async {
+        worker.gcs.stat(&ops, &done).await.unwrap()
+    })
+    .await;
+    let got = stack
+        .drain("test-deliveries", Duration::from_secs(30), |m| {
+            !m.is_empty()
+        })
+        .await;
+    assert_eq!(got.len(), 1, "one delivery request: {got:?}");
+
+    let logs = crate::sinks::captured_logs();
+    let version = ready.version();
+    let ran: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("batch step ran") && l.contains(&format!("dt={dt}")))
+        .filter(|l| l.contains("subscription=\"batches-worker\""))
+        .collect();
+    let taken: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("batch claim taken") && l.contains(&version))
+        .collect();
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    let trace = taken[0]
+        .split("trace_id=")
+        .nth(1)
+        .and_then(|t| t.split(['}', ' ']).next())
+        .expect("the step's message span has a trace id");
+    let seen: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(&format!("trace_id={trace}")) && l.contains("batches-worker"))
+        .filter(|l| !l.contains("attempt=1 "))
+        .collect();
+    assert!(seen.is_empty(), "redelivered during the step: {seen:?}");
+    assert!(
+        ran.iter().any(|l| l.contains(&format!("trace_id={trace}"))),
+        "{ran:?}"
+    );
+    stop.send(true).unwrap();
+    pulling.await.unwrap().unwrap();
+}
