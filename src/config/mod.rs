@@ -149,6 +149,16 @@ fn default_check_sinks_before_mins() -> u32 {
     120
 }
 
+/// The `[sinks]` table: timeouts and retry bounds of the data sinks (all optional).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SinkOptions {
+    /// `[sinks.sftp]`.
+    pub sftp: crate::sinks::sftp::SftpOptions,
+    /// `[sinks.api]`.
+    pub api: crate::sinks::api::ApiOptions,
+}
+
 /// Where the emulators are, when they are used instead of Google Cloud.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Emulators {
@@ -167,6 +177,8 @@ struct File {
     guardrails: Guardrails,
     alerting: crate::alerting::AlertingSettings,
     smtp: Option<crate::sinks::email::SmtpSettings>,
+    #[serde(default)]
+    sinks: SinkOptions,
 }
 
 /// The whole validated configuration.
@@ -184,9 +196,20 @@ pub struct Config {
     pub alerting: crate::alerting::AlertingSettings,
     /// The SMTP relay for partner e-mails (`[smtp]`; required by `datashare deliver --sink email`).
     pub smtp: Option<crate::sinks::email::SmtpSettings>,
+    /// Timeouts and retry bounds of the data sinks (`[sinks.sftp]`, `[sinks.api]`).
+    pub sinks: SinkOptions,
 }
 
 impl Config {
+    /// What the sinks need beside a contract: the SMTP relay and the sinks' timeouts.
+    pub fn sink_settings(&self) -> crate::sinks::SinkSettings {
+        crate::sinks::SinkSettings {
+            smtp: self.smtp.clone(),
+            sftp: self.sinks.sftp,
+            api: self.sinks.api,
+        }
+    }
+
     /// Loads `path` (or the built-in defaults), applies the process environment and validates.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         Self::load_with(path, &|k| std::env::var(k).ok())
@@ -221,6 +244,7 @@ impl Config {
             guardrails: file.guardrails,
             alerting: file.alerting,
             smtp: file.smtp,
+            sinks: file.sinks,
         };
         c.apply_env(env)?;
         c.alerting.apply_env(env)?;
@@ -474,6 +498,27 @@ impl Config {
                 "must be at most 1440",
             ));
         }
+        let (sftp, api) = (&self.sinks.sftp, &self.sinks.api);
+        for (field, secs) in [
+            ("sinks.sftp.connect_timeout_secs", sftp.connect_timeout_secs),
+            ("sinks.sftp.io_timeout_secs", sftp.io_timeout_secs),
+            ("sinks.api.connect_timeout_secs", api.connect_timeout_secs),
+            ("sinks.api.request_timeout_secs", api.request_timeout_secs),
+            ("sinks.api.retry_budget_secs", api.retry_budget_secs),
+        ] {
+            if !(1..=3600).contains(&secs) {
+                return Err(invalid(field, "must be between 1 and 3600 seconds"));
+            }
+        }
+        if api.max_attempts == 0 {
+            return Err(invalid("sinks.api.max_attempts", "must be at least 1"));
+        }
+        if api.initial_backoff_ms == 0 || api.initial_backoff_ms > api.max_backoff_ms {
+            return Err(invalid(
+                "sinks.api.initial_backoff_ms",
+                "must be at least 1 and at most sinks.api.max_backoff_ms",
+            ));
+        }
         if self.worker.max_concurrent_messages == 0 {
             return Err(invalid(
                 "worker.max_concurrent_messages",
@@ -637,6 +682,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("guardrails.transactions.quarantine"), "{e}");
+    }
+
+    #[test]
+    fn sink_timeouts_load_and_bad_ones_are_refused() {
+        let c = load(&[]).unwrap();
+        assert_eq!(
+            c.sink_settings().api,
+            crate::sinks::api::ApiOptions::default()
+        );
+        assert_eq!(c.sinks.sftp, crate::sinks::sftp::SftpOptions::default());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sinks.toml");
+        let with = |from: &str, to: &str| {
+            std::fs::write(&path, DEFAULT_TOML.replacen(from, to, 1)).unwrap();
+            Config::load_with(Some(&path), &|_| None)
+        };
+        let c = with("request_timeout_secs = 120", "request_timeout_secs = 30").unwrap();
+        assert_eq!(c.sinks.api.request_timeout_secs, 30);
+        assert_eq!(c.sinks.api.max_attempts, 5);
+        let e = with("initial_backoff_ms = 500", "initial_backoff_ms = 60000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sinks.api.initial_backoff_ms"), "{e}");
+        let e = with("io_timeout_secs = 60", "io_timeout_secs = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sinks.sftp.io_timeout_secs"), "{e}");
+        let e = with("io_timeout_secs = 60", "io_timeout = 60")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("io_timeout"), "unknown keys are refused: {e}");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::gcp::{Bus, Gcs};
 use crate::products::contract::{Contract, ProductKind};
 use crate::sinks::{
     AnySink, Delivery, DeliveryFile, GcsReceipts, LocalFile, ReceiptError, ReceiptStore, SinkError,
-    SinkSettings, deliver_once,
+    deliver_once,
 };
 
 /// The sink names `datashare deliver --sink` accepts.
@@ -84,10 +84,7 @@ impl Deliver {
         if config.role_subscriptions(sink).is_empty() {
             return Err(DeliverStartError::NoSubscription(sink.to_string()));
         }
-        let settings = SinkSettings {
-            smtp: config.smtp.clone(),
-            ..SinkSettings::default()
-        };
+        let settings = config.sink_settings();
         let mut contracts = BTreeMap::new();
         let mut sinks = BTreeMap::new();
         for c in crate::products::contract::load_dir(&config.worker.partners_dir)? {

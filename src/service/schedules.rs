@@ -22,7 +22,6 @@ use crate::events::{Alert, ErrorKind, Incoming, Schedule, Severity};
 use crate::products::Period;
 use crate::products::contract::ProductKind;
 use crate::products::monthly;
-use crate::sinks::SinkSettings;
 use crate::sinks::check::check_all;
 
 /// Kind of the alert raised for a day without a finished batch at its deadline.
@@ -228,10 +227,7 @@ impl Worker {
         }
         let window = chrono::Duration::minutes(i64::from(w.check_sinks_before_mins));
         if let Some(dt) = deadline_within(at, w.deadline_local_hour, window) {
-            let settings = SinkSettings {
-                smtp: self.config.smtp.clone(),
-                ..SinkSettings::default()
-            };
+            let settings = self.config.sink_settings();
             for r in check_all(&self.contracts, &settings).await {
                 tracing::info!(%dt, "{}", r.line());
                 if let Some(alert) = r.alert() {

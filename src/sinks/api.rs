@@ -18,8 +18,9 @@ use crate::products::contract::{self, ApiAuth, Secret};
 
 const SINK: &str = "api";
 
-/// Timeouts and retry bounds of the API sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Timeouts and retry bounds of the API sink (`[sinks.api]` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ApiOptions {
     /// TCP and TLS connect timeout.
     pub connect_timeout_secs: u64,

@@ -118,10 +118,7 @@ pub fn run(args: &CheckSinksArgs) -> anyhow::Result<bool> {
             config.worker.partners_dir.display()
         );
     }
-    let settings = SinkSettings {
-        smtp: config.smtp.clone(),
-        ..SinkSettings::default()
-    };
+    let settings = config.sink_settings();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

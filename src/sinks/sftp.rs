@@ -27,8 +27,9 @@ const FX_PERMISSION_DENIED: i32 = 3;
 const FX_WRITE_PROTECT: i32 = 12;
 const FX_NO_SUCH_PATH: i32 = 10;
 
-/// Timeouts of the SFTP sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Timeouts of the SFTP sink (`[sinks.sftp]` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SftpOptions {
     /// TCP connect timeout.
     pub connect_timeout_secs: u64,
