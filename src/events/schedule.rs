@@ -11,12 +11,15 @@ use super::{Incoming, Malformed, Outgoing};
 pub enum Schedule {
     /// The periodic tick (Cloud Scheduler, every 5 minutes).
     Tick {
-        /// When the scheduler fired.
+        /// When the scheduler fired (Cloud Scheduler's fixed body has none: when received).
+        #[serde(default = "chrono::Utc::now")]
         at: chrono::DateTime<chrono::Utc>,
     },
     /// Build the monthly products of `month` (`YYYY-MM`), for one partner or all.
     Monthly {
-        /// The month.
+        /// The month (Cloud Scheduler's fixed body has none: the month before the current one
+        /// in America/Sao_Paulo).
+        #[serde(default = "previous_month")]
         month: String,
         /// Only this partner, when given.
         #[serde(default)]
@@ -25,6 +28,15 @@ pub enum Schedule {
     /// A kind this build does not know (acknowledged and logged).
     #[serde(other)]
     Other,
+}
+
+/// The month before the current one in America/Sao_Paulo, as `YYYY-MM`.
+fn previous_month() -> String {
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::America::Sao_Paulo)
+        .date_naive();
+    let month = today - chrono::Months::new(1);
+    month.format("%Y-%m").to_string()
 }
 
 impl Schedule {
@@ -68,6 +80,22 @@ mod tests {
             }
         );
         assert_eq!(parse(r#"{"kind":"later"}"#).unwrap(), Schedule::Other);
+        // Cloud Scheduler's fixed bodies (terraform/scheduler.tf): the time and the month are
+        // filled in on receipt.
+        let before = chrono::Utc::now();
+        match parse(r#"{"kind":"tick"}"#).unwrap() {
+            Schedule::Tick { at } => assert!(at >= before && at <= chrono::Utc::now()),
+            other => panic!("{other:?}"),
+        }
+        match parse(r#"{"kind":"monthly"}"#).unwrap() {
+            Schedule::Monthly { month, partner } => {
+                assert_eq!(month, previous_month());
+                assert_eq!(partner, None);
+                let first = chrono::NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d");
+                assert!(first.unwrap() < before.date_naive());
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(parse("nope").is_err());
         let t = Schedule::Tick {
             at: chrono::Utc::now(),

@@ -111,6 +111,12 @@ def test_topology_is_the_contract(topology):
         alert_sub = subs.get(f"{t}-alert")
         assert alert_sub and alert_sub["topic"] == t and alert_sub["role"] == "alert", t
 
+    # Cloud Scheduler sends {"kind": <kind>} and nothing else: only kinds the consumers
+    # understand without further fields (src/events/schedule.rs: `tick`, `monthly`).
+    kinds = {name: sched["kind"] for name, sched in topology["schedules"].items()}
+    assert set(kinds.values()) <= {"tick", "monthly"}, kinds
+    assert "tick" in kinds.values() and "monthly" in kinds.values(), kinds
+
     # Retention, products.md.
     b = topology["buckets"]
     assert b["raw"]["retention"] == [{"prefix": None, "delete_after_days": 90}]
