@@ -35,6 +35,9 @@ FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 WORKDIR /app
 COPY --from=builder /usr/local/bin/datashare /usr/local/bin/datashare
 COPY config/ /app/config/
+# The partner contracts (DATASHARE_PARTNERS_DIR defaults to partners/): their
+# secrets are the Secret Manager files terraform mounts under /secrets/.
+COPY partners/ /app/partners/
 USER 65532:65532
 # Cloud Run sets PORT; the default serves local runs.
 ENV PORT=8080

@@ -620,13 +620,13 @@ def _toml_str(v: str) -> str:
 
 def local_contract(template: str, *, sftp: dict, api: dict, secrets: Path) -> str:
     """partners/ouchhungry.toml with the stand-ins' endpoints, the local sshd's pinned host key
-    and every `{ env = "..." }` secret turned into a file in `secrets`."""
+    and every `{ env = "...", file = "..." }` secret turned into a file in `secrets`."""
     def secret_file(m):
         var = m.group(1)
         name = var.removeprefix("DATASHARE_OUCHHUNGRY_").lower()
         return f"{{ file = {_toml_str(str(secrets / name))} }}"
 
-    text = re.sub(r'\{ env = "([A-Z0-9_]+)" \}', secret_file, template)
+    text = re.sub(r'\{ env = "([A-Z0-9_]+)"(?:, file = "[^"]*")? \}', secret_file, template)
     text = re.sub(r"(?m)^# Pinned host key: .*\n", "", text)
     subs = [
         (r"(?m)^host = .*$", f"host = {_toml_str('127.0.0.1')}"),

@@ -36,6 +36,20 @@ locals {
   bucket_env = {
     for logical, b in local.buckets : "DATASHARE_BUCKET_${upper(logical)}" => b.name
   }
+
+  # The SMTP relay of the partner e-mails and the team's alerts (the worker
+  # checks it before deadlines); its password is the smtp-password secret.
+  smtp_env = {
+    DATASHARE_SMTP_HOST          = var.smtp.host
+    DATASHARE_SMTP_PORT          = tostring(var.smtp.port)
+    DATASHARE_SMTP_TLS           = var.smtp.tls
+    DATASHARE_SMTP_FROM          = var.smtp.from
+    DATASHARE_SMTP_USER          = var.smtp.user
+    DATASHARE_SMTP_PASSWORD_FILE = "/secrets/smtp-password/value"
+  }
+  role_env = {
+    for role in keys(local.roles) : role => contains(["email", "alert", "worker"], role) ? local.smtp_env : {}
+  }
 }
 
 # APIs the platform uses. disable_on_destroy is off: destroying datashare must

@@ -47,9 +47,9 @@ resource "google_cloud_run_v2_service" "role" {
       }
 
       # Real bucket names (the defaults in config/default.toml are the local
-      # ones), the project, the log filter.
+      # ones), the project, the log filter, the SMTP relay where it is used.
       dynamic "env" {
-        for_each = merge(local.bucket_env, {
+        for_each = merge(local.bucket_env, local.role_env[each.key], {
           DATASHARE_GCP_PROJECT = var.project_id
           RUST_LOG              = var.log_level
         })

@@ -22,7 +22,6 @@ locals {
   secrets = merge(
     { for s in local.secret_candidates : s.id => s.roles if s.wanted },
     {
-      "smtp-user"     = ["email", "alert", "worker"]
       "smtp-password" = ["email", "alert", "worker"]
     },
   )

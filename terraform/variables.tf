@@ -60,7 +60,7 @@ variable "partners" {
   default = {
     ouchhungry = {
       sinks               = ["sftp", "api"]
-      sftp_key_passphrase = false
+      sftp_key_passphrase = true
       api_auth            = "basic"
     }
   }
@@ -148,4 +148,20 @@ variable "deletion_protection" {
   description = "Protects Cloud Run services from terraform destroy, and keeps buckets that still hold objects (force_destroy off)."
   type        = bool
   default     = true
+}
+
+variable "smtp" {
+  description = "The SMTP relay of the partner e-mails and the team's alerts (the password is the datashare-smtp-password secret)."
+  type = object({
+    host = string
+    port = optional(number, 587)
+    tls  = optional(string, "starttls")
+    from = string
+    user = string
+  })
+
+  validation {
+    condition     = contains(["starttls", "implicit"], var.smtp.tls)
+    error_message = "smtp.tls is starttls (usually port 587) or implicit (usually port 465)."
+  }
 }

@@ -93,7 +93,9 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Where a secret lives: an environment variable or a file (e.g. a Secret Manager mount).
+/// Where a secret lives: an environment variable, a file (e.g. a Secret Manager mount on Cloud
+/// Run), or both (the variable when it is set, else the file: one contract serves a laptop and
+/// the cloud).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
@@ -111,15 +113,24 @@ impl SecretRef {
             what: what.to_string(),
             problem,
         };
-        let raw = match (&self.env, &self.file) {
-            (Some(var), None) => std::env::var(var).map_err(|_| {
-                err(format!(
-                    "environment variable {var} is not set (or not UTF-8)"
-                ))
+        let from_env = self.env.as_ref().and_then(|var| std::env::var(var).ok());
+        let raw = match (from_env, &self.env, &self.file) {
+            (Some(value), _, _) => value,
+            (None, _, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+                err(match &self.env {
+                    Some(var) => format!(
+                        "environment variable {var} is not set (or not UTF-8) and file {} cannot be read: {e}",
+                        path.display()
+                    ),
+                    None => format!("cannot read file {}: {e}", path.display()),
+                })
             })?,
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| err(format!("cannot read file {}: {e}", path.display())))?,
-            _ => return Err(err("set exactly one of env or file".into())),
+            (None, Some(var), None) => {
+                return Err(err(format!(
+                    "environment variable {var} is not set (or not UTF-8)"
+                )));
+            }
+            (None, None, None) => return Err(err("set env, file or both".into())),
         };
         let value = raw.trim();
         if value.is_empty() {
@@ -131,7 +142,8 @@ impl SecretRef {
     /// Names the reference (variable or file), never the value.
     pub fn describe(&self) -> String {
         match (&self.env, &self.file) {
-            (Some(v), _) => format!("environment variable {v}"),
+            (Some(v), Some(p)) => format!("environment variable {v} or file {}", p.display()),
+            (Some(v), None) => format!("environment variable {v}"),
             (None, Some(p)) => format!("file {}", p.display()),
             _ => "an empty reference".into(),
         }
@@ -594,15 +606,19 @@ impl Contract {
 }
 
 fn check_secret_ref(path: &Path, field: &str, r: &SecretRef) -> Result<(), ContractError> {
-    let problem = match (&r.env, &r.file) {
-        (Some(v), None) if v.is_empty() || v.contains('=') || v.contains('\0') => {
-            "env must name an environment variable"
-        }
-        (Some(_), None) => return Ok(()),
-        (None, Some(p)) if p.as_os_str().is_empty() => "file must name a file",
-        (None, Some(_)) => return Ok(()),
-        (Some(_), Some(_)) => "set env or file, not both",
-        (None, None) => "set env or file (a reference, never the secret itself)",
+    let bad_env = r
+        .env
+        .as_ref()
+        .is_some_and(|v| v.is_empty() || v.contains('=') || v.contains('\0'));
+    let bad_file = r.file.as_ref().is_some_and(|p| p.as_os_str().is_empty());
+    let problem = if bad_env {
+        "env must name an environment variable"
+    } else if bad_file {
+        "file must name a file"
+    } else if r.env.is_none() && r.file.is_none() {
+        "set env, file or both (a reference, never the secret itself)"
+    } else {
+        return Ok(());
     };
     Err(ContractError::Invalid {
         file: path.to_path_buf(),
@@ -719,7 +735,7 @@ deadline = "08:00"
             (
                 "secret = { env = \"ACME_KEY\" }",
                 "secret = {}",
-                "pseudonymization.secret: set env or file",
+                "pseudonymization.secret: set env, file or both",
             ),
             (
                 "formats = [\"csv\"]",
@@ -757,6 +773,30 @@ deadline = "08:00"
             "secret pseudonymization.secret of partner acme: environment variable \
              DATASHARE_TEST_UNSET_KEY_9f2c is not set (or not UTF-8)"
         );
+
+        // Both: the variable when set, else the file (a Secret Manager mount on Cloud Run).
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("value");
+        std::fs::write(&file, "from-the-file\n").unwrap();
+        let both = |var: &str| SecretRef {
+            env: Some(var.into()),
+            file: Some(file.clone()),
+        };
+        let got = both("DATASHARE_TEST_UNSET_KEY_9f2c")
+            .read("acme", "k")
+            .unwrap();
+        assert_eq!(got.expose(), b"from-the-file");
+        let got = both("PATH").read("acme", "k").unwrap();
+        assert_eq!(
+            got.expose(),
+            std::env::var("PATH").unwrap().trim().as_bytes()
+        );
+        std::fs::remove_file(&file).unwrap();
+        let e = both("DATASHARE_TEST_UNSET_KEY_9f2c")
+            .read("acme", "k")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not set (or not UTF-8) and file"), "{e}");
     }
 
     #[test]

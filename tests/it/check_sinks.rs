@@ -33,13 +33,9 @@ fn write_contract(
     std::fs::create_dir_all(&partners).unwrap();
     let hmac = dir.join("hmac-key");
     std::fs::write(&hmac, random_hex(32)).unwrap();
-    let text = std::fs::read_to_string(crate::root().join("partners/ouchhungry.toml")).unwrap();
+    let text = crate::shipped_contract_with_hmac_file(&hmac);
     let head = &text[..text.find("[[sinks]]").unwrap()];
     let tail = &text[text.find("[[contacts]]").unwrap()..];
-    let head = head.replace(
-        r#"secret = { env = "DATASHARE_OUCHHUNGRY_HMAC_KEY" }"#,
-        &format!("secret = {{ file = {:?} }}", hmac.display().to_string()),
-    );
     let ApiAuth::Basic { user, password } = &api.auth else {
         panic!("the API stand-in uses basic auth here")
     };

@@ -32,13 +32,9 @@ fn partners(work: &Path, sftp: &SftpSink, api: &datashare::products::contract::A
     std::fs::create_dir_all(&p).unwrap();
     let key = work.join("hmac-key");
     std::fs::write(&key, crate::sinks::random_hex(32)).unwrap();
-    let text = std::fs::read_to_string(crate::root().join("partners/ouchhungry.toml")).unwrap();
+    let text = crate::shipped_contract_with_hmac_file(&key);
     let head = &text[..text.find("[[sinks]]").unwrap()];
     let tail = &text[text.find("[[contacts]]").unwrap()..];
-    let head = head.replace(
-        r#"secret = { env = "DATASHARE_OUCHHUNGRY_HMAC_KEY" }"#,
-        &format!("secret = {{ file = {:?} }}", key.display().to_string()),
-    );
     let file = |r: &datashare::products::contract::SecretRef| {
         format!(
             "{{ file = {:?} }}",

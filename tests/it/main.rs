@@ -21,6 +21,24 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// The shipped OuchHungry contract with its pseudonymization secret read from `hmac_file`.
+pub fn shipped_contract_with_hmac_file(hmac_file: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(root().join("partners/ouchhungry.toml")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("secret = "))
+        .expect("the contract's pseudonymization secret")
+        .to_string();
+    text.replacen(
+        &line,
+        &format!(
+            "secret = {{ file = {:?} }}",
+            hmac_file.display().to_string()
+        ),
+        1,
+    )
+}
+
 /// A command running the `datashare` binary under test.
 pub fn datashare_cmd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_datashare"));

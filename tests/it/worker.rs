@@ -244,12 +244,7 @@ pub(crate) fn partners(dir: &Path) -> PathBuf {
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
     )
     .unwrap();
-    let text = std::fs::read_to_string(crate::root().join("partners/ouchhungry.toml"))
-        .unwrap()
-        .replace(
-            r#"secret = { env = "DATASHARE_OUCHHUNGRY_HMAC_KEY" }"#,
-            &format!("secret = {{ file = {:?} }}", key.display().to_string()),
-        );
+    let text = crate::shipped_contract_with_hmac_file(&key);
     std::fs::write(p.join("ouchhungry.toml"), text).unwrap();
     p
 }
