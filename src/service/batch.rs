@@ -225,7 +225,8 @@ impl Worker {
             )
             .with("failed_files", failed.clone());
             // The same fingerprint as the first failed file's dead letter: one failure, one
-            // e-mail (the held batch is counted as a repeat of it).
+            // e-mail (whichever of the two reaches the alerting consumer first is mailed, the
+            // other is recorded with it: src/alerting/state.rs).
             let alert = match report.failed_files().next() {
                 Some(f) => alert.with_fingerprint(crate::alerting::dead_letter_fingerprint(
                     crate::config::EXTRACTS_SUBSCRIPTION,
