@@ -115,8 +115,6 @@ async fn start_full(
     sinks: &[&str],
     push: bool,
 ) -> Running {
-    // The roles run in this process: its subscriber carries their trace context.
-    crate::sinks::capture_logs();
     let mut listeners = std::collections::BTreeMap::new();
     let mut args = Vec::new();
     if push {

@@ -192,6 +192,17 @@ impl Stack {
         );
     }
 
+    /// Deletes an object on fake-gcs-server (what the code under test never does).
+    pub(crate) async fn delete_object(&self, bucket: &str, name: &str) {
+        let host = self.env["STORAGE_EMULATOR_HOST"].trim_end_matches('/');
+        let url = format!(
+            "{host}/storage/v1/b/{bucket}/o/{}",
+            datashare::gcp::storage::encode(name)
+        );
+        let r = self.http.delete(url).send().await.unwrap();
+        assert!(r.status().is_success(), "delete {name}: {}", r.status());
+    }
+
     /// Sets a subscription's ack deadline (the topology's are minutes long).
     pub(crate) async fn ack_deadline(&self, subscription: &str, secs: u32) {
         let body = json!({"subscription": {"ackDeadlineSeconds": secs}, "updateMask": "ackDeadlineSeconds"});
@@ -1064,7 +1075,6 @@ async fn a_push_step_longer_than_the_ack_deadline_runs_once() {
 /// message that runs it is not redelivered meanwhile (its trace id would show up again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_step_longer_than_the_ack_deadline_keeps_its_lease_and_runs_once() {
-    crate::sinks::capture_logs();
     let stack = Stack::up(&[]);
     stack.ack_deadline(BATCHES_SUBSCRIPTION, 10).await;
     let dir = tempfile::tempdir().unwrap();
