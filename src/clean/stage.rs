@@ -184,12 +184,7 @@ impl<'s> RowCleaner<'s> {
     }
 
     /// Evaluates every field rule of a row; `raw(i)` is column i's raw value (None: column absent).
-    pub fn clean<'r>(
-        &self,
-        raw: impl Fn(usize) -> Option<&'r str>,
-        out: &mut CleanRow,
-        scratch: &mut String,
-    ) {
+    pub fn clean<'r>(&self, raw: impl Fn(usize) -> Option<&'r str>, out: &mut CleanRow) {
         let n = self.schema.columns.len();
         out.values.clear();
         out.values.resize(n, None);
@@ -221,7 +216,7 @@ impl<'s> RowCleaner<'s> {
             };
             match col.kind.validate(trimmed, &col.options, uf, self.today) {
                 Ok(v) => {
-                    out.normalized[i] = differs(&v, r, scratch);
+                    out.normalized[i] = differs(&v, r);
                     out.values[i] = Some(v);
                 }
                 Err(_) => match col.on_invalid {
@@ -242,20 +237,28 @@ impl<'s> RowCleaner<'s> {
 }
 
 /// Returns true when a value's canonical text differs from its raw text.
-fn differs(v: &Value, raw: &str, scratch: &mut String) -> bool {
+fn differs(v: &Value, raw: &str) -> bool {
     match v {
         Value::Str(s) => s != raw,
-        Value::Ts(_) if raw.len() != 20 => true,
+        // A raw text shaped like the canonical form was read field by field: it is that form.
+        Value::Ts(_) => !matches_shape(raw, b"dddd-dd-ddTdd:dd:ddZ"),
         // A raw text already in canonical form reads back as the same number.
         Value::Int(_) => !is_canonical_number(raw, 0),
         Value::Cents(_) => !is_canonical_number(raw, 2),
-        Value::Date(_) if raw.len() != 10 => true,
-        _ => {
-            scratch.clear();
-            v.write_canonical(scratch);
-            scratch != raw
-        }
+        Value::Date(_) => !matches_shape(raw, b"dddd-dd-dd"),
     }
+}
+
+/// Returns true when `raw` has `shape`'s length and bytes, `d` standing for any ASCII digit.
+fn matches_shape(raw: &str, shape: &[u8]) -> bool {
+    raw.len() == shape.len()
+        && raw.bytes().zip(shape).all(|(b, &s)| {
+            if s == b'd' {
+                b.is_ascii_digit()
+            } else {
+                b == s
+            }
+        })
 }
 
 /// Returns true when `raw` is written as the canonical text of a number with `decimals` places.
@@ -439,7 +442,6 @@ fn stage_rows(
     let cleaner = RowCleaner::new(schema, today);
     let mut rec = Record::default();
     let mut row = CleanRow::default();
-    let mut scratch = String::new();
     let mut hash_buf = Vec::with_capacity(256);
     let mut raw_joined = String::with_capacity(256);
     let ncols = schema.columns.len();
@@ -469,7 +471,7 @@ fn stage_rows(
             quarantined.append(&q);
             continue;
         }
-        cleaner.clean(raw, &mut row, &mut scratch);
+        cleaner.clean(raw, &mut row);
         for i in 0..schema.columns.len() {
             normalized[i] += u64::from(row.normalized[i]);
             nulled[i] += u64::from(row.nulled[i]);
@@ -563,7 +565,6 @@ mod tests {
         let t = schemas.table("transactions").unwrap();
         let cleaner = RowCleaner::new(t, today());
         let mut out = CleanRow::default();
-        let mut scratch = String::new();
         // transaction_id, order_id, customer_id, product_code, quantity, unit_price, discount,
         // status, sold_at, delivery_cep, city, uf, updated_at
         let raw = [
@@ -581,7 +582,7 @@ mod tests {
             Some("sp"),
             None,
         ];
-        cleaner.clean(|i| raw[i], &mut out, &mut scratch);
+        cleaner.clean(|i| raw[i], &mut out);
         assert_eq!(out.reasons, ["invalid_quantity", "invalid_status"]);
         assert_eq!(out.values[0], Some(Value::Str("TX-000123".into())));
         assert_eq!(out.values[3], Some(Value::Str("OHB-000101".into())));
@@ -592,7 +593,7 @@ mod tests {
         assert_eq!(out.values[10], Some(Value::Str("São Paulo".into())));
         assert!(out.normalized[0] && out.normalized[5] && out.normalized[6] && out.normalized[10]);
         let missing = [None; 13];
-        cleaner.clean(|i| missing[i], &mut out, &mut scratch);
+        cleaner.clean(|i| missing[i], &mut out);
         assert_eq!(
             out.reasons,
             [
@@ -612,7 +613,6 @@ mod tests {
 
     #[test]
     fn normalized_means_the_canonical_text_differs() {
-        let mut scratch = String::new();
         for (v, raw, want) in [
             (Value::Int(2), "2", false),
             (Value::Int(2), "2.0", true),
@@ -629,7 +629,43 @@ mod tests {
             (Value::Str("SP".into()), "SP", false),
             (Value::Str("SP".into()), "sp", true),
         ] {
-            assert_eq!(differs(&v, raw, &mut scratch), want, "{v:?} {raw:?}");
+            assert_eq!(differs(&v, raw), want, "{v:?} {raw:?}");
+            // The shortcuts agree with comparing the canonical text.
+            assert_eq!(v.canonical() != raw, want, "{v:?} {raw:?}");
+        }
+    }
+
+    #[test]
+    fn instant_and_date_shortcuts_agree_with_the_canonical_text() {
+        use crate::clean::schema::KindOptions;
+        let opts = KindOptions::default();
+        let instants = [
+            "2026-11-27T17:03:00Z",
+            "2026-11-27T17:03:00z",
+            "2026-11-27 17:03:00Z",
+            "2026/11/27T17:03:00Z",
+            "2026-11-27T17:03:00+00:00",
+            "2026-11-27T14:03:00-03:00",
+            "2026-11-27T17:03:00.5Z",
+            "0000-01-01T00:00:00Z",
+            "27/11/2026 14:03",
+            "1795798980",
+        ];
+        let dates = [
+            "2026-11-27",
+            "2026/11/27",
+            "27/11/2026",
+            "0001-01-01",
+            "2026-11-27T10:00",
+            "1795798980",
+        ];
+        let cases = instants
+            .iter()
+            .map(|r| (Kind::Timestamp, r))
+            .chain(dates.iter().map(|r| (Kind::Date, r)));
+        for (kind, raw) in cases {
+            let v = kind.validate(raw, &opts, None, today()).unwrap();
+            assert_eq!(differs(&v, raw), v.canonical() != *raw, "{v:?} {raw:?}");
         }
     }
 
