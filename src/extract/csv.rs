@@ -267,54 +267,33 @@ impl CsvReader {
         }
         let mut i = 0;
         loop {
-            self.field_buf.clear();
             // Leading spaces before an opening quote are tolerated.
             let mut j = i;
             while j < line.len() && line[j] == b' ' {
                 j += 1;
             }
             if j < line.len() && line[j] == b'"' {
-                let mut k = j + 1;
-                let mut closed = false;
-                while k < line.len() {
-                    if line[k] == b'"' {
-                        if k + 1 < line.len() && line[k + 1] == b'"' {
-                            self.field_buf.push(b'"');
-                            k += 2;
-                            continue;
-                        }
-                        closed = true;
-                        k += 1;
-                        break;
-                    }
-                    self.field_buf.push(line[k]);
-                    k += 1;
-                }
-                if !closed {
+                self.field_buf.clear();
+                let Some(k) = unquote(&line[j + 1..], &mut self.field_buf) else {
                     return false;
-                }
+                };
                 // Text after the closing quote, up to the delimiter, is kept as is.
-                while k < line.len() && line[k] != delim {
-                    self.field_buf.push(line[k]);
-                    k += 1;
-                }
-                self.push_field(rec);
-                if k >= line.len() {
+                let k = j + 1 + k;
+                let end = memchr::memchr(delim, &line[k..]).map_or(line.len(), |p| k + p);
+                self.field_buf.extend_from_slice(&line[k..end]);
+                self.saw_windows_1252 |= push_decoded(&mut rec.text, &self.field_buf);
+                rec.ends.push(rec.text.len());
+                if end >= line.len() {
                     return true;
                 }
-                i = k + 1;
+                i = end + 1;
             } else {
                 let end = memchr::memchr(delim, &line[i..]).map_or(line.len(), |p| i + p);
                 match utf8 {
-                    Some(text) => {
-                        rec.text.push_str(&text[i..end]);
-                        rec.ends.push(rec.text.len());
-                    }
-                    None => {
-                        self.field_buf.extend_from_slice(&line[i..end]);
-                        self.push_field(rec);
-                    }
+                    Some(text) => rec.text.push_str(&text[i..end]),
+                    None => self.saw_windows_1252 |= push_decoded(&mut rec.text, &line[i..end]),
                 }
+                rec.ends.push(rec.text.len());
                 if end >= line.len() {
                     return true;
                 }
@@ -322,17 +301,41 @@ impl CsvReader {
             }
         }
     }
+}
 
-    fn push_field(&mut self, rec: &mut Record) {
-        match std::str::from_utf8(&self.field_buf) {
-            Ok(s) => rec.text.push_str(s),
-            Err(_) => {
-                self.saw_windows_1252 = true;
-                let (s, _) = encoding_rs::WINDOWS_1252.decode_without_bom_handling(&self.field_buf);
-                rec.text.push_str(&s);
-            }
+/// Copies a quoted field's text (after its opening quote) into `out`, `""` read as `"`; returns
+/// the length consumed through the closing quote, or None when the quote is left open.
+fn unquote(rest: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let mut k = 0;
+    loop {
+        let q = k + memchr::memchr(b'"', &rest[k..])?;
+        out.extend_from_slice(&rest[k..q]);
+        if rest.get(q + 1) == Some(&b'"') {
+            out.push(b'"');
+            k = q + 2;
+        } else {
+            return Some(q + 1);
         }
-        rec.ends.push(rec.text.len());
+    }
+}
+
+/// Appends a field's bytes decoded as UTF-8 or, when that fails, Windows-1252; true in that case.
+fn push_decoded(text: &mut String, bytes: &[u8]) -> bool {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => {
+            text.push_str(s);
+            false
+        }
+        Err(_) => {
+            let mut decoder = encoding_rs::WINDOWS_1252.new_decoder_without_bom_handling();
+            let room = decoder
+                .max_utf8_buffer_length(bytes.len())
+                .expect("a field's decoded length fits in memory");
+            text.reserve(room);
+            let (_, read, _) = decoder.decode_to_string(bytes, text, true);
+            debug_assert_eq!(read, bytes.len(), "room was reserved for the whole field");
+            true
+        }
     }
 }
 
