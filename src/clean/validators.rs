@@ -213,15 +213,14 @@ fn sign_rule(v: i64, opts: &KindOptions) -> Result<i64, Invalid> {
 /// Returns true when a raw value is one of the null markers (any case, trimmed).
 pub fn is_null_marker(raw: &str) -> bool {
     let s = trim(raw);
-    if s.len() > 4 {
-        return false;
-    }
-    s.is_empty()
-        || s == "-"
-        || s == "?"
-        || ["null", "none", "nan", "n/a", "na"]
+    // Every marker but the empty, `-` and `?` ones starts with an `n`: most values stop at one byte.
+    match s.as_bytes() {
+        [] | [b'-'] | [b'?'] => true,
+        [b'n' | b'N', ..] if s.len() <= 4 => ["null", "none", "nan", "n/a", "na"]
             .iter()
-            .any(|m| s.eq_ignore_ascii_case(m))
+            .any(|m| s.eq_ignore_ascii_case(m)),
+        _ => false,
+    }
 }
 
 /// Folds text for matching: lower case, no accents, single spaces.
@@ -657,8 +656,13 @@ pub fn cep(s: &str) -> Result<CompactString, Invalid> {
 
 /// Normalizes a federative unit code (`sp`, ` Sp ` → `SP`).
 pub fn uf_code(s: &str) -> Result<&'static str, Invalid> {
-    let u = s.trim_ascii().to_ascii_uppercase();
-    br::UFS.iter().find(|x| **x == u).copied().ok_or(Invalid)
+    // The codes are upper case: comparing without case needs no upper-cased copy.
+    let u = s.trim_ascii();
+    br::UFS
+        .iter()
+        .find(|x| x.eq_ignore_ascii_case(u))
+        .copied()
+        .ok_or(Invalid)
 }
 
 /// Canonical municipality name: the official spelling for the row's UF, else title case.
