@@ -251,9 +251,10 @@ fn differs(v: &Value, raw: &str) -> bool {
 
 /// Returns true when `raw` has `shape`'s length and bytes, `d` standing for any ASCII digit.
 fn matches_shape(raw: &str, shape: &[u8]) -> bool {
+    // Without early exits: the loop over a constant shape compiles to straight-line checks.
     raw.len() == shape.len()
-        && raw.bytes().zip(shape).all(|(b, &s)| {
-            if s == b'd' {
+        && raw.bytes().zip(shape).fold(true, |ok, (b, &s)| {
+            ok & if s == b'd' {
                 b.is_ascii_digit()
             } else {
                 b == s

@@ -542,7 +542,12 @@ fn parse_datetime(t: &str) -> Result<(NaiveDateTime, Option<i32>), Invalid> {
     } else {
         return Err(Invalid);
     };
-    let rest = rest.trim_start_matches(['T', ' ']);
+    // `T` and space are ASCII: skipping them byte by byte stays on a character boundary.
+    let skip = rest
+        .bytes()
+        .take_while(|b| matches!(b, b'T' | b' '))
+        .count();
+    let rest = &rest[skip..];
     if rest.is_empty() {
         return Ok((date.and_time(NaiveTime::MIN), None));
     }
