@@ -265,6 +265,8 @@ impl CsvReader {
             }
             return true;
         }
+        // The valid UTF-8 run last found (its start, its text): plain fields inside it need no check.
+        let mut run = (0, utf8.unwrap_or(""));
         let mut i = 0;
         loop {
             // Leading spaces before an opening quote are tolerated.
@@ -289,8 +291,11 @@ impl CsvReader {
                 i = end + 1;
             } else {
                 let end = memchr::memchr(delim, &line[i..]).map_or(line.len(), |p| i + p);
-                match utf8 {
-                    Some(text) => rec.text.push_str(&text[i..end]),
+                if i < run.0 || end > run.0 + run.1.len() {
+                    run = (i, valid_run(&line[i..]));
+                }
+                match run.1.get(i - run.0..end - run.0) {
+                    Some(text) => rec.text.push_str(text),
                     None => self.saw_windows_1252 |= push_decoded(&mut rec.text, &line[i..end]),
                 }
                 rec.ends.push(rec.text.len());
@@ -316,6 +321,14 @@ fn unquote(rest: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         } else {
             return Some(q + 1);
         }
+    }
+}
+
+/// The longest valid UTF-8 prefix of `bytes`, as text.
+fn valid_run(bytes: &[u8]) -> &str {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).expect("valid up to there"),
     }
 }
 
@@ -413,6 +426,16 @@ mod tests {
     fn decodes_latin1_fields() {
         let (r, rows) = read_all(b"city,uf\nS\xe3o Paulo,SP\n");
         assert_eq!(rows[0].2[0], "São Paulo");
+        assert_eq!(r.encoding(), "windows-1252");
+    }
+
+    #[test]
+    fn mixed_encodings_on_one_line_decode_field_by_field() {
+        let (r, rows) = read_all(b"a,b,c,d,e\nS\xc3\xa3o,\"Bras\xedlia\",Bel\xe9m,ok,\xc3\xa9\n");
+        assert_eq!(
+            rows[0].2,
+            ["S\u{e3}o", "Bras\u{ed}lia", "Bel\u{e9}m", "ok", "\u{e9}"]
+        );
         assert_eq!(r.encoding(), "windows-1252");
     }
 
