@@ -123,6 +123,10 @@ def test_topology_is_the_contract(topology):
     assert b["curated"]["retention"] == [{"prefix": None, "delete_after_days": 400}]
     assert b["products"]["retention"] == [{"prefix": None, "delete_after_days": 1825}]
     assert {"prefix": "deadletters/", "delete_after_days": 30} in b["ops"]["retention"]
+    # What every tick lists stays bounded (src/service/schedules.rs, src/alerting/).
+    assert {"prefix": "alerts/state/", "delete_after_days": 30} in b["ops"]["retention"]
+    claims = [r for r in b["ops"]["retention"] if r["prefix"] == "claims/"]
+    assert claims and claims[0]["delete_after_days"] >= b["curated"]["retention"][0]["delete_after_days"]
 
     # Ack deadlines equal the consumer's request timeout; every key spelled out.
     keys = set(subs["extracts-worker"])
