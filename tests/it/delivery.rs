@@ -201,8 +201,9 @@ impl Running {
         }));
     }
 
-    /// Waits for the data team's e-mail about `kind`, then checks it stays the only one.
-    async fn one_team_mail_about(&self, kind: &str) -> String {
+    /// Waits for the data team's e-mail about `kind` naming `delivery_id`, then checks it stays
+    /// the only one and that the partner got none.
+    async fn one_team_mail_about(&self, kind: &str, delivery_id: &str) {
         let mail_dir = self.mail_dir();
         let about = |dir: &Path| -> Vec<String> {
             let (team, _) = team_and_partner_mails(dir);
@@ -226,7 +227,9 @@ impl Running {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let got = about(&mail_dir);
         assert_eq!(got.len(), 1, "one e-mail about {kind}");
-        got.into_iter().next().unwrap()
+        assert!(got[0].contains(&delivery_id[..12]), "names the delivery");
+        let (_, partner) = team_and_partner_mails(&mail_dir);
+        assert!(partner.is_empty(), "no partner e-mail");
     }
 
     /// Starts `datashare deliver --sink <sink>` in pull mode.
@@ -576,10 +579,7 @@ async fn a_wrong_sftp_host_key_is_refused_dead_lettered_and_alerted() {
     assert_eq!(dead[0].attributes["error_kind"], "host_key");
     assert_eq!(dead[0].attributes["delivery_id"], req.delivery_id);
     assert!(tree(&r.upload_dir()).is_empty(), "nothing uploaded");
-    let alert = r.one_team_mail_about("host_key").await;
-    assert!(alert.contains(&req.delivery_id[..12]), "names the delivery");
-    let (_, partner) = team_and_partner_mails(&r.mail_dir());
-    assert!(partner.is_empty(), "no partner e-mail");
+    r.one_team_mail_about("host_key", &req.delivery_id).await;
     r.stop().await;
 }
 
@@ -616,10 +616,8 @@ async fn an_sftp_server_down_is_retried_dead_lettered_by_pubsub_and_alerted() {
     assert!(attempts > 1, "retried before the dead letter: {attempts}");
     // The alerting consumer starts late: the dead letter waits in its subscription.
     r.add_alerting().await;
-    let alert = r.one_team_mail_about("max_delivery_attempts").await;
-    assert!(alert.contains(&req.delivery_id[..12]), "names the delivery");
-    let (_, partner) = team_and_partner_mails(&r.mail_dir());
-    assert!(partner.is_empty(), "no partner e-mail");
+    r.one_team_mail_about("max_delivery_attempts", &req.delivery_id)
+        .await;
     r.stop().await;
 }
 
