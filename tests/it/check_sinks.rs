@@ -3,7 +3,6 @@
 //! server stopped and with a wrong API password, each failure with a `sink.check_failed` alert
 //! on `alerts`, and no throwaway secret in the output.
 
-use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -21,63 +20,6 @@ fn file_of(r: &SecretRef) -> String {
         .expect("secret in a file")
         .display()
         .to_string()
-}
-
-/// The OuchHungry contract with the stand-ins' endpoints and throwaway secret files.
-fn write_contract(
-    dir: &Path,
-    sftp: &datashare::products::contract::SftpSink,
-    api: &datashare::products::contract::ApiSink,
-) -> PathBuf {
-    let partners = dir.join("partners");
-    std::fs::create_dir_all(&partners).unwrap();
-    let hmac = dir.join("hmac-key");
-    std::fs::write(&hmac, random_hex(32)).unwrap();
-    let text = crate::shipped_contract_with_hmac_file(&hmac);
-    let head = &text[..text.find("[[sinks]]").unwrap()];
-    let tail = &text[text.find("[[contacts]]").unwrap()..];
-    let ApiAuth::Basic { user, password } = &api.auth else {
-        panic!("the API stand-in uses basic auth here")
-    };
-    let sinks = format!(
-        r#"[[sinks]]
-type = "sftp"
-host = "{host}"
-port = {port}
-user = "{suser}"
-root = "{root}"
-host_key = "{host_key}"
-private_key = {{ file = {key:?} }}
-passphrase = {{ file = {pass:?} }}
-
-[[sinks]]
-type = "api"
-base_url = "{base}"
-ca_file = {ca:?}
-auth = {{ type = "basic", user = "{user}", password = {{ file = {apw:?} }} }}
-
-[[sinks]]
-type = "email"
-reply_to = "dados@datashare.example"
-
-"#,
-        host = sftp.host,
-        port = sftp.port,
-        suser = sftp.user,
-        root = sftp.root,
-        host_key = sftp.host_key,
-        key = file_of(&sftp.private_key),
-        pass = file_of(sftp.passphrase.as_ref().unwrap()),
-        base = api.base_url,
-        ca = api.ca_file.as_ref().unwrap().display().to_string(),
-        apw = file_of(password),
-    );
-    std::fs::write(
-        partners.join("ouchhungry.toml"),
-        format!("{head}{sinks}{tail}"),
-    )
-    .unwrap();
-    partners
 }
 
 fn check_sinks(env: &[(String, String)]) -> (bool, String, String) {
@@ -123,7 +65,7 @@ async fn check_sinks_passes_then_alerts_on_a_stopped_server_and_a_wrong_password
     let sftp = sftp_env(work.path());
     let api = api_env(work.path());
     let smtp = smtp_env(work.path(), SmtpTls::Starttls);
-    let partners = write_contract(work.path(), &sftp.config, &api.config);
+    let partners = crate::sinks::local_contract(work.path(), &sftp.config, &api.config);
 
     let mut env: Vec<(String, String)> = stack
         .env

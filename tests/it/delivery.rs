@@ -26,65 +26,6 @@ use crate::sinks::{
 };
 use crate::worker::{Stack, until, upload_day};
 
-/// The OuchHungry contract pointing at the local stand-ins, with throwaway secrets in files.
-fn partners(work: &Path, sftp: &SftpSink, api: &datashare::products::contract::ApiSink) -> PathBuf {
-    let p = work.join("partners");
-    std::fs::create_dir_all(&p).unwrap();
-    let key = work.join("hmac-key");
-    std::fs::write(&key, crate::sinks::random_hex(32)).unwrap();
-    let text = crate::shipped_contract_with_hmac_file(&key);
-    let head = &text[..text.find("[[sinks]]").unwrap()];
-    let tail = &text[text.find("[[contacts]]").unwrap()..];
-    let file = |r: &datashare::products::contract::SecretRef| {
-        format!(
-            "{{ file = {:?} }}",
-            r.file.as_ref().unwrap().display().to_string()
-        )
-    };
-    let ApiAuth::Basic { user, password } = &api.auth else {
-        panic!("the test API uses basic auth")
-    };
-    let sinks = format!(
-        r#"[[sinks]]
-type = "sftp"
-host = "{host}"
-port = {port}
-user = "{suser}"
-root = "{root}"
-host_key = "{host_key}"
-private_key = {key}
-{pass}
-
-[[sinks]]
-type = "api"
-base_url = "{base}"
-ca_file = {ca:?}
-auth = {{ type = "basic", user = "{user}", password = {password} }}
-
-[[sinks]]
-type = "email"
-reply_to = "dados@datashare.example"
-
-"#,
-        host = sftp.host,
-        port = sftp.port,
-        suser = sftp.user,
-        root = sftp.root,
-        host_key = sftp.host_key,
-        key = file(&sftp.private_key),
-        pass = sftp
-            .passphrase
-            .as_ref()
-            .map(|p| format!("passphrase = {}", file(p)))
-            .unwrap_or_default(),
-        base = api.base_url,
-        ca = api.ca_file.as_ref().unwrap().display().to_string(),
-        password = file(password),
-    );
-    std::fs::write(p.join("ouchhungry.toml"), format!("{head}{sinks}{tail}")).unwrap();
-    p
-}
-
 /// The stand-ins, the stack, and every role pulling.
 struct Running {
     stack: Stack,
@@ -135,7 +76,7 @@ async fn start_full(
     let smtp = smtp_env(work.path(), SmtpTls::Starttls);
     let mut sftp_config = sftp.config.clone();
     tweak(work.path(), &mut sftp_config);
-    let partners = partners(work.path(), &sftp_config, &api.config);
+    let partners = crate::sinks::local_contract(work.path(), &sftp_config, &api.config);
     let s = &smtp.settings;
     let port = s.port.to_string();
     let password_file = s.password.as_ref().unwrap().file.as_ref().unwrap();
@@ -735,7 +676,7 @@ async fn a_misconfigured_sink_stops_the_role_at_start_up() {
         },
         ca_file: Some(work.path().join("missing-ca.pem")),
     };
-    let dir = partners(work.path(), &sftp, &api);
+    let dir = crate::sinks::local_contract(work.path(), &sftp, &api);
     let dir_s = dir.display().to_string();
     let cfg = Config::load_with(None, &|k| {
         (k == "DATASHARE_PARTNERS_DIR").then(|| dir_s.clone())

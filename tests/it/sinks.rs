@@ -1081,3 +1081,66 @@ async fn email_over_implicit_tls_without_dictionary() {
     assert!(!e.is_transient(), "{e}");
     assert_secrets_hidden(&[&env.password], &[e.to_string()]);
 }
+
+/// The OuchHungry contract pointing at the local stand-ins, with throwaway secrets in files.
+pub(crate) fn local_contract(
+    work: &Path,
+    sftp: &datashare::products::contract::SftpSink,
+    api: &datashare::products::contract::ApiSink,
+) -> PathBuf {
+    let p = work.join("partners");
+    std::fs::create_dir_all(&p).unwrap();
+    let key = work.join("hmac-key");
+    std::fs::write(&key, random_hex(32)).unwrap();
+    let text = crate::shipped_contract_with_hmac_file(&key);
+    let head = &text[..text.find("[[sinks]]").unwrap()];
+    let tail = &text[text.find("[[contacts]]").unwrap()..];
+    let file = |r: &datashare::products::contract::SecretRef| {
+        format!(
+            "{{ file = {:?} }}",
+            r.file.as_ref().unwrap().display().to_string()
+        )
+    };
+    let datashare::products::contract::ApiAuth::Basic { user, password } = &api.auth else {
+        panic!("the test API uses basic auth")
+    };
+    let sinks = format!(
+        r#"[[sinks]]
+type = "sftp"
+host = "{host}"
+port = {port}
+user = "{suser}"
+root = "{root}"
+host_key = "{host_key}"
+private_key = {key}
+{pass}
+
+[[sinks]]
+type = "api"
+base_url = "{base}"
+ca_file = {ca:?}
+auth = {{ type = "basic", user = "{user}", password = {password} }}
+
+[[sinks]]
+type = "email"
+reply_to = "dados@datashare.example"
+
+"#,
+        host = sftp.host,
+        port = sftp.port,
+        suser = sftp.user,
+        root = sftp.root,
+        host_key = sftp.host_key,
+        key = file(&sftp.private_key),
+        pass = sftp
+            .passphrase
+            .as_ref()
+            .map(|p| format!("passphrase = {}", file(p)))
+            .unwrap_or_default(),
+        base = api.base_url,
+        ca = api.ca_file.as_ref().unwrap().display().to_string(),
+        password = file(password),
+    );
+    std::fs::write(p.join("ouchhungry.toml"), format!("{head}{sinks}{tail}")).unwrap();
+    p
+}
