@@ -1,18 +1,25 @@
 //! datashare: marketplace extracts in, partner data products out.
 //!
-//! The modules follow the data:
-//! - [`br`]: Brazilian reference data (states, area codes, CEP ranges, CPF and GTIN check digits, IBGE municipalities).
-//! - [`generate`]: seeded synthetic extracts with injected defects and their ground truth.
-//! - [`extract`]: reading raw objects: object layout, gzip, encodings, CSV dialects.
-//! - [`clean`]: the cleaning engine: table schemas from config, validators, staging, the batch step, the quality report.
-//! - [`products`]: partner products: contracts, pseudonymous keys, daily and monthly files, privacy gate, manifests.
-//! - [`sinks`]: delivery to partners (SFTP, REST API, e-mail) behind one trait, idempotent through receipts.
-//! - [`config`]: typed settings (resource names, worker settings), file + environment, validated at start-up.
-//! - [`events`]: Pub/Sub messages: GCS notifications, batch-ready, delivery requests, dead letters.
+//! The modules follow the data. Dependencies point one way, from the top of this list down:
+//! - [`cli`]: every command's arguments, one runtime, one exit-code convention.
+//! - [`pipeline`]: what the roles do, one file per step: stage a part, the batch step, deliver,
+//!   notify; beside them schedules (ticks, monthly builds), release and replay, sink checks.
+//! - [`alerting`]: the alerting consumer: dead-letter archive, grouping, e-mails to the data team,
+//!   `replay --dead-letters`.
+//! - [`service`]: the transport: roles behind pull and push front ends, one mapping of errors to
+//!   ack, nack or dead letter, claims.
+//! - [`sinks`]: delivery to partners (SFTP, REST API, e-mail) behind one trait, idempotent through
+//!   receipts; connection checks.
+//! - [`products`]: partner products: contracts, pseudonymous keys, daily and monthly files,
+//!   privacy gate, manifests.
+//! - [`clean`]: the cleaning engine: table schemas from config, validators, staging, the batch
+//!   step, the quality report, guardrails.
 //! - [`gcp`]: Cloud Storage and Pub/Sub clients, emulator-aware.
-//! - [`alerting`]: the alerting consumer: dead-letter archive, grouping, e-mails to the data team, replay.
-//! - [`service`]: the worker: one handler per subscription behind pull and push front ends.
-//! - [`telemetry`]: logs, and the W3C trace context carried in message attributes.
+//! - [`generate`]: seeded synthetic extracts with injected defects and their ground truth.
+//! - Leaves, importing nothing from the rest of the crate: [`extract`] (reading raw objects:
+//!   layout, gzip, encodings, CSV dialects), [`config`] (typed settings of every module,
+//!   validated at start-up), [`events`] (the Pub/Sub messages), [`br`] (Brazilian reference
+//!   data), [`telemetry`] (logs and the W3C trace context).
 
 #![warn(missing_docs)]
 
@@ -25,6 +32,7 @@ pub mod events;
 pub mod extract;
 pub mod gcp;
 pub mod generate;
+pub mod pipeline;
 pub mod products;
 pub mod service;
 pub mod sinks;

@@ -15,7 +15,6 @@ use sha2::{Digest, Sha256};
 use super::runbook::MAX_DELIVERY_ATTEMPTS;
 use crate::config::Config;
 use crate::events::{Alert, Incoming, Severity};
-use crate::products::schema::hex;
 
 /// Attributes added to a message when it is dead-lettered (dropped again on replay).
 pub fn is_dead_letter_attribute(key: &str) -> bool {
@@ -33,7 +32,7 @@ pub fn dead_letter_fingerprint(
     error_kind: &str,
     subject: &str,
 ) -> String {
-    hex(&Sha256::digest(
+    hex::encode(Sha256::digest(
         format!("dead-letter|{source_subscription}|{error_kind}|{subject}").as_bytes(),
     ))[..32]
         .to_string()

@@ -10,7 +10,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use super::runbook::runbook;
 use super::state::{Sending, State};
-use crate::sinks::email::SmtpSettings;
+use crate::config::sinks::SmtpSettings;
 
 /// The mailer could not be built, or a send failed.
 #[derive(Debug, thiserror::Error)]

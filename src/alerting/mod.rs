@@ -6,27 +6,23 @@
 //! - [`state`]: one state object per fingerprint; first alert e-mailed at once, repeats counted.
 //! - [`mail`]: the e-mails (what, where, since when, how often, what to do), sent with lettre.
 //! - [`runbook`]: what to do next, one line per kind.
-//! - [`settings`]: the `[alerting]` table; [`replay`]: `datashare replay --dead-letters`.
+//! - [`replay`]: `datashare replay --dead-letters`. Its settings are [`crate::config::alerting`].
 
 pub mod dead_letters;
 pub mod mail;
 pub mod replay;
 pub mod runbook;
-pub mod settings;
 pub mod state;
 
-use std::sync::Arc;
+use std::ops::Deref;
 
 use chrono::Utc;
 
 pub use dead_letters::dead_letter_fingerprint;
-pub use settings::AlertingSettings;
 
 use crate::config::Config;
 use crate::events::{Alert, Incoming, Schedule};
-use crate::gcp::{Bus, Gcs};
-use crate::service::command::ServeArgs;
-use crate::service::{Disposition, HandleError, Role};
+use crate::service::{Disposition, HandleError, Role, RoleContext};
 use mail::{Mailer, digest_mail, first_mail};
 use state::{Recorded, State};
 
@@ -40,13 +36,16 @@ pub const SCHEDULES_SUBSCRIPTION: &str = "schedules-alert";
 /// The alerting consumer.
 #[derive(Debug)]
 pub struct Alerting {
-    /// Validated configuration.
-    pub config: Arc<Config>,
-    /// Cloud Storage (archive and state in ops).
-    pub gcs: Gcs,
-    /// Publishers (its subscriptions' dead-letter topics).
-    pub bus: Bus,
+    /// Name, configuration, clients (archive and state in ops; its dead-letter topics).
+    pub context: RoleContext,
     mailer: Mailer,
+}
+
+impl Deref for Alerting {
+    type Target = RoleContext;
+    fn deref(&self) -> &RoleContext {
+        &self.context
+    }
 }
 
 /// The alerting consumer could not start.
@@ -73,25 +72,13 @@ impl Alerting {
             .or(config.smtp.as_ref())
             .ok_or(AlertStartError::NoRelay)?;
         let mailer = Mailer::new(smtp, &a.from, &a.recipients)?;
-        let gcs = Gcs::connect(config.emulators.storage.as_deref()).await?;
-        let topics = config.role_dead_letter_topics(ALERT_ROLE);
-        let bus = Bus::connect(
-            &config.gcp.project,
-            &topics,
-            config.emulators.pubsub.as_deref(),
-        )
-        .await?;
         tracing::info!(
             recipients = a.recipients.len(),
             window_secs = a.window_secs,
             "alerting ready"
         );
-        Ok(Alerting {
-            config: Arc::new(config),
-            gcs,
-            bus,
-            mailer,
-        })
+        let context = RoleContext::connect(ALERT_ROLE, config, Vec::new()).await?;
+        Ok(Alerting { context, mailer })
     }
 
     fn ops(&self) -> &str {
@@ -212,16 +199,8 @@ impl Alerting {
 }
 
 impl Role for Alerting {
-    fn role(&self) -> &str {
-        ALERT_ROLE
-    }
-
-    fn config(&self) -> &Config {
-        &self.config
-    }
-
-    fn bus(&self) -> &Bus {
-        &self.bus
+    fn context(&self) -> &RoleContext {
+        &self.context
     }
 
     async fn handle_message(
@@ -259,19 +238,4 @@ impl Role for Alerting {
         }
         Ok(Disposition::Done)
     }
-}
-
-/// Arguments of `datashare alert`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct AlertArgs {
-    /// How to serve.
-    #[command(flatten)]
-    pub serve: ServeArgs,
-}
-
-/// Runs the alerting consumer until SIGTERM or Ctrl-C.
-pub fn run(args: &AlertArgs) -> anyhow::Result<()> {
-    crate::service::command::serve(&args.serve, |config| async move {
-        Ok(Alerting::start(config).await?)
-    })
 }

@@ -5,33 +5,12 @@
 //! after it is published: a second run skips it. A crash between the publish and the marker
 //! republishes that one message on the next run (consumers are idempotent).
 
-use std::path::PathBuf;
-
 use crate::config::Config;
 use crate::events::Outgoing;
 use crate::gcp::{Bus, Gcs};
+use crate::service::Verdict;
 
 use super::dead_letters::{Archived, archive_prefix, replayed_object};
-
-/// Arguments of `datashare replay`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ReplayArgs {
-    /// Republishes the archived dead letters of this source subscription (e.g. `deliveries-sftp`).
-    #[arg(long, value_name = "SUBSCRIPTION", conflicts_with_all = ["date", "from", "to"])]
-    pub dead_letters: Option<String>,
-    /// Re-runs the batch step of this day (unchanged products are not delivered again).
-    #[arg(long, conflicts_with_all = ["from", "to"])]
-    pub date: Option<chrono::NaiveDate>,
-    /// Re-runs the batch steps from this day ...
-    #[arg(long, requires = "to")]
-    pub from: Option<chrono::NaiveDate>,
-    /// ... to this day (inclusive).
-    #[arg(long, requires = "from")]
-    pub to: Option<chrono::NaiveDate>,
-    /// Configuration file instead of the built-in `config/default.toml`.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-}
 
 /// What a replay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -115,53 +94,33 @@ pub async fn replay_dead_letters(
     Ok(report)
 }
 
-/// Runs `datashare replay`; prints what it did. Returns false when nothing was asked.
-pub fn run(args: &ReplayArgs) -> anyhow::Result<bool> {
-    let range = match (args.date, args.from, args.to) {
-        (Some(d), _, _) => Some((d, d)),
-        (None, Some(f), Some(t)) => Some((f, t)),
-        _ => None,
-    };
-    if let Some((from, to)) = range {
-        return crate::service::release::run_replay(from, to, args.config.as_deref());
-    }
-    let Some(sub) = args.dead_letters.clone() else {
-        eprintln!(
-            "datashare replay: give --dead-letters <subscription>, --date D or --from D1 --to D2"
-        );
-        return Ok(false);
-    };
-    let cfg = Config::load(args.config.as_deref())?;
-    if !cfg.gcp.dead_letter_topics.contains_key(&sub) {
+/// Runs `datashare replay --dead-letters <subscription>`; prints what it did.
+pub async fn run_dead_letters(cfg: &Config, sub: &str) -> anyhow::Result<Verdict> {
+    if !cfg.gcp.dead_letter_topics.contains_key(sub) {
         anyhow::bail!("{sub} is not a subscription with a dead-letter topic in the configuration");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let gcs = Gcs::connect(cfg.emulators.storage.as_deref()).await?;
-        let topic = cfg
-            .source_topic(&sub)
-            .ok_or_else(|| anyhow::anyhow!("{sub}: no source topic"))?
-            .to_string();
-        let bus = Bus::connect(
-            &cfg.gcp.project,
-            &[topic.as_str()],
-            cfg.emulators.pubsub.as_deref(),
-        )
-        .await?;
-        let r = replay_dead_letters(&cfg, &gcs, &bus, &sub).await?;
-        for (archived, new_id) in &r.replayed {
-            println!("replayed {archived} to {topic} as {new_id}");
-        }
-        for u in &r.unreadable {
-            println!("unreadable, left in place: {u}");
-        }
-        println!(
-            "{sub}: {} replayed, {} already replayed before",
-            r.replayed.len(),
-            r.already
-        );
-        Ok(r.unreadable.is_empty())
-    })
+    let gcs = Gcs::connect(cfg.emulators.storage.as_deref()).await?;
+    let topic = cfg
+        .source_topic(sub)
+        .ok_or_else(|| anyhow::anyhow!("{sub}: no source topic"))?
+        .to_string();
+    let bus = Bus::connect(
+        &cfg.gcp.project,
+        &[topic.as_str()],
+        cfg.emulators.pubsub.as_deref(),
+    )
+    .await?;
+    let r = replay_dead_letters(cfg, &gcs, &bus, sub).await?;
+    for (archived, new_id) in &r.replayed {
+        println!("replayed {archived} to {topic} as {new_id}");
+    }
+    for u in &r.unreadable {
+        println!("unreadable, left in place: {u}");
+    }
+    println!(
+        "{sub}: {} replayed, {} already replayed before",
+        r.replayed.len(),
+        r.already
+    );
+    Ok(Verdict::of(r.unreadable.is_empty()))
 }

@@ -6,16 +6,10 @@
 //!
 //! Evaluation is pure: a quality report and the reports of earlier batches in, alerts out.
 
-use std::collections::BTreeMap;
-
-use serde::Deserialize;
-
 use super::report::{QualityReport, TableReport};
 use super::schema::Schemas;
+use crate::config::guardrails::{Guardrails, VOLUME_HISTORY};
 use crate::events::alert::{Alert, Severity};
-
-/// Earlier batches the volume median is taken over (the current one excluded).
-pub const VOLUME_HISTORY: usize = 7;
 
 /// Alert kind of a crossed share threshold.
 pub const KIND_THRESHOLD: &str = "quality.threshold";
@@ -23,176 +17,21 @@ pub const KIND_THRESHOLD: &str = "quality.threshold";
 /// Alert kind of a volume anomaly.
 pub const KIND_VOLUME: &str = "quality.volume";
 
-/// A share of rows, checked to lie in 0..=1 when read.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Deserialize)]
-#[serde(try_from = "f64")]
-pub struct Share(f64);
-
-// Sound: a `Share` is never NaN (checked in `try_from`).
-impl Eq for Share {}
-
-impl TryFrom<f64> for Share {
-    type Error = String;
-    fn try_from(v: f64) -> Result<Self, String> {
-        if v.is_finite() && (0.0..=1.0).contains(&v) {
-            Ok(Share(v))
-        } else {
-            Err(format!("{v} is not a share between 0 and 1"))
-        }
-    }
-}
-
-impl Share {
-    /// The share as a number in 0..=1.
-    pub fn get(self) -> f64 {
-        self.0
-    }
-}
-
-/// A relative deviation (0.5 = 50 %), checked to be finite and above 0 when read.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Deserialize)]
-#[serde(try_from = "f64")]
-pub struct Deviation(f64);
-
-// Sound: a `Deviation` is never NaN (checked in `try_from`).
-impl Eq for Deviation {}
-
-impl TryFrom<f64> for Deviation {
-    type Error = String;
-    fn try_from(v: f64) -> Result<Self, String> {
-        if v.is_finite() && v > 0.0 {
-            Ok(Deviation(v))
-        } else {
-            Err(format!("{v} is not a relative deviation above 0"))
-        }
-    }
-}
-
-impl Deviation {
-    /// The deviation as a ratio (0.5 = 50 %).
-    pub fn get(self) -> f64 {
-        self.0
-    }
-}
-
-/// Two levels of one share measure: above `warn` a warning, above `block` a critical alert that
-/// holds the batch's products. Either may be left out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limit {
-    /// Highest share without a warning.
-    pub warn: Option<Share>,
-    /// Highest share without holding the products (blocking).
-    pub block: Option<Share>,
-}
-
-/// The volume guardrail: the batch's rows read against the median of the previous batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VolumeLimit {
-    /// Largest relative distance from the median without an alert (spec: 0.5).
-    #[serde(default = "half")]
-    pub max_deviation: Deviation,
-    /// Earlier batches needed before the check applies (1..=7).
-    #[serde(default = "three")]
-    pub min_history: usize,
-    /// Whether an anomaly holds the products.
-    #[serde(default)]
-    pub blocking: bool,
-}
-
-fn half() -> Deviation {
-    Deviation(0.5)
-}
-
-fn three() -> usize {
-    3
-}
-
-impl Default for VolumeLimit {
-    fn default() -> Self {
-        VolumeLimit {
-            max_deviation: half(),
-            min_history: three(),
-            blocking: false,
-        }
-    }
-}
-
-/// The guardrails of one table (`[guardrails.<table>]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TableGuardrails {
-    /// Quarantined rows / rows read.
-    pub quarantine: Limit,
-    /// Exact duplicates removed / rows read.
-    pub duplicates: Limit,
-    /// Per key field: (rows quarantined as `missing_<field>` + values nulled) / rows read.
-    pub key_nulls: Limit,
-    /// The key fields `key_nulls` applies to.
-    pub key_fields: Vec<String>,
-    /// The volume check; none when left out.
-    pub volume: Option<VolumeLimit>,
-}
-
-/// Every table's guardrails, by table name (`[guardrails]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Guardrails(pub BTreeMap<String, TableGuardrails>);
-
-impl Guardrails {
-    /// Checks the levels are ordered and the volume history fits; the first problem as
-    /// (field, problem).
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        for (table, g) in &self.0 {
-            for (name, l) in [
-                ("quarantine", g.quarantine),
-                ("duplicates", g.duplicates),
-                ("key_nulls", g.key_nulls),
-            ] {
-                if let (Some(w), Some(b)) = (l.warn, l.block)
-                    && w > b
-                {
-                    return Err((
-                        format!("guardrails.{table}.{name}"),
-                        format!("warn {} is above block {}", w.0, b.0),
-                    ));
-                }
-            }
-            if g.key_nulls != Limit::default() && g.key_fields.is_empty() {
-                return Err((
-                    format!("guardrails.{table}.key_fields"),
-                    "key_nulls is set but no key field is named".into(),
-                ));
-            }
-            if let Some(v) = g.volume
-                && !(1..=VOLUME_HISTORY).contains(&v.min_history)
-            {
-                return Err((
-                    format!("guardrails.{table}.volume.min_history"),
-                    format!("must be between 1 and {VOLUME_HISTORY}"),
+/// Checks every table and key field named exists in the schemas.
+pub fn check_schemas(guardrails: &Guardrails, schemas: &Schemas) -> Result<(), String> {
+    for (table, g) in &guardrails.0 {
+        let Some(schema) = schemas.table(table) else {
+            return Err(format!("guardrails.{table}: no such table"));
+        };
+        for f in &g.key_fields {
+            if schema.column_index(f).is_none() {
+                return Err(format!(
+                    "guardrails.{table}.key_fields: `{f}` is not a column"
                 ));
             }
         }
-        Ok(())
     }
-
-    /// Checks every table and key field named exists in the schemas.
-    pub fn check_schemas(&self, schemas: &Schemas) -> Result<(), String> {
-        for (table, g) in &self.0 {
-            let Some(schema) = schemas.table(table) else {
-                return Err(format!("guardrails.{table}: no such table"));
-            };
-            for f in &g.key_fields {
-                if schema.column_index(f).is_none() {
-                    return Err(format!(
-                        "guardrails.{table}.key_fields: `{f}` is not a column"
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// What the guardrails said about one batch.
@@ -273,8 +112,8 @@ pub fn evaluate(g: &Guardrails, report: &QualityReport, history: &[QualityReport
             for (measure, limit, count) in shares {
                 let value = count as f64 / t.rows_read as f64;
                 let crossed = match (limit.block, limit.warn) {
-                    (Some(b), _) if value > b.0 => Some((b, true)),
-                    (_, Some(w)) if value > w.0 => Some((w, false)),
+                    (Some(b), _) if value > b.get() => Some((b, true)),
+                    (_, Some(w)) if value > w.get() => Some((w, false)),
                     _ => None,
                 };
                 let Some((threshold, blocking)) = crossed else {
@@ -288,14 +127,14 @@ pub fn evaluate(g: &Guardrails, report: &QualityReport, history: &[QualityReport
                     format!(
                         "batch {dt}: {table} {measure} {:.2}% above {:.2}%{}",
                         value * 100.0,
-                        threshold.0 * 100.0,
+                        threshold.get() * 100.0,
                         held_note(blocking, &dt)
                     ),
                 )
                 .with("table", table.as_str())
                 .with("measure", measure.as_str())
                 .with("value", value)
-                .with("threshold", threshold.0)
+                .with("threshold", threshold.get())
                 .with("count", count)
                 .with("rows_read", t.rows_read)
                 .with("dt", dt.as_str())
@@ -319,7 +158,7 @@ pub fn evaluate(g: &Guardrails, report: &QualityReport, history: &[QualityReport
                 continue;
             };
             let deviation = (t.rows_read as f64 - m).abs() / m;
-            if deviation <= v.max_deviation.0 {
+            if deviation <= v.max_deviation.get() {
                 continue;
             }
             let measure = "row_count";
@@ -333,7 +172,7 @@ pub fn evaluate(g: &Guardrails, report: &QualityReport, history: &[QualityReport
                     t.rows_read,
                     deviation * 100.0,
                     past.len(),
-                    v.max_deviation.0 * 100.0,
+                    v.max_deviation.get() * 100.0,
                     held_note(v.blocking, &dt)
                 ),
             )
@@ -342,7 +181,7 @@ pub fn evaluate(g: &Guardrails, report: &QualityReport, history: &[QualityReport
             .with("value", t.rows_read)
             .with("median", m)
             .with("deviation", deviation)
-            .with("threshold", v.max_deviation.0)
+            .with("threshold", v.max_deviation.get())
             .with("history", past.iter().map(|p| p.0.clone()).collect::<Vec<_>>())
             .with("dt", dt.as_str())
             .with("blocking", v.blocking);
@@ -383,6 +222,14 @@ fn held_note(blocking: bool, dt: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::guardrails::VolumeLimit;
+
+    #[test]
+    fn the_default_guardrails_name_existing_tables_and_columns() {
+        let c = crate::config::Config::load_with(None, &|_| None).unwrap();
+        let schemas = Schemas::builtin().unwrap();
+        assert_eq!(check_schemas(&c.guardrails, &schemas), Ok(()));
+    }
     use chrono::NaiveDate;
 
     fn day(d: u32) -> NaiveDate {
@@ -569,8 +416,8 @@ mod tests {
         assert!(bad("[t]\nvolume = { max_deviation = -1.0 }").contains("above 0"));
         let schemas = Schemas::builtin().unwrap();
         let g: Guardrails = toml::from_str("[transactions]\nkey_fields = [\"nope\"]").unwrap();
-        assert!(g.check_schemas(&schemas).unwrap_err().contains("nope"));
+        assert!(check_schemas(&g, &schemas).unwrap_err().contains("nope"));
         let g: Guardrails = toml::from_str("[stores]\n").unwrap();
-        assert!(g.check_schemas(&schemas).unwrap_err().contains("stores"));
+        assert!(check_schemas(&g, &schemas).unwrap_err().contains("stores"));
     }
 }

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Incoming, Malformed, Outgoing};
-use crate::products::schema::hex;
 
 /// Version of the alert message body.
 pub const ALERT_VERSION: u32 = 1;
@@ -58,7 +57,7 @@ impl Alert {
         scope: &str,
         summary: String,
     ) -> Self {
-        let fingerprint = hex(&Sha256::digest(
+        let fingerprint = hex::encode(Sha256::digest(
             format!("{kind}|{partner}|{product}|{period}|{scope}").as_bytes(),
         ))[..32]
             .to_string();

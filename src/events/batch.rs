@@ -52,7 +52,7 @@ impl BatchReady {
         for f in &files {
             h.update(format!("{}#{}\n", f.name, f.generation).as_bytes());
         }
-        let digest = crate::products::schema::hex(&h.finalize());
+        let digest = hex::encode(h.finalize());
         format!("{}-{}", self.marker_generation, &digest[..16])
     }
 

@@ -47,22 +47,6 @@ impl ErrorKind {
     }
 }
 
-impl ErrorKind {
-    /// The kind of a permanent sink error (`None` for a transient one).
-    pub fn of_sink_error(e: &crate::sinks::SinkError) -> Option<ErrorKind> {
-        use crate::sinks::SinkError as S;
-        Some(match e {
-            S::Config { .. } => ErrorKind::SinkConfig,
-            S::HostKey { .. } => ErrorKind::HostKey,
-            S::Auth { .. } => ErrorKind::SinkAuth,
-            S::Rejected { .. } => ErrorKind::PartnerRejected,
-            S::Invalid { .. } => ErrorKind::InvalidDelivery,
-            S::Receipts { .. } if !e.is_transient() => ErrorKind::Receipts,
-            S::Receipts { .. } | S::Transient { .. } => return None,
-        })
-    }
-}
-
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -137,26 +121,5 @@ mod tests {
         assert_eq!(m.attributes["error"], "not under extracts/");
         assert_eq!(m.attributes["source_subscription"], "extracts-worker");
         assert_eq!(m.attributes["source_topic"], "extracts");
-    }
-
-    #[test]
-    fn permanent_sink_errors_keep_their_kind() {
-        use crate::sinks::SinkError;
-        let e = SinkError::Rejected {
-            sink: "api",
-            message: "http 400".into(),
-        };
-        let k = ErrorKind::of_sink_error(&e).unwrap();
-        assert_eq!(k.as_str(), e.kind());
-        let e = SinkError::HostKey {
-            sink: "sftp",
-            message: "changed".into(),
-        };
-        assert_eq!(ErrorKind::of_sink_error(&e).unwrap().as_str(), "host_key");
-        let t = SinkError::Transient {
-            sink: "sftp",
-            message: "refused".into(),
-        };
-        assert_eq!(ErrorKind::of_sink_error(&t), None);
     }
 }

@@ -1,6 +1,7 @@
 //! `DeliveryRequest` (topic `deliveries`): one message per new product version.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +95,32 @@ impl DeliveryRequest {
             )));
         }
         Ok(d)
+    }
+}
+
+/// A product a partner can buy.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ProductKind {
+    /// One row per completed order line of day D.
+    Daily,
+    /// One row per (uf, city, product) of month M.
+    Monthly,
+}
+
+impl ProductKind {
+    /// The name used in file names, manifests and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProductKind::Daily => "daily",
+            ProductKind::Monthly => "monthly",
+        }
+    }
+}
+
+impl fmt::Display for ProductKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

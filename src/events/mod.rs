@@ -1,6 +1,8 @@
 //! Pub/Sub messages: what the worker receives (GCS notifications, batch-ready) and publishes
 //! (batch-ready, delivery requests, dead letters). Parsed once at the edge into types; a message
 //! that cannot be parsed is a permanent failure (dead-lettered, never retried).
+//!
+//! A leaf: the messages import nothing from the rest of the crate.
 
 pub mod alert;
 pub mod batch;
@@ -8,6 +10,7 @@ pub mod dead_letter;
 pub mod delivery;
 pub mod gcs;
 pub mod notify;
+pub mod receipt;
 pub mod schedule;
 
 use std::collections::BTreeMap;
@@ -15,9 +18,10 @@ use std::collections::BTreeMap;
 pub use alert::{Alert, Severity};
 pub use batch::{BatchReady, ObjectGeneration};
 pub use dead_letter::{DeadLetter, ErrorKind};
-pub use delivery::{DeliveryFile, DeliveryRequest, FileDigest};
+pub use delivery::{DeliveryFile, DeliveryRequest, FileDigest, ProductKind};
 pub use gcs::{GcsNotification, ObjectRef};
 pub use notify::Notify;
+pub use receipt::{Receipt, ReceiptFile};
 pub use schedule::Schedule;
 
 /// A message as received, whichever front end (pull or push) delivered it.

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{DeliveryRequest, Incoming, Malformed, Outgoing};
-use crate::sinks::Receipt;
+use super::{DeliveryRequest, Incoming, Malformed, Outgoing, Receipt};
 
 /// Layout version of [`Notify`].
 pub const NOTIFY_VERSION: u32 = 1;

@@ -23,9 +23,9 @@ mod values;
 mod writer;
 
 use std::io::{self, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use chrono::{Duration, NaiveDate};
+use chrono::NaiveDate;
 
 pub use catalog::{Catalog, OUCHHUNGRY, Product, known_brands};
 pub use schema::{Col, Need, Row, Table, Ty};
@@ -137,82 +137,11 @@ impl GenerateOptions {
     }
 }
 
-/// The `datashare generate` command line.
-#[derive(Debug, Clone, clap::Args)]
-pub struct GenerateArgs {
-    /// Folder the bucket layout is written under.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Day to generate (YYYY-MM-DD).
-    #[arg(long, conflicts_with_all = ["from", "to"], required_unless_present = "from")]
-    pub date: Option<NaiveDate>,
-    /// First day of a range.
-    #[arg(long, requires = "to")]
-    pub from: Option<NaiveDate>,
-    /// Last day of a range (inclusive).
-    #[arg(long, requires = "from")]
-    pub to: Option<NaiveDate>,
-    /// Seed of every random choice.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Transaction lines per day.
-    #[arg(long, default_value_t = 2000)]
-    pub rows: u64,
-    /// Customers in the snapshot [default: max(200, rows/10)].
-    #[arg(long)]
-    pub customers: Option<u64>,
-    /// Parts per table (products and customers use at most two).
-    #[arg(long, default_value_t = 2)]
-    pub parts: usize,
-    /// Gzip-compress the parts.
-    #[arg(long)]
-    pub gzip: bool,
-    /// Share of rows with one injected defect (0 to 1).
-    #[arg(long, default_value_t = 0.0)]
-    pub defect_rate: f64,
-    /// Add one part per table that must be rejected whole.
-    #[arg(long)]
-    pub bad_files: bool,
-}
-
-impl GenerateArgs {
-    /// Returns the generation options of the command line.
-    pub fn options(&self) -> GenerateOptions {
-        GenerateOptions {
-            seed: self.seed,
-            rows: self.rows,
-            customers: self.customers,
-            parts: self.parts,
-            gzip: self.gzip,
-            defect_rate: self.defect_rate,
-            bad_files: self.bad_files,
-        }
-    }
-
-    /// Returns the days to generate, in order.
-    pub fn dates(&self) -> Result<Vec<NaiveDate>, GenerateError> {
-        match (self.date, self.from, self.to) {
-            (Some(d), None, None) => Ok(vec![d]),
-            (None, Some(from), Some(to)) if from <= to && (to - from).num_days() < 3660 => Ok((0
-                ..=(to - from).num_days())
-                .map(|i| from + Duration::days(i))
-                .collect()),
-            (None, Some(_), Some(_)) => Err(GenerateError::InvalidOptions(
-                "--from must not be after --to (at most ten years)".into(),
-            )),
-            _ => Err(GenerateError::InvalidOptions(
-                "give --date, or --from and --to".into(),
-            )),
-        }
-    }
-}
-
-/// Runs `datashare generate`: writes every day of the range under `--out`.
-pub fn run(args: &GenerateArgs) -> Result<(), GenerateError> {
-    let opts = args.options();
+/// Runs `datashare generate`: writes every day of `dates` under `out`, with a progress bar on a
+/// terminal.
+pub fn run(out: &Path, dates: &[NaiveDate], opts: &GenerateOptions) -> Result<(), GenerateError> {
     opts.validate()?;
-    let dates = args.dates()?;
-    let sink = LocalDirSink::new(&args.out);
+    let sink = LocalDirSink::new(out);
     let bar = if io::stderr().is_terminal() {
         let per_day = opts.rows + opts.customer_count() + 300;
         let bar = indicatif::ProgressBar::new(per_day * dates.len() as u64);
@@ -231,7 +160,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), GenerateError> {
                 b.inc(n);
             }
         };
-        let truth = generate_day_with_progress(&opts, date, &sink, &mut progress)?;
+        let truth = generate_day_with_progress(opts, *date, &sink, &mut progress)?;
         for (name, t) in &truth.tables {
             tracing::info!(dt = %truth.dt, table = %name, rows_read = t.rows_read, rows_kept = t.rows_kept, "generated");
         }

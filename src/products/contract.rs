@@ -6,12 +6,14 @@
 //! contacts. Every problem is reported as `<file>: <field>: <problem>`.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::clean::validators;
+use crate::config::secret::{Secret, SecretError, SecretRef};
+use crate::config::sinks::{ApiAuth, SinkConfig};
+use crate::events::ProductKind;
 
 /// Minimum length in bytes of a pseudonymization secret.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -65,116 +67,13 @@ pub enum ContractError {
     },
 }
 
-/// A secret value: printed as `***`, read only where used.
-#[derive(Clone)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    /// Wraps secret bytes.
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Secret(bytes)
-    }
-
-    /// Exposes the bytes to the one place that uses them.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-/// Where a secret lives: an environment variable, a file (e.g. a Secret Manager mount on Cloud
-/// Run), or both (the variable when it is set, else the file: one contract serves a laptop and
-/// the cloud).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct SecretRef {
-    /// Name of the environment variable holding the secret.
-    pub env: Option<String>,
-    /// Path of the file holding the secret.
-    pub file: Option<PathBuf>,
-}
-
-impl SecretRef {
-    /// Reads the secret; the value is trimmed of surrounding whitespace (files end with a newline).
-    pub fn read(&self, partner: &str, what: &str) -> Result<Secret, ContractError> {
-        let err = |problem: String| ContractError::Secret {
-            partner: partner.to_string(),
-            what: what.to_string(),
-            problem,
-        };
-        let from_env = self.env.as_ref().and_then(|var| std::env::var(var).ok());
-        let raw = match (from_env, &self.env, &self.file) {
-            (Some(value), _, _) => value,
-            (None, _, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
-                err(match &self.env {
-                    Some(var) => format!(
-                        "environment variable {var} is not set (or not UTF-8) and file {} cannot be read: {e}",
-                        path.display()
-                    ),
-                    None => format!("cannot read file {}: {e}", path.display()),
-                })
-            })?,
-            (None, Some(var), None) => {
-                return Err(err(format!(
-                    "environment variable {var} is not set (or not UTF-8)"
-                )));
-            }
-            (None, None, None) => return Err(err("set env, file or both".into())),
-        };
-        let value = raw.trim();
-        if value.is_empty() {
-            return Err(err(format!("{} is empty", self.describe())));
+impl From<SecretError> for ContractError {
+    fn from(e: SecretError) -> Self {
+        ContractError::Secret {
+            partner: e.owner,
+            what: e.what,
+            problem: e.problem,
         }
-        Ok(Secret(value.as_bytes().to_vec()))
-    }
-
-    /// Names the reference (variable or file), never the value.
-    pub fn describe(&self) -> String {
-        match (&self.env, &self.file) {
-            (Some(v), Some(p)) => format!("environment variable {v} or file {}", p.display()),
-            (Some(v), None) => format!("environment variable {v}"),
-            (None, Some(p)) => format!("file {}", p.display()),
-            _ => "an empty reference".into(),
-        }
-    }
-}
-
-/// A product a partner can buy.
-#[derive(
-    Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord, Hash,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum ProductKind {
-    /// One row per completed order line of day D.
-    Daily,
-    /// One row per (uf, city, product) of month M.
-    Monthly,
-}
-
-impl ProductKind {
-    /// The name used in file names, manifests and messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProductKind::Daily => "daily",
-            ProductKind::Monthly => "monthly",
-        }
-    }
-}
-
-impl fmt::Display for ProductKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -242,99 +141,10 @@ pub struct Contact {
     pub role: Option<String>,
 }
 
-/// Authentication to a partner's REST API.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum ApiAuth {
-    /// HTTP Basic with a user and a password secret.
-    Basic {
-        /// User name.
-        user: String,
-        /// Password reference.
-        password: SecretRef,
-    },
-    /// A bearer token secret.
-    Bearer {
-        /// Token reference.
-        token: SecretRef,
-    },
-}
-
-/// Settings of the SFTP sink.
+/// When a partner's products are due (`[delivery]`).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct SftpSink {
-    /// Server host name.
-    pub host: String,
-    /// Server port.
-    #[serde(default = "default_sftp_port")]
-    pub port: u16,
-    /// Login.
-    pub user: String,
-    /// Remote root folder (`<root>/<partner>/<daily|monthly>/<file>`).
-    pub root: String,
-    /// The pinned host key: an OpenSSH public key line or a `SHA256:` fingerprint.
-    pub host_key: String,
-    /// Private key reference.
-    pub private_key: SecretRef,
-    /// Optional passphrase reference.
-    #[serde(default)]
-    pub passphrase: Option<SecretRef>,
-}
-
-fn default_sftp_port() -> u16 {
-    22
-}
-
-/// Settings of the REST API sink.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ApiSink {
-    /// Base URL, HTTPS (`<base>/datasets/<product>/files`).
-    pub base_url: String,
-    /// Authentication.
-    pub auth: ApiAuth,
-    /// Optional CA bundle to trust.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-}
-
-/// Settings of the partner e-mail sink: one e-mail per product version to the contract's contacts.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct EmailSink {
-    /// Optional reply-to address.
-    #[serde(default)]
-    pub reply_to: Option<String>,
-}
-
-/// A sink, by its type.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SinkConfig {
-    /// Upload to the partner's SFTP server.
-    Sftp(SftpSink),
-    /// POST to the partner's REST API.
-    Api(ApiSink),
-    /// E-mail to the partner's contacts after the data sinks succeeded.
-    Email(EmailSink),
-}
-
-impl SinkConfig {
-    /// The sink's name (`sftp`, `api`, `email`).
-    pub fn name(&self) -> &'static str {
-        match self {
-            SinkConfig::Sftp(_) => "sftp",
-            SinkConfig::Api(_) => "api",
-            SinkConfig::Email(_) => "email",
-        }
-    }
-}
-
-/// Delivery settings.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Delivery {
+pub struct DeliveryTerms {
     /// Local time (America/Sao_Paulo) by which the daily file is due, `HH:MM`.
     pub deadline: String,
 }
@@ -372,8 +182,8 @@ pub struct Contract {
     /// People at the partner.
     #[serde(default)]
     pub contacts: Vec<Contact>,
-    /// Delivery settings.
-    pub delivery: Delivery,
+    /// When the products are due.
+    pub delivery: DeliveryTerms,
 }
 
 fn default_formats() -> Vec<Format> {

@@ -2,9 +2,10 @@
 
 use std::fmt::Write as _;
 
-use super::contract::{Contract, Format, KeyPeriod, ProductKind};
+use super::contract::{Contract, Format, KeyPeriod};
 use super::monthly::MIN_OTHER_BRANDS;
 use super::schema::ProductSchema;
+use crate::events::ProductKind;
 
 /// File name of a partner's dictionary of a product.
 pub fn file_name(partner: &str, kind: ProductKind) -> String {

@@ -11,10 +11,10 @@ use std::collections::HashSet;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
 
-use super::alert::{Alert, Severity};
 use super::schema::{ColType, ProductSchema};
 use crate::br;
 use crate::clean::validators;
+use crate::events::{Alert, Severity};
 
 /// Column names that never leave the company (compared case-insensitively).
 pub const FORBIDDEN_COLUMNS: &[&str] = &[
@@ -344,7 +344,7 @@ fn digits_finding(s: &str) -> Option<FindingKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::products::contract::ProductKind;
+    use crate::events::ProductKind;
     use crate::products::schema::{self, Cell};
 
     #[test]
@@ -439,7 +439,8 @@ mod tests {
     /// A million real keys never trip the gate (they are checked by format, not scanned).
     #[test]
     fn one_million_keys_never_trip_the_gate() {
-        use crate::products::contract::{KeyPeriod, Secret};
+        use crate::config::secret::Secret;
+        use crate::products::contract::KeyPeriod;
         use crate::products::pseudonym::Pseudonymizer;
         let secret: Vec<u8> = (0..32).map(|i| (i * 37 + 11) as u8).collect();
         let p = Pseudonymizer::new(&Secret::new(secret), KeyPeriod::Month).unwrap();

@@ -7,8 +7,6 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::schema::hex;
-
 /// Version of the manifest's own layout.
 pub const MANIFEST_VERSION: u32 = 1;
 
@@ -22,7 +20,7 @@ pub enum ManifestError {
 
 /// SHA-256 hex of bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// The delivery id of a product version.

@@ -6,8 +6,6 @@
 //! [`dictionary`], released under `products/<partner>/<daily|monthly>/`; [`highlights`] feed the
 //! partner e-mail; [`alert`]s are raised when the gate or the reconciliation holds a file.
 
-pub mod alert;
-pub mod command;
 pub mod contract;
 pub mod curated;
 pub mod daily;
@@ -25,8 +23,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Months, NaiveDate, SecondsFormat, Utc};
 
-use self::alert::Alert;
-use self::contract::{Contract, ContractError, Format, KeyPeriod, ProductKind};
+use self::contract::{Contract, ContractError, Format, KeyPeriod};
 use self::curated::Curated;
 use self::daily::DailyError;
 use self::gate::{GateError, GateTarget};
@@ -36,6 +33,8 @@ use self::pseudonym::{PseudonymError, Pseudonymizer};
 use self::reconcile::ReconcileError;
 use self::schema::SchemaError;
 use self::write::WriteError;
+use crate::events::Alert;
+use crate::events::ProductKind;
 
 /// A product could not be built or was held.
 #[derive(Debug, thiserror::Error)]

@@ -11,8 +11,8 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::contract::{KeyPeriod, Secret};
-use super::schema::hex;
+use super::contract::KeyPeriod;
+use crate::config::secret::Secret;
 
 /// The key could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +70,7 @@ impl Pseudonymizer {
             m.update(p.as_bytes());
         }
         let digest = m.finalize().into_bytes();
-        hex(&digest[..8])
+        hex::encode(&digest[..8])
     }
 }
 

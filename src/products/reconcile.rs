@@ -9,11 +9,11 @@
 
 use chrono::NaiveDate;
 
-use super::alert::{Alert, Severity};
 use super::contract::Contract;
 use super::curated::{Curated, Status};
 use super::daily::{DailyError, day_lines};
 use super::monthly::MonthlyTable;
+use crate::events::{Alert, Severity};
 
 /// The reconciliation failed or did not hold.
 #[derive(Debug, thiserror::Error)]

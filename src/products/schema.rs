@@ -13,7 +13,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use sha2::{Digest, Sha256};
 
-use super::contract::ProductKind;
+use crate::events::ProductKind;
 
 /// A product's rows do not fit its schema.
 #[derive(Debug, thiserror::Error)]
@@ -440,7 +440,7 @@ impl ProductSchema {
         for c in self.columns {
             h.update(format!("{}:{}:{}\n", c.name, c.ty.name(), c.nullable).as_bytes());
         }
-        hex(&h.finalize())
+        hex::encode(h.finalize())
     }
 
     /// Builds a record batch from rows of cells in column order.
@@ -522,17 +522,6 @@ fn build_column<'a>(
             Arc::new(b.finish())
         }
     })
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
 }
 
 #[cfg(test)]

@@ -1,34 +1,18 @@
-//! The service roles and their shared machinery: a [`Role`] handles the messages of its
-//! subscriptions (`[gcp.subscriptions.<role>]`), behind two front ends (pull and push), with one
-//! mapping of errors to ack, nack or dead letter ([`dispatch`]).
-//!
-//! The worker role (`datashare worker`):
-//! - [`objects`]: per raw object (`extracts-worker`): stage a part, read a marker, and publish
-//!   `BatchReady` once the batch is complete.
-//! - [`batch`]: per batch (`batches-worker`): claim, batch step, partner products, delivery
-//!   requests, done marker.
-//! - [`claim`]: claims with leases in the ops bucket.
-//! - [`deliver`]: `datashare deliver --sink <sftp|api|email>`, each sink's consumer (delivery
-//!   requests in, receipts and one `notify` out; `notify` in, the partner e-mail out).
-//! - [`pull`] and [`push`]: the streaming subscriber and the HTTP push endpoint; both map a
-//!   handler's [`Outcome`] to ack or nack.
-//! - [`command`]: `datashare worker` (and [`command::serve`], any role's main loop);
-//!   [`release`]: `datashare release`.
+//! The transport, shared by every role: a [`Role`] handles the messages of its subscriptions
+//! (`[gcp.subscriptions.<role>]`) behind two front ends, [`pull`] (the streaming subscriber,
+//! leases extended) and [`push`] (the HTTP endpoint Pub/Sub calls on Cloud Run), run by
+//! [`serve`] until SIGTERM; [`dispatch`] is the one mapping of a handler's result to ack, nack
+//! or dead letter. [`claim`]: claims with leases in the ops bucket; [`faults`]: injected faults
+//! (tests only). What the roles do is [`crate::pipeline`] and [`crate::alerting`].
 //!
 //! Errors decide what happens: transient → nack (Pub/Sub retries with backoff); permanent →
 //! one dead letter with `error_kind`, then ack.
 
-pub mod batch;
 pub mod claim;
-pub mod command;
-pub mod deliver;
 pub mod faults;
-pub mod names;
-pub mod objects;
 pub mod pull;
 pub mod push;
-pub mod release;
-pub mod schedules;
+pub mod serve;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -36,11 +20,9 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-use crate::clean::Schemas;
-use crate::config::{BATCHES_SUBSCRIPTION, Config, EXTRACTS_SUBSCRIPTION, SCHEDULES_SUBSCRIPTION};
+use crate::config::Config;
 use crate::events::{Alert, DeadLetter, ErrorKind, Incoming, Malformed};
-use crate::gcp::{Bus, Gcs, GcsError, PublishError};
-use crate::products::contract::Contract;
+use crate::gcp::{Bus, ClientError, Gcs, GcsError, PublishError};
 
 /// What the front end does with a message once the handler returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,14 +95,77 @@ pub enum Disposition {
     },
 }
 
+/// What every role holds: its name, the validated configuration, its clients, who this
+/// instance is and where its temporary files go.
+#[derive(Clone, Debug)]
+pub struct RoleContext {
+    /// The role's key in `[gcp.subscriptions]` (`worker`, `sftp`, `api`, `email`, `alert`).
+    pub role: &'static str,
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// Cloud Storage.
+    pub gcs: Gcs,
+    /// Publishers: the role's topics and its subscriptions' dead-letter topics.
+    pub bus: Bus,
+    /// Who this instance is, written into claims.
+    pub owner: String,
+    /// Where temporary files go.
+    pub tmp_root: PathBuf,
+}
+
+impl RoleContext {
+    /// Connects role `role`'s clients: Cloud Storage, and publishers to `topics` plus the
+    /// dead-letter topics of the role's subscriptions.
+    pub async fn connect(
+        role: &'static str,
+        config: Config,
+        topics: Vec<String>,
+    ) -> Result<RoleContext, ClientError> {
+        let gcs = Gcs::connect(config.emulators.storage.as_deref()).await?;
+        let mut all: Vec<&str> = topics.iter().map(String::as_str).collect();
+        all.extend(config.role_dead_letter_topics(role));
+        let bus = Bus::connect(
+            &config.gcp.project,
+            &all,
+            config.emulators.pubsub.as_deref(),
+        )
+        .await?;
+        Ok(RoleContext {
+            role,
+            config: Arc::new(config),
+            gcs,
+            bus,
+            owner: instance_owner(),
+            tmp_root: std::env::temp_dir(),
+        })
+    }
+
+    /// A fresh temporary folder for one message's files.
+    pub fn tempdir(&self) -> Result<tempfile::TempDir, HandleError> {
+        tempfile::Builder::new()
+            .prefix(&format!("datashare-{}-", self.role))
+            .tempdir_in(&self.tmp_root)
+            .map_err(|e| HandleError::local("temporary folder", e))
+    }
+
+    /// Publishes an alert to `alerts`.
+    pub async fn alert(&self, alert: &Alert) {
+        publish_alert(&self.config, &self.bus, alert).await;
+    }
+
+    /// Whether `subscription` is one of the role's.
+    pub fn consumes(&self, subscription: &str) -> bool {
+        self.config
+            .role_subscriptions(self.role)
+            .iter()
+            .any(|(s, _)| *s == subscription)
+    }
+}
+
 /// A service role: the messages of its subscriptions in, a [`Disposition`] or an error out.
 pub trait Role: Send + Sync + 'static {
-    /// Its key in `[gcp.subscriptions]` (`worker`, `sftp`, `api`, `email`, `alert`).
-    fn role(&self) -> &str;
-    /// The validated configuration.
-    fn config(&self) -> &Config;
-    /// Publishers (must include the dead-letter topics of the role's subscriptions).
-    fn bus(&self) -> &Bus;
+    /// Its name, configuration and clients.
+    fn context(&self) -> &RoleContext;
     /// Handles one message of one of its subscriptions.
     fn handle_message(
         &self,
@@ -131,9 +176,10 @@ pub trait Role: Send + Sync + 'static {
 
 /// Handles a message and decides: transient error → nack; permanent → one dead letter, ack.
 pub async fn dispatch<R: Role>(role: &R, subscription: &str, msg: &Incoming) -> Outcome {
+    let ctx = role.context();
     let span = tracing::info_span!(
         "message",
-        role = role.role(),
+        role = ctx.role,
         subscription,
         message_id = %msg.id,
         attempt = msg.delivery_attempt.unwrap_or(0),
@@ -159,7 +205,7 @@ pub async fn dispatch<R: Role>(role: &R, subscription: &str, msg: &Incoming) -> 
         match disposition {
             Disposition::Done => Outcome::Ack,
             Disposition::DeadLetter { kind, error } => {
-                dead_letter(role.config(), role.bus(), subscription, msg, kind, error).await
+                dead_letter(&ctx.config, &ctx.bus, subscription, msg, kind, error).await
             }
         }
     }
@@ -218,6 +264,22 @@ pub async fn publish_alert(cfg: &Config, bus: &Bus, alert: &Alert) {
     }
 }
 
+/// What a one-shot command that ran says about its work (the exit code: see [`crate::cli`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Everything asked was done.
+    Done,
+    /// It ran, and something it handled failed (reported on the way).
+    Failed,
+}
+
+impl Verdict {
+    /// `Done` when `ok`, else `Failed`.
+    pub fn of(ok: bool) -> Verdict {
+        if ok { Verdict::Done } else { Verdict::Failed }
+    }
+}
+
 /// A name for this instance, written into claims: revision or host, process id, random.
 pub fn instance_owner() -> String {
     format!(
@@ -229,139 +291,6 @@ pub fn instance_owner() -> String {
         rand::random::<u32>()
     )
 }
-
-/// Everything the handlers share: configuration, clients, schemas, contracts.
-#[derive(Clone, Debug)]
-pub struct Worker {
-    /// Validated configuration.
-    pub config: Arc<Config>,
-    /// Cloud Storage.
-    pub gcs: Gcs,
-    /// Publishers.
-    pub bus: Bus,
-    /// Table schemas.
-    pub schemas: Arc<Schemas>,
-    /// Partner contracts, their secrets checked at start-up.
-    pub contracts: Arc<Vec<Contract>>,
-    /// Who this instance is, written into claims.
-    pub owner: String,
-    /// Where temporary files go.
-    pub tmp_root: PathBuf,
-    /// Faults to inject (tests only; empty unless `DATASHARE_FAULTS` is set).
-    pub faults: faults::Faults,
-}
-
-/// The worker could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Table schemas are unusable.
-    #[error("table schemas: {0}")]
-    Schemas(String),
-    /// A partner contract (or its secret) is unusable.
-    #[error(transparent)]
-    Contract(#[from] crate::products::contract::ContractError),
-    /// A client could not be created.
-    #[error(transparent)]
-    Client(#[from] crate::gcp::ClientError),
-    /// `DATASHARE_FAULTS` is malformed.
-    #[error("{0}")]
-    Faults(String),
-}
-
-impl Worker {
-    /// Builds the worker: schemas, contracts (with their secrets), clients.
-    pub async fn start(config: Config) -> Result<Worker, StartError> {
-        let schemas = Schemas::builtin().map_err(|e| StartError::Schemas(e.to_string()))?;
-        config
-            .guardrails
-            .check_schemas(&schemas)
-            .map_err(StartError::Schemas)?;
-        let faults = faults::Faults::from_env().map_err(StartError::Faults)?;
-        let contracts = crate::products::contract::load_dir(&config.worker.partners_dir)?;
-        for c in &contracts {
-            // Fails now, naming the variable or file, rather than on the first batch.
-            c.hmac_secret()?;
-        }
-        let gcs = Gcs::connect(config.emulators.storage.as_deref()).await?;
-        let g = &config.gcp;
-        let mut topics: Vec<&str> = vec![
-            &g.topics.batches,
-            &g.topics.deliveries,
-            &g.topics.alerts,
-            &g.topics.schedules,
-        ];
-        topics.extend(config.role_dead_letter_topics(WORKER_ROLE));
-        let bus = Bus::connect(&g.project, &topics, config.emulators.pubsub.as_deref()).await?;
-        let owner = instance_owner();
-        tracing::info!(
-            owner = %owner,
-            partners = contracts.len(),
-            emulated = config.emulators.pubsub.is_some(),
-            "worker ready"
-        );
-        Ok(Worker {
-            config: Arc::new(config),
-            gcs,
-            bus,
-            schemas: Arc::new(schemas),
-            contracts: Arc::new(contracts),
-            owner,
-            tmp_root: std::env::temp_dir(),
-            faults,
-        })
-    }
-
-    /// Handles one message of a subscription and says whether to ack it.
-    pub async fn handle(&self, subscription: &str, msg: &Incoming) -> Outcome {
-        dispatch(self, subscription, msg).await
-    }
-
-    /// Publishes an alert to `alerts`.
-    pub async fn alert(&self, alert: &Alert) {
-        publish_alert(&self.config, &self.bus, alert).await;
-    }
-
-    /// A fresh temporary folder for one message's files.
-    pub(crate) fn tempdir(&self) -> Result<tempfile::TempDir, HandleError> {
-        tempfile::Builder::new()
-            .prefix("datashare-worker-")
-            .tempdir_in(&self.tmp_root)
-            .map_err(|e| HandleError::local("temporary folder", e))
-    }
-}
-
-impl Role for Worker {
-    fn role(&self) -> &str {
-        WORKER_ROLE
-    }
-
-    fn config(&self) -> &Config {
-        &self.config
-    }
-
-    fn bus(&self) -> &Bus {
-        &self.bus
-    }
-
-    async fn handle_message(
-        &self,
-        subscription: &str,
-        msg: &Incoming,
-    ) -> Result<Disposition, HandleError> {
-        match subscription {
-            // Boxed: the batch step's future is large, and callers may poll it on a small stack.
-            EXTRACTS_SUBSCRIPTION => Box::pin(self.handle_object(msg)).await,
-            BATCHES_SUBSCRIPTION => Box::pin(self.handle_batch(msg)).await,
-            SCHEDULES_SUBSCRIPTION => Box::pin(self.handle_schedule(msg)).await,
-            other => Err(HandleError::Transient(format!(
-                "the worker does not consume subscription {other}"
-            ))),
-        }
-    }
-}
-
-/// The worker's key in `[gcp.subscriptions]`.
-pub const WORKER_ROLE: &str = "worker";
 
 /// Runs CPU-heavy work off the async runtime.
 pub(crate) async fn blocking<T: Send + 'static>(

@@ -31,10 +31,10 @@ pub fn incoming(m: &Message, delivery_attempt: Option<i32>) -> Incoming {
 /// Pulls every subscription of the role until `stop` turns true, then waits for in-flight
 /// handlers.
 pub async fn run<R: Role>(role: Arc<R>, stop: watch::Receiver<bool>) -> Result<(), ClientError> {
-    let config = role.config();
+    let config = &role.context().config;
     let client = crate::gcp::pubsub::subscriber(config.emulators.pubsub.as_deref()).await?;
     let mut tasks = JoinSet::new();
-    for (sub, _) in config.role_subscriptions(role.role()) {
+    for (sub, _) in config.role_subscriptions(role.context().role) {
         let stream = client
             .subscribe(config.subscription_path(sub))
             .set_max_outstanding_messages(config.worker.max_concurrent_messages as i64)
@@ -55,7 +55,7 @@ async fn consume<R: Role>(
 ) {
     let token = stream.shutdown_token();
     let mut handlers = JoinSet::new();
-    tracing::info!(subscription, role = role.role(), "pulling");
+    tracing::info!(subscription, role = role.context().role, "pulling");
     loop {
         tokio::select! {
             _ = stopped(&mut stop) => break,

@@ -130,7 +130,11 @@ async fn on_push<R: Role>(State(route): State<Route<R>>, body: Bytes) -> StatusC
 /// A role's HTTP routes: one push path per subscription (or group), and `/healthz`.
 pub fn router<R: Role>(role: Arc<R>) -> Router {
     let mut paths: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (sub, path) in role.config().role_subscriptions(role.role()) {
+    for (sub, path) in role
+        .context()
+        .config
+        .role_subscriptions(role.context().role)
+    {
         paths
             .entry(path.to_string())
             .or_default()

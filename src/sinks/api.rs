@@ -13,41 +13,12 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::multipart::{Form, Part};
 use reqwest::{RequestBuilder, StatusCode};
 
-use super::{Delivery, Receipt, ReceiptFile, Sink, SinkError};
-use crate::products::contract::{self, ApiAuth, Secret};
+use super::{Delivery, Sink, SinkError, receipt};
+use crate::config::secret::{Secret, SecretRef};
+use crate::config::sinks::{ApiAuth, ApiConfig, ApiOptions};
+use crate::events::{Receipt, ReceiptFile};
 
 const SINK: &str = "api";
-
-/// Timeouts and retry bounds of the API sink (`[sinks.api]` in the configuration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ApiOptions {
-    /// TCP and TLS connect timeout.
-    pub connect_timeout_secs: u64,
-    /// Timeout of one whole request (upload and answer).
-    pub request_timeout_secs: u64,
-    /// Attempts within one delivery before giving the message back to Pub/Sub.
-    pub max_attempts: u32,
-    /// First backoff; doubles each attempt.
-    pub initial_backoff_ms: u64,
-    /// Largest backoff, and largest `Retry-After` honoured in-process.
-    pub max_backoff_ms: u64,
-    /// Time budget of one delivery's retries (keep it under the push request's timeout).
-    pub retry_budget_secs: u64,
-}
-
-impl Default for ApiOptions {
-    fn default() -> Self {
-        ApiOptions {
-            connect_timeout_secs: 10,
-            request_timeout_secs: 120,
-            max_attempts: 5,
-            initial_backoff_ms: 500,
-            max_backoff_ms: 30_000,
-            retry_budget_secs: 150,
-        }
-    }
-}
 
 enum Credentials {
     Basic { user: String, password: Secret },
@@ -88,14 +59,9 @@ fn secret_text(s: &Secret) -> Result<&str, SinkError> {
 
 impl ApiSink {
     /// Builds the sink from a contract's settings, reading its credentials and CA file.
-    pub fn new(
-        partner: &str,
-        c: &contract::ApiSink,
-        options: &ApiOptions,
-    ) -> Result<ApiSink, SinkError> {
-        let read = |r: &contract::SecretRef, what: &str| {
-            r.read(partner, what).map_err(|e| config(e.to_string()))
-        };
+    pub fn new(partner: &str, c: &ApiConfig, options: &ApiOptions) -> Result<ApiSink, SinkError> {
+        let read =
+            |r: &SecretRef, what: &str| r.read(partner, what).map_err(|e| config(e.to_string()));
         let credentials = match &c.auth {
             ApiAuth::Basic { user, password } => Credentials::Basic {
                 user: user.clone(),
@@ -349,7 +315,7 @@ impl Sink for ApiSink {
                 sha256: lf.sha256.clone(),
             })
             .collect();
-        Ok(Receipt::new(SINK, d, files, already_present))
+        Ok(receipt(SINK, d, files, already_present))
     }
 
     async fn check(&self) -> Result<(), SinkError> {

@@ -7,7 +7,6 @@
 //! attached when the caller sets [`Delivery::new_dictionary`] (first delivery, schema change).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use lettre::message::header::ContentType;
@@ -17,58 +16,14 @@ use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsPar
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 
-use super::{Delivery, Receipt, ReceiptFile, Sink, SinkError};
-use crate::products::contract::{self, Contract, ProductKind, SecretRef};
+use super::{Delivery, Sink, SinkError, receipt};
+use crate::config::sinks::{EmailConfig, SmtpSettings, SmtpTls};
+use crate::events::ProductKind;
+use crate::events::{Receipt, ReceiptFile};
+use crate::products::contract::Contract;
 use crate::products::highlights::number;
 
 const SINK: &str = "email";
-
-/// How the connection to the SMTP relay is encrypted (never in clear text).
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum SmtpTls {
-    /// Plain connection upgraded with STARTTLS, required (port 587).
-    #[default]
-    Starttls,
-    /// TLS from the first byte (port 465).
-    Implicit,
-}
-
-/// The service's SMTP relay (not part of a partner contract).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct SmtpSettings {
-    /// Relay host name (checked against its certificate).
-    pub host: String,
-    /// Relay port.
-    #[serde(default = "default_port")]
-    pub port: u16,
-    /// STARTTLS or implicit TLS.
-    #[serde(default)]
-    pub tls: SmtpTls,
-    /// Sender, e.g. `datashare <dados@datashare.example>`.
-    pub from: String,
-    /// Login, when the relay wants one.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Password reference (with `user`).
-    #[serde(default)]
-    pub password: Option<SecretRef>,
-    /// A CA bundle to trust instead of the system's (a relay with a private certificate).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Timeout of each SMTP command.
-    #[serde(default = "default_timeout_secs")]
-    pub timeout_secs: u64,
-}
-
-fn default_port() -> u16 {
-    587
-}
-
-fn default_timeout_secs() -> u64 {
-    30
-}
 
 /// Sends the partner e-mail.
 pub struct EmailSink {
@@ -140,7 +95,7 @@ impl EmailSink {
     /// Builds the sink for a contract: its contacts, reply-to, and the relay's settings.
     pub fn new(
         contract: &Contract,
-        c: &contract::EmailSink,
+        c: &EmailConfig,
         smtp: &SmtpSettings,
     ) -> Result<EmailSink, SinkError> {
         let transport = smtp_transport(smtp).map_err(config)?;
@@ -277,7 +232,7 @@ impl Sink for EmailSink {
                 sha256: f.data.sha256.clone(),
             })
             .collect();
-        let mut r = Receipt::new(SINK, d, files, false);
+        let mut r = receipt(SINK, d, files, false);
         r.reference = Some(message_id(&d.delivery_id));
         Ok(r)
     }

@@ -21,14 +21,15 @@ use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use crate::products::contract::{Contract, ProductKind, SinkConfig};
-use crate::products::schema::hex;
-use crate::products::{Released, manifest};
+use crate::config::sinks::{SinkConfig, SinkSettings};
+use crate::events::{ErrorKind, ProductKind, Receipt, ReceiptFile};
+use crate::products::Released;
+use crate::products::contract::Contract;
 
 pub use receipts::{GcsReceipts, LocalReceipts, ReceiptError, ReceiptStore};
 
@@ -203,12 +204,7 @@ fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
         h.update(&buf[..k]);
         n += k as u64;
     }
-    Ok((n, hex(&h.finalize())))
-}
-
-/// SHA-256 hex of bytes (the same function the manifests use).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    manifest::sha256_hex(bytes)
+    Ok((n, hex::encode(h.finalize())))
 }
 
 /// True when an error chain holds a TLS certificate the client refused (unknown issuer,
@@ -232,57 +228,23 @@ pub fn is_untrusted_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A file as the sink left it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReceiptFile {
-    /// File name.
-    pub name: String,
-    /// Where it is now (`sftp://host/path`, the API URL, `mailto:` recipients).
-    pub location: String,
-    /// Size in bytes.
-    pub bytes: u64,
-    /// SHA-256 hex.
-    pub sha256: String,
-}
-
-/// Proof that a sink delivered a product version: stored, then sent on to the e-mail sink.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Receipt {
-    /// Sink name (`sftp`, `api`, `email`).
-    pub sink: String,
-    /// The delivery id.
-    pub delivery_id: String,
-    /// Partner.
-    pub partner: String,
-    /// Product.
-    pub product: ProductKind,
-    /// Period.
-    pub period: String,
-    /// The files delivered (data and manifests).
-    pub files: Vec<ReceiptFile>,
-    /// True when the destination already had the content (nothing was sent this time).
-    pub already_present: bool,
-    /// A reference from the destination (the e-mail's `Message-ID`), when there is one.
-    #[serde(default)]
-    pub reference: Option<String>,
-    /// When the sink finished.
-    pub delivered_at: DateTime<Utc>,
-}
-
-impl Receipt {
-    /// Starts a receipt for a delivery, delivered now.
-    pub fn new(sink: &str, d: &Delivery, files: Vec<ReceiptFile>, already_present: bool) -> Self {
-        Receipt {
-            sink: sink.to_string(),
-            delivery_id: d.delivery_id.clone(),
-            partner: d.partner.clone(),
-            product: d.product,
-            period: d.period.clone(),
-            files,
-            already_present,
-            reference: None,
-            delivered_at: Utc::now(),
-        }
+/// Starts a receipt for a delivery, delivered now.
+pub fn receipt(
+    sink: &str,
+    d: &Delivery,
+    files: Vec<ReceiptFile>,
+    already_present: bool,
+) -> Receipt {
+    Receipt {
+        sink: sink.to_string(),
+        delivery_id: d.delivery_id.clone(),
+        partner: d.partner.clone(),
+        product: d.product,
+        period: d.period.clone(),
+        files,
+        already_present,
+        reference: None,
+        delivered_at: Utc::now(),
     }
 }
 
@@ -361,16 +323,30 @@ impl SinkError {
         }
     }
 
-    /// The dead-letter `error_kind` attribute.
+    /// The dead-letter `error_kind` of a permanent error; `None` for a transient one (nack).
+    pub fn error_kind(&self) -> Option<ErrorKind> {
+        if self.is_transient() {
+            return None;
+        }
+        Some(self.class())
+    }
+
+    /// The kind as an attribute value: the dead letter's `error_kind`, or `transient`.
     pub fn kind(&self) -> &'static str {
         match self {
-            SinkError::Config { .. } => "sink_config",
-            SinkError::HostKey { .. } => "host_key",
-            SinkError::Auth { .. } => "sink_auth",
-            SinkError::Rejected { .. } => "partner_rejected",
-            SinkError::Invalid { .. } => "invalid_delivery",
             SinkError::Transient { .. } => "transient",
-            SinkError::Receipts { .. } => "receipts",
+            _ => self.class().as_str(),
+        }
+    }
+
+    fn class(&self) -> ErrorKind {
+        match self {
+            SinkError::Config { .. } => ErrorKind::SinkConfig,
+            SinkError::HostKey { .. } => ErrorKind::HostKey,
+            SinkError::Auth { .. } => ErrorKind::SinkAuth,
+            SinkError::Rejected { .. } => ErrorKind::PartnerRejected,
+            SinkError::Invalid { .. } => ErrorKind::InvalidDelivery,
+            SinkError::Receipts { .. } | SinkError::Transient { .. } => ErrorKind::Receipts,
         }
     }
 
@@ -453,17 +429,6 @@ pub async fn deliver_once<S: Sink, R: ReceiptStore>(
     .await
 }
 
-/// Settings that are not in a partner contract: the service's SMTP relay and timeouts.
-#[derive(Debug, Clone, Default)]
-pub struct SinkSettings {
-    /// The SMTP relay used for partner e-mails (required when a contract has an email sink).
-    pub smtp: Option<email::SmtpSettings>,
-    /// SFTP timeouts.
-    pub sftp: sftp::SftpOptions,
-    /// API timeouts and retry bounds.
-    pub api: api::ApiOptions,
-}
-
 /// Any sink, built from a contract's closed [`SinkConfig`] enum.
 #[derive(Debug)]
 pub enum AnySink {
@@ -532,6 +497,26 @@ impl Sink for AnySink {
 mod tests {
     use super::*;
 
+    #[test]
+    fn permanent_sink_errors_keep_their_kind() {
+        let e = SinkError::Rejected {
+            sink: "api",
+            message: "http 400".into(),
+        };
+        let k = e.error_kind().unwrap();
+        assert_eq!(k.as_str(), e.kind());
+        let e = SinkError::HostKey {
+            sink: "sftp",
+            message: "changed".into(),
+        };
+        assert_eq!(e.error_kind().unwrap().as_str(), "host_key");
+        let t = SinkError::Transient {
+            sink: "sftp",
+            message: "refused".into(),
+        };
+        assert_eq!(t.error_kind(), None);
+    }
+
     fn delivery() -> Delivery {
         let f = |name: &str| LocalFile {
             name: name.into(),
@@ -592,7 +577,7 @@ mod tests {
 
     #[test]
     fn receipts_round_trip_as_json() {
-        let r = Receipt::new("sftp", &delivery(), vec![], false);
+        let r = receipt("sftp", &delivery(), vec![], false);
         let back: Receipt = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
     }

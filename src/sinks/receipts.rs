@@ -235,7 +235,7 @@ pub(crate) fn rand_u32() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::products::contract::ProductKind;
+    use crate::events::ProductKind;
 
     fn receipt(sink: &str, already_present: bool) -> Receipt {
         Receipt {

@@ -18,33 +18,16 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use sha2::{Digest, Sha256};
 use ssh2::{ErrorCode, MethodType, Session, Sftp};
 
-use super::{Delivery, LocalFile, Receipt, ReceiptFile, Sink, SinkError};
-use crate::products::contract::{self, Secret};
+use super::{Delivery, LocalFile, Sink, SinkError, receipt};
+use crate::config::secret::{Secret, SecretRef};
+use crate::config::sinks::{SftpConfig, SftpOptions};
+use crate::events::{Receipt, ReceiptFile};
 
 const SINK: &str = "sftp";
 const FX_NO_SUCH_FILE: i32 = 2;
 const FX_PERMISSION_DENIED: i32 = 3;
 const FX_WRITE_PROTECT: i32 = 12;
 const FX_NO_SUCH_PATH: i32 = 10;
-
-/// Timeouts of the SFTP sink (`[sinks.sftp]` in the configuration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SftpOptions {
-    /// TCP connect timeout.
-    pub connect_timeout_secs: u64,
-    /// Timeout of each SSH/SFTP operation once connected.
-    pub io_timeout_secs: u64,
-}
-
-impl Default for SftpOptions {
-    fn default() -> Self {
-        SftpOptions {
-            connect_timeout_secs: 10,
-            io_timeout_secs: 60,
-        }
-    }
-}
 
 /// The pinned host key of a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,10 +149,10 @@ impl SftpSink {
     /// Builds the sink from a contract's settings, reading the key and passphrase secrets.
     pub fn new(
         partner: &str,
-        c: &contract::SftpSink,
+        c: &SftpConfig,
         options: &SftpOptions,
     ) -> Result<SftpSink, SinkError> {
-        let secret = |r: &contract::SecretRef, what: &str| {
+        let secret = |r: &SecretRef, what: &str| {
             r.read(partner, what).map_err(|e| SinkError::Config {
                 sink: SINK,
                 message: e.to_string(),
@@ -400,7 +383,7 @@ impl Inner {
             }
         }
         let _ = session.disconnect(None, "delivery done", None);
-        Ok(Receipt::new(SINK, d, files, all_present))
+        Ok(receipt(SINK, d, files, all_present))
     }
 }
 

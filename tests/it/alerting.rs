@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use datashare::alerting::dead_letters::archive_object;
 use datashare::alerting::state::{State, state_object};
 use datashare::alerting::{Alerting, dead_letter_fingerprint};
+use datashare::config::sinks::SmtpTls;
 use datashare::events::{Alert, DeadLetter, ErrorKind, Incoming, Schedule, Severity};
 use datashare::gcp::{Bus, Gcs};
 use datashare::service::pull;
-use datashare::sinks::email::SmtpTls;
 use serde_json::Value;
 use tokio::sync::watch;
 

@@ -6,9 +6,10 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use datashare::config::secret::SecretRef;
+use datashare::config::sinks::ApiAuth;
+use datashare::config::sinks::SmtpTls;
 use datashare::events::alert::Alert;
-use datashare::products::contract::{ApiAuth, SecretRef};
-use datashare::sinks::email::SmtpTls;
 
 use crate::datashare_cmd;
 use crate::sinks::{api_env, capture_logs, random_hex, sftp_env, smtp_env};

@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use datashare::config::Config;
+use datashare::config::sinks::SmtpTls;
+use datashare::config::sinks::{ApiAuth, ApiConfig, SftpConfig};
 use datashare::events::{DeliveryRequest, Incoming, Notify, Outgoing};
 use datashare::gcp::{Bus, Gcs};
-use datashare::products::contract::{ApiAuth, SftpSink};
+use datashare::pipeline::Worker;
+use datashare::pipeline::deliver::Deliver;
 use datashare::products::manifest::sha256_hex;
 use datashare::service::claim::{self, Claim};
-use datashare::service::deliver::Deliver;
-use datashare::service::{Worker, pull, push};
-use datashare::sinks::email::SmtpTls;
+use datashare::service::{pull, push};
 use datashare::sinks::{GcsReceipts, ReceiptStore};
 use datashare::telemetry;
 use serde_json::Value;
@@ -46,13 +47,13 @@ async fn start() -> Running {
 }
 
 /// Starts everything; `tweak` may change the SFTP settings written into the contract.
-async fn start_with(tweak: impl FnOnce(&Path, &mut SftpSink), sinks: &[&str]) -> Running {
+async fn start_with(tweak: impl FnOnce(&Path, &mut SftpConfig), sinks: &[&str]) -> Running {
     start_full(tweak, sinks, false).await
 }
 
 /// Starts everything; with `push`, the sinks serve the emulator's push subscriptions.
 async fn start_full(
-    tweak: impl FnOnce(&Path, &mut SftpSink),
+    tweak: impl FnOnce(&Path, &mut SftpConfig),
     sinks: &[&str],
     push: bool,
 ) -> Running {
@@ -656,19 +657,19 @@ async fn a_notify_claim_left_by_a_crashed_instance_is_taken_over_once_its_lease_
 async fn a_misconfigured_sink_stops_the_role_at_start_up() {
     let work = tempfile::tempdir().unwrap();
     let key = work.path().join("missing-key");
-    let sftp = SftpSink {
+    let sftp = SftpConfig {
         host: "127.0.0.1".into(),
         port: 22,
         user: "datashare".into(),
         root: "/upload".into(),
         host_key: "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
-        private_key: datashare::products::contract::SecretRef {
+        private_key: datashare::config::secret::SecretRef {
             env: None,
             file: Some(key),
         },
         passphrase: None,
     };
-    let api = datashare::products::contract::ApiSink {
+    let api = ApiConfig {
         base_url: "https://127.0.0.1:9/v1/".into(),
         auth: ApiAuth::Basic {
             user: "datashare".into(),

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{Days, NaiveDate};
-use datashare::clean::guardrails::{Limit, Share};
 use datashare::clean::{QualityReport, TableReport};
 use datashare::config::Config;
+use datashare::config::guardrails::{Limit, Share};
 use datashare::events::{Alert, DeliveryRequest, Incoming, Severity};
 use datashare::gcp::Gcs;
-use datashare::service::{Worker, names, pull};
+use datashare::pipeline::{Worker, names};
+use datashare::service::pull;
 use serde_json::Value;
 use tokio::sync::watch;
 

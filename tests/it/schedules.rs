@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use datashare::events::{Alert, BatchReady, DeliveryRequest, Schedule};
-use datashare::service::schedules::{BATCH_STALLED, MAX_TAKEOVERS};
-use datashare::service::{Worker, names, pull, release};
+use datashare::pipeline::schedules::{BATCH_STALLED, MAX_TAKEOVERS};
+use datashare::pipeline::{Worker, names, release};
+use datashare::service::pull;
 use tokio::sync::watch;
 
 use crate::worker::{Stack, current_batch, partners, publisher, until, upload_day};

@@ -14,16 +14,19 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use datashare::products::contract::{
-    self, ApiAuth, Contact, Contract, ProductKind, SecretRef, SinkConfig,
+use datashare::config::secret::SecretRef;
+use datashare::config::sinks::{
+    ApiAuth, ApiConfig, ApiOptions, EmailConfig, SftpConfig, SftpOptions, SinkConfig, SinkSettings,
+    SmtpSettings, SmtpTls,
 };
-use datashare::products::manifest::{self, MANIFEST_VERSION, Manifest};
-use datashare::sinks::api::{ApiOptions, ApiSink};
-use datashare::sinks::email::{EmailSink, SmtpSettings, SmtpTls};
-use datashare::sinks::sftp::{SftpOptions, SftpSink, fingerprint};
+use datashare::events::{ProductKind, Receipt, ReceiptFile};
+use datashare::products::contract::{self, Contact, Contract};
+use datashare::products::manifest::{self, MANIFEST_VERSION, Manifest, sha256_hex};
+use datashare::sinks::api::ApiSink;
+use datashare::sinks::email::EmailSink;
+use datashare::sinks::sftp::{SftpSink, fingerprint};
 use datashare::sinks::{
-    AnySink, Delivery, DeliveryFile, LocalFile, LocalReceipts, Receipt, Sink, SinkError,
-    SinkSettings, deliver_once, sha256_hex,
+    AnySink, Delivery, DeliveryFile, LocalFile, LocalReceipts, Sink, SinkError, deliver_once,
 };
 use serde_json::Value;
 
@@ -364,7 +367,7 @@ async fn sink_contract<S: Sink>(mut h: Harness<S>, d: &Delivery, work: &Path) ->
 
 pub(crate) struct SftpEnv {
     pub(crate) server: Server,
-    pub(crate) config: contract::SftpSink,
+    pub(crate) config: SftpConfig,
     pub(crate) secrets: Vec<String>,
 }
 
@@ -380,7 +383,7 @@ pub(crate) fn sftp_env(work: &Path) -> SftpEnv {
         &[],
     );
     let key_text = std::fs::read_to_string(&key).unwrap();
-    let config = contract::SftpSink {
+    let config = SftpConfig {
         host: "127.0.0.1".into(),
         port: server.port(),
         user: server.field("user"),
@@ -445,7 +448,7 @@ async fn sftp_sink_passes_the_contract() {
     let d = delivery(work.path(), "ouchhungry");
     let upload = PathBuf::from(env.server.field("upload"));
     let (other_key, _) = ssh_keygen(work.path(), "not_authorized", "");
-    let refused = contract::SftpSink {
+    let refused = SftpConfig {
         private_key: SecretRef {
             env: None,
             file: Some(other_key),
@@ -493,7 +496,7 @@ async fn sftp_refuses_a_host_key_that_is_not_pinned() {
 
     // The real key by fingerprint works.
     let blob = base64_blob(&env.config.host_key);
-    let by_fingerprint = contract::SftpSink {
+    let by_fingerprint = SftpConfig {
         host_key: fingerprint(&blob),
         ..env.config.clone()
     };
@@ -525,7 +528,7 @@ async fn sftp_refuses_a_host_key_that_is_not_pinned() {
     // Another key, as a line or as a fingerprint: refused before authenticating, permanently.
     let (_, other) = ssh_keygen(work.path(), "other_host", "");
     for pin in [other.clone(), fingerprint(&base64_blob(&other))] {
-        let wrong = contract::SftpSink {
+        let wrong = SftpConfig {
             host_key: pin,
             ..env.config.clone()
         };
@@ -562,7 +565,7 @@ fn base64_blob(line: &str) -> Vec<u8> {
 pub(crate) struct ApiEnv {
     pub(crate) server: Server,
     pub(crate) state: PathBuf,
-    pub(crate) config: contract::ApiSink,
+    pub(crate) config: ApiConfig,
     pub(crate) password: String,
 }
 
@@ -578,7 +581,7 @@ pub(crate) fn api_env(work: &Path) -> ApiEnv {
             ("PARTNER_API_PASSWORD", password.as_str()),
         ],
     );
-    let config = contract::ApiSink {
+    let config = ApiConfig {
         base_url: format!("{}/v1/", server.field("base_url")),
         auth: ApiAuth::Basic {
             user: "datashare".into(),
@@ -644,7 +647,7 @@ async fn api_sink_passes_the_contract() {
     let work = tempfile::tempdir().unwrap();
     let env = api_env(work.path());
     let d = delivery(work.path(), "ouchhungry");
-    let wrong = contract::ApiSink {
+    let wrong = ApiConfig {
         auth: ApiAuth::Basic {
             user: "datashare".into(),
             password: secret_file(work.path(), "wrong", &random_hex(16)),
@@ -766,7 +769,7 @@ async fn api_bearer_tokens_and_the_contract_built_sink() {
         &[],
         &[("PARTNER_API_TOKEN", &token)],
     );
-    let c = contract::ApiSink {
+    let c = ApiConfig {
         base_url: server.field("base_url"),
         auth: ApiAuth::Bearer {
             token: secret_file(work.path(), "token", &token),
@@ -787,7 +790,7 @@ async fn api_bearer_tokens_and_the_contract_built_sink() {
         .unwrap();
     assert_eq!(r.files.len(), 2);
     // Without the partner's CA its certificate is not trusted: a configuration problem.
-    let no_ca = contract::ApiSink {
+    let no_ca = ApiConfig {
         ca_file: None,
         ..c.clone()
     };
@@ -834,7 +837,7 @@ fn test_contract(sinks: Vec<SinkConfig>) -> Contract {
                 role: None,
             },
         ],
-        delivery: contract::Delivery {
+        delivery: contract::DeliveryTerms {
             deadline: "08:00".into(),
         },
     }
@@ -923,7 +926,7 @@ fn sftp_receipt(d: &Delivery) -> Receipt {
         .files
         .iter()
         .flat_map(|f| [&f.data, &f.manifest])
-        .map(|lf| datashare::sinks::ReceiptFile {
+        .map(|lf| ReceiptFile {
             name: lf.name.clone(),
             location: format!(
                 "sftp://sftp.ouchhungry.example/upload/ouchhungry/daily/{}",
@@ -933,7 +936,7 @@ fn sftp_receipt(d: &Delivery) -> Receipt {
             sha256: lf.sha256.clone(),
         })
         .collect();
-    Receipt::new("sftp", d, files, false)
+    datashare::sinks::receipt("sftp", d, files, false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -942,10 +945,10 @@ async fn email_sink_passes_the_contract() {
     let work = tempfile::tempdir().unwrap();
     let env = smtp_env(work.path(), SmtpTls::Starttls);
     let mail = PathBuf::from(env.server.field("mail"));
-    let contract = test_contract(vec![SinkConfig::Email(contract::EmailSink {
+    let contract = test_contract(vec![SinkConfig::Email(EmailConfig {
         reply_to: Some("dados@datashare.example".into()),
     })]);
-    let email_cfg = contract::EmailSink {
+    let email_cfg = EmailConfig {
         reply_to: Some("dados@datashare.example".into()),
     };
     let mut d = delivery(work.path(), "ouchhungry");
@@ -1039,7 +1042,7 @@ async fn email_over_implicit_tls_without_dictionary() {
     capture_logs();
     let work = tempfile::tempdir().unwrap();
     let env = smtp_env(work.path(), SmtpTls::Implicit);
-    let contract = test_contract(vec![SinkConfig::Email(contract::EmailSink::default())]);
+    let contract = test_contract(vec![SinkConfig::Email(EmailConfig::default())]);
     let settings = SinkSettings {
         smtp: Some(env.settings.clone()),
         ..SinkSettings::default()
@@ -1073,7 +1076,7 @@ async fn email_over_implicit_tls_without_dictionary() {
         )),
         ..env.settings.clone()
     };
-    let e = EmailSink::new(&contract, &contract::EmailSink::default(), &untrusted)
+    let e = EmailSink::new(&contract, &EmailConfig::default(), &untrusted)
         .unwrap()
         .check()
         .await
@@ -1083,11 +1086,7 @@ async fn email_over_implicit_tls_without_dictionary() {
 }
 
 /// The OuchHungry contract pointing at the local stand-ins, with throwaway secrets in files.
-pub(crate) fn local_contract(
-    work: &Path,
-    sftp: &datashare::products::contract::SftpSink,
-    api: &datashare::products::contract::ApiSink,
-) -> PathBuf {
+pub(crate) fn local_contract(work: &Path, sftp: &SftpConfig, api: &ApiConfig) -> PathBuf {
     let p = work.join("partners");
     std::fs::create_dir_all(&p).unwrap();
     let key = work.join("hmac-key");
@@ -1095,13 +1094,13 @@ pub(crate) fn local_contract(
     let text = crate::shipped_contract_with_hmac_file(&key);
     let head = &text[..text.find("[[sinks]]").unwrap()];
     let tail = &text[text.find("[[contacts]]").unwrap()..];
-    let file = |r: &datashare::products::contract::SecretRef| {
+    let file = |r: &SecretRef| {
         format!(
             "{{ file = {:?} }}",
             r.file.as_ref().unwrap().display().to_string()
         )
     };
-    let datashare::products::contract::ApiAuth::Basic { user, password } = &api.auth else {
+    let ApiAuth::Basic { user, password } = &api.auth else {
         panic!("the test API uses basic auth")
     };
     let sinks = format!(

@@ -18,9 +18,10 @@ use datashare::events::{
 };
 use datashare::gcp::{Bus, Gcs};
 use datashare::generate::{GenerateOptions, ObjectSink, ObjectWriter, generate_day};
+use datashare::pipeline::{Worker, names};
 use datashare::products::manifest::sha256_hex;
 use datashare::service::claim::{self, Claim};
-use datashare::service::{Outcome, Worker, names, pull, push};
+use datashare::service::{Outcome, pull, push};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};

@@ -1,31 +1,16 @@
-//! Subcommands that run locally on folders: `clean`.
-
-use std::path::PathBuf;
+//! The commands that work on local folders: `clean`, `bench clean`, `build`.
 
 use chrono::NaiveDate;
 
 use crate::clean::Schemas;
 use crate::clean::local::{marker_days, run_local_batch};
+use crate::products::{BuildOptions, Period, contract, monthly};
 
-/// Arguments of `datashare clean`.
-#[derive(Debug, clap::Args)]
-pub struct CleanArgs {
-    /// Folder laid out like the raw bucket (`extracts/...`).
-    #[arg(long)]
-    pub input: PathBuf,
-    /// Folder receiving `curated/`, `quarantine/` and `reports/`.
-    #[arg(long)]
-    pub output: PathBuf,
-    /// Batch day; every day with a marker when omitted.
-    #[arg(long)]
-    pub date: Option<NaiveDate>,
-    /// Table schemas to use instead of the built-in `config/tables.toml`.
-    #[arg(long)]
-    pub tables: Option<PathBuf>,
-}
+use super::{BenchArgs, BuildArgs, CleanArgs};
+use crate::service::Verdict;
 
-/// Runs `datashare clean`; returns false when a file or batch failed.
-pub fn clean(args: &CleanArgs) -> anyhow::Result<bool> {
+/// Runs `datashare clean`; `Failed` when a file or batch failed.
+pub fn clean(args: &CleanArgs) -> anyhow::Result<Verdict> {
     let schemas = match &args.tables {
         Some(p) => Schemas::load(p)?,
         None => Schemas::builtin()?,
@@ -70,35 +55,12 @@ pub fn clean(args: &CleanArgs) -> anyhow::Result<bool> {
         }
         println!("dt={dt} report: {}", batch.outputs.quality().display());
     }
-    Ok(ok)
-}
-
-/// Arguments of `datashare bench`.
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
-    /// What to measure (only `clean` for now).
-    #[arg(default_value = "clean")]
-    pub what: String,
-    /// Transaction rows of the generated batch.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub rows: u64,
-    /// Parts the transactions are split into.
-    #[arg(long, default_value_t = 1)]
-    pub parts: usize,
-    /// Share of rows with a defect.
-    #[arg(long, default_value_t = 0.01)]
-    pub defect_rate: f64,
-    /// Gzip the generated parts.
-    #[arg(long)]
-    pub gzip: bool,
-    /// Folder for the generated batch and the outputs (a temporary folder when omitted).
-    #[arg(long)]
-    pub dir: Option<PathBuf>,
+    Ok(Verdict::of(ok))
 }
 
 /// Runs `datashare bench clean`: generates one batch, then cleans it on one thread and reports
 /// rows/s, MB/s and peak RSS of the cleaning alone.
-pub fn bench(args: &BenchArgs) -> anyhow::Result<bool> {
+pub fn bench(args: &BenchArgs) -> anyhow::Result<Verdict> {
     use crate::generate::{GenerateOptions, LocalDirSink, generate_day};
     anyhow::ensure!(args.what == "clean", "only `datashare bench clean` exists");
     let tmp;
@@ -159,7 +121,39 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<bool> {
     if args.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    Ok(batch.failed_files().is_empty())
+    Ok(Verdict::of(batch.failed_files().is_empty()))
+}
+
+/// Runs `datashare build`: validates every contract, builds, prints the files and highlights.
+pub fn build(args: &BuildArgs) -> anyhow::Result<Verdict> {
+    let c = contract::find(&args.partners, &args.partner)?;
+    let period = match (&args.date, &args.month) {
+        (Some(d), None) => Period::Day(*d),
+        (None, Some(m)) => Period::Month(monthly::parse_month(m)?),
+        _ => anyhow::bail!("give exactly one of --date or --month"),
+    };
+    let opts = BuildOptions {
+        input: args.input.clone(),
+        output: args.output.clone(),
+        allow_missing_batches: args.allow_missing_batches,
+        built_at: chrono::Utc::now(),
+    };
+    let released = crate::products::build(&c, period, &opts)?;
+    for f in &released.files {
+        println!(
+            "{} rows={} bytes={} sha256={}",
+            f.path.display(),
+            f.rows,
+            f.bytes,
+            f.sha256
+        );
+    }
+    println!("dictionary {}", released.dictionary.display());
+    println!("delivery_id {}", released.delivery_id);
+    for h in &released.highlights {
+        println!("highlight {h}");
+    }
+    Ok(Verdict::Done)
 }
 
 fn dir_size(dir: &std::path::Path) -> std::io::Result<u64> {

@@ -12,21 +12,24 @@ use std::path::{Path, PathBuf};
 use chrono::{Days, NaiveDate, Utc};
 use futures::future::try_join_all;
 
-use super::claim::{self, Claim};
-use super::{Disposition, HandleError, Worker, blocking, names};
+use super::{Worker, names};
 use crate::clean::batch::{BatchOutputs, run_batch};
-use crate::clean::guardrails::{self, VOLUME_HISTORY};
+use crate::clean::guardrails;
 use crate::clean::stage::{PartSummary, StagedPaths};
 use crate::clean::{QualityReport, Schemas};
+use crate::config::guardrails::VOLUME_HISTORY;
+use crate::events::ProductKind;
 use crate::events::delivery::DELIVERY_REQUEST_VERSION;
+use crate::events::{Alert, Severity};
 use crate::events::{BatchReady, DeliveryFile, DeliveryRequest, FileDigest, Incoming, Schedule};
 use crate::extract::{Layout, classify};
-use crate::products::alert::{Alert, Severity};
-use crate::products::contract::{Contract, ProductKind};
+use crate::products::contract::Contract;
 use crate::products::daily::WINDOW_DAYS;
 use crate::products::manifest::sha256_hex;
 use crate::products::monthly::{self, first_day_of};
 use crate::products::{BuildError, BuildOptions, Period, Released, build};
+use crate::service::claim::{self, Claim};
+use crate::service::{Disposition, HandleError, blocking};
 
 /// How long a handler waits on a held batch claim before nacking.
 const HELD_CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);

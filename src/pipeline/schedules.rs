@@ -15,13 +15,14 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Days, Months, NaiveDate, TimeZone, Utc};
 use chrono_tz::America::Sao_Paulo;
 
-use super::claim::{self, Claim};
-use super::objects::ready_batch;
-use super::{Disposition, HandleError, Worker, batch::StepSummary, names};
+use super::stage::ready_batch;
+use super::{Worker, batch::StepSummary, names};
+use crate::events::ProductKind;
 use crate::events::{Alert, ErrorKind, Incoming, Schedule, Severity};
 use crate::products::Period;
-use crate::products::contract::ProductKind;
 use crate::products::monthly;
+use crate::service::claim::{self, Claim};
+use crate::service::{Disposition, HandleError};
 use crate::sinks::check::check_all;
 
 /// Kind of the alert raised for a day without a finished batch at its deadline.

@@ -8,23 +8,13 @@
 
 use chrono::NaiveDate;
 
-use super::HandleError;
-use super::objects::ready_batch;
+use super::stage::ready_batch;
 use crate::clean::Schemas;
 use crate::config::Config;
 use crate::events::BatchReady;
 use crate::gcp::{Bus, Gcs};
-
-/// Arguments of `datashare release`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ReleaseArgs {
-    /// The batch day to release.
-    #[arg(long)]
-    pub date: NaiveDate,
-    /// Configuration file instead of the built-in `config/default.toml`.
-    #[arg(long)]
-    pub config: Option<std::path::PathBuf>,
-}
+use crate::service::HandleError;
+use crate::service::Verdict;
 
 /// Publishes the release of batch `dt`; `None` when the batch is not settled yet.
 pub async fn release(
@@ -77,73 +67,56 @@ pub async fn replay_batches(
     Ok((done, skipped))
 }
 
-/// Runs `f` with the configuration, schemas, storage and a `batches` publisher, on a small
-/// runtime (the one-shot commands that publish batch steps).
-fn with_batch_clients<T>(
-    config: Option<&std::path::Path>,
-    f: impl AsyncFnOnce(&Gcs, &Bus, &Config, &Schemas) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let config = Config::load(config)?;
+/// Connects what the one-shot commands that publish batch steps need: the schemas, storage
+/// and a `batches` publisher.
+async fn batch_clients(config: &Config) -> anyhow::Result<(Gcs, Bus, Schemas)> {
     let schemas = Schemas::builtin()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let gcs = Gcs::connect(config.emulators.storage.as_deref()).await?;
-        let bus = Bus::connect(
-            &config.gcp.project,
-            &[config.gcp.topics.batches.as_str()],
-            config.emulators.pubsub.as_deref(),
-        )
-        .await?;
-        f(&gcs, &bus, &config, &schemas).await
-    })
+    let gcs = Gcs::connect(config.emulators.storage.as_deref()).await?;
+    let bus = Bus::connect(
+        &config.gcp.project,
+        &[config.gcp.topics.batches.as_str()],
+        config.emulators.pubsub.as_deref(),
+    )
+    .await?;
+    Ok((gcs, bus, schemas))
 }
 
 /// Runs `datashare replay --date D` or `--from D1 --to D2`.
-pub fn run_replay(
+pub async fn run_replay(
+    config: &Config,
     from: NaiveDate,
     to: NaiveDate,
-    config: Option<&std::path::Path>,
-) -> anyhow::Result<bool> {
-    anyhow::ensure!(from <= to, "--from {from} is after --to {to}");
-    with_batch_clients(config, async |gcs, bus, config, schemas| {
-        let (done, skipped) = replay_batches(gcs, bus, config, schemas, from, to).await?;
-        for (dt, id) in &done {
-            println!("replay of batch {dt} requested (message {id})");
-        }
-        for dt in &skipped {
-            eprintln!(
-                "batch {dt} is not settled (marker missing, or a listed file not uploaded or staged): skipped"
-            );
-        }
-        Ok(skipped.is_empty())
-    })
+) -> anyhow::Result<Verdict> {
+    let (gcs, bus, schemas) = batch_clients(config).await?;
+    let (done, skipped) = replay_batches(&gcs, &bus, config, &schemas, from, to).await?;
+    for (dt, id) in &done {
+        println!("replay of batch {dt} requested (message {id})");
+    }
+    for dt in &skipped {
+        eprintln!(
+            "batch {dt} is not settled (marker missing, or a listed file not uploaded or staged): skipped"
+        );
+    }
+    Ok(Verdict::of(skipped.is_empty()))
 }
 
-/// Runs `datashare release`.
-pub fn run(args: &ReleaseArgs) -> anyhow::Result<bool> {
-    with_batch_clients(
-        args.config.as_deref(),
-        async |gcs, bus, config, schemas| match release(gcs, bus, config, schemas, args.date)
-            .await?
-        {
-            Some((ready, id)) => {
-                println!(
-                    "released batch {} version {} (message {id})",
-                    ready.dt,
-                    ready.version()
-                );
-                Ok(true)
-            }
-            None => {
-                eprintln!(
-                    "batch {} is not settled (marker missing, or a listed file not uploaded or staged)",
-                    args.date
-                );
-                Ok(false)
-            }
-        },
-    )
+/// Runs `datashare release --date D`.
+pub async fn run_release(config: &Config, dt: NaiveDate) -> anyhow::Result<Verdict> {
+    let (gcs, bus, schemas) = batch_clients(config).await?;
+    match release(&gcs, &bus, config, &schemas, dt).await? {
+        Some((ready, id)) => {
+            println!(
+                "released batch {} version {} (message {id})",
+                ready.dt,
+                ready.version()
+            );
+            Ok(Verdict::Done)
+        }
+        None => {
+            eprintln!(
+                "batch {dt} is not settled (marker missing, or a listed file not uploaded or staged)"
+            );
+            Ok(Verdict::Failed)
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::fs::File;
 use chrono::NaiveDate;
 use futures::future::try_join_all;
 
-use super::{Disposition, HandleError, Worker, blocking, names};
+use super::{Worker, names};
 use crate::clean::Schemas;
 use crate::clean::stage::{PartSummary, StageError, StagedPaths, stage_part};
 use crate::clean::validators::today_sao_paulo;
@@ -19,6 +19,7 @@ use crate::events::{
 };
 use crate::extract::{Layout, Marker, classify};
 use crate::gcp::Gcs;
+use crate::service::{Disposition, HandleError, blocking};
 
 /// What staging one object generation came to.
 #[derive(Debug, Clone, PartialEq, Eq)]

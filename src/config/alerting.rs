@@ -6,8 +6,8 @@
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
-use crate::sinks::email::SmtpSettings;
+use super::ConfigError;
+use super::sinks::SmtpSettings;
 
 /// The `[alerting]` table.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -118,7 +118,7 @@ mod tests {
         .unwrap();
         let s = c.smtp.unwrap();
         assert_eq!((s.host.as_str(), s.port), ("smtp.example", 465));
-        assert_eq!(s.tls, crate::sinks::email::SmtpTls::Implicit);
+        assert_eq!(s.tls, crate::config::sinks::SmtpTls::Implicit);
         assert!(s.password.unwrap().file.is_some());
     }
 

@@ -1,0 +1,276 @@
+//! Step 3: `datashare deliver --sink <name>`, a sink's consumer.
+//!
+//! `sftp`, `api` (subscriptions `deliveries-<sink>`): a [`DeliveryRequest`] in; the files and
+//! manifests downloaded from the products bucket (sizes and SHA-256 checked), delivered once
+//! ([`deliver_once`] with receipts in the ops bucket), then the notify of step 4
+//! ([`super::notify`]) if this receipt completed the set. `email` (subscription `notify-email`)
+//! runs step 4's e-mail.
+//!
+//! Sinks are built for every contract at start-up, so a misconfigured sink stops the service
+//! before the first message. Transient sink errors nack; permanent ones dead-letter with the
+//! sink error's kind (`partner_rejected`, `host_key`, `sink_auth`, `sink_config`, ...).
+
+use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::path::Path;
+
+use crate::config::Config;
+use crate::events::ProductKind;
+use crate::events::{DeliveryRequest, ErrorKind, FileDigest, Incoming};
+use crate::products::contract::Contract;
+use crate::service::{Disposition, HandleError, Role, RoleContext};
+use crate::sinks::{
+    AnySink, Delivery, DeliveryFile, GcsReceipts, LocalFile, ReceiptError, ReceiptStore, SinkError,
+    deliver_once,
+};
+
+/// The sink names `datashare deliver --sink` accepts.
+pub const SINKS: [&str; 3] = ["sftp", "api", "email"];
+
+/// The deliver role could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverStartError {
+    /// Not a sink name.
+    #[error("unknown sink {0:?} (expected sftp, api or email)")]
+    UnknownSink(String),
+    /// The configuration has no subscription for this sink.
+    #[error("no [gcp.subscriptions.{0}] in the configuration")]
+    NoSubscription(String),
+    /// A partner contract is unusable.
+    #[error(transparent)]
+    Contract(#[from] crate::products::contract::ContractError),
+    /// A partner's sink is misconfigured (the message names the sink, never a secret).
+    #[error("partner {partner}: {error}")]
+    Sink {
+        /// The partner.
+        partner: String,
+        /// The cause (in the message, not a separate source, so it prints once).
+        error: SinkError,
+    },
+    /// A client could not be created.
+    #[error(transparent)]
+    Client(#[from] crate::gcp::ClientError),
+}
+
+/// One sink's consumer: its partners' sinks, receipts in the ops bucket, publishers.
+#[derive(Debug)]
+pub struct Deliver {
+    context: RoleContext,
+    pub(super) sink: &'static str,
+    pub(super) receipts: GcsReceipts,
+    pub(super) contracts: BTreeMap<String, Contract>,
+    sinks: BTreeMap<String, AnySink>,
+}
+
+impl Deref for Deliver {
+    type Target = RoleContext;
+    fn deref(&self) -> &RoleContext {
+        &self.context
+    }
+}
+
+impl Deliver {
+    /// Builds the consumer of sink `name`: every contract's sink of that kind, with its secrets.
+    pub async fn start(config: Config, name: &str) -> Result<Deliver, DeliverStartError> {
+        let sink = SINKS
+            .into_iter()
+            .find(|s| *s == name)
+            .ok_or_else(|| DeliverStartError::UnknownSink(name.to_string()))?;
+        if config.role_subscriptions(sink).is_empty() {
+            return Err(DeliverStartError::NoSubscription(sink.to_string()));
+        }
+        let settings = config.sink_settings();
+        let mut contracts = BTreeMap::new();
+        let mut sinks = BTreeMap::new();
+        for c in crate::products::contract::load_dir(&config.worker.partners_dir)? {
+            if let Some(sc) = c.sinks.iter().find(|s| s.name() == sink) {
+                let built =
+                    AnySink::build(&c, sc, &settings).map_err(|error| DeliverStartError::Sink {
+                        partner: c.name.clone(),
+                        error,
+                    })?;
+                sinks.insert(c.name.clone(), built);
+            }
+            contracts.insert(c.name.clone(), c);
+        }
+        let t = &config.gcp.topics;
+        let topics = vec![t.notify.clone(), t.alerts.clone()];
+        let context = RoleContext::connect(sink, config, topics).await?;
+        let receipts =
+            GcsReceipts::new(context.gcs.clone(), context.config.gcp.buckets.ops.clone());
+        tracing::info!(
+            sink,
+            partners = sinks.len(),
+            contracts = contracts.len(),
+            "deliver ready"
+        );
+        Ok(Deliver {
+            context,
+            sink,
+            receipts,
+            contracts,
+            sinks,
+        })
+    }
+
+    /// The receipts in the ops bucket.
+    pub fn receipts(&self) -> &GcsReceipts {
+        &self.receipts
+    }
+
+    pub(super) fn partner_sink(&self, partner: &str) -> Result<&AnySink, HandleError> {
+        self.sinks
+            .get(partner)
+            .ok_or_else(|| HandleError::Permanent {
+                kind: ErrorKind::UnknownPartner,
+                message: format!(
+                    "partner {partner:?} has no contract with a {} sink",
+                    self.sink
+                ),
+            })
+    }
+
+    /// A data sink's message: deliver once, then publish the notify if this completed the set.
+    pub(super) async fn handle_request(&self, msg: &Incoming) -> Result<Disposition, HandleError> {
+        let attr = format!("sink_{}", self.sink);
+        if msg.attributes.get(&attr).map(String::as_str) != Some("true") {
+            tracing::info!(attribute = %attr, "not for this sink, acknowledged");
+            return Ok(Disposition::Done);
+        }
+        let req = DeliveryRequest::parse(msg)?;
+        let sink = self.partner_sink(&req.partner)?;
+        let existing = self
+            .receipts
+            .get(&req.partner, self.sink, &req.delivery_id)
+            .await
+            .map_err(receipt_error)?;
+        if existing.is_some() {
+            tracing::info!(delivery_id = %req.delivery_id, "receipt exists, not delivering again");
+        } else {
+            let tmp = self.tempdir()?;
+            let delivery = self.download(&req, tmp.path()).await?;
+            deliver_once(sink, &self.receipts, &delivery)
+                .await
+                .map_err(sink_error)?;
+        }
+        self.notify_if_complete(&req).await?;
+        Ok(Disposition::Done)
+    }
+
+    /// Downloads a request's files and manifests into `dir` and describes them.
+    pub(super) async fn download(
+        &self,
+        req: &DeliveryRequest,
+        dir: &Path,
+    ) -> Result<Delivery, HandleError> {
+        let product = match req.product.as_str() {
+            "daily" => ProductKind::Daily,
+            "monthly" => ProductKind::Monthly,
+            other => {
+                return Err(HandleError::Permanent {
+                    kind: ErrorKind::InvalidDelivery,
+                    message: format!("unknown product {other:?}"),
+                });
+            }
+        };
+        let mut files = Vec::with_capacity(req.files.len());
+        for f in &req.files {
+            let mut data = self.download_file(&f.file, dir).await?;
+            data.name = f.name.clone();
+            let manifest = self.download_file(&f.manifest, dir).await?;
+            files.push(DeliveryFile { data, manifest });
+        }
+        // Sizes and SHA-256 against the request: `deliver_once` checks them (a mismatch is
+        // transient: a fresh download may fix it).
+        Ok(Delivery {
+            delivery_id: req.delivery_id.clone(),
+            partner: req.partner.clone(),
+            product,
+            period: req.period.clone(),
+            files,
+            new_dictionary: None,
+            upstream: Vec::new(),
+        })
+    }
+
+    /// Downloads one `gs://` object into `dir` under its last name segment.
+    pub(super) async fn download_file(
+        &self,
+        f: &FileDigest,
+        dir: &Path,
+    ) -> Result<LocalFile, HandleError> {
+        let invalid = |m: String| HandleError::Permanent {
+            kind: ErrorKind::InvalidDelivery,
+            message: m,
+        };
+        let (bucket, name) = f
+            .uri
+            .strip_prefix("gs://")
+            .and_then(|r| r.split_once('/'))
+            .ok_or_else(|| invalid(format!("{:?} is not a gs:// URI", f.uri)))?;
+        let file_name = name.rsplit('/').next().unwrap_or(name);
+        if file_name.is_empty() || file_name.starts_with('.') {
+            return Err(invalid(format!("{:?} has no file name", f.uri)));
+        }
+        let path = dir.join(file_name);
+        if self
+            .gcs
+            .download(bucket, name, None, &path)
+            .await?
+            .is_none()
+        {
+            return Err(HandleError::Transient(format!("{} not found", f.uri)));
+        }
+        Ok(LocalFile {
+            name: file_name.to_string(),
+            path,
+            bytes: f.bytes,
+            sha256: f.sha256.clone(),
+        })
+    }
+}
+
+pub(super) fn sink_error(e: SinkError) -> HandleError {
+    match e.error_kind() {
+        Some(kind) => HandleError::Permanent {
+            kind,
+            message: e.to_string(),
+        },
+        None => HandleError::Transient(e.to_string()),
+    }
+}
+
+pub(super) fn receipt_error(e: ReceiptError) -> HandleError {
+    if e.is_transient() {
+        HandleError::Transient(format!("receipts: {e}"))
+    } else {
+        HandleError::Permanent {
+            kind: ErrorKind::Receipts,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl Role for Deliver {
+    fn context(&self) -> &RoleContext {
+        &self.context
+    }
+
+    async fn handle_message(
+        &self,
+        subscription: &str,
+        msg: &Incoming,
+    ) -> Result<Disposition, HandleError> {
+        if !self.consumes(subscription) {
+            return Err(HandleError::Transient(format!(
+                "the {} sink does not consume subscription {subscription}",
+                self.sink
+            )));
+        }
+        if self.sink == "email" {
+            self.handle_notify(msg).await
+        } else {
+            self.handle_request(msg).await
+        }
+    }
+}

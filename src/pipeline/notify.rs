@@ -1,0 +1,144 @@
+//! Step 4: the partner e-mail. The data sink whose receipt completes a delivery's set publishes
+//! one [`Notify`] under a claim (`notify/<delivery id>`; the marker `notify/<delivery
+//! id>.published` acknowledges later redeliveries); the e-mail sink (`notify-email`) sends the
+//! partner e-mail once, with the data dictionary attached on the product's first delivery or a
+//! schema change (`dictionaries/<partner>/<product>/<schema fingerprint>` in the ops bucket).
+
+use std::time::Duration;
+
+use super::deliver::{Deliver, receipt_error, sink_error};
+use crate::events::{DeliveryRequest, Incoming, Notify};
+use crate::service::claim::{self, Claim};
+use crate::service::{Disposition, HandleError};
+use crate::sinks::{Delivery, ReceiptStore, deliver_once};
+
+/// How long a notify claim holds before a redelivery may take it over.
+pub const NOTIFY_LEASE: Duration = Duration::from_secs(60);
+
+impl Deliver {
+    /// Publishes one notify once every sink of the request has its receipt.
+    pub(super) async fn notify_if_complete(
+        &self,
+        req: &DeliveryRequest,
+    ) -> Result<(), HandleError> {
+        let Some(contract) = self.contracts.get(&req.partner) else {
+            return Ok(());
+        };
+        if !contract.sinks.iter().any(|s| s.name() == "email") {
+            tracing::info!(partner = %req.partner, "no email sink, no notify");
+            return Ok(());
+        }
+        let all = self
+            .receipts
+            .list(&req.partner, &req.delivery_id)
+            .await
+            .map_err(receipt_error)?;
+        let data: Vec<_> = all
+            .into_iter()
+            .filter(|r| req.sinks.contains(&r.sink))
+            .collect();
+        let missing: Vec<&String> = req
+            .sinks
+            .iter()
+            .filter(|s| !data.iter().any(|r| &r.sink == *s))
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(?missing, "waiting for other sinks before the notify");
+            return Ok(());
+        }
+        let ops = &self.config.gcp.buckets.ops;
+        let claim_name = format!("notify/{}", req.delivery_id);
+        let marker = format!("notify/{}.published", req.delivery_id);
+        if self.gcs.stat(ops, &marker).await?.is_some() {
+            tracing::info!("notify already published");
+            return Ok(());
+        }
+        match claim::take(&self.gcs, ops, &claim_name, &self.owner, NOTIFY_LEASE).await? {
+            Claim::Held { owner, until } => {
+                return Err(HandleError::Transient(format!(
+                    "notify claim held by {owner} until {until}"
+                )));
+            }
+            Claim::Taken { took_over, .. } => {
+                if took_over && self.gcs.stat(ops, &marker).await?.is_some() {
+                    return Ok(());
+                }
+            }
+        }
+        let notify = Notify::new(req, data);
+        let id = self
+            .bus
+            .publish(&self.config.gcp.topics.notify, notify.to_message())
+            .await?;
+        match self
+            .gcs
+            .write(ops, &marker, id.clone().into_bytes(), Some(0))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is_precondition_failed() => {}
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(message_id = %id, "notify published");
+        Ok(())
+    }
+
+    /// The e-mail sink's message.
+    pub(super) async fn handle_notify(&self, msg: &Incoming) -> Result<Disposition, HandleError> {
+        let n = Notify::parse(msg)?;
+        let sink = self.partner_sink(&n.partner)?;
+        let existing = self
+            .receipts
+            .get(&n.partner, self.sink, &n.delivery_id)
+            .await
+            .map_err(receipt_error)?;
+        if existing.is_some() {
+            tracing::info!(delivery_id = %n.delivery_id, "e-mail receipt exists, not sending again");
+            return Ok(Disposition::Done);
+        }
+        let tmp = self.tempdir()?;
+        let mut delivery = self.download(&n.request, tmp.path()).await?;
+        delivery.upstream = n.receipts.clone();
+        let dict = self
+            .download_file(&n.request.dictionary, tmp.path())
+            .await?;
+        let fingerprint = schema_fingerprint(&delivery).unwrap_or(dict.sha256.clone());
+        let ops = &self.config.gcp.buckets.ops;
+        let dict_marker = format!(
+            "dictionaries/{}/{}/{}",
+            n.partner, n.request.product, fingerprint
+        );
+        let first = self.gcs.stat(ops, &dict_marker).await?.is_none();
+        if first {
+            delivery.new_dictionary = Some(dict);
+        }
+        deliver_once(sink, &self.receipts, &delivery)
+            .await
+            .map_err(sink_error)?;
+        if first {
+            match self
+                .gcs
+                .write(
+                    ops,
+                    &dict_marker,
+                    n.delivery_id.clone().into_bytes(),
+                    Some(0),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_precondition_failed() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Disposition::Done)
+    }
+}
+
+/// The schema fingerprint of a delivery's first manifest.
+fn schema_fingerprint(d: &Delivery) -> Option<String> {
+    let bytes = std::fs::read(&d.files.first()?.manifest.path).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let fp = v.get("schema_fingerprint")?.as_str()?;
+    (!fp.is_empty() && fp.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| fp.to_string())
+}
