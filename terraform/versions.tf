@@ -22,5 +22,6 @@ provider "google" {
   default_labels = {
     app        = "datashare"
     managed-by = "terraform"
+    env        = var.env
   }
 }
