@@ -113,7 +113,7 @@ resource "google_monitoring_alert_policy" "dead_letters" {
         alignment_period     = "60s"
         per_series_aligner   = "ALIGN_MAX"
         cross_series_reducer = "REDUCE_MAX"
-        group_by_fields      = ["resource.labels.subscription_id"]
+        group_by_fields      = ["resource.label.subscription_id"]
       }
     }
   }
@@ -148,7 +148,7 @@ resource "google_monitoring_alert_policy" "worker_backlog" {
         alignment_period     = "60s"
         per_series_aligner   = "ALIGN_MAX"
         cross_series_reducer = "REDUCE_MAX"
-        group_by_fields      = ["resource.labels.subscription_id"]
+        group_by_fields      = ["resource.label.subscription_id"]
       }
     }
   }
@@ -183,7 +183,7 @@ resource "google_monitoring_alert_policy" "delivery_backlog" {
         alignment_period     = "60s"
         per_series_aligner   = "ALIGN_MAX"
         cross_series_reducer = "REDUCE_MAX"
-        group_by_fields      = ["resource.labels.subscription_id"]
+        group_by_fields      = ["resource.label.subscription_id"]
       }
     }
   }
@@ -220,13 +220,13 @@ resource "google_monitoring_alert_policy" "service_errors" {
         alignment_period     = "600s"
         per_series_aligner   = "ALIGN_DELTA"
         cross_series_reducer = "REDUCE_SUM"
-        group_by_fields      = ["resource.labels.service_name"]
+        group_by_fields      = ["resource.label.service_name"]
       }
       denominator_aggregations {
         alignment_period     = "600s"
         per_series_aligner   = "ALIGN_DELTA"
         cross_series_reducer = "REDUCE_SUM"
-        group_by_fields      = ["resource.labels.service_name"]
+        group_by_fields      = ["resource.label.service_name"]
       }
     }
   }
@@ -261,7 +261,7 @@ resource "google_monitoring_alert_policy" "error_logs" {
         alignment_period     = "600s"
         per_series_aligner   = "ALIGN_DELTA"
         cross_series_reducer = "REDUCE_SUM"
-        group_by_fields      = ["metric.labels.role"]
+        group_by_fields      = ["metric.label.role"]
       }
     }
   }
@@ -305,7 +305,7 @@ resource "google_monitoring_alert_policy" "product_late" {
           alignment_period     = "600s"
           per_series_aligner   = "ALIGN_MEAN"
           cross_series_reducer = "REDUCE_MIN"
-          group_by_fields      = ["metric.labels.partner", "metric.labels.product"]
+          group_by_fields      = ["metric.label.partner", "metric.label.product"]
         }
       }
     }
@@ -342,7 +342,7 @@ resource "google_monitoring_alert_policy" "batch_near_timeout" {
         alignment_period     = "3600s"
         per_series_aligner   = "ALIGN_DELTA"
         cross_series_reducer = "REDUCE_PERCENTILE_95"
-        group_by_fields      = ["metric.labels.stage"]
+        group_by_fields      = ["metric.label.stage"]
       }
     }
   }
@@ -377,7 +377,7 @@ resource "google_monitoring_alert_policy" "memory_near_limit" {
         alignment_period     = "300s"
         per_series_aligner   = "ALIGN_PERCENTILE_99"
         cross_series_reducer = "REDUCE_MAX"
-        group_by_fields      = ["resource.labels.service_name"]
+        group_by_fields      = ["resource.label.service_name"]
       }
     }
   }

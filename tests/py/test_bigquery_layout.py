@@ -63,7 +63,8 @@ def direct_rows(con, files, keys):
     for f in files:
         values = dict(seg.split("=", 1) for seg in f.parts if "=" in seg)
         cols = ", ".join(f"'{values[k]}' AS {k}" for k in keys)
-        parts.append(f"SELECT *, {cols} FROM read_parquet('{f}')")
+        # hive_partitioning off: DuckDB would otherwise take the keys from the path itself.
+        parts.append(f"SELECT *, {cols} FROM read_parquet('{f}', hive_partitioning = false)")
     return sorted(con.execute(" UNION ALL ".join(parts)).fetchall(), key=repr)
 
 
