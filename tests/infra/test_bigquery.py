@@ -48,7 +48,7 @@ def curated_problems(tables, zone_files):
 
 def test_one_schema_file_per_curated_table_and_product():
     assert sorted(p.stem for p in (SCHEMAS / "curated").glob("*.json")) == sorted(curated_tables())
-    assert sorted(p.stem for p in (SCHEMAS / "products").glob("*.json")) == ["daily", "monthly"]
+    assert {"daily", "monthly"} <= {p.stem for p in (SCHEMAS / "products").glob("*.json")}
 
 
 def test_curated_schemas_equal_the_writers():
