@@ -25,18 +25,22 @@ locals {
       ops      = "roles/storage.objectUser"   # receipt of the e-mail
     }
     alert = {
-      ops = "roles/storage.objectUser" # alert groups and the dead-letter archive
+      ops = "roles/storage.objectUser" # alert groups, budget thresholds seen, the dead-letter archive
+    }
+    powerbi = {
+      ops = "roles/storage.objectUser" # refresh requests made (a redelivery does not refresh twice)
     }
   }
 
   # Topics each role publishes to, besides the dead-letter topics of its own
   # subscriptions (a consumer dead-letters permanent failures itself).
   publishes_to = {
-    worker = ["batches", "deliveries", "schedules", "alerts"] # schedules: monthly build requests
-    sftp   = ["notify"]                                       # the sink completing the set notifies
-    api    = ["notify"]
-    email  = []
-    alert  = []
+    worker  = ["batches", "deliveries", "schedules", "alerts", "updates"] # schedules: monthly build requests; updates: what a batch step updated
+    sftp    = ["notify"]                                                  # the sink completing the set notifies
+    api     = ["notify"]
+    email   = []
+    alert   = []
+    powerbi = ["alerts"] # failed, stuck or stale refreshes go through the alert consumer
   }
 
   bucket_grants = merge([

@@ -1,6 +1,7 @@
 # datashare on Google Cloud: what fake-gcp emulates on a laptop, from the same
 # topology file. One file per concern: storage.tf, pubsub.tf, run.tf, iam.tf,
-# secrets.tf, scheduler.tf, registry.tf.
+# secrets.tf, scheduler.tf, registry.tf, telemetry.tf, monitoring.tf,
+# budget.tf, network.tf, bigquery.tf.
 
 data "google_project" "this" {
   project_id = var.project_id
@@ -57,8 +58,14 @@ locals {
 resource "google_project_service" "apis" {
   for_each = toset([
     "artifactregistry.googleapis.com",
+    "bigquery.googleapis.com",
+    "billingbudgets.googleapis.com",
     "cloudscheduler.googleapis.com",
+    "cloudtrace.googleapis.com",
+    "compute.googleapis.com",
     "iam.googleapis.com",
+    "logging.googleapis.com",
+    "monitoring.googleapis.com",
     "pubsub.googleapis.com",
     "run.googleapis.com",
     "secretmanager.googleapis.com",

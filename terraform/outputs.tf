@@ -45,3 +45,23 @@ output "secrets" {
   description = "Secret Manager secret IDs that need a version (value) before the services can start, with the roles reading each."
   value       = { for id, roles in local.secrets : google_secret_manager_secret.this[id].secret_id => roles }
 }
+
+output "egress_ip" {
+  description = "The static address partners allowlist: every connection of the sftp and api sinks (and the worker's check-sinks) leaves from it."
+  value       = google_compute_address.egress.address
+}
+
+output "bi_service_accounts" {
+  description = "The accounts Power BI and Metabase use to read BigQuery (make a key by hand and give it to the tool: README.md)."
+  value       = { for tool, sa in google_service_account.bi : tool => sa.email }
+}
+
+output "bigquery_tables" {
+  description = "External tables (dataset.table) over the curated and products Parquet; queries must filter on dt."
+  value       = sort([for t in google_bigquery_table.external : "${t.dataset_id}.${t.table_id}"])
+}
+
+output "dashboard" {
+  description = "The KPI dashboard's ID in Cloud Monitoring."
+  value       = google_monitoring_dashboard.kpis.id
+}

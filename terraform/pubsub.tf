@@ -1,10 +1,22 @@
 # Topics and push subscriptions, exactly as the topology declares them.
 
+locals {
+  # The roles consuming each topic.
+  topic_roles = {
+    for t in local.topics : t => distinct([for s in values(local.subscriptions) : s.role if s.topic == t])
+  }
+}
+
 resource "google_pubsub_topic" "this" {
   # checkov:skip=CKV_GCP_83: messages carry object references, delivery ids and alert summaries, never personal data rows; Google-managed encryption is enough and a CMEK would add a key ring to operate
   for_each = local.topics
 
   name = each.key
+
+  # The role consuming it (cost per role), or shared when several do.
+  labels = {
+    role = length(local.topic_roles[each.key]) == 1 ? local.topic_roles[each.key][0] : "shared"
+  }
 
   # Messages stay in Google regions in Brazil, like the data they point to.
   message_storage_policy {
@@ -20,6 +32,10 @@ resource "google_pubsub_subscription" "this" {
   name   = each.key
   topic  = google_pubsub_topic.this[each.value.topic].id
   filter = each.value.filter
+
+  labels = {
+    role = each.value.role
+  }
 
   # Pub/Sub waits this long for the push response: equal to the service's
   # request timeout (the topology checks it), so a request still running is

@@ -6,6 +6,10 @@ resource "google_artifact_registry_repository" "datashare" {
   description   = "The datashare image (every Cloud Run role runs it)"
   format        = "DOCKER"
 
+  labels = {
+    role = "shared"
+  }
+
   docker_config {
     # A pushed tag never changes meaning: a deploy is reproducible from its tag.
     immutable_tags = true

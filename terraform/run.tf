@@ -13,8 +13,33 @@ resource "google_cloud_run_v2_service" "role" {
   # the invoker's token anyway: no allUsers binding anywhere).
   ingress = "INGRESS_TRAFFIC_INTERNAL_ONLY"
 
+  # Billing export rows carry these: cost per role (views in bigquery.tf).
+  labels = {
+    role = each.key
+  }
+
   template {
     service_account = google_service_account.role[each.key].email
+
+    labels = {
+      role = each.key
+    }
+
+    # Partners allowlist one client address: the roles that connect to
+    # partner servers (the sinks, and the worker's check-sinks) send all
+    # their traffic through the egress subnet, whose Cloud NAT uses the
+    # reserved address (network.tf).
+    dynamic "vpc_access" {
+      for_each = contains(local.egress_roles, each.key) ? [1] : []
+      content {
+        egress = "ALL_TRAFFIC"
+        network_interfaces {
+          network    = google_compute_network.egress.id
+          subnetwork = google_compute_subnetwork.egress.id
+          tags       = ["datashare-${each.key}"]
+        }
+      }
+    }
 
     # Equal to the ack deadline of every subscription pushing here.
     timeout = "${each.value.request_timeout_secs}s"
@@ -29,8 +54,12 @@ resource "google_cloud_run_v2_service" "role" {
     }
 
     containers {
+      name  = "datashare"
       image = local.image
       args  = each.value.args
+
+      # The collector must be up before the program exports to it.
+      depends_on = var.telemetry.enabled ? ["otel-collector"] : []
 
       ports {
         container_port = 8080
@@ -49,7 +78,7 @@ resource "google_cloud_run_v2_service" "role" {
       # Real bucket names (the defaults in config/default.toml are the local
       # ones), the project, the log filter, the SMTP relay where it is used.
       dynamic "env" {
-        for_each = merge(local.bucket_env, local.role_env[each.key], {
+        for_each = merge(local.bucket_env, local.role_env[each.key], local.otel_env[each.key], {
           DATASHARE_GCP_PROJECT = var.project_id
           RUST_LOG              = var.log_level
         })
@@ -66,6 +95,40 @@ resource "google_cloud_run_v2_service" "role" {
         content {
           name       = volume_mounts.value
           mount_path = "/secrets/${volume_mounts.value}"
+        }
+      }
+    }
+
+    # The OpenTelemetry Collector sidecar (telemetry.tf): OTLP in on
+    # localhost, Cloud Trace and Cloud Monitoring out, as the service's
+    # account.
+    dynamic "containers" {
+      for_each = var.telemetry.enabled ? [1] : []
+      content {
+        name  = "otel-collector"
+        image = var.telemetry.collector_image
+        args  = ["--config=env:OTELCOL_CONFIG"]
+
+        env {
+          name  = "OTELCOL_CONFIG"
+          value = local.otelcol_config
+        }
+
+        resources {
+          limits = {
+            cpu    = var.telemetry.cpu
+            memory = var.telemetry.memory
+          }
+          cpu_idle = true
+        }
+
+        startup_probe {
+          http_get {
+            path = "/"
+            port = 13133
+          }
+          period_seconds    = 2
+          failure_threshold = 15
         }
       }
     }
@@ -95,5 +158,5 @@ resource "google_cloud_run_v2_service" "role" {
   }
 
   # A revision whose account cannot read its secrets does not start.
-  depends_on = [google_secret_manager_secret_iam_member.role_reads, google_project_service.apis]
+  depends_on = [google_secret_manager_secret_iam_member.role_reads, google_project_service.apis, google_compute_router_nat.egress]
 }

@@ -23,8 +23,16 @@ locals {
     { for s in local.secret_candidates : s.id => s.roles if s.wanted },
     {
       "smtp-password" = ["email", "alert", "worker"]
+      # Microsoft Entra client secret of the Power BI monitor (client
+      # credentials; tenant and client id are configuration, not secrets).
+      "powerbi-client-secret" = ["powerbi"]
     },
   )
+
+  # The partner a secret belongs to (its `partner` label), if any.
+  secret_partner = {
+    for s in local.secret_candidates : s.id => split("-", s.id)[0] if s.wanted
+  }
 
   secret_grants = {
     for g in flatten([
@@ -54,9 +62,10 @@ resource "google_secret_manager_secret" "this" {
     }
   }
 
-  labels = {
-    app = "datashare"
-  }
+  labels = merge(
+    { role = local.secrets[each.key][0] },
+    contains(keys(local.secret_partner), each.key) ? { partner = local.secret_partner[each.key] } : {},
+  )
 
   depends_on = [google_project_service.apis]
 }

@@ -54,6 +54,7 @@ resource "google_storage_bucket" "this" {
   }
 
   labels = {
+    role          = "shared"
     zone          = each.key
     personal-data = contains(["raw", "curated"], each.key) ? "yes" : "no"
   }

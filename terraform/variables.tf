@@ -56,6 +56,12 @@ variable "partners" {
     sinks               = set(string)
     sftp_key_passphrase = optional(bool, false)
     api_auth            = optional(string, "basic")
+    # Age of the last delivered daily product (datashare.product.freshness)
+    # past which the "product late" policy fires: 24 h + (the contract's
+    # deadline - the usual delivery time) + 1 h.
+    daily_late_after_hours = optional(number, 27)
+    # Same for the monthly product (built on the 3rd: 31 days + 2).
+    monthly_late_after_days = optional(number, 33)
   }))
   default = {
     ouchhungry = {
@@ -77,17 +83,22 @@ variable "partners" {
     condition     = alltrue([for p in values(var.partners) : contains(["basic", "bearer"], p.api_auth)])
     error_message = "api_auth is basic (user and password) or bearer (token)."
   }
+  validation {
+    condition     = alltrue([for p in values(var.partners) : p.daily_late_after_hours >= 24 && p.monthly_late_after_days >= 28])
+    error_message = "A daily product is late after at least 24 hours, a monthly one after at least 28 days."
+  }
 }
 
 variable "max_instances" {
   description = "Maximum Cloud Run instances per role. The worker is kept low because batch steps are claimed (extra instances would only wait) and each holds a batch in memory; sinks are low so a partner server is not flooded."
   type        = map(number)
   default = {
-    worker = 4
-    sftp   = 2
-    api    = 2
-    email  = 2
-    alert  = 2
+    worker  = 4
+    sftp    = 2
+    api     = 2
+    email   = 2
+    alert   = 2
+    powerbi = 1
   }
 
   validation {
@@ -100,11 +111,12 @@ variable "concurrency" {
   description = "Requests served at once by one instance, per role. The worker parses CSV and builds Parquet on the CPU, so 1 request per instance keeps memory predictable; sinks mostly wait on the network."
   type        = map(number)
   default = {
-    worker = 1
-    sftp   = 4
-    api    = 8
-    email  = 8
-    alert  = 8
+    worker  = 1
+    sftp    = 4
+    api     = 8
+    email   = 8
+    alert   = 8
+    powerbi = 4
   }
 
   validation {
@@ -120,11 +132,12 @@ variable "resources" {
     memory = string
   }))
   default = {
-    worker = { cpu = "2", memory = "4Gi" }
-    sftp   = { cpu = "1", memory = "512Mi" }
-    api    = { cpu = "1", memory = "512Mi" }
-    email  = { cpu = "1", memory = "512Mi" }
-    alert  = { cpu = "1", memory = "512Mi" }
+    worker  = { cpu = "2", memory = "4Gi" }
+    sftp    = { cpu = "1", memory = "512Mi" }
+    api     = { cpu = "1", memory = "512Mi" }
+    email   = { cpu = "1", memory = "512Mi" }
+    alert   = { cpu = "1", memory = "512Mi" }
+    powerbi = { cpu = "1", memory = "512Mi" }
   }
 
   validation {
@@ -163,5 +176,140 @@ variable "smtp" {
   validation {
     condition     = contains(["starttls", "implicit"], var.smtp.tls)
     error_message = "smtp.tls is starttls (usually port 587) or implicit (usually port 465)."
+  }
+}
+
+variable "env" {
+  description = "Environment name, the `env` label of every resource (cost reports split by it)."
+  type        = string
+  default     = "prod"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,20}$", var.env))
+    error_message = "env is a short lower-case name such as prod or staging."
+  }
+}
+
+variable "alert_emails" {
+  description = "The data team's addresses: the notification channels of every Cloud Monitoring alert policy and of the budget."
+  type        = list(string)
+  default = [
+    "correa.igor@aiqfome.com",
+    "diego.pastrello@aiqfome.com",
+    "leonardo.artur@aiqfome.com",
+  ]
+
+  validation {
+    condition     = length(var.alert_emails) > 0 && alltrue([for a in var.alert_emails : can(regex("^[^@\\s]+@[^@\\s]+\\.[a-z]{2,}$", a))])
+    error_message = "At least one e-mail address, each of the form name@domain."
+  }
+}
+
+variable "billing_account" {
+  description = "Cloud Billing account ID (XXXXXX-XXXXXX-XXXXXX) paying for the project: the budget is set on it, and the billing export tables are named after it."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[0-9A-F]{6}-[0-9A-F]{6}-[0-9A-F]{6}$", var.billing_account))
+    error_message = "A billing account ID is three groups of six upper-case hex digits separated by dashes."
+  }
+}
+
+variable "budget" {
+  description = "Monthly budget of the project: amount (whole currency units), currency, the fractions of actual spend and of forecast spend that notify (budgets topic, then the alerting consumer's e-mail)."
+  type = object({
+    amount              = number
+    currency            = optional(string, "BRL")
+    thresholds          = optional(list(number), [0.5, 0.9, 1.0])
+    forecast_thresholds = optional(list(number), [1.0])
+  })
+  default = {
+    amount = 1000
+  }
+
+  validation {
+    condition     = var.budget.amount > 0 && floor(var.budget.amount) == var.budget.amount
+    error_message = "The budget amount is a positive whole number of currency units."
+  }
+  validation {
+    condition     = alltrue([for t in concat(var.budget.thresholds, var.budget.forecast_thresholds) : t > 0 && t <= 10])
+    error_message = "Thresholds are fractions of the budget (0.5 = 50%), at most 10."
+  }
+  validation {
+    condition     = can(regex("^[A-Z]{3}$", var.budget.currency))
+    error_message = "The currency is an ISO 4217 code such as BRL (it must be the billing account's currency)."
+  }
+}
+
+variable "billing_export_enabled" {
+  description = "Set to true once the Cloud Billing export to the billing dataset is switched on and its table exists (README.md, Cost): the cost views read it."
+  type        = bool
+  default     = false
+}
+
+variable "telemetry" {
+  description = "OpenTelemetry: an OpenTelemetry Collector sidecar in every service receives the program's OTLP and writes traces to Cloud Trace and metrics to Cloud Monitoring (workload.googleapis.com/<name>). Disabled: no sidecar, no OTLP endpoint set, nothing exported."
+  type = object({
+    enabled         = optional(bool, true)
+    collector_image = optional(string, "us-docker.pkg.dev/cloud-ops-agents-artifacts/google-cloud-opentelemetry-collector/otelcol-google:0.143.0")
+    cpu             = optional(string, "1")
+    memory          = optional(string, "256Mi")
+    # How often the program exports its metrics (ms); Cloud Monitoring
+    # accepts one point per time series every 5 s at most.
+    metric_export_interval_ms = optional(number, 60000)
+  })
+  default = {}
+
+  validation {
+    condition     = can(regex("^[a-z0-9.-]+(/[a-z0-9._-]+)+(:[A-Za-z0-9._-]+|@sha256:[a-f0-9]{64})$", var.telemetry.collector_image))
+    error_message = "The collector image is a registry path with a tag or digest (never implicitly latest)."
+  }
+  validation {
+    condition     = var.telemetry.metric_export_interval_ms >= 10000
+    error_message = "Export metrics at most every 10 s (Cloud Monitoring's write rate limit per series)."
+  }
+}
+
+variable "egress_subnet_cidr" {
+  description = "Range of the subnet that the sftp, api and worker services send their traffic through (Direct VPC egress), so partners see one static address (Cloud NAT)."
+  type        = string
+  default     = "10.8.0.0/26"
+
+  validation {
+    condition     = can(cidrhost(var.egress_subnet_cidr, 0)) && tonumber(split("/", var.egress_subnet_cidr)[1]) <= 26
+    error_message = "A private IPv4 range of at least /26 (Direct VPC egress takes addresses as instances scale)."
+  }
+}
+
+variable "egress_tcp_ports" {
+  description = "TCP ports the egress subnet may reach: the partners' SFTP and HTTPS ports (contracts), SMTP submission, and 443 for Google APIs."
+  type        = list(string)
+  default     = ["22", "443", "465", "587"]
+
+  validation {
+    condition     = contains(var.egress_tcp_ports, "443") && alltrue([for p in var.egress_tcp_ports : can(regex("^[0-9]{1,5}$", p))])
+    error_message = "Ports are numbers, and 443 stays open (Google APIs, HTTPS partners)."
+  }
+}
+
+variable "bi_curated_tables" {
+  description = "Curated tables that Power BI and Metabase may read (object read on exactly their prefixes). customers holds names, e-mails and CPFs: add it only with the DPO's agreement."
+  type        = set(string)
+  default     = ["transactions", "products"]
+
+  validation {
+    condition     = length(setsubtract(var.bi_curated_tables, ["transactions", "products", "customers"])) == 0
+    error_message = "Curated tables are transactions, products and customers."
+  }
+}
+
+variable "bigquery_price_per_tib" {
+  description = "On-demand BigQuery price per TiB billed (USD), for the bytes-billed-per-tool view's estimate. The default is the US multi-region list price; regions such as southamerica-east1 cost more: set the current price of yours."
+  type        = number
+  default     = 6.25
+
+  validation {
+    condition     = var.bigquery_price_per_tib > 0
+    error_message = "The price is positive."
   }
 }

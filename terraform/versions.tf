@@ -19,8 +19,14 @@ provider "google" {
   project = var.project_id
   region  = var.region
 
+  # The Billing Budgets API bills its quota to a project: with user
+  # credentials (gcloud auth application-default login) it needs one named.
+  billing_project       = var.project_id
+  user_project_override = true
+
   default_labels = {
     app        = "datashare"
     managed-by = "terraform"
+    env        = var.env
   }
 }

@@ -10,11 +10,10 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::runbook::MAX_DELIVERY_ATTEMPTS;
 use crate::config::Config;
-use crate::events::{Alert, Incoming, Severity};
+use crate::events::{Alert, Incoming, Severity, dead_letter_fingerprint};
 
 /// Attributes added to a message when it is dead-lettered (dropped again on replay).
 pub fn is_dead_letter_attribute(key: &str) -> bool {
@@ -22,20 +21,6 @@ pub fn is_dead_letter_attribute(key: &str) -> bool {
         key,
         "error_kind" | "error" | "source_subscription" | "source_topic" | "source_message_id"
     ) || key.starts_with("CloudPubSubDeadLetter")
-}
-
-/// The fingerprint of a dead letter: its source subscription, kind and subject (the object,
-/// delivery or day it is about). An alert about the consequence of that failure (a held
-/// batch) reuses it, so one failure is one e-mail.
-pub fn dead_letter_fingerprint(
-    source_subscription: &str,
-    error_kind: &str,
-    subject: &str,
-) -> String {
-    hex::encode(Sha256::digest(
-        format!("dead-letter|{source_subscription}|{error_kind}|{subject}").as_bytes(),
-    ))[..32]
-        .to_string()
 }
 
 /// An archived dead letter: `gs://<ops>/deadletters/<source subscription>/<message id>.json`.

@@ -18,8 +18,6 @@ use std::ops::Deref;
 
 use chrono::Utc;
 
-pub use dead_letters::dead_letter_fingerprint;
-
 use crate::config::Config;
 use crate::events::{Alert, Incoming, Schedule};
 use crate::service::{Disposition, HandleError, Role, RoleContext};

@@ -104,6 +104,10 @@ pub struct Topics {
     pub schedules: String,
     /// Alerts to the data team.
     pub alerts: String,
+    /// Cloud Billing budget notifications (read by the alerting consumer).
+    pub budgets: String,
+    /// What a batch step updated (read by the Power BI monitor).
+    pub updates: String,
 }
 
 /// The `[gcp]` table: project and resource names.
@@ -415,6 +419,8 @@ impl Config {
             ("notify", &t.notify),
             ("schedules", &t.schedules),
             ("alerts", &t.alerts),
+            ("budgets", &t.budgets),
+            ("updates", &t.updates),
         ] {
             if !valid_resource(value) {
                 return Err(invalid(
@@ -561,6 +567,8 @@ impl Config {
             &t.notify,
             &t.schedules,
             &t.alerts,
+            &t.budgets,
+            &t.updates,
         ]
         .into_iter()
         .chain(g.dead_letter_topics.values())

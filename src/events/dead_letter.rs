@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use sha2::{Digest, Sha256};
+
 use super::{Incoming, Outgoing};
 
 /// Why a message failed permanently (the `error_kind` attribute).
@@ -51,6 +53,20 @@ impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// The fingerprint of a dead letter: its source subscription, kind and subject (the object,
+/// delivery or day it is about). An alert about the consequence of that failure (a held
+/// batch) reuses it, so one failure is one e-mail.
+pub fn dead_letter_fingerprint(
+    source_subscription: &str,
+    error_kind: &str,
+    subject: &str,
+) -> String {
+    hex::encode(Sha256::digest(
+        format!("dead-letter|{source_subscription}|{error_kind}|{subject}").as_bytes(),
+    ))[..32]
+        .to_string()
 }
 
 /// What a dead letter says about the failure.

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 pub use alert::{Alert, Severity};
 pub use batch::{BatchReady, ObjectGeneration};
-pub use dead_letter::{DeadLetter, ErrorKind};
+pub use dead_letter::{DeadLetter, ErrorKind, dead_letter_fingerprint};
 pub use delivery::{DeliveryFile, DeliveryRequest, FileDigest, ProductKind};
 pub use gcs::{GcsNotification, ObjectRef};
 pub use notify::Notify;

@@ -231,7 +231,7 @@ impl Worker {
             // e-mail (whichever of the two reaches the alerting consumer first is mailed, the
             // other is recorded with it: src/alerting/state.rs).
             let alert = match report.failed_files().next() {
-                Some(f) => alert.with_fingerprint(crate::alerting::dead_letter_fingerprint(
+                Some(f) => alert.with_fingerprint(crate::events::dead_letter_fingerprint(
                     crate::config::EXTRACTS_SUBSCRIPTION,
                     crate::events::ErrorKind::InvalidExtract.as_str(),
                     &f.object,

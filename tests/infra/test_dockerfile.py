@@ -59,8 +59,24 @@ def test_runtime_is_small_non_root_and_runs_the_binary(stages):
     assert not any(ins == "RUN" and "cargo" in args for ins, args in instrs)
 
 
+def subcommands():
+    """The binary's subcommands: the variants of `enum Command` (clap's kebab-case names),
+    wherever the command line is declared (src/main.rs or src/cli.rs)."""
+    names = set()
+    for path in (REPO / "src" / "main.rs", REPO / "src" / "cli.rs"):
+        if not path.exists():
+            continue
+        m = re.search(r"enum Command \{(.*?)\n\}", path.read_text(), re.S)
+        if m:
+            for variant in re.findall(r"^\s{4}([A-Z][A-Za-z0-9]*)\b", m.group(1), re.M):
+                names.add(re.sub(r"(?<!^)([A-Z])", r"-\1", variant).lower())
+    return names
+
+
 def test_every_role_is_a_subcommand_of_the_binary(topology):
+    commands = subcommands()
+    assert {"worker", "deliver", "alert", "check-sinks"} <= commands, commands
     for role, r in topology["roles"].items():
-        assert r["args"][0] in {"worker", "deliver", "alert"}, role
+        assert r["args"][0] in commands, f"role {role}: `datashare {r['args'][0]}` is not a subcommand"
         if r["args"][0] == "deliver":
             assert r["args"][1:] == ["--sink", role]

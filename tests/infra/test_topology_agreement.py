@@ -8,7 +8,7 @@ import yaml
 
 from infra_lib import REPO, evaluate_topology, expr, unquote
 
-ROLES = {"worker", "sftp", "api", "email", "alert"}
+ROLES = {"worker", "sftp", "api", "email", "alert", "powerbi"}
 
 
 def topology_vs_config(topology, config):
@@ -84,7 +84,9 @@ def test_topology_is_the_contract(topology):
     """The topology declares what events.md's table requires."""
     assert set(topology["roles"]) == ROLES
     assert set(topology["buckets"]) == {"raw", "curated", "products", "ops"}
-    assert {"extracts", "batches", "deliveries", "notify", "schedules", "alerts"} <= set(topology["topics"])
+    assert {"extracts", "batches", "deliveries", "notify", "schedules", "alerts", "budgets", "updates"} <= set(
+        topology["topics"]
+    )
     subs = topology["subscriptions"]
     expected = {
         "extracts-worker": ("extracts", "worker"),
@@ -95,6 +97,10 @@ def test_topology_is_the_contract(topology):
         "schedules-worker": ("schedules", "worker"),
         "schedules-alert": ("schedules", "alert"),
         "alerts-alert": ("alerts", "alert"),
+        # Cloud Billing budget notifications, read by the alert consumer (operations.md).
+        "budgets-alert": ("budgets", "alert"),
+        # What a batch step updated, read by the Power BI monitor.
+        "updates-powerbi": ("updates", "powerbi"),
     }
     for name, (topic, role) in expected.items():
         assert subs[name]["topic"] == topic and subs[name]["role"] == role, name

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use datashare::alerting::Alerting;
 use datashare::alerting::dead_letters::archive_object;
 use datashare::alerting::state::{State, state_object};
-use datashare::alerting::{Alerting, dead_letter_fingerprint};
 use datashare::config::sinks::SmtpTls;
+use datashare::events::dead_letter_fingerprint;
 use datashare::events::{Alert, DeadLetter, ErrorKind, Incoming, Schedule, Severity};
 use datashare::gcp::{Bus, Gcs};
 use datashare::service::pull;

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, a module per capability.
 
 mod alerting;
+mod bigquery_schemas;
 mod check_sinks;
 mod clean;
 mod delivery;
