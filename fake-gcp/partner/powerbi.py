@@ -411,7 +411,7 @@ class Handler(BaseHTTPRequestHandler):
                 busy = None
         if busy is True:
             return self.error(400, "InvalidRequest",
-                              "Invalid dataset refresh request. Another refresh request is already executing",
+                              f"Invalid {kind} refresh request. Another refresh request is already executing",
                               note={**note, "refused": "running"})
         if busy is False:
             return self.error(429, "TooManyRequests",
