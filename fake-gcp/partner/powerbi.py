@@ -91,6 +91,12 @@ def iso(t):
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def seconds_to_utc_midnight(now):
+    """Whole seconds from `now` to the next UTC midnight, when the daily quota is whole again."""
+    day = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date() + datetime.timedelta(days=1)
+    return int(datetime.datetime.combine(day, datetime.time(), datetime.timezone.utc).timestamp() - now) + 1
+
+
 def parse_outcome(o, where):
     if not isinstance(o, dict):
         raise ConfigError(f"{where}: an outcome is an object")
@@ -396,26 +402,18 @@ class Handler(BaseHTTPRequestHandler):
                               f"notifyOption must be one of {sorted(NOTIFY[kind])}", note=note)
         with pbi.lock:
             now = pbi.now()
-            if item.running(now):
-                busy = True
-            elif item.started_today(now) >= item.daily_quota:
-                busy = False
-                midnight = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date() \
-                    + datetime.timedelta(days=1)
-                retry = int(datetime.datetime.combine(midnight, datetime.time(),
-                                                      datetime.timezone.utc).timestamp() - now) + 1
-            else:
+            running, quota_used = item.running(now), item.started_today(now) >= item.daily_quota
+            if not running and not quota_used:
                 outcome = item.script.pop(0) if item.script else \
                     {"status": "Completed", "after_secs": None, "error": None}
                 r = item.start(outcome, now, "ViaApi", pbi.refresh_secs)
-                busy = None
-        if busy is True:
+        if running:
             return self.error(400, "InvalidRequest",
                               f"Invalid {kind} refresh request. Another refresh request is already executing",
                               note={**note, "refused": "running"})
-        if busy is False:
-            return self.error(429, "TooManyRequests",
-                              f"daily refresh quota of {item.daily_quota} reached", {"Retry-After": str(retry)},
+        if quota_used:
+            return self.error(429, "TooManyRequests", f"daily refresh quota of {item.daily_quota} reached",
+                              {"Retry-After": str(seconds_to_utc_midnight(now))},
                               note={**note, "refused": "quota"})
         location = f"{self.base()}/v1.0/myorg/groups/{item.group}/{m.group(2)}/{item.id}/refreshes/{r['request_id']}"
         headers = {"RequestId": r["request_id"], "Location": location}
