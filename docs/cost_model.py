@@ -138,7 +138,7 @@ def main():
     results = [model(p, r) for p, r in scenarios]
     for line in lines:
         print(f"| {line} | " + " | ".join(f"{c[line]:.2f}" for c, _ in results) + " |")
-    print("| **total** | " + " | ".join(f"**{total(c):.2f}**" for c, _ in results) + " |")
+    print("| **total (USD/month)** | " + " | ".join(f"**{total(c):.2f}**" for c, _ in results) + " |")
     print("| per million rows | " + " | ".join(f"{total(c) / (DAYS * r / M):.3f}" for (c, _), (p, r)
                                                in zip(results, scenarios)) + " |")
     print("| per delivered daily product | " + " | ".join(f"{total(c) / (DAYS * p):.3f}" for (c, _), (p, r)
