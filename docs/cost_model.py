@@ -155,6 +155,7 @@ def main():
         tib, usd = directquery(r)
         print(f"\nDirectQuery, 1,000 queries a day over 30 days at {r / M:.0f}M rows: {tib:.1f} TiB, ${usd:.0f}/month")
     levers = {
+        "staging/ deleted after 90 days (with raw: no replay lost)": dict(staging_days=90),
         "staging/ deleted after 30 days": dict(staging_days=30),
         "Parquet only to partners (no CSV)": dict(formats=("parquet",)),
         "no Cloud NAT / static address": dict(nat=False),
