@@ -63,13 +63,12 @@ import json
 import os
 import re
 import secrets
-import ssl
 import sys
 import threading
 import time
 import urllib.parse
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -478,14 +477,8 @@ def main():
         pbi = PowerBI(state, env["tenant"], env["client_id"], env["client_secret"], config)
     except (OSError, ValueError, ConfigError) as e:
         sys.exit(f"powerbi.py: {a.config}: {e}")
-    ca, cert, key = common.throwaway_tls(state, "powerbi")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    port = a.port or common.free_port()
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
+    server, port, ca = common.https_server(Handler, state, "powerbi", a.port)
     server.pbi = pbi
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
     common.stop_on_sigterm()
     common.announce(port=port, ca=ca, base_url=f"https://127.0.0.1:{port}",
                     requests=os.path.join(state, "requests.jsonl"))
