@@ -28,7 +28,7 @@ Every Power BI route needs "Authorization: Bearer <token>" from the token endpoi
 unknown one gives 401, an expired one 403 {"error": {"code": "TokenExpired"}}; an unknown item 404.
 
 Test controls (no credentials; loopback only):
-  GET  /_admin/requests                     every request received, in order (also DIR/requests.jsonl)
+  GET  /_admin/requests                     every token and Power BI request, in order (DIR/requests.jsonl)
   GET  /_admin/items                        the items and their histories as the API would show them
   POST /_admin/items                        {"items": [item, ...]}: adds or replaces items (see below)
   POST /_admin/script                       {"kind", "group", "id", "script": [outcome, ...]}: appends
@@ -50,8 +50,9 @@ The configuration (--config FILE, JSON; every key optional):
            {"status": "Unknown"}: a refresh stuck running for ever
   entry: an outcome plus "ago_secs" (started that long before the start) and "refresh_type"
 
-Every request is appended to DIR/requests.jsonl (time, method, path, status, kind, group, id,
-request_id, body of refresh POSTs; never a secret or a token). Makes a throwaway CA
+Every token and Power BI request (not the controls) is appended to DIR/requests.jsonl (time,
+method, path, status, kind, group, id, request_id, body of refresh POSTs, why it was refused;
+never a secret or a token). Makes a throwaway CA
 (DIR/powerbi-ca.pem) and server certificate at start. Prints {"ready": true, "port": N, "ca": ...,
 "base_url": "https://127.0.0.1:N", "requests": ...}.
 """
@@ -136,6 +137,8 @@ class Item:
                 raise ConfigError(f"{self.key} history[{n}]: ago_secs must be a number >= 0")
             self.start(o, now - ago, h.get("refresh_type", "Scheduled"), default_secs)
         self.history.sort(key=lambda r: r["start"])
+        for n, r in enumerate(self.history, 1):
+            r["n"] = n
 
     @property
     def key(self):
@@ -240,12 +243,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def answer(self, status, payload=None, headers=None, note=None):
         body = b"" if payload is None else json.dumps(payload).encode()
-        request_id = (headers or {}).get("RequestId") or str(uuid.uuid4())
+        headers = {"RequestId": str(uuid.uuid4()), **(headers or {})}  # on every answer, as Power BI does
         self.send_response(status)
-        for k, v in (headers or {}).items():
+        for k, v in headers.items():
             self.send_header(k, v)
-        if "RequestId" not in (headers or {}):
-            self.send_header("RequestId", request_id)
         if payload is not None:
             self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
