@@ -24,9 +24,13 @@ PROD_LINES, PROD_PARQUET, PROD_CSV = 30_086, 1_000_218, 4_936_846   # OuchHungry
 CLEAN_S_1M = 2.735                  # s to clean 1M transaction rows (2.71-2.76), 89 MiB peak RSS
 CLEAN_S_10M = 35.3                  # s for 10M (4 parts), 487.5 MiB peak RSS
 
+# --- measured here with a release build (2026-12-05, `/usr/bin/time datashare build`) -------------
+BUILD_S_PER_M = 4.6     # CPU s per partner per 1M rows of the day (0.32 s at 100k, 4.58 s at 1M,
+                        # 14.99 s at 3M)
+BUILD_GIB_PER_M = 1.0   # peak RSS of one partner's daily build per 1M rows (122 MB at 100k,
+                        # 1.06 GB at 1M, 3.14 GB at 3M): the worker's memory must hold it
+
 # --- estimated (not measured in the cloud; see docs/cost.md) ---------------------------------------
-BUILD_S_PER_M = 2.1     # release s per partner per 1M rows: debug `build` 1.27 s user per 100k
-                        # rows, scaled by the debug/release ratio of `clean` (1.65 s vs 0.27 s)
 IO_BYTES_S = 100e6      # Cloud Storage read/write within the region, bytes/s
 TICK_WORKER_S = 0.5     # worker time of one tick (listings, deadlines), s
 CHECK_S = 1.0           # one sink's connection check, s
@@ -49,7 +53,7 @@ BQ_TIB, BQ_FREE_TIB = 6.25, 1.0
 SECRET_VERSION, SECRET_FREE = 0.06, 6
 FIXED_SMALL = 0.15      # Cloud Scheduler (2 jobs, 3 free), Artifact Registry, logs/metrics/traces
 
-WORKER = 2 * RUN_CPU + 4 * RUN_MEM      # $/s of a worker instance (2 vCPU, 4 GiB)
+WORKER = 2 * RUN_CPU + 4 * RUN_MEM      # $/s of a worker instance as deployed (2 vCPU, 4 GiB)
 SMALL = 1 * RUN_CPU + 0.5 * RUN_MEM     # $/s of sftp, api, email, alert, powerbi (1 vCPU, 512 MiB)
 SHARE = PROD_LINES / TX_KEPT            # OuchHungry's share of the day's lines
 
@@ -66,9 +70,21 @@ def gb_months(days_kept, bytes_per_day, classes):
     return out
 
 
+def worker_size(rows):
+    """The smallest Cloud Run worker (vCPU, GiB) whose memory holds a product build of the day,
+    with 0.5 GiB to spare (Cloud Run: up to 8 GiB on 2 vCPU, 16 GiB on 4, 32 GiB on 8)."""
+    need = BUILD_GIB_PER_M * rows / M + 0.5
+    for cpu, gib in ((2, 4), (2, 8), (4, 16), (8, 32)):
+        if need <= gib:
+            return cpu, gib
+    raise ValueError(f"{rows} rows need {need:.0f} GiB: more than a Cloud Run instance has")
+
+
 def model(partners, rows, staging_days=400, formats=("parquet", "csv"), nat=True, checks_per_window=24,
-          secrets_per_partner=4, worker=WORKER):
+          secrets_per_partner=4, worker=None):
     """Monthly cost by line for `partners` partners and `rows` transaction rows a day."""
+    cpu, gib = worker_size(rows)
+    worker = worker if worker is not None else cpu * RUN_CPU + gib * RUN_MEM
     f = rows / TX_ROWS
     raw, curated, staging = RAW_GZ * f, CURATED * f, STAGING * f
     lines = min(SHARE * partners, 1.0) * rows * TX_KEPT / TX_ROWS
@@ -84,7 +100,8 @@ def model(partners, rows, staging_days=400, formats=("parquet", "csv"), nat=True
     gross = DAYS * (worker * (batch_s + worker_ticks_s) + SMALL * (sinks_s + 288 * ALERT_TICK_S))
     requests = DAYS * (576 + 20 + 5 * partners)
     cost["Cloud Run"] = max(0.0, gross - RUN_FREE) + max(0, requests - RUN_FREE_REQ) * RUN_REQ
-    facts.update(batch_s=batch_s, worker_ticks_s=worker_ticks_s, run_gross=gross, requests=requests)
+    facts.update(batch_s=batch_s, worker_ticks_s=worker_ticks_s, run_gross=gross, requests=requests,
+                 worker=f"{cpu} vCPU / {gib} GiB")
 
     pubsub_bytes = DAYS * PUBSUB_MIN * (864 + 14 + 4 + 5 * partners + 2)
     cost["Pub/Sub"] = max(0.0, pubsub_bytes - PUBSUB_FREE) / TiB * PUBSUB_TIB
@@ -145,7 +162,7 @@ def main():
                                                           in zip(results, scenarios)) + " |")
     for (p, r), (_, facts) in zip(scenarios, results):
         stored = ", ".join(f"{k.lower()} {v:.0f}" for k, v in facts["stored_gb"].items())
-        print(f"\n{p} partners, {r / M:.0f}M rows: batch step {facts['batch_s']:.0f} s/day, worker ticks "
+        print(f"\n{p} partners, {r / M:.0f}M rows: worker {facts['worker']}, batch step {facts['batch_s']:.0f} s/day, worker ticks "
               f"{facts['worker_ticks_s']:.0f} s/day, Cloud Run gross ${facts['run_gross']:.2f}, "
               f"{facts['requests']:.0f} requests; stored GB {stored}; staging {facts['staging_mb_day']:.0f} MB/day, "
               f"products {facts['products_mb_day']:.0f} MB/day; egress {facts['egress_gib']:.1f} GiB; "
@@ -161,7 +178,7 @@ def main():
         "no Cloud NAT / static address": dict(nat=False),
         "check-sinks 2 times per deadline window, not 24": dict(checks_per_window=2),
         "one secret per partner, not 4": dict(secrets_per_partner=1),
-        "worker at 1 vCPU / 1 GiB (same times assumed)": dict(worker=RUN_CPU + RUN_MEM),
+        "products built in bounded memory: worker 2 vCPU / 4 GiB at every size": dict(worker=WORKER),
     }
     print("\n| lever | " + " | ".join(f"{p} × {r / M:.0f}M" for p, r in scenarios) + " |")
     print("|---|" + "---:|" * len(scenarios))
