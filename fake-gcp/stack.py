@@ -8,7 +8,7 @@ names and project of config/default.toml. fake-gcs-server publishes the real
 GCS notification (OBJECT_FINALIZE, JSON_API_V1) of every object finalized in
 the raw bucket to the `extracts` topic on the emulator. Unless --no-partners, it
 also starts the partner stand-ins of fake-gcp/partner/ (OpenSSH sshd, an HTTPS API,
-an SMTP relay) with throwaway secrets, and writes a local partners folder
+an SMTP relay, Power BI with its Entra token endpoint) with throwaway secrets, and writes a local partners folder
 pointing at them (see fake-gcp/README.md, "Partner stand-ins").
 
     stack.py up [--json]      start, apply the topology, print the client env
@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import uuid
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,8 @@ VENV = CACHE / "venvs" / "fakegcp"
 PARTNER_VENV = CACHE / "venvs" / "partner"
 PARTNER_DIR = HERE / "partner"
 PARTNER_TEMPLATE = ROOT / "partners" / "ouchhungry.toml"
+# Datasets, dataflows and histories of the Power BI stand-in (no secret in it).
+POWERBI_CONFIG = HERE / "powerbi.json"
 SMTP_FROM = "datashare <dados@datashare.example>"
 
 EMULATOR_APT_PACKAGE = "google-cloud-cli-pubsub-emulator"
@@ -647,7 +650,7 @@ def local_contract(template: str, *, sftp: dict, api: dict, secrets: Path) -> st
 
 
 def start_partners(launch, state_dir: Path) -> dict[str, str]:
-    """Starts the partner stand-ins (sshd, HTTPS API, SMTP) with throwaway secrets, writes the
+    """Starts the partner stand-ins (sshd, HTTPS API, SMTP, Power BI) with throwaway secrets, writes the
     local partners folder, and returns the env a client needs."""
     python = PARTNER_VENV / "bin" / "python"
     if not python.exists():
@@ -694,13 +697,20 @@ def start_partners(launch, state_dir: Path) -> dict[str, str]:
     stand_in("smtp", "smtp.py", ["--tls", "starttls"],
              {"PARTNER_SMTP_USER": "datashare",
               "PARTNER_SMTP_PASSWORD": smtp_password.read_text().strip()})
+    # Power BI and its Entra token endpoint: a throwaway tenant, client id and client secret.
+    powerbi_secret = _secret(secrets, "powerbi_client_secret")
+    powerbi_ids = {"PBI_TENANT": str(uuid.uuid4()), "PBI_CLIENT_ID": str(uuid.uuid4())}
+    stand_in("powerbi", "powerbi.py",
+             ["--config", os.environ.get("FAKE_GCP_POWERBI_CONFIG") or str(POWERBI_CONFIG)],
+             {**powerbi_ids, "PBI_CLIENT_SECRET": powerbi_secret.read_text().strip()})
     partners = state_dir / "partners"
     partners.mkdir(exist_ok=True)
     contract = local_contract(PARTNER_TEMPLATE.read_text(), sftp=infos["sftp"], api=infos["api"],
                               secrets=secrets)
     (partners / "ouchhungry.toml").write_text(contract)
     log(f"partner stand-ins: sftp :{infos['sftp']['port']}, api :{infos['api']['port']}, "
-        f"smtp :{infos['smtp']['port']}; contract {partners / 'ouchhungry.toml'}")
+        f"smtp :{infos['smtp']['port']}, powerbi :{infos['powerbi']['port']}; "
+        f"contract {partners / 'ouchhungry.toml'}")
     return {
         "DATASHARE_PARTNERS_DIR": str(partners),
         "DATASHARE_SMTP_HOST": "127.0.0.1",
@@ -714,6 +724,15 @@ def start_partners(launch, state_dir: Path) -> dict[str, str]:
         "FAKE_GCP_SFTP_ROOT": infos["sftp"]["upload"],
         "FAKE_GCP_API_RECEIVED": str(partner_root / "api" / "received"),
         "FAKE_GCP_MAIL_DIR": infos["smtp"]["mail"],
+        # Power BI: token endpoint {authority}/{tenant}/oauth2/v2.0/token, API {api}/v1.0/myorg/...
+        "DATASHARE_POWERBI_AUTHORITY_URL": infos["powerbi"]["base_url"],
+        "DATASHARE_POWERBI_API_URL": infos["powerbi"]["base_url"],
+        "DATASHARE_POWERBI_CA_FILE": infos["powerbi"]["ca"],
+        "DATASHARE_POWERBI_TENANT": powerbi_ids["PBI_TENANT"],
+        "DATASHARE_POWERBI_CLIENT_ID": powerbi_ids["PBI_CLIENT_ID"],
+        "DATASHARE_POWERBI_CLIENT_SECRET_FILE": str(powerbi_secret),
+        "FAKE_GCP_POWERBI_URL": infos["powerbi"]["base_url"],
+        "FAKE_GCP_POWERBI_REQUESTS": infos["powerbi"]["requests"],
     }
 
 

@@ -25,11 +25,10 @@ import hmac
 import json
 import os
 import re
-import ssl
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -204,15 +203,9 @@ def main():
         sys.exit("api.py: set PARTNER_API_USER and PARTNER_API_PASSWORD, or PARTNER_API_TOKEN")
     state = os.path.abspath(a.state_dir)
     os.makedirs(state, exist_ok=True)
-    ca, cert, key = common.throwaway_tls(state, "api")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    port = a.port or common.free_port()
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
+    server, port, ca = common.https_server(Handler, state, "api", a.port)
     server.state = state
     server.credentials = credentials
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
     common.stop_on_sigterm()
     common.announce(port=port, ca=ca, base_url=f"https://127.0.0.1:{port}")
     server.serve_forever()

@@ -63,6 +63,22 @@ def write_atomic(path, data):
     os.replace(tmp, path)
 
 
+def https_server(handler, state_dir, name, port=0):
+    """An HTTPS server of `handler` on 127.0.0.1 (`port`, or a free one) with a throwaway
+    certificate for `name`; returns (server, port, CA path)."""
+    import ssl
+    from http.server import ThreadingHTTPServer
+
+    ca, cert, key = throwaway_tls(state_dir, name)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    port = port or free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    return server, port, ca
+
+
 def throwaway_tls(state_dir, name):
     """Makes a CA and a server certificate for 127.0.0.1/localhost; returns (ca, cert, key) paths.
 

@@ -46,8 +46,8 @@ def test_up_starts_the_stand_ins_and_down_stops_them(tmp_path):
         missing = [k for k in PARTNER_ENV if not env.get(k)]
         assert not missing, f"env lacks {missing}"
         procs = state["processes"]
-        assert {"pubsub", "gcs", "sftp", "api", "smtp"} <= set(procs)
-        for name in ("sftp", "api", "smtp"):
+        assert {"pubsub", "gcs", "sftp", "api", "smtp", "powerbi"} <= set(procs)
+        for name in ("sftp", "api", "smtp", "powerbi"):
             assert listening(procs[name]["port"]), name
 
         # The ports answer as the real thing.
@@ -86,7 +86,7 @@ def test_up_starts_the_stand_ins_and_down_stops_them(tmp_path):
             assert v not in printed, "a throwaway secret was printed"
     finally:
         stack.down()
-    for name in ("sftp", "api", "smtp"):
+    for name in ("sftp", "api", "smtp", "powerbi"):
         assert not listening(procs[name]["port"]), f"{name} still listens"
         assert processes_with(str(tmp_path / "partner" / name)) == [], f"{name} left a process"
     assert processes_with(f"{tmp_path}/partner/sftp/sshd_config") == [], "sshd left behind"

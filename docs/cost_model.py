@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""The monthly cost model of docs/cost.md: measured sizes and times, public prices, arithmetic.
+
+    python3 docs/cost_model.py            # the tables of docs/cost.md
+
+Plain Python, no dependency. Every input is named here with where it comes from; change one
+(a price, a retention, a measured size) and run it again. USD, 30-day months.
+"""
+
+M, GB, GiB, TiB = 1e6, 1e9, 2**30, 2**40
+DAYS = 30
+
+# --- measured here (2026-12-05): one generated day of 100,000 transaction lines, 1 % defects ----
+TX_ROWS = 100_590                   # transaction rows read (generator's truth)
+TX_KEPT = 100_159                   # transaction rows curated
+RAW_CSV = 17_712_661 + 364          # bytes: every table's CSV + the marker
+RAW_GZ = 3_618_886 + 382            # bytes: the same, gzipped (`generate --gzip`)
+CURATED = 3_628_512 + 43_536 + 22_573   # curated Parquet + quarantine Parquet + reports
+TX_PARQUET = 2_774_222              # curated transactions Parquet alone
+STAGING = 40_631_457                # Arrow IPC staging of the day (peak of curated/_staging)
+PROD_LINES, PROD_PARQUET, PROD_CSV = 30_086, 1_000_218, 4_936_846   # OuchHungry's daily file
+
+# --- measured before (README, Benchmarks: release build, 2026-11-28) -----------------------------
+CLEAN_S_1M = 2.735                  # s to clean 1M transaction rows (2.71-2.76), 89 MiB peak RSS
+CLEAN_S_10M = 35.3                  # s for 10M (4 parts), 487.5 MiB peak RSS
+
+# --- measured here with a release build (2026-12-05, `/usr/bin/time datashare build`) -------------
+BUILD_S_PER_M = 4.6     # CPU s per partner per 1M rows of the day (0.32 s at 100k, 4.58 s at 1M,
+                        # 14.99 s at 3M)
+BUILD_GIB_PER_M = 1.0   # peak RSS of one partner's daily build per 1M rows (122 MB at 100k,
+                        # 1.06 GB at 1M, 3.14 GB at 3M): the worker's memory must hold it
+
+# --- estimated (not measured in the cloud; see docs/cost.md) ---------------------------------------
+IO_BYTES_S = 100e6      # Cloud Storage read/write within the region, bytes/s
+TICK_WORKER_S = 0.5     # worker time of one tick (listings, deadlines), s
+CHECK_S = 1.0           # one sink's connection check, s
+ALERT_TICK_S = 0.2      # alert consumer's time per tick, s
+CHECK_TICKS = 24        # ticks within check_sinks_before_mins = 120 before a deadline
+REFRESHES = 32          # Power BI refreshes per dataset per month (operations.md: 30 + monthly + fixes)
+DATASETS = 2            # Power BI datasets reading curated transactions, 30-day window
+NAT_INSTANCES = 8       # worst case: every instance of sftp (2), api (2), worker (4) all month
+
+# --- prices (USD, read 2026-12-05; docs/cost.md says where each comes from) -----------------------
+RUN_CPU, RUN_MEM, RUN_REQ = 0.0000336, 0.0000035, 0.40 / M    # Cloud Run tier 2, request-based
+RUN_FREE = 180_000 * 0.000024 + 360_000 * 0.0000025           # free tier, valued at tier 1
+RUN_FREE_REQ = 2 * M
+STORAGE = {"STANDARD": 0.035, "NEARLINE": 0.020, "COLDLINE": 0.007, "ARCHIVE": 0.0030}  # GB-month
+CLASS_A = 0.005 / 1000
+PUBSUB_TIB, PUBSUB_FREE, PUBSUB_MIN = 40.0, 10 * GiB, 1000
+NAT_GIB, NAT_IP_H, NAT_VM_H = 0.045, 0.005, 0.0014
+EGRESS_GIB = 0.12
+BQ_TIB, BQ_FREE_TIB = 6.25, 1.0
+SECRET_VERSION, SECRET_FREE = 0.06, 6
+FIXED_SMALL = 0.15      # Cloud Scheduler (2 jobs, 3 free), Artifact Registry, logs/metrics/traces
+
+WORKER = 2 * RUN_CPU + 4 * RUN_MEM      # $/s of a worker instance as deployed (2 vCPU, 4 GiB)
+SMALL = 1 * RUN_CPU + 0.5 * RUN_MEM     # $/s of sftp, api, email, alert, powerbi (1 vCPU, 512 MiB)
+SHARE = PROD_LINES / TX_KEPT            # OuchHungry's share of the day's lines
+
+
+def gb_months(days_kept, bytes_per_day, classes):
+    """GB stored at steady state by class: a day's bytes kept `days_kept` days, the class
+    changing at the ages of `classes` [(until age in days, class), ...]."""
+    out, start = {}, 0
+    for until, cls in classes:
+        days = min(until, days_kept) - start
+        if days > 0:
+            out[cls] = out.get(cls, 0) + bytes_per_day * days / GB
+        start = until
+    return out
+
+
+def worker_size(rows):
+    """The smallest Cloud Run worker (vCPU, GiB) whose memory holds a product build of the day,
+    with 0.5 GiB to spare (Cloud Run: up to 8 GiB on 2 vCPU, 16 GiB on 4, 32 GiB on 8)."""
+    need = BUILD_GIB_PER_M * rows / M + 0.5
+    for cpu, gib in ((2, 4), (2, 8), (4, 16), (8, 32)):
+        if need <= gib:
+            return cpu, gib
+    raise ValueError(f"{rows} rows need {need:.0f} GiB: more than a Cloud Run instance has")
+
+
+def model(partners, rows, staging_days=400, formats=("parquet", "csv"), nat=True, checks_per_window=24,
+          secrets_per_partner=4, worker=None):
+    """Monthly cost by line for `partners` partners and `rows` transaction rows a day."""
+    cpu, gib = worker_size(rows)
+    worker = worker if worker is not None else cpu * RUN_CPU + gib * RUN_MEM
+    f = rows / TX_ROWS
+    raw, curated, staging = RAW_GZ * f, CURATED * f, STAGING * f
+    lines = min(SHARE * partners, 1.0) * rows * TX_KEPT / TX_ROWS
+    per_line = (PROD_PARQUET if "parquet" in formats else 0) + (PROD_CSV if "csv" in formats else 0)
+    products = lines * per_line / PROD_LINES          # bytes a day, every partner, every format
+    cost, facts = {}, {}
+
+    clean_s = CLEAN_S_1M * rows / M if rows <= M else CLEAN_S_10M * rows / (10 * M)
+    io_s = (raw + 2 * staging + curated + products) / IO_BYTES_S
+    batch_s = clean_s + BUILD_S_PER_M * partners * rows / M + io_s
+    worker_ticks_s = 288 * TICK_WORKER_S + checks_per_window * partners * 2 * CHECK_S
+    sinks_s = partners * 2 * (1.0 + products / partners / 10e6) + partners * 1.0
+    gross = DAYS * (worker * (batch_s + worker_ticks_s) + SMALL * (sinks_s + 288 * ALERT_TICK_S))
+    requests = DAYS * (576 + 20 + 5 * partners)
+    cost["Cloud Run"] = max(0.0, gross - RUN_FREE) + max(0, requests - RUN_FREE_REQ) * RUN_REQ
+    facts.update(batch_s=batch_s, worker_ticks_s=worker_ticks_s, run_gross=gross, requests=requests,
+                 worker=f"{cpu} vCPU / {gib} GiB")
+
+    pubsub_bytes = DAYS * PUBSUB_MIN * (864 + 14 + 4 + 5 * partners + 2)
+    cost["Pub/Sub"] = max(0.0, pubsub_bytes - PUBSUB_FREE) / TiB * PUBSUB_TIB
+
+    stored = {}
+    for part in (gb_months(90, raw, [(30, "STANDARD"), (90, "NEARLINE")]),
+                 gb_months(400, curated, [(60, "STANDARD"), (180, "NEARLINE"), (400, "COLDLINE")]),
+                 gb_months(staging_days, staging, [(60, "STANDARD"), (180, "NEARLINE"), (400, "COLDLINE")]),
+                 gb_months(1825, products, [(90, "STANDARD"), (365, "COLDLINE"), (1825, "ARCHIVE")])):
+        for cls, gb in part.items():
+            stored[cls] = stored.get(cls, 0) + gb
+    cost["Cloud Storage"] = sum(STORAGE[c] * gb for c, gb in stored.items()) \
+        + DAYS * (1500 + 10 * partners) * CLASS_A
+    facts.update(stored_gb=stored, staging_mb_day=staging / 1e6, products_mb_day=products / 1e6)
+
+    egress_gib = DAYS * 2 * products / GiB                # SFTP and API each deliver every file
+    cost["Network (Cloud NAT, egress)"] = egress_gib * EGRESS_GIB + (
+        730 * (NAT_IP_H + NAT_VM_H * NAT_INSTANCES) + egress_gib * NAT_GIB if nat else 0.0)
+    facts.update(egress_gib=egress_gib)
+
+    scanned = DATASETS * REFRESHES * 30 * rows * TX_PARQUET / TX_KEPT
+    cost["BigQuery (Power BI refreshes)"] = max(0.0, scanned / TiB - BQ_FREE_TIB) * BQ_TIB
+    facts.update(scanned_gib=scanned / GiB, scanned_no_filter_gib=scanned * 400 / 30 / GiB)
+
+    cost["Secret Manager"] = max(0, secrets_per_partner * partners + 2 - SECRET_FREE) * SECRET_VERSION
+    cost["Scheduler, registry, telemetry"] = FIXED_SMALL
+    return cost, facts
+
+
+def directquery(rows, queries_a_day=1000, window_days=30):
+    """Monthly BigQuery bill if dashboards queried the external tables at every interaction."""
+    scanned = DAYS * queries_a_day * window_days * rows * TX_PARQUET / TX_KEPT
+    return scanned / TiB, max(0.0, scanned / TiB - BQ_FREE_TIB) * BQ_TIB
+
+
+def total(cost):
+    return sum(cost.values())
+
+
+def main():
+    print("bytes per transaction row (all tables):",
+          f"raw CSV {RAW_CSV / TX_ROWS:.1f}, gzipped {RAW_GZ / TX_ROWS:.1f},",
+          f"curated {CURATED / TX_ROWS:.1f} (transactions Parquet {TX_PARQUET / TX_KEPT:.1f}/row),",
+          f"staging {STAGING / TX_ROWS:.1f}; product line: Parquet {PROD_PARQUET / PROD_LINES:.1f},",
+          f"CSV {PROD_CSV / PROD_LINES:.1f}; partner share {SHARE:.3f}")
+    print(f"worker ${WORKER:.7f}/s, small role ${SMALL:.7f}/s, Cloud Run free tier ${RUN_FREE:.2f}/month")
+    scenarios = [(p, r) for r in (M, 10 * M) for p in (1, 10, 100)]
+    lines = list(model(1, M)[0])
+    print("\n| line | " + " | ".join(f"{p} × {r / M:.0f}M" for p, r in scenarios) + " |")
+    print("|---|" + "---:|" * len(scenarios))
+    results = [model(p, r) for p, r in scenarios]
+    for line in lines:
+        print(f"| {line} | " + " | ".join(f"{c[line]:.2f}" for c, _ in results) + " |")
+    print("| **total (USD/month)** | " + " | ".join(f"**{total(c):.2f}**" for c, _ in results) + " |")
+    print("| per million rows | " + " | ".join(f"{total(c) / (DAYS * r / M):.3f}" for (c, _), (p, r)
+                                               in zip(results, scenarios)) + " |")
+    print("| per delivered daily product | " + " | ".join(f"{total(c) / (DAYS * p):.3f}" for (c, _), (p, r)
+                                                          in zip(results, scenarios)) + " |")
+    for (p, r), (_, facts) in zip(scenarios, results):
+        stored = ", ".join(f"{k.lower()} {v:.0f}" for k, v in facts["stored_gb"].items())
+        print(f"\n{p} partners, {r / M:.0f}M rows: worker {facts['worker']}, batch step {facts['batch_s']:.0f} s/day, worker ticks "
+              f"{facts['worker_ticks_s']:.0f} s/day, Cloud Run gross ${facts['run_gross']:.2f}, "
+              f"{facts['requests']:.0f} requests; stored GB {stored}; staging {facts['staging_mb_day']:.0f} MB/day, "
+              f"products {facts['products_mb_day']:.0f} MB/day; egress {facts['egress_gib']:.1f} GiB; "
+              f"BigQuery {facts['scanned_gib']:.0f} GiB scanned ({facts['scanned_no_filter_gib']:.0f} GiB "
+              f"without the partition filter)")
+    for r in (M, 10 * M):
+        tib, usd = directquery(r)
+        print(f"\nDirectQuery, 1,000 queries a day over 30 days at {r / M:.0f}M rows: {tib:.1f} TiB, ${usd:.0f}/month")
+    levers = {
+        "staging/ deleted after 90 days (with raw: no replay lost)": dict(staging_days=90),
+        "staging/ deleted after 30 days": dict(staging_days=30),
+        "Parquet only to partners (no CSV)": dict(formats=("parquet",)),
+        "no Cloud NAT / static address": dict(nat=False),
+        "check-sinks 2 times per deadline window, not 24": dict(checks_per_window=2),
+        "one secret per partner, not 4": dict(secrets_per_partner=1),
+        "products built in bounded memory: worker 2 vCPU / 4 GiB at every size": dict(worker=WORKER),
+    }
+    print("\n| lever | " + " | ".join(f"{p} × {r / M:.0f}M" for p, r in scenarios) + " |")
+    print("|---|" + "---:|" * len(scenarios))
+    for name, kw in levers.items():
+        saved = [total(model(p, r)[0]) - total(model(p, r, **kw)[0]) for p, r in scenarios]
+        print(f"| {name} | " + " | ".join(f"{s:.2f}" for s in saved) + " |")
+
+
+if __name__ == "__main__":
+    main()
