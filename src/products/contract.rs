@@ -154,21 +154,41 @@ impl SecretRef {
 #[derive(
     Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord, Hash,
 )]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ProductKind {
     /// One row per completed order line of day D.
     Daily,
     /// One row per (uf, city, product) of month M.
     Monthly,
+    /// One row per (level, uf, city, brand) of month M: the monthly brand view.
+    MonthlyBrands,
 }
 
 impl ProductKind {
-    /// The name used in file names, manifests and messages.
+    /// Every product kind, in file-name order.
+    pub const ALL: [ProductKind; 3] = [
+        ProductKind::Daily,
+        ProductKind::Monthly,
+        ProductKind::MonthlyBrands,
+    ];
+
+    /// The name used in file names, folders, manifests and messages.
     pub fn as_str(self) -> &'static str {
         match self {
             ProductKind::Daily => "daily",
             ProductKind::Monthly => "monthly",
+            ProductKind::MonthlyBrands => "monthly_brands",
         }
+    }
+
+    /// Parses the name [`ProductKind::as_str`] gives.
+    pub fn parse(s: &str) -> Option<ProductKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Returns true for the products of a month (built once the month's batches are complete).
+    pub fn is_monthly(self) -> bool {
+        matches!(self, ProductKind::Monthly | ProductKind::MonthlyBrands)
     }
 }
 
@@ -453,7 +473,10 @@ impl Contract {
             }
         }
         if self.products.is_empty() {
-            return bad("products", "must list daily, monthly or both");
+            return bad(
+                "products",
+                "must list at least one of daily, monthly, monthly_brands",
+            );
         }
         if self.products.iter().collect::<BTreeSet<_>>().len() != self.products.len() {
             return bad("products", "duplicate product");
@@ -573,6 +596,14 @@ impl Contract {
     /// Returns true when the contract bought this product.
     pub fn buys(&self, product: ProductKind) -> bool {
         self.products.contains(&product)
+    }
+
+    /// The products of a month the contract bought (monthly aggregate, brand view), in order.
+    pub fn monthly_products(&self) -> Vec<ProductKind> {
+        ProductKind::ALL
+            .into_iter()
+            .filter(|k| k.is_monthly() && self.buys(*k))
+            .collect()
     }
 
     /// Returns true when (brand, segment) is one of the contract's brands.

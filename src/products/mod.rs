@@ -1,12 +1,15 @@
 //! Partner data products: pseudonymize, aggregate, gate, write files and manifests.
 //!
 //! The path of one build: the partner's [`contract`] and its secret → [`curated`] batches →
-//! [`daily`] or [`monthly`] rows (keys from [`pseudonym`]) → [`reconcile`] (monthly) → a record
-//! batch typed by [`schema`] → [`gate`] → [`write`] (Parquet, CSV) → files, [`manifest`]s and the
-//! [`dictionary`], released under `products/<partner>/<daily|monthly>/`; [`highlights`] feed the
-//! partner e-mail; [`alert`]s are raised when the gate or the reconciliation holds a file.
+//! [`daily`] or [`monthly`] rows (keys from [`pseudonym`]), or the [`brands`] view computed from
+//! the monthly rows' lines → [`reconcile`] (monthly, brand view) → a record batch typed by
+//! [`schema`] → [`gate`] → [`write`] (Parquet, CSV) → files, [`manifest`]s and the
+//! [`dictionary`], released under `products/<partner>/<daily|monthly|monthly_brands>/`;
+//! [`highlights`] feed the partner e-mail; [`alert`]s are raised when the gate or the
+//! reconciliation holds a file.
 
 pub mod alert;
+pub mod brands;
 pub mod command;
 pub mod contract;
 pub mod curated;
@@ -91,6 +94,7 @@ impl BuildError {
         match self {
             BuildError::Gate(GateError::Refused { alert, .. }) => Some(alert),
             BuildError::Reconcile(ReconcileError::Mismatch { alert, .. }) => Some(alert),
+            BuildError::Reconcile(ReconcileError::BrandMismatch { alert, .. }) => Some(alert),
             _ => None,
         }
     }
@@ -103,14 +107,27 @@ pub enum Period {
     Day(NaiveDate),
     /// The monthly file of the month starting on this day.
     Month(NaiveDate),
+    /// The monthly brand view of the month starting on this day.
+    MonthBrands(NaiveDate),
 }
 
 impl Period {
+    /// The period of a month product (`kind` monthly or monthly_brands) of the month starting on
+    /// `first_day`; the daily kind gives that day's daily file.
+    pub fn of_month(kind: ProductKind, first_day: NaiveDate) -> Period {
+        match kind {
+            ProductKind::Daily => Period::Day(first_day),
+            ProductKind::Monthly => Period::Month(first_day),
+            ProductKind::MonthlyBrands => Period::MonthBrands(first_day),
+        }
+    }
+
     /// The product kind.
     pub fn kind(self) -> ProductKind {
         match self {
             Period::Day(_) => ProductKind::Daily,
             Period::Month(_) => ProductKind::Monthly,
+            Period::MonthBrands(_) => ProductKind::MonthlyBrands,
         }
     }
 
@@ -118,9 +135,18 @@ impl Period {
     pub fn label(self) -> String {
         match self {
             Period::Day(d) => d.to_string(),
-            Period::Month(m) => daily::month_of(m),
+            Period::Month(m) | Period::MonthBrands(m) => daily::month_of(m),
         }
     }
+}
+
+/// The periods of month products a contract bought for the month starting on `first_day`.
+pub fn month_periods(contract: &Contract, first_day: NaiveDate) -> Vec<Period> {
+    contract
+        .monthly_products()
+        .into_iter()
+        .map(|k| Period::of_month(k, first_day))
+        .collect()
 }
 
 /// Where a build reads and writes.
@@ -241,6 +267,27 @@ pub fn build(
                 source_batches: t.source_batches,
                 missing_batches: t.missing_batches,
                 comparison_batches: t.comparison_batches,
+            }
+        }
+        Period::MonthBrands(first) => {
+            // The brand view is computed from the monthly aggregate's lines, and held unless
+            // that aggregate reconciles with the daily lines and its country rows with it.
+            let m = monthly::build(&curated, contract, first, opts.allow_missing_batches)?;
+            reconcile::check(&curated, contract, first, &m)?;
+            let t = brands::build(contract, &m);
+            reconcile::check_brands(contract, &m, &t)?;
+            tracing::info!(
+                rows = t.rows.len(),
+                dropped_outras = t.dropped_outras_rows,
+                dropped_uf = t.dropped_uf_rows,
+                "brand view reconciled"
+            );
+            Built {
+                cells: t.cells(),
+                highlights: highlights::brands(&t),
+                source_batches: m.source_batches,
+                missing_batches: m.missing_batches,
+                comparison_batches: m.comparison_batches,
             }
         }
     };

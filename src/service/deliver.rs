@@ -291,15 +291,11 @@ impl Deliver {
 
     /// Downloads a request's files and manifests into `dir` and describes them.
     async fn download(&self, req: &DeliveryRequest, dir: &Path) -> Result<Delivery, HandleError> {
-        let product = match req.product.as_str() {
-            "daily" => ProductKind::Daily,
-            "monthly" => ProductKind::Monthly,
-            other => {
-                return Err(HandleError::Permanent {
-                    kind: ErrorKind::InvalidDelivery,
-                    message: format!("unknown product {other:?}"),
-                });
-            }
+        let Some(product) = ProductKind::parse(&req.product) else {
+            return Err(HandleError::Permanent {
+                kind: ErrorKind::InvalidDelivery,
+                message: format!("unknown product {:?}", req.product),
+            });
         };
         let mut files = Vec::with_capacity(req.files.len());
         for f in &req.files {

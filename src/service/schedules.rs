@@ -19,8 +19,7 @@ use super::claim::{self, Claim};
 use super::objects::ready_batch;
 use super::{Disposition, HandleError, Worker, batch::StepSummary, names};
 use crate::events::{Alert, ErrorKind, Incoming, Schedule, Severity};
-use crate::products::Period;
-use crate::products::contract::ProductKind;
+use crate::products::month_periods;
 use crate::products::monthly;
 use crate::sinks::check::check_all;
 
@@ -116,7 +115,7 @@ impl Worker {
             .contracts
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.buys(ProductKind::Monthly))
+            .filter(|(_, c)| !c.monthly_products().is_empty())
             .filter(|(_, c)| partner.is_none_or(|p| c.name == p))
             .map(|(i, _)| i)
             .collect();
@@ -190,12 +189,11 @@ impl Worker {
         self.fetch_curated(&input, &days).await?;
         let timeout = std::time::Duration::from_secs(self.config.worker.step_timeout_secs);
         let output = tmp.path().join("products");
-        let build = self.build_products(
-            &input,
-            &output,
-            vec![(contract, Period::Month(first))],
-            summary,
-        );
+        let periods = month_periods(&self.contracts[contract], first)
+            .into_iter()
+            .map(|p| (contract, p))
+            .collect();
+        let build = self.build_products(&input, &output, periods, summary);
         tokio::time::timeout(timeout, build)
             .await
             .map_err(|_| HandleError::Transient("monthly build exceeded the step timeout".into()))?

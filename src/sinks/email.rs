@@ -320,7 +320,7 @@ fn period_pt(product: ProductKind, period: &str) -> String {
         ProductKind::Daily => chrono::NaiveDate::parse_from_str(period, "%Y-%m-%d")
             .map(|d| d.format("%d/%m/%Y").to_string())
             .unwrap_or_else(|_| period.to_string()),
-        ProductKind::Monthly => match period.split_once('-') {
+        ProductKind::Monthly | ProductKind::MonthlyBrands => match period.split_once('-') {
             Some((y, m)) => format!("{m}/{y}"),
             None => period.to_string(),
         },
@@ -331,6 +331,7 @@ fn product_pt(product: ProductKind) -> &'static str {
     match product {
         ProductKind::Daily => "diário",
         ProductKind::Monthly => "agregado mensal",
+        ProductKind::MonthlyBrands => "visão mensal por marca",
     }
 }
 
