@@ -74,8 +74,10 @@ pub struct Manifest {
     pub comparison_batches: Vec<String>,
     /// The other files of the same delivery (the other format).
     pub companion_files: Vec<String>,
-    /// The data dictionary of the product.
+    /// The data dictionary of the product (delivered beside the file).
     pub dictionary: String,
+    /// SHA-256 hex of the data dictionary.
+    pub dictionary_sha256: String,
     /// Facts for the partner e-mail, pt-BR.
     pub highlights: Vec<String>,
     /// When it was built, RFC 3339 UTC (not part of the version).

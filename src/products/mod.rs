@@ -346,7 +346,9 @@ fn release(
     let dir = product_dir(&opts.output, &contract.name, kind);
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let dictionary = dir.join(dictionary::file_name(&contract.name, kind));
-    write_atomic(&dictionary, dictionary::render(contract, schema).as_bytes())?;
+    let dictionary_text = dictionary::render(contract, schema);
+    write_atomic(&dictionary, dictionary_text.as_bytes())?;
+    let dictionary_sha256 = manifest::sha256_hex(dictionary_text.as_bytes());
     let dates = |v: &[NaiveDate]| v.iter().map(|d| d.to_string()).collect::<Vec<_>>();
     let names: Vec<String> = encoded.iter().map(|e| e.1.clone()).collect();
     let mut files = Vec::new();
@@ -379,6 +381,7 @@ fn release(
             comparison_batches: dates(&built.comparison_batches),
             companion_files: names.iter().filter(|n| *n != name).cloned().collect(),
             dictionary: dictionary::file_name(&contract.name, kind),
+            dictionary_sha256: dictionary_sha256.clone(),
             highlights: built.highlights.clone(),
             built_at: opts.built_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         };

@@ -254,9 +254,9 @@ impl Deliver {
         let tmp = self.tempdir()?;
         let mut delivery = self.download(&n.request, tmp.path()).await?;
         delivery.upstream = n.receipts.clone();
-        let dict = self
-            .download_file(&n.request.dictionary, tmp.path())
-            .await?;
+        let Some(dict) = delivery.dictionary.clone() else {
+            return Err(HandleError::Transient("dictionary not downloaded".into()));
+        };
         let fingerprint = schema_fingerprint(&delivery).unwrap_or(dict.sha256.clone());
         let ops = &self.config.gcp.buckets.ops;
         let dict_marker = format!(
@@ -304,6 +304,8 @@ impl Deliver {
             let manifest = self.download_file(&f.manifest, dir).await?;
             files.push(DeliveryFile { data, manifest });
         }
+        // The dictionary is one of the product version's files: it goes where the files go.
+        let dictionary = self.download_file(&req.dictionary, dir).await?;
         // Sizes and SHA-256 against the request: `deliver_once` checks them (a mismatch is
         // transient: a fresh download may fix it).
         Ok(Delivery {
@@ -312,6 +314,7 @@ impl Deliver {
             product,
             period: req.period.clone(),
             files,
+            dictionary: Some(dictionary),
             new_dictionary: None,
             upstream: Vec::new(),
         })

@@ -394,6 +394,7 @@ impl<'a> Text<'a> {
                 .files
                 .iter()
                 .filter(|f| !f.name.ends_with(".manifest.json"))
+                .filter(|f| self.d.dictionary.as_ref().is_none_or(|x| x.name != f.name))
             {
                 let line = if r.sink == "api" {
                     format!("{label}: dataset {} em {}", self.d.product, f.location)
