@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::contract::{Contract, Format, KeyPeriod, ProductKind};
+use super::contract::{Codec, Contract, Format, KeyPeriod, ProductKind};
 use super::monthly::MIN_OTHER_BRANDS;
 use super::schema::ProductSchema;
 
@@ -51,7 +51,10 @@ pub fn render(contract: &Contract, schema: &ProductSchema) -> String {
         .formats
         .iter()
         .map(|f| match f {
-            Format::Parquet => "Parquet (Snappy)",
+            Format::Parquet => match contract.parquet.compression {
+                Codec::Snappy => "Parquet (Snappy)",
+                Codec::Zstd => "Parquet (Zstandard)",
+            },
             Format::Csv => "CSV (UTF-8, vírgula, cabeçalho, ponto decimal)",
         })
         .collect();

@@ -45,6 +45,9 @@ pub struct Manifest {
     pub file: String,
     /// `parquet` or `csv`.
     pub format: String,
+    /// The Parquet codec (`snappy`, `zstd(3)`); absent for CSV.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
     /// Schema version of the product.
     pub schema_version: u32,
     /// SHA-256 of the column definitions (changes with the schema).

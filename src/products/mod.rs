@@ -336,7 +336,7 @@ fn release(
             },
         )?;
         let bytes = match f {
-            Format::Parquet => write::parquet_bytes(&batch)?,
+            Format::Parquet => write::parquet_bytes(&batch, &contract.parquet)?,
             Format::Csv => write::csv_bytes(schema, &batch)?,
         };
         encoded.push((f, name, bytes));
@@ -363,6 +363,7 @@ fn release(
             period: label.to_string(),
             file: name.clone(),
             format: f.extension().to_string(),
+            compression: (*f == Format::Parquet).then(|| contract.parquet.describe()),
             schema_version: schema.version,
             schema_fingerprint: schema.fingerprint(),
             rows: batch.num_rows(),
