@@ -501,4 +501,35 @@ deadline = "08:00"
         assert!(t.rows.iter().all(|r| r.customers_share.is_none()));
         assert_eq!(t.cells()[0][2], Cell::Null);
     }
+
+    #[test]
+    fn country_rows_must_add_up_to_the_monthly_aggregate() {
+        use super::super::reconcile::{ReconcileError, check_brands};
+
+        let zap = |c| product(c, "Zap", "Acme");
+        let lines = vec![
+            (
+                line("1", "a", "ZAP-000001", "Itu", "SP", 3),
+                zap("ZAP-000001"),
+            ),
+            (
+                line("2", "b", "ZAP-000001", "Itu", "SP", 2),
+                zap("ZAP-000001"),
+            ),
+        ];
+        let mut m = table(lines);
+        let t = build(&contract(), &m);
+        // The monthly aggregate has no row and no dropped cell for Zap: held.
+        let e = check_brands(&contract(), &m, &t).unwrap_err();
+        assert!(matches!(e, ReconcileError::BrandMismatch { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("brand Zap/Sucos country row 5 units, 500 cents"),
+            "{e}"
+        );
+        // Its dropped cells hold them: the brand view may go.
+        m.dropped_by_brand
+            .insert(("Zap".into(), "Sucos".into()), (5, 500));
+        check_brands(&contract(), &m, &t).unwrap();
+    }
 }

@@ -149,10 +149,12 @@ fn builds_are_byte_identical() {
             .unwrap();
         env.build("ouchhungry", Period::Month(day("2026-11-01")), out)
             .unwrap();
+        env.build("ouchhungry", Period::MonthBrands(day("2026-11-01")), out)
+            .unwrap();
     }
     let a = files_under(&env.root.join("a"));
     let b = files_under(&env.root.join("b"));
-    assert_eq!(a.len(), 10, "{a:?}"); // 2 products × (parquet, csv, 2 manifests) + 2 dictionaries
+    assert_eq!(a.len(), 15, "{a:?}"); // 3 products × (parquet, csv, 2 manifests) + 3 dictionaries
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.file_name(), y.file_name());
         assert_eq!(
