@@ -23,6 +23,10 @@ pub const KIND_THRESHOLD: &str = "quality.threshold";
 /// Alert kind of a volume anomaly.
 pub const KIND_VOLUME: &str = "quality.volume";
 
+/// Rows read below which a table's share measures are not evaluated, unless its `min_rows`
+/// says otherwise: on fewer rows one bad row moves a share by a whole percent or more.
+pub const MIN_ROWS: u64 = 100;
+
 /// A share of rows, checked to lie in 0..=1 when read.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Deserialize)]
 #[serde(try_from = "f64")]
@@ -120,9 +124,12 @@ impl Default for VolumeLimit {
 }
 
 /// The guardrails of one table (`[guardrails.<table>]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TableGuardrails {
+    /// Rows read a batch needs before its share measures (quarantine, duplicates, key nulls)
+    /// can trip; the volume check does not depend on it.
+    pub min_rows: u64,
     /// Quarantined rows / rows read.
     pub quarantine: Limit,
     /// Exact duplicates removed / rows read.
@@ -133,6 +140,19 @@ pub struct TableGuardrails {
     pub key_fields: Vec<String>,
     /// The volume check; none when left out.
     pub volume: Option<VolumeLimit>,
+}
+
+impl Default for TableGuardrails {
+    fn default() -> Self {
+        TableGuardrails {
+            min_rows: MIN_ROWS,
+            quarantine: Limit::default(),
+            duplicates: Limit::default(),
+            key_nulls: Limit::default(),
+            key_fields: Vec::new(),
+            volume: None,
+        }
+    }
 }
 
 /// Every table's guardrails, by table name (`[guardrails]`).
@@ -254,7 +274,9 @@ pub fn evaluate(g: &Guardrails, report: &QualityReport, history: &[QualityReport
         let Some(t) = report.tables.get(table) else {
             continue;
         };
-        if t.rows_read > 0 {
+        // A share of a handful of rows is noise: below `min_rows` (and for an empty table) the
+        // shares are not evaluated.
+        if t.rows_read > 0 && t.rows_read >= tg.min_rows {
             let mut shares = vec![
                 (
                     "quarantine_share".to_string(),
@@ -493,6 +515,36 @@ mod tests {
     fn an_empty_table_has_no_shares() {
         let e = evaluate(&rails(), &report(27, 0, 0, 0), &[]);
         assert!(e.alerts.is_empty());
+    }
+
+    #[test]
+    fn shares_need_min_rows_read() {
+        let mut g = rails();
+        assert_eq!(g.0["transactions"].min_rows, MIN_ROWS, "the default");
+        // 99 rows, a third quarantined: below the default minimum of 100, no share is checked.
+        let e = evaluate(&g, &report(27, 99, 33, 0), &[]);
+        assert!(e.alerts.is_empty(), "{:?}", measures(&e));
+        let e = evaluate(&g, &report(27, 100, 33, 0), &[]);
+        assert!(!e.alerts.is_empty());
+        // Configured per table: 206 rows (a product catalog) with 15 quarantined is 7.3 %,
+        // above warn, but under a minimum of 500 rows it is not checked.
+        g.0.get_mut("transactions").unwrap().min_rows = 500;
+        let e = evaluate(&g, &report(27, 206, 15, 0), &[]);
+        assert!(e.alerts.is_empty(), "{:?}", measures(&e));
+        let e = evaluate(&g, &report(27, 500, 30, 0), &[]);
+        assert_eq!(
+            measures(&e),
+            vec![
+                ("quarantine_share".into(), Severity::Warning),
+                ("null_share.customer_id".into(), Severity::Critical),
+            ]
+        );
+        // The volume check does not depend on it.
+        let hist: Vec<QualityReport> = (1..=3).map(|d| report(d, 1000, 0, 0)).collect();
+        let e = evaluate(&g, &report(10, 200, 0, 0), &hist);
+        assert_eq!(measures(&e), vec![("row_count".into(), Severity::Warning)]);
+        let parsed: Guardrails = toml::from_str("[t]\nmin_rows = 0").unwrap();
+        assert_eq!(parsed.0["t"].min_rows, 0);
     }
 
     #[test]
