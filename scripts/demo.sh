@@ -16,6 +16,9 @@ days=(2026-11-24 2026-11-25 2026-11-26)
 wait_secs="${DEMO_WAIT_SECS:-300}"
 
 bash scripts/setup.sh
+# The local stack's own tools (fake-gcs-server, the Pub/Sub emulator check): a fresh machine
+# has none of them until this runs.
+bash fake-gcp/setup.sh >/dev/null
 case "$profile" in
   release) cargo build --locked --release --quiet ;;
   debug) cargo build --locked --quiet ;;
