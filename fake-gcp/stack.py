@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The local Google Cloud stack of datashare: Pub/Sub and Cloud Storage emulators.
 
-Starts Google's Pub/Sub emulator and fake-gcs-server on 127.0.0.1, waits until
-both answer, and creates on them exactly the topology of fake-gcp/topology.yaml
+Starts Google's Pub/Sub emulator and fake-gcs-server on 127.0.0.1 (clients reach
+fake-gcs-server through gcs_front.py, which puts the port back in the Host header
+for resumable uploads), waits until both answer, and creates on them exactly the topology of fake-gcp/topology.yaml
 (topics, subscriptions with their delivery settings, buckets), with the bucket
 names and project of config/default.toml. fake-gcs-server publishes the real
 GCS notification (OBJECT_FINALIZE, JSON_API_V1) of every object finalized in

@@ -17,7 +17,7 @@ demo="$(realpath -m "${DEMO_DIR:-out/demo}")"
 state="$demo/stack/stack.json"
 days=(2026-11-24 2026-11-25 2026-11-26)
 calm_rate=0.02  # the calm days: no guardrail trips
-alert_rate=0.25 # the last day: ~7% of its transactions quarantined, above the 5% warning
+alert_rate=0.25 # the last day: ~8% of its transactions quarantined, above the 5% warning
 wait_secs="${DEMO_WAIT_SECS:-300}"
 
 bash scripts/setup.sh
@@ -222,19 +222,19 @@ for title, folder, pattern in [("SFTP server", env["FAKE_GCP_SFTP_ROOT"], "*"),
         print("  (nothing)")
 alerts = team_mails_by_day()
 print("\n== which day alerted (the data team's e-mails, from the SMTP catcher)")
-calm_ok = True
+alerts_ok = True
 for d in days:
     got = alerts.get(d, [])
-    expected = "alert expected" if d == alert_day else "calm day, no alert expected"
-    print(f"  {d} ({expected}): {len(got)} alert e-mail(s)")
+    said = f"ALERTED  {len(got)} e-mail(s) to the data team" if got else "calm     no alert e-mail"
+    right = (d == alert_day) == bool(got)
+    print(f"  {d}  {said}  ({'as expected' if right else 'NOT as expected'})")
     for s in got:
         print(f"      {s}")
-    if (d == alert_day) != bool(got) and alerting:
-        calm_ok = False
+    alerts_ok = alerts_ok and (right or not alerting)
 for s in alerts.get(None, []):
     print(f"  (about no day) {s}")
-ok = len(requests) >= want and (not delivering or delivered()) and calm_ok
-if not calm_ok:
+ok = len(requests) >= want and (not delivering or delivered()) and alerts_ok
+if not alerts_ok:
     print(f"  the alerts are not as expected: only {alert_day} should alert", flush=True)
 sys.exit(0 if ok else 1)
 PY
