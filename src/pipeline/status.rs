@@ -64,10 +64,7 @@ impl DayState {
 
     /// Whether someone must act (exit code 1).
     pub fn needs_action(self) -> bool {
-        matches!(
-            self,
-            DayState::Held | DayState::Stalled | DayState::Missing
-        )
+        matches!(self, DayState::Held | DayState::Stalled | DayState::Missing)
     }
 }
 
@@ -317,9 +314,17 @@ async fn day(
                 table: t.clone(),
                 object: f.object.clone(),
                 generation: f.generation.clone(),
-                state: if f.error.is_some() { "failed" } else { "staged" }.into(),
+                state: if f.error.is_some() {
+                    "failed"
+                } else {
+                    "staged"
+                }
+                .into(),
                 rows: f.rows,
-                error: f.error.as_ref().map(|e| format!("{}: {}", e.kind, e.message)),
+                error: f
+                    .error
+                    .as_ref()
+                    .map(|e| format!("{}: {}", e.kind, e.message)),
             })
             .collect(),
         None => staged_parts(gcs, &b.curated, dt).await?,
@@ -408,7 +413,9 @@ fn verdict(
     // The latest claim tells where the day is now.
     let latest = steps.iter().max_by(|a, b| a.taken_at.cmp(&b.taken_at));
     match latest {
-        Some(s) if s.state == "running" => (DayState::Running, format!("batch step {} running", s.key)),
+        Some(s) if s.state == "running" => {
+            (DayState::Running, format!("batch step {} running", s.key))
+        }
         Some(s) if s.state == "stalled" => (
             DayState::Stalled,
             format!(
@@ -436,7 +443,10 @@ fn verdict(
             if pending.is_empty() {
                 (
                     DayState::Delivered,
-                    format!("batch done, {} product version(s) delivered", products.len()),
+                    format!(
+                        "batch done, {} product version(s) delivered",
+                        products.len()
+                    ),
                 )
             } else {
                 (
@@ -496,7 +506,11 @@ async fn steps(
         };
         let strings = |v: Option<&serde_json::Value>| -> Vec<String> {
             v.and_then(|v| v.as_array())
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let held = strings(done.as_ref().and_then(|d| d.get("held")));
@@ -511,7 +525,10 @@ async fn steps(
             key: key.to_string(),
             state: state.into(),
             owner: claim.as_ref().map(|c| c.owner.clone()).unwrap_or_default(),
-            taken_at: claim.as_ref().map(|c| c.taken_at.clone()).unwrap_or_default(),
+            taken_at: claim
+                .as_ref()
+                .map(|c| c.taken_at.clone())
+                .unwrap_or_default(),
             finished_at: done
                 .as_ref()
                 .and_then(|d| d.get("finished_at"))
@@ -554,7 +571,12 @@ async fn staged_parts(gcs: &Gcs, curated: &str, dt: NaiveDate) -> Result<Vec<Par
             table: s.table,
             object: s.file.object,
             generation: s.file.generation,
-            state: if s.file.error.is_some() { "failed" } else { "staged" }.into(),
+            state: if s.file.error.is_some() {
+                "failed"
+            } else {
+                "staged"
+            }
+            .into(),
             rows: s.file.rows,
             error: s.file.error.map(|e| format!("{}: {}", e.kind, e.message)),
         });
@@ -593,12 +615,15 @@ async fn product(
     }
     let (partner, receipts) = match found {
         Some(f) => f,
-        None if partners.len() == 1 => (partners.keys().next().cloned().unwrap_or_default(), vec![]),
+        None if partners.len() == 1 => {
+            (partners.keys().next().cloned().unwrap_or_default(), vec![])
+        }
         None => ("?".to_string(), vec![]),
     };
-    let expected: Vec<String> = partners.get(&partner).cloned().unwrap_or_else(|| {
-        receipts.iter().map(|r| r.sink.clone()).collect()
-    });
+    let expected: Vec<String> = partners
+        .get(&partner)
+        .cloned()
+        .unwrap_or_else(|| receipts.iter().map(|r| r.sink.clone()).collect());
     let sink_status = |sink: &str| {
         let r = receipts.iter().find(|r| r.sink == sink);
         SinkStatus {
@@ -625,7 +650,9 @@ async fn product(
     let first = receipts.first();
     Ok(Some(ProductStatus {
         partner,
-        product: first.map(|r| r.product.as_str().to_string()).unwrap_or_default(),
+        product: first
+            .map(|r| r.product.as_str().to_string())
+            .unwrap_or_default(),
         period: first.map(|r| r.period.clone()).unwrap_or_default(),
         delivery_id: delivery_id.to_string(),
         sinks,
@@ -847,7 +874,10 @@ mod tests {
         assert_eq!(verdict(&[], &[], &[], due, before).0, DayState::NotYet);
         assert_eq!(verdict(&[], &[], &[], due, after).0, DayState::Missing);
         let held = step("held", "2026-11-28T01:00:00Z");
-        assert_eq!(verdict(&[held.clone()], &[], &[], due, after).0, DayState::Held);
+        assert_eq!(
+            verdict(&[held.clone()], &[], &[], due, after).0,
+            DayState::Held
+        );
         let done = Step {
             state: "done".into(),
             held: vec![],
