@@ -198,6 +198,9 @@ pub struct OpenAlert {
     pub last_seen: DateTime<Utc>,
     /// Times seen.
     pub total: u64,
+    /// The day its details name (`dt`, or an object under `dt=D/`), when its period does not.
+    #[serde(skip)]
+    about_day: Option<String>,
 }
 
 /// Everything `status` says about one day.
@@ -270,7 +273,14 @@ async fn open_alerts(gcs: &Gcs, ops: &str) -> Result<Vec<OpenAlert>, GcsError> {
         if s.resolved_at.is_some() {
             continue;
         }
+        let detail = |k: &str| s.alert.details.get(k).and_then(|v| v.as_str());
+        let about_day = detail("dt").map(String::from).or_else(|| {
+            let o = detail("object")?;
+            let at = o.find("/dt=")? + "/dt=".len();
+            o.get(at..at + 10).map(String::from)
+        });
         out.push(OpenAlert {
+            about_day,
             fingerprint: s.fingerprint,
             kind: s.alert.kind,
             severity: s.alert.severity,
@@ -365,7 +375,10 @@ async fn day(
     let month = dt.format("%Y-%m").to_string();
     let day_alerts: Vec<OpenAlert> = alerts
         .iter()
-        .filter(|a| a.period == dt.to_string() || a.period == month)
+        .filter(|a| {
+            let day = dt.to_string();
+            a.period == day || a.period == month || a.about_day.as_deref() == Some(day.as_str())
+        })
         .filter(|a| {
             partner.is_none_or(|want| a.partner == want || a.partner == "*" || a.partner.is_empty())
         })

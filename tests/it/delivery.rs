@@ -977,6 +977,30 @@ async fn status_tells_a_delivered_a_held_a_failed_part_and_a_missing_day_apart()
     )
     .await;
 
+    until(
+        "the held day's dead letters recorded",
+        Duration::from_secs(120),
+        || async {
+            let d = collect(&r.gcs, &r.cfg, &partners, &[held], None, chrono::Utc::now())
+                .await
+                .unwrap()
+                .remove(0);
+            let open: Vec<&str> = d.alerts.iter().map(|a| a.fingerprint.as_str()).collect();
+            d.parts
+                .iter()
+                .filter(|p| p.state == "failed")
+                .all(|p| {
+                    let fp = datashare::events::dead_letter_fingerprint(
+                        "extracts-worker",
+                        "invalid_extract",
+                        &p.object,
+                    );
+                    open.contains(&fp.as_str())
+                })
+                .then_some(())
+        },
+    )
+    .await;
     let (v, code) = status_json(
         &r,
         &[
@@ -1053,6 +1077,26 @@ async fn status_tells_a_delivered_a_held_a_failed_part_and_a_missing_day_apart()
     assert_eq!(h["steps"][0]["held"][0], format!("batch {held}"));
     assert_eq!(h["products"].as_array().unwrap().len(), 0);
     assert_eq!(h["marker"]["failed"], 3);
+    // Its open alerts: each failed part's dead letter, by the fingerprint the e-mails carry.
+    let open: Vec<&str> = h["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["fingerprint"].as_str().unwrap())
+        .collect();
+    for p in h["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["state"] == "failed")
+    {
+        let fp = datashare::events::dead_letter_fingerprint(
+            "extracts-worker",
+            "invalid_extract",
+            p["object"].as_str().unwrap(),
+        );
+        assert!(open.contains(&fp.as_str()), "{fp} not in {open:?}");
+    }
 
     // Delivered: rows per table as the generator wrote them, every receipt, the e-mail.
     let d = &days[3];
