@@ -292,7 +292,7 @@ async fn open_alerts(gcs: &Gcs, ops: &str) -> Result<Vec<OpenAlert>, GcsError> {
             total: s.total,
         });
     }
-    out.sort_by(|a, b| (a.severity, a.first_seen).cmp(&(b.severity, b.first_seen)));
+    out.sort_by_key(|a| (a.severity, a.first_seen));
     Ok(out)
 }
 
@@ -888,7 +888,7 @@ mod tests {
         assert_eq!(verdict(&[], &[], &[], due, after).0, DayState::Missing);
         let held = step("held", "2026-11-28T01:00:00Z");
         assert_eq!(
-            verdict(&[held.clone()], &[], &[], due, after).0,
+            verdict(std::slice::from_ref(&held), &[], &[], due, after).0,
             DayState::Held
         );
         let done = Step {
