@@ -142,6 +142,10 @@ impl State {
                 self.seen.pop_front();
             }
         }
+        if self.resolved_at.is_some_and(|r| alert.raised_at <= r) {
+            // Raised before the condition was seen cleared, delivered after: not a new incident.
+            return Recorded::Duplicate;
+        }
         if self.resolved_at.take().is_some() {
             // The condition came back after it was resolved: a new incident, mailed at once.
             self.resolving = None;
@@ -453,8 +457,19 @@ mod tests {
         s.resolved_sent("tr");
         assert_eq!(s.take_resolved("tr2", end + H), None);
         assert_eq!(s.take_digest("t", end + H + H, 3600), None);
+        // A message raised before the resolution but delivered after it reopens nothing.
+        let late = Alert {
+            raised_at: end - H,
+            ..a.clone()
+        };
+        assert_eq!(s.record(&late, "late", end + H, 3600), Recorded::Duplicate);
+        assert!(!s.is_open());
         // The condition comes back: a new incident, e-mailed at once.
-        assert_eq!(s.record(&a, "again", end + H, 3600), Recorded::MailNow);
+        let again = Alert {
+            raised_at: end + H,
+            ..a.clone()
+        };
+        assert_eq!(s.record(&again, "again", end + H, 3600), Recorded::MailNow);
         assert!(s.is_open());
     }
 }

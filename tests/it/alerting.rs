@@ -702,9 +702,28 @@ async fn a_condition_raised_at_every_tick_is_one_mail_per_window_then_one_resolv
     let st = s.state(&missing.fingerprint).await.unwrap();
     assert!(!st.is_open() && st.resolving.is_none(), "{st:?}");
     assert!(s.state(&stalled.fingerprint).await.unwrap().is_open());
+    // The stalled batch goes through too (a replay): its own "resolved" e-mail.
+    s.gcs
+        .write(
+            s.ops(),
+            "claims/batch/dt=2026-11-24/9-abc.replay-1.done.json",
+            b"{}".to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+    s.tick().await;
+    let got = exactly(&s.mail_dir, 6).await;
+    assert!(
+        got.iter().any(|m| m["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("[datashare] resolvido: batch.stalled")),
+        "{got:?}"
+    );
     // Further ticks: nothing more.
     s.tick().await;
-    exactly(&s.mail_dir, 5).await;
+    exactly(&s.mail_dir, 6).await;
     s.finish().await;
 }
 
