@@ -5,9 +5,11 @@
 //!   create-only, before the ack) and turn it into an alert with a stable fingerprint.
 //! - [`state`]: one state object per fingerprint; first alert e-mailed at once, repeats counted.
 //! - [`mail`]: the e-mails (what, where, since when, how often, what to do), sent with lettre.
-//! - [`runbook`]: what to do next, one line per kind.
+//! - [`runbook`]: what to do next, one line per kind, and the commands to run.
+//! - [`budget`]: Cloud Billing budget notifications: the first crossing of each threshold.
 //! - [`replay`]: `datashare replay --dead-letters`. Its settings are [`crate::config::alerting`].
 
+pub mod budget;
 pub mod dead_letters;
 pub mod mail;
 pub mod replay;
@@ -21,7 +23,7 @@ use chrono::Utc;
 use crate::config::Config;
 use crate::events::{Alert, Incoming, Schedule};
 use crate::service::{Disposition, HandleError, Role, RoleContext};
-use mail::{Mailer, digest_mail, first_mail};
+use mail::{Mailer, digest_mail, first_mail, resolved_mail};
 use state::{Recorded, State};
 
 /// The alerting role's key in `[gcp.subscriptions]`.
@@ -30,6 +32,10 @@ pub const ALERT_ROLE: &str = "alert";
 pub const ALERTS_SUBSCRIPTION: &str = "alerts-alert";
 /// The subscription to `schedules`.
 pub const SCHEDULES_SUBSCRIPTION: &str = "schedules-alert";
+
+/// Kinds of alert raised at every tick while a condition lasts, and closed by one "resolved"
+/// e-mail when the tick sees the day's batch done (a done marker under `claims/batch/dt=D/`).
+pub const CLEARED_BY_A_DONE_BATCH: [&str; 2] = ["extract.missing", "batch.stalled"];
 
 /// The alerting consumer.
 #[derive(Debug)]
@@ -111,7 +117,7 @@ impl Alerting {
             return Ok(());
         };
         self.mailer
-            .send(&first_mail(&s, &sending))
+            .send(&first_mail(&s, &sending, window))
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
         tracing::info!(fingerprint = %alert.fingerprint, kind = %alert.kind, "alert e-mailed");
@@ -124,7 +130,8 @@ impl Alerting {
         Ok(())
     }
 
-    /// At a tick: one digest per fingerprint with pending repeats.
+    /// At a tick: one "resolved" e-mail per open condition that cleared, and one digest per
+    /// fingerprint with pending repeats whose window since its last e-mail has passed.
     pub async fn tick(&self, tick_id: &str) -> Result<usize, HandleError> {
         let now = Utc::now();
         let objects = self.gcs.list(self.ops(), "alerts/state/").await?;
@@ -138,32 +145,147 @@ impl Alerting {
             else {
                 continue;
             };
+            match self.tick_one(tick_id, fp, now).await {
+                Ok(true) => sent += 1,
+                Ok(false) => {}
+                // The others are still tried; the tick is retried for this one.
+                Err(e) => {
+                    tracing::warn!(fingerprint = fp, error = %e, "tick e-mail not sent");
+                    failed = Some(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(sent),
+        }
+    }
+
+    /// One fingerprint at a tick: its "resolved" e-mail or its digest; true when one was sent.
+    async fn tick_one(
+        &self,
+        tick_id: &str,
+        fp: &str,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<bool, HandleError> {
+        let window = self.config.alerting.window_secs;
+        let Some((bytes, _)) = self
+            .gcs
+            .read(self.ops(), &state::state_object(fp), None)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let Ok(current) = serde_json::from_slice::<State>(&bytes) else {
+            return Ok(false);
+        };
+        let resolving =
+            current.resolving.is_some() || (current.is_open() && self.cleared(&current).await?);
+        if resolving {
             let taken = state::update(&self.gcs, self.ops(), fp, |current| {
                 let mut s = current?;
-                let d = s.take_digest(tick_id, now)?;
-                Some((s.clone(), (s, d)))
+                let r = s.take_resolved(tick_id, now)?;
+                Some((s.clone(), (s, r)))
             })
             .await?;
-            let Some((s, d)) = taken else { continue };
-            if let Err(e) = self.mailer.send(&digest_mail(&s, &d)).await {
-                // The others are still tried; the tick is retried for this one.
-                tracing::warn!(fingerprint = fp, error = %e, "digest not sent");
-                failed = Some(e);
-                continue;
-            }
-            tracing::info!(fingerprint = fp, repeats = d.count, "digest e-mailed");
+            let Some((s, r)) = taken else {
+                return Ok(false);
+            };
+            self.mailer
+                .send(&resolved_mail(&s, &r))
+                .await
+                .map_err(|e| HandleError::Transient(e.to_string()))?;
+            tracing::info!(fingerprint = fp, kind = %s.alert.kind, "resolved e-mailed");
             state::update(&self.gcs, self.ops(), fp, |current| {
                 let mut s = current?;
-                s.digest_sent(tick_id);
+                s.resolved_sent(tick_id);
                 Some((s, ()))
             })
             .await?;
-            sent += 1;
+            return Ok(true);
         }
-        match failed {
-            Some(e) => Err(HandleError::Transient(e.to_string())),
-            None => Ok(sent),
+        let taken = state::update(&self.gcs, self.ops(), fp, |current| {
+            let mut s = current?;
+            let d = s.take_digest(tick_id, now, window)?;
+            Some((s.clone(), (s, d)))
+        })
+        .await?;
+        let Some((s, d)) = taken else {
+            return Ok(false);
+        };
+        self.mailer
+            .send(&digest_mail(&s, &d))
+            .await
+            .map_err(|e| HandleError::Transient(e.to_string()))?;
+        tracing::info!(fingerprint = fp, repeats = d.count, "digest e-mailed");
+        state::update(&self.gcs, self.ops(), fp, |current| {
+            let mut s = current?;
+            s.digest_sent(tick_id);
+            Some((s, ()))
+        })
+        .await?;
+        Ok(true)
+    }
+
+    /// Whether the condition of an open alert has cleared: for the kinds of
+    /// [`CLEARED_BY_A_DONE_BATCH`], its day's batch step has finished (any version).
+    pub async fn cleared(&self, s: &State) -> Result<bool, HandleError> {
+        if !CLEARED_BY_A_DONE_BATCH.contains(&s.alert.kind.as_str()) {
+            return Ok(false);
         }
+        let Ok(dt) = chrono::NaiveDate::parse_from_str(&s.alert.period, "%Y-%m-%d") else {
+            return Ok(false);
+        };
+        let prefix = format!("claims/batch/dt={dt}/");
+        Ok(self
+            .gcs
+            .list(self.ops(), &prefix)
+            .await?
+            .iter()
+            .any(|o| o.name.ends_with(".done.json")))
+    }
+
+    /// A budget notification: each threshold it says is crossed is e-mailed once per cost
+    /// interval; copies send nothing.
+    pub async fn budget(&self, msg: &Incoming) -> Result<(), HandleError> {
+        let m = budget::BudgetMessage::parse(msg)?;
+        let crossings = m.crossings();
+        if crossings.is_empty() {
+            tracing::info!(budget_id = %m.budget_id, "budget update without a threshold crossed");
+        }
+        for c in crossings {
+            let alert = m.alert(c);
+            let name = budget::mark_object(&alert.fingerprint);
+            let now = Utc::now();
+            let send = state::update_object(&self.gcs, self.ops(), &name, |current| {
+                let (mark, send) = budget::Mark::record(current, &alert, &msg.id, now);
+                Some((mark, send))
+            })
+            .await?;
+            if send != Some(true) {
+                tracing::info!(fingerprint = %alert.fingerprint, "budget notification already e-mailed, counted");
+                continue;
+            }
+            let mut s = State::new(&alert, now);
+            s.total = 1;
+            self.mailer
+                .send(&mail::budget_mail(&s, now))
+                .await
+                .map_err(|e| HandleError::Transient(e.to_string()))?;
+            tracing::info!(fingerprint = %alert.fingerprint, "budget threshold e-mailed");
+            state::update_object(
+                &self.gcs,
+                self.ops(),
+                &name,
+                |current: Option<budget::Mark>| {
+                    let mut mark = current?;
+                    mark.sent(&msg.id, Utc::now());
+                    Some((mark, ()))
+                },
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Archives a dead letter (create-only), then notifies its alert.
@@ -214,10 +336,11 @@ impl Role for Alerting {
                 }
                 self.notify(&alert, &msg.id).await?;
             }
+            budget::BUDGETS_SUBSCRIPTION => self.budget(msg).await?,
             SCHEDULES_SUBSCRIPTION => match Schedule::parse(msg)? {
                 Schedule::Tick { at } => {
                     let sent = self.tick(&msg.id).await?;
-                    tracing::info!(%at, digests = sent, "tick handled");
+                    tracing::info!(%at, sent, "tick handled");
                 }
                 other => tracing::info!(schedule = ?other, "schedule not for the alerting role"),
             },

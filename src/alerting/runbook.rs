@@ -1,4 +1,7 @@
-//! What to do next: one short runbook line per kind of alert or dead letter.
+//! What to do next: one short runbook line per kind of alert or dead letter (pt-BR, as the
+//! e-mails), and the exact `datashare` commands to run for an alert.
+
+use crate::events::Alert;
 
 /// The kind given to a message Pub/Sub dead-lettered itself after its delivery attempts ran out.
 pub const MAX_DELIVERY_ATTEMPTS: &str = "max_delivery_attempts";
@@ -7,80 +10,153 @@ pub const MAX_DELIVERY_ATTEMPTS: &str = "max_delivery_attempts";
 pub fn runbook(kind: &str) -> &'static str {
     match kind {
         "invalid_extract" => {
-            "The file can never be parsed: ask the marketplace for a corrected upload of the same \
-             table and day; the batch stays held until then or `datashare release` drops the file."
+            "O arquivo nunca poderá ser lido: peça ao marketplace um novo envio corrigido da \
+             mesma tabela e dia; o lote fica retido até lá, ou `datashare release` o entrega \
+             sem o arquivo."
         }
         "unknown_layout" => {
-            "An object landed outside extracts/<table>/dt=YYYY-MM-DD/: move it to the right \
-             place (or delete it if it is not an extract); nothing to replay."
+            "Um objeto chegou fora de extracts/<tabela>/dt=AAAA-MM-DD/: mova-o para o lugar \
+             certo (ou apague-o se não for um extrato); nada a reprocessar."
         }
         "malformed_message" => {
-            "A message without the shape of its topic: find its publisher from the archived \
-             attributes, fix it, then `datashare replay --dead-letters <subscription>`."
+            "Uma mensagem sem o formato do seu tópico: encontre quem a publicou pelos \
+             atributos arquivados, corrija, e então reenvie as dead letters."
         }
         "partner_rejected" => {
-            "The partner refused the delivery (4xx): check the archived request and the \
-             partner's answer, fix the cause with the partner, then replay the dead letters."
+            "O parceiro recusou a entrega (4xx): confira o pedido arquivado e a resposta do \
+             parceiro, corrija a causa com ele e então reenvie as dead letters."
         }
         "host_key" => {
-            "The SFTP server's host key is not the pinned one: confirm the new key with the \
-             partner out of band before updating the contract; never trust it blindly."
+            "A chave do servidor SFTP não é a fixada no contrato: confirme a nova chave com o \
+             parceiro por outro canal antes de atualizar o contrato; nunca confie às cegas."
         }
         "sink_auth" => {
-            "The partner refused our credentials: rotate or fix the secret in Secret Manager, \
-             then replay the dead letters of the sink's subscription."
+            "O parceiro recusou nossas credenciais: renove ou corrija o segredo no Secret \
+             Manager e então reenvie as dead letters da assinatura do destino."
         }
         "sink_config" => {
-            "A sink is misconfigured (address, certificate, folder): fix the contract or \
-             settings, redeploy, then replay the dead letters."
+            "Um destino está mal configurado (endereço, certificado, pasta): corrija o contrato \
+             ou as configurações, publique de novo e então reenvie as dead letters."
         }
         MAX_DELIVERY_ATTEMPTS => {
-            "Pub/Sub gave up after its delivery attempts: the consumer kept failing \
-             transiently; read its logs for the message id, fix the cause, then replay the \
-             dead letters of the source subscription."
+            "O Pub/Sub desistiu após as tentativas de entrega: o consumidor falhou \
+             repetidamente; leia os logs pelo id da mensagem, corrija a causa e então reenvie \
+             as dead letters da assinatura de origem."
         }
         "batch.held" => {
-            "The day's products are held: fix or re-upload the failed files, or run \
-             `datashare release --date <day>` to deliver without them."
+            "Os produtos do dia estão retidos: corrija ou reenvie os arquivos que falharam, ou \
+             rode `datashare release` para entregar sem eles."
+        }
+        "batch.stalled" => {
+            "O passo do lote perdeu seu worker várias vezes (falta de memória, timeout): veja \
+             os logs e a memória do worker, corrija e rode `datashare replay` para o dia."
+        }
+        "quality.guardrails" => {
+            "Guardrails de qualidade do lote disparados: veja o relatório de qualidade e a \
+             quarentena; se algum é bloqueante os produtos estão retidos: peça um novo envio \
+             ou libere o lote com `datashare release`."
         }
         "quality.threshold" => {
-            "A data-quality share crossed its threshold: look at the quality report and the \
-             quarantine of the batch; if blocking, re-upload or release the batch."
+            "Uma proporção de qualidade passou do limite: veja o relatório de qualidade e a \
+             quarentena do lote; se bloqueante, peça um novo envio ou libere o lote."
         }
         "quality.volume" => {
-            "The row count is far from the median of the last 7 batches: check with the \
-             marketplace whether the extract is complete before the partner relies on it."
+            "O número de linhas está longe da mediana dos últimos 7 lotes: confirme com o \
+             marketplace se o extrato está completo antes que o parceiro dependa dele."
         }
         "extract.missing" => {
-            "No complete batch for the day at its deadline: check the raw bucket and the \
-             marketplace's upload job; the batch runs as soon as its marker arrives."
+            "Nenhum lote completo do dia no prazo: confira o bucket raw e a rotina de envio do \
+             marketplace; o lote roda assim que o marcador chegar."
+        }
+        "extract.unlisted" => {
+            "Um arquivo do dia não está listado no marcador e ficou fora do lote: se deveria \
+             entrar, peça ao marketplace um novo marcador que o liste; senão, apague-o."
+        }
+        "product.missing_batches" => {
+            "O produto mensal não foi gerado porque faltam lotes de dias do mês: traga os dias \
+             que faltam (envio ou `datashare replay`) e o mensal é gerado em seguida."
         }
         "sink.check_failed" => {
-            "A sink failed its connection check before a deadline: check the partner's server, \
-             the credentials and the network now, before files are due."
+            "Um destino falhou no teste de conexão antes de um prazo: verifique agora o \
+             servidor do parceiro, as credenciais e a rede, antes que os arquivos vençam."
         }
         "privacy.gate" => {
-            "A product failed the privacy gate and was not delivered: review the contract's \
-             columns and minimum group sizes; do not release it as is."
+            "Um produto falhou no filtro de privacidade e não foi entregue: revise as colunas \
+             e os tamanhos mínimos de grupo do contrato; não o libere como está."
         }
         "reconciliation" => {
-            "Product totals do not reconcile with the curated data: compare the manifest with \
-             the quality report before anything is delivered."
+            "Os totais do produto não batem com os dados curados: compare o manifesto com o \
+             relatório de qualidade antes de qualquer entrega."
         }
         "budget.threshold" => {
-            "Spending crossed a budget threshold: check the billing report for the service \
-             that grew and scale it down if it is unexpected."
+            "Os gastos passaram de um limite do orçamento: veja no relatório de faturamento \
+             qual serviço cresceu e reduza-o se não for esperado."
         }
         _ => {
-            "Read the details and the logs for the fingerprint; fix the cause, then replay \
-             the dead letters if messages were parked."
+            "Leia os detalhes e os logs pela impressão digital; corrija a causa e então \
+             reenvie as dead letters se mensagens ficaram paradas."
         }
     }
+}
+
+/// The `datashare` commands to run for an alert, in order: `status` for its day(s), then
+/// `release` / `replay` where the runbook line calls for one.
+pub fn commands(a: &Alert) -> Vec<String> {
+    let partner = match a.partner.as_str() {
+        "" | "*" => String::new(),
+        p => format!(" --partner {p}"),
+    };
+    let day = chrono::NaiveDate::parse_from_str(&a.period, "%Y-%m-%d").ok();
+    let month = chrono::NaiveDate::parse_from_str(&format!("{}-01", a.period), "%Y-%m-%d").ok();
+    let status = match (day, month) {
+        (Some(d), _) => Some(format!("datashare status --date {d}{partner}")),
+        (None, Some(first)) => {
+            let last = first
+                .checked_add_months(chrono::Months::new(1))
+                .and_then(|n| n.pred_opt())
+                .unwrap_or(first);
+            Some(format!(
+                "datashare status --from {first} --to {last}{partner}"
+            ))
+        }
+        _ => None,
+    };
+    let mut out = Vec::new();
+    if a.kind == "budget.threshold" {
+        return out;
+    }
+    out.push(status.clone().unwrap_or_else(|| "datashare status".into()));
+    let blocking = a
+        .details
+        .get("blocking")
+        .is_some_and(|b| b.as_bool() == Some(true) || b.as_array().is_some_and(|v| !v.is_empty()));
+    if let Some(d) = day {
+        match a.kind.as_str() {
+            "batch.held" | "invalid_extract" => out.push(format!("datashare release --date {d}")),
+            "quality.guardrails" | "quality.threshold" | "quality.volume" if blocking => {
+                out.push(format!("datashare release --date {d}"))
+            }
+            "batch.stalled" => out.push(format!("datashare replay --date {d}")),
+            _ => {}
+        }
+    }
+    if let (Some(first), "product.missing_batches") = (month, a.kind.as_str()) {
+        let last = first
+            .checked_add_months(chrono::Months::new(1))
+            .and_then(|n| n.pred_opt())
+            .unwrap_or(first);
+        out.push(format!("datashare replay --from {first} --to {last}"));
+    }
+    if let Some(sub) = a.details.get("subscription").and_then(|s| s.as_str()) {
+        out.push(format!("datashare replay --dead-letters {sub}"));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Severity;
 
     #[test]
     fn every_known_kind_has_its_own_line() {
@@ -94,9 +170,13 @@ mod tests {
             "sink_config",
             MAX_DELIVERY_ATTEMPTS,
             "batch.held",
+            "batch.stalled",
+            "quality.guardrails",
             "quality.threshold",
             "quality.volume",
             "extract.missing",
+            "extract.unlisted",
+            "product.missing_batches",
             "sink.check_failed",
             "privacy.gate",
             "reconciliation",
@@ -108,5 +188,52 @@ mod tests {
         lines.sort();
         lines.dedup();
         assert_eq!(lines.len(), kinds.len(), "one distinct line per kind");
+    }
+
+    #[test]
+    fn alerts_name_the_exact_commands() {
+        let held = Alert::new(
+            Severity::Critical,
+            "batch.held",
+            ("*", "*", "2026-11-27"),
+            "x",
+            "held".into(),
+        );
+        assert_eq!(
+            commands(&held),
+            [
+                "datashare status --date 2026-11-27",
+                "datashare release --date 2026-11-27"
+            ]
+        );
+        let dl = Alert::new(
+            Severity::Error,
+            "partner_rejected",
+            ("ouchhungry", "daily", "2026-11-27"),
+            "x",
+            "refused".into(),
+        )
+        .with("subscription", "deliveries-api");
+        assert_eq!(
+            commands(&dl),
+            [
+                "datashare status --date 2026-11-27 --partner ouchhungry",
+                "datashare replay --dead-letters deliveries-api"
+            ]
+        );
+        let monthly = Alert::new(
+            Severity::Error,
+            "product.missing_batches",
+            ("ouchhungry", "monthly", "2026-02"),
+            "x",
+            "missing".into(),
+        );
+        assert_eq!(
+            commands(&monthly),
+            [
+                "datashare status --from 2026-02-01 --to 2026-02-28 --partner ouchhungry",
+                "datashare replay --from 2026-02-01 --to 2026-02-28"
+            ]
+        );
     }
 }

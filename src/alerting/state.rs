@@ -73,6 +73,13 @@ pub struct State {
     /// mailed and counted; another kind is the same failure told by another service).
     #[serde(default)]
     pub related: BTreeMap<String, u64>,
+    /// When the condition was seen cleared and the "resolved" e-mail decided (closed until
+    /// the alert comes again).
+    #[serde(default)]
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// The "resolved" e-mail in flight.
+    #[serde(default)]
+    pub resolving: Option<Sending>,
 }
 
 /// What to do with an alert once recorded.
@@ -104,7 +111,14 @@ impl State {
             digest: None,
             seen: VecDeque::new(),
             related: BTreeMap::new(),
+            resolved_at: None,
+            resolving: None,
         }
+    }
+
+    /// Whether the condition is still open (not resolved).
+    pub fn is_open(&self) -> bool {
+        self.resolved_at.is_none()
     }
 
     /// Records one delivery of an alert message.
@@ -128,6 +142,18 @@ impl State {
                 self.seen.pop_front();
             }
         }
+        if self.resolved_at.is_some_and(|r| alert.raised_at <= r) {
+            // Raised before the condition was seen cleared, delivered after: not a new incident.
+            return Recorded::Duplicate;
+        }
+        if self.resolved_at.take().is_some() {
+            // The condition came back after it was resolved: a new incident, mailed at once.
+            self.resolving = None;
+            self.last_mail_at = None;
+            self.pending = 0;
+            self.pending_since = None;
+            self.first_seen = now;
+        }
         self.total += 1;
         self.last_seen = now;
         let known = !self.related.is_empty();
@@ -139,7 +165,9 @@ impl State {
         self.alert = alert.clone();
         let window = chrono::Duration::seconds(window_secs as i64);
         let open = self.last_mail_at.is_some_and(|t| now - t < window);
-        if open || self.first.is_some() {
+        // Repeats already waiting for their digest keep waiting with it: the tick after the
+        // window sends them, whichever of this message and that tick comes first.
+        if open || self.first.is_some() || self.pending > 0 {
             self.pending += 1;
             self.pending_since.get_or_insert(now);
             return Recorded::Counted;
@@ -161,8 +189,15 @@ impl State {
         }
     }
 
-    /// At a tick: the digest to send now, if any (moves the pending repeats into it).
-    pub fn take_digest(&mut self, tick: &str, now: DateTime<Utc>) -> Option<Sending> {
+    /// At a tick: the digest to send now, if any (moves the pending repeats into it). A digest
+    /// goes out only once the window since the last e-mail of the fingerprint has passed: at
+    /// most one e-mail per fingerprint per window.
+    pub fn take_digest(
+        &mut self,
+        tick: &str,
+        now: DateTime<Utc>,
+        window_secs: u64,
+    ) -> Option<Sending> {
         if let Some(d) = &self.digest {
             let stalled = now - d.at >= chrono::Duration::seconds(SENDING_LEASE_SECS);
             if d.by == tick || stalled {
@@ -176,7 +211,11 @@ impl State {
             }
             return None;
         }
-        if self.pending == 0 {
+        if self.pending == 0 || !self.is_open() {
+            return None;
+        }
+        let window = chrono::Duration::seconds(i64::try_from(window_secs).unwrap_or(i64::MAX));
+        if self.last_mail_at.is_some_and(|t| now - t < window) {
             return None;
         }
         let d = Sending {
@@ -198,6 +237,49 @@ impl State {
             self.digest = None;
         }
     }
+
+    /// At a tick that saw the condition cleared: the "resolved" e-mail to send, if any. It
+    /// carries the repeats not yet reported (nothing is silently dropped) and closes the
+    /// fingerprint; a redelivered tick, or another after [`SENDING_LEASE_SECS`], sends it again.
+    pub fn take_resolved(&mut self, tick: &str, now: DateTime<Utc>) -> Option<Sending> {
+        if let Some(r) = &self.resolving {
+            let stalled = now - r.at >= chrono::Duration::seconds(SENDING_LEASE_SECS);
+            if r.by == tick || stalled {
+                let r = Sending {
+                    by: tick.to_string(),
+                    at: now,
+                    ..r.clone()
+                };
+                self.resolving = Some(r.clone());
+                return Some(r);
+            }
+            return None;
+        }
+        if !self.is_open() {
+            return None;
+        }
+        let r = Sending {
+            by: tick.to_string(),
+            at: now,
+            count: self.pending,
+            since: self.pending_since,
+        };
+        self.pending = 0;
+        self.pending_since = None;
+        self.digest = None;
+        self.first = None;
+        self.resolved_at = Some(now);
+        self.last_mail_at = Some(now);
+        self.resolving = Some(r.clone());
+        Some(r)
+    }
+
+    /// Marks the "resolved" e-mail sent by `tick` as sent.
+    pub fn resolved_sent(&mut self, tick: &str) {
+        if self.resolving.as_ref().is_some_and(|r| r.by == tick) {
+            self.resolving = None;
+        }
+    }
 }
 
 /// Changes a fingerprint's state with `f` under a generation precondition, retrying on 412;
@@ -206,16 +288,31 @@ pub async fn update<T>(
     gcs: &Gcs,
     bucket: &str,
     fingerprint: &str,
-    mut f: impl FnMut(Option<State>) -> Option<(State, T)>,
+    f: impl FnMut(Option<State>) -> Option<(State, T)>,
 ) -> Result<Option<T>, GcsError> {
-    let name = state_object(fingerprint);
+    update_object(gcs, bucket, &state_object(fingerprint), f).await
+}
+
+/// Changes the JSON object `name` with `f` under a generation precondition (created with
+/// `ifGenerationMatch=0`), retrying on 412; `None` when `f` wants no write. An unreadable
+/// object is handed to `f` as absent.
+pub async fn update_object<S, T>(
+    gcs: &Gcs,
+    bucket: &str,
+    name: &str,
+    mut f: impl FnMut(Option<S>) -> Option<(S, T)>,
+) -> Result<Option<T>, GcsError>
+where
+    S: Serialize + serde::de::DeserializeOwned,
+{
+    let fingerprint = name;
     for attempt in 0.. {
-        let (current, generation) = match gcs.read(bucket, &name, None).await? {
-            Some((bytes, g)) => match serde_json::from_slice::<State>(&bytes) {
+        let (current, generation) = match gcs.read(bucket, name, None).await? {
+            Some((bytes, g)) => match serde_json::from_slice::<S>(&bytes) {
                 Ok(s) => (Some(s), g),
                 Err(e) => {
                     // Unreadable: start again rather than block every alert of the fingerprint.
-                    tracing::warn!(fingerprint, error = %e, "alert state unreadable, reset");
+                    tracing::warn!(object = fingerprint, error = %e, "alert state unreadable, reset");
                     (None, g)
                 }
             },
@@ -225,11 +322,11 @@ pub async fn update<T>(
             return Ok(None);
         };
         let body = serde_json::to_vec(&next).unwrap_or_default();
-        match gcs.write(bucket, &name, body, Some(generation)).await {
+        match gcs.write(bucket, name, body, Some(generation)).await {
             Ok(_) => return Ok(Some(out)),
             Err(e) if e.is_precondition_failed() && attempt < 50 => {
                 tracing::debug!(
-                    fingerprint,
+                    object = fingerprint,
                     attempt,
                     "alert state changed meanwhile, retried"
                 );
@@ -246,6 +343,8 @@ pub async fn update<T>(
 mod tests {
     use super::*;
     use crate::events::Severity;
+
+    const H: chrono::Duration = chrono::Duration::seconds(3600);
 
     fn alert() -> Alert {
         Alert::new(
@@ -271,13 +370,13 @@ mod tests {
         }
         assert_eq!(s.record(&a, "m7", t0, 3600), Recorded::Duplicate);
         assert_eq!((s.total, s.pending), (50, 49));
-        let d = s.take_digest("tick1", t0).unwrap();
+        let d = s.take_digest("tick1", t0 + H, 3600).unwrap();
         assert_eq!((d.count, d.since), (49, Some(t0)));
         // A redelivered tick resends the same digest; another tick waits for the lease.
-        assert_eq!(s.take_digest("tick2", t0), None);
-        assert_eq!(s.take_digest("tick1", t0).unwrap().count, 49);
+        assert_eq!(s.take_digest("tick2", t0 + H, 3600), None);
+        assert_eq!(s.take_digest("tick1", t0 + H, 3600).unwrap().count, 49);
         s.digest_sent("tick1");
-        assert_eq!(s.take_digest("tick1", t0), None);
+        assert_eq!(s.take_digest("tick1", t0 + H, 3600), None);
         assert_eq!(s.pending, 0);
     }
 
@@ -294,7 +393,7 @@ mod tests {
         s.first_sent("m0");
         let later = t0 + chrono::Duration::seconds(7200);
         assert_eq!(s.record(&held, "m1", later, 3600), Recorded::Related);
-        assert_eq!(s.take_digest("tick", later), None);
+        assert_eq!(s.take_digest("tick", later, 3600), None);
         assert_eq!(s.alert.kind, "quality.volume");
         // Its own repeats are repeats like any other.
         assert_eq!(s.record(&held, "m2", later, 3600), Recorded::MailNow);
@@ -317,8 +416,60 @@ mod tests {
         // A stalled digest is taken over by another tick after the lease.
         s.first_sent("m1");
         s.record(&a, "m2", later, 3600);
-        s.take_digest("t1", later).unwrap();
+        s.take_digest("t1", later + H, 3600).unwrap();
         let much_later = later + chrono::Duration::seconds(SENDING_LEASE_SECS);
-        assert_eq!(s.take_digest("t2", much_later).unwrap().count, 1);
+        assert_eq!(s.take_digest("t2", much_later + H, 3600).unwrap().count, 1);
+    }
+
+    #[test]
+    fn a_condition_raised_at_every_tick_is_one_mail_per_window_then_resolved() {
+        let t0 = Utc::now();
+        let a = alert();
+        let mut s = State::new(&a, t0);
+        let tick = chrono::Duration::seconds(300);
+        let mut mails = 0;
+        // Two hours of ticks raising the same condition, with the alerting tick after each.
+        for i in 0..24 {
+            let now = t0 + tick * i;
+            if s.record(&a, &format!("m{i}"), now, 3600) == Recorded::MailNow {
+                mails += 1;
+                s.first_sent(&format!("m{i}"));
+            }
+            if let Some(d) = s.take_digest(&format!("t{i}"), now, 3600) {
+                mails += 1;
+                s.digest_sent(&d.by);
+            }
+        }
+        // The first at t0, one digest an hour after it (t0+60 min), and one an hour later.
+        assert_eq!(mails, 2, "{s:?}");
+        let end = t0 + tick * 24;
+        let d = s.take_digest("late", end, 3600).unwrap();
+        assert_eq!(d.count, 11);
+        s.digest_sent("late");
+        // One more repeat, then the condition clears: one "resolved" e-mail carries it.
+        s.record(&a, "m-last", end, 3600);
+        let r = s.take_resolved("tr", end).unwrap();
+        assert_eq!(r.count, 1);
+        assert!(!s.is_open());
+        // A redelivered tick sends it again; another tick does not, nor a digest.
+        assert_eq!(s.take_resolved("tr", end).unwrap().count, 1);
+        assert_eq!(s.take_resolved("tr2", end), None);
+        s.resolved_sent("tr");
+        assert_eq!(s.take_resolved("tr2", end + H), None);
+        assert_eq!(s.take_digest("t", end + H + H, 3600), None);
+        // A message raised before the resolution but delivered after it reopens nothing.
+        let late = Alert {
+            raised_at: end - H,
+            ..a.clone()
+        };
+        assert_eq!(s.record(&late, "late", end + H, 3600), Recorded::Duplicate);
+        assert!(!s.is_open());
+        // The condition comes back: a new incident, e-mailed at once.
+        let again = Alert {
+            raised_at: end + H,
+            ..a.clone()
+        };
+        assert_eq!(s.record(&again, "again", end + H, 3600), Recorded::MailNow);
+        assert!(s.is_open());
     }
 }

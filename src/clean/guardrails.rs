@@ -17,6 +17,10 @@ pub const KIND_THRESHOLD: &str = "quality.threshold";
 /// Alert kind of a volume anomaly.
 pub const KIND_VOLUME: &str = "quality.volume";
 
+/// Alert kind of the one alert listing every finding of a batch (operations.md: one batch,
+/// one e-mail).
+pub const KIND_GUARDRAILS: &str = "quality.guardrails";
+
 /// Checks every table and key field named exists in the schemas.
 pub fn check_schemas(guardrails: &Guardrails, schemas: &Schemas) -> Result<(), String> {
     for (table, g) in &guardrails.0 {
@@ -65,6 +69,77 @@ impl Evaluation {
         }
         self.blocking.clear();
         self
+    }
+
+    /// The one alert of the batch of `dt` listing every finding, blocking ones first; `None`
+    /// without findings. Its fingerprint is the batch's day alone, so a re-run (or a release)
+    /// of the batch groups with it.
+    pub fn alert(&self, dt: chrono::NaiveDate) -> Option<Alert> {
+        if self.alerts.is_empty() {
+            return None;
+        }
+        let blocking = |a: &Alert| a.details.get("blocking") == Some(&true.into());
+        let mut ordered: Vec<&Alert> = self.alerts.iter().collect();
+        ordered.sort_by_key(|a| !blocking(a));
+        let day = dt.to_string();
+        let findings: Vec<String> = ordered
+            .iter()
+            .map(|a| {
+                let mut line = a.summary.clone();
+                if let Some(rest) = line.strip_prefix(&format!("batch {day}: ")) {
+                    line = rest.to_string();
+                }
+                if let Some(i) = line.find("; products held") {
+                    line.truncate(i);
+                }
+                let tag = match (blocking(a), a.details.contains_key("released")) {
+                    (true, true) => "[bloqueante, liberado] ",
+                    (true, false) => "[bloqueante] ",
+                    _ => "",
+                };
+                format!("{tag}{line}")
+            })
+            .collect();
+        let n_blocking = ordered.iter().filter(|a| blocking(a)).count();
+        let severity = self
+            .alerts
+            .iter()
+            .map(|a| a.severity)
+            .min()
+            .unwrap_or(Severity::Warning);
+        let outcome = if self.holds() {
+            format!("; produtos retidos até correção ou `datashare release --date {day}`")
+        } else if n_blocking > 0 {
+            "; lote liberado pela equipe, produtos entregues".to_string()
+        } else {
+            String::new()
+        };
+        let summary = format!(
+            "lote {day}: {} achado(s) de qualidade, {n_blocking} bloqueante(s){outcome}",
+            findings.len()
+        );
+        let measures: Vec<String> = ordered
+            .iter()
+            .filter_map(|a| {
+                let t = a.details.get("table")?.as_str()?;
+                let m = a.details.get("measure")?.as_str()?;
+                Some(format!("{t}.{m}"))
+            })
+            .collect();
+        Some(
+            Alert::new(
+                severity,
+                KIND_GUARDRAILS,
+                ("*", "*", &day),
+                "guardrails",
+                summary,
+            )
+            .with("findings", findings)
+            .with("measures", measures)
+            .with("blocking", self.blocking.clone())
+            .with("held", self.holds())
+            .with("dt", day.as_str()),
+        )
     }
 }
 
@@ -451,5 +526,59 @@ mod tests {
         assert!(check_schemas(&g, &schemas).unwrap_err().contains("nope"));
         let g: Guardrails = toml::from_str("[stores]\n").unwrap();
         assert!(check_schemas(&g, &schemas).unwrap_err().contains("stores"));
+    }
+
+    #[test]
+    fn one_batch_is_one_alert_listing_every_finding_blocking_first() {
+        let g = rails();
+        let e = evaluate(&g, &report(27, 1000, 60, 300), &[]);
+        assert!(e.alerts.len() >= 2, "{:?}", measures(&e));
+        let a = e
+            .alert(e.alerts[0].details["dt"].as_str().unwrap().parse().unwrap())
+            .unwrap();
+        assert_eq!(a.kind, KIND_GUARDRAILS);
+        assert_eq!(a.severity, Severity::Critical);
+        let findings = a.details["findings"].as_array().unwrap();
+        assert_eq!(findings.len(), e.alerts.len());
+        assert!(
+            findings[0].as_str().unwrap().starts_with("[bloqueante]"),
+            "{findings:?}"
+        );
+        assert!(
+            !findings
+                .last()
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .starts_with("[bloqueante]")
+        );
+        assert!(
+            a.summary.contains("datashare release --date 2026-11-27"),
+            "{}",
+            a.summary
+        );
+        // Stable per batch: another run of the same day with other findings, or its release,
+        // groups; another day does not.
+        let d = e.alerts[0].details["dt"].as_str().unwrap().parse().unwrap();
+        let other = evaluate(&g, &report(27, 1000, 60, 0), &[])
+            .alert(d)
+            .unwrap();
+        assert_eq!(other.fingerprint, a.fingerprint);
+        let released = e.clone().released().alert(d).unwrap();
+        assert_eq!(released.fingerprint, a.fingerprint);
+        assert_eq!(released.severity, Severity::Warning);
+        assert!(
+            released.summary.contains("liberado"),
+            "{}",
+            released.summary
+        );
+        let next = evaluate(&g, &report(28, 1000, 60, 0), &[]);
+        let nd = next.alerts[0].details["dt"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_ne!(next.alert(nd).unwrap().fingerprint, a.fingerprint);
+        assert_eq!(Evaluation::default().alert(d), None);
     }
 }

@@ -55,6 +55,8 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Checks every partner sink's connection and credentials without delivering.
     CheckSinks(CheckSinksArgs),
+    /// Did the day go out? Marker, parts, batch, rows, receipts and open alerts per day.
+    Status(StatusArgs),
 }
 
 /// Runs the command line: parses, runs, maps the result to the exit code.
@@ -115,6 +117,19 @@ pub fn run(command: Command) -> anyhow::Result<Verdict> {
         Command::CheckSinks(a) => {
             let config = Config::load(a.config.as_deref())?;
             runtime()?.block_on(crate::pipeline::check::run(&config, a.partner.as_deref()))
+        }
+        Command::Status(a) => {
+            let config = Config::load(a.config.as_deref())?;
+            let days = match a.days.range()? {
+                Some(_) => a.days.dates()?,
+                None => vec![crate::pipeline::status::yesterday()],
+            };
+            runtime()?.block_on(crate::pipeline::status::run(
+                &config,
+                &days,
+                a.partner.as_deref(),
+                a.json,
+            ))
         }
     }
 }
@@ -377,6 +392,23 @@ pub struct ReplayArgs {
     /// The batch step(s) to re-run (unchanged products are not delivered again).
     #[command(flatten)]
     pub days: Days,
+    /// Configuration file instead of the built-in `config/default.toml`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Arguments of `datashare status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// The day(s) to show (yesterday in America/Sao_Paulo when none is given).
+    #[command(flatten)]
+    pub days: Days,
+    /// Shows only this partner's products and alerts.
+    #[arg(long)]
+    pub partner: Option<String>,
+    /// JSON for scripts instead of the table.
+    #[arg(long)]
+    pub json: bool,
     /// Configuration file instead of the built-in `config/default.toml`.
     #[arg(long)]
     pub config: Option<PathBuf>,

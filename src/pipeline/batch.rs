@@ -198,8 +198,9 @@ impl Worker {
             tracing::warn!(%dt, blocking = ?guard.blocking, "batch released despite blocking guardrails");
             guard = guard.released();
         }
-        for alert in &guard.alerts {
-            self.alert(alert).await;
+        // One batch, one e-mail: every finding in one alert, blocking ones first.
+        if let Some(alert) = guard.alert(dt) {
+            self.alert(&alert).await;
         }
 
         let mut summary = StepSummary::default();

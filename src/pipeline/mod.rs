@@ -10,8 +10,8 @@
 //!
 //! Beside them: [`schedules`] (monthly builds and the tick: restarts, deadlines, sink checks),
 //! [`release`] (`datashare release`, `datashare replay --date`), [`check`] (`datashare
-//! check-sinks`), [`names`] (where each object lives in the buckets). The transport (pull, push,
-//! ack/nack, dead letters, claims) is [`crate::service`].
+//! check-sinks`), [`status`] (`datashare status`), [`names`] (where each object lives in the
+//! buckets). The transport (pull, push, ack/nack, dead letters, claims) is [`crate::service`].
 
 pub mod batch;
 pub mod check;
@@ -21,6 +21,7 @@ pub mod notify;
 pub mod release;
 pub mod schedules;
 pub mod stage;
+pub mod status;
 
 use std::ops::Deref;
 use std::sync::Arc;

@@ -80,6 +80,7 @@ async fn setup() -> Setup {
         &[
             g.topics.alerts.as_str(),
             g.topics.schedules.as_str(),
+            g.topics.budgets.as_str(),
             "deliveries-api-dead-letter",
         ],
         cfg.emulators.pubsub.as_deref(),
@@ -118,6 +119,21 @@ impl Setup {
             .await
             .unwrap()?;
         Some(serde_json::from_slice(&b).unwrap())
+    }
+
+    /// Moves the last e-mail of a fingerprint `secs` into the past (the window has passed).
+    async fn age(&self, fingerprint: &str, secs: i64) {
+        let mut st = self.state(fingerprint).await.unwrap();
+        st.last_mail_at = st.last_mail_at.map(|t| t - chrono::Duration::seconds(secs));
+        self.gcs
+            .write(
+                self.ops(),
+                &state_object(fingerprint),
+                serde_json::to_vec(&st).unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
     }
 
     async fn tick(&self) {
@@ -187,31 +203,37 @@ async fn an_alert_storm_is_one_mail_then_one_digest() {
     }
     let body = text(first);
     for needle in [
-        "What failed:",
-        "partner ouchhungry",
-        "Since:",
-        "How often: 1 time",
-        "What to do: The row count",
+        "O que falhou:",
+        "parceiro ouchhungry",
+        "Desde: ",
+        "(America/Sao_Paulo) / ",
+        "Frequência: 1 vez no total",
+        "O que fazer: O número de linhas",
+        "  datashare status --date 2026-11-27 --partner ouchhungry\n",
     ] {
         assert!(body.contains(needle), "{needle}: {body}");
     }
     let st = s.state(&fp).await.unwrap();
     assert_eq!((st.pending, st.first.is_none()), (49, true));
 
+    // Within the window a tick sends nothing; after it, one digest.
+    s.tick().await;
+    exactly(&s.mail_dir, 1).await;
+    s.age(&fp, 3600).await;
     s.tick().await;
     let got = exactly(&s.mail_dir, 2).await;
     let digest = got
         .iter()
-        .find(|m| m["subject"].as_str().unwrap().contains("more since"))
+        .find(|m| m["subject"].as_str().unwrap().contains("a mais desde"))
         .expect("a digest");
     assert!(
         digest["subject"]
             .as_str()
             .unwrap()
-            .contains("49 more since"),
+            .contains("49 a mais desde"),
         "{digest}"
     );
-    assert!(text(digest).contains("49 more since"), "{digest}");
+    assert!(text(digest).contains("49 a mais desde"), "{digest}");
     let st = s.state(&fp).await.unwrap();
     assert_eq!((st.pending, st.digest.is_none(), st.total), (0, true, 50));
 
@@ -272,7 +294,8 @@ async fn a_dead_letter_is_archived_mailed_and_replayed_once() {
         "partner ouchhungry",
         "delivery_id: d-42",
         "subscription: deliveries-api",
-        "What to do: The partner refused the delivery",
+        "O que fazer: O parceiro recusou a entrega",
+        "  datashare replay --dead-letters deliveries-api\n",
         "trace_id: 4bf92f3577b34da6a3ce929d0e0e4736",
         &archive,
     ] {
@@ -403,7 +426,7 @@ async fn a_send_that_failed_is_retried_on_redelivery_and_arrives_once() {
         Outcome::Ack
     );
     let got = exactly(&mail_dir, 1).await;
-    assert!(text(&got[0]).contains("What to do: A sink failed its connection check"));
+    assert!(text(&got[0]).contains("O que fazer: Um destino falhou no teste de conexão"));
     let (b, _) = up
         .gcs
         .read(
@@ -502,7 +525,7 @@ async fn a_message_pubsub_gave_up_on_is_archived_mailed_and_replayed_without_its
         "delivery_attempts: 5",
         "subscription: schedules-worker",
         "topic: schedules",
-        "What to do: Pub/Sub gave up",
+        "O que fazer: O Pub/Sub desistiu",
     ] {
         assert!(body.contains(needle), "{needle}: {body}");
     }
@@ -561,7 +584,7 @@ async fn the_alert_command_mails_and_stops_on_sigterm_without_logging_secrets() 
     );
     bus.publish("alerts", alert.to_message()).await.unwrap();
     let got = exactly(&mail_dir, 1).await;
-    assert!(text(&got[0]).contains("What to do: A product failed the privacy gate"));
+    assert!(text(&got[0]).contains("O que fazer: Um produto falhou no filtro de privacidade"));
     // SAFETY: signals our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -584,4 +607,233 @@ async fn the_alert_command_mails_and_stops_on_sigterm_without_logging_secrets() 
     );
     let texts: Vec<String> = got.iter().map(|m| m.to_string()).collect();
     assert_secrets_hidden(&[smtp.password.as_str()], &texts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_condition_raised_at_every_tick_is_one_mail_per_window_then_one_resolved() {
+    let s = setup().await;
+    let day = "2026-11-25";
+    let missing = Alert::new(
+        Severity::Critical,
+        "extract.missing",
+        ("*", "*", day),
+        "extract.missing",
+        format!("no complete batch for {day} by its deadline"),
+    );
+    let stalled = Alert::new(
+        Severity::Critical,
+        "batch.stalled",
+        ("*", "*", "2026-11-24"),
+        "k",
+        "the batch step of 2026-11-24 lost its worker 4 times".into(),
+    );
+    // Six ticks of the worker raising both conditions, each followed by the alerting tick.
+    for i in 0..6 {
+        for a in [&missing, &stalled] {
+            s.bus.publish("alerts", a.to_message()).await.unwrap();
+        }
+        until("the alerts counted", Duration::from_secs(60), || async {
+            let a = s.state(&missing.fingerprint).await?;
+            let b = s.state(&stalled.fingerprint).await?;
+            (a.total == i + 1 && b.total == i + 1).then_some(())
+        })
+        .await;
+        s.tick().await;
+    }
+    // One e-mail per fingerprint, not one per tick.
+    let got = exactly(&s.mail_dir, 2).await;
+    assert!(
+        got.iter()
+            .all(|m| !m["subject"].as_str().unwrap().contains("a mais desde"))
+    );
+    // The window passes: one digest each.
+    s.age(&missing.fingerprint, 3600).await;
+    s.age(&stalled.fingerprint, 3600).await;
+    s.tick().await;
+    let got = exactly(&s.mail_dir, 4).await;
+    let digests: Vec<&Value> = got
+        .iter()
+        .filter(|m| m["subject"].as_str().unwrap().contains("5 a mais desde"))
+        .collect();
+    assert_eq!(digests.len(), 2, "{got:?}");
+
+    // The day arrives (its batch step finishes): one "resolved" e-mail for it; the stalled
+    // batch of another day stays open.
+    s.bus.publish("alerts", missing.to_message()).await.unwrap();
+    until("the repeat counted", Duration::from_secs(60), || async {
+        s.state(&missing.fingerprint)
+            .await
+            .filter(|st| st.total == 7)
+            .map(|_| ())
+    })
+    .await;
+    s.gcs
+        .write(
+            s.ops(),
+            &format!("claims/batch/dt={day}/9-abc.done.json"),
+            b"{}".to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+    s.tick().await;
+    let got = exactly(&s.mail_dir, 5).await;
+    let resolved: Vec<&Value> = got
+        .iter()
+        .filter(|m| m["subject"].as_str().unwrap().contains("resolvido"))
+        .collect();
+    assert_eq!(resolved.len(), 1, "{got:?}");
+    let body = text(resolved[0]);
+    assert!(
+        resolved[0]["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("[datashare] resolvido: extract.missing"),
+        "{body}"
+    );
+    for needle in [
+        "RESOLVIDO em ",
+        "1 a mais desde",
+        "7 vezes no total",
+        &missing.fingerprint,
+    ] {
+        assert!(body.contains(needle), "{needle}: {body}");
+    }
+    let st = s.state(&missing.fingerprint).await.unwrap();
+    assert!(!st.is_open() && st.resolving.is_none(), "{st:?}");
+    assert!(s.state(&stalled.fingerprint).await.unwrap().is_open());
+    // The stalled batch goes through too (a replay): its own "resolved" e-mail.
+    s.gcs
+        .write(
+            s.ops(),
+            "claims/batch/dt=2026-11-24/9-abc.replay-1.done.json",
+            b"{}".to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+    s.tick().await;
+    let got = exactly(&s.mail_dir, 6).await;
+    assert!(
+        got.iter().any(|m| m["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("[datashare] resolvido: batch.stalled")),
+        "{got:?}"
+    );
+    // Further ticks: nothing more.
+    s.tick().await;
+    exactly(&s.mail_dir, 6).await;
+    s.finish().await;
+}
+
+/// Google's documented budget notification (the example of "Manage programmatic budget alert
+/// notifications"), with the threshold fields given.
+fn budget_message(threshold: Option<(&str, f64)>, cost: f64) -> datashare::events::Outgoing {
+    let mut data = serde_json::json!({
+        "budgetDisplayName": "name-of-budget",
+        "costAmount": cost,
+        "costIntervalStart": "2019-01-01T00:00:00Z",
+        "budgetAmount": 100.00,
+        "budgetAmountType": "SPECIFIED_AMOUNT",
+        "currencyCode": "USD"
+    });
+    if let Some((k, v)) = threshold {
+        data[k] = v.into();
+    }
+    datashare::events::Outgoing {
+        data: data.to_string().into_bytes(),
+        attributes: [
+            ("billingAccountId", "01D4EE-079462-DFD6EC"),
+            ("budgetId", "de72f49d-779b-4945-a127-4d6ce8def0bb"),
+            ("schemaVersion", "1.0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budget_notifications_mail_each_threshold_once_and_duplicates_nothing() {
+    let s = setup().await;
+    let actual = "alertThresholdExceeded";
+    let forecast = "forecastThresholdExceeded";
+    // As Google sends them: a plain update, then each crossing several times a day.
+    let sends = [
+        (None, 20.0),
+        (Some((actual, 0.5)), 50.10),
+        (Some((actual, 0.5)), 50.10),
+        (Some((actual, 0.5)), 61.00),
+        (Some((forecast, 1.0)), 61.00),
+        (Some((forecast, 1.0)), 70.00),
+        (Some((actual, 0.9)), 90.50),
+        (Some((actual, 0.9)), 95.00),
+        (Some((actual, 1.0)), 100.01),
+        (Some((actual, 1.0)), 100.01),
+        (Some((actual, 1.0)), 100.01),
+    ];
+    for (t, cost) in sends {
+        s.bus
+            .publish("budgets", budget_message(t, cost))
+            .await
+            .unwrap();
+    }
+    let got = exactly(&s.mail_dir, 4).await;
+    let find = |needle: &str| {
+        got.iter()
+            .filter(|m| m["subject"].as_str().unwrap().contains(needle))
+            .collect::<Vec<_>>()
+    };
+    assert!(got.iter().all(|m| {
+        m["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with("[datashare] budget.threshold: ")
+    }));
+    let half = find(" 50% de 100.00 USD");
+    assert_eq!(half.len(), 1, "{got:?}");
+    let body = text(half[0]);
+    for needle in [
+        "Tipo: budget.threshold (aviso)",
+        "budget_amount: 100.00 USD",
+        "threshold: 50% (actual)",
+        "budget: name-of-budget",
+        "período 2019-01",
+        "O que fazer: Os gastos passaram de um limite do orçamento",
+    ] {
+        assert!(body.contains(needle), "{needle}: {body}");
+    }
+    // The amounts of the copy that came first (Pub/Sub does not keep the order).
+    assert!(
+        body.contains("cost_amount: 50.10 USD") || body.contains("cost_amount: 61.00 USD"),
+        "{body}"
+    );
+    assert!(text(find(" 90% de ")[0]).contains("(aviso)"));
+    let full = find(": 100% de 100.00 USD");
+    assert_eq!(full.len(), 1, "{got:?}");
+    assert!(text(full[0]).contains("Tipo: budget.threshold (erro)"));
+    assert!(text(full[0]).contains("cost_amount: 100.01 USD"));
+    let fc = find("previsão acima de 100%");
+    assert_eq!(fc.len(), 1, "{got:?}");
+    assert!(text(fc[0]).contains("(erro)"));
+    // Every copy was counted on its mark, none mailed.
+    let marks = s.gcs.list(s.ops(), "alerts/budgets/").await.unwrap();
+    assert_eq!(marks.len(), 4, "{marks:?}");
+    let mut duplicates = 0;
+    for m in &marks {
+        let (b, _) = s.gcs.read(s.ops(), &m.name, None).await.unwrap().unwrap();
+        let mark: datashare::alerting::budget::Mark = serde_json::from_slice(&b).unwrap();
+        assert!(mark.sent_at.is_some() && mark.sending.is_none(), "{mark:?}");
+        duplicates += mark.duplicates;
+    }
+    assert!(duplicates >= 6, "{duplicates}");
+    // A new cost interval: the same threshold is mailed again.
+    let mut next = budget_message(Some((actual, 0.5)), 55.0);
+    let mut d: Value = serde_json::from_slice(&next.data).unwrap();
+    d["costIntervalStart"] = "2019-02-01T00:00:00Z".into();
+    next.data = d.to_string().into_bytes();
+    s.bus.publish("budgets", next).await.unwrap();
+    exactly(&s.mail_dir, 5).await;
+    s.finish().await;
 }

@@ -900,3 +900,304 @@ async fn a_rejected_delivery_alerts_the_team_and_its_archived_dead_letter_replay
     }
     r.stop().await;
 }
+
+/// `datashare status --json` for `days`, through the binary (exit code 1 when a day needs
+/// action).
+fn status_json(r: &Running, args: &[&str]) -> (Value, Option<i32>) {
+    let out = crate::datashare_cmd()
+        .envs(&r.stack.env)
+        .env("DATASHARE_PARTNERS_DIR", &r.cfg.worker.partners_dir)
+        .args(["status", "--json"])
+        .args(args)
+        .output()
+        .expect("datashare status runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (v, out.status.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_tells_a_delivered_a_held_a_failed_part_and_a_missing_day_apart() {
+    use datashare::events::{Alert, Severity};
+    use datashare::pipeline::status::{DayState, collect, partner_sinks};
+    let mut r = start().await;
+    r.add_alerting().await;
+    let day = |d: u32| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+    let (missing, failed, held, delivered) = (day(20), day(21), day(22), day(23));
+    let (_, truth) = upload_day(&r.gcs, &r.cfg, delivered, 200, false).await;
+    upload_day(&r.gcs, &r.cfg, held, 200, true).await;
+    upload_day(&r.gcs, &r.cfg, failed, 200, true).await;
+    // The worker's tick raises this for a day without a batch past its deadline.
+    let absent = Alert::new(
+        Severity::Critical,
+        "extract.missing",
+        ("*", "*", &missing.to_string()),
+        "extract.missing",
+        format!("no complete batch for {missing} by its deadline"),
+    );
+    let bus = crate::worker::publisher(&r.cfg, "alerts").await;
+    bus.publish("alerts", absent.to_message()).await.unwrap();
+
+    let partners = partner_sinks(&r.cfg);
+    let mut sinks = partners["ouchhungry"].clone();
+    sinks.sort();
+    assert_eq!(sinks, ["api", "email", "sftp"].map(String::from));
+    let states = |days: Vec<NaiveDate>| {
+        let (gcs, cfg, partners) = (&r.gcs, &r.cfg, &partners);
+        async move {
+            collect(gcs, cfg, partners, &days, None, chrono::Utc::now())
+                .await
+                .unwrap()
+                .iter()
+                .map(|d| d.state)
+                .collect::<Vec<_>>()
+        }
+    };
+    until(
+        "the failed-part days held, the good day delivered",
+        Duration::from_secs(300),
+        || async {
+            let s = states(vec![failed, held, delivered]).await;
+            (s == [DayState::Held, DayState::Held, DayState::Delivered]).then_some(())
+        },
+    )
+    .await;
+    // The team releases one of the two held days without its failed parts.
+    crate::run_ok(
+        crate::datashare_cmd()
+            .envs(&r.stack.env)
+            .env("DATASHARE_PARTNERS_DIR", &r.cfg.worker.partners_dir)
+            .args(["release", "--date", &failed.to_string()]),
+    );
+    until(
+        "the released day delivered",
+        Duration::from_secs(300),
+        || async { (states(vec![failed]).await == [DayState::Delivered]).then_some(()) },
+    )
+    .await;
+    until(
+        "the missing day's alert recorded",
+        Duration::from_secs(60),
+        || async {
+            r.gcs
+                .stat(
+                    &r.cfg.gcp.buckets.ops,
+                    &format!("alerts/state/{}.json", absent.fingerprint),
+                )
+                .await
+                .unwrap()
+        },
+    )
+    .await;
+
+    until(
+        "the held day's dead letters recorded",
+        Duration::from_secs(120),
+        || async {
+            let d = collect(&r.gcs, &r.cfg, &partners, &[held], None, chrono::Utc::now())
+                .await
+                .unwrap()
+                .remove(0);
+            let open: Vec<&str> = d.alerts.iter().map(|a| a.fingerprint.as_str()).collect();
+            d.parts
+                .iter()
+                .filter(|p| p.state == "failed")
+                .all(|p| {
+                    let fp = datashare::events::dead_letter_fingerprint(
+                        "extracts-worker",
+                        "invalid_extract",
+                        &p.object,
+                    );
+                    open.contains(&fp.as_str())
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let (v, code) = status_json(
+        &r,
+        &[
+            "--from",
+            &missing.to_string(),
+            "--to",
+            &delivered.to_string(),
+        ],
+    );
+    assert_eq!(code, Some(1), "a held and a missing day need action");
+    let days = v.as_array().unwrap();
+    assert_eq!(days.len(), 4);
+
+    // Missing: no marker claimed, no batch, past its deadline, its open alert.
+    let m = &days[0];
+    assert_eq!(m["date"], missing.to_string());
+    assert_eq!(m["state"], "missing");
+    assert!(
+        m["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no batch by its deadline")
+    );
+    assert_eq!(m["deadline"], "2026-11-21T09:00:00Z");
+    assert_eq!(m["marker"]["seen"], false);
+    assert_eq!(m["steps"].as_array().unwrap().len(), 0);
+    assert_eq!(m["tables"], serde_json::json!({}));
+    assert_eq!(m["products"].as_array().unwrap().len(), 0);
+    let alerts = m["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["fingerprint"], absent.fingerprint.as_str());
+    assert_eq!(alerts[0]["kind"], "extract.missing");
+    assert_eq!(alerts[0]["severity"], "critical");
+    assert_eq!(alerts[0]["total"], 1);
+
+    // A failed part, released: delivered without it; the part shown failed, both steps.
+    let f = &days[1];
+    assert_eq!(f["state"], "delivered", "{f}");
+    assert_eq!(f["marker"]["seen"], true);
+    assert_eq!(f["marker"]["failed"], 3, "one failed part per table");
+    let failed_parts: Vec<&Value> = f["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["state"] == "failed")
+        .collect();
+    assert_eq!(failed_parts.len(), 3);
+    assert!(
+        failed_parts
+            .iter()
+            .all(|p| !p["error"].as_str().unwrap().is_empty())
+    );
+    let steps: Vec<&str> = f["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["held", "done"], "{f}");
+    assert!(f["steps"][1]["key"].as_str().unwrap().ends_with(".release"));
+    assert_eq!(f["products"][0]["delivered"], true);
+
+    // Held: why, and nothing delivered.
+    let h = &days[2];
+    assert_eq!(h["state"], "held", "{h}");
+    assert!(
+        h["reason"]
+            .as_str()
+            .unwrap()
+            .contains("failed part(s): extracts/"),
+        "{h}"
+    );
+    assert_eq!(h["steps"][0]["state"], "held");
+    assert_eq!(h["steps"][0]["held"][0], format!("batch {held}"));
+    assert_eq!(h["products"].as_array().unwrap().len(), 0);
+    assert_eq!(h["marker"]["failed"], 3);
+    // Its open alerts: each failed part's dead letter, by the fingerprint the e-mails carry.
+    let open: Vec<&str> = h["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["fingerprint"].as_str().unwrap())
+        .collect();
+    for p in h["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["state"] == "failed")
+    {
+        let fp = datashare::events::dead_letter_fingerprint(
+            "extracts-worker",
+            "invalid_extract",
+            p["object"].as_str().unwrap(),
+        );
+        assert!(open.contains(&fp.as_str()), "{fp} not in {open:?}");
+    }
+
+    // Delivered: rows per table as the generator wrote them, every receipt, the e-mail.
+    let d = &days[3];
+    assert_eq!(d["state"], "delivered", "{d}");
+    assert_eq!(d["marker"]["failed"], 0);
+    assert_eq!(d["marker"]["staged"], d["parts"].as_array().unwrap().len());
+    assert_eq!(d["steps"][0]["state"], "done");
+    for (table, rows) in &truth {
+        let t = &d["tables"][table];
+        assert_eq!(t["rows_in"], *rows, "{table}");
+        let sum = t["curated"].as_u64().unwrap()
+            + t["quarantined"].as_u64().unwrap()
+            + t["duplicates"].as_u64().unwrap();
+        assert!(sum <= *rows, "{table}: {t}");
+    }
+    let products = d["products"].as_array().unwrap();
+    assert_eq!(products.len(), 1, "{products:?}");
+    let p = &products[0];
+    assert_eq!(p["partner"], "ouchhungry");
+    assert_eq!(p["product"], "daily");
+    assert_eq!(p["period"], delivered.to_string());
+    assert_eq!(p["delivery_id"].as_str().unwrap().len(), 64);
+    let sinks: Vec<(&str, bool)> = p["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["sink"].as_str().unwrap(),
+                s["delivered"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(sinks, [("sftp", true), ("api", true)]);
+    assert!(
+        p["sinks"][0]["location"]
+            .as_str()
+            .unwrap()
+            .starts_with("sftp://")
+    );
+    assert_eq!(p["email"]["delivered"], true);
+    assert!(
+        p["email"]["reference"]
+            .as_str()
+            .is_some_and(|m| m.contains('@'))
+    );
+    assert_eq!(p["delivered"], true);
+
+    // One partner, one day: exit 0 when it went out.
+    let (one, code) = status_json(
+        &r,
+        &["--date", &delivered.to_string(), "--partner", "ouchhungry"],
+    );
+    assert_eq!(code, Some(0));
+    assert_eq!(one[0]["products"], d["products"]);
+    let (other, _) = status_json(&r, &["--date", &delivered.to_string(), "--partner", "acme"]);
+    assert_eq!(other[0]["products"].as_array().unwrap().len(), 0);
+
+    // The table, not on a tty: no colours; each day shown as such.
+    let out = crate::datashare_cmd()
+        .envs(&r.stack.env)
+        .env("DATASHARE_PARTNERS_DIR", &r.cfg.worker.partners_dir)
+        .args([
+            "status",
+            "--from",
+            &missing.to_string(),
+            "--to",
+            &delivered.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(!table.contains('\x1b'), "{table}");
+    for needle in [
+        format!("{missing}  MISSING"),
+        format!("{failed}  DELIVERED"),
+        format!("{held}  HELD"),
+        format!("{delivered}  DELIVERED"),
+        format!("extract.missing {}", absent.fingerprint),
+        "      e-mail receipt ".to_string(),
+        "transactions".to_string(),
+    ] {
+        assert!(table.contains(&needle), "{needle}:\n{table}");
+    }
+    r.stop().await;
+}

@@ -71,20 +71,31 @@ async fn a_blocking_quarantine_threshold_holds_the_products_until_released() {
     );
     let msgs = stack
         .drain("test-alerts", Duration::from_secs(60), |m| {
-            !alerts_of(m, "quality.threshold").is_empty()
+            !alerts_of(m, "quality.guardrails").is_empty()
         })
         .await;
-    let critical: Vec<Alert> = alerts_of(&msgs, "quality.threshold")
-        .into_iter()
-        .filter(|a| a.severity == Severity::Critical)
-        .collect();
-    assert_eq!(critical.len(), 1, "{critical:?}");
-    let a = &critical[0];
-    assert_eq!(a.details["table"], "transactions");
-    assert_eq!(a.details["measure"], "quarantine_share");
-    assert_eq!(a.details["threshold"], 0.01);
+    // One batch, one alert: every finding listed in it, blocking ones first.
+    assert!(alerts_of(&msgs, "quality.threshold").is_empty());
+    let all = alerts_of(&msgs, "quality.guardrails");
+    assert_eq!(all.len(), 1, "{all:?}");
+    let a = &all[0];
+    assert_eq!(a.severity, Severity::Critical);
+    assert_eq!(a.details["blocking"][0], "transactions.quarantine_share");
+    assert_eq!(a.details["held"], true);
     assert_eq!(a.details["dt"], dt.to_string());
-    assert!(a.details["value"].as_f64().unwrap() > 0.01);
+    let findings = a.details["findings"].as_array().unwrap();
+    assert!(
+        findings[0]
+            .as_str()
+            .unwrap()
+            .starts_with("[bloqueante] transactions quarantine_share"),
+        "{findings:?}"
+    );
+    assert!(findings[0].as_str().unwrap().contains("above 1.00%"));
+    assert_eq!(
+        findings.len(),
+        a.details["measures"].as_array().unwrap().len()
+    );
     assert!(a.summary.contains("datashare release"), "{}", a.summary);
     assert_eq!(a.period, dt.to_string());
     let none = stack
@@ -115,10 +126,10 @@ async fn a_blocking_quarantine_threshold_holds_the_products_until_released() {
     );
     let msgs = stack
         .drain("test-alerts", Duration::from_secs(60), |m| {
-            !alerts_of(m, "quality.threshold").is_empty()
+            !alerts_of(m, "quality.guardrails").is_empty()
         })
         .await;
-    let again: Vec<Alert> = alerts_of(&msgs, "quality.threshold")
+    let again: Vec<Alert> = alerts_of(&msgs, "quality.guardrails")
         .into_iter()
         .filter(|x| x.fingerprint == a.fingerprint)
         .collect();
@@ -128,7 +139,15 @@ async fn a_blocking_quarantine_threshold_holds_the_products_until_released() {
         Severity::Warning,
         "released: no longer critical"
     );
-    assert_eq!(again[0].details["released"], true);
+    assert_eq!(again[0].details["held"], false);
+    assert!(
+        again[0].details["findings"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("[bloqueante, liberado]"),
+        "{:?}",
+        again[0]
+    );
     stop.send(true).unwrap();
     pulling.await.unwrap().unwrap();
 }
@@ -188,21 +207,41 @@ async fn a_batch_far_below_the_median_of_the_previous_seven_raises_a_volume_aler
     );
     let msgs = stack
         .drain("test-alerts", Duration::from_secs(60), |m| {
-            !alerts_of(m, "quality.volume").is_empty()
+            !alerts_of(m, "quality.guardrails").is_empty()
         })
         .await;
-    let volume = alerts_of(&msgs, "quality.volume");
-    assert_eq!(volume.len(), 1, "only transactions is off: {volume:?}");
-    let a = &volume[0];
-    assert_eq!(a.severity, Severity::Warning);
-    assert_eq!(a.details["table"], "transactions");
-    assert_eq!(a.details["value"], truth["transactions"]);
+    let all = alerts_of(&msgs, "quality.guardrails");
+    assert_eq!(all.len(), 1, "{all:?}");
+    let a = &all[0];
+    let volume: Vec<&str> = a.details["measures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m.as_str())
+        .filter(|m| m.ends_with(".row_count"))
+        .collect();
     assert_eq!(
-        a.details["median"].as_f64().unwrap(),
-        (truth["transactions"] * 5 / 2) as f64
+        volume,
+        ["transactions.row_count"],
+        "only transactions is off: {a:?}"
     );
-    assert_eq!(a.details["history"].as_array().map(Vec::len), Some(7));
-    assert!(a.details["deviation"].as_f64().unwrap() > 0.5);
+    assert_eq!(a.severity, Severity::Warning);
+    assert_eq!(a.details["held"], false);
+    let line = a.details["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f.as_str())
+        .find(|f| f.contains("rows,"))
+        .expect("the volume finding")
+        .to_string();
+    let median = truth["transactions"] * 5 / 2;
+    for needle in [
+        format!("transactions has {} rows", truth["transactions"]),
+        format!("median {median} of the previous 7 batches"),
+    ] {
+        assert!(line.contains(&needle), "{needle}: {line}");
+    }
     let got = stack
         .drain("test-deliveries", Duration::from_secs(60), |m| {
             !m.is_empty()
