@@ -239,4 +239,8 @@ if not alerts_ok:
 sys.exit(0 if ok else 1)
 PY
 echo
+echo "== datashare status: did each day go out? (from the ops and curated buckets)"
+# Exit code 1 means a day is held, stalled or missing: shown, not a demo failure.
+"$bin" status --from "${days[0]}" --to "${days[-1]}" || true
+echo
 echo "logs of the roles: $demo/logs; of the stack and stand-ins: $demo/stack"
