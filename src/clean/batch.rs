@@ -15,6 +15,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow_ipc::reader::FileReader;
+use arrow_ipc::writer::FileWriter;
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -26,6 +27,7 @@ use super::columns::{
     QuarantineBuilder, QuarantinedRow, RAW_SEP, curated_schema, key_hash, quarantine_schema,
     quarantined_rows,
 };
+use super::Limits;
 use super::report::{QualityReport, TableReport};
 use super::schema::{Schemas, TableSchema};
 use super::stage::{PartSummary, StagedPaths};
@@ -154,15 +156,27 @@ fn key_id(s: &str) -> u128 {
     (u128::from(c) << 64) | u128::from(k)
 }
 
-/// Runs the batch step over the staged parts of one batch and writes curated data, quarantine and the report.
-///
-/// `parts` are the summaries of every listed part at its current generation (rejected files included).
+/// Runs the batch step with the default [`Limits`].
 pub fn run_batch(
     schemas: &Schemas,
     dt: NaiveDate,
     staging: &Path,
     parts: &[PartSummary],
     out: &BatchOutputs,
+) -> Result<QualityReport, BatchError> {
+    run_batch_with(schemas, dt, staging, parts, out, &Limits::default())
+}
+
+/// Runs the batch step over the staged parts of one batch and writes curated data, quarantine and the report.
+///
+/// `parts` are the summaries of every listed part at its current generation (rejected files included).
+pub fn run_batch_with(
+    schemas: &Schemas,
+    dt: NaiveDate,
+    staging: &Path,
+    parts: &[PartSummary],
+    out: &BatchOutputs,
+    limits: &Limits,
 ) -> Result<QualityReport, BatchError> {
     let mut report = QualityReport {
         dt,
@@ -189,6 +203,7 @@ pub fn run_batch(
             &key_sets,
             keep_keys,
             &mut conflicts_out,
+            limits,
         )?;
         if keep_keys {
             key_sets.insert(table.name.clone(), keys);
@@ -225,6 +240,7 @@ fn run_table(
     key_sets: &HashMap<String, HashSet<u128>>,
     keep_keys: bool,
     conflicts_out: &mut Vec<u8>,
+    limits: &Limits,
 ) -> Result<(TableReport, HashSet<u128>), BatchError> {
     let mut rep = TableReport {
         fields: table
@@ -361,8 +377,9 @@ fn run_table(
     let props = props
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(256 * 1024))
+        .set_max_row_group_row_count(Some(limits.row_group_rows.max(1)))
         .build();
+    let (flush_rows, flush_bytes) = (limits.flush_rows(), limits.flush_bytes);
     let curated_path = out.curated(&table.name);
     fs::create_dir_all(curated_path.parent().expect("curated path has a folder"))?;
     let curated_tmp = curated_path.with_extension("parquet.tmp");
@@ -426,8 +443,14 @@ fn run_table(
             let kept = RecordBatch::try_new(curated_schema.clone(), columns)?;
             rep.rows_kept += kept.num_rows() as u64;
             curated.write(&kept)?;
+            if curated.in_progress_size() >= limits.row_group_bytes {
+                curated.flush()?;
+            }
         }
     }
+    // Orphans beyond one flush wait in a spill file, to keep their order in the quarantine.
+    let spill_path = staging.join(format!("_orphans.{}.arrow", table.name));
+    let mut spill: Option<FileWriter<std::io::BufWriter<File>>> = None;
     let mut orphans = orphans.into_iter().peekable();
     for (pi, path) in paths.iter().enumerate() {
         if orphans.peek().is_none_or(|o| o.0 != pi) {
@@ -449,6 +472,16 @@ fn run_table(
                     reasons,
                     ncols,
                 );
+                if quarantine.len() >= flush_rows || quarantine.bytes() >= flush_bytes {
+                    let w = match &mut spill {
+                        Some(w) => w,
+                        None => spill.insert(FileWriter::try_new(
+                            std::io::BufWriter::new(File::create(&spill_path)?),
+                            &quarantine_schema(table),
+                        )?),
+                    };
+                    w.write(&quarantine.finish())?;
+                }
             }
             row = end;
         }
@@ -483,7 +516,21 @@ fn run_table(
                 builder.append(&row);
             }
             qwriter.write(&builder.finish())?;
+            if qwriter.in_progress_size() >= limits.row_group_bytes {
+                qwriter.flush()?;
+            }
         }
+    }
+    if let Some(mut w) = spill {
+        w.finish()?;
+        drop(w);
+        for batch in open_staged(&spill_path)? {
+            qwriter.write(&batch?)?;
+            if qwriter.in_progress_size() >= limits.row_group_bytes {
+                qwriter.flush()?;
+            }
+        }
+        fs::remove_file(&spill_path)?;
     }
     if !quarantine.is_empty() {
         qwriter.write(&quarantine.finish())?;

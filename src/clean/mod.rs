@@ -4,12 +4,14 @@
 pub mod batch;
 pub mod columns;
 pub mod guardrails;
+pub mod limits;
 pub mod local;
 pub mod report;
 pub mod schema;
 pub mod stage;
 pub mod validators;
 
+pub use limits::Limits;
 pub use report::{FieldCounts, FileReport, QualityReport, TableReport};
 pub use schema::{Schemas, TableSchema};
 pub use stage::{PartSummary, StageError, StagedPaths, stage_part};

@@ -15,6 +15,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::Limits;
 use super::columns::{
     QuarantineBuilder, QuarantinedRow, RAW_SEP, RowIdentity, StagedBatches, StagedBuilder,
     key_hash, keys_schema, quarantine_schema, raw_schema, staged_schema,
@@ -23,9 +24,6 @@ use super::report::{FieldCounts, FileError, FileReport};
 use super::schema::{OnInvalid, TableSchema};
 use super::validators::{Kind, Value, is_null_marker};
 use crate::extract::{CsvReader, FileFault, Record};
-
-/// Rows per staged record batch.
-const BATCH_ROWS: usize = 32 * 1024;
 
 /// Staging failed for a reason outside the file; the part can be staged again later.
 #[derive(Debug, thiserror::Error)]
@@ -314,9 +312,7 @@ pub fn row_hash(values: &[Option<Value>], buf: &mut Vec<u8>) -> u64 {
     xxh3_64(buf)
 }
 
-/// Stages one part of a table into `staging`; a file-level failure is reported in the summary.
-///
-/// Errors are only those outside the file (reading the source, writing the staging area).
+/// Stages one part of a table into `staging` with the default [`Limits`].
 pub fn stage_part(
     schema: &TableSchema,
     object: &str,
@@ -324,6 +320,29 @@ pub fn stage_part(
     input: impl Read + Send + 'static,
     staging: &Path,
     today: NaiveDate,
+) -> Result<PartSummary, StageError> {
+    stage_part_with(
+        schema,
+        object,
+        generation,
+        input,
+        staging,
+        today,
+        &Limits::default(),
+    )
+}
+
+/// Stages one part of a table into `staging`; a file-level failure is reported in the summary.
+///
+/// Errors are only those outside the file (reading the source, writing the staging area).
+pub fn stage_part_with(
+    schema: &TableSchema,
+    object: &str,
+    generation: &str,
+    input: impl Read + Send + 'static,
+    staging: &Path,
+    today: NaiveDate,
+    limits: &Limits,
 ) -> Result<PartSummary, StageError> {
     fs::create_dir_all(staging)?;
     let paths = StagedPaths::new(staging, object, generation);
@@ -336,6 +355,8 @@ pub fn stage_part(
             delimiter: ",".into(),
             gzip: false,
             rows: 0,
+            rows_too_long: 0,
+            listed_again: 0,
             extra_columns: Vec::new(),
             error: None,
         },
@@ -348,7 +369,7 @@ pub fn stage_part(
             .map(|c| (c.name.clone(), FieldCounts::default()))
             .collect(),
     };
-    match stage_rows(schema, &paths, input, today, &mut summary) {
+    match stage_rows(schema, &paths, input, today, limits, &mut summary) {
         Ok(()) => {}
         Err(Failure::File(kind, message)) => {
             for f in paths.files() {
@@ -363,6 +384,7 @@ pub fn stage_part(
                 .values_mut()
                 .for_each(|f| *f = FieldCounts::default());
             summary.file.rows = 0;
+            summary.file.rows_too_long = 0;
             summary.file.error = Some(FileError {
                 kind: kind.to_string(),
                 message,
@@ -392,6 +414,7 @@ fn fault(f: FileFault) -> Failure {
     match f {
         FileFault::Undecodable(m) => Failure::File("undecodable", m),
         FileFault::NotCsv(m) => Failure::File("not_csv", m),
+        FileFault::TooLarge(m) => Failure::File("too_large", m),
         FileFault::Io(e) => Failure::Stage(e.into()),
     }
 }
@@ -401,9 +424,10 @@ fn stage_rows(
     paths: &StagedPaths,
     input: impl Read + Send + 'static,
     today: NaiveDate,
+    limits: &Limits,
     summary: &mut PartSummary,
 ) -> Result<(), Failure> {
-    let mut reader = CsvReader::open(input).map_err(fault)?;
+    let mut reader = CsvReader::open_with(input, limits.read()).map_err(fault)?;
     let header = reader.header().to_vec();
     let column_at: Vec<Option<usize>> = schema
         .columns
@@ -438,7 +462,8 @@ fn stage_rows(
         (&paths.raw, raw_schema()),
         (&paths.quarantine, quarantine_schema(schema)),
     ])?;
-    let mut staged = StagedBuilder::new(schema, BATCH_ROWS);
+    let (flush_rows, flush_bytes) = (limits.flush_rows(), limits.flush_bytes);
+    let mut staged = StagedBuilder::new(schema, flush_rows.min(32 * 1024));
     let mut quarantined = QuarantineBuilder::new(schema);
     let cleaner = RowCleaner::new(schema, today);
     let mut rec = Record::default();
@@ -460,16 +485,30 @@ fn stage_rows(
         let raw = |i: usize| column_at[i].and_then(|at| rec.get(at));
         let raw_strings = || (0..ncols).map(|i| raw(i).map(str::to_string)).collect();
         if rec.broken || rec.len() != header.len() {
+            let record = match rec.too_long {
+                Some(n) => {
+                    summary.file.rows_too_long += 1;
+                    format!(
+                        "too_long: {n} bytes, over the limit of {} bytes; starts with: {}",
+                        limits.max_record_bytes,
+                        rec.prefix()
+                    )
+                }
+                None => rec.iter().collect::<Vec<_>>().join(&delimiter),
+            };
             let q = QuarantinedRow {
                 raw: raw_strings(),
                 reasons: vec!["malformed_row".to_string()],
                 object: summary.file.object.clone(),
                 generation: summary.file.generation.clone(),
                 line: rec.line,
-                record: Some(rec.iter().collect::<Vec<_>>().join(&delimiter)),
+                record: Some(record),
             };
             count_quarantine(summary, &q.reasons);
             quarantined.append(&q);
+            if quarantined.len() >= flush_rows || quarantined.bytes() >= flush_bytes {
+                writers.write(QUARANTINE, &quarantined.finish())?;
+            }
             continue;
         }
         cleaner.clean(raw, &mut row);
@@ -499,7 +538,7 @@ fn stage_rows(
             };
             staged.append(&row.values, rec.line, id, &raw_joined);
             summary.rows_staged += 1;
-            if staged.len() >= BATCH_ROWS {
+            if staged.len() >= flush_rows || staged.bytes() >= flush_bytes {
                 write_staged(&mut writers, staged.finish())?;
             }
         } else {
@@ -513,7 +552,7 @@ fn stage_rows(
             };
             count_quarantine(summary, &q.reasons);
             quarantined.append(&q);
-            if quarantined.len() >= BATCH_ROWS {
+            if quarantined.len() >= flush_rows || quarantined.bytes() >= flush_bytes {
                 writers.write(QUARANTINE, &quarantined.finish())?;
             }
         }
