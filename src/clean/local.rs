@@ -140,6 +140,12 @@ pub fn run_local_batch_with(
         names.sort();
         unlisted.extend(names.into_iter().filter(|n| !marker.files.contains(n)));
     }
+    for name in &marker.listed_again {
+        tracing::warn!(
+            object = name.as_str(),
+            "object listed again in the batch marker, read once"
+        );
+    }
     for name in &unlisted {
         tracing::warn!(
             object = name.as_str(),
@@ -159,8 +165,7 @@ pub fn run_local_batch_with(
         match File::open(&path) {
             Ok(file) => {
                 let started = std::time::Instant::now();
-                let part =
-                    stage_part_with(schema, object, "local", file, &staging, today, limits)?;
+                let part = stage_part_with(schema, object, "local", file, &staging, today, limits)?;
                 tracing::info!(
                     object = object.as_str(),
                     rows = part.file.rows,
@@ -174,6 +179,13 @@ pub fn run_local_batch_with(
                 parts.push(missing_part(&table, object, &e));
             }
         }
+    }
+    let mut again: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for name in &marker.listed_again {
+        *again.entry(name.as_str()).or_default() += 1;
+    }
+    for part in &mut parts {
+        part.file.listed_again = again.get(part.file.object.as_str()).copied().unwrap_or(0);
     }
     let outputs = BatchOutputs {
         root: output.to_path_buf(),

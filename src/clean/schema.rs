@@ -84,6 +84,7 @@ struct RawColumn {
     positive: bool,
     #[serde(default)]
     non_negative: bool,
+    max: Option<i64>,
     #[serde(default)]
     units: Vec<String>,
     #[serde(default)]
@@ -111,6 +112,8 @@ pub struct KindOptions {
     pub positive: bool,
     /// `int`, `brl`: the value must be >= 0.
     pub non_negative: bool,
+    /// `int`: the largest value (`invalid_<column>` above it).
+    pub max: Option<i64>,
     /// `int`: unit suffixes allowed after the number (lower case).
     pub units: Vec<String>,
     /// `enum`: folded spelling → canonical value (canonical values map to themselves).
@@ -313,10 +316,14 @@ fn build_table(name: &str, raw: &RawTable) -> Result<TableSchema, SchemaError> {
         if kind == Kind::Enum && values.is_empty() {
             return Err(invalid(name, cname, "an enum column needs values"));
         }
+        if col.max.is_some() && kind != Kind::Int {
+            return Err(invalid(name, cname, "max applies to int columns only"));
+        }
         let options = KindOptions {
             upper: col.upper,
             positive: col.positive,
             non_negative: col.non_negative,
+            max: col.max,
             units: col.units.iter().map(|u| u.to_lowercase()).collect(),
             values,
             known: col.known.clone(),

@@ -25,24 +25,84 @@ use super::schema::{OnInvalid, TableSchema};
 use super::validators::{Kind, Value, is_null_marker};
 use crate::extract::{CsvReader, FileFault, Record};
 
-/// Staging failed for a reason outside the file; the part can be staged again later.
+/// Staging failed for a reason outside the file's content, naming the object.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     /// Reading the input or writing the staging area failed.
-    #[error("staging i/o: {0}")]
-    Io(#[from] std::io::Error),
+    #[error("staging {object}: i/o: {source}")]
+    Io {
+        /// The object being staged (empty until known).
+        object: String,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// Encoding the staged Arrow files failed.
-    #[error("staging arrow: {0}")]
-    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("staging {object}: arrow: {source}")]
+    Arrow {
+        /// The object being staged.
+        object: String,
+        /// The cause.
+        source: arrow_schema::ArrowError,
+    },
     /// The summary could not be written.
-    #[error("staging summary: {0}")]
-    Json(#[from] serde_json::Error),
+    #[error("staging {object}: summary: {source}")]
+    Json {
+        /// The object being staged.
+        object: String,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+impl From<std::io::Error> for StageError {
+    fn from(source: std::io::Error) -> Self {
+        StageError::Io {
+            object: String::new(),
+            source,
+        }
+    }
+}
+
+impl From<arrow_schema::ArrowError> for StageError {
+    fn from(source: arrow_schema::ArrowError) -> Self {
+        StageError::Arrow {
+            object: String::new(),
+            source,
+        }
+    }
+}
+
+impl From<serde_json::Error> for StageError {
+    fn from(source: serde_json::Error) -> Self {
+        StageError::Json {
+            object: String::new(),
+            source,
+        }
+    }
 }
 
 impl StageError {
-    /// Staging errors are transient: the input is fine, the machine or storage was not.
+    /// Transient, except a path the platform cannot hold (too long, a NUL): staging again
+    /// would fail the same way.
     pub fn is_transient(&self) -> bool {
-        true
+        match self {
+            StageError::Io { source, .. } => !matches!(
+                source.kind(),
+                std::io::ErrorKind::InvalidFilename | std::io::ErrorKind::InvalidInput
+            ),
+            StageError::Arrow { .. } | StageError::Json { .. } => true,
+        }
+    }
+
+    /// Names the object, when the error does not yet.
+    pub fn at(mut self, name: &str) -> Self {
+        let (StageError::Io { object, .. }
+        | StageError::Arrow { object, .. }
+        | StageError::Json { object, .. }) = &mut self;
+        if object.is_empty() {
+            *object = name.to_string();
+        }
+        self
     }
 }
 
@@ -79,9 +139,18 @@ pub struct StagedPaths {
 }
 
 impl StagedPaths {
-    /// Paths of one object generation's staged files.
+    /// Paths of one object generation's staged files; a name too long for a file system
+    /// (object names reach 1,024 bytes) is cut and completed by a hash of the whole.
     pub fn new(staging: &Path, object: &str, generation: &str) -> Self {
-        let base = format!("{}@{}", object.replace('/', "~"), generation);
+        let mut base = format!("{}@{}", object.replace('/', "~"), generation);
+        if base.len() > MAX_BASE_BYTES {
+            let hash = xxhash_rust::xxh3::xxh3_128(base.as_bytes());
+            let mut cut = MAX_BASE_BYTES - 33;
+            while !base.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            base = format!("{}~{hash:032x}", &base[..cut]);
+        }
         let file = |suffix: &str| staging.join(format!("{base}.{suffix}"));
         Self {
             data: file("data.arrow"),
@@ -108,6 +177,9 @@ impl StagedPaths {
         ]
     }
 }
+
+/// Bytes of a staged file's name before its suffix: 255-byte names with the longest suffix.
+const MAX_BASE_BYTES: usize = 160;
 
 /// Indexes of [`StagedWriters`], in the order they are created.
 const DATA: usize = 0;
@@ -223,6 +295,31 @@ impl<'s> RowCleaner<'s> {
                 },
             }
         }
+        self.sort_reasons(out);
+    }
+
+    /// Quarantines a row holding a NUL character: `invalid_<column>` for each column whose
+    /// raw value has one (whatever the column's `on_invalid`), else `malformed_row` (the NUL is
+    /// in a column the table ignores).
+    pub fn refuse_nul<'r>(&self, raw: impl Fn(usize) -> Option<&'r str>, out: &mut CleanRow) {
+        let mut found = false;
+        for (i, col) in self.schema.columns.iter().enumerate() {
+            if raw(i).is_some_and(|v| v.contains('\0')) {
+                found = true;
+                out.values[i] = None;
+                let reason = format!("invalid_{}", col.name);
+                if !out.reasons.contains(&reason) {
+                    out.reasons.push(reason);
+                }
+            }
+        }
+        if !found {
+            out.reasons.push("malformed_row".to_string());
+        }
+        self.sort_reasons(out);
+    }
+
+    fn sort_reasons(&self, out: &mut CleanRow) {
         // Reasons in column order, whatever the evaluation order was.
         if out.reasons.len() > 1 {
             let pos = |r: &String| {
@@ -336,6 +433,18 @@ pub fn stage_part(
 ///
 /// Errors are only those outside the file (reading the source, writing the staging area).
 pub fn stage_part_with(
+    schema: &TableSchema,
+    object: &str,
+    generation: &str,
+    input: impl Read + Send + 'static,
+    staging: &Path,
+    today: NaiveDate,
+    limits: &Limits,
+) -> Result<PartSummary, StageError> {
+    stage_inner(schema, object, generation, input, staging, today, limits).map_err(|e| e.at(object))
+}
+
+fn stage_inner(
     schema: &TableSchema,
     object: &str,
     generation: &str,
@@ -512,6 +621,9 @@ fn stage_rows(
             continue;
         }
         cleaner.clean(raw, &mut row);
+        if rec.has_nul() {
+            cleaner.refuse_nul(raw, &mut row);
+        }
         for i in 0..schema.columns.len() {
             normalized[i] += u64::from(row.normalized[i]);
             nulled[i] += u64::from(row.nulled[i]);
@@ -687,7 +799,7 @@ mod tests {
             "2026-11-27T17:03:00+00:00",
             "2026-11-27T14:03:00-03:00",
             "2026-11-27T17:03:00.5Z",
-            "0000-01-01T00:00:00Z",
+            "0001-01-01T00:00:00Z",
             "27/11/2026 14:03",
             "1795798980",
         ];

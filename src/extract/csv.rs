@@ -155,6 +155,11 @@ impl Record {
         (0..self.ends.len()).filter_map(|i| self.get(i))
     }
 
+    /// Returns true when a field holds a NUL character.
+    pub fn has_nul(&self) -> bool {
+        memchr::memchr(0, self.text.as_bytes()).is_some()
+    }
+
     /// The first bytes of a too-long line, decoded (empty for other records).
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -203,7 +208,10 @@ impl CsvReader {
                 limits,
             },
         );
-        let gzip = outer.fill_buf().map_err(classify_io)?.starts_with(&[0x1f, 0x8b]);
+        let gzip = outer
+            .fill_buf()
+            .map_err(classify_io)?
+            .starts_with(&[0x1f, 0x8b]);
         let mut input: Box<dyn BufRead + Send> = if gzip {
             Box::new(BufReader::with_capacity(
                 1 << 16,
@@ -224,7 +232,13 @@ impl CsvReader {
             ));
         }
         let bom = head.starts_with(&[0xef, 0xbb, 0xbf]);
-        if head.contains(&0) || head.iter().filter(|b| is_binary_control(**b)).count() > 0 {
+        // Binary data has control bytes everywhere; a text file may have a stray one in a
+        // field (that row is quarantined), never in its header.
+        let header_end = memchr::memchr(b'\n', &head).unwrap_or(head.len());
+        let controls = head.iter().filter(|b| is_binary_control(**b)).count();
+        if head[..header_end].iter().any(|b| is_binary_control(*b))
+            || (controls >= 8 && controls * 100 > head.len())
+        {
             return Err(FileFault::NotCsv(
                 "binary data (control bytes) where text was expected".into(),
             ));
@@ -306,7 +320,8 @@ impl CsvReader {
                 rec.text.clear();
                 rec.ends.clear();
                 rec.broken = true;
-                self.saw_windows_1252 |= push_decoded(&mut rec.prefix, &line);
+                // Its valid UTF-8 start only: a cut character must not make the file Windows-1252.
+                rec.prefix.push_str(valid_run(&line));
                 self.line_buf = line;
                 return Ok(true);
             }
@@ -392,8 +407,7 @@ impl CsvReader {
                 } else {
                     over = true;
                     let keep = TOO_LONG_PREFIX_BYTES.saturating_sub(self.line_buf.len());
-                    self.line_buf
-                        .extend_from_slice(&buf[..keep.min(used)]);
+                    self.line_buf.extend_from_slice(&buf[..keep.min(used)]);
                 }
             }
             self.input.consume(used);
@@ -667,7 +681,10 @@ mod tests {
             ..ReadLimits::default()
         };
         let long = "x".repeat(10_000);
-        let csv = format!("a,b\n1,2\n{long},3\r\n4,5\n\"{long}\n6,7\n\"q\n{}\",8\n", "y".repeat(60));
+        let csv = format!(
+            "a,b\n1,2\n{long},3\r\n4,5\n\"{long}\n6,7\n\"q\n{}\",8\n",
+            "y".repeat(60)
+        );
         let rows = read_limited(csv.into_bytes(), limits).unwrap();
         assert_eq!(rows[0].iter().collect::<Vec<_>>(), ["1", "2"]);
         assert_eq!(rows[1].too_long, Some(10_004));
@@ -678,7 +695,10 @@ mod tests {
         assert_eq!((rows[3].line, rows[3].too_long), (5, Some(10_002)));
         assert_eq!(rows[4].iter().collect::<Vec<_>>(), ["6", "7"]);
         // A quoted record that would grow past the limit is broken on its first line.
-        assert_eq!((rows[5].line, rows[5].broken, rows[5].too_long), (7, true, None));
+        assert_eq!(
+            (rows[5].line, rows[5].broken, rows[5].too_long),
+            (7, true, None)
+        );
         assert_eq!(rows[6].line, 8);
         assert_eq!(rows.len(), 7);
         // The last line without an ending counts the same.
@@ -715,7 +735,10 @@ mod tests {
             ratio_after_bytes: 1 << 20,
             ..ReadLimits::default()
         };
-        assert!(matches!(read_limited(gz.clone(), ratio), Err(FileFault::TooLarge(_))));
+        assert!(matches!(
+            read_limited(gz.clone(), ratio),
+            Err(FileFault::TooLarge(_))
+        ));
         assert!(read_limited(gz, ReadLimits::default()).is_ok());
     }
 
@@ -740,5 +763,91 @@ mod tests {
             CsvReader::open(std::io::Cursor::new(b"just one column\n".to_vec())),
             Err(FileFault::NotCsv(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn small() -> ReadLimits {
+        ReadLimits {
+            max_record_bytes: 64,
+            max_part_bytes: 1 << 20,
+            max_compression_ratio: 100,
+            ratio_after_bytes: 1 << 16,
+        }
+    }
+
+    /// Reads every record; the reader must end, and no record may hold more than the limit.
+    fn drain(bytes: Vec<u8>, limits: ReadLimits) -> Result<Vec<(bool, Vec<String>)>, FileFault> {
+        let mut r = CsvReader::open_with(std::io::Cursor::new(bytes), limits)?;
+        let mut rec = Record::default();
+        let mut out = Vec::new();
+        while r.next_record(&mut rec).map_err(classify_io)? {
+            if rec.too_long.is_some() {
+                assert!(rec.is_empty() && rec.broken);
+                assert!(rec.prefix().len() <= 3 * TOO_LONG_PREFIX_BYTES);
+            } else {
+                // Windows-1252 bytes decode to at most three UTF-8 bytes each.
+                assert!(
+                    rec.text.len() <= 3 * limits.max_record_bytes,
+                    "{}",
+                    rec.text.len()
+                );
+            }
+            out.push((rec.broken, rec.iter().map(str::to_string).collect()));
+        }
+        Ok(out)
+    }
+
+    fn field() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9 ]{0,8}",
+            "[a-z\",;\\n ]{0,8}",
+            Just("São".to_string()),
+            Just(String::new()),
+        ]
+    }
+
+    fn quote(f: &str) -> String {
+        if f.contains(['"', ',', '\n']) || f.starts_with(' ') {
+            format!("\"{}\"", f.replace('"', "\"\""))
+        } else {
+            f.to_string()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_bytes_read_to_the_end_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            let _ = drain(bytes.clone(), small());
+            let _ = drain(bytes, ReadLimits::default());
+        }
+
+        #[test]
+        fn text_like_bytes_read_to_the_end_without_panic(text in "[a-c,;\"\\r\\n\u{0} é]{0,400}") {
+            let _ = drain(format!("h1,h2\n{text}").into_bytes(), small());
+        }
+
+        #[test]
+        fn quoted_records_read_back_as_written(rows in prop::collection::vec(prop::collection::vec(field(), 3), 1..20)) {
+            let mut csv = String::from("a,b,c\n");
+            for r in &rows {
+                csv.push_str(&r.iter().map(|f| quote(f)).collect::<Vec<_>>().join(","));
+                csv.push('\n');
+            }
+            let got = drain(csv.into_bytes(), ReadLimits::default()).unwrap();
+            let want: Vec<(bool, Vec<String>)> = rows
+                .into_iter()
+                // A row of one blank field is a blank line: skipped.
+                .filter(|r| !(r.iter().all(|f| f.chars().all(|c| c == ' ')) && r.len() == 1))
+                .map(|r| (false, r))
+                .collect();
+            prop_assert_eq!(got, want);
+        }
     }
 }

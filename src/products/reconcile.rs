@@ -31,9 +31,9 @@ pub enum ReconcileError {
         /// The month.
         month: String,
         /// Σ daily net_amount of lines still completed.
-        daily_cents: i64,
+        daily_cents: i128,
         /// Σ monthly net_revenue with merged and dropped cells.
-        monthly_cents: i64,
+        monthly_cents: i128,
         /// The alert raised.
         alert: Box<Alert>,
     },
@@ -42,10 +42,15 @@ pub enum ReconcileError {
 /// Both sides of a reconciliation that held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reconciliation {
-    /// Σ daily net_amount of lines still completed, cents.
-    pub daily_cents: i64,
-    /// Σ monthly net_revenue including dropped cells, cents.
-    pub monthly_cents: i64,
+    /// Σ daily net_amount of lines still completed, cents (exact).
+    pub daily_cents: i128,
+    /// Σ monthly net_revenue including dropped cells, cents (exact).
+    pub monthly_cents: i128,
+}
+
+/// A sum of cents as JSON: a number when it fits 64 bits, else its decimal text.
+fn json_cents(v: i128) -> serde_json::Value {
+    i64::try_from(v).map_or_else(|_| v.to_string().into(), Into::into)
 }
 
 /// Checks a monthly table against the daily lines of its month.
@@ -55,7 +60,7 @@ pub fn check(
     first_day: NaiveDate,
     table: &MonthlyTable,
 ) -> Result<Reconciliation, ReconcileError> {
-    let mut daily_cents = 0i64;
+    let mut daily_cents = 0i128;
     let next = first_day + chrono::Months::new(1);
     for d in first_day.iter_days().take_while(|d| *d < next) {
         if !curated.has_batch(d) {
@@ -67,8 +72,12 @@ pub fn check(
             }
         }
     }
-    let monthly_cents =
-        table.rows.iter().map(|r| r.net_revenue).sum::<i64>() + table.dropped_net_revenue;
+    let monthly_cents = table
+        .rows
+        .iter()
+        .map(|r| i128::from(r.net_revenue))
+        .sum::<i128>()
+        + i128::from(table.dropped_net_revenue);
     if daily_cents == monthly_cents {
         return Ok(Reconciliation {
             daily_cents,
@@ -85,9 +94,9 @@ pub fn check(
             contract.name, table.month
         ),
     )
-    .with("daily_cents", daily_cents)
-    .with("monthly_cents", monthly_cents)
-    .with("difference_cents", monthly_cents - daily_cents)
+    .with("daily_cents", json_cents(daily_cents))
+    .with("monthly_cents", json_cents(monthly_cents))
+    .with("difference_cents", json_cents(monthly_cents - daily_cents))
     .with(
         "action",
         "compare the month's batches (late lines, product changes), fix, rebuild the month",
