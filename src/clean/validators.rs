@@ -167,7 +167,10 @@ impl Kind {
         let s = trim(raw);
         match self {
             Kind::Text => Ok(Value::Str(text(s, &opts.known))),
+            // ASCII text (nearly every value) holds no invisible character: no copy, no check.
+            Kind::Id if s.is_ascii() => id(s, opts.upper).map(Value::Str),
             Kind::Id => id(trim(&strip_invisible(s)), opts.upper).map(Value::Str),
+            Kind::ProductCode if s.is_ascii() => product_code(s).map(Value::Str),
             Kind::ProductCode => product_code(trim(&strip_invisible(s))).map(Value::Str),
             Kind::Int => int_with_units(s, &opts.units)
                 .and_then(|v| sign_rule(v, opts))
@@ -279,7 +282,8 @@ pub fn strip_invisible(s: &str) -> Cow<'_, str> {
 /// control character (invisible characters are stripped before, see [`strip_invisible`]).
 pub fn id(s: &str, upper: bool) -> Result<CompactString, Invalid> {
     if s.is_ascii() {
-        if s.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        // Printable ASCII is `!`..=`~`: white space, controls and DEL are outside.
+        if s.bytes().any(|b| !(b'!'..=b'~').contains(&b)) {
             return Err(Invalid);
         }
     } else if s

@@ -34,8 +34,8 @@ pub enum DailyError {
     Overflow {
         /// The line.
         transaction_id: String,
-        /// The exact value.
-        value: i128,
+        /// The exact value, in decimal.
+        value: String,
     },
 }
 
@@ -197,7 +197,7 @@ pub fn build(
             let net = l.net_amount();
             let net_amount = i64::try_from(net).map_err(|_| DailyError::Overflow {
                 transaction_id: l.transaction_id.clone(),
-                value: net,
+                value: net.to_string(),
             })?;
             let city = if small(&l.uf, &l.city) {
                 suppressed.insert((l.uf.clone(), l.city.clone()));

@@ -31,18 +31,14 @@ pub enum MonthlyError {
     #[error("month {0:?} is not YYYY-MM")]
     BadMonth(String),
     /// A sum does not fit its column (permanent: the data must be corrected).
-    #[error("monthly {column} of {uf}/{city}/{product_code} is {value}: it does not fit 64 bits")]
+    #[error("monthly {column} of {cell} is {value}: it does not fit 64 bits")]
     Overflow {
         /// The column.
         column: &'static str,
-        /// The cell's state.
-        uf: String,
-        /// The cell's city (or `OUTRAS`).
-        city: String,
-        /// The cell's product.
-        product_code: String,
-        /// The exact value.
-        value: i128,
+        /// The cell: `<uf>/<city>/<product_code>` (city `OUTRAS` for merged cities).
+        cell: String,
+        /// The exact value, in decimal.
+        value: String,
     },
     /// Batches of the month's window are missing.
     #[error("month {month}: {} batch(es) missing, first {first}; pass --allow-missing-batches to build anyway", missing.len())]
@@ -335,10 +331,8 @@ fn row(
     let fit = |column: &'static str, value: i128| {
         i64::try_from(value).map_err(|_| MonthlyError::Overflow {
             column,
-            uf: uf.to_string(),
-            city: city.to_string(),
-            product_code: p.product_code.clone(),
-            value,
+            cell: format!("{uf}/{city}/{}", p.product_code),
+            value: value.to_string(),
         })
     };
     let avg = fit("avg_unit_price", round_div(a.list, a.units))?;
@@ -429,10 +423,8 @@ pub fn build(
     let dropped_net_revenue =
         i64::try_from(dropped_net_revenue).map_err(|_| MonthlyError::Overflow {
             column: "dropped_net_revenue",
-            uf: String::new(),
-            city: String::new(),
-            product_code: String::new(),
-            value: dropped_net_revenue,
+            cell: format!("the month's dropped cells ({dropped_rows})"),
+            value: dropped_net_revenue.to_string(),
         })?;
     rows.sort_by(|a, b| {
         (&a.uf, a.cities_merged > 0, &a.city, &a.product.product_code).cmp(&(
