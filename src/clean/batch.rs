@@ -15,6 +15,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow_ipc::reader::FileReader;
+use arrow_ipc::writer::FileWriter;
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -22,6 +23,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::Serialize;
 
+use super::Limits;
 use super::columns::{
     QuarantineBuilder, QuarantinedRow, RAW_SEP, curated_schema, key_hash, quarantine_schema,
     quarantined_rows,
@@ -135,6 +137,13 @@ struct ConflictRecord<'a> {
     key: &'a str,
     winner: Place<'a>,
     losers: Vec<Place<'a>>,
+    /// Distinct losing contents past [`MAX_LISTED_LOSERS`], counted only.
+    #[serde(skip_serializing_if = "is_zero")]
+    losers_not_listed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -147,22 +156,38 @@ struct Conflict {
     key: Option<String>,
     winner: Pos,
     losers: Vec<Pos>,
+    not_listed: u64,
 }
+
+/// Losers listed per key conflict in `conflicts.jsonl`; the others are counted.
+const MAX_LISTED_LOSERS: usize = 1000;
 
 fn key_id(s: &str) -> u128 {
     let (k, c) = key_hash(s);
     (u128::from(c) << 64) | u128::from(k)
 }
 
-/// Runs the batch step over the staged parts of one batch and writes curated data, quarantine and the report.
-///
-/// `parts` are the summaries of every listed part at its current generation (rejected files included).
+/// Runs the batch step with the default [`Limits`].
 pub fn run_batch(
     schemas: &Schemas,
     dt: NaiveDate,
     staging: &Path,
     parts: &[PartSummary],
     out: &BatchOutputs,
+) -> Result<QualityReport, BatchError> {
+    run_batch_with(schemas, dt, staging, parts, out, &Limits::default())
+}
+
+/// Runs the batch step over the staged parts of one batch and writes curated data, quarantine and the report.
+///
+/// `parts` are the summaries of every listed part at its current generation (rejected files included).
+pub fn run_batch_with(
+    schemas: &Schemas,
+    dt: NaiveDate,
+    staging: &Path,
+    parts: &[PartSummary],
+    out: &BatchOutputs,
+    limits: &Limits,
 ) -> Result<QualityReport, BatchError> {
     let mut report = QualityReport {
         dt,
@@ -174,7 +199,11 @@ pub fn run_batch(
         .filter_map(|n| schemas.table(n))
         .flat_map(|t| t.references().map(|(_, r)| r))
         .collect();
-    let mut conflicts_out = Vec::new();
+    // Conflicts stream to a file: their number grows with the data.
+    let conflicts_path = out.conflicts();
+    fs::create_dir_all(conflicts_path.parent().expect("reports path has a folder"))?;
+    let conflicts_tmp = conflicts_path.with_extension("tmp");
+    let mut conflicts_out = std::io::BufWriter::new(File::create(&conflicts_tmp)?);
     for table in schemas.in_dependency_order() {
         let mut mine: Vec<&PartSummary> = parts.iter().filter(|p| p.table == table.name).collect();
         mine.sort_by(|a, b| {
@@ -189,6 +218,7 @@ pub fn run_batch(
             &key_sets,
             keep_keys,
             &mut conflicts_out,
+            limits,
         )?;
         if keep_keys {
             key_sets.insert(table.name.clone(), keys);
@@ -197,7 +227,9 @@ pub fn run_batch(
     }
     let quality = out.quality();
     write_atomic(&quality, &serde_json::to_vec_pretty(&report)?)?;
-    write_atomic(&out.conflicts(), &conflicts_out)?;
+    conflicts_out.flush()?;
+    drop(conflicts_out);
+    fs::rename(&conflicts_tmp, &conflicts_path)?;
     Ok(report)
 }
 
@@ -224,7 +256,8 @@ fn run_table(
     out: &BatchOutputs,
     key_sets: &HashMap<String, HashSet<u128>>,
     keep_keys: bool,
-    conflicts_out: &mut Vec<u8>,
+    conflicts_out: &mut dyn Write,
+    limits: &Limits,
 ) -> Result<(TableReport, HashSet<u128>), BatchError> {
     let mut rep = TableReport {
         fields: table
@@ -325,12 +358,15 @@ fn run_table(
             rep.duplicates_removed += group.len() as u64 - m;
             rep.conflicts_resolved += m - 1;
             if m > 1 {
-                // One loser listed per distinct losing content: its last row.
+                // One loser listed per distinct losing content: its last row. A set, not a
+                // list: one key shared by millions of rows stays linear; the list is capped.
                 let mut losers: Vec<Pos> = Vec::new();
-                let mut seen = vec![winner.hash];
+                let mut seen: HashSet<u64> = HashSet::from([winner.hash]);
                 for e in group.iter().rev() {
-                    if !seen.contains(&e.hash) {
-                        seen.push(e.hash);
+                    if losers.len() == MAX_LISTED_LOSERS {
+                        break;
+                    }
+                    if seen.insert(e.hash) {
                         losers.push((e.part, e.row));
                     }
                 }
@@ -339,6 +375,7 @@ fn run_table(
                     Conflict {
                         key: None,
                         winner: (winner.part, winner.row),
+                        not_listed: m - 1 - losers.len() as u64,
                         losers,
                     },
                 );
@@ -361,8 +398,9 @@ fn run_table(
     let props = props
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(256 * 1024))
+        .set_max_row_group_row_count(Some(limits.row_group_rows.max(1)))
         .build();
+    let (flush_rows, flush_bytes) = (limits.flush_rows(), limits.flush_bytes);
     let curated_path = out.curated(&table.name);
     fs::create_dir_all(curated_path.parent().expect("curated path has a folder"))?;
     let curated_tmp = curated_path.with_extension("parquet.tmp");
@@ -426,8 +464,14 @@ fn run_table(
             let kept = RecordBatch::try_new(curated_schema.clone(), columns)?;
             rep.rows_kept += kept.num_rows() as u64;
             curated.write(&kept)?;
+            if curated.in_progress_size() >= limits.row_group_bytes {
+                curated.flush()?;
+            }
         }
     }
+    // Orphans beyond one flush wait in a spill file, to keep their order in the quarantine.
+    let spill_path = staging.join(format!("_orphans.{}.arrow", table.name));
+    let mut spill: Option<FileWriter<std::io::BufWriter<File>>> = None;
     let mut orphans = orphans.into_iter().peekable();
     for (pi, path) in paths.iter().enumerate() {
         if orphans.peek().is_none_or(|o| o.0 != pi) {
@@ -449,6 +493,17 @@ fn run_table(
                     reasons,
                     ncols,
                 );
+                if quarantine.len() >= flush_rows || quarantine.bytes() >= flush_bytes {
+                    if spill.is_none() {
+                        spill = Some(FileWriter::try_new(
+                            std::io::BufWriter::new(File::create(&spill_path)?),
+                            &quarantine_schema(table),
+                        )?);
+                    }
+                    if let Some(w) = &mut spill {
+                        w.write(&quarantine.finish())?;
+                    }
+                }
             }
             row = end;
         }
@@ -483,7 +538,21 @@ fn run_table(
                 builder.append(&row);
             }
             qwriter.write(&builder.finish())?;
+            if qwriter.in_progress_size() >= limits.row_group_bytes {
+                qwriter.flush()?;
+            }
         }
+    }
+    if let Some(mut w) = spill {
+        w.finish()?;
+        drop(w);
+        for batch in open_staged(&spill_path)? {
+            qwriter.write(&batch?)?;
+            if qwriter.in_progress_size() >= limits.row_group_bytes {
+                qwriter.flush()?;
+            }
+        }
+        fs::remove_file(&spill_path)?;
     }
     if !quarantine.is_empty() {
         qwriter.write(&quarantine.finish())?;
@@ -503,6 +572,7 @@ fn run_table(
             key: c.key.as_deref().unwrap_or(""),
             winner: place(c.winner),
             losers: c.losers.iter().map(|&p| place(p)).collect(),
+            losers_not_listed: c.not_listed,
         };
         serde_json::to_writer(&mut *conflicts_out, &record)?;
         conflicts_out.write_all(b"\n")?;
@@ -576,6 +646,51 @@ mod tests {
 
     fn today() -> NaiveDate {
         NaiveDate::from_ymd_opt(2026, 11, 28).unwrap()
+    }
+
+    #[test]
+    fn one_key_shared_by_many_distinct_rows_is_linear_and_lists_a_capped_set_of_losers() {
+        let schemas = Schemas::builtin().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("staging");
+        let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        let mut csv =
+            String::from("product_code,ean,name,brand,manufacturer,segment,unit_size,updated_at\n");
+        let n = 5_000;
+        for i in 0..n {
+            csv.push_str(&format!(
+                "OHB-000101,,Cola {i},Hungry,OuchHungry,Refrigerantes,,2026-11-01 10:00:00\n"
+            ));
+        }
+        let part = stage_part(
+            schemas.table("products").unwrap(),
+            "extracts/products/dt=2026-11-27/part-000.csv",
+            "1",
+            std::io::Cursor::new(csv),
+            &staging,
+            today(),
+        )
+        .unwrap();
+        let out = BatchOutputs {
+            root: dir.path().join("out"),
+            dt,
+        };
+        let report = run_batch(&schemas, dt, &staging, &[part], &out).unwrap();
+        let p = &report.tables["products"];
+        assert_eq!((p.rows_kept, p.conflicts_resolved), (1, n - 1));
+        let conflicts = fs::read_to_string(out.conflicts()).unwrap();
+        let record: serde_json::Value = serde_json::from_str(conflicts.trim()).unwrap();
+        assert_eq!(
+            record["losers"].as_array().unwrap().len(),
+            MAX_LISTED_LOSERS
+        );
+        assert_eq!(
+            record["losers_not_listed"],
+            n - 1 - MAX_LISTED_LOSERS as u64
+        );
+        // The tie goes to the last line; the losers are listed from the last one back.
+        assert_eq!(record["winner"]["line"], n + 1);
+        assert_eq!(record["losers"][0]["line"], n);
     }
 
     #[test]

@@ -185,6 +185,7 @@ pub struct StagedBuilder {
     hash: UInt64Builder,
     raw: StringBuilder,
     rows: usize,
+    bytes: usize,
 }
 
 /// One batch of staged rows, split by who reads it.
@@ -214,6 +215,7 @@ impl StagedBuilder {
             hash: UInt64Builder::with_capacity(capacity),
             raw: StringBuilder::with_capacity(capacity, capacity * 100),
             rows: 0,
+            bytes: 0,
         }
     }
 
@@ -229,6 +231,14 @@ impl StagedBuilder {
         self.hash.append_value(id.hash);
         self.raw.append_value(raw);
         self.rows += 1;
+        // Fixed-width values are bounded by the row count; text grows with the raw text, which
+        // the typed values normalize (about as long): counted twice, without a second pass.
+        self.bytes += 2 * raw.len();
+    }
+
+    /// Bytes of values appended since the last batch (text and raw values; numbers as 8).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Rows appended since the last batch.
@@ -247,6 +257,7 @@ impl StagedBuilder {
             self.columns.iter_mut().map(ColumnBuilder::finish).collect();
         arrays.push(Arc::new(self.line.finish()));
         self.rows = 0;
+        self.bytes = 0;
         let keys: Vec<ArrayRef> = vec![
             Arc::new(self.key.finish()),
             Arc::new(self.check.finish()),
@@ -273,6 +284,7 @@ pub struct QuarantineBuilder {
     line: Int64Builder,
     record: StringBuilder,
     rows: usize,
+    bytes: usize,
 }
 
 /// One quarantined row.
@@ -304,6 +316,7 @@ impl QuarantineBuilder {
             line: Int64Builder::new(),
             record: StringBuilder::new(),
             rows: 0,
+            bytes: 0,
         }
     }
 
@@ -321,6 +334,17 @@ impl QuarantineBuilder {
         self.line.append_value(row.line as i64);
         self.record.append_option(row.record.as_deref());
         self.rows += 1;
+        self.bytes += row.raw.iter().flatten().map(String::len).sum::<usize>()
+            + row.reasons.iter().map(String::len).sum::<usize>()
+            + row.object.len()
+            + row.generation.len()
+            + row.record.as_ref().map_or(0, String::len)
+            + 8;
+    }
+
+    /// Bytes of values pending.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Rows pending.
@@ -346,6 +370,7 @@ impl QuarantineBuilder {
         arrays.push(Arc::new(self.line.finish()));
         arrays.push(Arc::new(self.record.finish()));
         self.rows = 0;
+        self.bytes = 0;
         RecordBatch::try_new(self.schema.clone(), arrays)
             .expect("quarantine arrays match their schema")
     }

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 
-use super::batch::{BatchError, BatchOutputs, run_batch};
+use super::Limits;
+use super::batch::{BatchError, BatchOutputs, run_batch_with};
 use super::report::{FileError, FileReport, QualityReport};
 use super::schema::Schemas;
-use super::stage::{PartSummary, StageError, stage_part};
+use super::stage::{PartSummary, StageError, stage_part_with};
 use super::validators::today_sao_paulo;
 use crate::extract::{Layout, Marker, classify};
 
@@ -88,12 +89,23 @@ pub fn marker_days(input: &Path) -> Result<Vec<NaiveDate>, LocalError> {
     Ok(days)
 }
 
-/// Runs the batch of day `dt` from `input` (raw bucket layout) into `output`.
+/// Runs the batch of day `dt` from `input` with the default [`Limits`].
 pub fn run_local_batch(
     schemas: &Schemas,
     input: &Path,
     output: &Path,
     dt: NaiveDate,
+) -> Result<LocalBatch, LocalError> {
+    run_local_batch_with(schemas, input, output, dt, &Limits::default())
+}
+
+/// Runs the batch of day `dt` from `input` (raw bucket layout) into `output`.
+pub fn run_local_batch_with(
+    schemas: &Schemas,
+    input: &Path,
+    output: &Path,
+    dt: NaiveDate,
+    limits: &Limits,
 ) -> Result<LocalBatch, LocalError> {
     let tables: Vec<&str> = schemas.names().collect();
     let marker_name = format!("extracts/dt={dt}/_SUCCESS");
@@ -128,6 +140,12 @@ pub fn run_local_batch(
         names.sort();
         unlisted.extend(names.into_iter().filter(|n| !marker.files.contains(n)));
     }
+    for name in &marker.listed_again {
+        tracing::warn!(
+            object = name.as_str(),
+            "object listed again in the batch marker, read once"
+        );
+    }
     for name in &unlisted {
         tracing::warn!(
             object = name.as_str(),
@@ -147,7 +165,7 @@ pub fn run_local_batch(
         match File::open(&path) {
             Ok(file) => {
                 let started = std::time::Instant::now();
-                let part = stage_part(schema, object, "local", file, &staging, today)?;
+                let part = stage_part_with(schema, object, "local", file, &staging, today, limits)?;
                 tracing::info!(
                     object = object.as_str(),
                     rows = part.file.rows,
@@ -162,12 +180,19 @@ pub fn run_local_batch(
             }
         }
     }
+    let mut again: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for name in &marker.listed_again {
+        *again.entry(name.as_str()).or_default() += 1;
+    }
+    for part in &mut parts {
+        part.file.listed_again = again.get(part.file.object.as_str()).copied().unwrap_or(0);
+    }
     let outputs = BatchOutputs {
         root: output.to_path_buf(),
         dt,
     };
     let started = std::time::Instant::now();
-    let report = run_batch(schemas, dt, &staging, &parts, &outputs)?;
+    let report = run_batch_with(schemas, dt, &staging, &parts, &outputs, limits)?;
     tracing::info!(%dt, elapsed_ms = started.elapsed().as_millis() as u64, "batch step done");
     let _ = fs::remove_dir_all(&staging);
     Ok(LocalBatch {
@@ -187,6 +212,8 @@ fn missing_part(table: &str, object: &str, e: &std::io::Error) -> PartSummary {
             delimiter: String::new(),
             gzip: false,
             rows: 0,
+            rows_too_long: 0,
+            listed_again: 0,
             extra_columns: Vec::new(),
             error: Some(FileError {
                 kind: "missing_object".into(),

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod columns;
 pub mod guardrails;
+pub mod limits;
 pub mod local;
 pub mod pattern;
 pub mod report;
@@ -11,6 +12,11 @@ pub mod schema;
 pub mod stage;
 pub mod validators;
 
+pub use limits::Limits;
 pub use report::{FieldCounts, FileReport, QualityReport, TableReport};
 pub use schema::{Schemas, TableSchema};
 pub use stage::{PartSummary, StageError, StagedPaths, stage_part};
+
+/// A raw value that no rule can read (the validators' and pattern rules' error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Invalid;

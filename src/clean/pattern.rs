@@ -8,7 +8,7 @@
 use compact_str::CompactString;
 use regex::{Regex, RegexBuilder};
 
-use super::validators::Invalid;
+use super::Invalid;
 
 /// Largest compiled pattern accepted (bytes of the regex crate's program): a typo such as
 /// `\w{1000}{1000}` fails at start-up instead of taking the memory of every worker.

@@ -17,7 +17,7 @@ pub struct FieldCounts {
 /// A file-level failure: the whole file is rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileError {
-    /// `missing_column`, `undecodable` or `not_csv`.
+    /// `missing_column`, `undecodable`, `not_csv`, `too_large` or `missing_object`.
     pub kind: String,
     /// What is wrong, in one line.
     pub message: String,
@@ -38,12 +38,22 @@ pub struct FileReport {
     pub gzip: bool,
     /// Data rows read.
     pub rows: u64,
+    /// Rows longer than the record limit, quarantined as `malformed_row` (detail `too_long`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rows_too_long: u64,
+    /// Times the batch marker listed this file again (it is read once).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub listed_again: u64,
     /// Header columns not in the schema (ignored).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_columns: Vec<String>,
     /// Why the file was rejected whole, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<FileError>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Counts of one table in one batch.

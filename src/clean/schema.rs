@@ -7,7 +7,7 @@ use chrono::NaiveDate;
 use serde::Deserialize;
 
 use super::pattern::PatternRule;
-use super::validators::Kind;
+use super::validators::{Kind, KindOptions};
 
 /// The table schemas shipped with the project.
 pub const DEFAULT_TABLES_TOML: &str = include_str!("../../config/tables.toml");
@@ -85,6 +85,7 @@ struct RawColumn {
     positive: bool,
     #[serde(default)]
     non_negative: bool,
+    max: Option<i64>,
     #[serde(default)]
     units: Vec<String>,
     #[serde(default)]
@@ -105,31 +106,6 @@ struct RawColumn {
 
 fn yes() -> bool {
     true
-}
-
-/// Options of a column's validator, as declared.
-#[derive(Debug, Clone, Default)]
-pub struct KindOptions {
-    /// `id`: upper-case the value.
-    pub upper: bool,
-    /// `int`, `brl`: the value must be > 0.
-    pub positive: bool,
-    /// `int`, `brl`: the value must be >= 0.
-    pub non_negative: bool,
-    /// `int`: unit suffixes allowed after the number (lower case).
-    pub units: Vec<String>,
-    /// `enum`: folded spelling → canonical value (canonical values map to themselves).
-    pub values: Vec<(String, String)>,
-    /// `text`: canonical spellings, matched case-insensitively.
-    pub known: Vec<String>,
-    /// `municipality`: index of the column holding the row's UF.
-    pub uf_column: Option<usize>,
-    /// `date`: earliest valid date.
-    pub min_date: Option<NaiveDate>,
-    /// `date`: dates after today are invalid.
-    pub not_future: bool,
-    /// `pattern`: the compiled rule.
-    pub pattern: Option<PatternRule>,
 }
 
 /// One column of a table: its validator and its rules.
@@ -320,6 +296,9 @@ fn build_table(name: &str, raw: &RawTable) -> Result<TableSchema, SchemaError> {
         if kind == Kind::Enum && values.is_empty() {
             return Err(invalid(name, cname, "an enum column needs values"));
         }
+        if col.max.is_some() && kind != Kind::Int {
+            return Err(invalid(name, cname, "max applies to int columns only"));
+        }
         let pattern = match (&col.pattern, kind) {
             (Some(p), Kind::Pattern) => Some(
                 PatternRule::compile(p, &col.normalize, col.remove.as_deref().unwrap_or(""))
@@ -341,6 +320,7 @@ fn build_table(name: &str, raw: &RawTable) -> Result<TableSchema, SchemaError> {
             upper: col.upper,
             positive: col.positive,
             non_negative: col.non_negative,
+            max: col.max,
             units: col.units.iter().map(|u| u.to_lowercase()).collect(),
             values,
             known: col.known.clone(),

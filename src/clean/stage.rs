@@ -15,6 +15,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::Limits;
 use super::columns::{
     QuarantineBuilder, QuarantinedRow, RAW_SEP, RowIdentity, StagedBatches, StagedBuilder,
     key_hash, keys_schema, quarantine_schema, raw_schema, staged_schema,
@@ -24,27 +25,84 @@ use super::schema::{OnInvalid, TableSchema};
 use super::validators::{Kind, Value, is_null_marker};
 use crate::extract::{CsvReader, FileFault, Record};
 
-/// Rows per staged record batch.
-const BATCH_ROWS: usize = 32 * 1024;
-
-/// Staging failed for a reason outside the file; the part can be staged again later.
+/// Staging failed for a reason outside the file's content, naming the object.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     /// Reading the input or writing the staging area failed.
-    #[error("staging i/o: {0}")]
-    Io(#[from] std::io::Error),
+    #[error("staging {object}: i/o: {source}")]
+    Io {
+        /// The object being staged (empty until known).
+        object: String,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// Encoding the staged Arrow files failed.
-    #[error("staging arrow: {0}")]
-    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("staging {object}: arrow: {source}")]
+    Arrow {
+        /// The object being staged.
+        object: String,
+        /// The cause.
+        source: arrow_schema::ArrowError,
+    },
     /// The summary could not be written.
-    #[error("staging summary: {0}")]
-    Json(#[from] serde_json::Error),
+    #[error("staging {object}: summary: {source}")]
+    Json {
+        /// The object being staged.
+        object: String,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+impl From<std::io::Error> for StageError {
+    fn from(source: std::io::Error) -> Self {
+        StageError::Io {
+            object: String::new(),
+            source,
+        }
+    }
+}
+
+impl From<arrow_schema::ArrowError> for StageError {
+    fn from(source: arrow_schema::ArrowError) -> Self {
+        StageError::Arrow {
+            object: String::new(),
+            source,
+        }
+    }
+}
+
+impl From<serde_json::Error> for StageError {
+    fn from(source: serde_json::Error) -> Self {
+        StageError::Json {
+            object: String::new(),
+            source,
+        }
+    }
 }
 
 impl StageError {
-    /// Staging errors are transient: the input is fine, the machine or storage was not.
+    /// Transient, except a path the platform cannot hold (too long, a NUL): staging again
+    /// would fail the same way.
     pub fn is_transient(&self) -> bool {
-        true
+        match self {
+            StageError::Io { source, .. } => !matches!(
+                source.kind(),
+                std::io::ErrorKind::InvalidFilename | std::io::ErrorKind::InvalidInput
+            ),
+            StageError::Arrow { .. } | StageError::Json { .. } => true,
+        }
+    }
+
+    /// Names the object, when the error does not yet.
+    pub fn at(mut self, name: &str) -> Self {
+        let (StageError::Io { object, .. }
+        | StageError::Arrow { object, .. }
+        | StageError::Json { object, .. }) = &mut self;
+        if object.is_empty() {
+            *object = name.to_string();
+        }
+        self
     }
 }
 
@@ -81,9 +139,18 @@ pub struct StagedPaths {
 }
 
 impl StagedPaths {
-    /// Paths of one object generation's staged files.
+    /// Paths of one object generation's staged files; a name too long for a file system
+    /// (object names reach 1,024 bytes) is cut and completed by a hash of the whole.
     pub fn new(staging: &Path, object: &str, generation: &str) -> Self {
-        let base = format!("{}@{}", object.replace('/', "~"), generation);
+        let mut base = format!("{}@{}", object.replace('/', "~"), generation);
+        if base.len() > MAX_BASE_BYTES {
+            let hash = xxhash_rust::xxh3::xxh3_128(base.as_bytes());
+            let mut cut = MAX_BASE_BYTES - 33;
+            while !base.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            base = format!("{}~{hash:032x}", &base[..cut]);
+        }
         let file = |suffix: &str| staging.join(format!("{base}.{suffix}"));
         Self {
             data: file("data.arrow"),
@@ -110,6 +177,9 @@ impl StagedPaths {
         ]
     }
 }
+
+/// Bytes of a staged file's name before its suffix: 255-byte names with the longest suffix.
+const MAX_BASE_BYTES: usize = 160;
 
 /// Indexes of [`StagedWriters`], in the order they are created.
 const DATA: usize = 0;
@@ -231,6 +301,31 @@ impl<'s> RowCleaner<'s> {
                 },
             }
         }
+        self.sort_reasons(out);
+    }
+
+    /// Quarantines a row holding a NUL character: `invalid_<column>` for each column whose
+    /// raw value has one (whatever the column's `on_invalid`), else `malformed_row` (the NUL is
+    /// in a column the table ignores).
+    pub fn refuse_nul<'r>(&self, raw: impl Fn(usize) -> Option<&'r str>, out: &mut CleanRow) {
+        let mut found = false;
+        for (i, col) in self.schema.columns.iter().enumerate() {
+            if raw(i).is_some_and(|v| v.contains('\0')) {
+                found = true;
+                out.values[i] = None;
+                let reason = format!("invalid_{}", col.name);
+                if !out.reasons.contains(&reason) {
+                    out.reasons.push(reason);
+                }
+            }
+        }
+        if !found {
+            out.reasons.push("malformed_row".to_string());
+        }
+        self.sort_reasons(out);
+    }
+
+    fn sort_reasons(&self, out: &mut CleanRow) {
         // Reasons in column order, whatever the evaluation order was.
         if out.reasons.len() > 1 {
             let pos = |r: &String| {
@@ -320,9 +415,7 @@ pub fn row_hash(values: &[Option<Value>], buf: &mut Vec<u8>) -> u64 {
     xxh3_64(buf)
 }
 
-/// Stages one part of a table into `staging`; a file-level failure is reported in the summary.
-///
-/// Errors are only those outside the file (reading the source, writing the staging area).
+/// Stages one part of a table into `staging` with the default [`Limits`].
 pub fn stage_part(
     schema: &TableSchema,
     object: &str,
@@ -330,6 +423,41 @@ pub fn stage_part(
     input: impl Read + Send + 'static,
     staging: &Path,
     today: NaiveDate,
+) -> Result<PartSummary, StageError> {
+    stage_part_with(
+        schema,
+        object,
+        generation,
+        input,
+        staging,
+        today,
+        &Limits::default(),
+    )
+}
+
+/// Stages one part of a table into `staging`; a file-level failure is reported in the summary.
+///
+/// Errors are only those outside the file (reading the source, writing the staging area).
+pub fn stage_part_with(
+    schema: &TableSchema,
+    object: &str,
+    generation: &str,
+    input: impl Read + Send + 'static,
+    staging: &Path,
+    today: NaiveDate,
+    limits: &Limits,
+) -> Result<PartSummary, StageError> {
+    stage_inner(schema, object, generation, input, staging, today, limits).map_err(|e| e.at(object))
+}
+
+fn stage_inner(
+    schema: &TableSchema,
+    object: &str,
+    generation: &str,
+    input: impl Read + Send + 'static,
+    staging: &Path,
+    today: NaiveDate,
+    limits: &Limits,
 ) -> Result<PartSummary, StageError> {
     fs::create_dir_all(staging)?;
     let paths = StagedPaths::new(staging, object, generation);
@@ -342,6 +470,8 @@ pub fn stage_part(
             delimiter: ",".into(),
             gzip: false,
             rows: 0,
+            rows_too_long: 0,
+            listed_again: 0,
             extra_columns: Vec::new(),
             error: None,
         },
@@ -354,7 +484,7 @@ pub fn stage_part(
             .map(|c| (c.name.clone(), FieldCounts::default()))
             .collect(),
     };
-    match stage_rows(schema, &paths, input, today, &mut summary) {
+    match stage_rows(schema, &paths, input, today, limits, &mut summary) {
         Ok(()) => {}
         Err(Failure::File(kind, message)) => {
             for f in paths.files() {
@@ -369,6 +499,7 @@ pub fn stage_part(
                 .values_mut()
                 .for_each(|f| *f = FieldCounts::default());
             summary.file.rows = 0;
+            summary.file.rows_too_long = 0;
             summary.file.error = Some(FileError {
                 kind: kind.to_string(),
                 message,
@@ -398,6 +529,7 @@ fn fault(f: FileFault) -> Failure {
     match f {
         FileFault::Undecodable(m) => Failure::File("undecodable", m),
         FileFault::NotCsv(m) => Failure::File("not_csv", m),
+        FileFault::TooLarge(m) => Failure::File("too_large", m),
         FileFault::Io(e) => Failure::Stage(e.into()),
     }
 }
@@ -407,9 +539,10 @@ fn stage_rows(
     paths: &StagedPaths,
     input: impl Read + Send + 'static,
     today: NaiveDate,
+    limits: &Limits,
     summary: &mut PartSummary,
 ) -> Result<(), Failure> {
-    let mut reader = CsvReader::open(input).map_err(fault)?;
+    let mut reader = CsvReader::open_with(input, limits.read()).map_err(fault)?;
     let header = reader.header().to_vec();
     let column_at: Vec<Option<usize>> = schema
         .columns
@@ -444,7 +577,8 @@ fn stage_rows(
         (&paths.raw, raw_schema()),
         (&paths.quarantine, quarantine_schema(schema)),
     ])?;
-    let mut staged = StagedBuilder::new(schema, BATCH_ROWS);
+    let (flush_rows, flush_bytes) = (limits.flush_rows(), limits.flush_bytes);
+    let mut staged = StagedBuilder::new(schema, flush_rows.min(32 * 1024));
     let mut quarantined = QuarantineBuilder::new(schema);
     let cleaner = RowCleaner::new(schema, today);
     let mut rec = Record::default();
@@ -466,19 +600,36 @@ fn stage_rows(
         let raw = |i: usize| column_at[i].and_then(|at| rec.get(at));
         let raw_strings = || (0..ncols).map(|i| raw(i).map(str::to_string)).collect();
         if rec.broken || rec.len() != header.len() {
+            let record = match rec.too_long {
+                Some(n) => {
+                    summary.file.rows_too_long += 1;
+                    format!(
+                        "too_long: {n} bytes, over the limit of {} bytes; starts with: {}",
+                        limits.max_record_bytes,
+                        rec.prefix()
+                    )
+                }
+                None => rec.iter().collect::<Vec<_>>().join(&delimiter),
+            };
             let q = QuarantinedRow {
                 raw: raw_strings(),
                 reasons: vec!["malformed_row".to_string()],
                 object: summary.file.object.clone(),
                 generation: summary.file.generation.clone(),
                 line: rec.line,
-                record: Some(rec.iter().collect::<Vec<_>>().join(&delimiter)),
+                record: Some(record),
             };
             count_quarantine(summary, &q.reasons);
             quarantined.append(&q);
+            if quarantined.len() >= flush_rows || quarantined.bytes() >= flush_bytes {
+                writers.write(QUARANTINE, &quarantined.finish())?;
+            }
             continue;
         }
         cleaner.clean(raw, &mut row);
+        if rec.has_nul() {
+            cleaner.refuse_nul(raw, &mut row);
+        }
         for i in 0..schema.columns.len() {
             normalized[i] += u64::from(row.normalized[i]);
             nulled[i] += u64::from(row.nulled[i]);
@@ -505,7 +656,7 @@ fn stage_rows(
             };
             staged.append(&row.values, rec.line, id, &raw_joined);
             summary.rows_staged += 1;
-            if staged.len() >= BATCH_ROWS {
+            if staged.len() >= flush_rows || staged.bytes() >= flush_bytes {
                 write_staged(&mut writers, staged.finish())?;
             }
         } else {
@@ -519,7 +670,7 @@ fn stage_rows(
             };
             count_quarantine(summary, &q.reasons);
             quarantined.append(&q);
-            if quarantined.len() >= BATCH_ROWS {
+            if quarantined.len() >= flush_rows || quarantined.bytes() >= flush_bytes {
                 writers.write(QUARANTINE, &quarantined.finish())?;
             }
         }
@@ -644,7 +795,7 @@ mod tests {
 
     #[test]
     fn instant_and_date_shortcuts_agree_with_the_canonical_text() {
-        use crate::clean::schema::KindOptions;
+        use crate::clean::validators::KindOptions;
         let opts = KindOptions::default();
         let instants = [
             "2026-11-27T17:03:00Z",
@@ -654,7 +805,7 @@ mod tests {
             "2026-11-27T17:03:00+00:00",
             "2026-11-27T14:03:00-03:00",
             "2026-11-27T17:03:00.5Z",
-            "0000-01-01T00:00:00Z",
+            "0001-01-01T00:00:00Z",
             "27/11/2026 14:03",
             "1795798980",
         ];

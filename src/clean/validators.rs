@@ -2,6 +2,7 @@
 //!
 //! Adding a kind of validator is one function plus one line in [`Kind`]'s registry.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
@@ -13,7 +14,8 @@ use chrono_tz::America::Sao_Paulo;
 use compact_str::{CompactString, ToCompactString};
 use regex::Regex;
 
-use super::schema::KindOptions;
+use super::Invalid;
+use super::pattern::PatternRule;
 use crate::br;
 
 /// A cleaned, typed value.
@@ -169,8 +171,11 @@ impl Kind {
         let s = trim(raw);
         match self {
             Kind::Text => Ok(Value::Str(text(s, &opts.known))),
-            Kind::Id => id(s, opts.upper).map(Value::Str),
-            Kind::ProductCode => product_code(s).map(Value::Str),
+            // ASCII text (nearly every value) holds no invisible character: no copy, no check.
+            Kind::Id if s.is_ascii() => id(s, opts.upper).map(Value::Str),
+            Kind::Id => id(trim(&strip_invisible(s)), opts.upper).map(Value::Str),
+            Kind::ProductCode if s.is_ascii() => product_code(s).map(Value::Str),
+            Kind::ProductCode => product_code(trim(&strip_invisible(s))).map(Value::Str),
             Kind::Int => int_with_units(s, &opts.units)
                 .and_then(|v| sign_rule(v, opts))
                 .map(Value::Int),
@@ -206,12 +211,36 @@ pub fn trim(s: &str) -> &str {
     }
 }
 
-/// A raw value that no rule can read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Invalid;
+/// Options of a column's validator, as declared.
+#[derive(Debug, Clone, Default)]
+pub struct KindOptions {
+    /// `id`: upper-case the value.
+    pub upper: bool,
+    /// `int`, `brl`: the value must be > 0.
+    pub positive: bool,
+    /// `int`, `brl`: the value must be >= 0.
+    pub non_negative: bool,
+    /// `int`: the largest value (`invalid_<column>` above it).
+    pub max: Option<i64>,
+    /// `int`: unit suffixes allowed after the number (lower case).
+    pub units: Vec<String>,
+    /// `enum`: folded spelling → canonical value (canonical values map to themselves).
+    pub values: Vec<(String, String)>,
+    /// `text`: canonical spellings, matched case-insensitively.
+    pub known: Vec<String>,
+    /// `municipality`: index of the column holding the row's UF.
+    pub uf_column: Option<usize>,
+    /// `date`: earliest valid date.
+    pub min_date: Option<NaiveDate>,
+    /// `date`: dates after today are invalid.
+    pub not_future: bool,
+    /// `pattern`: the compiled rule.
+    pub pattern: Option<PatternRule>,
+}
 
 fn sign_rule(v: i64, opts: &KindOptions) -> Result<i64, Invalid> {
-    if (opts.positive && v <= 0) || (opts.non_negative && v < 0) {
+    if (opts.positive && v <= 0) || (opts.non_negative && v < 0) || opts.max.is_some_and(|m| v > m)
+    {
         Err(Invalid)
     } else {
         Ok(v)
@@ -257,13 +286,42 @@ pub fn text(s: &str, known: &[String]) -> CompactString {
         .unwrap_or(out)
 }
 
-/// Trims an identifier, optionally upper-casing it; identifiers hold no white space.
+/// Returns true for characters that print as nothing: the BOM, zero-width and joiner characters,
+/// direction marks and overrides, the soft hyphen.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00ad}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
+}
+
+/// Removes invisible characters (see [`is_invisible`]) so keys that look alike compare equal.
+pub fn strip_invisible(s: &str) -> Cow<'_, str> {
+    if s.is_ascii() || !s.chars().any(is_invisible) {
+        Cow::Borrowed(s)
+    } else {
+        Cow::Owned(s.chars().filter(|c| !is_invisible(*c)).collect())
+    }
+}
+
+/// Trims an identifier, optionally upper-casing it; identifiers hold no white space and no
+/// control character (invisible characters are stripped before, see [`strip_invisible`]).
 pub fn id(s: &str, upper: bool) -> Result<CompactString, Invalid> {
     if s.is_ascii() {
-        if s.bytes().any(|b| b <= b' ') {
+        // Printable ASCII is `!`..=`~`: white space, controls and DEL are outside.
+        if s.bytes().any(|b| !(b'!'..=b'~').contains(&b)) {
             return Err(Invalid);
         }
-    } else if s.chars().any(char::is_whitespace) {
+    } else if s
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || is_invisible(c))
+    {
         return Err(Invalid);
     }
     let mut out = CompactString::from(s);
@@ -389,14 +447,29 @@ fn parse_separated(body: &[u8]) -> Result<i64, Invalid> {
     if digits == 0 && frac.is_empty() {
         return Err(Invalid);
     }
-    let mut cents = value.checked_mul(100).ok_or(Invalid)?;
-    match frac {
-        [a] => cents += i64::from(a - b'0') * 10,
-        [a, b] => cents += i64::from(a - b'0') * 10 + i64::from(b - b'0'),
-        _ => {}
+    let frac_cents = match frac {
+        [a] => i64::from(a - b'0') * 10,
+        [a, b] => i64::from(a - b'0') * 10 + i64::from(b - b'0'),
+        _ => 0,
+    };
+    let cents = value
+        .checked_mul(100)
+        .and_then(|c| c.checked_add(frac_cents))
+        .ok_or(Invalid)?;
+    // Curated amounts are DECIMAL(18,2): 16 integer digits at most.
+    if cents > MAX_CENTS {
+        return Err(Invalid);
     }
     Ok(cents)
 }
+
+/// The largest amount a DECIMAL(18,2) holds, in hundredths.
+pub const MAX_CENTS: i64 = 999_999_999_999_999_999;
+
+/// The earliest instant every Parquet reader accepts: 0001-01-01T00:00:00Z.
+pub const MIN_INSTANT: i64 = -62_135_596_800;
+/// The latest instant every Parquet reader accepts: 9999-12-31T23:59:59Z.
+pub const MAX_INSTANT: i64 = 253_402_300_799;
 
 /// Reads an integer written as `2`, `2.0`, `2 un`, ` 3 `; fractions are invalid.
 pub fn int_with_units(s: &str, units: &[String]) -> Result<i64, Invalid> {
@@ -452,9 +525,15 @@ pub fn timestamp(s: &str) -> Result<i64, Invalid> {
         };
     }
     let (naive, offset) = parse_datetime(t)?;
-    match offset {
-        Some(off) => Ok(naive.and_utc().timestamp() - i64::from(off)),
-        None => Ok(sao_paulo_to_utc(naive)),
+    let secs = match offset {
+        Some(off) => naive.and_utc().timestamp() - i64::from(off),
+        None => sao_paulo_to_utc(naive),
+    };
+    // An offset can carry year 1 or 9999 out of the range readers accept.
+    if (MIN_INSTANT..=MAX_INSTANT).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(Invalid)
     }
 }
 
@@ -522,7 +601,7 @@ pub fn date(s: &str, min: Option<NaiveDate>, max: Option<NaiveDate>) -> Result<N
     } else {
         parse_datetime(t)?.0.date()
     };
-    if min.is_some_and(|m| d < m) || max.is_some_and(|m| d > m) {
+    if min.is_some_and(|m| d < m) || max.is_some_and(|m| d > m) || !(1..=9999).contains(&d.year()) {
         return Err(Invalid);
     }
     Ok(d)
@@ -618,6 +697,10 @@ fn num(b: &[u8]) -> Result<u32, Invalid> {
 }
 
 fn ymd(y: u32, m: u32, d: u32) -> Result<NaiveDate, Invalid> {
+    // Year 0 is not a year every Parquet reader accepts.
+    if y == 0 {
+        return Err(Invalid);
+    }
     NaiveDate::from_ymd_opt(i32::try_from(y).map_err(|_| Invalid)?, m, d).ok_or(Invalid)
 }
 
@@ -933,6 +1016,90 @@ mod tests {
     }
 
     #[test]
+    fn amounts_never_overflow_and_fit_decimal_18_2() {
+        assert_eq!(brl_cents("9999999999999999.99"), Ok(MAX_CENTS));
+        assert_eq!(brl_cents("-9999999999999999.99"), Ok(-MAX_CENTS));
+        for raw in [
+            "10000000000000000",
+            "-10000000000000000.00",
+            "92233720368547758.07",
+            "92233720368547758.99",
+            "-92233720368547758.99",
+            "R$ -99999999999999999999,99",
+            "999999999999999999999999999999999999",
+        ] {
+            assert_eq!(brl_cents(raw), Err(Invalid), "{raw:?}");
+        }
+        let opts = KindOptions {
+            positive: true,
+            max: Some(100_000),
+            ..Default::default()
+        };
+        let today = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+        assert_eq!(
+            Kind::Int.validate("100000", &opts, None, today),
+            Ok(Value::Int(100_000))
+        );
+        for raw in ["100001", "92233720368547758", "-1", "0"] {
+            assert_eq!(
+                Kind::Int.validate(raw, &opts, None, today),
+                Err(Invalid),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn instants_and_dates_stay_within_years_1_to_9999() {
+        for bad in [
+            "0000-01-01T00:00:00Z",
+            "0001-01-01T00:00:00+01:00",
+            "9999-12-31T23:00:00-03:00",
+            "00/01/0000",
+            "01/01/0000 10:00",
+        ] {
+            assert_eq!(timestamp(bad), Err(Invalid), "{bad:?}");
+        }
+        assert_eq!(timestamp("0001-01-01T00:00:00Z"), Ok(MIN_INSTANT));
+        assert_eq!(timestamp("9999-12-31T23:59:59Z"), Ok(MAX_INSTANT));
+        assert_eq!(date("0000-06-01", None, None), Err(Invalid));
+        assert!(date("9999-12-31", None, None).is_ok());
+        assert!(date("0001-01-01", None, None).is_ok());
+    }
+
+    #[test]
+    fn identifiers_lose_invisible_characters_and_refuse_controls() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+        let opts = KindOptions {
+            upper: true,
+            ..Default::default()
+        };
+        for raw in [
+            "\u{feff}TX-1",
+            "\u{200b}tx-1",
+            " \u{feff} TX-1\u{200d}",
+            "TX\u{2060}-1",
+        ] {
+            assert_eq!(
+                Kind::Id.validate(raw, &opts, None, today),
+                Ok(Value::Str("TX-1".into())),
+                "{raw:?}"
+            );
+        }
+        for raw in ["TX\u{1}1", "TX\u{7f}1", "TX\u{85}1", "TX\u{0}1"] {
+            assert_eq!(
+                Kind::Id.validate(raw, &opts, None, today),
+                Err(Invalid),
+                "{raw:?}"
+            );
+        }
+        assert_eq!(
+            Kind::ProductCode.validate("\u{feff}OHB-000101", &opts, None, today),
+            Ok(Value::Str("OHB-000101".into()))
+        );
+    }
+
+    #[test]
     fn integers_with_units() {
         let units: Vec<String> = ["un", "und"].iter().map(|s| s.to_string()).collect();
         for (raw, want) in [
@@ -1176,12 +1343,35 @@ mod properties {
         }
     }
 
+    const ALL_KINDS: [Kind; 15] = [
+        Kind::Text,
+        Kind::Id,
+        Kind::ProductCode,
+        Kind::Int,
+        Kind::Brl,
+        Kind::Enum,
+        Kind::Timestamp,
+        Kind::Date,
+        Kind::Cep,
+        Kind::Uf,
+        Kind::Municipality,
+        Kind::Email,
+        Kind::Cpf,
+        Kind::Phone,
+        Kind::Gtin13,
+    ];
+
+    fn id_value(raw: &str) -> Result<Value, Invalid> {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+        Kind::Id.validate(raw, &opts(), None, today)
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
         #[test]
         fn any_text_is_idempotent(raw in "\\PC{0,30}", uf in "[A-Za-z ]{0,3}") {
-            for kind in [Kind::Text, Kind::Id, Kind::ProductCode, Kind::Int, Kind::Brl, Kind::Enum,
-                         Kind::Timestamp, Kind::Date, Kind::Cep, Kind::Uf, Kind::Municipality,
-                         Kind::Email, Kind::Cpf, Kind::Phone, Kind::Gtin13] {
+            for kind in ALL_KINDS {
                 idempotent(kind, &raw, Some(uf.trim()));
             }
         }
@@ -1206,6 +1396,43 @@ mod properties {
             };
             prop_assert_eq!(brl_cents(&raw), Ok(cents), "{}", raw);
             idempotent(Kind::Brl, &raw, None);
+        }
+
+        #[test]
+        fn any_string_never_panics_and_is_idempotent(raw in any::<String>(), uf in "[A-Z]{2}") {
+            for kind in ALL_KINDS {
+                idempotent(kind, &raw, Some(&uf));
+            }
+        }
+
+        #[test]
+        fn numbers_near_the_limits_never_panic(raw in "-?(R\\$)? ?[0-9]{0,24}([.,][0-9]{0,4}){0,3}") {
+            for kind in [Kind::Int, Kind::Brl, Kind::Timestamp, Kind::Date] {
+                idempotent(kind, &raw, None);
+            }
+            if let Ok(c) = brl_cents(&raw) {
+                prop_assert!(c.abs() <= MAX_CENTS);
+                // The sign is the text's: a negative amount never reads as a positive one.
+                prop_assert!(c == 0 || (c < 0) == raw.contains('-'), "{} → {}", raw, c);
+            }
+        }
+
+        #[test]
+        fn every_amount_that_fits_round_trips(cents in -MAX_CENTS..=MAX_CENTS) {
+            let text = Value::Cents(cents).canonical();
+            prop_assert_eq!(brl_cents(&text), Ok(cents));
+        }
+
+        #[test]
+        fn identifiers_with_invisible_characters_match_their_visible_text(
+            id in "[A-Z]{2}-[0-9]{1,6}",
+            junk in prop::sample::select(vec!['\u{feff}', '\u{200b}', '\u{200c}', '\u{200d}', '\u{2060}']),
+            at in 0usize..8,
+        ) {
+            let mut raw: Vec<char> = id.chars().collect();
+            raw.insert(at.min(raw.len()), junk);
+            let raw: String = raw.into_iter().collect();
+            prop_assert_eq!(id_value(&raw), id_value(&id));
         }
 
         #[test]

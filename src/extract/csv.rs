@@ -7,6 +7,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use flate2::read::MultiGzDecoder;
 
@@ -14,6 +16,79 @@ use flate2::read::MultiGzDecoder;
 const MAX_RECORD_LINES: usize = 16;
 /// Bytes inspected to tell text from binary.
 const SNIFF_BYTES: usize = 4096;
+/// Bytes of a too-long line kept to describe it.
+pub const TOO_LONG_PREFIX_BYTES: usize = 256;
+
+/// Byte limits the reader enforces while it streams (it never buffers more than one record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// Bytes of one physical line or one quoted record, without its line ending.
+    pub max_record_bytes: usize,
+    /// Decompressed bytes of one part.
+    pub max_part_bytes: u64,
+    /// Decompressed bytes per compressed byte of a gzip part.
+    pub max_compression_ratio: u64,
+    /// Decompressed bytes read before the ratio is checked (small files compress oddly).
+    pub ratio_after_bytes: u64,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        Self {
+            max_record_bytes: 1 << 20,
+            max_part_bytes: 4 << 30,
+            max_compression_ratio: 100,
+            ratio_after_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The payload of the I/O error a [`Limited`] reader returns past a limit.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TooLarge(String);
+
+/// Counts the bytes read through it and fails past the part's limits.
+struct Limited<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+    /// The compressed bytes read so far, when this reader decompresses.
+    compressed: Option<Arc<AtomicU64>>,
+    limits: ReadLimits,
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let total = self.count.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        let what = if self.compressed.is_some() {
+            "decompressed"
+        } else {
+            "read"
+        };
+        if total > self.limits.max_part_bytes {
+            return Err(io::Error::other(TooLarge(format!(
+                "more than {} bytes {what}",
+                self.limits.max_part_bytes
+            ))));
+        }
+        if let Some(c) = &self.compressed
+            && total > self.limits.ratio_after_bytes
+        {
+            let packed = c.load(Ordering::Relaxed).max(1);
+            if total / packed > self.limits.max_compression_ratio {
+                return Err(io::Error::other(TooLarge(format!(
+                    "compression ratio above {}: {total} bytes from {packed}",
+                    self.limits.max_compression_ratio
+                ))));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// One physical line: its number, its bytes (a prefix when too long), its length when too long.
+type Line = (u64, Vec<u8>, Option<u64>);
 
 /// A file that cannot be read as CSV at all.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +99,9 @@ pub enum FileFault {
     /// The bytes are not CSV text (binary data, no header).
     #[error("not csv: {0}")]
     NotCsv(String),
+    /// The part is past a size limit (decompressed bytes, compression ratio).
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// Reading failed for a reason outside the file (storage, network).
     #[error("read failed: {0}")]
     Io(#[from] io::Error),
@@ -47,8 +125,11 @@ pub struct Record {
     pub line: u64,
     text: String,
     ends: Vec<usize>,
-    /// True when the record's quoting is broken (an unclosed quote).
+    /// True when the record's quoting is broken (an unclosed quote) or the line is too long.
     pub broken: bool,
+    /// The line's length in bytes (with its ending) when past the record limit; it has no field.
+    pub too_long: Option<u64>,
+    prefix: String,
 }
 
 impl Record {
@@ -73,6 +154,16 @@ impl Record {
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         (0..self.ends.len()).filter_map(|i| self.get(i))
     }
+
+    /// Returns true when a field holds a NUL character.
+    pub fn has_nul(&self) -> bool {
+        memchr::memchr(0, self.text.as_bytes()).is_some()
+    }
+
+    /// The first bytes of a too-long line, decoded (empty for other records).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
 }
 
 /// Streams records out of raw object bytes.
@@ -80,8 +171,9 @@ pub struct CsvReader {
     input: Box<dyn BufRead + Send>,
     dialect: Dialect,
     next_line: u64,
-    pushback: VecDeque<(u64, Vec<u8>)>,
+    pushback: VecDeque<Line>,
     line_buf: Vec<u8>,
+    limits: ReadLimits,
     field_buf: Vec<u8>,
     saw_windows_1252: bool,
     header: Vec<String>,
@@ -96,14 +188,39 @@ impl std::fmt::Debug for CsvReader {
 }
 
 impl CsvReader {
-    /// Opens raw object bytes: detects gzip and the BOM, reads the header and sniffs the delimiter.
+    /// Opens raw object bytes with the default [`ReadLimits`].
     pub fn open(raw: impl Read + Send + 'static) -> Result<CsvReader, FileFault> {
-        let mut outer = BufReader::with_capacity(1 << 16, raw);
-        let gzip = outer.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+        Self::open_with(raw, ReadLimits::default())
+    }
+
+    /// Opens raw object bytes: detects gzip and the BOM, reads the header and sniffs the delimiter.
+    pub fn open_with(
+        raw: impl Read + Send + 'static,
+        limits: ReadLimits,
+    ) -> Result<CsvReader, FileFault> {
+        let packed = Arc::new(AtomicU64::new(0));
+        let mut outer = BufReader::with_capacity(
+            1 << 16,
+            Limited {
+                inner: raw,
+                count: packed.clone(),
+                compressed: None,
+                limits,
+            },
+        );
+        let gzip = outer
+            .fill_buf()
+            .map_err(classify_io)?
+            .starts_with(&[0x1f, 0x8b]);
         let mut input: Box<dyn BufRead + Send> = if gzip {
             Box::new(BufReader::with_capacity(
                 1 << 16,
-                MultiGzDecoder::new(outer),
+                Limited {
+                    inner: MultiGzDecoder::new(outer),
+                    count: Arc::new(AtomicU64::new(0)),
+                    compressed: Some(packed),
+                    limits,
+                },
             ))
         } else {
             Box::new(outer)
@@ -115,7 +232,13 @@ impl CsvReader {
             ));
         }
         let bom = head.starts_with(&[0xef, 0xbb, 0xbf]);
-        if head.contains(&0) || head.iter().filter(|b| is_binary_control(**b)).count() > 0 {
+        // Binary data has control bytes everywhere; a text file may have a stray one in a
+        // field (that row is quarantined), never in its header.
+        let header_end = memchr::memchr(b'\n', &head).unwrap_or(head.len());
+        let controls = head.iter().filter(|b| is_binary_control(**b)).count();
+        if head[..header_end].iter().any(|b| is_binary_control(*b))
+            || (controls >= 8 && controls * 100 > head.len())
+        {
             return Err(FileFault::NotCsv(
                 "binary data (control bytes) where text was expected".into(),
             ));
@@ -133,15 +256,22 @@ impl CsvReader {
             next_line: 1,
             pushback: VecDeque::new(),
             line_buf: Vec::with_capacity(1024),
+            limits,
             field_buf: Vec::with_capacity(1024),
             saw_windows_1252: false,
             header: Vec::new(),
         };
-        let Some((_, first)) = reader.read_line().map_err(classify_io)? else {
+        let Some((_, first, too_long)) = reader.read_line().map_err(classify_io)? else {
             return Err(FileFault::NotCsv("empty file, no header".into()));
         };
+        if let Some(n) = too_long {
+            return Err(FileFault::NotCsv(format!(
+                "the header line has {n} bytes, more than the limit of {}",
+                limits.max_record_bytes
+            )));
+        }
         reader.dialect.delimiter = sniff_delimiter(&first);
-        reader.pushback.push_front((1, first));
+        reader.pushback.push_front((1, first, None));
         let mut header = Record::default();
         if !reader.next_record(&mut header).map_err(classify_io)? || header.broken {
             return Err(FileFault::NotCsv("no readable header row".into()));
@@ -175,19 +305,33 @@ impl CsvReader {
     }
 
     /// Reads the next record into `rec`; returns false at the end. Blank lines are skipped.
+    ///
+    /// A line longer than the record limit comes back broken, without fields, with
+    /// [`Record::too_long`] set; a quoted record that would grow past it is broken on its first line.
     pub fn next_record(&mut self, rec: &mut Record) -> io::Result<bool> {
         loop {
-            let Some((line_no, line)) = self.read_line()? else {
+            let Some((line_no, line, too_long)) = self.read_line()? else {
                 return Ok(false);
             };
+            rec.line = line_no;
+            rec.too_long = too_long;
+            rec.prefix.clear();
+            if too_long.is_some() {
+                rec.text.clear();
+                rec.ends.clear();
+                rec.broken = true;
+                // Its valid UTF-8 start only: a cut character must not make the file Windows-1252.
+                rec.prefix.push_str(valid_run(&line));
+                self.line_buf = line;
+                return Ok(true);
+            }
             if line.iter().all(|b| *b == b' ') {
                 self.line_buf = line;
                 continue;
             }
-            rec.line = line_no;
             rec.broken = false;
             let mut joined = line;
-            let mut extra: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut extra: Vec<Line> = Vec::new();
             loop {
                 if self.split_fields(&joined, rec) {
                     // The line's buffer is read into again: no allocation per line.
@@ -199,10 +343,17 @@ impl CsvReader {
                     break;
                 }
                 match self.read_line()? {
-                    Some((n, next)) => {
+                    Some((n, next, None))
+                        if joined.len() + 1 + next.len() <= self.limits.max_record_bytes =>
+                    {
                         joined.push(b'\n');
                         joined.extend_from_slice(&next);
-                        extra.push((n, next));
+                        extra.push((n, next, None));
+                    }
+                    Some(other) => {
+                        // Past the record limit: the record is broken, the line is read again.
+                        extra.push(other);
+                        break;
                     }
                     None => break,
                 }
@@ -222,8 +373,9 @@ impl CsvReader {
         }
     }
 
-    /// Returns the next physical line without its line ending.
-    fn read_line(&mut self) -> io::Result<Option<(u64, Vec<u8>)>> {
+    /// Returns the next physical line without its line ending; a line past the record limit
+    /// is read to its end without being kept: its first bytes and its length come back.
+    fn read_line(&mut self) -> io::Result<Option<Line>> {
         if let Some(item) = self.pushback.pop_front() {
             return Ok(Some(item));
         }
@@ -231,9 +383,46 @@ impl CsvReader {
         if self.line_buf.capacity() == 0 {
             self.line_buf.reserve(1024);
         }
-        let n = self.input.read_until(b'\n', &mut self.line_buf)?;
-        if n == 0 {
+        // Room for the content and a CRLF ending.
+        let room = self.limits.max_record_bytes.saturating_add(2);
+        let mut total: u64 = 0;
+        let mut over = false;
+        loop {
+            let buf = match self.input.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if buf.is_empty() {
+                break;
+            }
+            let (used, done) = match memchr::memchr(b'\n', buf) {
+                Some(i) => (i + 1, true),
+                None => (buf.len(), false),
+            };
+            total += used as u64;
+            if !over {
+                if self.line_buf.len() + used <= room {
+                    self.line_buf.extend_from_slice(&buf[..used]);
+                } else {
+                    over = true;
+                    let keep = TOO_LONG_PREFIX_BYTES.saturating_sub(self.line_buf.len());
+                    self.line_buf.extend_from_slice(&buf[..keep.min(used)]);
+                }
+            }
+            self.input.consume(used);
+            if done {
+                break;
+            }
+        }
+        if total == 0 {
             return Ok(None);
+        }
+        let no = self.next_line;
+        self.next_line += 1;
+        if over {
+            self.line_buf.truncate(TOO_LONG_PREFIX_BYTES);
+            return Ok(Some((no, std::mem::take(&mut self.line_buf), Some(total))));
         }
         if self.line_buf.last() == Some(&b'\n') {
             self.line_buf.pop();
@@ -241,9 +430,13 @@ impl CsvReader {
                 self.line_buf.pop();
             }
         }
-        let no = self.next_line;
-        self.next_line += 1;
-        Ok(Some((no, std::mem::take(&mut self.line_buf))))
+        if self.line_buf.len() > self.limits.max_record_bytes {
+            // Within the room only thanks to a missing line ending: too long all the same.
+            let len = self.line_buf.len() as u64;
+            self.line_buf.truncate(TOO_LONG_PREFIX_BYTES);
+            return Ok(Some((no, std::mem::take(&mut self.line_buf), Some(len))));
+        }
+        Ok(Some((no, std::mem::take(&mut self.line_buf), None)))
     }
 
     /// Splits one logical line into decoded fields; false when a quote is left open.
@@ -361,8 +554,12 @@ fn peek(input: &mut Box<dyn BufRead + Send>, want: usize) -> io::Result<Vec<u8>>
     Ok(head[..head.len().min(want)].to_vec())
 }
 
-/// Maps a read error: a decoding error of the input (corrupt gzip) is an undecodable file.
+/// Maps a read error: a decoding error of the input (corrupt gzip) is an undecodable file, a
+/// limit passed is a file too large.
 pub fn classify_io(e: io::Error) -> FileFault {
+    if let Some(t) = e.get_ref().and_then(|i| i.downcast_ref::<TooLarge>()) {
+        return FileFault::TooLarge(t.0.clone());
+    }
     match e.kind() {
         io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
             FileFault::Undecodable(e.to_string())
@@ -465,6 +662,86 @@ mod tests {
         assert_eq!(rows[1].0, 4);
     }
 
+    fn read_limited(bytes: Vec<u8>, limits: ReadLimits) -> Result<Vec<Record>, FileFault> {
+        let mut r = CsvReader::open_with(std::io::Cursor::new(bytes), limits)?;
+        let mut out = Vec::new();
+        loop {
+            let mut rec = Record::default();
+            if !r.next_record(&mut rec).map_err(classify_io)? {
+                return Ok(out);
+            }
+            out.push(rec);
+        }
+    }
+
+    #[test]
+    fn a_line_past_the_limit_is_skipped_to_its_end() {
+        let limits = ReadLimits {
+            max_record_bytes: 64,
+            ..ReadLimits::default()
+        };
+        let long = "x".repeat(10_000);
+        let csv = format!(
+            "a,b\n1,2\n{long},3\r\n4,5\n\"{long}\n6,7\n\"q\n{}\",8\n",
+            "y".repeat(60)
+        );
+        let rows = read_limited(csv.into_bytes(), limits).unwrap();
+        assert_eq!(rows[0].iter().collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(rows[1].too_long, Some(10_004));
+        assert!(rows[1].broken && rows[1].is_empty());
+        assert_eq!(rows[1].prefix().len(), TOO_LONG_PREFIX_BYTES);
+        assert_eq!((rows[2].line, rows[2].too_long), (4, None));
+        assert_eq!(rows[2].iter().collect::<Vec<_>>(), ["4", "5"]);
+        assert_eq!((rows[3].line, rows[3].too_long), (5, Some(10_002)));
+        assert_eq!(rows[4].iter().collect::<Vec<_>>(), ["6", "7"]);
+        // A quoted record that would grow past the limit is broken on its first line.
+        assert_eq!(
+            (rows[5].line, rows[5].broken, rows[5].too_long),
+            (7, true, None)
+        );
+        assert_eq!(rows[6].line, 8);
+        assert_eq!(rows.len(), 7);
+        // The last line without an ending counts the same.
+        let rows = read_limited(format!("a,b\n{}", "z".repeat(65)).into_bytes(), limits).unwrap();
+        assert_eq!(rows[0].too_long, Some(65));
+        let header = format!("{},b\n1,2\n", "h".repeat(100));
+        assert!(matches!(
+            read_limited(header.into_bytes(), limits),
+            Err(FileFault::NotCsv(_))
+        ));
+    }
+
+    #[test]
+    fn parts_past_the_size_or_ratio_limits_are_too_large() {
+        use std::io::Write;
+        let mut body = b"a,b\n".to_vec();
+        for i in 0..20_000 {
+            body.extend_from_slice(format!("{i},same same same same same same\n").as_bytes());
+        }
+        let small = ReadLimits {
+            max_part_bytes: 100_000,
+            ..ReadLimits::default()
+        };
+        assert!(matches!(
+            read_limited(body.clone(), small),
+            Err(FileFault::TooLarge(_))
+        ));
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&body).unwrap();
+        enc.write_all(&vec![b'a'; 4 << 20]).unwrap();
+        let gz = enc.finish().unwrap();
+        let ratio = ReadLimits {
+            max_compression_ratio: 50,
+            ratio_after_bytes: 1 << 20,
+            ..ReadLimits::default()
+        };
+        assert!(matches!(
+            read_limited(gz.clone(), ratio),
+            Err(FileFault::TooLarge(_))
+        ));
+        assert!(read_limited(gz, ReadLimits::default()).is_ok());
+    }
+
     #[test]
     fn rejects_binary_and_utf16_and_corrupt_gzip() {
         let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
@@ -486,5 +763,91 @@ mod tests {
             CsvReader::open(std::io::Cursor::new(b"just one column\n".to_vec())),
             Err(FileFault::NotCsv(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn small() -> ReadLimits {
+        ReadLimits {
+            max_record_bytes: 64,
+            max_part_bytes: 1 << 20,
+            max_compression_ratio: 100,
+            ratio_after_bytes: 1 << 16,
+        }
+    }
+
+    /// Reads every record; the reader must end, and no record may hold more than the limit.
+    fn drain(bytes: Vec<u8>, limits: ReadLimits) -> Result<Vec<(bool, Vec<String>)>, FileFault> {
+        let mut r = CsvReader::open_with(std::io::Cursor::new(bytes), limits)?;
+        let mut rec = Record::default();
+        let mut out = Vec::new();
+        while r.next_record(&mut rec).map_err(classify_io)? {
+            if rec.too_long.is_some() {
+                assert!(rec.is_empty() && rec.broken);
+                assert!(rec.prefix().len() <= 3 * TOO_LONG_PREFIX_BYTES);
+            } else {
+                // Windows-1252 bytes decode to at most three UTF-8 bytes each.
+                assert!(
+                    rec.text.len() <= 3 * limits.max_record_bytes,
+                    "{}",
+                    rec.text.len()
+                );
+            }
+            out.push((rec.broken, rec.iter().map(str::to_string).collect()));
+        }
+        Ok(out)
+    }
+
+    fn field() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9 ]{0,8}",
+            "[a-z\",;\\n ]{0,8}",
+            Just("São".to_string()),
+            Just(String::new()),
+        ]
+    }
+
+    fn quote(f: &str) -> String {
+        if f.contains(['"', ',', '\n']) || f.starts_with(' ') {
+            format!("\"{}\"", f.replace('"', "\"\""))
+        } else {
+            f.to_string()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_bytes_read_to_the_end_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            let _ = drain(bytes.clone(), small());
+            let _ = drain(bytes, ReadLimits::default());
+        }
+
+        #[test]
+        fn text_like_bytes_read_to_the_end_without_panic(text in "[a-c,;\"\\r\\n\u{0} é]{0,400}") {
+            let _ = drain(format!("h1,h2\n{text}").into_bytes(), small());
+        }
+
+        #[test]
+        fn quoted_records_read_back_as_written(rows in prop::collection::vec(prop::collection::vec(field(), 3), 1..20)) {
+            let mut csv = String::from("a,b,c\n");
+            for r in &rows {
+                csv.push_str(&r.iter().map(|f| quote(f)).collect::<Vec<_>>().join(","));
+                csv.push('\n');
+            }
+            let got = drain(csv.into_bytes(), ReadLimits::default()).unwrap();
+            let want: Vec<(bool, Vec<String>)> = rows
+                .into_iter()
+                // A row of one blank field is a blank line: skipped.
+                .filter(|r| !(r.iter().all(|f| f.chars().all(|c| c == ' ')) && r.len() == 1))
+                .map(|r| (false, r))
+                .collect();
+            prop_assert_eq!(got, want);
+        }
     }
 }

@@ -71,8 +71,11 @@ fn parse_dt(segment: &str) -> Option<NaiveDate> {
 pub struct Marker {
     /// The batch date.
     pub dt: NaiveDate,
-    /// Every part of the batch, as object names.
+    /// Every part of the batch, as object names, each once (in the order first listed).
     pub files: Vec<String>,
+    /// Names the body listed more than once, once per extra listing (they are read once).
+    #[serde(skip)]
+    pub listed_again: Vec<String>,
 }
 
 /// A marker that cannot be used.
@@ -96,8 +99,20 @@ pub enum MarkerError {
 
 impl Marker {
     /// Parses a marker body and checks it against the day of its object name.
+    ///
+    /// A file listed twice is kept once, and named in [`Marker::listed_again`].
     pub fn parse(body: &[u8], dt: NaiveDate, tables: &[&str]) -> Result<Marker, MarkerError> {
-        let marker: Marker = serde_json::from_slice(body)?;
+        let mut marker: Marker = serde_json::from_slice(body)?;
+        let mut seen = std::collections::HashSet::with_capacity(marker.files.len());
+        let mut again = Vec::new();
+        marker.files.retain(|f| {
+            let first = seen.insert(f.clone());
+            if !first {
+                again.push(f.clone());
+            }
+            first
+        });
+        marker.listed_again = again;
         if marker.dt != dt {
             return Err(MarkerError::DateMismatch {
                 body: marker.dt,
@@ -160,5 +175,60 @@ mod tests {
             Err(MarkerError::ForeignFile(_))
         ));
         assert!(Marker::parse(b"not json", d, T).is_err());
+        let twice = br#"{"dt": "2026-11-27", "files": ["extracts/products/dt=2026-11-27/a.csv",
+            "extracts/products/dt=2026-11-27/b.csv", "extracts/products/dt=2026-11-27/a.csv"]}"#;
+        let m = Marker::parse(twice, d, T).unwrap();
+        assert_eq!(
+            m.files,
+            [
+                "extracts/products/dt=2026-11-27/a.csv",
+                "extracts/products/dt=2026-11-27/b.csv"
+            ]
+        );
+        assert_eq!(m.listed_again, ["extracts/products/dt=2026-11-27/a.csv"]);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const T: &[&str] = &["transactions", "products", "customers"];
+
+    fn day() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 27).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_body_parses_or_fails_without_panic(body in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Marker::parse(&body, day(), T);
+        }
+
+        #[test]
+        fn any_name_classifies_without_panic(name in "(extracts/)?[a-z_=/.0-9-]{0,60}") {
+            let _ = classify(&name, T);
+        }
+
+        #[test]
+        fn a_listing_is_read_once_per_file(picks in prop::collection::vec((0usize..3, 0usize..5), 0..40)) {
+            let names: Vec<String> = picks
+                .iter()
+                .map(|(t, i)| format!("extracts/{}/dt=2026-11-27/part-{i:03}.csv", T[*t]))
+                .collect();
+            let body = serde_json::json!({"dt": "2026-11-27", "files": names}).to_string();
+            let m = Marker::parse(body.as_bytes(), day(), T).unwrap();
+            let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+            prop_assert_eq!(m.files.len(), unique.len());
+            prop_assert_eq!(m.files.len() + m.listed_again.len(), names.len());
+            // Idempotent: the parsed listing parses to itself.
+            let again = serde_json::json!({"dt": "2026-11-27", "files": m.files}).to_string();
+            let m2 = Marker::parse(again.as_bytes(), day(), T).unwrap();
+            prop_assert_eq!(&m2.files, &m.files);
+            prop_assert!(m2.listed_again.is_empty());
+        }
     }
 }

@@ -3,5 +3,5 @@
 pub mod csv;
 pub mod layout;
 
-pub use csv::{CsvReader, Dialect, FileFault, Record};
+pub use csv::{CsvReader, Dialect, FileFault, ReadLimits, Record};
 pub use layout::{Layout, Marker, classify};

@@ -137,7 +137,13 @@ impl Worker {
             )
         })
         .await?
-        .map_err(|e| HandleError::local("staging", e))?;
+        .map_err(|e| match e.is_transient() {
+            true => HandleError::local("staging", e),
+            false => HandleError::Permanent {
+                kind: ErrorKind::InvalidExtract,
+                message: e.to_string(),
+            },
+        })?;
         tracing::info!(
             object = %object,
             rows = summary.file.rows,

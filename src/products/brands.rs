@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::contract::Contract;
 use super::curated::{Line, Product};
 use super::daily::{OTHER_CITIES, is_partner_product};
-use super::monthly::{MIN_OTHER_BRANDS, MonthlyTable, round_div};
+use super::monthly::{MIN_OTHER_BRANDS, MonthlyError, MonthlyTable, round_div};
 use super::schema::Cell;
 
 /// The level of a brand-view row.
@@ -141,8 +141,8 @@ type BrandKey<'a> = (&'a str, &'a str);
 /// Figures of a brand's lines in a cell.
 #[derive(Debug, Clone, Default)]
 struct BrandAgg<'a> {
-    units: i64,
-    net: i64,
+    units: i128,
+    net: i128,
     list: i128,
     orders: BTreeSet<&'a str>,
     customers: BTreeSet<&'a str>,
@@ -151,7 +151,7 @@ struct BrandAgg<'a> {
 
 impl<'a> BrandAgg<'a> {
     fn add(&mut self, l: &'a Line) {
-        self.units += l.quantity;
+        self.units += i128::from(l.quantity);
         self.net += l.net_amount();
         self.list += i128::from(l.quantity) * i128::from(l.unit_price);
         self.orders.insert(&l.order_id);
@@ -172,8 +172,8 @@ impl<'a> BrandAgg<'a> {
 /// Figures of every brand of a segment in a cell.
 #[derive(Debug, Clone, Default)]
 struct SegmentAgg<'a> {
-    units: i64,
-    net: i64,
+    units: i128,
+    net: i128,
     list: i128,
     brands: BTreeSet<&'a str>,
     customers: BTreeSet<&'a str>,
@@ -181,7 +181,7 @@ struct SegmentAgg<'a> {
 
 impl<'a> SegmentAgg<'a> {
     fn add(&mut self, l: &'a Line, p: &'a Product) {
-        self.units += l.quantity;
+        self.units += i128::from(l.quantity);
         self.net += l.net_amount();
         self.list += i128::from(l.quantity) * i128::from(l.unit_price);
         self.brands.insert(&p.brand);
@@ -244,7 +244,7 @@ fn level_of(place: Place<'_>) -> Level {
     }
 }
 
-fn ratio(num: i64, den: i64) -> Option<f64> {
+fn ratio(num: i128, den: i128) -> Option<f64> {
     (den != 0).then(|| num as f64 / den as f64)
 }
 
@@ -255,14 +255,27 @@ fn row(
     (brand, segment): BrandKey<'_>,
     a: &BrandAgg<'_>,
     s: Option<&SegmentAgg<'_>>,
-) -> BrandRow {
-    let avg = i64::try_from(round_div(a.list, i128::from(a.units))).unwrap_or(i64::MAX);
+) -> Result<BrandRow, MonthlyError> {
+    // Sums are 128-bit; a cell whose total does not fit the file's 64-bit column is an error
+    // naming it, never a wrapped or saturated figure.
+    let fit = |column: &'static str, value: i128| {
+        i64::try_from(value).map_err(|_| MonthlyError::Overflow {
+            column,
+            cell: format!(
+                "{}/{}/{brand}",
+                place.0.unwrap_or("BR"),
+                city.unwrap_or("-")
+            ),
+            value: value.to_string(),
+        })
+    };
+    let avg = fit("avg_unit_price", round_div(a.list, a.units))?;
     let visible =
         s.filter(|s| s.brands.iter().filter(|b| **b != brand).count() >= MIN_OTHER_BRANDS);
     let seg_avg = visible
-        .map(|s| round_div(s.list, i128::from(s.units)))
+        .map(|s| round_div(s.list, s.units))
         .filter(|x| *x != 0);
-    BrandRow {
+    Ok(BrandRow {
         level: level_of(place),
         uf: place.0.map(str::to_string),
         city: city.map(str::to_string),
@@ -270,26 +283,26 @@ fn row(
         brand: brand.to_string(),
         segment: segment.to_string(),
         skus_sold: i32::try_from(a.skus.len()).unwrap_or(i32::MAX),
-        units_sold: a.units,
+        units_sold: fit("units_sold", a.units)?,
         orders: a.orders.len() as i64,
         customers_reached: a.customers.len() as i64,
-        net_revenue: a.net,
+        net_revenue: fit("net_revenue", a.net)?,
         avg_unit_price: avg,
         segment_share_units: visible.and_then(|s| ratio(a.units, s.units)),
         segment_share_revenue: visible.and_then(|s| ratio(a.net, s.net)),
         price_index: seg_avg.map(|x| avg as f64 / x as f64),
         customers_share: visible
-            .and_then(|s| ratio(a.customers.len() as i64, s.customers.len() as i64)),
+            .and_then(|s| ratio(a.customers.len() as i128, s.customers.len() as i128)),
         units_mom_change: None,
-    }
+    })
 }
 
 /// Builds the brand view of a month from its monthly aggregate's lines (M and M−1).
-pub fn build(contract: &Contract, monthly: &MonthlyTable) -> BrandTable {
+pub fn build(contract: &Contract, monthly: &MonthlyTable) -> Result<BrandTable, MonthlyError> {
     let (cells, seg) = aggregate(contract, &monthly.lines.lines);
     let (prev, _) = aggregate(contract, &monthly.previous_lines.lines);
     let k = i64::from(contract.k);
-    let mom = |key: &(Place<'_>, BrandKey<'_>), units: i64| {
+    let mom = |key: &(Place<'_>, BrandKey<'_>), units: i128| {
         prev.get(key)
             .filter(|p| p.units != 0)
             .map(|p| units as f64 / p.units as f64 - 1.0)
@@ -319,7 +332,7 @@ pub fn build(contract: &Contract, monthly: &MonthlyTable) -> BrandTable {
             }
             _ => {}
         }
-        let mut r = row(*place, place.1, 0, *bk, a, s);
+        let mut r = row(*place, place.1, 0, *bk, a, s)?;
         r.units_mom_change = mom(key, a.units);
         rows.push(r);
     }
@@ -330,7 +343,7 @@ pub fn build(contract: &Contract, monthly: &MonthlyTable) -> BrandTable {
             continue;
         }
         let place = (Some(*uf), Some(OTHER_CITIES));
-        rows.push(row(place, Some(OTHER_CITIES), *n, *bk, a, Some(s)));
+        rows.push(row(place, Some(OTHER_CITIES), *n, *bk, a, Some(s))?);
     }
     rows.sort_by(|a, b| {
         let key = |r: &BrandRow| {
@@ -345,12 +358,12 @@ pub fn build(contract: &Contract, monthly: &MonthlyTable) -> BrandTable {
         };
         key(a).cmp(&key(b))
     });
-    BrandTable {
+    Ok(BrandTable {
         month: monthly.month.clone(),
         rows,
         dropped_outras_rows,
         dropped_uf_rows,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -470,7 +483,7 @@ deadline = "08:00"
                 product("RIV-000001", "Rival", "Other"),
             ),
         ];
-        let t = build(&contract(), &table(lines));
+        let t = build(&contract(), &table(lines)).unwrap();
         let got: Vec<_> = t
             .rows
             .iter()
@@ -518,7 +531,7 @@ deadline = "08:00"
             ),
         ];
         let mut m = table(lines);
-        let t = build(&contract(), &m);
+        let t = build(&contract(), &m).unwrap();
         // The monthly aggregate has no row and no dropped cell for Zap: held.
         let e = check_brands(&contract(), &m, &t).unwrap_err();
         assert!(matches!(e, ReconcileError::BrandMismatch { .. }), "{e}");

@@ -95,11 +95,9 @@ impl Line {
         local_date(self.sold_at.div_euclid(1_000_000))
     }
 
-    /// quantity × unit_price − discount, in cents.
-    pub fn net_amount(&self) -> i64 {
-        self.quantity
-            .saturating_mul(self.unit_price)
-            .saturating_sub(self.discount)
+    /// quantity × unit_price − discount, in cents, exact (128 bits hold any product of two i64).
+    pub fn net_amount(&self) -> i128 {
+        i128::from(self.quantity) * i128::from(self.unit_price) - i128::from(self.discount)
     }
 }
 

@@ -29,6 +29,14 @@ pub enum DailyError {
     /// Batch D is not in the curated data.
     #[error("batch {0} not found in the curated data")]
     MissingBatch(NaiveDate),
+    /// A computed cell does not fit its column (permanent: the data must be corrected).
+    #[error("net_amount of transaction {transaction_id} is {value} cents: it does not fit 64 bits")]
+    Overflow {
+        /// The line.
+        transaction_id: String,
+        /// The exact value, in decimal.
+        value: String,
+    },
 }
 
 /// One row of the daily file.
@@ -185,14 +193,19 @@ pub fn build(
     let mut suppressed = BTreeSet::new();
     let mut rows: Vec<DailyRow> = lines
         .into_iter()
-        .map(|(l, p)| {
+        .map(|(l, p)| -> Result<DailyRow, DailyError> {
+            let net = l.net_amount();
+            let net_amount = i64::try_from(net).map_err(|_| DailyError::Overflow {
+                transaction_id: l.transaction_id.clone(),
+                value: net.to_string(),
+            })?;
             let city = if small(&l.uf, &l.city) {
                 suppressed.insert((l.uf.clone(), l.city.clone()));
                 OTHER_CITIES.to_string()
             } else {
                 l.city.clone()
             };
-            DailyRow {
+            Ok(DailyRow {
                 sold_at_hour: l.sold_at - l.sold_at.rem_euclid(3_600_000_000),
                 line_key: keys.line_key(&l.transaction_id),
                 customer_key: keys.customer_key(&month, &l.customer_id),
@@ -200,12 +213,12 @@ pub fn build(
                 quantity: l.quantity,
                 unit_price: l.unit_price,
                 discount: l.discount,
-                net_amount: l.net_amount(),
+                net_amount,
                 city,
                 uf: l.uf,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     rows.sort_by(|a, b| (a.sold_at_hour, &a.line_key).cmp(&(b.sold_at_hour, &b.line_key)));
     Ok(DailyTable {
         date: d,

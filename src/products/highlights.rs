@@ -31,7 +31,7 @@ pub fn number(value: f64, decimals: usize) -> String {
 }
 
 /// Formats cents as `1.234,56`.
-pub fn cents(v: i64) -> String {
+pub fn cents(v: i128) -> String {
     let a = v.unsigned_abs();
     let int = number((a / 100) as f64, 0);
     format!("{}{int},{:02}", if v < 0 { "-" } else { "" }, a % 100)
@@ -64,17 +64,17 @@ pub fn points(diff: f64) -> String {
 
 /// Units of a brand and of its segment over the cells where segment figures are published.
 fn brand_share(t: &MonthlyTable, brand: &str) -> Option<(String, f64)> {
-    let mut units = 0i64;
+    let mut units = 0i128;
     let mut cells: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
     let mut segment = None;
     for r in t.rows.iter().filter(|r| r.product.brand == brand) {
         if let Some(s) = r.segment_units {
-            units += r.units_sold;
+            units += i128::from(r.units_sold);
             cells.insert((&r.uf, &r.city, &r.product.segment), s);
             segment.get_or_insert_with(|| r.product.segment.clone());
         }
     }
-    let total: i64 = cells.values().sum();
+    let total: i128 = cells.values().map(|v| i128::from(*v)).sum();
     (total > 0).then(|| (segment.unwrap_or_default(), units as f64 / total as f64))
 }
 
@@ -100,9 +100,9 @@ pub fn monthly(t: &MonthlyTable, previous: Option<&MonthlyTable>) -> Vec<String>
             signed_percent(c)
         ));
     }
-    let mut units_by_brand: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut units_by_brand: BTreeMap<&str, i128> = BTreeMap::new();
     for r in &t.rows {
-        *units_by_brand.entry(&r.product.brand).or_default() += r.units_sold;
+        *units_by_brand.entry(&r.product.brand).or_default() += i128::from(r.units_sold);
     }
     let top = units_by_brand
         .iter()
@@ -119,11 +119,11 @@ pub fn monthly(t: &MonthlyTable, previous: Option<&MonthlyTable>) -> Vec<String>
                 percent(share)
             ));
         }
-        let (mut weighted, mut units) = (0.0, 0i64);
+        let (mut weighted, mut units) = (0.0, 0i128);
         for r in t.rows.iter().filter(|r| &r.product.brand == brand) {
             if let Some(i) = r.price_index {
                 weighted += i * r.units_sold as f64;
-                units += r.units_sold;
+                units += i128::from(r.units_sold);
             }
         }
         if units > 0 {
@@ -196,17 +196,17 @@ pub fn brands(t: &BrandTable) -> Vec<String> {
 
 /// Highlights of a daily product.
 pub fn daily(t: &DailyTable) -> Vec<String> {
-    let units: i64 = t.rows.iter().map(|r| r.quantity).sum();
-    let net: i64 = t.rows.iter().map(|r| r.net_amount).sum();
+    let units: i128 = t.rows.iter().map(|r| i128::from(r.quantity)).sum();
+    let net: i128 = t.rows.iter().map(|r| i128::from(r.net_amount)).sum();
     let mut out = vec![format!(
         "{}: {} unidades, R$ {} em vendas líquidas",
         t.date.format("%d/%m/%Y"),
         number(units as f64, 0),
         cents(net)
     )];
-    let mut by_city: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    let mut by_city: BTreeMap<(&str, &str), i128> = BTreeMap::new();
     for r in t.rows.iter().filter(|r| r.city != OTHER_CITIES) {
-        *by_city.entry((&r.city, &r.uf)).or_default() += r.quantity;
+        *by_city.entry((&r.city, &r.uf)).or_default() += i128::from(r.quantity);
     }
     if let Some(((city, uf), u)) = by_city
         .iter()

@@ -273,7 +273,7 @@ pub fn build(
             // that aggregate reconciles with the daily lines and its country rows with it.
             let m = monthly::build(&curated, contract, first, opts.allow_missing_batches)?;
             reconcile::check(&curated, contract, first, &m)?;
-            let t = brands::build(contract, &m);
+            let t = brands::build(contract, &m)?;
             reconcile::check_brands(contract, &m, &t)?;
             tracing::info!(
                 rows = t.rows.len(),

@@ -30,6 +30,16 @@ pub enum MonthlyError {
     /// `--month` is not `YYYY-MM`.
     #[error("month {0:?} is not YYYY-MM")]
     BadMonth(String),
+    /// A sum does not fit its column (permanent: the data must be corrected).
+    #[error("monthly {column} of {cell} is {value}: it does not fit 64 bits")]
+    Overflow {
+        /// The column.
+        column: &'static str,
+        /// The cell: `<uf>/<city>/<product_code>` (city `OUTRAS` for merged cities).
+        cell: String,
+        /// The exact value, in decimal.
+        value: String,
+    },
     /// Batches of the month's window are missing.
     #[error("month {month}: {} batch(es) missing, first {first}; pass --allow-missing-batches to build anyway", missing.len())]
     MissingBatches {
@@ -109,8 +119,8 @@ pub fn month_lines(
 /// Figures of a set of lines.
 #[derive(Debug, Clone, Default)]
 struct Agg {
-    units: i64,
-    net: i64,
+    units: i128,
+    net: i128,
     list: i128,
     min: i64,
     max: i64,
@@ -124,7 +134,7 @@ impl Agg {
             self.min = l.unit_price;
             self.max = l.unit_price;
         }
-        self.units += l.quantity;
+        self.units += i128::from(l.quantity);
         self.net += l.net_amount();
         self.list += i128::from(l.quantity) * i128::from(l.unit_price);
         self.min = self.min.min(l.unit_price);
@@ -151,8 +161,8 @@ impl Agg {
 /// Figures of a segment in a cell: every brand.
 #[derive(Debug, Clone, Default)]
 struct SegmentCell {
-    units: i64,
-    net: i64,
+    units: i128,
+    net: i128,
     list: i128,
     brands: BTreeSet<String>,
 }
@@ -171,11 +181,14 @@ pub fn round_div(num: i128, den: i128) -> i128 {
     if den == 0 {
         return 0;
     }
-    let (n, d) = if den < 0 { (-num, -den) } else { (num, den) };
-    if n >= 0 {
-        (2 * n + d) / (2 * d)
+    // Quotient and remainder: no doubling of the numerator, so no overflow near i128's range.
+    let (Some(q), Some(r)) = (num.checked_div(den), num.checked_rem(den)) else {
+        return i128::MAX;
+    };
+    if r.unsigned_abs() * 2 >= den.unsigned_abs() {
+        q.saturating_add(num.signum() * den.signum())
     } else {
-        -((-2 * n + d) / (2 * d))
+        q
     }
 }
 
@@ -228,7 +241,7 @@ pub struct MonthlyTable {
     /// Merged rows dropped.
     pub dropped_rows: usize,
     /// Units and net revenue (cents) of the dropped merged rows, by (brand, segment).
-    pub dropped_by_brand: BTreeMap<(String, String), (i64, i64)>,
+    pub dropped_by_brand: BTreeMap<(String, String), (i128, i128)>,
     /// Batches read for M.
     pub source_batches: Vec<NaiveDate>,
     /// Batches of M's window that do not exist.
@@ -296,7 +309,7 @@ fn aggregate(
         let s = seg
             .entry((l.uf.clone(), l.city.clone(), p.segment.clone()))
             .or_default();
-        s.units += l.quantity;
+        s.units += i128::from(l.quantity);
         s.net += l.net_amount();
         s.list += i128::from(l.quantity) * i128::from(l.unit_price);
         s.brands.insert(p.brand.clone());
@@ -318,24 +331,31 @@ fn row(
     a: &Agg,
     p: &Product,
     s: Option<&SegmentCell>,
-) -> MonthlyRow {
-    let avg = i64::try_from(round_div(a.list, i128::from(a.units))).unwrap_or(i64::MAX);
+) -> Result<MonthlyRow, MonthlyError> {
+    let fit = |column: &'static str, value: i128| {
+        i64::try_from(value).map_err(|_| MonthlyError::Overflow {
+            column,
+            cell: format!("{uf}/{city}/{}", p.product_code),
+            value: value.to_string(),
+        })
+    };
+    let avg = fit("avg_unit_price", round_div(a.list, a.units))?;
     let visible =
         s.filter(|s| s.brands.iter().filter(|b| **b != p.brand).count() >= MIN_OTHER_BRANDS);
-    let seg_avg = visible.map(|s| round_div(s.list, i128::from(s.units)));
-    MonthlyRow {
+    let seg_avg = visible.map(|s| round_div(s.list, s.units));
+    Ok(MonthlyRow {
         uf: uf.to_string(),
         city: city.to_string(),
         cities_merged: merged,
         product: p.clone(),
-        units_sold: a.units,
-        net_revenue: a.net,
+        units_sold: fit("units_sold", a.units)?,
+        net_revenue: fit("net_revenue", a.net)?,
         avg_unit_price: avg,
         min_unit_price: a.min,
         max_unit_price: a.max,
         orders: a.orders.len() as i64,
         customers_reached: a.customers.len() as i64,
-        segment_units: visible.map(|s| s.units),
+        segment_units: visible.map(|s| fit("segment_units", s.units)).transpose()?,
         segment_share_units: visible
             .filter(|s| s.units != 0)
             .map(|s| a.units as f64 / s.units as f64),
@@ -344,7 +364,7 @@ fn row(
             .map(|s| a.net as f64 / s.net as f64),
         price_index: seg_avg.filter(|x| *x != 0).map(|x| avg as f64 / x as f64),
         units_mom_change: None,
-    }
+    })
 }
 
 /// Builds the monthly product of the month starting on `first_day`.
@@ -387,16 +407,16 @@ pub fn build(
             m.2 += 1;
             continue;
         }
-        let mut r = row(uf, city, 0, a, p, s);
+        let mut r = row(uf, city, 0, a, p, s)?;
         r.units_mom_change = prev_cells
             .get(&(uf.clone(), city.clone(), code.clone()))
             .filter(|(pa, _)| pa.units != 0)
             .map(|(pa, _)| a.units as f64 / pa.units as f64 - 1.0);
         rows.push(r);
     }
-    let mut dropped_net_revenue = 0;
+    let mut dropped_net_revenue: i128 = 0;
     let mut dropped_rows = 0;
-    let mut dropped_by_brand: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    let mut dropped_by_brand: BTreeMap<(String, String), (i128, i128)> = BTreeMap::new();
     for ((uf, _), (a, s, n, p)) in &small {
         if (a.customers.len() as i64) < k {
             dropped_net_revenue += a.net;
@@ -408,8 +428,14 @@ pub fn build(
             d.1 += a.net;
             continue;
         }
-        rows.push(row(uf, OTHER_CITIES, *n, a, p, Some(s)));
+        rows.push(row(uf, OTHER_CITIES, *n, a, p, Some(s))?);
     }
+    let dropped_net_revenue =
+        i64::try_from(dropped_net_revenue).map_err(|_| MonthlyError::Overflow {
+            column: "dropped_net_revenue",
+            cell: format!("the month's dropped cells ({dropped_rows})"),
+            value: dropped_net_revenue.to_string(),
+        })?;
     rows.sort_by(|a, b| {
         (&a.uf, a.cities_merged > 0, &a.city, &a.product.product_code).cmp(&(
             &b.uf,
@@ -440,6 +466,54 @@ pub fn first_day_of(d: NaiveDate) -> NaiveDate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_past_64_bits_are_exact_or_an_error_naming_the_cell() {
+        let line = Line {
+            transaction_id: "TX-1".into(),
+            order_id: "O-1".into(),
+            customer_id: "C-1".into(),
+            product_code: "OHB-000101".into(),
+            quantity: i64::MAX,
+            unit_price: i64::MAX,
+            discount: i64::MIN,
+            status: Status::Completed,
+            sold_at: 0,
+            city: "Recife".into(),
+            uf: "PE".into(),
+            updated_at: None,
+            batch: NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(),
+        };
+        let exact = i128::from(i64::MAX) * i128::from(i64::MAX) - i128::from(i64::MIN);
+        assert_eq!(line.net_amount(), exact);
+        let p = Product {
+            product_code: "OHB-000101".into(),
+            name: "Cola".into(),
+            brand: "Hungry".into(),
+            manufacturer: "OuchHungry".into(),
+            segment: "Refrigerantes".into(),
+            unit_size: None,
+        };
+        let mut a = Agg::default();
+        a.add(&line);
+        a.add(&line);
+        let err = row("PE", "Recife", 0, &a, &p, None).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("PE/Recife/OHB-000101") && text.contains("units_sold"),
+            "{text}"
+        );
+        let mut small = line.clone();
+        small.quantity = 3;
+        small.unit_price = 1_000;
+        small.discount = 0;
+        let mut a = Agg::default();
+        a.add(&small);
+        assert_eq!(
+            row("PE", "Recife", 0, &a, &p, None).unwrap().net_revenue,
+            3_000
+        );
+    }
 
     #[test]
     fn rounding_is_half_away_from_zero() {

@@ -34,9 +34,9 @@ pub enum ReconcileError {
         /// The month.
         month: String,
         /// Σ daily net_amount of lines still completed.
-        daily_cents: i64,
+        daily_cents: i128,
         /// Σ monthly net_revenue with merged and dropped cells.
-        monthly_cents: i64,
+        monthly_cents: i128,
         /// The alert raised.
         alert: Box<Alert>,
     },
@@ -53,13 +53,13 @@ pub enum ReconcileError {
         /// The brand (and its segment, after a `/`).
         brand: String,
         /// Units of the country row.
-        brand_units: i64,
+        brand_units: i128,
         /// Net revenue of the country row, cents.
-        brand_cents: i64,
+        brand_cents: i128,
         /// Units of the brand in the monthly file, dropped cells included.
-        monthly_units: i64,
+        monthly_units: i128,
         /// Net revenue of the brand in the monthly file, dropped cells included, cents.
-        monthly_cents: i64,
+        monthly_cents: i128,
         /// The alert raised.
         alert: Box<Alert>,
     },
@@ -68,10 +68,15 @@ pub enum ReconcileError {
 /// Both sides of a reconciliation that held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reconciliation {
-    /// Σ daily net_amount of lines still completed, cents.
-    pub daily_cents: i64,
-    /// Σ monthly net_revenue including dropped cells, cents.
-    pub monthly_cents: i64,
+    /// Σ daily net_amount of lines still completed, cents (exact).
+    pub daily_cents: i128,
+    /// Σ monthly net_revenue including dropped cells, cents (exact).
+    pub monthly_cents: i128,
+}
+
+/// A sum of cents as JSON: a number when it fits 64 bits, else its decimal text.
+fn json_cents(v: i128) -> serde_json::Value {
+    i64::try_from(v).map_or_else(|_| v.to_string().into(), Into::into)
 }
 
 /// Checks a monthly table against the daily lines of its month.
@@ -81,7 +86,7 @@ pub fn check(
     first_day: NaiveDate,
     table: &MonthlyTable,
 ) -> Result<Reconciliation, ReconcileError> {
-    let mut daily_cents = 0i64;
+    let mut daily_cents = 0i128;
     let next = first_day + chrono::Months::new(1);
     for d in first_day.iter_days().take_while(|d| *d < next) {
         if !curated.has_batch(d) {
@@ -93,8 +98,12 @@ pub fn check(
             }
         }
     }
-    let monthly_cents =
-        table.rows.iter().map(|r| r.net_revenue).sum::<i64>() + table.dropped_net_revenue;
+    let monthly_cents = table
+        .rows
+        .iter()
+        .map(|r| i128::from(r.net_revenue))
+        .sum::<i128>()
+        + i128::from(table.dropped_net_revenue);
     if daily_cents == monthly_cents {
         return Ok(Reconciliation {
             daily_cents,
@@ -111,9 +120,9 @@ pub fn check(
             contract.name, table.month
         ),
     )
-    .with("daily_cents", daily_cents)
-    .with("monthly_cents", monthly_cents)
-    .with("difference_cents", monthly_cents - daily_cents)
+    .with("daily_cents", json_cents(daily_cents))
+    .with("monthly_cents", json_cents(monthly_cents))
+    .with("difference_cents", json_cents(monthly_cents - daily_cents))
     .with(
         "action",
         "compare the month's batches (late lines, product changes), fix, rebuild the month",
@@ -136,19 +145,19 @@ pub fn check_brands(
     monthly: &MonthlyTable,
     brands: &BrandTable,
 ) -> Result<(), ReconcileError> {
-    let mut want: BTreeMap<(String, String), (i64, i64)> = monthly.dropped_by_brand.clone();
+    let mut want: BTreeMap<(String, String), (i128, i128)> = monthly.dropped_by_brand.clone();
     for r in &monthly.rows {
         let e = want
             .entry((r.product.brand.clone(), r.product.segment.clone()))
             .or_default();
-        e.0 += r.units_sold;
-        e.1 += r.net_revenue;
+        e.0 += i128::from(r.units_sold);
+        e.1 += i128::from(r.net_revenue);
     }
-    let mut got: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    let mut got: BTreeMap<(String, String), (i128, i128)> = BTreeMap::new();
     for r in brands.country() {
         let e = got.entry((r.brand.clone(), r.segment.clone())).or_default();
-        e.0 += r.units_sold;
-        e.1 += r.net_revenue;
+        e.0 += i128::from(r.units_sold);
+        e.1 += i128::from(r.net_revenue);
     }
     let keys: BTreeSet<&(String, String)> = want.keys().chain(got.keys()).collect();
     for key in keys {
@@ -169,10 +178,10 @@ pub fn check_brands(
             ),
         )
         .with("brand", brand.as_str())
-        .with("brand_units", g.0)
-        .with("brand_cents", g.1)
-        .with("monthly_units", w.0)
-        .with("monthly_cents", w.1)
+        .with("brand_units", g.0.to_string())
+        .with("brand_cents", g.1.to_string())
+        .with("monthly_units", w.0.to_string())
+        .with("monthly_cents", w.1.to_string())
         .with(
             "action",
             "rebuild the month; if it persists, compare the brand view and the monthly aggregate of the month",

@@ -1,6 +1,8 @@
 //! Integration tests: one binary, a module per capability.
 
 mod alerting;
+mod alloc;
+mod bad_input;
 mod bigquery_schemas;
 mod check_sinks;
 mod clean;
@@ -14,6 +16,10 @@ mod worker;
 
 use std::path::PathBuf;
 use std::process::Command;
+
+/// Every allocation is counted per thread, so a test can measure the heap it holds.
+#[global_allocator]
+static ALLOC: alloc::Counting = alloc::Counting;
 
 /// The checkout under test: cargo's `CARGO_MANIFEST_DIR` at run time, so a test binary reused
 /// from a shared target directory built in another checkout still reads this one's files.
