@@ -11,6 +11,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use super::runbook::runbook;
 use super::state::{Sending, State};
 use crate::config::sinks::SmtpSettings;
+use tracing::Instrument;
 
 /// The mailer could not be built, or a send failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,7 @@ impl Mailer {
             .map_err(|e| MailError::Config(format!("cannot build the message: {e}")))?;
         self.transport
             .send(m)
+            .instrument(tracing::info_span!("send_email", otel.kind = "client"))
             .await
             .map(|_| ())
             .map_err(|e| MailError::Send(e.to_string()))
