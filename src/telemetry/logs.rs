@@ -26,6 +26,17 @@ pub fn severity(level: &Level) -> &'static str {
     }
 }
 
+/// The keys this layer writes itself.
+const RESERVED: &[&str] = &[
+    "severity",
+    "time",
+    "target",
+    "span",
+    "logging.googleapis.com/trace",
+    "logging.googleapis.com/spanId",
+    "logging.googleapis.com/trace_sampled",
+];
+
 /// The layer writing one JSON object a line to `writer`.
 pub struct JsonLayer<W> {
     writer: W,
@@ -110,16 +121,11 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
+        // Fields first (outermost span first, the event's last); Cloud Logging's own keys then
+        // win, and a field that had one of their names is kept as `field.<name>`.
         let mut line = Map::new();
-        line.insert("severity".into(), severity(meta.level()).into());
-        line.insert(
-            "time".into(),
-            chrono::Utc::now()
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                .into(),
-        );
-        line.insert("target".into(), meta.target().into());
         let mut trace = None;
+        let mut leaf_name = None;
         if let Some(scope) = ctx.event_scope(event) {
             let spans: Vec<_> = scope.collect();
             for span in spans.iter().rev() {
@@ -129,9 +135,7 @@ where
                     }
                 }
             }
-            if let Some(leaf) = spans.first() {
-                line.insert("span".into(), leaf.name().into());
-            }
+            leaf_name = spans.first().map(|s| s.name());
             // The innermost span with an OpenTelemetry context (no extension borrowed here).
             let dispatch = self.dispatch.get().and_then(|d| d.upgrade());
             if let Some(dispatch) = dispatch {
@@ -146,6 +150,22 @@ where
         event.record(&mut Fields(&mut fields));
         let message = fields.remove("message").unwrap_or_else(|| "".into());
         line.extend(fields);
+        for key in RESERVED {
+            if let Some(v) = line.remove(*key) {
+                line.insert(format!("field.{key}"), v);
+            }
+        }
+        line.insert("severity".into(), severity(meta.level()).into());
+        line.insert(
+            "time".into(),
+            chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .into(),
+        );
+        line.insert("target".into(), meta.target().into());
+        if let Some(name) = leaf_name {
+            line.insert("span".into(), name.into());
+        }
         line.insert("message".into(), message);
         if let Some(sc) = trace {
             let id = sc.trace_id().to_string();

@@ -100,12 +100,12 @@ pub fn flush() {
         if let Some(t) = traces
             && let Err(e) = t.force_flush()
         {
-            eprintln!("datashare: spans not flushed: {e}");
+            tracing::warn!("spans not flushed: {e}");
         }
         if let Some(m) = metrics
             && let Err(e) = m.force_flush()
         {
-            eprintln!("datashare: metrics not flushed: {e}");
+            tracing::warn!("metrics not flushed: {e}");
         }
     }
 }
@@ -113,16 +113,15 @@ pub fn flush() {
 fn shutdown() {
     let held = EXPORTERS.lock().ok().and_then(|mut g| g.take());
     if let Some((traces, metrics)) = held {
-        // Errors here go to stderr: the subscriber may be writing its last lines.
         if let Some(t) = traces
             && let Err(e) = t.shutdown()
         {
-            eprintln!("datashare: spans not exported at shutdown: {e}");
+            tracing::warn!("spans not exported at shutdown: {e}");
         }
         if let Some(m) = metrics
             && let Err(e) = m.shutdown()
         {
-            eprintln!("datashare: metrics not exported at shutdown: {e}");
+            tracing::warn!("metrics not exported at shutdown: {e}");
         }
     }
 }

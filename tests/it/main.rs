@@ -9,6 +9,7 @@ mod guardrails;
 mod products;
 mod schedules;
 mod sinks;
+mod telemetry;
 mod worker;
 
 use std::path::PathBuf;
