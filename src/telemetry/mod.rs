@@ -385,6 +385,140 @@ pub fn trace_id(attributes: &BTreeMap<String, String>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex as StdMutex};
+
+    /// Lines written by the JSON layer, in memory.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<StdMutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_logs_are_cloud_logging_lines_in_the_trace_of_their_span() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(logs::JsonLayer::new(
+                move || writer.clone(),
+                Some("my-project".into()),
+            ))
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("t")));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(severity = "critical", "outside any span");
+            let incoming = BTreeMap::from([(
+                TRACEPARENT.to_string(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+            )]);
+            let span = tracing::info_span!(
+                "message",
+                otel.name = "handle x",
+                subscription = "x",
+                trace_id = tracing::field::Empty
+            );
+            continue_trace(&span, &incoming);
+            span.in_scope(|| {
+                let inner = tracing::info_span!("stage_part", table = "orders");
+                inner.in_scope(|| tracing::error!(rows = 3u64, "staged \"quoted\""));
+            });
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let got: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        assert_eq!(got.len(), 2, "{text}");
+        assert_eq!(got[0]["severity"], "WARNING");
+        assert_eq!(got[0]["field.severity"], "critical");
+        assert_eq!(got[0]["message"], "outside any span");
+        assert!(got[0].get("logging.googleapis.com/trace").is_none());
+        let l = &got[1];
+        assert_eq!(l["severity"], "ERROR");
+        assert_eq!(l["message"], "staged \"quoted\"");
+        assert_eq!(l["rows"], 3);
+        assert_eq!(l["table"], "orders");
+        assert_eq!(l["subscription"], "x");
+        assert_eq!(l["span"], "stage_part");
+        assert!(l.get("otel.name").is_none());
+        assert_eq!(
+            l["logging.googleapis.com/trace"],
+            "projects/my-project/traces/4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        let span_id = l["logging.googleapis.com/spanId"].as_str().unwrap();
+        assert_eq!(span_id.len(), 16);
+        assert_ne!(span_id, "00f067aa0ba902b7", "the line's own span, a child");
+        assert_eq!(l["logging.googleapis.com/trace_sampled"], true);
+        chrono::DateTime::parse_from_rfc3339(l["time"].as_str().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn exporters_follow_the_standard_variables() {
+        let run = |vars: &[(&str, &str)]| {
+            let map: BTreeMap<String, String> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let mut problems = Vec::new();
+            let e = Exporters::from_env(&|k| map.get(k).cloned(), &mut problems);
+            (e.traces, e.metrics, problems.len())
+        };
+        assert_eq!(run(&[]), (false, false, 0));
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318");
+        assert_eq!(run(&[endpoint]), (true, true, 0));
+        assert_eq!(
+            run(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]),
+            (true, true, 0)
+        );
+        assert_eq!(
+            run(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]),
+            (false, false, 2)
+        );
+        assert_eq!(
+            run(&[endpoint, ("OTEL_METRICS_EXPORTER", "none")]),
+            (true, false, 0)
+        );
+        assert_eq!(
+            run(&[endpoint, ("OTEL_SDK_DISABLED", "true")]),
+            (false, false, 0)
+        );
+        assert_eq!(
+            run(&[(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://c:4318/v1/traces"
+            )]),
+            (true, false, 0)
+        );
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let attrs = env(&[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "gcp.project_id=p-1,cloud.region=southamerica-east1",
+        )]);
+        assert_eq!(project(&attrs).as_deref(), Some("p-1"));
+        let r = resource(
+            "datashare-worker",
+            &env(&[("DATASHARE_GCP_PROJECT", "p-2")]),
+        );
+        let get = |k: &'static str| r.get(&opentelemetry::Key::from_static_str(k));
+        assert_eq!(get("gcp.project_id").unwrap().as_str(), "p-2");
+        assert_eq!(
+            get("service.version").unwrap().as_str(),
+            env!("CARGO_PKG_VERSION")
+        );
+    }
 
     #[test]
     fn a_handled_message_continues_its_trace_into_what_it_publishes() {
