@@ -19,7 +19,7 @@
 //! - Leaves, importing nothing from the rest of the crate: [`extract`] (reading raw objects:
 //!   layout, gzip, encodings, CSV dialects), [`config`] (typed settings of every module,
 //!   validated at start-up), [`events`] (the Pub/Sub messages), [`br`] (Brazilian reference
-//!   data), [`telemetry`] (logs and the W3C trace context).
+//!   data), [`telemetry`] (logs, the W3C trace context, OTLP export of spans and metrics).
 
 #![warn(missing_docs)]
 

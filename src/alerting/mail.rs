@@ -15,6 +15,7 @@ use super::runbook::{commands, runbook};
 use super::state::{Sending, State};
 use crate::config::sinks::SmtpSettings;
 use crate::events::Severity;
+use tracing::Instrument;
 
 /// The mailer could not be built, or a send failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,7 @@ impl Mailer {
             .map_err(|e| MailError::Config(format!("cannot build the message: {e}")))?;
         self.transport
             .send(m)
+            .instrument(tracing::info_span!("send_email", otel.kind = "client"))
             .await
             .map(|_| ())
             .map_err(|e| MailError::Send(e.to_string()))

@@ -25,6 +25,7 @@ use crate::events::{Alert, Incoming, Schedule};
 use crate::service::{Disposition, HandleError, Role, RoleContext};
 use mail::{Mailer, digest_mail, first_mail, resolved_mail};
 use state::{Recorded, State};
+use tracing::Instrument;
 
 /// The alerting role's key in `[gcp.subscriptions]`.
 pub const ALERT_ROLE: &str = "alert";
@@ -121,6 +122,8 @@ impl Alerting {
             .await
             .map_err(|e| HandleError::Transient(e.to_string()))?;
         tracing::info!(fingerprint = %alert.fingerprint, kind = %alert.kind, "alert e-mailed");
+        let severity = format!("{:?}", alert.severity).to_ascii_lowercase();
+        crate::telemetry::metrics::alert_sent(&alert.kind, &severity);
         state::update(&self.gcs, self.ops(), &alert.fingerprint, |current| {
             let mut s = current?;
             s.first_sent(message_id);
@@ -334,7 +337,12 @@ impl Role for Alerting {
                 if let Some(t) = crate::telemetry::trace_id(&msg.attributes) {
                     alert = alert.with("trace_id", t);
                 }
-                self.notify(&alert, &msg.id).await?;
+                let span = tracing::info_span!(
+                    "alert",
+                    otel.name = format!("alert {}", alert.kind),
+                    kind = %alert.kind
+                );
+                self.notify(&alert, &msg.id).instrument(span).await?;
             }
             budget::BUDGETS_SUBSCRIPTION => self.budget(msg).await?,
             SCHEDULES_SUBSCRIPTION => match Schedule::parse(msg)? {

@@ -61,18 +61,49 @@ pub enum Command {
 
 /// Runs the command line: parses, runs, maps the result to the exit code.
 pub fn main() -> ExitCode {
-    crate::telemetry::init(
+    let command = Cli::parse().command;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
+    // Flushed and stopped when dropped, after the command (and its runtime) ended.
+    let format = crate::telemetry::LogFormat::from_env(ansi);
+    let mut telemetry = crate::telemetry::start(
+        &format!("datashare-{}", command.role()),
         std::io::stderr,
         "warn",
-        std::io::IsTerminal::is_terminal(&std::io::stderr())
-            && std::env::var_os("NO_COLOR").is_none(),
+        format,
     );
-    match run(Cli::parse().command) {
+    let code = match run(command) {
         Ok(Verdict::Done) => ExitCode::SUCCESS,
         Ok(Verdict::Failed) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("datashare: {e:#}");
+            if format == crate::telemetry::LogFormat::Json {
+                tracing::error!("datashare: {e:#}");
+            } else {
+                eprintln!("datashare: {e:#}");
+            }
             ExitCode::from(2)
+        }
+    };
+    telemetry.shutdown();
+    code
+}
+
+impl Command {
+    /// The role (`worker`, a sink, `alert`) or command name: `service.name` is
+    /// `datashare-<role>`.
+    pub fn role(&self) -> &str {
+        match self {
+            Command::Generate(_) => "generate",
+            Command::Clean(_) => "clean",
+            Command::Bench(_) => "bench",
+            Command::Build(_) => "build",
+            Command::Worker(_) => "worker",
+            Command::Deliver(a) => &a.sink,
+            Command::Release(_) => "release",
+            Command::Alert(_) => "alert",
+            Command::Replay(_) => "replay",
+            Command::CheckSinks(_) => "check-sinks",
+            Command::Status(_) => "status",
         }
     }
 }

@@ -30,6 +30,8 @@ use crate::products::monthly::{self, first_day_of};
 use crate::products::{BuildError, BuildOptions, Period, Released, build};
 use crate::service::claim::{self, Claim};
 use crate::service::{Disposition, HandleError, blocking};
+use crate::telemetry::metrics;
+use tracing::Instrument;
 
 /// How long a handler waits on a held batch claim before nacking.
 const HELD_CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -52,6 +54,17 @@ pub struct StepSummary {
 pub fn month_completed_by(dt: NaiveDate, late_days: u32) -> Option<NaiveDate> {
     let first = first_day_of(dt - Days::new(u64::from(late_days)));
     (monthly::window(first, late_days).last() == Some(&dt)).then_some(first)
+}
+
+/// `datashare.rows.*` of a batch's quality report.
+fn record_rows(report: &QualityReport) {
+    for (table, t) in &report.tables {
+        metrics::rows_read(table, t.rows_read);
+        metrics::rows_curated(table, t.rows_kept);
+        for (reason, n) in &t.quarantined_by_reason {
+            metrics::rows_quarantined(table, reason, *n);
+        }
+    }
 }
 
 impl Worker {
@@ -102,13 +115,19 @@ impl Worker {
         tracing::info!(%dt, %version, "batch claim taken");
         self.faults.at("after_claim").await;
         let timeout = std::time::Duration::from_secs(self.config.worker.step_timeout_secs);
-        let result = match tokio::time::timeout(timeout, self.batch_step(&ready)).await {
+        let span = tracing::info_span!("batch_step", %dt, %version);
+        let timer = metrics::Stage::BatchStep.timer();
+        let resources = metrics::BatchResources::start();
+        let step = tokio::time::timeout(timeout, self.batch_step(&ready)).instrument(span);
+        let result = match step.await {
             Ok(r) => r,
             Err(_) => Err(HandleError::Transient(format!(
                 "batch step exceeded {} s",
                 timeout.as_secs()
             ))),
         };
+        drop(timer);
+        resources.finish();
         match result {
             Ok(summary) => {
                 self.faults.at("before_done").await;
@@ -179,16 +198,28 @@ impl Worker {
         };
         let started = std::time::Instant::now();
         let (staging2, outputs2) = (staging.clone(), outputs.clone());
+        let dedup = tracing::info_span!("dedup", %dt);
+        let timer = metrics::Stage::Dedup.timer();
         let report: QualityReport = blocking("batch step", move || {
             run_batch(&schemas, dt, &staging2, &parts, &outputs2)
         })
+        .instrument(dedup)
         .await?
         .map_err(|e| HandleError::local("batch step", e))?;
+        drop(timer);
+        record_rows(&report);
         tracing::info!(%dt, elapsed_ms = started.elapsed().as_millis() as u64, "batch step ran");
-        for path in files_under(&out).map_err(|e| HandleError::local("outputs", e))? {
-            let rel = relative(&out, &path);
-            self.gcs.upload(&b.curated, &rel, &path).await?;
+        let timer = metrics::Stage::CuratedUpload.timer();
+        async {
+            for path in files_under(&out).map_err(|e| HandleError::local("outputs", e))? {
+                let rel = relative(&out, &path);
+                self.gcs.upload(&b.curated, &rel, &path).await?;
+            }
+            Ok::<_, HandleError>(())
         }
+        .instrument(tracing::info_span!("curated_upload", %dt))
+        .await?;
+        drop(timer);
 
         // Guardrails on the report just written, and raw files the marker does not list.
         self.report_unlisted(ready).await?;

@@ -23,6 +23,7 @@ use crate::sinks::{
     AnySink, Delivery, DeliveryFile, GcsReceipts, LocalFile, ReceiptError, ReceiptStore, SinkError,
     deliver_once,
 };
+use tracing::Instrument;
 
 /// The sink names `datashare deliver --sink` accepts.
 pub const SINKS: [&str; 3] = ["sftp", "api", "email"];
@@ -145,6 +146,13 @@ impl Deliver {
             .await
             .map_err(receipt_error)?;
         if existing.is_some() {
+            crate::telemetry::metrics::delivery(
+                self.sink,
+                &req.partner,
+                crate::telemetry::metrics::DeliveryOutcome::AlreadyDelivered,
+                std::time::Duration::ZERO,
+                0,
+            );
             tracing::info!(delivery_id = %req.delivery_id, "receipt exists, not delivering again");
         } else {
             let tmp = self.tempdir()?;
@@ -153,7 +161,9 @@ impl Deliver {
                 .await
                 .map_err(sink_error)?;
         }
-        self.notify_if_complete(&req).await?;
+        self.notify_if_complete(&req)
+            .instrument(tracing::info_span!("notify"))
+            .await?;
         Ok(Disposition::Done)
     }
 

@@ -205,11 +205,13 @@ impl Worker {
     pub async fn tick(&self, at: DateTime<Utc>) -> Result<(), HandleError> {
         self.restart_abandoned_batches().await?;
         let w = &self.config.worker;
+        let mut lateness = std::time::Duration::ZERO;
         for dt in days_past_deadline(at, w.deadline_local_hour, w.deadline_lookback_days) {
             if self.batch_finished(dt).await? {
                 continue;
             }
             let due = deadline(dt, w.deadline_local_hour);
+            lateness = lateness.max((at - due).to_std().unwrap_or_default());
             let alert = Alert::new(
                 Severity::Critical,
                 EXTRACT_MISSING,
@@ -224,6 +226,7 @@ impl Worker {
             .with("checked_at", at.to_rfc3339());
             self.alert(&alert).await;
         }
+        crate::telemetry::metrics::batch_lateness(lateness);
         let window = chrono::Duration::minutes(i64::from(w.check_sinks_before_mins));
         if let Some(dt) = deadline_within(at, w.deadline_local_hour, window) {
             let settings = self.config.sink_settings();

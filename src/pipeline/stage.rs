@@ -125,7 +125,10 @@ impl Worker {
         let (name, generation) = (object.name.clone(), object.generation.to_string());
         let started = std::time::Instant::now();
         let stage_dir = staging.clone();
+        let span = tracing::info_span!("stage_part", table, %dt);
+        let timer = crate::telemetry::metrics::Stage::StagePart.timer();
         let summary = blocking("staging", move || -> Result<PartSummary, StageError> {
+            let _span = span.entered();
             let file = File::open(&raw_path)?;
             stage_part(
                 &schema,
@@ -144,6 +147,7 @@ impl Worker {
                 message: e.to_string(),
             },
         })?;
+        drop(timer);
         tracing::info!(
             object = %object,
             rows = summary.file.rows,

@@ -232,9 +232,15 @@ pub fn build(
     let keys = Pseudonymizer::new(&contract.hmac_secret()?, contract.key_period)?;
     let curated = Curated::new(&opts.input);
     let label = period.label();
-    let span =
-        tracing::info_span!("build", partner = %contract.name, product = %kind, period = %label);
+    let span = tracing::info_span!(
+        "build",
+        otel.name = format!("build {} {kind}", contract.name),
+        partner = %contract.name,
+        product = %kind,
+        period = %label
+    );
     let _guard = span.enter();
+    let _timer = crate::telemetry::metrics::Stage::ProductBuild.timer();
     let built = match period {
         Period::Day(d) => {
             let t = daily::build(&curated, contract, &keys, d)?;
@@ -324,16 +330,20 @@ fn release(
     let mut encoded: Vec<(Format, String, Vec<u8>)> = Vec::new();
     for f in formats {
         let name = format!("{base}.{}", f.extension());
-        gate::check(
-            schema,
-            &batch,
-            GateTarget {
-                partner: &contract.name,
-                product: kind.as_str(),
-                period: label,
-                file: &name,
-            },
-        )?;
+        {
+            let _gate = tracing::info_span!("privacy_gate", file = %name).entered();
+            let _timer = crate::telemetry::metrics::Stage::PrivacyGate.timer();
+            gate::check(
+                schema,
+                &batch,
+                GateTarget {
+                    partner: &contract.name,
+                    product: kind.as_str(),
+                    period: label,
+                    file: &name,
+                },
+            )?;
+        }
         let bytes = match f {
             Format::Parquet => write::parquet_bytes(&batch, &contract.parquet)?,
             Format::Csv => write::csv_bytes(schema, &batch)?,

@@ -52,14 +52,14 @@ pub enum ReconcileError {
         month: String,
         /// The brand (and its segment, after a `/`).
         brand: String,
-        /// Units of the country row.
-        brand_units: i128,
+        /// Units of the country row (decimal: the sums are 128-bit).
+        brand_units: String,
         /// Net revenue of the country row, cents.
-        brand_cents: i128,
+        brand_cents: String,
         /// Units of the brand in the monthly file, dropped cells included.
-        monthly_units: i128,
+        monthly_units: String,
         /// Net revenue of the brand in the monthly file, dropped cells included, cents.
-        monthly_cents: i128,
+        monthly_cents: String,
         /// The alert raised.
         alert: Box<Alert>,
     },
@@ -191,10 +191,10 @@ pub fn check_brands(
             partner: contract.name.clone(),
             month: brands.month.clone(),
             brand,
-            brand_units: g.0,
-            brand_cents: g.1,
-            monthly_units: w.0,
-            monthly_cents: w.1,
+            brand_units: g.0.to_string(),
+            brand_cents: g.1.to_string(),
+            monthly_units: w.0.to_string(),
+            monthly_cents: w.1.to_string(),
             alert: Box::new(alert),
         });
     }

@@ -179,6 +179,8 @@ pub async fn dispatch<R: Role>(role: &R, subscription: &str, msg: &Incoming) -> 
     let ctx = role.context();
     let span = tracing::info_span!(
         "message",
+        otel.name = format!("handle {subscription}"),
+        otel.kind = "consumer",
         role = ctx.role,
         subscription,
         message_id = %msg.id,
@@ -237,6 +239,7 @@ pub async fn dead_letter(
     };
     match bus.publish(topic, letter.message(msg)).await {
         Ok(id) => {
+            crate::telemetry::metrics::dead_letter(subscription, letter.kind.as_str());
             tracing::warn!(
                 kind = %letter.kind,
                 error = %letter.error,
@@ -297,7 +300,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
     what: &'static str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, HandleError> {
-    tokio::task::spawn_blocking(f)
+    // The work runs in the caller's span (its child spans and logs stay in the trace).
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|e| HandleError::local(what, e))
 }

@@ -44,6 +44,8 @@ pub async fn serve<R: Role>(role: Arc<R>, mode: Mode) -> Result<(), ServeError> 
         }
     }
     tracing::info!(role = role.context().role, "stopped");
+    // Spans and metric points still buffered go out now, inside Cloud Run's SIGTERM grace.
+    crate::telemetry::flush();
     Ok(())
 }
 

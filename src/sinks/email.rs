@@ -22,6 +22,7 @@ use crate::events::ProductKind;
 use crate::events::{Receipt, ReceiptFile};
 use crate::products::contract::Contract;
 use crate::products::highlights::number;
+use tracing::Instrument;
 
 const SINK: &str = "email";
 
@@ -214,6 +215,7 @@ impl Sink for EmailSink {
         let message = self.compose(d)?;
         self.transport
             .send(message)
+            .instrument(tracing::info_span!("send_email", otel.kind = "client"))
             .await
             .map_err(|e| classify("send", e))?;
         let rcpt = self

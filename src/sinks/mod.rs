@@ -395,13 +395,16 @@ pub async fn deliver_once<S: Sink, R: ReceiptStore>(
     let name = sink.name();
     let span = tracing::info_span!(
         "deliver",
+        otel.name = format!("deliver {name}"),
+        otel.kind = "client",
         sink = name,
         partner = %delivery.partner,
         product = %delivery.product,
         period = %delivery.period,
         delivery_id = %delivery.delivery_id,
     );
-    async move {
+    let started = std::time::Instant::now();
+    let result = async move {
         delivery.validate(name)?;
         let receipts = |source| SinkError::Receipts { sink: name, source };
         if let Some(r) = store
@@ -410,7 +413,7 @@ pub async fn deliver_once<S: Sink, R: ReceiptStore>(
             .map_err(receipts)?
         {
             tracing::info!("receipt exists, not delivering again");
-            return Ok(r);
+            return Ok((r, false));
         }
         let d = delivery.clone();
         tokio::task::spawn_blocking(move || d.verify_local_files(name))
@@ -419,7 +422,6 @@ pub async fn deliver_once<S: Sink, R: ReceiptStore>(
                 sink: name,
                 message: format!("local file check did not finish: {e}"),
             })??;
-        let started = std::time::Instant::now();
         let receipt = sink.deliver(delivery).await.inspect_err(|e| {
             tracing::warn!(transient = e.is_transient(), error = %e, "delivery failed");
         })?;
@@ -429,10 +431,37 @@ pub async fn deliver_once<S: Sink, R: ReceiptStore>(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "delivered"
         );
-        Ok(receipt)
+        Ok((receipt, true))
     }
     .instrument(span)
-    .await
+    .await;
+    record_delivery(name, &delivery.partner, &result, started.elapsed());
+    result.map(|(receipt, _)| receipt)
+}
+
+/// The delivery metrics of one attempt (a transient failure is one retry to come).
+fn record_delivery(
+    sink: &str,
+    partner: &str,
+    result: &Result<(Receipt, bool), SinkError>,
+    took: std::time::Duration,
+) {
+    use crate::telemetry::metrics::{self, DeliveryOutcome};
+    let (outcome, bytes) = match result {
+        Ok((r, now)) if r.already_present || !now => (DeliveryOutcome::AlreadyDelivered, 0),
+        Ok((r, _)) => (
+            DeliveryOutcome::Delivered,
+            // An e-mail carries links, not the files.
+            r.files
+                .iter()
+                .filter(|f| !f.location.starts_with("mailto:"))
+                .map(|f| f.bytes)
+                .sum(),
+        ),
+        Err(e) if e.is_transient() => (DeliveryOutcome::TransientError, 0),
+        Err(_) => (DeliveryOutcome::PermanentError, 0),
+    };
+    metrics::delivery(sink, partner, outcome, took, bytes);
 }
 
 /// Any sink, built from a contract's closed [`SinkConfig`] enum.

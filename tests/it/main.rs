@@ -12,6 +12,7 @@ mod large_objects;
 mod products;
 mod schedules;
 mod sinks;
+mod telemetry;
 mod worker;
 
 use std::path::PathBuf;
