@@ -43,7 +43,7 @@ pub enum ReconcileError {
     /// A country row of the brand view does not add up to the monthly aggregate: the brand view
     /// is held.
     #[error(
-        "reconciliation held {partner} monthly_brands {month}: brand {brand} country row {brand_units} units, {brand_cents} cents; monthly file {monthly_units} units, {monthly_cents} cents"
+        "reconciliation held {partner} monthly_brands {month}: brand {brand} {figures}"
     )]
     BrandMismatch {
         /// The partner.
@@ -52,14 +52,9 @@ pub enum ReconcileError {
         month: String,
         /// The brand (and its segment, after a `/`).
         brand: String,
-        /// Units of the country row (decimal: the sums are 128-bit).
-        brand_units: String,
-        /// Net revenue of the country row, cents.
-        brand_cents: String,
-        /// Units of the brand in the monthly file, dropped cells included.
-        monthly_units: String,
-        /// Net revenue of the brand in the monthly file, dropped cells included, cents.
-        monthly_cents: String,
+        /// The country row's units and net revenue (cents) against the monthly file's, dropped
+        /// cells included (decimal text: the sums are 128-bit).
+        figures: String,
         /// The alert raised.
         alert: Box<Alert>,
     },
@@ -191,10 +186,10 @@ pub fn check_brands(
             partner: contract.name.clone(),
             month: brands.month.clone(),
             brand,
-            brand_units: g.0.to_string(),
-            brand_cents: g.1.to_string(),
-            monthly_units: w.0.to_string(),
-            monthly_cents: w.1.to_string(),
+            figures: format!(
+                "country row {} units, {} cents; monthly file {} units, {} cents",
+                g.0, g.1, w.0, w.1
+            ),
             alert: Box::new(alert),
         });
     }
