@@ -21,6 +21,7 @@ pub mod write;
 
 use std::path::{Path, PathBuf};
 
+use arrow_array::RecordBatch;
 use chrono::{DateTime, Months, NaiveDate, SecondsFormat, Utc};
 
 use self::contract::{Contract, ContractError, Format, KeyPeriod};
@@ -262,6 +263,41 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
+/// Encodes `batch` in each format the contract buys (in format order: Parquet first), each
+/// file passing the privacy gate first; returns the format, file name and bytes of each.
+fn encode(
+    contract: &Contract,
+    kind: ProductKind,
+    label: &str,
+    schema: &schema::ProductSchema,
+    batch: &RecordBatch,
+) -> Result<Vec<(Format, String, Vec<u8>)>, BuildError> {
+    let base = base_name(&contract.name, kind, label);
+    let mut formats = contract.formats.clone();
+    formats.sort();
+    let mut encoded: Vec<(Format, String, Vec<u8>)> = Vec::new();
+    for f in formats {
+        let name = format!("{base}.{}", f.extension());
+        gate::check(
+            schema,
+            batch,
+            GateTarget {
+                partner: &contract.name,
+                product: kind.as_str(),
+                period: label,
+                file: &name,
+            },
+        )?;
+        let bytes = match f {
+            Format::Parquet => write::parquet_bytes(batch)?,
+            Format::Csv => write::csv_bytes(schema, batch)?,
+        };
+        encoded.push((f, name, bytes));
+    }
+    Ok(encoded)
+}
+
+/// Encodes and writes a built product: its files, their manifests and the data dictionary.
 fn release(
     contract: &Contract,
     kind: ProductKind,
@@ -271,28 +307,7 @@ fn release(
 ) -> Result<Released, BuildError> {
     let schema = schema::of(kind);
     let batch = schema.to_batch(&built.cells)?;
-    let base = base_name(&contract.name, kind, label);
-    let mut formats = contract.formats.clone();
-    formats.sort();
-    let mut encoded: Vec<(Format, String, Vec<u8>)> = Vec::new();
-    for f in formats {
-        let name = format!("{base}.{}", f.extension());
-        gate::check(
-            schema,
-            &batch,
-            GateTarget {
-                partner: &contract.name,
-                product: kind.as_str(),
-                period: label,
-                file: &name,
-            },
-        )?;
-        let bytes = match f {
-            Format::Parquet => write::parquet_bytes(&batch)?,
-            Format::Csv => write::csv_bytes(schema, &batch)?,
-        };
-        encoded.push((f, name, bytes));
-    }
+    let encoded = encode(contract, kind, label, schema, &batch)?;
     let product_version = manifest::sha256_hex(&encoded[0].2);
     let delivery_id = manifest::delivery_id(&contract.name, kind.as_str(), label, &product_version);
     let dir = product_dir(&opts.output, &contract.name, kind);
