@@ -12,8 +12,8 @@ use datashare::config::sinks::SmtpTls;
 use datashare::events::alert::Alert;
 
 use crate::datashare_cmd;
-use crate::sinks::{api_env, capture_logs, random_hex, sftp_env, smtp_env};
-use crate::worker::Stack;
+use crate::harness::Stack;
+use crate::harness::{api_env, capture_logs, random_hex, sftp_env, smtp_env};
 
 fn file_of(r: &SecretRef) -> String {
     r.file
@@ -66,7 +66,7 @@ async fn check_sinks_passes_then_alerts_on_a_stopped_server_and_a_wrong_password
     let sftp = sftp_env(work.path());
     let api = api_env(work.path());
     let smtp = smtp_env(work.path(), SmtpTls::Starttls);
-    let partners = crate::sinks::local_contract(work.path(), &sftp.config, &api.config);
+    let partners = crate::harness::local_contract(work.path(), &sftp.config, &api.config);
 
     let mut env: Vec<(String, String)> = stack
         .env
