@@ -295,6 +295,13 @@ impl TestApp {
             .expect("the spec asked for the stand-ins")
     }
 
+    /// The sshd stand-in, to stop it.
+    pub(crate) fn sftp_mut(&mut self) -> &mut SftpEnv {
+        self.sftp
+            .as_mut()
+            .expect("the spec asked for the stand-ins")
+    }
+
     /// The HTTPS API stand-in (asked for with [`Partners::StandIns`]).
     pub(crate) fn api(&self) -> &ApiEnv {
         self.api.as_ref().expect("the spec asked for the stand-ins")
