@@ -486,7 +486,7 @@ async fn killed_at(point: &str, dt: NaiveDate) {
     ];
     let crash = format!("crash:{point}");
     let mut a = Proc::worker(
-        &stack,
+        stack,
         &partners,
         &[lease[0], lease[1], ("DATASHARE_FAULTS", crash.as_str())],
     );
@@ -515,7 +515,7 @@ async fn killed_at(point: &str, dt: NaiveDate) {
     // Worker b gets ticks (Cloud Scheduler's, every 5 minutes in production); once the dead
     // worker's lease has run out a tick publishes the batch again, b takes the claim over and
     // finishes the step without publishing what was already published.
-    let mut b = Proc::worker(&stack, &partners, &lease);
+    let mut b = Proc::worker(stack, &partners, &lease);
     let schedules = publisher(&cfg, &cfg.gcp.topics.schedules).await;
     until("the done marker", Duration::from_secs(240), || async {
         // At 15:00 UTC: outside the sink checks' window before the 06:00 local deadline.
