@@ -663,6 +663,7 @@ pub(crate) fn generated(
     (marker, parts, rows)
 }
 
+/// Polls `f` every 200 ms until it returns a value; fails the test after `limit`.
 pub(crate) async fn until<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
     limit: Duration,
@@ -788,6 +789,7 @@ impl Write for Capture {
     }
 }
 
+/// Installs the test binary's one log subscriber (idempotent).
 pub(crate) fn capture_logs() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
@@ -820,6 +822,7 @@ pub(crate) fn assert_secrets_hidden(secrets: &[&str], texts: &[String]) {
 // ---------------------------------------------------------------------------------------------
 // Throwaway material.
 
+/// `bytes` random bytes from the OS, in hex.
 pub(crate) fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")
@@ -828,6 +831,7 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// A secret written to a file, referenced by it.
 pub(crate) fn secret_file(dir: &Path, name: &str, value: &str) -> SecretRef {
     let path = dir.join(name);
     std::fs::write(&path, format!("{value}\n")).unwrap();
@@ -972,12 +976,14 @@ impl Drop for Server {
 // ---------------------------------------------------------------------------------------------
 // The stand-ins, configured: SFTP, API, SMTP, and a contract pointing at them.
 
+/// The sshd stand-in with a throwaway client key (and passphrase) it accepts.
 pub(crate) struct SftpEnv {
     pub(crate) server: Server,
     pub(crate) config: SftpConfig,
     pub(crate) secrets: Vec<String>,
 }
 
+/// Starts the sshd stand-in under `work`, with a fresh key pair.
 pub(crate) fn sftp_env(work: &Path) -> SftpEnv {
     let passphrase = random_hex(16);
     let (key, public) = ssh_keygen(work, "client_key", &passphrase);
@@ -1040,6 +1046,7 @@ pub(crate) fn tree(dir: &Path) -> Vec<String> {
     out
 }
 
+/// The HTTPS API stand-in (its own CA) with a throwaway basic-auth password.
 pub(crate) struct ApiEnv {
     pub(crate) server: Server,
     pub(crate) state: PathBuf,
@@ -1047,6 +1054,7 @@ pub(crate) struct ApiEnv {
     pub(crate) password: String,
 }
 
+/// Starts the HTTPS API stand-in under `work`.
 pub(crate) fn api_env(work: &Path) -> ApiEnv {
     let password = random_hex(16);
     let state = work.join("api");
@@ -1075,6 +1083,7 @@ pub(crate) fn api_env(work: &Path) -> ApiEnv {
     }
 }
 
+/// The requests the API stand-in logged (health checks left out).
 pub(crate) fn requests(state: &Path) -> Vec<Value> {
     std::fs::read_to_string(state.join("requests.jsonl"))
         .unwrap_or_default()
@@ -1084,6 +1093,7 @@ pub(crate) fn requests(state: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The statuses the API stand-in answered, in order.
 pub(crate) fn statuses(state: &Path) -> Vec<String> {
     requests(state)
         .iter()
@@ -1091,6 +1101,7 @@ pub(crate) fn statuses(state: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Scripts the API stand-in's next answers (statuses, `Retry-After`, hangs).
 pub(crate) async fn script(env: &ApiEnv, answers: Value) {
     let ca =
         reqwest::Certificate::from_pem(&std::fs::read(env.server.field("ca")).unwrap()).unwrap();
@@ -1108,12 +1119,14 @@ pub(crate) async fn script(env: &ApiEnv, answers: Value) {
     assert!(resp.status().is_success());
 }
 
+/// The SMTP stand-in (STARTTLS or implicit TLS, AUTH with a throwaway password).
 pub(crate) struct SmtpEnv {
     pub(crate) server: Server,
     pub(crate) settings: SmtpSettings,
     pub(crate) password: String,
 }
 
+/// Starts the SMTP stand-in under `work`.
 pub(crate) fn smtp_env(work: &Path, tls: SmtpTls) -> SmtpEnv {
     let password = random_hex(16);
     let mode = match tls {
@@ -1150,6 +1163,7 @@ pub(crate) fn smtp_env(work: &Path, tls: SmtpTls) -> SmtpEnv {
     }
 }
 
+/// The mails the SMTP stand-in stored, in name order.
 pub(crate) fn mails(folder: &Path) -> Vec<PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(folder)
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
