@@ -7,6 +7,7 @@ mod clean;
 mod delivery;
 mod guardrails;
 mod harness;
+mod large_objects;
 mod products;
 mod schedules;
 mod sinks;
