@@ -8,7 +8,7 @@
 
 use super::report::{QualityReport, TableReport};
 use super::schema::Schemas;
-use crate::config::guardrails::{Guardrails, VOLUME_HISTORY};
+use crate::config::guardrails::{Guardrails, TableGuardrails, VOLUME_HISTORY, VolumeLimit};
 use crate::events::alert::{Alert, Severity};
 
 /// Alert kind of a crossed share threshold.
@@ -171,104 +171,129 @@ pub fn evaluate(g: &Guardrails, report: &QualityReport, history: &[QualityReport
         // A share of a handful of rows is noise: below `min_rows` (and for an empty table) the
         // shares are not evaluated.
         if t.rows_read > 0 && t.rows_read >= tg.min_rows {
-            let mut shares = vec![
-                (
-                    "quarantine_share".to_string(),
-                    tg.quarantine,
-                    t.rows_quarantined,
-                ),
-                (
-                    "duplicate_share".to_string(),
-                    tg.duplicates,
-                    t.duplicates_removed,
-                ),
-            ];
-            for f in &tg.key_fields {
-                shares.push((format!("null_share.{f}"), tg.key_nulls, nulls(t, f)));
-            }
-            for (measure, limit, count) in shares {
-                let value = count as f64 / t.rows_read as f64;
-                let crossed = match (limit.block, limit.warn) {
-                    (Some(b), _) if value > b.get() => Some((b, true)),
-                    (_, Some(w)) if value > w.get() => Some((w, false)),
-                    _ => None,
-                };
-                let Some((threshold, blocking)) = crossed else {
-                    continue;
-                };
-                let alert = Alert::new(
-                    severity(blocking),
-                    KIND_THRESHOLD,
-                    ("*", "*", &dt),
-                    &format!("{table}|{measure}"),
-                    format!(
-                        "batch {dt}: {table} {measure} {:.2}% above {:.2}%{}",
-                        value * 100.0,
-                        threshold.get() * 100.0,
-                        held_note(blocking, &dt)
-                    ),
-                )
-                .with("table", table.as_str())
-                .with("measure", measure.as_str())
-                .with("value", value)
-                .with("threshold", threshold.get())
-                .with("count", count)
-                .with("rows_read", t.rows_read)
-                .with("dt", dt.as_str())
-                .with("blocking", blocking);
-                if blocking {
-                    out.blocking.push(format!("{table}.{measure}"));
-                }
-                out.alerts.push(alert);
-            }
+            share_alerts(table, tg, t, &dt, &mut out);
         }
-        if let Some(v) = tg.volume {
-            let past: Vec<(String, u64)> = earlier
-                .iter()
-                .filter_map(|h| h.tables.get(table).map(|t| (h.dt.to_string(), t.rows_read)))
-                .collect();
-            if past.len() < v.min_history {
-                continue;
-            }
-            let counts: Vec<u64> = past.iter().map(|p| p.1).collect();
-            let Some(m) = median(&counts).filter(|m| *m > 0.0) else {
-                continue;
-            };
-            let deviation = (t.rows_read as f64 - m).abs() / m;
-            if deviation <= v.max_deviation.get() {
-                continue;
-            }
-            let measure = "row_count";
-            let alert = Alert::new(
-                severity(v.blocking),
-                KIND_VOLUME,
-                ("*", "*", &dt),
-                &format!("{table}|{measure}"),
-                format!(
-                    "batch {dt}: {table} has {} rows, {:.0}% away from the median {m} of the previous {} batches (limit {:.0}%){}",
-                    t.rows_read,
-                    deviation * 100.0,
-                    past.len(),
-                    v.max_deviation.get() * 100.0,
-                    held_note(v.blocking, &dt)
-                ),
-            )
-            .with("table", table.as_str())
-            .with("measure", measure)
-            .with("value", t.rows_read)
-            .with("median", m)
-            .with("deviation", deviation)
-            .with("threshold", v.max_deviation.get())
-            .with("history", past.iter().map(|p| p.0.clone()).collect::<Vec<_>>())
-            .with("dt", dt.as_str())
-            .with("blocking", v.blocking);
-            if v.blocking {
-                out.blocking.push(format!("{table}.{measure}"));
-            }
-            out.alerts.push(alert);
+        if let Some(v) = &tg.volume {
+            volume_alert(table, v, t, &earlier, &dt, &mut out);
         }
     }
     out
+}
+
+/// Adds the alerts of the share thresholds (quarantined rows, duplicates, null key fields)
+/// that table `table` (report `t`, some rows read) crossed in batch `dt`.
+fn share_alerts(
+    table: &str,
+    tg: &TableGuardrails,
+    t: &TableReport,
+    dt: &str,
+    out: &mut Evaluation,
+) {
+    let mut shares = vec![
+        (
+            "quarantine_share".to_string(),
+            tg.quarantine,
+            t.rows_quarantined,
+        ),
+        (
+            "duplicate_share".to_string(),
+            tg.duplicates,
+            t.duplicates_removed,
+        ),
+    ];
+    for f in &tg.key_fields {
+        shares.push((format!("null_share.{f}"), tg.key_nulls, nulls(t, f)));
+    }
+    for (measure, limit, count) in shares {
+        let value = count as f64 / t.rows_read as f64;
+        let crossed = match (limit.block, limit.warn) {
+            (Some(b), _) if value > b.get() => Some((b, true)),
+            (_, Some(w)) if value > w.get() => Some((w, false)),
+            _ => None,
+        };
+        let Some((threshold, blocking)) = crossed else {
+            continue;
+        };
+        let alert = Alert::new(
+            severity(blocking),
+            KIND_THRESHOLD,
+            ("*", "*", dt),
+            &format!("{table}|{measure}"),
+            format!(
+                "batch {dt}: {table} {measure} {:.2}% above {:.2}%{}",
+                value * 100.0,
+                threshold.get() * 100.0,
+                held_note(blocking, dt)
+            ),
+        )
+        .with("table", table)
+        .with("measure", measure.as_str())
+        .with("value", value)
+        .with("threshold", threshold.get())
+        .with("count", count)
+        .with("rows_read", t.rows_read)
+        .with("dt", dt)
+        .with("blocking", blocking);
+        if blocking {
+            out.blocking.push(format!("{table}.{measure}"));
+        }
+        out.alerts.push(alert);
+    }
+}
+
+/// Adds the volume alert of table `table` (report `t`) in batch `dt` when its row count is
+/// too far from the median of the `earlier` reports (latest first) that have the table.
+fn volume_alert(
+    table: &str,
+    v: &VolumeLimit,
+    t: &TableReport,
+    earlier: &[&QualityReport],
+    dt: &str,
+    out: &mut Evaluation,
+) {
+    let past: Vec<(String, u64)> = earlier
+        .iter()
+        .filter_map(|h| h.tables.get(table).map(|t| (h.dt.to_string(), t.rows_read)))
+        .collect();
+    if past.len() < v.min_history {
+        return;
+    }
+    let counts: Vec<u64> = past.iter().map(|p| p.1).collect();
+    let Some(m) = median(&counts).filter(|m| *m > 0.0) else {
+        return;
+    };
+    let deviation = (t.rows_read as f64 - m).abs() / m;
+    if deviation <= v.max_deviation.get() {
+        return;
+    }
+    let measure = "row_count";
+    let alert = Alert::new(
+        severity(v.blocking),
+        KIND_VOLUME,
+        ("*", "*", dt),
+        &format!("{table}|{measure}"),
+        format!(
+            "batch {dt}: {table} has {} rows, {:.0}% away from the median {m} of the previous {} batches (limit {:.0}%){}",
+            t.rows_read,
+            deviation * 100.0,
+            past.len(),
+            v.max_deviation.get() * 100.0,
+            held_note(v.blocking, dt)
+        ),
+    )
+    .with("table", table)
+    .with("measure", measure)
+    .with("value", t.rows_read)
+    .with("median", m)
+    .with("deviation", deviation)
+    .with("threshold", v.max_deviation.get())
+    .with("history", past.iter().map(|p| p.0.clone()).collect::<Vec<_>>())
+    .with("dt", dt)
+    .with("blocking", v.blocking);
+    if v.blocking {
+        out.blocking.push(format!("{table}.{measure}"));
+    }
+    out.alerts.push(alert);
 }
 
 /// Null values of a key field: rows quarantined for missing it, plus invalid values nulled.

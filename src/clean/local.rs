@@ -108,38 +108,8 @@ pub fn run_local_batch_with(
     limits: &Limits,
 ) -> Result<LocalBatch, LocalError> {
     let tables: Vec<&str> = schemas.names().collect();
-    let marker_name = format!("extracts/dt={dt}/_SUCCESS");
-    let marker_path = input.join(&marker_name);
-    if !marker_path.exists() {
-        return Err(LocalError::NoMarker(marker_path.display().to_string()));
-    }
-    let body = fs::read(&marker_path).map_err(|source| LocalError::Read {
-        path: marker_path.display().to_string(),
-        source,
-    })?;
-    let marker = Marker::parse(&body, dt, &tables).map_err(|source| LocalError::Marker {
-        path: marker_path.display().to_string(),
-        source,
-    })?;
-
-    let mut unlisted = Vec::new();
-    for table in &tables {
-        let dir = input.join(format!("extracts/{table}/dt={dt}"));
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut names: Vec<String> = entries
-            .filter_map(Result::ok)
-            .map(|e| {
-                format!(
-                    "extracts/{table}/dt={dt}/{}",
-                    e.file_name().to_string_lossy()
-                )
-            })
-            .collect();
-        names.sort();
-        unlisted.extend(names.into_iter().filter(|n| !marker.files.contains(n)));
-    }
+    let marker = read_marker(input, dt, &tables)?;
+    let unlisted = unlisted_objects(input, dt, &tables, &marker);
     for name in &marker.listed_again {
         tracing::warn!(
             object = name.as_str(),
@@ -200,6 +170,46 @@ pub fn run_local_batch_with(
         unlisted,
         outputs,
     })
+}
+
+/// Reads and parses the marker of day `dt` under `input`.
+fn read_marker(input: &Path, dt: NaiveDate, tables: &[&str]) -> Result<Marker, LocalError> {
+    let marker_name = format!("extracts/dt={dt}/_SUCCESS");
+    let marker_path = input.join(&marker_name);
+    if !marker_path.exists() {
+        return Err(LocalError::NoMarker(marker_path.display().to_string()));
+    }
+    let body = fs::read(&marker_path).map_err(|source| LocalError::Read {
+        path: marker_path.display().to_string(),
+        source,
+    })?;
+    Marker::parse(&body, dt, tables).map_err(|source| LocalError::Marker {
+        path: marker_path.display().to_string(),
+        source,
+    })
+}
+
+/// The objects of day `dt` under `input` that `marker` does not list, by table then name.
+fn unlisted_objects(input: &Path, dt: NaiveDate, tables: &[&str], marker: &Marker) -> Vec<String> {
+    let mut unlisted = Vec::new();
+    for table in tables {
+        let dir = input.join(format!("extracts/{table}/dt={dt}"));
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .map(|e| {
+                format!(
+                    "extracts/{table}/dt={dt}/{}",
+                    e.file_name().to_string_lossy()
+                )
+            })
+            .collect();
+        names.sort();
+        unlisted.extend(names.into_iter().filter(|n| !marker.files.contains(n)));
+    }
+    unlisted
 }
 
 fn missing_part(table: &str, object: &str, e: &std::io::Error) -> PartSummary {

@@ -257,100 +257,139 @@ fn build_table(name: &str, raw: &RawTable) -> Result<TableSchema, SchemaError> {
     }
     let mut columns = Vec::with_capacity(raw.columns.len());
     for (col, cname) in raw.columns.iter().zip(&names) {
-        let kind = Kind::from_name(&col.kind).ok_or_else(|| {
-            invalid(
-                name,
-                cname,
-                format!("unknown kind `{}` (see config/tables.toml)", col.kind),
-            )
-        })?;
-        let uf_column =
-            match &col.uf_column {
-                Some(u) => Some(names.iter().position(|n| n == u).ok_or_else(|| {
-                    invalid(name, cname, format!("uf_column `{u}` is not a column"))
-                })?),
-                None if kind == Kind::Municipality => {
-                    return Err(invalid(
-                        name,
-                        cname,
-                        "a municipality column needs uf_column",
-                    ));
-                }
-                None => None,
-            };
-        let min_date = col
-            .min
-            .as_deref()
-            .map(|m| {
-                NaiveDate::parse_from_str(m, "%Y-%m-%d")
-                    .map_err(|_| invalid(name, cname, format!("min `{m}` is not YYYY-MM-DD")))
-            })
-            .transpose()?;
-        let mut values = Vec::new();
-        for (canonical, synonyms) in &col.values {
-            values.push((super::validators::fold(canonical), canonical.clone()));
-            for s in synonyms {
-                values.push((super::validators::fold(s), canonical.clone()));
-            }
-        }
-        if kind == Kind::Enum && values.is_empty() {
-            return Err(invalid(name, cname, "an enum column needs values"));
-        }
-        if col.max.is_some() && kind != Kind::Int {
-            return Err(invalid(name, cname, "max applies to int columns only"));
-        }
-        let pattern = match (&col.pattern, kind) {
-            (Some(p), Kind::Pattern) => Some(
-                PatternRule::compile(p, &col.normalize, col.remove.as_deref().unwrap_or(""))
-                    .map_err(|problem| invalid(name, cname, problem))?,
-            ),
-            (None, Kind::Pattern) => {
-                return Err(invalid(name, cname, "a pattern column needs pattern"));
-            }
-            (None, _) if col.normalize.is_empty() && col.remove.is_none() => None,
-            _ => {
+        columns.push(build_column(name, raw, col, cname, &names)?);
+    }
+    let (key, version) = key_and_version(name, raw, &names, &columns)?;
+    Ok(TableSchema {
+        name: name.to_string(),
+        columns,
+        key,
+        version,
+    })
+}
+
+/// Checks and types column `cname` of table `table` (whose lower-cased column names are
+/// `names`).
+fn build_column(
+    table: &str,
+    raw: &RawTable,
+    col: &RawColumn,
+    cname: &str,
+    names: &[String],
+) -> Result<ColumnSchema, SchemaError> {
+    let kind = Kind::from_name(&col.kind).ok_or_else(|| {
+        invalid(
+            table,
+            cname,
+            format!("unknown kind `{}` (see config/tables.toml)", col.kind),
+        )
+    })?;
+    let options = column_options(table, col, cname, kind, names)?;
+    if let Some(d) = &col.default
+        && kind
+            .validate(d, &options, None, chrono::NaiveDate::MAX)
+            .is_err()
+    {
+        return Err(invalid(
+            table,
+            cname,
+            format!("default `{d}` is not a valid {}", col.kind),
+        ));
+    }
+    Ok(ColumnSchema {
+        name: cname.to_string(),
+        kind,
+        options,
+        required: col.required,
+        on_invalid: col.on_invalid,
+        default: col.default.clone(),
+        references: col.references.clone(),
+        dictionary: col.dictionary && *cname != raw.key,
+    })
+}
+
+/// The validator options of a column of kind `kind`.
+fn column_options(
+    table: &str,
+    col: &RawColumn,
+    cname: &str,
+    kind: Kind,
+    names: &[String],
+) -> Result<KindOptions, SchemaError> {
+    let uf_column =
+        match &col.uf_column {
+            Some(u) => Some(names.iter().position(|n| n == u).ok_or_else(|| {
+                invalid(table, cname, format!("uf_column `{u}` is not a column"))
+            })?),
+            None if kind == Kind::Municipality => {
                 return Err(invalid(
-                    name,
+                    table,
                     cname,
-                    "pattern, normalize and remove belong to kind = \"pattern\"",
+                    "a municipality column needs uf_column",
                 ));
             }
+            None => None,
         };
-        let options = KindOptions {
-            upper: col.upper,
-            positive: col.positive,
-            non_negative: col.non_negative,
-            max: col.max,
-            units: col.units.iter().map(|u| u.to_lowercase()).collect(),
-            values,
-            known: col.known.clone(),
-            uf_column,
-            min_date,
-            not_future: col.not_future,
-            pattern,
-        };
-        if let Some(d) = &col.default
-            && kind
-                .validate(d, &options, None, chrono::NaiveDate::MAX)
-                .is_err()
-        {
+    let min_date = col
+        .min
+        .as_deref()
+        .map(|m| {
+            NaiveDate::parse_from_str(m, "%Y-%m-%d")
+                .map_err(|_| invalid(table, cname, format!("min `{m}` is not YYYY-MM-DD")))
+        })
+        .transpose()?;
+    let mut values = Vec::new();
+    for (canonical, synonyms) in &col.values {
+        values.push((super::validators::fold(canonical), canonical.clone()));
+        for s in synonyms {
+            values.push((super::validators::fold(s), canonical.clone()));
+        }
+    }
+    if kind == Kind::Enum && values.is_empty() {
+        return Err(invalid(table, cname, "an enum column needs values"));
+    }
+    if col.max.is_some() && kind != Kind::Int {
+        return Err(invalid(table, cname, "max applies to int columns only"));
+    }
+    let pattern = match (&col.pattern, kind) {
+        (Some(p), Kind::Pattern) => Some(
+            PatternRule::compile(p, &col.normalize, col.remove.as_deref().unwrap_or(""))
+                .map_err(|problem| invalid(table, cname, problem))?,
+        ),
+        (None, Kind::Pattern) => {
+            return Err(invalid(table, cname, "a pattern column needs pattern"));
+        }
+        (None, _) if col.normalize.is_empty() && col.remove.is_none() => None,
+        _ => {
             return Err(invalid(
-                name,
+                table,
                 cname,
-                format!("default `{d}` is not a valid {}", col.kind),
+                "pattern, normalize and remove belong to kind = \"pattern\"",
             ));
         }
-        columns.push(ColumnSchema {
-            name: cname.clone(),
-            kind,
-            options,
-            required: col.required,
-            on_invalid: col.on_invalid,
-            default: col.default.clone(),
-            references: col.references.clone(),
-            dictionary: col.dictionary && *cname != raw.key,
-        });
-    }
+    };
+    Ok(KindOptions {
+        upper: col.upper,
+        positive: col.positive,
+        non_negative: col.non_negative,
+        max: col.max,
+        units: col.units.iter().map(|u| u.to_lowercase()).collect(),
+        values,
+        known: col.known.clone(),
+        uf_column,
+        min_date,
+        not_future: col.not_future,
+        pattern,
+    })
+}
+
+/// The indices of the key column (required) and of the version column (a timestamp), if any.
+fn key_and_version(
+    name: &str,
+    raw: &RawTable,
+    names: &[String],
+    columns: &[ColumnSchema],
+) -> Result<(usize, Option<usize>), SchemaError> {
     let key = names
         .iter()
         .position(|n| *n == raw.key)
@@ -377,12 +416,7 @@ fn build_table(name: &str, raw: &RawTable) -> Result<TableSchema, SchemaError> {
             "the version column must be a timestamp",
         ));
     }
-    Ok(TableSchema {
-        name: name.to_string(),
-        columns,
-        key,
-        version,
-    })
+    Ok((key, version))
 }
 
 #[cfg(test)]

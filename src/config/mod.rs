@@ -388,6 +388,21 @@ impl Config {
 
     /// Checks every name and setting; the first problem is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_names()?;
+        self.validate_subscriptions()?;
+        self.validate_worker()?;
+        self.validate_sink_limits()?;
+        if self.worker.max_concurrent_messages == 0 {
+            return Err(invalid(
+                "worker.max_concurrent_messages",
+                "must be at least 1",
+            ));
+        }
+        self.validate_smtp()
+    }
+
+    /// Checks the project id, bucket and topic names.
+    fn validate_names(&self) -> Result<(), ConfigError> {
         let g = &self.gcp;
         if !valid_project(&g.project) {
             return Err(invalid(
@@ -429,6 +444,13 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Checks the subscriptions (named after their topic, pushed under `/push/`), their dead
+    /// letter topics, and that the worker has both of its own.
+    fn validate_subscriptions(&self) -> Result<(), ConfigError> {
+        let g = &self.gcp;
         for (sub, topic) in &g.dead_letter_topics {
             if !valid_resource(sub) || !valid_resource(topic) {
                 return Err(invalid(
@@ -477,6 +499,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Checks the worker's timings and schedule, and the guardrails it applies.
+    fn validate_worker(&self) -> Result<(), ConfigError> {
         if self.worker.step_timeout_secs == 0 || self.worker.step_timeout_secs > 24 * 3600 {
             return Err(invalid(
                 "worker.step_timeout_secs",
@@ -504,6 +531,11 @@ impl Config {
                 "must be at most 1440",
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the sinks' timeouts and the API sink's retries.
+    fn validate_sink_limits(&self) -> Result<(), ConfigError> {
         let (sftp, api) = (&self.sinks.sftp, &self.sinks.api);
         for (field, secs) in [
             ("sinks.sftp.connect_timeout_secs", sftp.connect_timeout_secs),
@@ -525,13 +557,7 @@ impl Config {
                 "must be at least 1 and at most sinks.api.max_backoff_ms",
             ));
         }
-        if self.worker.max_concurrent_messages == 0 {
-            return Err(invalid(
-                "worker.max_concurrent_messages",
-                "must be at least 1",
-            ));
-        }
-        self.validate_smtp()
+        Ok(())
     }
 
     /// `projects/<project>/topics/<topic>`.

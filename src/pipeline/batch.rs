@@ -84,33 +84,8 @@ impl Worker {
             return Ok(Disposition::Done);
         }
         let claim_name = names::batch_claim(dt, &version);
-        // A held claim is waited on briefly before nacking: the step may finish (done marker:
-        // ack) or its lease expire (take over) meanwhile, and every nack spends one of the
-        // subscription's delivery attempts.
-        let waited_since = std::time::Instant::now();
-        let generation = loop {
-            match claim::take(
-                &self.gcs,
-                ops,
-                &claim_name,
-                &self.owner,
-                self.config.claim_lease(),
-            )
-            .await?
-            {
-                Claim::Taken { generation, .. } => break generation,
-                Claim::Held { owner, until } => {
-                    if self.gcs.stat(ops, &done).await?.is_some() {
-                        return Ok(Disposition::Done);
-                    }
-                    if waited_since.elapsed() >= HELD_CLAIM_WAIT {
-                        return Err(HandleError::Transient(format!(
-                            "batch claim held by {owner} until {until}"
-                        )));
-                    }
-                    tokio::time::sleep(HELD_CLAIM_POLL).await;
-                }
-            }
+        let Some(generation) = self.take_batch_claim(&claim_name, &done).await? else {
+            return Ok(Disposition::Done);
         };
         tracing::info!(%dt, %version, "batch claim taken");
         self.faults.at("after_claim").await;
@@ -138,15 +113,7 @@ impl Worker {
                     "redelivered": summary.redelivered,
                     "held": summary.held,
                 });
-                match self
-                    .gcs
-                    .write(ops, &done, body.to_string().into_bytes(), Some(0))
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if e.is_precondition_failed() => {}
-                    Err(e) => return Err(e.into()),
-                }
+                self.write_once(ops, &done, body).await?;
                 tracing::info!(
                     %dt,
                     %version,
@@ -161,6 +128,64 @@ impl Worker {
                 claim::release(&self.gcs, ops, &claim_name, &self.owner, generation).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Takes the batch claim `claim_name`; returns its generation, or `None` when the step was
+    /// done (marker `done`) while the claim was held.
+    ///
+    /// A held claim is waited on briefly before nacking: the step may finish (done marker: ack)
+    /// or its lease expire (take over) meanwhile, and every nack spends one of the
+    /// subscription's delivery attempts.
+    async fn take_batch_claim(
+        &self,
+        claim_name: &str,
+        done: &str,
+    ) -> Result<Option<i64>, HandleError> {
+        let ops = &self.config.gcp.buckets.ops;
+        let waited_since = std::time::Instant::now();
+        loop {
+            match claim::take(
+                &self.gcs,
+                ops,
+                claim_name,
+                &self.owner,
+                self.config.claim_lease(),
+            )
+            .await?
+            {
+                Claim::Taken { generation, .. } => return Ok(Some(generation)),
+                Claim::Held { owner, until } => {
+                    if self.gcs.stat(ops, done).await?.is_some() {
+                        return Ok(None);
+                    }
+                    if waited_since.elapsed() >= HELD_CLAIM_WAIT {
+                        return Err(HandleError::Transient(format!(
+                            "batch claim held by {owner} until {until}"
+                        )));
+                    }
+                    tokio::time::sleep(HELD_CLAIM_POLL).await;
+                }
+            }
+        }
+    }
+
+    /// Writes the record `body` to `name` unless an object is already there (an earlier
+    /// attempt wrote it: kept as it is).
+    async fn write_once(
+        &self,
+        bucket: &str,
+        name: &str,
+        body: serde_json::Value,
+    ) -> Result<(), HandleError> {
+        match self
+            .gcs
+            .write(bucket, name, body.to_string().into_bytes(), Some(0))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_precondition_failed() => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -179,25 +204,65 @@ impl Worker {
 
     /// The claimed work: batch step, uploads, products, delivery requests.
     async fn batch_step(&self, ready: &BatchReady) -> Result<StepSummary, HandleError> {
-        let b = &self.config.gcp.buckets;
         let dt = ready.dt;
         self.faults.at("batch_step").await;
         let tmp = self.tempdir()?;
-        let staging = tmp.path().join("staging");
         let out = tmp.path().join("out");
+        let report = self
+            .clean_batch(ready, &tmp.path().join("staging"), &out)
+            .await?;
+        let guard = self.check_guardrails(ready, &report).await?;
+
+        let mut summary = StepSummary::default();
+        if let Some(held) = self.hold_failed_files(ready, &report).await {
+            summary.held.push(held);
+            return Ok(summary);
+        }
+        if guard.holds() {
+            tracing::warn!(%dt, blocking = ?guard.blocking, "batch held by blocking guardrails");
+            summary
+                .held
+                .push(format!("batch {dt}: {}", guard.blocking.join(",")));
+            return Ok(summary);
+        }
+
+        let (periods, days, months) = self.plan_products(dt);
+        self.fetch_curated(&out, &days).await?;
+        self.build_products(&out, &tmp.path().join("products"), periods, &mut summary)
+            .await?;
+        // Monthly builds run from their own message (slow work, its own claim).
+        for m in months {
+            let id = self
+                .bus
+                .publish(&self.config.gcp.topics.schedules, m.to_message())
+                .await?;
+            tracing::info!(%dt, request = ?m, message_id = %id, "monthly build requested");
+        }
+        Ok(summary)
+    }
+
+    /// Downloads the batch's staged parts into `staging`, runs the batch (`run_batch`) into
+    /// `out` and uploads everything it wrote to the curated bucket; returns its quality report.
+    async fn clean_batch(
+        &self,
+        ready: &BatchReady,
+        staging: &Path,
+        out: &Path,
+    ) -> Result<QualityReport, HandleError> {
+        let dt = ready.dt;
         let parts = try_join_all(ready.files.iter().map(|f| {
-            let staging = staging.clone();
+            let staging = staging.to_path_buf();
             async move { self.fetch_staged(dt, &f.name, f.generation, &staging).await }
         }))
         .await?;
 
         let schemas: std::sync::Arc<Schemas> = self.schemas.clone();
         let outputs = BatchOutputs {
-            root: out.clone(),
+            root: out.to_path_buf(),
             dt,
         };
         let started = std::time::Instant::now();
-        let (staging2, outputs2) = (staging.clone(), outputs.clone());
+        let (staging2, outputs2) = (staging.to_path_buf(), outputs.clone());
         let dedup = tracing::info_span!("dedup", %dt);
         let timer = metrics::Stage::Dedup.timer();
         let report: QualityReport = blocking("batch step", move || {
@@ -211,20 +276,31 @@ impl Worker {
         tracing::info!(%dt, elapsed_ms = started.elapsed().as_millis() as u64, "batch step ran");
         let timer = metrics::Stage::CuratedUpload.timer();
         async {
-            for path in files_under(&out).map_err(|e| HandleError::local("outputs", e))? {
-                let rel = relative(&out, &path);
-                self.gcs.upload(&b.curated, &rel, &path).await?;
+            for path in files_under(out).map_err(|e| HandleError::local("outputs", e))? {
+                let rel = relative(out, &path);
+                self.gcs
+                    .upload(&self.config.gcp.buckets.curated, &rel, &path)
+                    .await?;
             }
             Ok::<_, HandleError>(())
         }
         .instrument(tracing::info_span!("curated_upload", %dt))
         .await?;
         drop(timer);
+        Ok(report)
+    }
 
-        // Guardrails on the report just written, and raw files the marker does not list.
+    /// Guardrails on the report just written (alerts published; a released batch does not
+    /// hold), after warning of raw files the marker does not list.
+    async fn check_guardrails(
+        &self,
+        ready: &BatchReady,
+        report: &QualityReport,
+    ) -> Result<guardrails::Evaluation, HandleError> {
+        let dt = ready.dt;
         self.report_unlisted(ready).await?;
         let history = self.previous_reports(dt).await?;
-        let mut guard = guardrails::evaluate(&self.config.guardrails, &report, &history);
+        let mut guard = guardrails::evaluate(&self.config.guardrails, report, &history);
         if ready.release && guard.holds() {
             tracing::warn!(%dt, blocking = ?guard.blocking, "batch released despite blocking guardrails");
             guard = guard.released();
@@ -233,8 +309,17 @@ impl Worker {
         if let Some(alert) = guard.alert(dt) {
             self.alert(&alert).await;
         }
+        Ok(guard)
+    }
 
-        let mut summary = StepSummary::default();
+    /// When a listed file failed and the batch is not released: alerts `batch.held` and
+    /// returns what is held; `None` when the products may be built.
+    async fn hold_failed_files(
+        &self,
+        ready: &BatchReady,
+        report: &QualityReport,
+    ) -> Option<String> {
+        let dt = ready.dt;
         let failed: Vec<String> = report
             .failed_files()
             .map(|f| {
@@ -245,43 +330,45 @@ impl Worker {
                 )
             })
             .collect();
-        if !failed.is_empty() && ready.release {
+        if failed.is_empty() {
+            return None;
+        }
+        if ready.release {
             tracing::warn!(%dt, failed = ?failed, "batch released without its failed files");
-        } else if !failed.is_empty() {
-            let alert = Alert::new(
-                Severity::Critical,
-                "batch.held",
-                ("*", "*", &dt.to_string()),
-                &failed.join(","),
-                format!(
-                    "batch {dt} held: {} listed file(s) failed; products wait for a new generation or `datashare release`",
-                    failed.len()
-                ),
-            )
-            .with("failed_files", failed.clone());
-            // The same fingerprint as the first failed file's dead letter: one failure, one
-            // e-mail (whichever of the two reaches the alerting consumer first is mailed, the
-            // other is recorded with it: src/alerting/state.rs).
-            let alert = match report.failed_files().next() {
-                Some(f) => alert.with_fingerprint(crate::events::dead_letter_fingerprint(
-                    crate::config::EXTRACTS_SUBSCRIPTION,
-                    crate::events::ErrorKind::InvalidExtract.as_str(),
-                    &f.object,
-                )),
-                None => alert,
-            };
-            self.alert(&alert).await;
-            summary.held.push(format!("batch {dt}"));
-            return Ok(summary);
+            return None;
         }
-        if guard.holds() {
-            tracing::warn!(%dt, blocking = ?guard.blocking, "batch held by blocking guardrails");
-            summary
-                .held
-                .push(format!("batch {dt}: {}", guard.blocking.join(",")));
-            return Ok(summary);
-        }
+        let alert = Alert::new(
+            Severity::Critical,
+            "batch.held",
+            ("*", "*", &dt.to_string()),
+            &failed.join(","),
+            format!(
+                "batch {dt} held: {} listed file(s) failed; products wait for a new generation or `datashare release`",
+                failed.len()
+            ),
+        )
+        .with("failed_files", failed.clone());
+        // The same fingerprint as the first failed file's dead letter: one failure, one
+        // e-mail (whichever of the two reaches the alerting consumer first is mailed, the
+        // other is recorded with it: src/alerting/state.rs).
+        let alert = match report.failed_files().next() {
+            Some(f) => alert.with_fingerprint(crate::events::dead_letter_fingerprint(
+                crate::config::EXTRACTS_SUBSCRIPTION,
+                crate::events::ErrorKind::InvalidExtract.as_str(),
+                &f.object,
+            )),
+            None => alert,
+        };
+        self.alert(&alert).await;
+        Some(format!("batch {dt}"))
+    }
 
+    /// What batch `dt` builds: each daily buyer's product (the periods, by contract index), the
+    /// earlier curated days their windows read, and the monthly builds it completes.
+    fn plan_products(
+        &self,
+        dt: NaiveDate,
+    ) -> (Vec<(usize, Period)>, BTreeSet<NaiveDate>, Vec<Schedule>) {
         let mut periods: Vec<(usize, Period)> = Vec::new();
         let mut days: BTreeSet<NaiveDate> = BTreeSet::new();
         let mut months: Vec<Schedule> = Vec::new();
@@ -301,18 +388,7 @@ impl Worker {
             }
         }
         days.remove(&dt);
-        self.fetch_curated(&out, &days).await?;
-        self.build_products(&out, &tmp.path().join("products"), periods, &mut summary)
-            .await?;
-        // Monthly builds run from their own message (slow work, its own claim).
-        for m in months {
-            let id = self
-                .bus
-                .publish(&self.config.gcp.topics.schedules, m.to_message())
-                .await?;
-            tracing::info!(%dt, request = ?m, message_id = %id, "monthly build requested");
-        }
-        Ok(summary)
+        (periods, days, months)
     }
 
     /// Builds the products of `periods` from the curated data under `input`, uploads them and
@@ -534,69 +610,7 @@ impl Worker {
             tracing::info!(partner = %rel.partner, delivery_id = %rel.delivery_id, "product version already delivered");
             return Ok(false);
         }
-        let product = rel.product.as_str();
-        let key = |p: &Path| {
-            let file = p
-                .file_name()
-                .map(|f| f.to_string_lossy().to_string())
-                .unwrap_or_default();
-            names::product_file(&rel.partner, product, &rel.delivery_id, &file)
-        };
-        let dictionary = self
-            .put_immutable(&b.products, &key(&rel.dictionary), &rel.dictionary)
-            .await?;
-        let mut files = Vec::new();
-        for f in &rel.files {
-            files.push(
-                self.put_immutable(&b.products, &key(&f.path), &f.path)
-                    .await?,
-            );
-        }
-        let mut manifests = Vec::new();
-        for f in &rel.files {
-            manifests.push(
-                self.put_immutable(&b.products, &key(&f.manifest), &f.manifest)
-                    .await?,
-            );
-        }
-        let request = DeliveryRequest {
-            schema_version: DELIVERY_REQUEST_VERSION,
-            delivery_id: rel.delivery_id.clone(),
-            partner: rel.partner.clone(),
-            product: product.to_string(),
-            period: rel.period.clone(),
-            product_version: rel.product_version.clone(),
-            files: rel
-                .files
-                .iter()
-                .zip(files)
-                .zip(manifests)
-                .map(|((f, file), manifest)| DeliveryFile {
-                    name: f
-                        .path
-                        .file_name()
-                        .map(|n| n.to_string_lossy().to_string())
-                        .unwrap_or_default(),
-                    format: f
-                        .path
-                        .extension()
-                        .map(|e| e.to_string_lossy().to_string())
-                        .unwrap_or_default(),
-                    rows: f.rows as u64,
-                    file,
-                    manifest,
-                })
-                .collect(),
-            dictionary,
-            sinks: contract
-                .sinks
-                .iter()
-                .map(|s| s.name())
-                .filter(|n| *n != "email")
-                .map(String::from)
-                .collect(),
-            source_batches: source_batches(rel).await,
-        };
+        let request = self.upload_release(contract, rel).await?;
         self.faults.at("before_publish").await;
         let id = self
             .bus
@@ -608,17 +622,41 @@ impl Worker {
             "published_at": Utc::now().to_rfc3339(),
             "owner": self.owner,
         });
-        match self
-            .gcs
-            .write(&b.ops, &published, record.to_string().into_bytes(), Some(0))
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.is_precondition_failed() => {}
-            Err(e) => return Err(e.into()),
-        }
-        tracing::info!(partner = %rel.partner, product, period = %rel.period, delivery_id = %rel.delivery_id, message_id = %id, "delivery request published");
+        self.write_once(&b.ops, &published, record).await?;
+        tracing::info!(partner = %rel.partner, product = rel.product.as_str(), period = %rel.period, delivery_id = %rel.delivery_id, message_id = %id, "delivery request published");
         Ok(true)
+    }
+
+    /// Uploads a released product's dictionary, files and manifests to the products bucket;
+    /// returns the delivery request that describes them.
+    async fn upload_release(
+        &self,
+        contract: &Contract,
+        rel: &Released,
+    ) -> Result<DeliveryRequest, HandleError> {
+        let bucket = &self.config.gcp.buckets.products;
+        let key = |p: &Path| {
+            let file = p
+                .file_name()
+                .map(|f| f.to_string_lossy().to_string())
+                .unwrap_or_default();
+            names::product_file(&rel.partner, rel.product.as_str(), &rel.delivery_id, &file)
+        };
+        let dictionary = self
+            .put_immutable(bucket, &key(&rel.dictionary), &rel.dictionary)
+            .await?;
+        let mut files = Vec::new();
+        for f in &rel.files {
+            files.push(self.put_immutable(bucket, &key(&f.path), &f.path).await?);
+        }
+        let mut manifests = Vec::new();
+        for f in &rel.files {
+            manifests.push(
+                self.put_immutable(bucket, &key(&f.manifest), &f.manifest)
+                    .await?,
+            );
+        }
+        Ok(delivery_request(contract, rel, dictionary, files, manifests).await)
     }
 
     /// Writes an object that must never change (content-addressed by delivery id): created if
@@ -647,6 +685,55 @@ impl Worker {
             sha256: sha256_hex(&stored),
             bytes: stored.len() as u64,
         })
+    }
+}
+
+/// The delivery request of a released product whose dictionary, files and manifests were
+/// uploaded as `dictionary`, `files` and `manifests` (in the order of `rel.files`).
+async fn delivery_request(
+    contract: &Contract,
+    rel: &Released,
+    dictionary: FileDigest,
+    files: Vec<FileDigest>,
+    manifests: Vec<FileDigest>,
+) -> DeliveryRequest {
+    DeliveryRequest {
+        schema_version: DELIVERY_REQUEST_VERSION,
+        delivery_id: rel.delivery_id.clone(),
+        partner: rel.partner.clone(),
+        product: rel.product.as_str().to_string(),
+        period: rel.period.clone(),
+        product_version: rel.product_version.clone(),
+        files: rel
+            .files
+            .iter()
+            .zip(files)
+            .zip(manifests)
+            .map(|((f, file), manifest)| DeliveryFile {
+                name: f
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                format: f
+                    .path
+                    .extension()
+                    .map(|e| e.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                rows: f.rows as u64,
+                file,
+                manifest,
+            })
+            .collect(),
+        dictionary,
+        sinks: contract
+            .sinks
+            .iter()
+            .map(|s| s.name())
+            .filter(|n| *n != "email")
+            .map(String::from)
+            .collect(),
+        source_batches: source_batches(rel).await,
     }
 }
 

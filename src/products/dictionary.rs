@@ -19,6 +19,21 @@ fn cell(s: &str) -> String {
 /// Renders the dictionary as Markdown (deterministic: no dates inside).
 pub fn render(contract: &Contract, schema: &ProductSchema) -> String {
     let mut s = String::new();
+    header(&mut s, contract, schema);
+    columns(&mut s, schema);
+    privacy(&mut s, contract, schema);
+    let _ = writeln!(s, "## CSV\n");
+    let _ = writeln!(
+        s,
+        "Textos que começam com `=`, `+`, `-` ou `@` vêm entre aspas e com o prefixo `'`, para \
+         que planilhas nunca os executem como fórmula. Valores nulos são células vazias; datas \
+         `AAAA-MM-DD`; instantes em UTC `AAAA-MM-DDTHH:MM:SSZ`."
+    );
+    s
+}
+
+/// Writes the title and the file's name, formats, grain and schema version.
+fn header(s: &mut String, contract: &Contract, schema: &ProductSchema) {
     let (title, grain, name) = match schema.kind {
         ProductKind::Daily => (
             "Analítico diário",
@@ -67,6 +82,10 @@ pub fn render(contract: &Contract, schema: &ProductSchema) -> String {
         schema.version,
         schema.fingerprint()
     );
+}
+
+/// Writes the table of columns.
+fn columns(s: &mut String, schema: &ProductSchema) {
     let _ = writeln!(s, "## Colunas\n");
     let _ = writeln!(s, "| coluna | tipo | nulo | significado | privacidade |");
     let _ = writeln!(s, "|---|---|---|---|---|");
@@ -81,6 +100,10 @@ pub fn render(contract: &Contract, schema: &ProductSchema) -> String {
             cell(c.privacy)
         );
     }
+}
+
+/// Writes the privacy rules (LGPD): what never leaves, the keys, k and the gate.
+fn privacy(s: &mut String, contract: &Contract, schema: &ProductSchema) {
     let _ = writeln!(s, "\n## Regras de privacidade (LGPD)\n");
     let _ = writeln!(
         s,
@@ -119,12 +142,4 @@ pub fn render(contract: &Contract, schema: &ProductSchema) -> String {
         s,
         "- Todo arquivo passa por uma verificação automática de dados pessoais antes da entrega.\n"
     );
-    let _ = writeln!(s, "## CSV\n");
-    let _ = writeln!(
-        s,
-        "Textos que começam com `=`, `+`, `-` ou `@` vêm entre aspas e com o prefixo `'`, para \
-         que planilhas nunca os executem como fórmula. Valores nulos são células vazias; datas \
-         `AAAA-MM-DD`; instantes em UTC `AAAA-MM-DDTHH:MM:SSZ`."
-    );
-    s
 }

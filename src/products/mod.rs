@@ -24,6 +24,7 @@ pub mod write;
 
 use std::path::{Path, PathBuf};
 
+use arrow_array::RecordBatch;
 use chrono::{DateTime, Months, NaiveDate, SecondsFormat, Utc};
 
 use self::contract::{Contract, ContractError, Format, KeyPeriod};
@@ -315,15 +316,15 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-fn release(
+/// Encodes `batch` in each format the contract buys (in format order: Parquet first), each
+/// file passing the privacy gate first; returns the format, file name and bytes of each.
+fn encode(
     contract: &Contract,
     kind: ProductKind,
     label: &str,
-    built: Built,
-    opts: &BuildOptions,
-) -> Result<Released, BuildError> {
-    let schema = schema::of(kind);
-    let batch = schema.to_batch(&built.cells)?;
+    schema: &schema::ProductSchema,
+    batch: &RecordBatch,
+) -> Result<Vec<(Format, String, Vec<u8>)>, BuildError> {
     let base = base_name(&contract.name, kind, label);
     let mut formats = contract.formats.clone();
     formats.sort();
@@ -335,7 +336,7 @@ fn release(
             let _timer = crate::telemetry::metrics::Stage::PrivacyGate.timer();
             gate::check(
                 schema,
-                &batch,
+                batch,
                 GateTarget {
                     partner: &contract.name,
                     product: kind.as_str(),
@@ -345,11 +346,25 @@ fn release(
             )?;
         }
         let bytes = match f {
-            Format::Parquet => write::parquet_bytes(&batch, &contract.parquet)?,
-            Format::Csv => write::csv_bytes(schema, &batch)?,
+            Format::Parquet => write::parquet_bytes(batch, &contract.parquet)?,
+            Format::Csv => write::csv_bytes(schema, batch)?,
         };
         encoded.push((f, name, bytes));
     }
+    Ok(encoded)
+}
+
+/// Encodes and writes a built product: its files, their manifests and the data dictionary.
+fn release(
+    contract: &Contract,
+    kind: ProductKind,
+    label: &str,
+    built: Built,
+    opts: &BuildOptions,
+) -> Result<Released, BuildError> {
+    let schema = schema::of(kind);
+    let batch = schema.to_batch(&built.cells)?;
+    let encoded = encode(contract, kind, label, schema, &batch)?;
     let product_version = manifest::sha256_hex(&encoded[0].2);
     let delivery_id = manifest::delivery_id(&contract.name, kind.as_str(), label, &product_version);
     let dir = product_dir(&opts.output, &contract.name, kind);

@@ -42,9 +42,7 @@ pub enum ReconcileError {
     },
     /// A country row of the brand view does not add up to the monthly aggregate: the brand view
     /// is held.
-    #[error(
-        "reconciliation held {partner} monthly_brands {month}: brand {brand} {figures}"
-    )]
+    #[error("reconciliation held {partner} monthly_brands {month}: brand {brand} {figures}")]
     BrandMismatch {
         /// The partner.
         partner: String,

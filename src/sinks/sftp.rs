@@ -262,8 +262,38 @@ fn is_missing(e: &ssh2::Error) -> bool {
 }
 
 impl Inner {
+    /// Opens an authenticated SFTP session: TCP, SSH handshake, pinned host key, public key.
     fn connect(&self) -> Result<(Session, Sftp), SinkError> {
         let where_ = format!("{}:{}", self.host, self.port);
+        let (tcp, io) = self.open_tcp(&where_)?;
+        let mut session = Session::new().map_err(|e| classify("ssh session", e))?;
+        session.set_tcp_stream(tcp);
+        session.set_timeout(u32::try_from(io.as_millis()).unwrap_or(u32::MAX));
+        if let Some(pref) = self.pin.method_pref() {
+            session
+                .method_pref(MethodType::HostKey, pref)
+                .map_err(|e| classify("host key preference", e))?;
+        }
+        session.handshake().map_err(|e| match e.code() {
+            // No common host key algorithm: the server does not have the pinned kind of key.
+            ErrorCode::Session(-5 | -8) => SinkError::HostKey {
+                sink: SINK,
+                message: format!(
+                    "{where_}: key exchange failed ({}); the server may not offer the pinned host key",
+                    e.message()
+                ),
+            },
+            _ => classify(&format!("ssh handshake with {where_}"), e),
+        })?;
+        self.check_host_key(&session, &where_)?;
+        self.authenticate(&session, &where_)?;
+        let sftp = session.sftp().map_err(|e| classify("start sftp", e))?;
+        Ok((session, sftp))
+    }
+
+    /// Connects to the first address of the host that answers, with the I/O timeout set on
+    /// the socket; returns the stream and that timeout.
+    fn open_tcp(&self, where_: &str) -> Result<(TcpStream, Duration), SinkError> {
         let addrs: Vec<_> = (self.host.as_str(), self.port)
             .to_socket_addrs()
             .map_err(|e| transient(format!("resolve {where_}: {e}")))?
@@ -288,25 +318,11 @@ impl Inner {
         tcp.set_read_timeout(Some(io))
             .and_then(|()| tcp.set_write_timeout(Some(io)))
             .map_err(|e| transient(format!("socket {where_}: {e}")))?;
-        let mut session = Session::new().map_err(|e| classify("ssh session", e))?;
-        session.set_tcp_stream(tcp);
-        session.set_timeout(u32::try_from(io.as_millis()).unwrap_or(u32::MAX));
-        if let Some(pref) = self.pin.method_pref() {
-            session
-                .method_pref(MethodType::HostKey, pref)
-                .map_err(|e| classify("host key preference", e))?;
-        }
-        session.handshake().map_err(|e| match e.code() {
-            // No common host key algorithm: the server does not have the pinned kind of key.
-            ErrorCode::Session(-5 | -8) => SinkError::HostKey {
-                sink: SINK,
-                message: format!(
-                    "{where_}: key exchange failed ({}); the server may not offer the pinned host key",
-                    e.message()
-                ),
-            },
-            _ => classify(&format!("ssh handshake with {where_}"), e),
-        })?;
+        Ok((tcp, io))
+    }
+
+    /// Refuses a server whose host key is not the pinned one.
+    fn check_host_key(&self, session: &Session, where_: &str) -> Result<(), SinkError> {
         let (blob, _) = session.host_key().ok_or_else(|| SinkError::HostKey {
             sink: SINK,
             message: format!("{where_} presented no host key"),
@@ -322,6 +338,11 @@ impl Inner {
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Authenticates with the private key (and its passphrase, if any).
+    fn authenticate(&self, session: &Session, where_: &str) -> Result<(), SinkError> {
         let key = std::str::from_utf8(self.private_key.expose())
             .map_err(|_| transient("private key is not text".into()))?;
         let passphrase = match &self.passphrase {
@@ -345,8 +366,7 @@ impl Inner {
                 message: format!("{where_} did not accept the key of {}", self.user),
             });
         }
-        let sftp = session.sftp().map_err(|e| classify("start sftp", e))?;
-        Ok((session, sftp))
+        Ok(())
     }
 
     fn location(&self, path: &str) -> String {

@@ -12,69 +12,34 @@ use datashare::alerting::state::{State, state_object};
 use datashare::config::sinks::SmtpTls;
 use datashare::events::dead_letter_fingerprint;
 use datashare::events::{Alert, DeadLetter, ErrorKind, Incoming, Schedule, Severity};
-use datashare::gcp::{Bus, Gcs};
-use datashare::service::pull;
+use datashare::gcp::Bus;
 use serde_json::Value;
-use tokio::sync::watch;
 
-use crate::sinks::{SmtpEnv, assert_secrets_hidden, capture_logs, mails, parse_eml, smtp_env};
-use crate::worker::{Stack, until};
+use crate::harness::{
+    Partners, SmtpEnv, Spec, Stack, TestApp, assert_secrets_hidden, mails, parse_eml, smtp_env,
+    smtp_overrides, until,
+};
 
+/// The stack, the SMTP stand-in and the alerting consumer pulling (no partner contract).
 struct Setup {
-    stack: Stack,
-    smtp: SmtpEnv,
+    app: TestApp,
     alerting: Arc<Alerting>,
-    gcs: Gcs,
     bus: Bus,
     mail_dir: PathBuf,
-    stop: watch::Sender<bool>,
-    pulling: tokio::task::JoinHandle<Result<(), datashare::gcp::ClientError>>,
-    _dir: tempfile::TempDir,
 }
 
-fn smtp_overrides(smtp: &SmtpEnv) -> Vec<(String, String)> {
-    let s = &smtp.settings;
-    vec![
-        ("DATASHARE_SMTP_HOST".into(), s.host.clone()),
-        ("DATASHARE_SMTP_PORT".into(), s.port.to_string()),
-        ("DATASHARE_SMTP_TLS".into(), "starttls".into()),
-        ("DATASHARE_SMTP_FROM".into(), s.from.clone()),
-        ("DATASHARE_SMTP_USER".into(), s.user.clone().unwrap()),
-        (
-            "DATASHARE_SMTP_PASSWORD_FILE".into(),
-            s.password
-                .as_ref()
-                .unwrap()
-                .file
-                .as_ref()
-                .unwrap()
-                .display()
-                .to_string(),
-        ),
-        (
-            "DATASHARE_SMTP_CA_FILE".into(),
-            s.ca_file.as_ref().unwrap().display().to_string(),
-        ),
-    ]
+impl std::ops::Deref for Setup {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.app
+    }
 }
 
 async fn setup() -> Setup {
-    capture_logs();
-    let stack = Stack::up(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let smtp = smtp_env(dir.path(), SmtpTls::Starttls);
-    let mail_dir = PathBuf::from(smtp.server.field("mail"));
-    let overrides = smtp_overrides(&smtp);
-    let o: Vec<(&str, &str)> = overrides
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let cfg = stack.config(dir.path(), &o);
-    let alerting = Arc::new(Alerting::start(cfg.clone()).await.expect("alerting starts"));
-    let gcs = Gcs::connect(cfg.emulators.storage.as_deref())
-        .await
-        .unwrap();
-    let g = &cfg.gcp;
+    let app = TestApp::spawn(Spec::new().partners(Partners::None).smtp()).await;
+    let mail_dir = app.mail_dir();
+    let alerting = app.spawn_alerting().await;
+    let g = &app.cfg.gcp;
     let bus = Bus::connect(
         &g.project,
         &[
@@ -83,29 +48,21 @@ async fn setup() -> Setup {
             g.topics.budgets.as_str(),
             "deliveries-api-dead-letter",
         ],
-        cfg.emulators.pubsub.as_deref(),
+        app.cfg.emulators.pubsub.as_deref(),
     )
     .await
     .unwrap();
-    let (stop, rx) = watch::channel(false);
-    let pulling = tokio::spawn(pull::run(alerting.clone(), rx));
     Setup {
-        stack,
-        smtp,
+        app,
         alerting,
-        gcs,
         bus,
         mail_dir,
-        stop,
-        pulling,
-        _dir: dir,
     }
 }
 
 impl Setup {
-    async fn finish(self) {
-        self.stop.send(true).unwrap();
-        self.pulling.await.unwrap().unwrap();
+    async fn finish(&self) {
+        self.app.stop().await;
     }
 
     fn ops(&self) -> &str {
@@ -241,7 +198,7 @@ async fn an_alert_storm_is_one_mail_then_one_digest() {
     s.tick().await;
     exactly(&s.mail_dir, 2).await;
     let texts: Vec<String> = got.iter().map(|m| m.to_string()).collect();
-    assert_secrets_hidden(&[s.smtp.password.as_str()], &texts);
+    assert_secrets_hidden(&[s.smtp().password.as_str()], &texts);
     s.finish().await;
 }
 
@@ -365,16 +322,15 @@ async fn a_dead_letter_is_archived_mailed_and_replayed_once() {
         texts.push(String::from_utf8_lossy(&o.stdout).into_owned());
         texts.push(String::from_utf8_lossy(&o.stderr).into_owned());
     }
-    assert_secrets_hidden(&[s.smtp.password.as_str()], &texts);
+    assert_secrets_hidden(&[s.smtp().password.as_str()], &texts);
     s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_that_failed_is_retried_on_redelivery_and_arrives_once() {
     use datashare::service::{Outcome, dispatch};
-    capture_logs();
-    let stack = Stack::up(&[]);
-    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(Spec::new().partners(Partners::None)).await;
+    let (stack, dir) = (&app.stack, &app.work);
     let start = |smtp: &SmtpEnv| {
         let overrides = smtp_overrides(smtp);
         let o: Vec<(&str, &str)> = overrides
@@ -552,9 +508,8 @@ async fn a_message_pubsub_gave_up_on_is_archived_mailed_and_replayed_without_its
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_alert_command_mails_and_stops_on_sigterm_without_logging_secrets() {
-    capture_logs();
-    let stack = Stack::up(&[]);
-    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(Spec::new().partners(Partners::None)).await;
+    let (stack, dir) = (&app.stack, &app.work);
     let smtp = smtp_env(dir.path(), SmtpTls::Starttls);
     let mail_dir = PathBuf::from(smtp.server.field("mail"));
     let log = dir.path().join("alert.log");

@@ -8,12 +8,10 @@ use std::time::{Duration, Instant};
 
 use datashare::config::secret::SecretRef;
 use datashare::config::sinks::ApiAuth;
-use datashare::config::sinks::SmtpTls;
 use datashare::events::alert::Alert;
 
 use crate::datashare_cmd;
-use crate::sinks::{api_env, capture_logs, random_hex, sftp_env, smtp_env};
-use crate::worker::Stack;
+use crate::harness::{Partners, Spec, Stack, TestApp, random_hex};
 
 fn file_of(r: &SecretRef) -> String {
     r.file
@@ -56,24 +54,21 @@ async fn alerts(stack: &Stack, sub: &str, n: usize) -> Vec<Alert> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_sinks_passes_then_alerts_on_a_stopped_server_and_a_wrong_password() {
-    // The sink tests read the process's logs from memory: their subscriber must be the global
-    // one, whichever test starts first (Stack::up would install another).
-    capture_logs();
-    let work = tempfile::tempdir().unwrap();
-    let stack = Stack::up(&[]);
-    stack.watch("alerts", "check-sinks-test").await;
+    let mut app = TestApp::spawn(
+        Spec::new()
+            .partners(Partners::StandIns)
+            .watch("alerts", "check-sinks-test"),
+    )
+    .await;
+    let partners = &app.partners;
 
-    let sftp = sftp_env(work.path());
-    let api = api_env(work.path());
-    let smtp = smtp_env(work.path(), SmtpTls::Starttls);
-    let partners = crate::sinks::local_contract(work.path(), &sftp.config, &api.config);
-
-    let mut env: Vec<(String, String)> = stack
+    let mut env: Vec<(String, String)> = app
+        .stack
         .env
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let s = &smtp.settings;
+    let s = &app.smtp().settings;
     env.extend(
         [
             ("DATASHARE_PARTNERS_DIR", partners.display().to_string()),
@@ -93,9 +88,9 @@ async fn check_sinks_passes_then_alerts_on_a_stopped_server_and_a_wrong_password
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
-    let mut secrets: Vec<String> = sftp.secrets.clone();
-    secrets.push(api.password.clone());
-    secrets.push(smtp.password.clone());
+    let mut secrets: Vec<String> = app.sftp().secrets.clone();
+    secrets.push(app.api().password.clone());
+    secrets.push(app.smtp().password.clone());
     let mut outputs = Vec::new();
 
     // 1. Everything answers: three ok lines, exit 0, no alert.
@@ -104,16 +99,16 @@ async fn check_sinks_passes_then_alerts_on_a_stopped_server_and_a_wrong_password
     for sink in ["sftp", "api", "email"] {
         assert!(out.contains(&format!("ouchhungry {sink}: ok")), "{out}");
     }
-    let logins = smtp.server.log_text();
+    let logins = app.smtp().server.log_text();
     assert!(
-        api.state.join("requests.jsonl").exists(),
+        app.api().state.join("requests.jsonl").exists(),
         "the API health call reached the stand-in"
     );
     outputs.push(out);
     outputs.push(err);
 
     // 2. The SFTP server is stopped: exit 1, the sftp line says why, one alert for sftp.
-    drop(sftp.server);
+    app.sftp_mut().server.stop();
     let (ok, out, err) = check_sinks(&env);
     assert!(!ok, "a stopped SFTP server fails the check: {out}");
     assert!(
@@ -122,7 +117,7 @@ async fn check_sinks_passes_then_alerts_on_a_stopped_server_and_a_wrong_password
     );
     assert!(out.contains("ouchhungry api: ok"), "{out}");
     assert!(out.contains("ouchhungry email: ok"), "{out}");
-    let got = alerts(&stack, "check-sinks-test", 1).await;
+    let got = alerts(&app.stack, "check-sinks-test", 1).await;
     assert_eq!(got.len(), 1, "{got:?}");
     let sftp_alert = got[0].clone();
     assert_eq!(sftp_alert.kind, "sink.check_failed");
@@ -133,7 +128,7 @@ async fn check_sinks_passes_then_alerts_on_a_stopped_server_and_a_wrong_password
 
     // 3. A wrong API password: the api line fails permanently, one more alert for api; the
     // stopped SFTP server alerts again under the same fingerprint.
-    let ApiAuth::Basic { password, .. } = &api.config.auth else {
+    let ApiAuth::Basic { password, .. } = &app.api().config.auth else {
         unreachable!()
     };
     std::fs::write(
@@ -148,7 +143,7 @@ async fn check_sinks_passes_then_alerts_on_a_stopped_server_and_a_wrong_password
         "{out}\n{err}"
     );
     assert!(out.contains("ouchhungry email: ok"), "{out}");
-    let got = alerts(&stack, "check-sinks-test", 2).await;
+    let got = alerts(&app.stack, "check-sinks-test", 2).await;
     assert_eq!(got.len(), 2, "{got:?}");
     let api_alert = got
         .iter()

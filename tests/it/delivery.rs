@@ -3,220 +3,75 @@
 //! sshd, the HTTPS API, the SMTP server).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::NaiveDate;
 use datashare::config::Config;
-use datashare::config::sinks::SmtpTls;
 use datashare::config::sinks::{ApiAuth, ApiConfig, SftpConfig};
 use datashare::events::{DeliveryRequest, Incoming, Notify, Outgoing};
 use datashare::gcp::{Bus, Gcs};
-use datashare::pipeline::Worker;
 use datashare::pipeline::deliver::Deliver;
 use datashare::products::manifest::sha256_hex;
 use datashare::service::claim::{self, Claim};
-use datashare::service::{pull, push};
 use datashare::sinks::{GcsReceipts, ReceiptStore};
 use datashare::telemetry;
 use serde_json::Value;
-use tokio::sync::watch;
 
-use crate::sinks::{
-    ApiEnv, SftpEnv, SmtpEnv, api_env, mails, parse_eml, requests, sftp_env, smtp_env, tree,
-};
-use crate::worker::{Stack, until, upload_day};
+use crate::harness::{Partners, Spec, TestApp, mails, parse_eml, tree, until, upload_day};
 
-/// The stand-ins, the stack, and every role pulling.
-struct Running {
-    stack: Stack,
-    cfg: Config,
-    gcs: Gcs,
-    sftp: SftpEnv,
-    api: ApiEnv,
-    smtp: SmtpEnv,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
-    listeners: std::collections::BTreeMap<String, tokio::net::TcpListener>,
-    rx: watch::Receiver<bool>,
-    _work: tempfile::TempDir,
+/// The sinks of the contract.
+const ALL: &[&str] = &["sftp", "api", "email"];
+
+/// What the delivery tests ask for: the stand-ins, and pull subscriptions on the deliveries,
+/// the partner e-mails and the sinks' dead letters.
+fn spec() -> Spec {
+    Spec::new()
+        .partners(Partners::StandIns)
+        .watch("deliveries", "test-deliveries")
+        .watch("notify", "test-notify")
+        .watch("deliveries-sftp-dead-letter", "test-sftp-dead")
+        .watch("deliveries-api-dead-letter", "test-api-dead")
 }
 
-async fn start() -> Running {
-    start_with(|_, _| {}, &["sftp", "api", "email"]).await
-}
-
-/// Starts everything; `tweak` may change the SFTP settings written into the contract.
-async fn start_with(tweak: impl FnOnce(&Path, &mut SftpConfig), sinks: &[&str]) -> Running {
-    start_full(tweak, sinks, false).await
-}
-
-/// Starts everything; with `push`, the sinks serve the emulator's push subscriptions.
-async fn start_full(
-    tweak: impl FnOnce(&Path, &mut SftpConfig),
-    sinks: &[&str],
-    push: bool,
-) -> Running {
-    let mut listeners = std::collections::BTreeMap::new();
-    let mut args = Vec::new();
-    if push {
-        for sink in sinks {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let port = l.local_addr().unwrap().port();
-            args.push("--push-endpoint".to_string());
-            args.push(format!("{sink}=http://127.0.0.1:{port}"));
-            listeners.insert(sink.to_string(), l);
-        }
-    }
-    let stack = tokio::task::spawn_blocking(move || Stack::up(&args))
-        .await
-        .unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let sftp = sftp_env(work.path());
-    let api = api_env(work.path());
-    let smtp = smtp_env(work.path(), SmtpTls::Starttls);
-    let mut sftp_config = sftp.config.clone();
-    tweak(work.path(), &mut sftp_config);
-    let partners = crate::sinks::local_contract(work.path(), &sftp_config, &api.config);
-    let s = &smtp.settings;
-    let port = s.port.to_string();
-    let password_file = s.password.as_ref().unwrap().file.as_ref().unwrap();
-    let password_file = password_file.display().to_string();
-    let ca = s.ca_file.as_ref().unwrap().display().to_string();
-    let cfg = stack.config(
-        &partners,
-        &[
-            ("DATASHARE_SMTP_HOST", "127.0.0.1"),
-            ("DATASHARE_SMTP_PORT", &port),
-            ("DATASHARE_SMTP_TLS", "starttls"),
-            ("DATASHARE_SMTP_FROM", "datashare <dados@datashare.example>"),
-            ("DATASHARE_SMTP_USER", "datashare"),
-            ("DATASHARE_SMTP_PASSWORD_FILE", &password_file),
-            ("DATASHARE_SMTP_CA_FILE", &ca),
-        ],
-    );
-    stack.watch("deliveries", "test-deliveries").await;
-    stack.watch("notify", "test-notify").await;
-    for sink in ["sftp", "api"] {
-        let topic = format!("deliveries-{sink}-dead-letter");
-        stack.watch(&topic, &format!("test-{sink}-dead")).await;
-    }
-    let gcs = Gcs::connect(cfg.emulators.storage.as_deref())
-        .await
-        .unwrap();
-    let (stop, rx) = watch::channel(false);
-    let worker = Arc::new(Worker::start(cfg.clone()).await.expect("worker starts"));
-    let pulling = pull::run(worker, rx.clone());
-    let tasks = vec![tokio::spawn(async move {
-        pulling.await.map_err(|e| e.to_string())
-    })];
-    let mut running = Running {
-        stack,
-        cfg,
-        gcs,
-        sftp,
-        api,
-        smtp,
-        stop,
-        tasks,
-        rx,
-        listeners,
-        _work: work,
-    };
+/// The app of `spec` with the worker and the `deliver` roles of `sinks` running.
+async fn start(spec: Spec, sinks: &[&str]) -> TestApp {
+    let app = TestApp::spawn(spec).await;
+    app.spawn_worker().await;
     for sink in sinks {
-        running.add_role(sink).await;
+        app.spawn_deliver(sink).await;
     }
-    running
+    app
 }
 
-impl Running {
-    /// Starts the alerting consumer (`datashare alert`) in pull mode, through the same relay.
-    async fn add_alerting(&mut self) {
-        let alerting = Arc::new(
-            datashare::alerting::Alerting::start(self.cfg.clone())
-                .await
-                .expect("alerting starts"),
-        );
-        let rx = self.rx.clone();
-        self.tasks.push(tokio::spawn(async move {
-            pull::run(alerting, rx).await.map_err(|e| e.to_string())
-        }));
-    }
-
-    /// Waits for the data team's e-mail about `kind` naming `delivery_id`, then checks it stays
-    /// the only one and that the partner got none.
-    async fn one_team_mail_about(&self, kind: &str, delivery_id: &str) {
-        let mail_dir = self.mail_dir();
-        let about = |dir: &Path| -> Vec<String> {
-            let (team, _) = team_and_partner_mails(dir);
-            team.into_iter()
-                .filter(|t| {
-                    t.lines()
-                        .find(|l| l.starts_with("Subject:"))
-                        .is_some_and(|l| l.contains(kind))
-                })
-                .collect()
-        };
-        until(
-            &format!("the team's {kind} e-mail"),
-            Duration::from_secs(180),
-            || {
-                let n = about(&mail_dir).len();
-                async move { (n > 0).then_some(()) }
-            },
-        )
-        .await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let got = about(&mail_dir);
-        assert_eq!(got.len(), 1, "one e-mail about {kind}");
-        assert!(got[0].contains(&delivery_id[..12]), "names the delivery");
-        let (_, partner) = team_and_partner_mails(&mail_dir);
-        assert!(partner.is_empty(), "no partner e-mail");
-    }
-
-    /// Starts `datashare deliver --sink <sink>` in pull mode.
-    async fn add_role(&mut self, sink: &str) {
-        let role = Arc::new(
-            Deliver::start(self.cfg.clone(), sink)
-                .await
-                .unwrap_or_else(|e| panic!("{sink} starts: {e}")),
-        );
-        let rx = self.rx.clone();
-        let task = match self.listeners.remove(sink) {
-            Some(l) => {
-                tokio::spawn(
-                    async move { push::serve(role, l, rx).await.map_err(|e| e.to_string()) },
-                )
-            }
-            None => {
-                tokio::spawn(async move { pull::run(role, rx).await.map_err(|e| e.to_string()) })
-            }
-        };
-        self.tasks.push(task);
-    }
-
-    async fn stop(self) {
-        self.stop.send(true).unwrap();
-        for t in self.tasks {
-            t.await.unwrap().unwrap();
-        }
-    }
-
-    fn mail_dir(&self) -> PathBuf {
-        PathBuf::from(self.smtp.server.field("mail"))
-    }
-
-    fn upload_dir(&self) -> PathBuf {
-        PathBuf::from(self.sftp.server.field("upload"))
-    }
-
-    /// POSTs the API stored (status 201).
-    fn api_stored(&self) -> usize {
-        requests(&self.api.state)
-            .iter()
-            .filter(|r| r["status"] == 201)
-            .count()
-    }
+/// Waits for the data team's e-mail about `kind` naming `delivery_id`, then checks it stays
+/// the only one and that the partner got none.
+async fn one_team_mail_about(r: &TestApp, kind: &str, delivery_id: &str) {
+    let mail_dir = r.mail_dir();
+    let about = |dir: &Path| -> Vec<String> {
+        let (team, _) = team_and_partner_mails(dir);
+        team.into_iter()
+            .filter(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("Subject:"))
+                    .is_some_and(|l| l.contains(kind))
+            })
+            .collect()
+    };
+    until(
+        &format!("the team's {kind} e-mail"),
+        Duration::from_secs(180),
+        || {
+            let n = about(&mail_dir).len();
+            async move { (n > 0).then_some(()) }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = about(&mail_dir);
+    assert_eq!(got.len(), 1, "one e-mail about {kind}");
+    assert!(got[0].contains(&delivery_id[..12]), "names the delivery");
+    let (_, partner) = team_and_partner_mails(&mail_dir);
+    assert!(partner.is_empty(), "no partner e-mail");
 }
 
 async fn read_json(gcs: &Gcs, uri: &str) -> Value {
@@ -234,7 +89,7 @@ fn republish(m: &Incoming) -> Outgoing {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upload_ends_on_sftp_at_the_api_and_in_one_email_and_redeliveries_change_nothing() {
-    let r = start().await;
+    let r = start(spec(), ALL).await;
     r.stack.watch("batches", "test-batches").await;
     let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
     upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
@@ -270,7 +125,7 @@ async fn an_upload_ends_on_sftp_at_the_api_and_in_one_email_and_redeliveries_cha
         let m = std::fs::read(folder.join(m_name)).expect("manifest on the SFTP server");
         assert_eq!(sha256_hex(&m), f.manifest.sha256);
         // API: the same bytes under the delivery's idempotency key.
-        let received = r.api.state.join("received");
+        let received = r.api().state.join("received");
         let at_api: Vec<PathBuf> = std::fs::read_dir(&received)
             .unwrap()
             .flatten()
@@ -289,7 +144,7 @@ async fn an_upload_ends_on_sftp_at_the_api_and_in_one_email_and_redeliveries_cha
     assert_eq!(dict_name, "ouchhungry_daily_dictionary.pt-BR.md");
     let at_sftp = std::fs::read(folder.join(dict_name)).expect("dictionary on the SFTP server");
     assert_eq!(sha256_hex(&at_sftp), req.dictionary.sha256);
-    let at_api: Vec<PathBuf> = std::fs::read_dir(r.api.state.join("received"))
+    let at_api: Vec<PathBuf> = std::fs::read_dir(r.api().state.join("received"))
         .unwrap()
         .flatten()
         .map(|e| e.path().join(dict_name))
@@ -327,7 +182,7 @@ async fn an_upload_ends_on_sftp_at_the_api_and_in_one_email_and_redeliveries_cha
         "the batch step continues a batch-ready message's trace"
     );
     assert_eq!(traced(&notifies[0]), trace, "notify continues it");
-    let logs = crate::sinks::captured_logs();
+    let logs = crate::harness::captured_logs();
     assert!(
         logs.lines()
             .any(|l| l.contains(&format!("trace_id={trace}")) && l.contains("email")),
@@ -421,7 +276,7 @@ fn has_dictionary(eml: &Value) -> bool {
 }
 
 /// The daily delivery request the worker published.
-async fn daily_request(r: &Running) -> (Incoming, DeliveryRequest) {
+async fn daily_request(r: &TestApp) -> (Incoming, DeliveryRequest) {
     let deliveries = r
         .stack
         .drain("test-deliveries", Duration::from_secs(240), |m| {
@@ -439,8 +294,8 @@ async fn daily_request(r: &Running) -> (Incoming, DeliveryRequest) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_api_400_is_dead_lettered_once_and_a_429_retry_after_is_honoured() {
-    let r = start().await;
-    crate::sinks::script(&r.api, serde_json::json!([{"status": 400}])).await;
+    let r = start(spec(), ALL).await;
+    crate::harness::script(r.api(), serde_json::json!([{"status": 400}])).await;
     let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
     upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
     let (msg, req) = daily_request(&r).await;
@@ -456,12 +311,12 @@ async fn an_api_400_is_dead_lettered_once_and_a_429_retry_after_is_honoured() {
         String::from_utf8_lossy(&dead[0].data)
     );
     assert!(
-        !seen.contains(&r.api.password),
+        !seen.contains(&r.api().password),
         "no secret in the dead letter"
     );
     assert_eq!(dead[0].attributes["delivery_id"], req.delivery_id);
     assert_eq!(
-        crate::sinks::statuses(&r.api.state),
+        crate::harness::statuses(&r.api().state),
         ["400"],
         "a 400 is not retried"
     );
@@ -479,8 +334,8 @@ async fn an_api_400_is_dead_lettered_once_and_a_429_retry_after_is_honoured() {
     );
 
     // Replayed after the partner fixed its side; it first answers 429 with Retry-After: 2.
-    crate::sinks::script(
-        &r.api,
+    crate::harness::script(
+        r.api(),
         serde_json::json!([{"status": 429, "retry_after": "2"}]),
     )
     .await;
@@ -500,7 +355,7 @@ async fn an_api_400_is_dead_lettered_once_and_a_429_retry_after_is_honoured() {
         async move { (n > 0).then_some(()) }
     })
     .await;
-    let log = crate::sinks::requests(&r.api.state);
+    let log = crate::harness::requests(&r.api().state);
     let statuses: Vec<String> = log.iter().map(|r| r["status"].to_string()).collect();
     assert_eq!(statuses, ["400", "429", "201"]);
     let gap = log[2]["time"].as_f64().unwrap() - log[1]["time"].as_f64().unwrap();
@@ -517,15 +372,15 @@ async fn an_api_400_is_dead_lettered_once_and_a_429_retry_after_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wrong_sftp_host_key_is_refused_dead_lettered_and_alerted() {
-    let mut r = start_with(
-        |work, sftp| {
-            let (_, other) = crate::sinks::ssh_keygen(work, "not_the_host_key", "");
+    let r = start(
+        spec().tweak_sftp(|work, sftp| {
+            let (_, other) = crate::harness::ssh_keygen(work, "not_the_host_key", "");
             sftp.host_key = other;
-        },
-        &["sftp", "api", "email"],
+        }),
+        ALL,
     )
     .await;
-    r.add_alerting().await;
+    r.spawn_alerting().await;
     let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
     upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
     let (_, req) = daily_request(&r).await;
@@ -539,19 +394,19 @@ async fn a_wrong_sftp_host_key_is_refused_dead_lettered_and_alerted() {
     assert_eq!(dead[0].attributes["error_kind"], "host_key");
     assert_eq!(dead[0].attributes["delivery_id"], req.delivery_id);
     assert!(tree(&r.upload_dir()).is_empty(), "nothing uploaded");
-    r.one_team_mail_about("host_key", &req.delivery_id).await;
+    one_team_mail_about(&r, "host_key", &req.delivery_id).await;
     r.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_sftp_server_down_is_retried_dead_lettered_by_pubsub_and_alerted() {
     // Nothing listens on the contract's port.
-    let mut r = start_with(
-        |_, sftp| {
+    let r = start(
+        spec().tweak_sftp(|_, sftp| {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             sftp.port = l.local_addr().unwrap().port();
-        },
-        &["sftp", "api", "email"],
+        }),
+        ALL,
     )
     .await;
     let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
@@ -575,18 +430,17 @@ async fn an_sftp_server_down_is_retried_dead_lettered_by_pubsub_and_alerted() {
         .unwrap();
     assert!(attempts > 1, "retried before the dead letter: {attempts}");
     // The alerting consumer starts late: the dead letter waits in its subscription.
-    r.add_alerting().await;
-    r.one_team_mail_about("max_delivery_attempts", &req.delivery_id)
-        .await;
+    r.spawn_alerting().await;
+    one_team_mail_about(&r, "max_delivery_attempts", &req.delivery_id).await;
     r.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_smtp_server_down_then_back_gets_the_email_once() {
-    let mut r = start().await;
-    let port = r.smtp.server.port().to_string();
+    let mut r = start(spec(), ALL).await;
+    let port = r.smtp().server.port().to_string();
     let state = r.mail_dir().parent().unwrap().to_path_buf();
-    r.smtp.server.stop();
+    r.smtp_mut().server.stop();
     let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
     upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
     let (_, req) = daily_request(&r).await;
@@ -605,13 +459,13 @@ async fn an_smtp_server_down_then_back_gets_the_email_once() {
             .unwrap()
             .is_none()
     );
-    r.smtp.server = crate::sinks::Server::start(
+    r.smtp_mut().server = crate::harness::Server::start(
         "smtp.py",
         &state,
         &["--tls", "starttls", "--port", &port],
         &[
             ("PARTNER_SMTP_USER", "datashare"),
-            ("PARTNER_SMTP_PASSWORD", r.smtp.password.as_str()),
+            ("PARTNER_SMTP_PASSWORD", r.smtp().password.as_str()),
         ],
     );
     let mail_dir = r.mail_dir();
@@ -633,7 +487,7 @@ async fn an_smtp_server_down_then_back_gets_the_email_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_notify_claim_left_by_a_crashed_instance_is_taken_over_once_its_lease_expires() {
     // The API sink starts late, after a "crashed" instance took the notify claim.
-    let mut r = start_with(|_, _| {}, &["sftp", "email"]).await;
+    let r = start(spec(), &["sftp", "email"]).await;
     let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
     upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
     let (_, req) = daily_request(&r).await;
@@ -645,7 +499,7 @@ async fn a_notify_claim_left_by_a_crashed_instance_is_taken_over_once_its_lease_
         .unwrap();
     assert!(matches!(taken, Claim::Taken { .. }), "{taken:?}");
     let claimed_at = std::time::Instant::now();
-    r.add_role("api").await;
+    r.spawn_deliver("api").await;
     let mail_dir = r.mail_dir();
     until("the partner e-mail", Duration::from_secs(180), || {
         let n = mails(&mail_dir).len();
@@ -691,11 +545,15 @@ async fn a_misconfigured_sink_stops_the_role_at_start_up() {
         base_url: "https://127.0.0.1:9/v1/".into(),
         auth: ApiAuth::Basic {
             user: "datashare".into(),
-            password: crate::sinks::secret_file(work.path(), "pw", &crate::sinks::random_hex(8)),
+            password: crate::harness::secret_file(
+                work.path(),
+                "pw",
+                &crate::harness::random_hex(8),
+            ),
         },
         ca_file: Some(work.path().join("missing-ca.pem")),
     };
-    let dir = crate::sinks::local_contract(work.path(), &sftp, &api);
+    let dir = crate::harness::local_contract(work.path(), &sftp, &api);
     let dir_s = dir.display().to_string();
     let cfg = Config::load_with(None, &|k| {
         (k == "DATASHARE_PARTNERS_DIR").then(|| dir_s.clone())
@@ -721,7 +579,7 @@ async fn a_misconfigured_sink_stops_the_role_at_start_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_requests_and_unknown_partners_are_dead_lettered_not_retried() {
-    let r = start_with(|_, _| {}, &["api"]).await;
+    let r = start(spec(), &["api"]).await;
     let bus = Bus::connect(
         &r.cfg.gcp.project,
         &["deliveries"],
@@ -785,13 +643,13 @@ async fn malformed_requests_and_unknown_partners_are_dead_lettered_not_retried()
     };
     assert_eq!(kind("garbage"), "malformed_message");
     assert_eq!(kind("unknown"), "unknown_partner");
-    assert!(crate::sinks::requests(&r.api.state).is_empty());
+    assert!(crate::harness::requests(&r.api().state).is_empty());
     r.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_sinks_serve_push_subscriptions_too() {
-    let r = start_full(|_, _| {}, &["sftp", "api", "email"], true).await;
+    let r = start(spec().push("sftp").push("api").push("email"), ALL).await;
     let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
     upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
     let mail_dir = r.mail_dir();
@@ -824,9 +682,9 @@ fn team_and_partner_mails(dir: &Path) -> (Vec<String>, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rejected_delivery_alerts_the_team_and_its_archived_dead_letter_replays_once() {
-    let mut r = start().await;
-    r.add_alerting().await;
-    crate::sinks::script(&r.api, serde_json::json!([{"status": 400}])).await;
+    let r = start(spec(), ALL).await;
+    r.spawn_alerting().await;
+    crate::harness::script(r.api(), serde_json::json!([{"status": 400}])).await;
     let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
     upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
     let (_, req) = daily_request(&r).await;
@@ -888,22 +746,22 @@ async fn a_rejected_delivery_alerts_the_team_and_its_archived_dead_letter_replay
         (1, 1),
         "one alert about the rejection, one partner e-mail"
     );
-    assert_eq!(crate::sinks::statuses(&r.api.state), ["400", "201"]);
+    assert_eq!(crate::harness::statuses(&r.api().state), ["400", "201"]);
     assert_eq!(
         tree(&r.upload_dir().join("ouchhungry/daily")).len(),
         req.files.len() * 2 + 1,
         "each file and manifest uploaded once, the dictionary beside them"
     );
     for text in team.iter().chain(&partner) {
-        assert!(!text.contains(&r.api.password), "no secret in an e-mail");
-        assert!(!text.contains(&r.smtp.password), "no secret in an e-mail");
+        assert!(!text.contains(&r.api().password), "no secret in an e-mail");
+        assert!(!text.contains(&r.smtp().password), "no secret in an e-mail");
     }
     r.stop().await;
 }
 
 /// `datashare status --json` for `days`, through the binary (exit code 1 when a day needs
 /// action).
-fn status_json(r: &Running, args: &[&str]) -> (Value, Option<i32>) {
+fn status_json(r: &TestApp, args: &[&str]) -> (Value, Option<i32>) {
     let out = crate::datashare_cmd()
         .envs(&r.stack.env)
         .env("DATASHARE_PARTNERS_DIR", &r.cfg.worker.partners_dir)
@@ -925,8 +783,8 @@ fn status_json(r: &Running, args: &[&str]) -> (Value, Option<i32>) {
 async fn status_tells_a_delivered_a_held_a_failed_part_and_a_missing_day_apart() {
     use datashare::events::{Alert, Severity};
     use datashare::pipeline::status::{DayState, collect, partner_sinks};
-    let mut r = start().await;
-    r.add_alerting().await;
+    let r = start(spec(), ALL).await;
+    r.spawn_alerting().await;
     let day = |d: u32| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
     let (missing, failed, held, delivered) = (day(20), day(21), day(22), day(23));
     let (_, truth) = upload_day(&r.gcs, &r.cfg, delivered, 200, false).await;
@@ -940,7 +798,7 @@ async fn status_tells_a_delivered_a_held_a_failed_part_and_a_missing_day_apart()
         "extract.missing",
         format!("no complete batch for {missing} by its deadline"),
     );
-    let bus = crate::worker::publisher(&r.cfg, "alerts").await;
+    let bus = crate::harness::publisher(&r.cfg, "alerts").await;
     bus.publish("alerts", absent.to_message()).await.unwrap();
 
     let partners = partner_sinks(&r.cfg);

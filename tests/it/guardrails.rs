@@ -11,12 +11,11 @@ use datashare::config::Config;
 use datashare::config::guardrails::{Limit, Share};
 use datashare::events::{Alert, DeliveryRequest, Incoming, Severity};
 use datashare::gcp::Gcs;
-use datashare::pipeline::{Worker, names};
-use datashare::service::pull;
+use datashare::pipeline::names;
 use serde_json::Value;
-use tokio::sync::watch;
 
-use crate::worker::{Stack, check_delivery, current_batch, generated, partners, until, upload_day};
+use crate::harness::{Spec, TestApp, current_batch, generated, until, upload_day};
+use crate::worker::check_delivery;
 
 /// The alerts of `kind` among messages of the `alerts` topic.
 fn alerts_of(msgs: &[Incoming], kind: &str) -> Vec<Alert> {
@@ -42,19 +41,24 @@ async fn done_marker(gcs: &Gcs, cfg: &Config, dt: NaiveDate, suffix: &str) -> Va
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_quarantine_threshold_holds_the_products_until_released() {
-    let stack = Stack::up(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = stack.config(&partners(dir.path()), &[]);
+    let mut app = TestApp::spawn(
+        Spec::new()
+            .watch("deliveries", "test-deliveries")
+            .watch("alerts", "test-alerts"),
+    )
+    .await;
     // A generated day quarantines several % of its transactions: 1 % is crossed, and blocks.
-    cfg.guardrails.0.get_mut("transactions").unwrap().quarantine = Limit {
+    app.cfg
+        .guardrails
+        .0
+        .get_mut("transactions")
+        .unwrap()
+        .quarantine = Limit {
         warn: None,
         block: Some(Share::try_from(0.01).unwrap()),
     };
-    stack.watch("deliveries", "test-deliveries").await;
-    stack.watch("alerts", "test-alerts").await;
-    let worker = Arc::new(Worker::start(cfg.clone()).await.unwrap());
-    let (stop, rx) = watch::channel(false);
-    let pulling = tokio::spawn(pull::run(worker.clone(), rx));
+    let worker = app.spawn_worker().await;
+    let (stack, cfg) = (&app.stack, app.cfg.clone());
     let gcs = &worker.gcs;
 
     let dt = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
@@ -148,18 +152,19 @@ async fn a_blocking_quarantine_threshold_holds_the_products_until_released() {
         "{:?}",
         again[0]
     );
-    stop.send(true).unwrap();
-    pulling.await.unwrap().unwrap();
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_far_below_the_median_of_the_previous_seven_raises_a_volume_alert() {
-    let stack = Stack::up(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stack.config(&partners(dir.path()), &[]);
-    stack.watch("deliveries", "test-deliveries").await;
-    stack.watch("alerts", "test-alerts").await;
-    let worker = Arc::new(Worker::start(cfg.clone()).await.unwrap());
+    let app = TestApp::spawn(
+        Spec::new()
+            .watch("deliveries", "test-deliveries")
+            .watch("alerts", "test-alerts"),
+    )
+    .await;
+    let worker = Arc::new(app.worker().await);
+    let (stack, cfg) = (&app.stack, app.cfg.clone());
     let gcs = &worker.gcs;
 
     // Seven earlier reports, as the batch step writes them: 2.5 times as many transactions as
@@ -196,8 +201,7 @@ async fn a_batch_far_below_the_median_of_the_previous_seven_raises_a_volume_aler
         .await
         .unwrap();
     }
-    let (stop, rx) = watch::channel(false);
-    let pulling = tokio::spawn(pull::run(worker.clone(), rx));
+    app.run("worker", worker.clone());
     upload_day(gcs, &cfg, dt, 200, false).await;
     let body = done_marker(gcs, &cfg, dt, "").await;
     assert_eq!(
@@ -254,19 +258,14 @@ async fn a_batch_far_below_the_median_of_the_previous_seven_raises_a_volume_aler
         vec![dt.to_string()],
         "only this day's curated data exists"
     );
-    stop.send(true).unwrap();
-    pulling.await.unwrap().unwrap();
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_the_marker_does_not_list_is_reported_once_and_left_out() {
-    let stack = Stack::up(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stack.config(&partners(dir.path()), &[]);
-    stack.watch("alerts", "test-alerts").await;
-    let worker = Arc::new(Worker::start(cfg.clone()).await.unwrap());
-    let (stop, rx) = watch::channel(false);
-    let pulling = tokio::spawn(pull::run(worker.clone(), rx));
+    let app = TestApp::spawn(Spec::new().watch("alerts", "test-alerts")).await;
+    let worker = app.spawn_worker().await;
+    let (stack, cfg) = (&app.stack, app.cfg.clone());
     let gcs = &worker.gcs;
 
     // A valid part uploaded beside the batch but not in its marker (before the marker, so the
@@ -314,6 +313,5 @@ async fn a_part_the_marker_does_not_list_is_reported_once_and_left_out() {
             .iter()
             .all(|f| f.object != unlisted)
     );
-    stop.send(true).unwrap();
-    pulling.await.unwrap().unwrap();
+    app.stop().await;
 }

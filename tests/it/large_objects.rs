@@ -14,7 +14,7 @@ use std::time::Duration;
 use datashare::gcp::Gcs;
 use datashare::products::manifest::sha256_hex;
 
-use crate::worker::Stack;
+use crate::harness::Stack;
 
 /// 64 MiB: four times the resumable threshold, several of the client's upload chunks.
 const SIZE: usize = 64 << 20;

@@ -8,6 +8,7 @@ mod check_sinks;
 mod clean;
 mod delivery;
 mod guardrails;
+mod harness;
 mod large_objects;
 mod products;
 mod schedules;

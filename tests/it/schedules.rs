@@ -2,17 +2,14 @@
 //! monthly product once (late days included), ticks raise `extract.missing` after a day's
 //! deadline and restart batch steps abandoned by a dead worker.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use datashare::events::{Alert, BatchReady, DeliveryRequest, Schedule};
 use datashare::pipeline::schedules::{BATCH_STALLED, MAX_TAKEOVERS};
-use datashare::pipeline::{Worker, names, release};
-use datashare::service::pull;
-use tokio::sync::watch;
+use datashare::pipeline::{names, release};
 
-use crate::worker::{Stack, current_batch, partners, publisher, until, upload_day};
+use crate::harness::{Spec, TestApp, current_batch, publisher, until, upload_day};
 
 fn day(s: &str) -> NaiveDate {
     NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
@@ -20,13 +17,9 @@ fn day(s: &str) -> NaiveDate {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_month_boundary_builds_the_monthly_product_once_with_its_late_days() {
-    let stack = Stack::up(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stack.config(&partners(dir.path()), &[]);
-    stack.watch("deliveries", "test-deliveries").await;
-    let worker = Arc::new(Worker::start(cfg.clone()).await.expect("worker starts"));
-    let (stop, rx) = watch::channel(false);
-    let pulling = tokio::spawn(pull::run(worker.clone(), rx));
+    let app = TestApp::spawn(Spec::new().watch("deliveries", "test-deliveries")).await;
+    let worker = app.spawn_worker().await;
+    let (stack, cfg) = (&app.stack, app.cfg.clone());
     let gcs = &worker.gcs;
 
     // Every day of November and the two late days of December (late_days = 2), in order of
@@ -114,21 +107,20 @@ async fn the_month_boundary_builds_the_monthly_product_once_with_its_late_days()
         "an unchanged month is not delivered again: {more:?}"
     );
 
-    stop.send(true).unwrap();
-    pulling.await.unwrap().unwrap();
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tick_raises_extract_missing_for_days_without_a_batch_and_replays_run_again_quietly() {
-    let stack = Stack::up(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = stack.config(&partners(dir.path()), &[]);
-    cfg.worker.deadline_lookback_days = 3;
-    stack.watch("alerts", "test-alerts").await;
-    stack.watch("deliveries", "test-deliveries").await;
-    let worker = Arc::new(Worker::start(cfg.clone()).await.expect("worker starts"));
-    let (stop, rx) = watch::channel(false);
-    let pulling = tokio::spawn(pull::run(worker.clone(), rx));
+    let mut app = TestApp::spawn(
+        Spec::new()
+            .watch("alerts", "test-alerts")
+            .watch("deliveries", "test-deliveries"),
+    )
+    .await;
+    app.cfg.worker.deadline_lookback_days = 3;
+    let worker = app.spawn_worker().await;
+    let (stack, cfg) = (&app.stack, app.cfg.clone());
     let gcs = &worker.gcs;
 
     // 2026-11-26 arrives complete; 2026-11-25 and 2026-11-27 never do.
@@ -204,8 +196,7 @@ async fn a_tick_raises_extract_missing_for_days_without_a_batch_and_replays_run_
         again.is_empty(),
         "a replay delivers nothing unchanged: {again:?}"
     );
-    stop.send(true).unwrap();
-    pulling.await.unwrap().unwrap();
+    app.stop().await;
 
     // Abandoned steps (no worker pulls now): a dead holder's expired claim is published again,
     // one taken over MAX_TAKEOVERS times alerts instead, a released one and a live one are left.

@@ -6,12 +6,7 @@
 //! receipt, classifies refused credentials as permanent and a stopped server as transient, and no
 //! throwaway secret appears in the captured logs or errors.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use datashare::config::secret::SecretRef;
@@ -28,104 +23,11 @@ use datashare::sinks::sftp::{SftpSink, fingerprint};
 use datashare::sinks::{
     AnySink, Delivery, DeliveryFile, LocalFile, LocalReceipts, Sink, SinkError, deliver_once,
 };
-use serde_json::Value;
 
-// ---------------------------------------------------------------------------------------------
-// Logs: everything the roles (and reqwest, lettre, rustls) log at debug level, kept in memory
-// for the secret checks; the one subscriber of the test binary (`DATASHARE_TEST_LOGS=1` also
-// copies it to stderr, to read a failing test's logs).
-
-static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap().extend_from_slice(buf);
-        if std::env::var_os("DATASHARE_TEST_LOGS").is_some() {
-            let _ = std::io::stderr().write_all(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-pub(crate) fn capture_logs() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        // Transport internals at debug are megabytes per test and carry no secret of ours.
-        datashare::telemetry::init(
-            || Capture,
-            "debug,h2=info,tonic=info,tower=info,hyper_util=info,hyper=info",
-            false,
-        );
-    });
-}
-
-/// Everything logged in this test binary so far.
-pub(crate) fn captured_logs() -> String {
-    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
-}
-
-/// Fails when a secret shows up in the captured logs or in any of the texts given.
-pub(crate) fn assert_secrets_hidden(secrets: &[&str], texts: &[String]) {
-    let logs = captured_logs();
-    assert!(!logs.is_empty(), "logs were captured");
-    for s in secrets.iter().filter(|s| s.len() >= 8) {
-        assert!(!logs.contains(s), "a throwaway secret appears in the logs");
-        for t in texts {
-            assert!(!t.contains(s), "a throwaway secret appears in {t:?}");
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Throwaway material.
-
-pub(crate) fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .unwrap();
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-pub(crate) fn secret_file(dir: &Path, name: &str, value: &str) -> SecretRef {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{value}\n")).unwrap();
-    SecretRef {
-        env: None,
-        file: Some(path),
-    }
-}
-
-/// An ed25519 key pair made by ssh-keygen; returns (private key path, public key line).
-pub(crate) fn ssh_keygen(dir: &Path, name: &str, passphrase: &str) -> (PathBuf, String) {
-    let path = dir.join(name);
-    let out = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-C",
-            "throwaway",
-            "-N",
-            passphrase,
-            "-f",
-        ])
-        .arg(&path)
-        .output()
-        .expect("ssh-keygen runs (scripts/setup.sh installs openssh-client)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
-    (path, public.trim().to_string())
-}
+use crate::harness::{
+    Server, api_env, assert_secrets_hidden, capture_logs, mails, parse_eml, random_hex, requests,
+    script, secret_file, sftp_env, smtp_env, ssh_keygen, statuses, tree,
+};
 
 /// A daily product of `partner`: a data file with random content and its manifest.
 fn delivery(dir: &Path, partner: &str) -> Delivery {
@@ -187,112 +89,6 @@ fn delivery(dir: &Path, partner: &str) -> Delivery {
         dictionary: Some(LocalFile::from_path(&dictionary_path).unwrap()),
         new_dictionary: None,
         upstream: vec![],
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Partner-side servers.
-
-fn partner_python() -> PathBuf {
-    let cache = std::env::var_os("DATASHARE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/datashare")
-        });
-    let python = cache.join("venvs/partner/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup.sh",
-        python.display()
-    );
-    python
-}
-
-/// A stand-in server; dropping it kills its process group.
-pub(crate) struct Server {
-    child: Child,
-    ready: Value,
-    log: PathBuf,
-}
-
-impl Server {
-    pub(crate) fn start(script: &str, state: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-        std::fs::create_dir_all(state).unwrap();
-        let log = state.join(format!("{script}.log"));
-        let mut cmd = Command::new(partner_python());
-        cmd.arg(crate::root().join("fake-gcp/partner").join(script))
-            .arg("--state-dir")
-            .arg(state)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .process_group(0);
-        let mut child = cmd.spawn().expect("stand-in starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("\"ready\"") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let mut server = Server {
-            child,
-            ready: Value::Null,
-            log,
-        };
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => server.ready = serde_json::from_str(&line).unwrap(),
-            Err(_) => panic!("{script} did not get ready: {}", server.log_text()),
-        }
-        server
-    }
-
-    pub(crate) fn port(&self) -> u16 {
-        self.ready["port"].as_u64().unwrap() as u16
-    }
-
-    pub(crate) fn field(&self, name: &str) -> String {
-        self.ready[name].as_str().unwrap().to_string()
-    }
-
-    pub(crate) fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Server {
-    /// Stops the server now (as dropping it does).
-    pub(crate) fn stop(&mut self) {
-        self.terminate();
-    }
-
-    fn terminate(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let pgid = self.child.id() as i32;
-        // SAFETY: signals our own child's process group (process_group(0) made pgid == pid).
-        unsafe { libc::kill(-pgid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // SAFETY: as above.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.terminate();
     }
 }
 
@@ -372,79 +168,11 @@ async fn sink_contract<S: Sink>(mut h: Harness<S>, d: &Delivery, work: &Path) ->
 // ---------------------------------------------------------------------------------------------
 // SFTP
 
-pub(crate) struct SftpEnv {
-    pub(crate) server: Server,
-    pub(crate) config: SftpConfig,
-    pub(crate) secrets: Vec<String>,
-}
-
-pub(crate) fn sftp_env(work: &Path) -> SftpEnv {
-    let passphrase = random_hex(16);
-    let (key, public) = ssh_keygen(work, "client_key", &passphrase);
-    let authorized = work.join("authorized_keys");
-    std::fs::write(&authorized, format!("{public}\n")).unwrap();
-    let server = Server::start(
-        "sshd.py",
-        &work.join("sftpd"),
-        &["--authorized-keys", authorized.to_str().unwrap()],
-        &[],
-    );
-    let key_text = std::fs::read_to_string(&key).unwrap();
-    let config = SftpConfig {
-        host: "127.0.0.1".into(),
-        port: server.port(),
-        user: server.field("user"),
-        root: server.field("upload"),
-        host_key: server.field("host_key"),
-        private_key: SecretRef {
-            env: None,
-            file: Some(key),
-        },
-        passphrase: Some(secret_file(work, "passphrase", &passphrase)),
-    };
-    // The base64 body of the private key: no line of it may leak.
-    let mut secrets: Vec<String> = key_text
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .map(str::to_string)
-        .collect();
-    secrets.push(passphrase);
-    SftpEnv {
-        server,
-        config,
-        secrets,
-    }
-}
-
 fn sftp_options() -> SftpOptions {
     SftpOptions {
         connect_timeout_secs: 5,
         io_timeout_secs: 10,
     }
-}
-
-/// (name, inode, size, mtime) of every file under a folder: a new upload changes the inode.
-pub(crate) fn tree(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(format!(
-                    "{} ino={} size={} mtime={}",
-                    e.path().strip_prefix(dir).unwrap().display(),
-                    m.ino(),
-                    m.len(),
-                    m.mtime_nsec()
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,41 +306,6 @@ fn base64_blob(line: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // API
 
-pub(crate) struct ApiEnv {
-    pub(crate) server: Server,
-    pub(crate) state: PathBuf,
-    pub(crate) config: ApiConfig,
-    pub(crate) password: String,
-}
-
-pub(crate) fn api_env(work: &Path) -> ApiEnv {
-    let password = random_hex(16);
-    let state = work.join("api");
-    let server = Server::start(
-        "api.py",
-        &state,
-        &[],
-        &[
-            ("PARTNER_API_USER", "datashare"),
-            ("PARTNER_API_PASSWORD", password.as_str()),
-        ],
-    );
-    let config = ApiConfig {
-        base_url: format!("{}/v1/", server.field("base_url")),
-        auth: ApiAuth::Basic {
-            user: "datashare".into(),
-            password: secret_file(work, "api_password", &password),
-        },
-        ca_file: Some(PathBuf::from(server.field("ca"))),
-    };
-    ApiEnv {
-        server,
-        state,
-        config,
-        password,
-    }
-}
-
 fn api_options() -> ApiOptions {
     ApiOptions {
         connect_timeout_secs: 2,
@@ -622,39 +315,6 @@ fn api_options() -> ApiOptions {
         max_backoff_ms: 3_000,
         retry_budget_secs: 20,
     }
-}
-
-pub(crate) fn requests(state: &Path) -> Vec<Value> {
-    std::fs::read_to_string(state.join("requests.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|v: &Value| v["path"] != "/health")
-        .collect()
-}
-
-pub(crate) fn statuses(state: &Path) -> Vec<String> {
-    requests(state)
-        .iter()
-        .map(|r| r["status"].to_string())
-        .collect()
-}
-
-pub(crate) async fn script(env: &ApiEnv, answers: Value) {
-    let ca =
-        reqwest::Certificate::from_pem(&std::fs::read(env.server.field("ca")).unwrap()).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .build()
-        .unwrap();
-    let url = format!("{}/_control/script", env.server.field("base_url"));
-    let resp = client
-        .post(url)
-        .body(answers.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -767,7 +427,7 @@ async fn api_retries_what_may_pass_and_stops_on_what_cannot() {
         e.is_transient() && started.elapsed() < Duration::from_secs(5),
         "{e}"
     );
-    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
+    let logs = crate::harness::captured_logs();
     assert!(
         logs.contains("api delivery failed, retrying"),
         "retries are logged"
@@ -859,84 +519,6 @@ fn test_contract(sinks: Vec<SinkConfig>) -> Contract {
             deadline: "08:00".into(),
         },
     }
-}
-
-pub(crate) struct SmtpEnv {
-    pub(crate) server: Server,
-    pub(crate) settings: SmtpSettings,
-    pub(crate) password: String,
-}
-
-pub(crate) fn smtp_env(work: &Path, tls: SmtpTls) -> SmtpEnv {
-    let password = random_hex(16);
-    let mode = match tls {
-        SmtpTls::Starttls => "starttls",
-        SmtpTls::Implicit => "implicit",
-    };
-    let server = Server::start(
-        "smtp.py",
-        &work.join(format!("smtp-{mode}")),
-        &["--tls", mode],
-        &[
-            ("PARTNER_SMTP_USER", "datashare"),
-            ("PARTNER_SMTP_PASSWORD", password.as_str()),
-        ],
-    );
-    let settings = SmtpSettings {
-        host: "127.0.0.1".into(),
-        port: server.port(),
-        tls,
-        from: "datashare <dados@datashare.example>".into(),
-        user: Some("datashare".into()),
-        password: Some(secret_file(
-            work,
-            &format!("smtp_password_{mode}"),
-            &password,
-        )),
-        ca_file: Some(PathBuf::from(server.field("ca"))),
-        timeout_secs: 5,
-    };
-    SmtpEnv {
-        server,
-        settings,
-        password,
-    }
-}
-
-pub(crate) fn mails(folder: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(folder)
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    v.retain(|p| p.extension().is_some_and(|e| e == "eml"));
-    v.sort();
-    v
-}
-
-/// Parses an .eml with Python's e-mail package (decodes headers and bodies as a client would).
-pub(crate) fn parse_eml(path: &Path) -> Value {
-    const PY: &str = r#"
-import email, email.policy, json, sys
-m = email.message_from_binary_file(open(sys.argv[1], "rb"), policy=email.policy.default)
-parts = []
-for p in m.walk():
-    if p.is_multipart():
-        continue
-    parts.append({"type": p.get_content_type(), "filename": p.get_filename(),
-                  "text": p.get_content() if p.get_content_maintype() == "text" else None})
-print(json.dumps({"subject": m["subject"], "message_id": m["message-id"], "to": m["to"],
-                  "reply_to": m["reply-to"], "from": m["from"], "parts": parts}))
-"#;
-    let out = Command::new(partner_python())
-        .args(["-c", PY])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn sftp_receipt(d: &Delivery) -> Receipt {
@@ -1103,63 +685,4 @@ async fn email_over_implicit_tls_without_dictionary() {
         .unwrap_err();
     assert!(!e.is_transient(), "{e}");
     assert_secrets_hidden(&[&env.password], &[e.to_string()]);
-}
-
-/// The OuchHungry contract pointing at the local stand-ins, with throwaway secrets in files.
-pub(crate) fn local_contract(work: &Path, sftp: &SftpConfig, api: &ApiConfig) -> PathBuf {
-    let p = work.join("partners");
-    std::fs::create_dir_all(&p).unwrap();
-    let key = work.join("hmac-key");
-    std::fs::write(&key, random_hex(32)).unwrap();
-    let text = crate::shipped_contract_with_hmac_file(&key);
-    let head = &text[..text.find("[[sinks]]").unwrap()];
-    let tail = &text[text.find("[[contacts]]").unwrap()..];
-    let file = |r: &SecretRef| {
-        format!(
-            "{{ file = {:?} }}",
-            r.file.as_ref().unwrap().display().to_string()
-        )
-    };
-    let ApiAuth::Basic { user, password } = &api.auth else {
-        panic!("the test API uses basic auth")
-    };
-    let sinks = format!(
-        r#"[[sinks]]
-type = "sftp"
-host = "{host}"
-port = {port}
-user = "{suser}"
-root = "{root}"
-host_key = "{host_key}"
-private_key = {key}
-{pass}
-
-[[sinks]]
-type = "api"
-base_url = "{base}"
-ca_file = {ca:?}
-auth = {{ type = "basic", user = "{user}", password = {password} }}
-
-[[sinks]]
-type = "email"
-reply_to = "dados@datashare.example"
-
-"#,
-        host = sftp.host,
-        port = sftp.port,
-        suser = sftp.user,
-        root = sftp.root,
-        host_key = sftp.host_key,
-        key = file(&sftp.private_key),
-        pass = sftp
-            .passphrase
-            .as_ref()
-            .map(|p| format!("passphrase = {}", file(p)))
-            .unwrap_or_default(),
-        base = api.base_url,
-        ca = api.ca_file.as_ref().unwrap().display().to_string(),
-        password = file(password),
-    );
-    std::fs::write(p.join("ouchhungry.toml"), format!("{head}{sinks}{tail}")).unwrap();
-    p
 }

@@ -15,8 +15,9 @@ use datashare::gcp::Gcs;
 use datashare::generate::{GenerateOptions, ObjectSink, ObjectWriter, generate_day};
 use serde_json::Value;
 
-use crate::sinks::{SmtpEnv, api_env, mails, sftp_env, smtp_env};
-use crate::worker::{Stack, upload_day};
+use crate::harness::{
+    SmtpEnv, Stack, api_env, local_contract, mails, sftp_env, smtp_env, upload_day,
+};
 
 /// The receiver: a child process writing what it gets as JSON lines; killed on drop.
 struct Receiver {
@@ -291,7 +292,7 @@ async fn one_upload_is_one_exported_trace_across_processes_with_its_metrics_and_
     let sftp = sftp_env(work.path());
     let api = api_env(work.path());
     let smtp = smtp_env(work.path(), SmtpTls::Starttls);
-    let partners = crate::sinks::local_contract(work.path(), &sftp.config, &api.config);
+    let partners = local_contract(work.path(), &sftp.config, &api.config);
     let receiver = Receiver::start(work.path());
 
     let mut env = stack.env.clone();

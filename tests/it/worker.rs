@@ -2,381 +2,24 @@
 //! one stack per test on free ports, stopped by a guard even when the test panics.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use chrono::NaiveDate;
 use datashare::clean::QualityReport;
 use datashare::config::{BATCHES_SUBSCRIPTION, Config, EXTRACTS_SUBSCRIPTION};
-use datashare::events::batch::BATCH_READY_VERSION;
-use datashare::events::{
-    BatchReady, DeliveryRequest, Incoming, ObjectGeneration, Outgoing, Schedule,
-};
+use datashare::events::{DeliveryRequest, Incoming, Outgoing, Schedule};
 use datashare::gcp::{Bus, Gcs};
-use datashare::generate::{GenerateOptions, ObjectSink, ObjectWriter, generate_day};
 use datashare::pipeline::{Worker, names};
 use datashare::products::manifest::sha256_hex;
+use datashare::service::Outcome;
 use datashare::service::claim::{self, Claim};
-use datashare::service::{Outcome, pull, push};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
-/// A running fake-gcp stack; `down` runs on drop.
-pub(crate) struct Stack {
-    _dir: tempfile::TempDir,
-    state: PathBuf,
-    pub(crate) env: BTreeMap<String, String>,
-    http: reqwest::Client,
-}
-
-/// Logs of the code under test, shown for failing tests (`RUST_LOG` to change the level).
-fn init_tracing() {
-    // One subscriber for the whole test binary: the sinks' capture (the secret checks read it).
-    crate::sinks::capture_logs();
-}
-
-impl Stack {
-    pub(crate) fn up(extra: &[String]) -> Stack {
-        init_tracing();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let state = dir.path().join("stack.json");
-        let out = Command::new("python3")
-            .arg(crate::root().join("fake-gcp/stack.py"))
-            .arg("--state")
-            .arg(&state)
-            .args(["up", "--json", "--retry-backoff-cap", "1", "--no-partners"])
-            .args(extra)
-            .output()
-            .expect("python3 runs fake-gcp/stack.py");
-        // From here on, the guard stops whatever was started.
-        let mut stack = Stack {
-            _dir: dir,
-            state,
-            env: BTreeMap::new(),
-            http: reqwest::Client::new(),
-        };
-        assert!(
-            out.status.success(),
-            "stack.py up failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stack.env = serde_json::from_slice(&out.stdout).expect("stack env is JSON");
-        stack
-    }
-
-    pub(crate) fn project(&self) -> &str {
-        &self.env["GOOGLE_CLOUD_PROJECT"]
-    }
-
-    pub(crate) fn pubsub(&self, path: &str) -> String {
-        format!(
-            "http://{}/v1/projects/{}/{path}",
-            self.env["PUBSUB_EMULATOR_HOST"],
-            self.project()
-        )
-    }
-
-    /// Creates a pull subscription on `topic` for the test to watch.
-    pub(crate) async fn watch(&self, topic: &str, name: &str) {
-        let body = json!({
-            "topic": format!("projects/{}/topics/{topic}", self.project()),
-            "ackDeadlineSeconds": 60
-        });
-        let r = self
-            .http
-            .put(self.pubsub(&format!("subscriptions/{name}")))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            r.status().is_success(),
-            "create subscription {name}: {}",
-            r.status()
-        );
-    }
-
-    /// Pulls (and acknowledges) what a subscription has now.
-    pub(crate) async fn pull(&self, name: &str) -> Vec<Incoming> {
-        let r: Value = self
-            .http
-            .post(self.pubsub(&format!("subscriptions/{name}:pull")))
-            .json(&json!({"maxMessages": 100, "returnImmediately": true}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let received = r["receivedMessages"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let ids: Vec<Value> = received.iter().map(|m| m["ackId"].clone()).collect();
-        if !ids.is_empty() {
-            self.http
-                .post(self.pubsub(&format!("subscriptions/{name}:acknowledge")))
-                .json(&json!({ "ackIds": ids }))
-                .send()
-                .await
-                .unwrap();
-        }
-        received
-            .iter()
-            .map(|m| {
-                let msg = &m["message"];
-                Incoming {
-                    id: msg["messageId"].as_str().unwrap_or_default().to_string(),
-                    data: base64::engine::general_purpose::STANDARD
-                        .decode(msg["data"].as_str().unwrap_or_default())
-                        .unwrap(),
-                    attributes: serde_json::from_value(msg["attributes"].clone())
-                        .unwrap_or_default(),
-                    delivery_attempt: None,
-                }
-            })
-            .collect()
-    }
-
-    /// Pulls until `enough` holds for what was received, then until nothing more comes for a
-    /// few polls; fails after `limit`.
-    pub(crate) async fn drain(
-        &self,
-        name: &str,
-        limit: Duration,
-        enough: impl Fn(&[Incoming]) -> bool,
-    ) -> Vec<Incoming> {
-        let deadline = Instant::now() + limit;
-        let mut got = Vec::new();
-        let mut quiet = 0;
-        loop {
-            let batch = self.pull(name).await;
-            if batch.is_empty() {
-                quiet += 1;
-            } else {
-                quiet = 0;
-                got.extend(batch);
-            }
-            if enough(&got) && quiet >= 5 {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name}: gave up with {} messages",
-                got.len()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Drops every message of `subscription` published so far, acknowledged or not (a seek to
-    /// now): as if Pub/Sub had given up on them.
-    pub(crate) async fn forget(&self, subscription: &str) {
-        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let r = self
-            .http
-            .post(self.pubsub(&format!("subscriptions/{subscription}:seek")))
-            .json(&json!({ "time": time }))
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            r.status().is_success(),
-            "seek {subscription}: {}",
-            r.status()
-        );
-    }
-
-    /// Deletes an object on fake-gcs-server (what the code under test never does).
-    pub(crate) async fn delete_object(&self, bucket: &str, name: &str) {
-        let host = self.env["STORAGE_EMULATOR_HOST"].trim_end_matches('/');
-        let url = format!(
-            "{host}/storage/v1/b/{bucket}/o/{}",
-            datashare::gcp::storage::encode(name)
-        );
-        let r = self.http.delete(url).send().await.unwrap();
-        assert!(r.status().is_success(), "delete {name}: {}", r.status());
-    }
-
-    /// Sets a subscription's ack deadline (the topology's are minutes long).
-    pub(crate) async fn ack_deadline(&self, subscription: &str, secs: u32) {
-        let body = json!({"subscription": {"ackDeadlineSeconds": secs}, "updateMask": "ackDeadlineSeconds"});
-        let r = self
-            .http
-            .patch(self.pubsub(&format!("subscriptions/{subscription}")))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            r.status().is_success(),
-            "patch {subscription}: {}",
-            r.status()
-        );
-    }
-
-    pub(crate) fn config(&self, partners: &Path, overrides: &[(&str, &str)]) -> Config {
-        let mut env = self.env.clone();
-        env.insert(
-            "DATASHARE_PARTNERS_DIR".into(),
-            partners.display().to_string(),
-        );
-        for (k, v) in overrides {
-            env.insert(k.to_string(), v.to_string());
-        }
-        Config::load_with(None, &move |k| env.get(k).cloned()).expect("test config is valid")
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let _ = Command::new("python3")
-            .arg(crate::root().join("fake-gcp/stack.py"))
-            .arg("--state")
-            .arg(&self.state)
-            .arg("down")
-            .output();
-    }
-}
-
-/// The OuchHungry contract with a throwaway key in a file.
-pub(crate) fn partners(dir: &Path) -> PathBuf {
-    let p = dir.join("partners");
-    std::fs::create_dir_all(&p).unwrap();
-    let key = dir.join("hmac-key");
-    let bytes: [u8; 32] = rand::random();
-    std::fs::write(
-        &key,
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-    )
-    .unwrap();
-    let text = crate::shipped_contract_with_hmac_file(&key);
-    std::fs::write(p.join("ouchhungry.toml"), text).unwrap();
-    p
-}
-
-/// An object: name and bytes.
-pub(crate) type Object = (String, Vec<u8>);
-
-/// Objects collected in memory, shared with their writers.
-type Objects = Arc<Mutex<Vec<Object>>>;
-
-/// Collects generated objects in memory.
-#[derive(Clone, Default)]
-struct MemSink(Objects);
-
-struct MemObject {
-    name: String,
-    buf: Vec<u8>,
-    out: Objects,
-}
-
-impl Write for MemObject {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl ObjectWriter for MemObject {
-    fn finish(self: Box<Self>) -> std::io::Result<()> {
-        self.out.lock().unwrap().push((self.name, self.buf));
-        Ok(())
-    }
-}
-
-impl ObjectSink for MemSink {
-    fn create(&self, name: &str) -> std::io::Result<Box<dyn ObjectWriter>> {
-        Ok(Box::new(MemObject {
-            name: name.to_string(),
-            buf: Vec::new(),
-            out: self.0.clone(),
-        }))
-    }
-}
-
-/// A generated day: (marker, parts) as (name, bytes), and the truth's rows read per table.
-pub(crate) fn generated(
-    dt: NaiveDate,
-    rows: u64,
-    bad_files: bool,
-) -> (Object, Vec<Object>, BTreeMap<String, u64>) {
-    let sink = MemSink::default();
-    let opts = GenerateOptions {
-        rows,
-        parts: 2,
-        defect_rate: 0.02,
-        bad_files,
-        ..GenerateOptions::default()
-    };
-    let truth = generate_day(&opts, dt, &sink).expect("generates");
-    let objects = std::mem::take(&mut *sink.0.lock().unwrap());
-    let marker_name = names::marker(dt);
-    let marker = objects
-        .iter()
-        .find(|(n, _)| *n == marker_name)
-        .cloned()
-        .expect("marker");
-    let parts = objects
-        .into_iter()
-        .filter(|(n, _)| n.starts_with("extracts/") && *n != marker_name)
-        .collect();
-    let rows = truth
-        .tables
-        .iter()
-        .map(|(k, t)| (k.clone(), t.rows_read))
-        .collect();
-    (marker, parts, rows)
-}
-
-pub(crate) async fn until<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    limit: Duration,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The batch version of what is in the raw bucket now.
-pub(crate) async fn current_batch(gcs: &Gcs, cfg: &Config, dt: NaiveDate) -> BatchReady {
-    let raw = &cfg.gcp.buckets.raw;
-    let (body, marker_generation) = gcs
-        .read(raw, &names::marker(dt), None)
-        .await
-        .unwrap()
-        .unwrap();
-    let marker: Value = serde_json::from_slice(&body).unwrap();
-    let mut files = Vec::new();
-    for f in marker["files"].as_array().unwrap() {
-        let name = f.as_str().unwrap().to_string();
-        let generation = gcs.stat(raw, &name).await.unwrap().unwrap().generation;
-        files.push(ObjectGeneration { name, generation });
-    }
-    BatchReady {
-        schema_version: BATCH_READY_VERSION,
-        dt,
-        marker_generation,
-        files,
-        release: false,
-        replay: None,
-    }
-}
+use crate::harness::{Proc, Spec, TestApp, current_batch, generated, publisher, until, upload_day};
 
 /// The GCS notification of an object generation, as fake-gcs-server sends it.
 fn notification(bucket: &str, name: &str, generation: i64) -> Outgoing {
@@ -469,13 +112,9 @@ fn is_daily(m: &Incoming) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_worker_turns_a_messy_upload_into_one_delivery_per_version() {
-    let stack = Stack::up(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stack.config(&partners(dir.path()), &[]);
-    stack.watch("deliveries", "test-deliveries").await;
-    let worker = Arc::new(Worker::start(cfg.clone()).await.expect("worker starts"));
-    let (stop, rx) = watch::channel(false);
-    let pulling = tokio::spawn(pull::run(worker.clone(), rx));
+    let app = TestApp::spawn(Spec::new().watch("deliveries", "test-deliveries")).await;
+    let worker = app.spawn_worker().await;
+    let (stack, cfg) = (&app.stack, app.cfg.clone());
 
     let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
     let (marker, mut parts, truth) = generated(dt, 400, false);
@@ -530,39 +169,15 @@ async fn pull_worker_turns_a_messy_upload_into_one_delivery_per_version() {
     assert!(is_daily(&got[0]));
     check_delivery(gcs, &got[0], dt).await;
 
-    stop.send(true).unwrap();
-    pulling.await.unwrap().unwrap();
-}
-
-/// Uploads a generated day (marker first) and returns the truth's rows per table.
-pub(crate) async fn upload_day(
-    gcs: &Gcs,
-    cfg: &Config,
-    dt: NaiveDate,
-    rows: u64,
-    bad_files: bool,
-) -> (Vec<(String, i64)>, BTreeMap<String, u64>) {
-    let (marker, parts, truth) = generated(dt, rows, bad_files);
-    let raw = &cfg.gcp.buckets.raw;
-    let mut written = vec![(
-        marker.0.clone(),
-        gcs.write(raw, &marker.0, marker.1, None).await.unwrap(),
-    )];
-    for (name, data) in parts {
-        let g = gcs.write(raw, &name, data, None).await.unwrap();
-        written.push((name, g));
-    }
-    (written, truth)
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_race_for_one_batch_claim() {
-    let stack = Stack::up(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stack.config(&partners(dir.path()), &[]);
-    stack.watch("deliveries", "test-deliveries").await;
-    let a = Arc::new(Worker::start(cfg.clone()).await.unwrap());
-    let b = Arc::new(Worker::start(cfg.clone()).await.unwrap());
+    let app = TestApp::spawn(Spec::new().watch("deliveries", "test-deliveries")).await;
+    let (stack, cfg) = (&app.stack, app.cfg.clone());
+    let a = Arc::new(app.worker().await);
+    let b = Arc::new(app.worker().await);
     let ops = &cfg.gcp.buckets.ops;
     let lease = Duration::from_secs(60);
 
@@ -653,10 +268,9 @@ async fn two_workers_race_for_one_batch_claim() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_outside_the_layout_are_dead_lettered_once_and_acked() {
-    let stack = Stack::up(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stack.config(&partners(dir.path()), &[]);
-    let worker = Arc::new(Worker::start(cfg.clone()).await.unwrap());
+    let app = TestApp::spawn(Spec::new()).await;
+    let cfg = app.cfg.clone();
+    let worker = Arc::new(app.worker().await);
     let raw = cfg.gcp.buckets.raw.clone();
 
     // Handled directly: acknowledged (never retried) after one dead letter.
@@ -678,8 +292,8 @@ async fn objects_outside_the_layout_are_dead_lettered_once_and_acked() {
     );
 
     // Through the subscription: a real upload outside the layout.
-    let (stop, rx) = watch::channel(false);
-    let pulling = tokio::spawn(pull::run(worker.clone(), rx));
+    app.run("worker", worker.clone());
+    let stack = &app.stack;
     let stray = "extracts/transactions/dt=2026-11-27/notes.txt";
     worker
         .gcs
@@ -729,25 +343,20 @@ async fn objects_outside_the_layout_are_dead_lettered_once_and_acked() {
     assert_eq!(batches.len(), 1);
     assert_eq!(batches[0].attributes["error_kind"], "malformed_message");
     assert_eq!(batches[0].data, b"not json");
-    stop.send(true).unwrap();
-    pulling.await.unwrap().unwrap();
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_worker_through_the_emulators_push_subscriptions() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let endpoint = format!("worker=http://127.0.0.1:{port}");
-    let stack =
-        tokio::task::spawn_blocking(move || Stack::up(&["--push-endpoint".into(), endpoint]))
-            .await
-            .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stack.config(&partners(dir.path()), &[]);
-    stack.watch("deliveries", "test-deliveries").await;
-    let worker = Arc::new(Worker::start(cfg.clone()).await.unwrap());
-    let (stop, rx) = watch::channel(false);
-    let serving = tokio::spawn(push::serve(worker.clone(), listener, rx));
+    let app = TestApp::spawn(
+        Spec::new()
+            .push("worker")
+            .watch("deliveries", "test-deliveries"),
+    )
+    .await;
+    let port = app.push_port("worker");
+    let worker = app.spawn_worker().await;
+    let (stack, cfg) = (&app.stack, app.cfg.clone());
 
     let base = format!("http://127.0.0.1:{port}");
     let health = stack
@@ -785,19 +394,14 @@ async fn push_worker_through_the_emulators_push_subscriptions() {
         .await;
     assert_eq!(got.len(), 1, "one delivery request: {got:?}");
     check_delivery(&worker.gcs, &got[0], dt).await;
-    stop.send(true).unwrap();
-    serving.await.unwrap().unwrap();
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_file_holds_the_products_until_the_batch_is_released() {
-    let stack = Stack::up(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stack.config(&partners(dir.path()), &[]);
-    stack.watch("deliveries", "test-deliveries").await;
-    let worker = Arc::new(Worker::start(cfg.clone()).await.unwrap());
-    let (stop, rx) = watch::channel(false);
-    let pulling = tokio::spawn(pull::run(worker.clone(), rx));
+    let app = TestApp::spawn(Spec::new().watch("deliveries", "test-deliveries")).await;
+    let worker = app.spawn_worker().await;
+    let (stack, cfg) = (&app.stack, app.cfg.clone());
     let gcs = &worker.gcs;
     let ops = cfg.gcp.buckets.ops.clone();
 
@@ -864,50 +468,7 @@ async fn a_failed_file_holds_the_products_until_the_batch_is_released() {
         .await;
     assert_eq!(got.len(), 1, "one delivery request: {got:?}");
     check_delivery(gcs, &got[0], dt).await;
-    stop.send(true).unwrap();
-    pulling.await.unwrap().unwrap();
-}
-
-/// A `datashare worker` process, killed on drop.
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn worker(stack: &Stack, partners: &Path, extra_env: &[(&str, &str)]) -> Proc {
-        let mut cmd = crate::datashare_cmd();
-        cmd.args(["worker", "--pull"])
-            .envs(&stack.env)
-            .env("DATASHARE_PARTNERS_DIR", partners)
-            .env("RUST_LOG", "datashare=info,warn")
-            .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit());
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        Proc(cmd.spawn().expect("datashare worker starts"))
-    }
-
-    async fn exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        until("the worker to exit", limit, || {
-            let status = self.0.try_wait().unwrap();
-            async move { status }
-        })
-        .await
-    }
-}
-
-/// A publisher of one topic on the emulator.
-pub(crate) async fn publisher(cfg: &Config, topic: &str) -> Bus {
-    Bus::connect(&cfg.gcp.project, &[topic], cfg.emulators.pubsub.as_deref())
-        .await
-        .unwrap()
+    app.stop().await;
 }
 
 /// Kills a worker (a real process, SIGKILL: no cleanup) at an injected point of the batch step,
@@ -916,11 +477,8 @@ pub(crate) async fn publisher(cfg: &Config, topic: &str) -> Bus {
 /// batch again, the new worker takes the claim over and the batch completes with exactly one
 /// delivery request.
 async fn killed_at(point: &str, dt: NaiveDate) {
-    let stack = Stack::up(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let partners = partners(dir.path());
-    let cfg = stack.config(&partners, &[]);
-    stack.watch("deliveries", "test-deliveries").await;
+    let app = TestApp::spawn(Spec::new().watch("deliveries", "test-deliveries")).await;
+    let (stack, cfg, partners) = (&app.stack, app.cfg.clone(), app.partners.clone());
     // Short claim leases (2 × 10 s), so the takeover comes soon.
     let lease = [
         ("DATASHARE_STEP_TIMEOUT_SECS", "10"),
@@ -928,7 +486,7 @@ async fn killed_at(point: &str, dt: NaiveDate) {
     ];
     let crash = format!("crash:{point}");
     let mut a = Proc::worker(
-        &stack,
+        stack,
         &partners,
         &[lease[0], lease[1], ("DATASHARE_FAULTS", crash.as_str())],
     );
@@ -957,7 +515,7 @@ async fn killed_at(point: &str, dt: NaiveDate) {
     // Worker b gets ticks (Cloud Scheduler's, every 5 minutes in production); once the dead
     // worker's lease has run out a tick publishes the batch again, b takes the claim over and
     // finishes the step without publishing what was already published.
-    let mut b = Proc::worker(&stack, &partners, &lease);
+    let mut b = Proc::worker(stack, &partners, &lease);
     let schedules = publisher(&cfg, &cfg.gcp.topics.schedules).await;
     until("the done marker", Duration::from_secs(240), || async {
         // At 15:00 UTC: outside the sink checks' window before the 06:00 local deadline.
@@ -1032,22 +590,19 @@ async fn a_worker_killed_before_its_done_marker_is_taken_over_without_publishing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_step_longer_than_the_ack_deadline_runs_once() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let endpoint = format!("worker=http://127.0.0.1:{port}");
-    let stack =
-        tokio::task::spawn_blocking(move || Stack::up(&["--push-endpoint".into(), endpoint]))
-            .await
-            .unwrap();
-    stack.ack_deadline(BATCHES_SUBSCRIPTION, 10).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stack.config(&partners(dir.path()), &[]);
-    stack.watch("deliveries", "test-deliveries").await;
-    let mut worker = Worker::start(cfg.clone()).await.unwrap();
+    let app = TestApp::spawn(
+        Spec::new()
+            .push("worker")
+            .watch("deliveries", "test-deliveries"),
+    )
+    .await;
+    app.stack.ack_deadline(BATCHES_SUBSCRIPTION, 10).await;
+    let cfg = app.cfg.clone();
+    let mut worker = app.worker().await;
     worker.faults = datashare::service::faults::Faults::parse("delay:batch_step:25").unwrap();
     let worker = Arc::new(worker);
-    let (stop, rx) = watch::channel(false);
-    let serving = tokio::spawn(push::serve(worker.clone(), listener, rx));
+    app.run("worker", worker.clone());
+    let stack = &app.stack;
 
     let started = Instant::now();
     let dt = NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
@@ -1068,25 +623,22 @@ async fn a_push_step_longer_than_the_ack_deadline_runs_once() {
         .await;
     assert_eq!(got.len(), 1, "one delivery request: {got:?}");
     check_delivery(&worker.gcs, &got[0], dt).await;
-    stop.send(true).unwrap();
-    serving.await.unwrap().unwrap();
+    app.stop().await;
 }
 
 /// Pull mode: the subscriber extends the lease of a step longer than the ack deadline, so the
 /// message that runs it is not redelivered meanwhile (its trace id would show up again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_step_longer_than_the_ack_deadline_keeps_its_lease_and_runs_once() {
-    let stack = Stack::up(&[]);
-    stack.ack_deadline(BATCHES_SUBSCRIPTION, 10).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = stack.config(&partners(dir.path()), &[]);
-    cfg.worker.lease_extension_secs = 10;
-    stack.watch("deliveries", "test-deliveries").await;
-    let mut worker = Worker::start(cfg.clone()).await.unwrap();
+    let mut app = TestApp::spawn(Spec::new().watch("deliveries", "test-deliveries")).await;
+    app.stack.ack_deadline(BATCHES_SUBSCRIPTION, 10).await;
+    app.cfg.worker.lease_extension_secs = 10;
+    let cfg = app.cfg.clone();
+    let mut worker = app.worker().await;
     worker.faults = datashare::service::faults::Faults::parse("delay:batch_step:25").unwrap();
     let worker = Arc::new(worker);
-    let (stop, rx) = watch::channel(false);
-    let pulling = tokio::spawn(pull::run(worker.clone(), rx));
+    app.run("worker", worker.clone());
+    let stack = &app.stack;
 
     let dt = NaiveDate::from_ymd_opt(2026, 11, 19).unwrap();
     upload_day(&worker.gcs, &cfg, dt, 200, false).await;
@@ -1104,7 +656,7 @@ async fn a_pull_step_longer_than_the_ack_deadline_keeps_its_lease_and_runs_once(
         .await;
     assert_eq!(got.len(), 1, "one delivery request: {got:?}");
 
-    let logs = crate::sinks::captured_logs();
+    let logs = crate::harness::captured_logs();
     let version = ready.version();
     let ran: Vec<&str> = logs
         .lines()
@@ -1131,6 +683,5 @@ async fn a_pull_step_longer_than_the_ack_deadline_keeps_its_lease_and_runs_once(
         ran.iter().any(|l| l.contains(&format!("trace_id={trace}"))),
         "{ran:?}"
     );
-    stop.send(true).unwrap();
-    pulling.await.unwrap().unwrap();
+    app.stop().await;
 }
