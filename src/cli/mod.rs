@@ -310,9 +310,9 @@ pub struct ServeArgs {
     /// Port of the push endpoint (default: $PORT, else 8080).
     #[arg(long)]
     pub port: Option<u16>,
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0")]
-    pub host: IpAddr,
+    /// Address to listen on (default: 127.0.0.1; 0.0.0.0 on Cloud Run, where `K_SERVICE` is set).
+    #[arg(long)]
+    pub host: Option<IpAddr>,
     /// Configuration file instead of the built-in `config/default.toml`.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -333,7 +333,13 @@ impl ServeArgs {
                 .map_err(|_| anyhow::anyhow!("PORT is not a port number"))?
                 .unwrap_or(8080),
         };
-        Ok(Mode::Push(SocketAddr::new(self.host, port)))
+        let cloud_run = std::env::var_os("K_SERVICE").is_some_and(|s| !s.is_empty());
+        let host = self.host.unwrap_or(if cloud_run {
+            IpAddr::from([0, 0, 0, 0])
+        } else {
+            IpAddr::from([127, 0, 0, 1])
+        });
+        Ok(Mode::Push(SocketAddr::new(host, port)))
     }
 }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use chrono::{Days, NaiveDate, Utc};
 use futures::future::try_join_all;
 
+use super::stage::bounded;
 use super::{Worker, names};
 use crate::clean::batch::{BatchOutputs, run_batch};
 use crate::clean::guardrails;
@@ -151,7 +152,8 @@ impl Worker {
         let marker = names::marker(ready.dt);
         let mut wanted = vec![(marker.as_str(), ready.marker_generation)];
         wanted.extend(ready.files.iter().map(|f| (f.name.as_str(), f.generation)));
-        let metas = try_join_all(wanted.iter().map(|(n, _)| self.gcs.stat(raw, n))).await?;
+        let limit = self.config.worker.listing_concurrency;
+        let metas = bounded(limit, wanted.iter().map(|(n, _)| self.gcs.stat(raw, n))).await?;
         Ok(wanted
             .iter()
             .zip(metas)
@@ -166,10 +168,14 @@ impl Worker {
         let tmp = self.tempdir()?;
         let staging = tmp.path().join("staging");
         let out = tmp.path().join("out");
-        let parts = try_join_all(ready.files.iter().map(|f| {
-            let staging = staging.clone();
-            async move { self.fetch_staged(dt, &f.name, f.generation, &staging).await }
-        }))
+        let limit = self.config.worker.listing_concurrency;
+        let parts = bounded(
+            limit,
+            ready.files.iter().map(|f| {
+                let staging = staging.clone();
+                async move { self.fetch_staged(dt, &f.name, f.generation, &staging).await }
+            }),
+        )
         .await?;
 
         let schemas: std::sync::Arc<Schemas> = self.schemas.clone();

@@ -5,7 +5,7 @@
 use std::fs::File;
 
 use chrono::NaiveDate;
-use futures::future::try_join_all;
+use futures::{StreamExt, TryStreamExt, stream};
 
 use super::{Worker, names};
 use crate::clean::Schemas;
@@ -172,6 +172,7 @@ impl Worker {
             .publish(&self.config.gcp.topics.batches, ready.to_message())
             .await?;
         tracing::info!(%dt, version = %ready.version(), message_id = %id, "batch ready published");
+        self.faults.at("after_batch_ready").await;
         Ok(true)
     }
 }
@@ -198,7 +199,9 @@ pub async fn ready_batch(
             return Ok(None);
         }
     };
-    let metas = try_join_all(marker.files.iter().map(|f| gcs.stat(&b.raw, f))).await?;
+    // Bounded: a marker may list 100k files, and each check is one request.
+    let limit = config.worker.listing_concurrency.max(1);
+    let metas = bounded(limit, marker.files.iter().map(|f| gcs.stat(&b.raw, f))).await?;
     let mut files = Vec::with_capacity(metas.len());
     for (name, meta) in marker.files.iter().zip(metas) {
         match meta {
@@ -212,10 +215,13 @@ pub async fn ready_batch(
             }
         }
     }
-    let staged = try_join_all(files.iter().map(|f| {
-        let key = names::staged(dt, &f.name, f.generation, "summary.json");
-        async move { gcs.stat(&b.curated, &key).await }
-    }))
+    let staged = bounded(
+        limit,
+        files.iter().map(|f| {
+            let key = names::staged(dt, &f.name, f.generation, "summary.json");
+            async move { gcs.stat(&b.curated, &key).await }
+        }),
+    )
     .await?;
     if let Some((f, _)) = files.iter().zip(&staged).find(|(_, s)| s.is_none()) {
         tracing::info!(%dt, object = %f.name, generation = f.generation, "listed file not staged yet");
@@ -229,4 +235,16 @@ pub async fn ready_batch(
         release: false,
         replay: None,
     }))
+}
+
+/// Runs `futures` with at most `limit` at a time, results in order; the first error wins
+/// (what `try_join_all` does, without starting every request at once).
+pub async fn bounded<T, E, F>(limit: usize, futures: impl IntoIterator<Item = F>) -> Result<Vec<T>, E>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    stream::iter(futures)
+        .buffered(limit.max(1))
+        .try_collect()
+        .await
 }
