@@ -397,13 +397,15 @@ impl Worker {
                 self.alert(&alert).await;
                 continue;
             }
+            state.restarts += 1;
+            state.last_restart = Some(now);
+            // Noted first, conditionally: of two ticks at once only one publishes.
+            if !self.write_unclaimed(&state_name, &state, generation).await? {
+                continue;
+            }
             let id = self
                 .bus
                 .publish(&self.config.gcp.topics.batches, ready.to_message())
-                .await?;
-            state.restarts += 1;
-            state.last_restart = Some(now);
-            self.write_unclaimed(&state_name, &state, generation)
                 .await?;
             tracing::warn!(%dt, %key, restarts = state.restarts, message_id = %id, "unclaimed ready batch published again");
             published += 1;
@@ -411,19 +413,19 @@ impl Worker {
         Ok(published)
     }
 
-    /// Writes the unclaimed state if its generation is still `generation` (0: absent); a
-    /// concurrent tick that wrote first wins, and this one skips.
+    /// Writes the unclaimed state if its generation is still `generation` (0: absent); false
+    /// when a concurrent tick wrote first (it acts, this one skips).
     async fn write_unclaimed(
         &self,
         name: &str,
         state: &Unclaimed,
         generation: i64,
-    ) -> Result<(), HandleError> {
+    ) -> Result<bool, HandleError> {
         let body = serde_json::to_vec(state).map_err(|e| HandleError::local("unclaimed state", e))?;
         let ops = &self.config.gcp.buckets.ops;
         match self.gcs.write(ops, name, body, Some(generation)).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_precondition_failed() => Ok(()),
+            Ok(_) => Ok(true),
+            Err(e) if e.is_precondition_failed() => Ok(false),
             Err(e) => Err(e.into()),
         }
     }

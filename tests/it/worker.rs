@@ -1030,6 +1030,77 @@ async fn a_worker_killed_before_its_done_marker_is_taken_over_without_publishing
     .await;
 }
 
+/// Kills a worker right after it published `BatchReady`, before any claim exists, and drops
+/// every message of `extracts` and `batches` (lost, or stalled as the emulator's streams can be):
+/// no claim means no abandoned-claim restart. Another worker's ticks see the day ready without
+/// a claim, note it, publish `BatchReady` again once `unclaimed_restart_after_secs` has passed,
+/// and the batch completes with one delivery request and no takeover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_between_batch_ready_and_claim_is_restarted_by_the_tick() {
+    let stack = Stack::up(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let partners = partners(dir.path());
+    let cfg = stack.config(&partners, &[]);
+    stack.watch("deliveries", "test-deliveries").await;
+    let mut a = Proc::worker(
+        &stack,
+        &partners,
+        &[("DATASHARE_FAULTS", "crash:after_batch_ready")],
+    );
+    let gcs = Gcs::connect(cfg.emulators.storage.as_deref())
+        .await
+        .unwrap();
+    // A recent day: ticks look back `unclaimed_lookback_days` (7) days from their own.
+    let dt = chrono::Utc::now().date_naive() - chrono::Days::new(2);
+    upload_day(&gcs, &cfg, dt, 200, false).await;
+    let status = a.exit(Duration::from_secs(120)).await;
+    assert!(!status.success(), "the injected crash kills the worker: {status:?}");
+    stack.forget(EXTRACTS_SUBSCRIPTION).await;
+    stack.forget(BATCHES_SUBSCRIPTION).await;
+    let ops = cfg.gcp.buckets.ops.clone();
+    let claims = gcs.list(&ops, &format!("claims/batch/dt={dt}/")).await.unwrap();
+    assert!(claims.is_empty(), "no claim was taken: {claims:?}");
+    let ready = current_batch(&gcs, &cfg, dt).await;
+    let done = names::batch_done(dt, &ready.version());
+
+    let _b = Proc::worker(
+        &stack,
+        &partners,
+        &[("DATASHARE_UNCLAIMED_RESTART_AFTER_SECS", "3")],
+    );
+    let schedules = publisher(&cfg, &cfg.gcp.topics.schedules).await;
+    until("the done marker", Duration::from_secs(240), || async {
+        let at = chrono::Utc::now()
+            .date_naive()
+            .and_hms_opt(15, 0, 0)
+            .unwrap();
+        let tick = Schedule::Tick { at: at.and_utc() };
+        schedules
+            .publish(&cfg.gcp.topics.schedules, tick.to_message())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        gcs.stat(&ops, &done).await.unwrap()
+    })
+    .await;
+    let got = stack
+        .drain("test-deliveries", Duration::from_secs(30), |m| !m.is_empty())
+        .await;
+    assert_eq!(got.len(), 1, "one delivery request: {got:?}");
+    let taken = claim::read(&gcs, &ops, &names::batch_claim(dt, &ready.version()))
+        .await
+        .unwrap()
+        .expect("the claim");
+    assert_eq!(taken.takeovers, 0, "a fresh claim, not a takeover: {taken:?}");
+    let (state, _) = gcs
+        .read(&ops, &names::unclaimed(dt, &ready.step_key()), None)
+        .await
+        .unwrap()
+        .expect("the tick noted the unclaimed batch");
+    let state: Value = serde_json::from_slice(&state).unwrap();
+    assert!(state["restarts"].as_u64() >= Some(1), "restarted: {state}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_step_longer_than_the_ack_deadline_runs_once() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
