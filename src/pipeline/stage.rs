@@ -248,3 +248,30 @@ where
         .try_collect()
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn bounded_keeps_order_and_never_runs_more_than_its_limit() {
+        let (running, peak) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let futures = (0..100).map(|i| {
+            let (running, peak) = (&running, &peak);
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                if i == 1000 { Err("never") } else { Ok(i) }
+            }
+        });
+        let got = bounded(7, futures).await.unwrap();
+        assert_eq!(got, (0..100).collect::<Vec<_>>());
+        let peak = peak.load(Ordering::SeqCst);
+        assert!((2..=7).contains(&peak), "peak {peak}");
+        let failing = (0..10).map(|i| async move { if i == 3 { Err(i) } else { Ok(i) } });
+        assert_eq!(bounded(2, failing).await, Err(3));
+    }
+}
