@@ -238,15 +238,19 @@ pub async fn ready_batch(
 }
 
 /// Runs `futures` with at most `limit` at a time, results in order; the first error wins
-/// (what `try_join_all` does, without starting every request at once).
-pub async fn bounded<T, E, F>(limit: usize, futures: impl IntoIterator<Item = F>) -> Result<Vec<T>, E>
+/// (what `try_join_all` does, without starting every request at once). The futures are
+/// collected first, so the returned future holds no closure (and stays `Send`).
+pub fn bounded<T, E, F>(
+    limit: usize,
+    futures: impl IntoIterator<Item = F>,
+) -> impl std::future::Future<Output = Result<Vec<T>, E>>
 where
     F: std::future::Future<Output = Result<T, E>>,
 {
+    let futures: Vec<F> = futures.into_iter().collect();
     stream::iter(futures)
         .buffered(limit.max(1))
         .try_collect()
-        .await
 }
 
 #[cfg(test)]
