@@ -317,7 +317,10 @@ impl Config {
         }
         if let Some(v) = set(env("DATASHARE_UNCLAIMED_RESTART_AFTER_SECS")) {
             self.worker.unclaimed_restart_after_secs = v.parse().map_err(|_| {
-                invalid("DATASHARE_UNCLAIMED_RESTART_AFTER_SECS", "not a whole number")
+                invalid(
+                    "DATASHARE_UNCLAIMED_RESTART_AFTER_SECS",
+                    "not a whole number",
+                )
             })?;
         }
         if let Some(v) = set(env("DATASHARE_PARTNERS_DIR")) {

@@ -114,7 +114,8 @@ impl PushSettings {
         if !self.verifies() {
             return Ok(());
         }
-        let required = "required when push tokens are verified (on Cloud Run, unless push.verify = false)";
+        let required =
+            "required when push tokens are verified (on Cloud Run, unless push.verify = false)";
         if self.audience.as_deref().is_none_or(str::is_empty) {
             return Err(invalid("push.audience", required));
         }
@@ -167,7 +168,10 @@ mod tests {
         let on = resolved(&[
             ("K_SERVICE", "datashare-worker"),
             ("DATASHARE_PUSH_AUDIENCE", "datashare-worker"),
-            ("DATASHARE_PUSH_SERVICE_ACCOUNT", "invoker@p.iam.gserviceaccount.com"),
+            (
+                "DATASHARE_PUSH_SERVICE_ACCOUNT",
+                "invoker@p.iam.gserviceaccount.com",
+            ),
         ])
         .unwrap();
         assert!(on.verifies());

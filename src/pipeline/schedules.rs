@@ -10,7 +10,7 @@
 //!   whose batch has been ready (marker and every listed part staged) for
 //!   `unclaimed_restart_after_secs` without any claim — its worker died between publishing
 //!   `BatchReady` and taking the claim, and the message is lost or stalled — is published again
-//!   (`batch.unclaimed` after [`MAX_UNCLAIMED_RESTARTS`] restarts); a day
+//!   (each restart after [`MAX_UNCLAIMED_RESTARTS`] also alerts `batch.unclaimed`); a day
 //!   whose batch has not finished by its deadline raises `extract.missing`. (Ticks shortly
 //!   before a deadline make each sink role check its own connections: [`super::check`].)
 
@@ -41,7 +41,7 @@ pub const MAX_TAKEOVERS: u32 = 3;
 /// Kind of the alert raised for a ready batch that stays unclaimed after restarts.
 pub const BATCH_UNCLAIMED: &str = "batch.unclaimed";
 
-/// Restarts of a ready but unclaimed batch after which ticks alert instead.
+/// Restarts of a ready but unclaimed batch after which each further restart also alerts.
 pub const MAX_UNCLAIMED_RESTARTS: u32 = 3;
 
 /// What the tick remembers of a ready batch without a claim
@@ -333,7 +333,11 @@ impl Worker {
             .list(raw, "extracts/dt=")
             .await?
             .iter()
-            .filter_map(|o| o.name.strip_prefix("extracts/dt=")?.strip_suffix("/_SUCCESS"))
+            .filter_map(|o| {
+                o.name
+                    .strip_prefix("extracts/dt=")?
+                    .strip_suffix("/_SUCCESS")
+            })
             .filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
             .filter(|d| (oldest..=today).contains(d))
             .collect();
@@ -380,27 +384,13 @@ impl Worker {
             if now - state.last_restart.unwrap_or(state.first_seen) < after {
                 continue;
             }
-            if state.restarts >= MAX_UNCLAIMED_RESTARTS {
-                let alert = Alert::new(
-                    Severity::Critical,
-                    BATCH_UNCLAIMED,
-                    ("*", "*", &dt.to_string()),
-                    &key,
-                    format!(
-                        "the batch of {dt} is ready since {} and no worker took it after {} restarts",
-                        state.first_seen.to_rfc3339(),
-                        state.restarts
-                    ),
-                )
-                .with("batch_version", key.as_str())
-                .with("next", "check the worker's logs and the batches subscription; `datashare replay --date` runs the step");
-                self.alert(&alert).await;
-                continue;
-            }
-            state.restarts += 1;
+            state.restarts = state.restarts.saturating_add(1);
             state.last_restart = Some(now);
             // Noted first, conditionally: of two ticks at once only one publishes.
-            if !self.write_unclaimed(&state_name, &state, generation).await? {
+            if !self
+                .write_unclaimed(&state_name, &state, generation)
+                .await?
+            {
                 continue;
             }
             let id = self
@@ -409,6 +399,27 @@ impl Worker {
                 .await?;
             tracing::warn!(%dt, %key, restarts = state.restarts, message_id = %id, "unclaimed ready batch published again");
             published += 1;
+            // Restarting is cheap and harmless (the claim makes the step run once), so it goes
+            // on; past the limit every restart also alerts (grouped per batch version).
+            if state.restarts > MAX_UNCLAIMED_RESTARTS {
+                let alert = Alert::new(
+                    Severity::Critical,
+                    BATCH_UNCLAIMED,
+                    ("*", "*", &dt.to_string()),
+                    &key,
+                    format!(
+                        "the batch of {dt} is ready since {} and no worker took it after {} restarts",
+                        state.first_seen.to_rfc3339(),
+                        state.restarts - 1
+                    ),
+                )
+                .with("batch_version", key.as_str())
+                .with(
+                    "next",
+                    "check the batches subscription and the worker's logs; `datashare replay --date` runs the step",
+                );
+                self.alert(&alert).await;
+            }
         }
         Ok(published)
     }
@@ -421,7 +432,8 @@ impl Worker {
         state: &Unclaimed,
         generation: i64,
     ) -> Result<bool, HandleError> {
-        let body = serde_json::to_vec(state).map_err(|e| HandleError::local("unclaimed state", e))?;
+        let body =
+            serde_json::to_vec(state).map_err(|e| HandleError::local("unclaimed state", e))?;
         let ops = &self.config.gcp.buckets.ops;
         match self.gcs.write(ops, name, body, Some(generation)).await {
             Ok(_) => Ok(true),

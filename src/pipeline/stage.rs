@@ -248,9 +248,7 @@ where
     F: std::future::Future<Output = Result<T, E>>,
 {
     let futures: Vec<F> = futures.into_iter().collect();
-    stream::iter(futures)
-        .buffered(limit.max(1))
-        .try_collect()
+    stream::iter(futures).buffered(limit.max(1)).try_collect()
 }
 
 #[cfg(test)]

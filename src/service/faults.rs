@@ -12,7 +12,11 @@ use std::time::Duration;
 /// The points where faults may be injected.
 pub const POINTS: [&str; 5] = [
     "after_batch_ready",
-    "after_claim", "batch_step", "before_publish", "before_done"];
+    "after_claim",
+    "batch_step",
+    "before_publish",
+    "before_done",
+];
 
 /// Faults to inject.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -215,7 +215,11 @@ impl Verifier {
         if by_kid.is_empty() {
             return Err(format!("{url}: no RSA key with a key id"));
         }
-        tracing::info!(keys = by_kid.len(), ttl_secs = ttl.as_secs(), "push token keys fetched");
+        tracing::info!(
+            keys = by_kid.len(),
+            ttl_secs = ttl.as_secs(),
+            "push token keys fetched"
+        );
         Ok((by_kid, ttl))
     }
 }
@@ -229,7 +233,11 @@ pub fn max_age(cache_control: &str) -> Option<Duration> {
             return Some(Duration::ZERO);
         }
         if let Some(v) = lower.strip_prefix("max-age=") {
-            age = v.trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
+            age = v
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
         }
     }
     age
@@ -362,19 +370,81 @@ mod tests {
             ("no header", None),
             ("basic", Some("Basic dXNlcjpwYXNz".to_string())),
             ("garbage", Some(bearer("not.a.jwt"))),
-            ("other audience", Some(ok(key.token(with(claims(), "aud", "https://x".into()))))),
-            ("other issuer", Some(ok(key.token(with(claims(), "iss", "https://evil".into()))))),
-            ("IAP issuer", Some(ok(key.token(with(claims(), "iss", "https://cloud.google.com/iap".into()))))),
-            ("other account", Some(ok(key.token(with(claims(), "email", "x@p.iam.gserviceaccount.com".into()))))),
-            ("unverified e-mail", Some(ok(key.token(with(claims(), "email_verified", false.into()))))),
-            ("e-mail verified as text", Some(ok(key.token(with(claims(), "email_verified", "true".into()))))),
-            ("expired", Some(ok(key.token(with(claims(), "exp", (now - 3600).into()))))),
-            ("no exp", Some(ok(key.token({ let mut c = claims(); c.as_object_mut().unwrap().remove("exp"); c })))),
-            ("not yet valid", Some(ok(key.token(with(claims(), "nbf", (now + 3600).into()))))),
+            (
+                "other audience",
+                Some(ok(key.token(with(claims(), "aud", "https://x".into())))),
+            ),
+            (
+                "other issuer",
+                Some(ok(key.token(with(claims(), "iss", "https://evil".into())))),
+            ),
+            (
+                "IAP issuer",
+                Some(ok(key.token(with(
+                    claims(),
+                    "iss",
+                    "https://cloud.google.com/iap".into(),
+                )))),
+            ),
+            (
+                "other account",
+                Some(ok(key.token(with(
+                    claims(),
+                    "email",
+                    "x@p.iam.gserviceaccount.com".into(),
+                )))),
+            ),
+            (
+                "unverified e-mail",
+                Some(ok(key.token(with(
+                    claims(),
+                    "email_verified",
+                    false.into(),
+                )))),
+            ),
+            (
+                "e-mail verified as text",
+                Some(ok(key.token(with(
+                    claims(),
+                    "email_verified",
+                    "true".into(),
+                )))),
+            ),
+            (
+                "expired",
+                Some(ok(key.token(with(claims(), "exp", (now - 3600).into())))),
+            ),
+            (
+                "no exp",
+                Some(ok(key.token({
+                    let mut c = claims();
+                    c.as_object_mut().unwrap().remove("exp");
+                    c
+                }))),
+            ),
+            (
+                "not yet valid",
+                Some(ok(key.token(with(claims(), "nbf", (now + 3600).into())))),
+            ),
             ("wrong signer", Some(ok(other.token(claims())))),
-            ("alg none", Some(ok(key.sign(serde_json::json!({"alg": "none", "kid": "k1"}), claims())))),
-            ("alg HS256", Some(ok(key.sign(serde_json::json!({"alg": "HS256", "kid": "k1"}), claims())))),
-            ("no kid", Some(ok(key.sign(serde_json::json!({"alg": "RS256"}), claims())))),
+            (
+                "alg none",
+                Some(ok(key.sign(
+                    serde_json::json!({"alg": "none", "kid": "k1"}),
+                    claims(),
+                ))),
+            ),
+            (
+                "alg HS256",
+                Some(ok(key.sign(
+                    serde_json::json!({"alg": "HS256", "kid": "k1"}),
+                    claims(),
+                ))),
+            ),
+            (
+                "no kid",
+                Some(ok(key.sign(serde_json::json!({"alg": "RS256"}), claims()))),
+            ),
         ];
         for (what, header) in refused {
             let got = v.verify(header.as_deref()).await;
@@ -402,7 +472,11 @@ mod tests {
             let got = v.verify(Some(&bearer(&stranger.token(claims())))).await;
             assert!(matches!(got, Err(Refused::Unauthorized(_))), "{got:?}");
         }
-        assert_eq!(hits.load(Ordering::SeqCst), 1, "one fetch for five unknown kids");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            1,
+            "one fetch for five unknown kids"
+        );
         assert_eq!(v.verify(Some(&bearer(&key.token(claims())))).await, Ok(()));
         assert_eq!(hits.load(Ordering::SeqCst), 1);
     }

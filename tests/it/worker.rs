@@ -1054,11 +1054,17 @@ async fn a_worker_killed_between_batch_ready_and_claim_is_restarted_by_the_tick(
     let dt = chrono::Utc::now().date_naive() - chrono::Days::new(2);
     upload_day(&gcs, &cfg, dt, 200, false).await;
     let status = a.exit(Duration::from_secs(120)).await;
-    assert!(!status.success(), "the injected crash kills the worker: {status:?}");
+    assert!(
+        !status.success(),
+        "the injected crash kills the worker: {status:?}"
+    );
     stack.forget(EXTRACTS_SUBSCRIPTION).await;
     stack.forget(BATCHES_SUBSCRIPTION).await;
     let ops = cfg.gcp.buckets.ops.clone();
-    let claims = gcs.list(&ops, &format!("claims/batch/dt={dt}/")).await.unwrap();
+    let claims = gcs
+        .list(&ops, &format!("claims/batch/dt={dt}/"))
+        .await
+        .unwrap();
     assert!(claims.is_empty(), "no claim was taken: {claims:?}");
     let ready = current_batch(&gcs, &cfg, dt).await;
     let done = names::batch_done(dt, &ready.version());
@@ -1084,14 +1090,19 @@ async fn a_worker_killed_between_batch_ready_and_claim_is_restarted_by_the_tick(
     })
     .await;
     let got = stack
-        .drain("test-deliveries", Duration::from_secs(30), |m| !m.is_empty())
+        .drain("test-deliveries", Duration::from_secs(30), |m| {
+            !m.is_empty()
+        })
         .await;
     assert_eq!(got.len(), 1, "one delivery request: {got:?}");
     let taken = claim::read(&gcs, &ops, &names::batch_claim(dt, &ready.version()))
         .await
         .unwrap()
         .expect("the claim");
-    assert_eq!(taken.takeovers, 0, "a fresh claim, not a takeover: {taken:?}");
+    assert_eq!(
+        taken.takeovers, 0,
+        "a fresh claim, not a takeover: {taken:?}"
+    );
     let (state, _) = gcs
         .read(&ops, &names::unclaimed(dt, &ready.step_key()), None)
         .await
