@@ -5,7 +5,10 @@
 //! Environment overrides (the names Terraform sets, `terraform/README.md`):
 //! `DATASHARE_GCP_PROJECT`, `DATASHARE_BUCKET_<LOGICAL>` (`RAW`, `CURATED`, `PRODUCTS`, `OPS`);
 //! the emulators' `PUBSUB_EMULATOR_HOST` and `STORAGE_EMULATOR_HOST`; and for the worker
-//! `DATASHARE_STEP_TIMEOUT_SECS`, `DATASHARE_LEASE_EXTENSION_SECS` and `DATASHARE_PARTNERS_DIR`;
+//! `DATASHARE_STEP_TIMEOUT_SECS`, `DATASHARE_LEASE_EXTENSION_SECS`,
+//! `DATASHARE_UNCLAIMED_RESTART_AFTER_SECS` and `DATASHARE_PARTNERS_DIR`; push-token checks
+//! (`[push]`): `DATASHARE_PUSH_VERIFY`, `_AUDIENCE`, `_SERVICE_ACCOUNT`, `_JWKS_URL`, and
+//! `K_SERVICE` (Cloud Run) making verification required (see [`push`]);
 //! the partner e-mail relay (`[smtp]`): `DATASHARE_SMTP_HOST`, `_PORT`, `_TLS` (`starttls` or
 //! `implicit`), `_FROM`, `_USER`, `_CA_FILE`, and the password as `DATASHARE_SMTP_PASSWORD_FILE`
 //! (a file) or in `DATASHARE_SMTP_PASSWORD` (read only when the e-mail sink starts, never printed).
