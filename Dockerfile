@@ -39,7 +39,9 @@ COPY config/ /app/config/
 # secrets are the Secret Manager files terraform mounts under /secrets/.
 COPY partners/ /app/partners/
 USER 65532:65532
-# Cloud Run sets PORT; the default serves local runs.
+# Cloud Run sets PORT; the default serves local runs. The push server listens
+# on 0.0.0.0 where Cloud Run's K_SERVICE is set, else on 127.0.0.1: a local
+# `docker run` needs `--host 0.0.0.0` after the role's arguments.
 ENV PORT=8080
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/datashare"]

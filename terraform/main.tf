@@ -38,8 +38,9 @@ locals {
     for logical, b in local.buckets : "DATASHARE_BUCKET_${upper(logical)}" => b.name
   }
 
-  # The SMTP relay of the partner e-mails and the team's alerts (the worker
-  # checks it before deadlines); its password is the smtp-password secret.
+  # The SMTP relay of the partner e-mails and the team's alerts (the email
+  # role also checks it before deadlines); its password is the smtp-password
+  # secret, mounted on those two roles only (secrets.tf).
   smtp_env = {
     DATASHARE_SMTP_HOST          = var.smtp.host
     DATASHARE_SMTP_PORT          = tostring(var.smtp.port)
@@ -49,7 +50,26 @@ locals {
     DATASHARE_SMTP_PASSWORD_FILE = "/secrets/smtp-password/value"
   }
   role_env = {
-    for role in keys(local.roles) : role => contains(["email", "alert", "worker"], role) ? local.smtp_env : {}
+    for role in keys(local.roles) : role => merge(
+      contains(["email", "alert"], role) ? local.smtp_env : {},
+      local.push_env[role],
+    )
+  }
+
+  # Push requests carry an OIDC token minted for the invoker account with
+  # the role's own audience (pubsub.tf); Cloud Run checks it (IAM) and so
+  # does the program ([push] in config/default.toml), so one wrong IAM
+  # binding is not enough to forge a message. A custom audience, not the
+  # service URL: the service's own settings cannot refer to its URL.
+  push_audience = {
+    for role in keys(local.roles) : role => "https://datashare-${role}.push.${var.project_id}.invalid"
+  }
+  push_env = {
+    for role in keys(local.roles) : role => {
+      DATASHARE_PUSH_VERIFY          = "true"
+      DATASHARE_PUSH_AUDIENCE        = local.push_audience[role]
+      DATASHARE_PUSH_SERVICE_ACCOUNT = google_service_account.invoker.email
+    }
   }
 }
 

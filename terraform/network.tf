@@ -1,11 +1,11 @@
 # One static egress address for the partners' allowlists: the services that
-# connect to partner servers (sftp and api sinks, and the worker, whose
-# check-sinks logs in to every sink) use Direct VPC egress with all traffic
+# connect to partner servers (the sftp and api sinks, which also run their
+# own connection checks; never the worker) use Direct VPC egress with all traffic
 # into a small subnet, and Cloud NAT translates it to one reserved address.
 # Google APIs stay on Google's network (Private Google Access).
 
 locals {
-  egress_roles = ["sftp", "api", "worker"]
+  egress_roles = ["sftp", "api"]
 }
 
 resource "google_compute_network" "egress" {

@@ -69,10 +69,11 @@ resource "google_pubsub_subscription" "this" {
     push_endpoint = "${google_cloud_run_v2_service.role[each.value.role].uri}${each.value.push_path}"
 
     # Cloud Run only accepts requests carrying a token of an identity with
-    # run.invoker: the dedicated invoker account, nothing else.
+    # run.invoker: the dedicated invoker account, nothing else. The audience
+    # is the role's custom audience (main.tf), which the program checks too.
     oidc_token {
       service_account_email = google_service_account.invoker.email
-      audience              = google_cloud_run_v2_service.role[each.value.role].uri
+      audience              = local.push_audience[each.value.role]
     }
   }
 }

@@ -13,6 +13,10 @@ resource "google_cloud_run_v2_service" "role" {
   # the invoker's token anyway: no allUsers binding anywhere).
   ingress = "INGRESS_TRAFFIC_INTERNAL_ONLY"
 
+  # The audience of the push tokens (pubsub.tf): Cloud Run accepts tokens
+  # for it as well as for the service URL.
+  custom_audiences = [local.push_audience[each.key]]
+
   # Billing export rows carry these: cost per role (views in bigquery.tf).
   labels = {
     role = each.key

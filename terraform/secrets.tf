@@ -3,17 +3,19 @@
 # state file or the repository.
 
 locals {
-  # Every secret the partners' contracts need, and the roles that read it.
-  # The worker runs check-sinks on the schedule (events.md), which logs in
-  # to every sink: it reads the sink credentials too.
+  # Every secret the partners' contracts need, and the one role that reads
+  # it (least privilege): the worker, which parses untrusted files, holds
+  # only the pseudonymization keys; each sink role holds only its own sink's
+  # credentials (it also runs its own connection checks before deadlines).
+  # tests/infra/test_least_privilege.py derives the same from the contracts
+  # and the roles' code.
   secret_candidates = flatten([
     for partner, p in var.partners : [
       { id = "${partner}-hmac-key", roles = ["worker"], wanted = true },
-      { id = "${partner}-sftp-key", roles = ["sftp", "worker"], wanted = contains(p.sinks, "sftp") },
-      { id = "${partner}-sftp-passphrase", roles = ["sftp", "worker"], wanted = contains(p.sinks, "sftp") && p.sftp_key_passphrase },
-      { id = "${partner}-api-user", roles = ["api", "worker"], wanted = contains(p.sinks, "api") && p.api_auth == "basic" },
-      { id = "${partner}-api-password", roles = ["api", "worker"], wanted = contains(p.sinks, "api") && p.api_auth == "basic" },
-      { id = "${partner}-api-token", roles = ["api", "worker"], wanted = contains(p.sinks, "api") && p.api_auth == "bearer" },
+      { id = "${partner}-sftp-key", roles = ["sftp"], wanted = contains(p.sinks, "sftp") },
+      { id = "${partner}-sftp-passphrase", roles = ["sftp"], wanted = contains(p.sinks, "sftp") && p.sftp_key_passphrase },
+      { id = "${partner}-api-password", roles = ["api"], wanted = contains(p.sinks, "api") && p.api_auth == "basic" },
+      { id = "${partner}-api-token", roles = ["api"], wanted = contains(p.sinks, "api") && p.api_auth == "bearer" },
     ]
   ])
 
@@ -22,7 +24,7 @@ locals {
   secrets = merge(
     { for s in local.secret_candidates : s.id => s.roles if s.wanted },
     {
-      "smtp-password" = ["email", "alert", "worker"]
+      "smtp-password" = ["email", "alert"]
       # Microsoft Entra client secret of the Power BI monitor (client
       # credentials; tenant and client id are configuration, not secrets).
       "powerbi-client-secret" = ["powerbi"]

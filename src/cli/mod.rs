@@ -365,9 +365,9 @@ pub struct ServeArgs {
     /// Port of the push endpoint (default: $PORT, else 8080).
     #[arg(long)]
     pub port: Option<u16>,
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0")]
-    pub host: IpAddr,
+    /// Address to listen on (default: 127.0.0.1; 0.0.0.0 on Cloud Run, where `K_SERVICE` is set).
+    #[arg(long)]
+    pub host: Option<IpAddr>,
     /// Configuration file instead of the built-in `config/default.toml`.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -388,7 +388,19 @@ impl ServeArgs {
                 .map_err(|_| anyhow::anyhow!("PORT is not a port number"))?
                 .unwrap_or(8080),
         };
-        Ok(Mode::Push(SocketAddr::new(self.host, port)))
+        let cloud_run = std::env::var_os("K_SERVICE").is_some_and(|s| !s.is_empty());
+        let host = self.host.unwrap_or(default_host(cloud_run));
+        Ok(Mode::Push(SocketAddr::new(host, port)))
+    }
+}
+
+/// Where the push server listens without `--host`: every interface on Cloud Run (`K_SERVICE`
+/// set), loopback anywhere else.
+pub fn default_host(cloud_run: bool) -> IpAddr {
+    if cloud_run {
+        IpAddr::from([0, 0, 0, 0])
+    } else {
+        IpAddr::from([127, 0, 0, 1])
     }
 }
 
@@ -454,4 +466,29 @@ pub struct CheckSinksArgs {
     /// Checks only this partner.
     #[arg(long)]
     pub partner: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_listens_on_loopback_unless_on_cloud_run_or_told() {
+        assert!(default_host(false).is_loopback());
+        assert!(default_host(true).is_unspecified());
+        let cli = Cli::try_parse_from(["datashare", "worker", "--push", "--port", "9"]).unwrap();
+        let Command::Worker(args) = cli.command else {
+            panic!("not the worker")
+        };
+        assert_eq!(args.host, None);
+        let cli = Cli::try_parse_from(["datashare", "alert", "--host", "0.0.0.0", "--port", "9"])
+            .unwrap();
+        let Command::Alert(args) = cli.command else {
+            panic!("not alert")
+        };
+        assert_eq!(
+            args.mode().unwrap(),
+            Mode::Push(SocketAddr::from(([0, 0, 0, 0], 9)))
+        );
+    }
 }

@@ -5,7 +5,10 @@
 //! Environment overrides (the names Terraform sets, `terraform/README.md`):
 //! `DATASHARE_GCP_PROJECT`, `DATASHARE_BUCKET_<LOGICAL>` (`RAW`, `CURATED`, `PRODUCTS`, `OPS`);
 //! the emulators' `PUBSUB_EMULATOR_HOST` and `STORAGE_EMULATOR_HOST`; and for the worker
-//! `DATASHARE_STEP_TIMEOUT_SECS`, `DATASHARE_LEASE_EXTENSION_SECS` and `DATASHARE_PARTNERS_DIR`;
+//! `DATASHARE_STEP_TIMEOUT_SECS`, `DATASHARE_LEASE_EXTENSION_SECS`,
+//! `DATASHARE_UNCLAIMED_RESTART_AFTER_SECS` and `DATASHARE_PARTNERS_DIR`; push-token checks
+//! (`[push]`): `DATASHARE_PUSH_VERIFY`, `_AUDIENCE`, `_SERVICE_ACCOUNT`, `_JWKS_URL`, and
+//! `K_SERVICE` (Cloud Run) making verification required (see [`push`]);
 //! the partner e-mail relay (`[smtp]`): `DATASHARE_SMTP_HOST`, `_PORT`, `_TLS` (`starttls` or
 //! `implicit`), `_FROM`, `_USER`, `_CA_FILE`, and the password as `DATASHARE_SMTP_PASSWORD_FILE`
 //! (a file) or in `DATASHARE_SMTP_PASSWORD` (read only when the e-mail sink starts, never printed).
@@ -21,11 +24,13 @@ use serde::Deserialize;
 
 pub mod alerting;
 pub mod guardrails;
+pub mod push;
 pub mod secret;
 pub mod sinks;
 
 use alerting::AlertingSettings;
 use guardrails::Guardrails;
+use push::PushSettings;
 use sinks::{SinkOptions, SinkSettings, SmtpSettings};
 
 /// The configuration built into the binary.
@@ -149,6 +154,29 @@ pub struct WorkerSettings {
     /// Ticks this long before a day's deadline run every sink's connection check.
     #[serde(default = "default_check_sinks_before_mins")]
     pub check_sinks_before_mins: u32,
+    /// Raw objects stat'ed (or staged summaries checked) at once when a marker's listed files
+    /// are checked: a marker listing 100k files makes at most this many requests at a time.
+    #[serde(default = "default_listing_concurrency")]
+    pub listing_concurrency: usize,
+    /// A tick restarts (publishes `BatchReady` again) a day whose batch has been ready — marker
+    /// and every listed part staged — this long without a claim or a done marker.
+    #[serde(default = "default_unclaimed_restart_after_secs")]
+    pub unclaimed_restart_after_secs: u64,
+    /// Days (before the tick's day) whose ready but unclaimed batch a tick looks for.
+    #[serde(default = "default_unclaimed_lookback_days")]
+    pub unclaimed_lookback_days: u32,
+}
+
+fn default_listing_concurrency() -> usize {
+    32
+}
+
+fn default_unclaimed_restart_after_secs() -> u64 {
+    900
+}
+
+fn default_unclaimed_lookback_days() -> u32 {
+    7
 }
 
 fn default_deadline_hour() -> u32 {
@@ -183,6 +211,8 @@ struct File {
     smtp: Option<SmtpSettings>,
     #[serde(default)]
     sinks: SinkOptions,
+    #[serde(default)]
+    push: PushSettings,
 }
 
 /// The whole validated configuration.
@@ -202,6 +232,8 @@ pub struct Config {
     pub smtp: Option<SmtpSettings>,
     /// Timeouts and retry bounds of the data sinks (`[sinks.sftp]`, `[sinks.api]`).
     pub sinks: SinkOptions,
+    /// Verification of push requests' OIDC tokens (`[push]`).
+    pub push: PushSettings,
 }
 
 impl Config {
@@ -249,11 +281,14 @@ impl Config {
             alerting: file.alerting,
             smtp: file.smtp,
             sinks: file.sinks,
+            push: file.push,
         };
         c.apply_env(env)?;
         c.alerting.apply_env(env)?;
+        c.push.apply_env(env)?;
         c.validate()?;
         c.alerting.validate()?;
+        c.push.validate()?;
         Ok(c)
     }
 
@@ -282,6 +317,14 @@ impl Config {
             self.worker.lease_extension_secs = v
                 .parse()
                 .map_err(|_| invalid("DATASHARE_LEASE_EXTENSION_SECS", "not a whole number"))?;
+        }
+        if let Some(v) = set(env("DATASHARE_UNCLAIMED_RESTART_AFTER_SECS")) {
+            self.worker.unclaimed_restart_after_secs = v.parse().map_err(|_| {
+                invalid(
+                    "DATASHARE_UNCLAIMED_RESTART_AFTER_SECS",
+                    "not a whole number",
+                )
+            })?;
         }
         if let Some(v) = set(env("DATASHARE_PARTNERS_DIR")) {
             self.worker.partners_dir = PathBuf::from(v);
@@ -397,6 +440,18 @@ impl Config {
                 "worker.max_concurrent_messages",
                 "must be at least 1",
             ));
+        }
+        if !(1..=1000).contains(&self.worker.listing_concurrency) {
+            return Err(invalid("worker.listing_concurrency", "must be 1-1000"));
+        }
+        if !(1..=86400).contains(&self.worker.unclaimed_restart_after_secs) {
+            return Err(invalid(
+                "worker.unclaimed_restart_after_secs",
+                "must be between 1 and 86400",
+            ));
+        }
+        if !(1..=90).contains(&self.worker.unclaimed_lookback_days) {
+            return Err(invalid("worker.unclaimed_lookback_days", "must be 1-90"));
         }
         self.validate_smtp()
     }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use chrono::{Days, NaiveDate, Utc};
 use futures::future::try_join_all;
 
+use super::stage::bounded;
 use super::{Worker, names};
 use crate::clean::batch::{BatchOutputs, run_batch};
 use crate::clean::guardrails;
@@ -195,7 +196,8 @@ impl Worker {
         let marker = names::marker(ready.dt);
         let mut wanted = vec![(marker.as_str(), ready.marker_generation)];
         wanted.extend(ready.files.iter().map(|f| (f.name.as_str(), f.generation)));
-        let metas = try_join_all(wanted.iter().map(|(n, _)| self.gcs.stat(raw, n))).await?;
+        let limit = self.config.worker.listing_concurrency;
+        let metas = bounded(limit, wanted.iter().map(|(n, _)| self.gcs.stat(raw, n))).await?;
         Ok(wanted
             .iter()
             .zip(metas)
@@ -250,10 +252,13 @@ impl Worker {
         out: &Path,
     ) -> Result<QualityReport, HandleError> {
         let dt = ready.dt;
-        let parts = try_join_all(ready.files.iter().map(|f| {
-            let staging = staging.to_path_buf();
-            async move { self.fetch_staged(dt, &f.name, f.generation, &staging).await }
-        }))
+        let parts = bounded(
+            self.config.worker.listing_concurrency,
+            ready.files.iter().map(|f| {
+                let staging = staging.to_path_buf();
+                async move { self.fetch_staged(dt, &f.name, f.generation, &staging).await }
+            }),
+        )
         .await?;
 
         let schemas: std::sync::Arc<Schemas> = self.schemas.clone();

@@ -4,7 +4,8 @@
 //! manifests downloaded from the products bucket (sizes and SHA-256 checked), delivered once
 //! ([`deliver_once`] with receipts in the ops bucket), then the notify of step 4
 //! ([`super::notify`]) if this receipt completed the set. `email` (subscription `notify-email`)
-//! runs step 4's e-mail.
+//! runs step 4's e-mail. Every sink role also reads ticks (`schedules-<sink>`) to check its own
+//! sink's connections before a deadline ([`super::check`]).
 //!
 //! Sinks are built for every contract at start-up, so a misconfigured sink stops the service
 //! before the first message. Transient sink errors nack; permanent ones dead-letter with the
@@ -60,7 +61,7 @@ pub struct Deliver {
     pub(super) sink: &'static str,
     pub(super) receipts: GcsReceipts,
     pub(super) contracts: BTreeMap<String, Contract>,
-    sinks: BTreeMap<String, AnySink>,
+    pub(super) sinks: BTreeMap<String, AnySink>,
 }
 
 impl Deref for Deliver {
@@ -276,7 +277,10 @@ impl Role for Deliver {
                 self.sink
             )));
         }
-        if self.sink == "email" {
+        if self.config.source_topic(subscription) == Some(self.config.gcp.topics.schedules.as_str())
+        {
+            self.handle_schedule(msg).await
+        } else if self.sink == "email" {
             self.handle_notify(msg).await
         } else {
             self.handle_request(msg).await

@@ -8,10 +8,11 @@
 //! 4. [`notify`]: the sink whose receipt completes the set publishes `notify`; the e-mail sink
 //!    sends the partner e-mail once.
 //!
-//! Beside them: [`schedules`] (monthly builds and the tick: restarts, deadlines, sink checks),
+//! Beside them: [`schedules`] (monthly builds and the tick: restarts, deadlines),
 //! [`release`] (`datashare release`, `datashare replay --date`), [`check`] (`datashare
-//! check-sinks`), [`status`] (`datashare status`), [`names`] (where each object lives in the
-//! buckets). The transport (pull, push, ack/nack, dead letters, claims) is [`crate::service`].
+//! check-sinks`, and each sink role's own checks on ticks), [`status`] (`datashare status`),
+//! [`names`] (where each object lives in the buckets). The transport (pull, push, ack/nack,
+//! dead letters, claims) is [`crate::service`].
 
 pub mod batch;
 pub mod check;

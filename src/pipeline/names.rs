@@ -29,6 +29,11 @@ pub fn batch_done(dt: NaiveDate, version: &str) -> String {
     format!("claims/batch/dt={dt}/{version}.done.json")
 }
 
+/// `claims/unclaimed/dt=<D>/<step key>.json`: a ready batch version the tick saw unclaimed.
+pub fn unclaimed(dt: NaiveDate, key: &str) -> String {
+    format!("claims/unclaimed/dt={dt}/{key}.json")
+}
+
 /// The day and step key of a batch claim's name (`None` for a done marker or another name).
 pub fn parse_batch_claim(name: &str) -> Option<(NaiveDate, &str)> {
     let rest = name.strip_prefix("claims/batch/dt=")?;

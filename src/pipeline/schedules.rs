@@ -7,8 +7,12 @@
 //! - `tick` (every 5 minutes): a batch step whose worker died (its claim's lease ran out, not
 //!   released, no done marker) is published again, so it is taken over even when Pub/Sub has
 //!   stopped redelivering its message (`batch.stalled` after [`MAX_TAKEOVERS`] takeovers); a day
-//!   whose batch has not finished by its deadline raises `extract.missing`; ticks shortly before
-//!   a deadline check every sink's connection.
+//!   whose batch has been ready (marker and every listed part staged) for
+//!   `unclaimed_restart_after_secs` without any claim — its worker died between publishing
+//!   `BatchReady` and taking the claim, and the message is lost or stalled — is published again
+//!   (each restart after [`MAX_UNCLAIMED_RESTARTS`] also alerts `batch.unclaimed`); a day
+//!   whose batch has not finished by its deadline raises `extract.missing`. (Ticks shortly
+//!   before a deadline make each sink role check its own connections: [`super::check`].)
 
 use std::collections::BTreeSet;
 
@@ -22,7 +26,6 @@ use crate::products::month_periods;
 use crate::products::monthly;
 use crate::service::claim::{self, Claim};
 use crate::service::{Disposition, HandleError};
-use crate::sinks::check::check_all;
 
 /// Kind of the alert raised for a day without a finished batch at its deadline.
 pub const EXTRACT_MISSING: &str = "extract.missing";
@@ -33,6 +36,25 @@ pub const BATCH_STALLED: &str = "batch.stalled";
 /// Takeovers of a batch step's claim after which ticks stop restarting it and alert instead
 /// (a step that kills its worker every time, e.g. out of memory, is not restarted for ever).
 pub const MAX_TAKEOVERS: u32 = 3;
+
+/// Kind of the alert raised for a ready batch that stays unclaimed after restarts.
+pub const BATCH_UNCLAIMED: &str = "batch.unclaimed";
+
+/// Restarts of a ready but unclaimed batch after which each further restart also alerts.
+pub const MAX_UNCLAIMED_RESTARTS: u32 = 3;
+
+/// What the tick remembers of a ready batch without a claim
+/// (`claims/unclaimed/dt=<D>/<step key>.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Unclaimed {
+    /// When a tick first saw it ready and unclaimed.
+    pub first_seen: DateTime<Utc>,
+    /// `BatchReady` published again this many times.
+    pub restarts: u32,
+    /// The last time it was published again.
+    #[serde(default)]
+    pub last_restart: Option<DateTime<Utc>>,
+}
 
 /// `claims/monthly/<partner>/<YYYY-MM>.json` in the ops bucket.
 fn monthly_claim(partner: &str, month: NaiveDate) -> String {
@@ -200,10 +222,10 @@ impl Worker {
             .map_err(|_| HandleError::Transient("monthly build exceeded the step timeout".into()))?
     }
 
-    /// The tick: abandoned batch steps, missing batches past their deadline, and sink checks
-    /// before a deadline.
+    /// The tick: abandoned and unclaimed batch steps, missing batches past their deadline.
     pub async fn tick(&self, at: DateTime<Utc>) -> Result<(), HandleError> {
         self.restart_abandoned_batches().await?;
+        self.restart_unclaimed_batches(at).await?;
         let w = &self.config.worker;
         let mut lateness = std::time::Duration::ZERO;
         for dt in days_past_deadline(at, w.deadline_local_hour, w.deadline_lookback_days) {
@@ -227,17 +249,8 @@ impl Worker {
             self.alert(&alert).await;
         }
         crate::telemetry::metrics::batch_lateness(lateness);
-        let window = chrono::Duration::minutes(i64::from(w.check_sinks_before_mins));
-        if let Some(dt) = deadline_within(at, w.deadline_local_hour, window) {
-            let settings = self.config.sink_settings();
-            for r in check_all(&self.contracts, &settings).await {
-                tracing::info!(%dt, "{}", r.line());
-                if let Some(alert) = r.alert() {
-                    self.alert(&alert.with("before_deadline_of", dt.to_string()))
-                        .await;
-                }
-            }
-        }
+        // Sink connections are checked by the sink roles on their own ticks (check.rs): the
+        // worker holds no sink credentials.
         Ok(())
     }
 
@@ -305,6 +318,129 @@ impl Worker {
             published += 1;
         }
         Ok(published)
+    }
+
+    /// Publishes `BatchReady` again for each day of the lookback whose batch version has been
+    /// ready `unclaimed_restart_after_secs` with neither a claim nor a done marker (its worker
+    /// died after publishing it, before the claim, and the message was lost); returns how many
+    /// it published. The first tick that sees one only notes it; repeats are spaced as much.
+    pub async fn restart_unclaimed_batches(&self, at: DateTime<Utc>) -> Result<usize, HandleError> {
+        let w = &self.config.worker;
+        let (raw, ops) = (&self.config.gcp.buckets.raw, &self.config.gcp.buckets.ops);
+        let today = at.with_timezone(&Sao_Paulo).date_naive();
+        let oldest = today - Days::new(u64::from(w.unclaimed_lookback_days));
+        let days: BTreeSet<NaiveDate> = self
+            .gcs
+            .list(raw, "extracts/dt=")
+            .await?
+            .iter()
+            .filter_map(|o| {
+                o.name
+                    .strip_prefix("extracts/dt=")?
+                    .strip_suffix("/_SUCCESS")
+            })
+            .filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+            .filter(|d| (oldest..=today).contains(d))
+            .collect();
+        if days.is_empty() {
+            return Ok(0);
+        }
+        let claims: Vec<String> = self
+            .gcs
+            .list(ops, "claims/batch/")
+            .await?
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        let after = chrono::Duration::seconds(w.unclaimed_restart_after_secs as i64);
+        let mut published = 0;
+        for dt in days {
+            let Some(ready) = ready_batch(&self.gcs, &self.config, &self.schemas, dt).await? else {
+                continue;
+            };
+            let key = ready.step_key();
+            // Any claim or done marker of this version (or of its release or replay) means a
+            // worker took it: the abandoned-claim restart covers the rest.
+            let taken = format!("claims/batch/dt={dt}/{}", ready.version());
+            if claims.iter().any(|n| n.starts_with(&taken)) {
+                continue;
+            }
+            let state_name = names::unclaimed(dt, &key);
+            let now = Utc::now();
+            let Some((body, generation)) = self.gcs.read(ops, &state_name, None).await? else {
+                let state = Unclaimed {
+                    first_seen: now,
+                    restarts: 0,
+                    last_restart: None,
+                };
+                self.write_unclaimed(&state_name, &state, 0).await?;
+                tracing::info!(%dt, %key, "batch ready without a claim, noted");
+                continue;
+            };
+            let mut state: Unclaimed = serde_json::from_slice(&body).unwrap_or(Unclaimed {
+                first_seen: now,
+                restarts: 0,
+                last_restart: None,
+            });
+            if now - state.last_restart.unwrap_or(state.first_seen) < after {
+                continue;
+            }
+            state.restarts = state.restarts.saturating_add(1);
+            state.last_restart = Some(now);
+            // Noted first, conditionally: of two ticks at once only one publishes.
+            if !self
+                .write_unclaimed(&state_name, &state, generation)
+                .await?
+            {
+                continue;
+            }
+            let id = self
+                .bus
+                .publish(&self.config.gcp.topics.batches, ready.to_message())
+                .await?;
+            tracing::warn!(%dt, %key, restarts = state.restarts, message_id = %id, "unclaimed ready batch published again");
+            published += 1;
+            // Restarting is cheap and harmless (the claim makes the step run once), so it goes
+            // on; past the limit every restart also alerts (grouped per batch version).
+            if state.restarts > MAX_UNCLAIMED_RESTARTS {
+                let alert = Alert::new(
+                    Severity::Critical,
+                    BATCH_UNCLAIMED,
+                    ("*", "*", &dt.to_string()),
+                    &key,
+                    format!(
+                        "the batch of {dt} is ready since {} and no worker took it after {} restarts",
+                        state.first_seen.to_rfc3339(),
+                        state.restarts - 1
+                    ),
+                )
+                .with("batch_version", key.as_str())
+                .with(
+                    "next",
+                    "check the batches subscription and the worker's logs; `datashare replay --date` runs the step",
+                );
+                self.alert(&alert).await;
+            }
+        }
+        Ok(published)
+    }
+
+    /// Writes the unclaimed state if its generation is still `generation` (0: absent); false
+    /// when a concurrent tick wrote first (it acts, this one skips).
+    async fn write_unclaimed(
+        &self,
+        name: &str,
+        state: &Unclaimed,
+        generation: i64,
+    ) -> Result<bool, HandleError> {
+        let body =
+            serde_json::to_vec(state).map_err(|e| HandleError::local("unclaimed state", e))?;
+        let ops = &self.config.gcp.buckets.ops;
+        match self.gcs.write(ops, name, body, Some(generation)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_precondition_failed() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The days of `days` without a curated quality report (their batch step has not run).

@@ -5,7 +5,7 @@
 use std::fs::File;
 
 use chrono::NaiveDate;
-use futures::future::try_join_all;
+use futures::{StreamExt, TryStreamExt, stream};
 
 use super::{Worker, names};
 use crate::clean::Schemas;
@@ -182,6 +182,7 @@ impl Worker {
             .publish(&self.config.gcp.topics.batches, ready.to_message())
             .await?;
         tracing::info!(%dt, version = %ready.version(), message_id = %id, "batch ready published");
+        self.faults.at("after_batch_ready").await;
         Ok(true)
     }
 }
@@ -208,7 +209,9 @@ pub async fn ready_batch(
             return Ok(None);
         }
     };
-    let metas = try_join_all(marker.files.iter().map(|f| gcs.stat(&b.raw, f))).await?;
+    // Bounded: a marker may list 100k files, and each check is one request.
+    let limit = config.worker.listing_concurrency.max(1);
+    let metas = bounded(limit, marker.files.iter().map(|f| gcs.stat(&b.raw, f))).await?;
     let mut files = Vec::with_capacity(metas.len());
     for (name, meta) in marker.files.iter().zip(metas) {
         match meta {
@@ -222,10 +225,13 @@ pub async fn ready_batch(
             }
         }
     }
-    let staged = try_join_all(files.iter().map(|f| {
-        let key = names::staged(dt, &f.name, f.generation, "summary.json");
-        async move { gcs.stat(&b.curated, &key).await }
-    }))
+    let staged = bounded(
+        limit,
+        files.iter().map(|f| {
+            let key = names::staged(dt, &f.name, f.generation, "summary.json");
+            async move { gcs.stat(&b.curated, &key).await }
+        }),
+    )
     .await?;
     if let Some((f, _)) = files.iter().zip(&staged).find(|(_, s)| s.is_none()) {
         tracing::info!(%dt, object = %f.name, generation = f.generation, "listed file not staged yet");
@@ -239,4 +245,45 @@ pub async fn ready_batch(
         release: false,
         replay: None,
     }))
+}
+
+/// Runs `futures` with at most `limit` at a time, results in order; the first error wins
+/// (what `try_join_all` does, without starting every request at once). The futures are
+/// collected first, so the returned future holds no closure (and stays `Send`).
+pub fn bounded<T, E, F>(
+    limit: usize,
+    futures: impl IntoIterator<Item = F>,
+) -> impl std::future::Future<Output = Result<Vec<T>, E>>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let futures: Vec<F> = futures.into_iter().collect();
+    stream::iter(futures).buffered(limit.max(1)).try_collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn bounded_keeps_order_and_never_runs_more_than_its_limit() {
+        let (running, peak) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let futures = (0..100).map(|i| {
+            let (running, peak) = (&running, &peak);
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                if i == 1000 { Err("never") } else { Ok(i) }
+            }
+        });
+        let got = bounded(7, futures).await.unwrap();
+        assert_eq!(got, (0..100).collect::<Vec<_>>());
+        let peak = peak.load(Ordering::SeqCst);
+        assert!((2..=7).contains(&peak), "peak {peak}");
+        let failing = (0..10).map(|i| async move { if i == 3 { Err(i) } else { Ok(i) } });
+        assert_eq!(bounded(2, failing).await, Err(3));
+    }
 }

@@ -2,14 +2,21 @@
 //! worker kills itself with SIGKILL (`crash:<point>`: no cleanup) or waits (`delay:<point>:<secs>`),
 //! comma-separated. Read and checked at start-up; empty in production.
 //!
-//! Points: `after_claim` (claim taken, nothing done), `batch_step` (before the step's work),
+//! Points: `after_batch_ready` (a part or marker handler published `BatchReady`, no claim
+//! exists yet), `after_claim` (claim taken, nothing done), `batch_step` (before the step's work),
 //! `before_publish` (product files uploaded, delivery request not published), `before_done`
 //! (everything published, done marker not written).
 
 use std::time::Duration;
 
 /// The points where faults may be injected.
-pub const POINTS: [&str; 4] = ["after_claim", "batch_step", "before_publish", "before_done"];
+pub const POINTS: [&str; 5] = [
+    "after_batch_ready",
+    "after_claim",
+    "batch_step",
+    "before_publish",
+    "before_done",
+];
 
 /// Faults to inject.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

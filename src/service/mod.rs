@@ -10,6 +10,7 @@
 
 pub mod claim;
 pub mod faults;
+pub mod oidc;
 pub mod pull;
 pub mod push;
 pub mod serve;

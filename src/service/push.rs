@@ -2,7 +2,8 @@
 //! Pub/Sub push envelope in, 204 to ack, 503 to have it retried, 400 for an envelope that is not
 //! one; `GET /healthz`. A path shared by several subscriptions (the alert role's dead letters)
 //! tells them apart by the envelope's `subscription`. Handlers run in their own task, so a
-//! dropped connection never abandons work half done.
+//! dropped connection never abandons work half done. With `[push].verify` on (Cloud Run), every
+//! push request's OIDC token is checked first ([`super::oidc`]): 401 without a valid one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,11 +11,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use base64::Engine;
 use serde::Deserialize;
 
+use super::oidc::{Refused, Verifier};
 use super::{Outcome, Role, dispatch};
 use crate::events::Incoming;
 
@@ -75,6 +77,8 @@ struct Route<R> {
     role: Arc<R>,
     /// The subscriptions pushing to this path.
     subscriptions: Vec<String>,
+    /// Checks the push token (`None`: `[push].verify` is off).
+    verifier: Option<Arc<Verifier>>,
 }
 
 impl<R> Clone for Route<R> {
@@ -82,6 +86,28 @@ impl<R> Clone for Route<R> {
         Route {
             role: self.role.clone(),
             subscriptions: self.subscriptions.clone(),
+            verifier: self.verifier.clone(),
+        }
+    }
+}
+
+/// Checks a request's token when verification is on; the status to answer otherwise.
+pub async fn authorize(verifier: Option<&Verifier>, headers: &HeaderMap) -> Result<(), StatusCode> {
+    let Some(v) = verifier else {
+        return Ok(());
+    };
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    match v.verify(header).await {
+        Ok(()) => Ok(()),
+        Err(e @ Refused::Unauthorized(_)) => {
+            tracing::warn!(error = %e, "push request refused");
+            Err(StatusCode::UNAUTHORIZED)
+        }
+        Err(e @ Refused::Unavailable(_)) => {
+            tracing::warn!(error = %e, "push request not checked, retried later");
+            Err(StatusCode::SERVICE_UNAVAILABLE)
         }
     }
 }
@@ -105,7 +131,14 @@ impl<R> Route<R> {
     }
 }
 
-async fn on_push<R: Role>(State(route): State<Route<R>>, body: Bytes) -> StatusCode {
+async fn on_push<R: Role>(
+    State(route): State<Route<R>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    if let Err(status) = authorize(route.verifier.as_deref(), &headers).await {
+        return status;
+    }
     let parsed = parse_envelope(&body)
         .and_then(|(msg, from)| Ok((route.subscription(from.as_deref())?, msg)));
     let (sub, msg) = match parsed {
@@ -140,11 +173,19 @@ pub fn router<R: Role>(role: Arc<R>) -> Router {
             .or_default()
             .push(sub.to_string());
     }
+    let push = &role.context().config.push;
+    let verifier = push
+        .verifies()
+        .then(|| Arc::new(Verifier::new(push.clone())));
+    if verifier.is_none() {
+        tracing::warn!("push tokens are not verified ([push].verify off)");
+    }
     let mut app = Router::new().route("/healthz", get(|| async { "ok" }));
     for (path, subscriptions) in paths {
         let route = Route {
             role: role.clone(),
             subscriptions,
+            verifier: verifier.clone(),
         };
         app = app.route(&path, post(on_push::<R>).with_state(route));
     }

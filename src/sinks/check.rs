@@ -2,8 +2,8 @@
 //! (SFTP login and listing of the target folder, an authenticated API health call, SMTP
 //! greeting, STARTTLS and AUTH); each failure becomes a `sink.check_failed` alert.
 //!
-//! [`check_all`] is the core; `datashare check-sinks` ([`crate::pipeline::check`]) and the
-//! worker's tick before a day's deadline run it.
+//! [`check_all`] is the core of `datashare check-sinks` ([`crate::pipeline::check`]); on ticks
+//! before a deadline each sink role checks only its own sink (the worker holds no sink secret).
 
 use super::{AnySink, Sink, SinkError};
 use crate::config::sinks::SinkSettings;

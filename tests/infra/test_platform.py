@@ -51,7 +51,8 @@ def test_the_budget_publishes_to_the_topic_the_alert_consumer_reads(hcl, topolog
 
 
 def test_partner_facing_roles_leave_from_one_reserved_address(hcl):
-    assert {unquote(r) for r in hcl["locals"]["egress_roles"]} == {"sftp", "api", "worker"}
+    # Only the roles that reach partner servers (the worker holds no sink credentials).
+    assert {unquote(r) for r in hcl["locals"]["egress_roles"]} == {"sftp", "api"}
     svc = hcl["resources"][("google_cloud_run_v2_service", "role")]
     vpc = {unquote(k): v for d in svc["template"][0]["dynamic"] for k, v in d.items()}["vpc_access"]
     assert expr(vpc["for_each"]) == "contains(local.egress_roles, each.key) ? [1] : []"

@@ -11,7 +11,12 @@ use datashare::config::sinks::ApiAuth;
 use datashare::events::alert::Alert;
 
 use crate::datashare_cmd;
-use crate::harness::{Partners, Spec, Stack, TestApp, random_hex};
+use datashare::config::sinks::SmtpTls;
+
+use crate::harness::{
+    Partners, Spec, Stack, TestApp, api_env, capture_logs, local_contract, random_hex, sftp_env,
+    smtp_env,
+};
 
 fn file_of(r: &SecretRef) -> String {
     r.file
@@ -179,4 +184,80 @@ async fn check_sinks_passes_then_alerts_on_a_stopped_server_and_a_wrong_password
             );
         }
     }
+}
+
+/// Each sink role checks its own sink on a tick before a deadline (the worker no longer holds
+/// sink credentials): with the SFTP server stopped, the sftp role alerts once for sftp; the api
+/// and email roles, whose servers answer, alert nothing; a tick far from a deadline checks
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sink_role_checks_its_own_sink_on_ticks_before_a_deadline() {
+    use datashare::events::{Incoming, Schedule};
+    use datashare::pipeline::deliver::Deliver;
+    use datashare::service::{Outcome, dispatch};
+
+    capture_logs();
+    let work = tempfile::tempdir().unwrap();
+    let stack = Stack::up(&[]);
+    stack.watch("alerts", "role-checks-test").await;
+    let sftp = sftp_env(work.path());
+    let api = api_env(work.path());
+    let smtp = smtp_env(work.path(), SmtpTls::Starttls);
+    let partners = local_contract(work.path(), &sftp.config, &api.config);
+    let s = &smtp.settings;
+    let (port, user) = (s.port.to_string(), s.user.clone().unwrap());
+    let (password, ca) = (
+        file_of(s.password.as_ref().unwrap()),
+        s.ca_file.as_ref().unwrap().display().to_string(),
+    );
+    let cfg = stack.config(
+        &partners,
+        &[
+            ("DATASHARE_SMTP_HOST", s.host.as_str()),
+            ("DATASHARE_SMTP_PORT", port.as_str()),
+            ("DATASHARE_SMTP_TLS", "starttls"),
+            ("DATASHARE_SMTP_FROM", s.from.as_str()),
+            ("DATASHARE_SMTP_USER", user.as_str()),
+            ("DATASHARE_SMTP_PASSWORD_FILE", password.as_str()),
+            ("DATASHARE_SMTP_CA_FILE", ca.as_str()),
+        ],
+    );
+    let mut roles = Vec::new();
+    for sink in ["sftp", "api", "email"] {
+        let role = Deliver::start(cfg.clone(), sink)
+            .await
+            .unwrap_or_else(|e| panic!("{sink} starts: {e}"));
+        roles.push((sink, role));
+    }
+    let tick = |at: &str| {
+        let at = chrono::DateTime::parse_from_rfc3339(at).unwrap().to_utc();
+        let m = Schedule::Tick { at }.to_message();
+        Incoming {
+            id: "tick".into(),
+            data: m.data,
+            attributes: m.attributes,
+            delivery_attempt: Some(1),
+        }
+    };
+    drop(sftp.server);
+    // 08:00 UTC is 05:00 in São Paulo: one hour before the 06:00 deadline.
+    let before_deadline = tick("2026-11-28T08:00:00Z");
+    for (sink, role) in &roles {
+        let sub = format!("schedules-{sink}");
+        assert_eq!(dispatch(role, &sub, &before_deadline).await, Outcome::Ack);
+    }
+    let got = alerts(&stack, "role-checks-test", 2).await;
+    assert_eq!(got.len(), 1, "one alert, from the sftp role: {got:?}");
+    assert_eq!(got[0].kind, "sink.check_failed");
+    assert_eq!(got[0].details["sink"], "sftp");
+    assert_eq!(got[0].partner, "ouchhungry");
+
+    // Far from a deadline: no check, no alert.
+    let afternoon = tick("2026-11-28T18:00:00Z");
+    for (sink, role) in &roles {
+        let sub = format!("schedules-{sink}");
+        assert_eq!(dispatch(role, &sub, &afternoon).await, Outcome::Ack);
+    }
+    let got = alerts(&stack, "role-checks-test", 1).await;
+    assert!(got.is_empty(), "no check outside the window: {got:?}");
 }

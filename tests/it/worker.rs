@@ -19,7 +19,13 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 
-use crate::harness::{Proc, Spec, TestApp, current_batch, generated, publisher, until, upload_day};
+use base64::Engine as _;
+use datashare::service::push;
+use tokio::sync::watch;
+
+use crate::harness::{
+    Proc, Spec, Stack, TestApp, current_batch, generated, partners, publisher, until, upload_day,
+};
 
 /// The GCS notification of an object generation, as fake-gcs-server sends it.
 fn notification(bucket: &str, name: &str, generation: i64) -> Outgoing {
@@ -397,6 +403,124 @@ async fn push_worker_through_the_emulators_push_subscriptions() {
     app.stop().await;
 }
 
+/// With `[push].verify` on (as on Cloud Run), a push endpoint handles only requests carrying an
+/// OIDC token of the push account for its audience, signed by a key of the JWK set (here a
+/// throwaway RSA key served on loopback): no token, another audience or another signer get 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_requests_need_the_push_accounts_token_when_verification_is_on() {
+    use aws_lc_rs::rsa::KeySize;
+    use aws_lc_rs::signature::{KeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+    const AUD: &str = "https://datashare-worker.push.test.invalid";
+    const SA: &str = "datashare-invoker@test.iam.gserviceaccount.com";
+    let key = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+    let stranger = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+    let public = key.public_key();
+    let jwks = json!({"keys": [{
+        "kty": "RSA", "alg": "RS256", "use": "sig", "kid": "k1",
+        "n": B64.encode(public.modulus().big_endian_without_leading_zero()),
+        "e": B64.encode(public.exponent().big_endian_without_leading_zero()),
+    }]})
+    .to_string();
+    let certs = axum::Router::new().route(
+        "/certs",
+        axum::routing::get(move || {
+            let body = jwks.clone();
+            async move { body }
+        }),
+    );
+    let certs_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let certs_url = format!("http://{}/certs", certs_listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(certs_listener, certs).await });
+    let token = |pair: &RsaKeyPair, aud: &str| {
+        let now = chrono::Utc::now().timestamp();
+        let claims = json!({"iss": "https://accounts.google.com", "aud": aud, "email": SA,
+            "email_verified": true, "iat": now, "exp": now + 600});
+        let input = format!(
+            "{}.{}",
+            B64.encode(json!({"alg": "RS256", "kid": "k1", "typ": "JWT"}).to_string()),
+            B64.encode(claims.to_string())
+        );
+        let mut sig = vec![0; pair.public_modulus_len()];
+        pair.sign(
+            &RSA_PKCS1_SHA256,
+            &aws_lc_rs::rand::SystemRandom::new(),
+            input.as_bytes(),
+            &mut sig,
+        )
+        .unwrap();
+        format!("Bearer {input}.{}", B64.encode(sig))
+    };
+
+    let stack = Stack::up(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = stack.config(
+        &partners(dir.path()),
+        &[
+            ("DATASHARE_PUSH_VERIFY", "true"),
+            ("DATASHARE_PUSH_AUDIENCE", AUD),
+            ("DATASHARE_PUSH_SERVICE_ACCOUNT", SA),
+            ("DATASHARE_PUSH_JWKS_URL", certs_url.as_str()),
+        ],
+    );
+    let worker = Arc::new(Worker::start(cfg.clone()).await.unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, rx) = watch::channel(false);
+    let serving = tokio::spawn(push::serve(worker.clone(), listener, rx));
+
+    let at = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(18, 0, 0)
+        .unwrap();
+    let tick = Schedule::Tick { at: at.and_utc() }.to_message();
+    let envelope = json!({
+        "message": {
+            "data": base64::engine::general_purpose::STANDARD.encode(&tick.data),
+            "attributes": tick.attributes,
+            "messageId": "1",
+        },
+        "subscription": "projects/datashare-local/subscriptions/schedules-worker",
+    })
+    .to_string();
+    let push = |auth: Option<String>| {
+        let mut req = stack
+            .http
+            .post(format!("{base}/push/schedules"))
+            .body(envelope.clone());
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(push(None).await, 401, "no token");
+    assert_eq!(
+        push(Some(token(&key, "https://elsewhere"))).await,
+        401,
+        "another audience"
+    );
+    assert_eq!(
+        push(Some(token(&stranger, AUD))).await,
+        401,
+        "another signer"
+    );
+    assert_eq!(
+        push(Some(token(&key, AUD))).await,
+        204,
+        "the push account's token"
+    );
+    let health = stack
+        .http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200, "health needs no token");
+    stop.send(true).unwrap();
+    serving.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_file_holds_the_products_until_the_batch_is_released() {
     let app = TestApp::spawn(Spec::new().watch("deliveries", "test-deliveries")).await;
@@ -586,6 +710,88 @@ async fn a_worker_killed_before_its_done_marker_is_taken_over_without_publishing
         NaiveDate::from_ymd_opt(2026, 11, 23).unwrap(),
     )
     .await;
+}
+
+/// Kills a worker right after it published `BatchReady`, before any claim exists, and drops
+/// every message of `extracts` and `batches` (lost, or stalled as the emulator's streams can be):
+/// no claim means no abandoned-claim restart. Another worker's ticks see the day ready without
+/// a claim, note it, publish `BatchReady` again once `unclaimed_restart_after_secs` has passed,
+/// and the batch completes with one delivery request and no takeover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_between_batch_ready_and_claim_is_restarted_by_the_tick() {
+    let stack = Stack::up(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let partners = partners(dir.path());
+    let cfg = stack.config(&partners, &[]);
+    stack.watch("deliveries", "test-deliveries").await;
+    let mut a = Proc::worker(
+        &stack,
+        &partners,
+        &[("DATASHARE_FAULTS", "crash:after_batch_ready")],
+    );
+    let gcs = Gcs::connect(cfg.emulators.storage.as_deref())
+        .await
+        .unwrap();
+    // A recent day: ticks look back `unclaimed_lookback_days` (7) days from their own.
+    let dt = chrono::Utc::now().date_naive() - chrono::Days::new(2);
+    upload_day(&gcs, &cfg, dt, 200, false).await;
+    let status = a.exit(Duration::from_secs(120)).await;
+    assert!(
+        !status.success(),
+        "the injected crash kills the worker: {status:?}"
+    );
+    stack.forget(EXTRACTS_SUBSCRIPTION).await;
+    stack.forget(BATCHES_SUBSCRIPTION).await;
+    let ops = cfg.gcp.buckets.ops.clone();
+    let claims = gcs
+        .list(&ops, &format!("claims/batch/dt={dt}/"))
+        .await
+        .unwrap();
+    assert!(claims.is_empty(), "no claim was taken: {claims:?}");
+    let ready = current_batch(&gcs, &cfg, dt).await;
+    let done = names::batch_done(dt, &ready.version());
+
+    let _b = Proc::worker(
+        &stack,
+        &partners,
+        &[("DATASHARE_UNCLAIMED_RESTART_AFTER_SECS", "3")],
+    );
+    let schedules = publisher(&cfg, &cfg.gcp.topics.schedules).await;
+    until("the done marker", Duration::from_secs(240), || async {
+        let at = chrono::Utc::now()
+            .date_naive()
+            .and_hms_opt(15, 0, 0)
+            .unwrap();
+        let tick = Schedule::Tick { at: at.and_utc() };
+        schedules
+            .publish(&cfg.gcp.topics.schedules, tick.to_message())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        gcs.stat(&ops, &done).await.unwrap()
+    })
+    .await;
+    let got = stack
+        .drain("test-deliveries", Duration::from_secs(30), |m| {
+            !m.is_empty()
+        })
+        .await;
+    assert_eq!(got.len(), 1, "one delivery request: {got:?}");
+    let taken = claim::read(&gcs, &ops, &names::batch_claim(dt, &ready.version()))
+        .await
+        .unwrap()
+        .expect("the claim");
+    assert_eq!(
+        taken.takeovers, 0,
+        "a fresh claim, not a takeover: {taken:?}"
+    );
+    let (state, _) = gcs
+        .read(&ops, &names::unclaimed(dt, &ready.step_key()), None)
+        .await
+        .unwrap()
+        .expect("the tick noted the unclaimed batch");
+    let state: Value = serde_json::from_slice(&state).unwrap();
+    assert!(state["restarts"].as_u64() >= Some(1), "restarted: {state}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
