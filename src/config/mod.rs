@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 pub mod alerting;
 pub mod guardrails;
+pub mod powerbi;
 pub mod secret;
 pub mod sinks;
 

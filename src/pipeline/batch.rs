@@ -46,6 +46,8 @@ pub struct StepSummary {
     pub redelivered: Vec<String>,
     /// Products held by a guardrail or a failed file.
     pub held: Vec<String>,
+    /// What was written, for topic `updates`: `curated/<table>`, `products/<product>`.
+    pub updated: BTreeSet<String>,
 }
 
 /// The month whose monthly product batch `dt` completes (its last day + `late_days`), if any.
@@ -111,6 +113,7 @@ impl Worker {
         };
         match result {
             Ok(summary) => {
+                self.publish_updates(&ready, &summary).await?;
                 self.faults.at("before_done").await;
                 let body = serde_json::json!({
                     "owner": self.owner,
@@ -143,6 +146,30 @@ impl Worker {
                 Err(e)
             }
         }
+    }
+
+    /// Publishes what the step updated to `updates` (the Power BI monitor), before the done
+    /// marker: a step run again publishes again, and the monitor refreshes once per version.
+    async fn publish_updates(
+        &self,
+        ready: &BatchReady,
+        summary: &StepSummary,
+    ) -> Result<(), HandleError> {
+        if summary.updated.is_empty() {
+            return Ok(());
+        }
+        let updates = crate::events::Updates {
+            schema_version: crate::events::updates::UPDATES_VERSION,
+            dt: ready.dt.to_string(),
+            batch_version: ready.step_key(),
+            tables: summary.updated.iter().cloned().collect(),
+        };
+        let id = self
+            .bus
+            .publish(&self.config.gcp.topics.updates, updates.to_message())
+            .await?;
+        tracing::info!(dt = %ready.dt, tables = ?updates.tables, message_id = %id, "updates published");
+        Ok(())
     }
 
     /// Whether the marker and every file are still at the generations of this batch version.
@@ -185,9 +212,13 @@ impl Worker {
         .await?
         .map_err(|e| HandleError::local("batch step", e))?;
         tracing::info!(%dt, elapsed_ms = started.elapsed().as_millis() as u64, "batch step ran");
+        let mut updated = BTreeSet::new();
         for path in files_under(&out).map_err(|e| HandleError::local("outputs", e))? {
             let rel = relative(&out, &path);
             self.gcs.upload(&b.curated, &rel, &path).await?;
+            if let Some((table, _)) = rel.strip_prefix("curated/").and_then(|r| r.split_once('/')) {
+                updated.insert(format!("curated/{table}"));
+            }
         }
 
         // Guardrails on the report just written, and raw files the marker does not list.
@@ -202,7 +233,10 @@ impl Worker {
             self.alert(alert).await;
         }
 
-        let mut summary = StepSummary::default();
+        let mut summary = StepSummary {
+            updated,
+            ..Default::default()
+        };
         let failed: Vec<String> = report
             .failed_files()
             .map(|f| {
@@ -306,6 +340,9 @@ impl Worker {
             let built = blocking("product build", move || build(&c2, period, &opts)).await?;
             match built {
                 Ok(released) => {
+                    summary
+                        .updated
+                        .insert(format!("products/{}", released.product.as_str()));
                     if self.deliver(&contract, &released).await? {
                         summary.published.push(released.delivery_id.clone());
                     } else {
