@@ -32,7 +32,7 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-fn smtp_overrides(smtp: &SmtpEnv) -> Vec<(String, String)> {
+pub(crate) fn smtp_overrides(smtp: &SmtpEnv) -> Vec<(String, String)> {
     let s = &smtp.settings;
     vec![
         ("DATASHARE_SMTP_HOST".into(), s.host.clone()),

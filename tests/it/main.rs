@@ -6,6 +6,7 @@ mod check_sinks;
 mod clean;
 mod delivery;
 mod guardrails;
+mod powerbi;
 mod products;
 mod schedules;
 mod sinks;

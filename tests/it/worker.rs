@@ -473,6 +473,7 @@ async fn pull_worker_turns_a_messy_upload_into_one_delivery_per_version() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = stack.config(&partners(dir.path()), &[]);
     stack.watch("deliveries", "test-deliveries").await;
+    stack.watch("updates", "test-updates").await;
     let worker = Arc::new(Worker::start(cfg.clone()).await.expect("worker starts"));
     let (stop, rx) = watch::channel(false);
     let pulling = tokio::spawn(pull::run(worker.clone(), rx));
@@ -529,6 +530,26 @@ async fn pull_worker_turns_a_messy_upload_into_one_delivery_per_version() {
     );
     assert!(is_daily(&got[0]));
     check_delivery(gcs, &got[0], dt).await;
+    // What the step updated, for the Power BI monitor: once, with the batch version.
+    let updates = stack
+        .drain("test-updates", Duration::from_secs(30), |m| !m.is_empty())
+        .await;
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    assert!(updates[0].attributes.contains_key("traceparent"));
+    let u = datashare::events::Updates::parse(&updates[0]).unwrap();
+    assert_eq!(
+        (u.dt.as_str(), u.batch_version),
+        ("2026-11-27", ready.step_key())
+    );
+    assert_eq!(
+        u.tables,
+        [
+            "curated/customers",
+            "curated/products",
+            "curated/transactions",
+            "products/daily"
+        ]
+    );
 
     stop.send(true).unwrap();
     pulling.await.unwrap().unwrap();
