@@ -2,7 +2,7 @@
 # The local demo, end to end on the local stack (fake-gcp/): starts Google's Pub/Sub emulator,
 # fake-gcs-server and the partner stand-ins (OpenSSH sshd, HTTPS API, SMTP), checks the partner's
 # sinks, runs the roles as background processes in pull mode (worker, one deliver per sink,
-# alert), uploads three generated days of dirty extracts to the raw bucket, waits until the
+# alert, powerbi), uploads three generated days of dirty extracts to the raw bucket, waits until the
 # products are built and delivered, shows where everything landed, then stops all it started.
 # Installs what it needs itself (idempotently); writes under ./out/demo (or $DEMO_DIR).
 # DEMO_PROFILE=release builds with LTO instead of the (faster to build) debug profile.
@@ -87,6 +87,7 @@ if "$bin" help alert >/dev/null 2>&1; then
 else
   echo "   (no \`datashare alert\` in this build)"
 fi
+if "$bin" help powerbi >/dev/null 2>&1; then start_role powerbi powerbi --pull; fi
 
 echo "== 5. uploading the extracts to gs://$DATASHARE_BUCKET_RAW (parts first, then each day's marker)"
 python3 - "$demo/raw" <<'PY'
@@ -190,5 +191,20 @@ for title, folder, pattern in [("SFTP server", env["FAKE_GCP_SFTP_ROOT"], "*"),
         print("  (nothing)")
 sys.exit(0 if len(requests) >= want and (not delivering or delivered()) else 1)
 PY
+if "$bin" help powerbi >/dev/null 2>&1 && [ -n "${FAKE_GCP_POWERBI_URL:-}" ]; then
+  python3 - <<'PY' || true
+import json, os, ssl, time, urllib.request
+ctx = ssl.create_default_context(cafile=os.environ["DATASHARE_POWERBI_CA_FILE"])
+get = lambda p: json.loads(urllib.request.urlopen(os.environ["FAKE_GCP_POWERBI_URL"] + p, context=ctx, timeout=10).read())
+deadline, done = time.monotonic() + 60, []
+while not done and time.monotonic() < deadline:
+    via_api = [(i["kind"], i["name"], r) for i in get("/_admin/items")["items"] for r in i["history"] if r["refreshType"] == "ViaApi"]
+    done = [x for x in via_api if x[2]["status"] == "Completed"]
+    time.sleep(1)
+print(f"Power BI (stand-in {os.environ['FAKE_GCP_POWERBI_URL']}): {len(via_api)} refresh(es) requested by datashare powerbi, {len(done)} completed")
+for kind, name, r in via_api:
+    print(f"  {kind} {name}: {r['status']} (started {r['startTime']})")
+PY
+fi
 echo
 echo "logs of the roles: $demo/logs; of the stack and stand-ins: $demo/stack"
