@@ -284,7 +284,7 @@ impl Client {
             .await
             .map_err(|e| ApiError::Transient(format!("refresh history: {e}")))?;
         let mut out: Vec<Refresh> = raw.value.iter().map(parse_refresh).collect();
-        out.sort_by(|a, b| b.start.cmp(&a.start));
+        out.sort_by_key(|r| std::cmp::Reverse(r.start));
         out.truncate(top as usize);
         Ok(out)
     }
