@@ -534,6 +534,7 @@ impl Worker {
     /// version was already published; returns whether it published.
     async fn deliver(&self, contract: &Contract, rel: &Released) -> Result<bool, HandleError> {
         let b = &self.config.gcp.buckets;
+        self.put_table_copy(rel).await?;
         let published = names::delivery_published(&rel.delivery_id);
         if self.gcs.stat(&b.ops, &published).await?.is_some() {
             tracing::info!(partner = %rel.partner, delivery_id = %rel.delivery_id, "product version already delivered");
@@ -624,6 +625,26 @@ impl Worker {
         }
         tracing::info!(partner = %rel.partner, product, period = %rel.period, delivery_id = %rel.delivery_id, message_id = %id, "delivery request published");
         Ok(true)
+    }
+
+    /// Overwrites the period's Parquet under `tables/` (the BigQuery products tables read the
+    /// latest version of each period there).
+    async fn put_table_copy(&self, rel: &Released) -> Result<(), HandleError> {
+        let products = &self.config.gcp.buckets.products;
+        for f in &rel.files {
+            if f.path.extension().is_none_or(|e| e != "parquet") {
+                continue;
+            }
+            let file = f
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let name =
+                names::product_table_file(&rel.partner, rel.product.as_str(), &rel.period, &file);
+            self.gcs.upload(products, &name, &f.path).await?;
+        }
+        Ok(())
     }
 
     /// Writes an object that must never change (content-addressed by delivery id): created if

@@ -530,6 +530,19 @@ async fn pull_worker_turns_a_messy_upload_into_one_delivery_per_version() {
     );
     assert!(is_daily(&got[0]));
     check_delivery(gcs, &got[0], dt).await;
+    // The BigQuery products table's copy of the period's Parquet: the delivered bytes.
+    let req = DeliveryRequest::parse(&got[0]).unwrap();
+    let parquet = req.files.iter().find(|f| f.format == "parquet").unwrap();
+    let table_copy = format!(
+        "tables/daily/dt=2026-11-27/partner=ouchhungry/{}",
+        parquet.name
+    );
+    let (copy, _) = gcs
+        .read(&cfg.gcp.buckets.products, &table_copy, None)
+        .await
+        .unwrap()
+        .expect("the products table's copy");
+    assert_eq!(sha256_hex(&copy), parquet.file.sha256);
     // What the step updated, for the Power BI monitor: once, with the batch version.
     let updates = stack
         .drain("test-updates", Duration::from_secs(30), |m| !m.is_empty())
