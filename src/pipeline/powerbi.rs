@@ -483,10 +483,11 @@ impl Role for PowerBi {
         subscription: &str,
         msg: &Incoming,
     ) -> Result<Disposition, HandleError> {
+        // Boxed: the futures are large, and callers may poll them on a small stack.
         match subscription {
-            UPDATES_SUBSCRIPTION => self.handle_updates(msg).await,
+            UPDATES_SUBSCRIPTION => Box::pin(self.handle_updates(msg)).await,
             SCHEDULES_SUBSCRIPTION => match Schedule::parse(msg)? {
-                Schedule::Tick { at } => self.tick(at).await,
+                Schedule::Tick { at } => Box::pin(self.tick(at)).await,
                 _ => Ok(Disposition::Done),
             },
             other => Err(HandleError::Transient(format!(

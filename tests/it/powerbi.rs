@@ -14,7 +14,7 @@ use datashare::config::sinks::SmtpTls;
 use datashare::events::updates::UPDATES_VERSION;
 use datashare::events::{Alert, Incoming, Schedule, Updates};
 use datashare::pipeline::powerbi::{
-    CONFIG, PowerBi, QUOTA, SCHEDULES_SUBSCRIPTION, UPDATES_SUBSCRIPTION,
+    CONFIG, PowerBi, QUOTA, SCHEDULES_SUBSCRIPTION, STALE, UPDATES_SUBSCRIPTION,
 };
 use datashare::service::{Disposition, Role, pull};
 use serde_json::{Value, json};
@@ -107,7 +107,21 @@ impl Pbi {
         assert!(r.status().is_success(), "{path}: {}", r.status());
     }
 
+    /// Every logged request; the stand-in logs a request after answering it, so this waits
+    /// until the log has been quiet for a moment.
     async fn requests(&self) -> Vec<Value> {
+        let mut last = self.requests_now().await;
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = self.requests_now().await;
+            if now.len() == last.len() {
+                return now;
+            }
+            last = now;
+        }
+    }
+
+    async fn requests_now(&self) -> Vec<Value> {
         let v: Value = self
             .http
             .get(format!("{}/_admin/requests", self.server.field("base_url")))
@@ -270,7 +284,12 @@ async fn refreshes_follow_updates_once_within_quota_and_misconfiguration_alerts_
             .unwrap(),
         Disposition::Done
     );
-    assert_eq!(pbi.posts(DATAFLOW).await, (1, 0));
+    assert_eq!(
+        pbi.posts(DATAFLOW).await,
+        (1, 0),
+        "{:#?}",
+        pbi.requests().await
+    );
     assert_eq!(pbi.token_requests().await, vec![200, 200], "renewed once");
 
     // The quota is used: no request, one alert, however often the update comes.
@@ -299,7 +318,12 @@ async fn refreshes_follow_updates_once_within_quota_and_misconfiguration_alerts_
         role.handle_message(UPDATES_SUBSCRIPTION, &p).await.unwrap(),
         Disposition::Done
     );
-    assert_eq!(pbi.posts(PARCEIROS).await, (1, 1));
+    assert_eq!(
+        pbi.posts(PARCEIROS).await,
+        (1, 1),
+        "{:#?}",
+        pbi.requests().await
+    );
 
     // A wrong secret: one configuration alert, the messages acknowledged, one token request each.
     let wrong = dir.path().join("wrong_secret");
@@ -342,8 +366,29 @@ async fn refreshes_follow_updates_once_within_quota_and_misconfiguration_alerts_
     );
     assert_eq!(pbi.posts(VENDAS).await, (1, 0));
 
+    // Ticks 60 hours on (every refresh has ended): each item is past its freshness SLA, one
+    // stale alert each however many ticks.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for n in 0..2 {
+        let t = Schedule::Tick {
+            at: chrono::Utc::now() + chrono::Duration::hours(60),
+        }
+        .to_message();
+        let t = Incoming {
+            id: format!("t-stale-{n}"),
+            data: t.data,
+            ..Default::default()
+        };
+        assert_eq!(
+            role.handle_message(SCHEDULES_SUBSCRIPTION, &t)
+                .await
+                .unwrap(),
+            Disposition::Done
+        );
+    }
+
     let got = stack
-        .drain("test-alerts", Duration::from_secs(30), |m| m.len() >= 2)
+        .drain("test-alerts", Duration::from_secs(30), |m| m.len() >= 6)
         .await;
     let kinds: Vec<String> = alerts_of(&got).into_iter().map(|a| a.kind).collect();
     assert_eq!(kinds.iter().filter(|k| *k == QUOTA).count(), 1, "{kinds:?}");
@@ -352,7 +397,23 @@ async fn refreshes_follow_updates_once_within_quota_and_misconfiguration_alerts_
         1,
         "{kinds:?}"
     );
-    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    let stale: Vec<Alert> = alerts_of(&got)
+        .into_iter()
+        .filter(|a| a.kind == STALE)
+        .collect();
+    let mut items: Vec<&str> = stale.iter().map(|a| a.product.as_str()).collect();
+    items.sort();
+    assert_eq!(
+        items,
+        [
+            "cota",
+            "curated-dataflow",
+            "parceiros-produtos",
+            "vendas-diarias"
+        ],
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.len(), 6, "{kinds:?}");
     let texts: Vec<String> = got
         .iter()
         .map(|m| String::from_utf8_lossy(&m.data).to_string())
