@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The local Google Cloud stack of datashare: Pub/Sub and Cloud Storage emulators.
 
-Starts Google's Pub/Sub emulator and fake-gcs-server on 127.0.0.1, waits until
-both answer, and creates on them exactly the topology of fake-gcp/topology.yaml
+Starts Google's Pub/Sub emulator and fake-gcs-server on 127.0.0.1 (clients reach
+fake-gcs-server through gcs_front.py, which puts the port back in the Host header
+for resumable uploads), waits until both answer, and creates on them exactly the topology of fake-gcp/topology.yaml
 (topics, subscriptions with their delivery settings, buckets), with the bucket
 names and project of config/default.toml. fake-gcs-server publishes the real
 GCS notification (OBJECT_FINALIZE, JSON_API_V1) of every object finalized in
@@ -579,13 +580,22 @@ def start_stack(args, settings: Settings, path: Path) -> tuple[dict, list[subpro
             "pubsub", lambda p: [str(emulator), "--host=127.0.0.1", f"--port={p}"],
             args.pubsub_port, env, pubsub_ready, lambda p: f"--port={p}")
         gcs_env = dict(os.environ, PUBSUB_EMULATOR_HOST=f"127.0.0.1:{pubsub_port}")
-        gcs_port = launch(
+        # fake-gcs-server on a port of its own, behind the front (gcs_front.py) that clients
+        # use: the front gives each request a Host header with the port, from which
+        # fake-gcs-server builds a resumable upload's session URL (it ignores -external-url
+        # there, and Google's Rust client sends the host without the port).
+        server_port = launch(
             "gcs", lambda p: [str(fake_gcs), "-scheme", "http", "-host", "127.0.0.1", "-port", str(p),
                               "-backend", "memory", "-external-url", f"http://127.0.0.1:{p}",
                               "-event.pubsub-project-id", settings.project,
                               "-event.pubsub-topic", topic, "-event.bucket", raw_bucket,
                               "-event.list", events],
-            args.gcs_port, gcs_env, gcs_ready, lambda p: str(fake_gcs))
+            None, gcs_env, gcs_ready, lambda p: str(fake_gcs))
+        gcs_port = launch(
+            "gcs-front", lambda p: [sys.executable, str(HERE / "gcs_front.py"), "--port", str(p),
+                                    "--upstream-port", str(server_port)],
+            args.gcs_port, dict(os.environ), gcs_ready,
+            lambda p: f"gcs_front.py --port {p} ")
         env_out = client_env(settings, pubsub_port, gcs_port)
         counts = apply_topology(settings, env_out["PUBSUB_EMULATOR_HOST"],
                                 env_out["STORAGE_EMULATOR_HOST"], endpoints, args.retry_backoff_cap)
@@ -739,7 +749,7 @@ def start_partners(launch, state_dir: Path) -> dict[str, str]:
 def stop_state(state: dict) -> None:
     # Storage first: it publishes to Pub/Sub.
     errors = []
-    for name in sorted(state.get("processes", {}), key=lambda n: n != "gcs"):
+    for name in sorted(state.get("processes", {}), key=lambda n: n not in ("gcs-front", "gcs")):
         p = state["processes"][name]
         try:
             stop_group(name, p["pgid"], p["marker"])

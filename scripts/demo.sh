@@ -2,8 +2,11 @@
 # The local demo, end to end on the local stack (fake-gcp/): starts Google's Pub/Sub emulator,
 # fake-gcs-server and the partner stand-ins (OpenSSH sshd, HTTPS API, SMTP), checks the partner's
 # sinks, runs the roles as background processes in pull mode (worker, one deliver per sink,
-# alert, powerbi), uploads three generated days of dirty extracts to the raw bucket, waits until the
-# products are built and delivered, shows where everything landed, then stops all it started.
+# alert, powerbi), uploads three generated days of dirty extracts to the raw bucket (two calm days at
+# 2% defects, then one at 25% that trips a data-quality guardrail), waits until the products
+# are built and delivered and the data team's alert e-mail is sent, shows where everything
+# landed and which day alerted, then stops all it started. Exits 1 when a day is not
+# delivered, a calm day alerted or the dirty day did not.
 # Installs what it needs itself (idempotently); writes under ./out/demo (or $DEMO_DIR).
 # DEMO_PROFILE=release builds with LTO instead of the (faster to build) debug profile.
 set -euo pipefail
@@ -13,9 +16,14 @@ profile="${DEMO_PROFILE:-debug}"
 demo="$(realpath -m "${DEMO_DIR:-out/demo}")"
 state="$demo/stack/stack.json"
 days=(2026-11-24 2026-11-25 2026-11-26)
+calm_rate=0.02  # the calm days: no guardrail trips
+alert_rate=0.25 # the last day: ~8% of its transactions quarantined, above the 5% warning
 wait_secs="${DEMO_WAIT_SECS:-300}"
 
 bash scripts/setup.sh
+# The local stack's own tools (fake-gcs-server, the Pub/Sub emulator check): a fresh machine
+# has none of them until this runs.
+bash fake-gcp/setup.sh >/dev/null
 case "$profile" in
   release) cargo build --locked --release --quiet ;;
   debug) cargo build --locked --quiet ;;
@@ -42,9 +50,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "== 1. generating extracts for ${days[0]}..${days[-1]} (2% of rows with a defect) into $demo/raw"
-"$bin" generate --out "$demo/raw" --from "${days[0]}" --to "${days[-1]}" --rows 3000 --parts 2 \
-  --defect-rate 0.02 --gzip
+echo "== 1. generating extracts into $demo/raw: ${days[0]} and ${days[1]} calm (2% of rows with a defect),"
+echo "      ${days[2]} dirty (25% of rows with a defect: trips the transactions' quarantine guardrail)"
+"$bin" generate --out "$demo/raw" --from "${days[0]}" --to "${days[1]}" --rows 3000 --parts 2 \
+  --defect-rate "$calm_rate" --gzip
+"$bin" generate --out "$demo/raw" --date "${days[2]}" --rows 3000 --parts 2 \
+  --defect-rate "$alert_rate" --gzip
 
 echo "== 2. starting the local stack: emulators and partner stand-ins (logs in $demo/stack)"
 python3 fake-gcp/stack.py --state "$state" up --retry-backoff-cap 1 >"$demo/stack.env"
@@ -82,7 +93,9 @@ if "$bin" help deliver >/dev/null 2>&1; then
 else
   echo "   (no \`datashare deliver\` in this build: products are built, not delivered)"
 fi
+alerting=0
 if "$bin" help alert >/dev/null 2>&1; then
+  alerting=1
   start_role alert alert --pull
 else
   echo "   (no \`datashare alert\` in this build)"
@@ -106,9 +119,10 @@ print(f"   {len(files)} objects uploaded")
 PY
 
 echo "== 6. waiting for the products and their delivery requests (up to $wait_secs s)"
-python3 - "$demo" "${#days[@]}" "$wait_secs" "$delivering" <<'PY'
-import base64, json, os, pathlib, sys, time, urllib.parse, urllib.request
-demo, want, limit, delivering = pathlib.Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1"
+python3 - "$demo" "${#days[@]}" "$wait_secs" "$delivering" "$alerting" "${days[-1]}" "${days[@]}" <<'PY'
+import base64, email, email.header, json, os, pathlib, re, sys, time, urllib.parse, urllib.request
+demo, want, limit = pathlib.Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+delivering, alerting, alert_day, days = sys.argv[4] == "1", sys.argv[5] == "1", sys.argv[6], sys.argv[7:]
 env = os.environ
 host, project = env["PUBSUB_EMULATOR_HOST"], env["GOOGLE_CLOUD_PROJECT"]
 
@@ -133,16 +147,33 @@ def objects(bucket, prefix=""):
 def files(folder, pattern="*"):
     return sorted(p for p in pathlib.Path(folder).rglob(pattern) if p.is_file())
 
-def partner_mails():
-    """E-mails to the partner's contacts (the alert role e-mails the data team through the same relay)."""
+def mails(partner):
+    """E-mails to the partner's contacts (partner=True), or to the data team (the alert role
+    e-mails it through the same relay)."""
     out = []
     for p in files(env["FAKE_GCP_MAIL_DIR"], "*.eml"):
         try:
             rcpt = json.loads(p.with_suffix(".json").read_text())["rcpt_tos"]
         except (OSError, ValueError, KeyError):
             continue
-        if any(r.endswith("@ouchhungry.example") for r in rcpt):
+        if any(r.endswith("@ouchhungry.example") for r in rcpt) == partner:
             out.append(p)
+    return out
+
+def partner_mails():
+    return mails(True)
+
+def subject(p):
+    msg = email.message_from_bytes(p.read_bytes())
+    return " ".join(str(email.header.make_header(email.header.decode_header(msg["Subject"] or ""))).split())
+
+def team_mails_by_day():
+    """The data team's e-mails by the day their subject names (None: no day named)."""
+    out = {}
+    for p in mails(False):
+        s = subject(p)
+        m = re.search(r"\d{4}-\d{2}-\d{2}", s)
+        out.setdefault(m.group(0) if m else None, []).append(s)
     return out
 
 requests, started, last = [], time.monotonic(), None
@@ -155,11 +186,14 @@ while True:
               f"{len(files(env['FAKE_GCP_SFTP_ROOT']))} files, API "
               f"{len(files(env['FAKE_GCP_API_RECEIVED']))} files, "
               f"{len(partner_mails())} partner e-mails, "
-              f"{len(files(env['FAKE_GCP_MAIL_DIR'], '*.eml')) - len(partner_mails())} other e-mails")
+              f"{len(files(env['FAKE_GCP_MAIL_DIR'], '*.eml')) - len(partner_mails())} alert e-mails to the data team")
     if status != last:
         print(f"   {time.monotonic() - started:5.0f} s  {status}", flush=True)
         last = status
-    if len(requests) >= want and (not delivering or delivered()):
+    if (len(requests) >= want and (not delivering or delivered())
+            and (not alerting or alert_day in team_mails_by_day())):
+        # A late alert about a calm day would show in the next few seconds.
+        time.sleep(3)
         break
     if time.monotonic() - started > limit:
         print(f"   gave up after {limit:.0f} s: see the logs in {demo}/logs", flush=True)
@@ -176,20 +210,34 @@ for r in requests:
           f"delivery_id {r['delivery_id'][:12]}…  files {', '.join(str(f.get('name')) for f in r['files'])}")
 for title, folder, pattern in [("SFTP server", env["FAKE_GCP_SFTP_ROOT"], "*"),
                                ("partner API (received/<idempotency key>/)", env["FAKE_GCP_API_RECEIVED"], "*"),
-                               ("partner e-mail (SMTP catcher)", env["FAKE_GCP_MAIL_DIR"], "*.eml")]:
+                               ("e-mails to the partner and the data team (SMTP catcher)", env["FAKE_GCP_MAIL_DIR"], "*.eml")]:
     found = files(folder, pattern)
     print(f"{title}: {folder}")
     for p in found:
         line = f"  {p.relative_to(folder)}"
         if p.suffix == ".eml":
-            import email
             msg = email.message_from_bytes(p.read_bytes())
-            subject = str(email.header.make_header(email.header.decode_header(msg["Subject"] or "")))
-            line += f"  To: {msg['To']}  Subject: {subject}"
+            line += f"  To: {' '.join(str(msg['To']).split())}  Subject: {subject(p)}"
         print(line)
     if not found:
         print("  (nothing)")
-sys.exit(0 if len(requests) >= want and (not delivering or delivered()) else 1)
+alerts = team_mails_by_day()
+print("\n== which day alerted (the data team's e-mails, from the SMTP catcher)")
+alerts_ok = True
+for d in days:
+    got = alerts.get(d, [])
+    said = f"ALERTED  {len(got)} e-mail(s) to the data team" if got else "calm     no alert e-mail"
+    right = (d == alert_day) == bool(got)
+    print(f"  {d}  {said}  ({'as expected' if right else 'NOT as expected'})")
+    for s in got:
+        print(f"      {s}")
+    alerts_ok = alerts_ok and (right or not alerting)
+for s in alerts.get(None, []):
+    print(f"  (about no day) {s}")
+ok = len(requests) >= want and (not delivering or delivered()) and alerts_ok
+if not alerts_ok:
+    print(f"  the alerts are not as expected: only {alert_day} should alert", flush=True)
+sys.exit(0 if ok else 1)
 PY
 if "$bin" help powerbi >/dev/null 2>&1 && [ -n "${FAKE_GCP_POWERBI_URL:-}" ]; then
   python3 - <<'PY' || true

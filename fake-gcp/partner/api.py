@@ -6,7 +6,8 @@
 
 Routes:
   GET  [/prefix]/health             200 with valid credentials, 401 without
-  POST [/prefix]/datasets/<product>/files   parts `file` and `manifest` (repeated); needs credentials and
+  POST [/prefix]/datasets/<product>/files   parts `file` and `manifest` (repeated), optional
+                                    `dictionary` (stored with them); needs credentials and
                                     an Idempotency-Key; 201 and stored under
                                     DIR/received/<key>/; 409 when the key was seen; 422 when a
                                     file's SHA-256 is not its manifest's
@@ -157,6 +158,7 @@ class Handler(BaseHTTPRequestHandler):
         parts = parse_multipart(body, self.headers.get("Content-Type"))
         files = [p for p in parts or [] if p["field"] == "file"]
         manifests = [p for p in parts or [] if p["field"] == "manifest"]
+        dictionaries = [p for p in parts or [] if p["field"] == "dictionary"]
         if not files or not manifests:
             self.record(400)
             return self.answer(400, {"error": "need file and manifest parts"})
@@ -184,9 +186,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(409, {"error": "already received", "id": key})
         folder = os.path.join(self.server.state, "received", key)
         os.makedirs(folder, exist_ok=True)
-        for p in files + manifests:
+        for p in files + manifests + dictionaries:
             common.write_atomic(os.path.join(folder, os.path.basename(p["filename"])), p["data"])
-        self.record(201, product=m.group(1), files=[p["filename"] for p in files + manifests])
+        self.record(201, product=m.group(1), files=[p["filename"] for p in files + manifests + dictionaries])
         self.answer(201, {"id": key, "files": [p["filename"] for p in files]})
 
 

@@ -93,7 +93,9 @@ pub fn evaluate(g: &Guardrails, report: &QualityReport, history: &[QualityReport
         let Some(t) = report.tables.get(table) else {
             continue;
         };
-        if t.rows_read > 0 {
+        // A share of a handful of rows is noise: below `min_rows` (and for an empty table) the
+        // shares are not evaluated.
+        if t.rows_read > 0 && t.rows_read >= tg.min_rows {
             let mut shares = vec![
                 (
                     "quarantine_share".to_string(),
@@ -222,7 +224,7 @@ fn held_note(blocking: bool, dt: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::guardrails::VolumeLimit;
+    use crate::config::guardrails::{MIN_ROWS, VolumeLimit};
 
     #[test]
     fn the_default_guardrails_name_existing_tables_and_columns() {
@@ -340,6 +342,36 @@ mod tests {
     fn an_empty_table_has_no_shares() {
         let e = evaluate(&rails(), &report(27, 0, 0, 0), &[]);
         assert!(e.alerts.is_empty());
+    }
+
+    #[test]
+    fn shares_need_min_rows_read() {
+        let mut g = rails();
+        assert_eq!(g.0["transactions"].min_rows, MIN_ROWS, "the default");
+        // 99 rows, a third quarantined: below the default minimum of 100, no share is checked.
+        let e = evaluate(&g, &report(27, 99, 33, 0), &[]);
+        assert!(e.alerts.is_empty(), "{:?}", measures(&e));
+        let e = evaluate(&g, &report(27, 100, 33, 0), &[]);
+        assert!(!e.alerts.is_empty());
+        // Configured per table: 206 rows (a product catalog) with 15 quarantined is 7.3 %,
+        // above warn, but under a minimum of 500 rows it is not checked.
+        g.0.get_mut("transactions").unwrap().min_rows = 500;
+        let e = evaluate(&g, &report(27, 206, 15, 0), &[]);
+        assert!(e.alerts.is_empty(), "{:?}", measures(&e));
+        let e = evaluate(&g, &report(27, 500, 30, 0), &[]);
+        assert_eq!(
+            measures(&e),
+            vec![
+                ("quarantine_share".into(), Severity::Warning),
+                ("null_share.customer_id".into(), Severity::Critical),
+            ]
+        );
+        // The volume check does not depend on it.
+        let hist: Vec<QualityReport> = (1..=3).map(|d| report(d, 1000, 0, 0)).collect();
+        let e = evaluate(&g, &report(10, 200, 0, 0), &hist);
+        assert_eq!(measures(&e), vec![("row_count".into(), Severity::Warning)]);
+        let parsed: Guardrails = toml::from_str("[t]\nmin_rows = 0").unwrap();
+        assert_eq!(parsed.0["t"].min_rows, 0);
     }
 
     #[test]

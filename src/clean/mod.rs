@@ -5,6 +5,7 @@ pub mod batch;
 pub mod columns;
 pub mod guardrails;
 pub mod local;
+pub mod pattern;
 pub mod report;
 pub mod schema;
 pub mod stage;

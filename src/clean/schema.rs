@@ -6,6 +6,7 @@ use std::path::Path;
 use chrono::NaiveDate;
 use serde::Deserialize;
 
+use super::pattern::PatternRule;
 use super::validators::Kind;
 
 /// The table schemas shipped with the project.
@@ -96,6 +97,10 @@ struct RawColumn {
     not_future: bool,
     #[serde(default = "yes")]
     dictionary: bool,
+    pattern: Option<String>,
+    #[serde(default)]
+    normalize: Vec<String>,
+    remove: Option<String>,
 }
 
 fn yes() -> bool {
@@ -123,6 +128,8 @@ pub struct KindOptions {
     pub min_date: Option<NaiveDate>,
     /// `date`: dates after today are invalid.
     pub not_future: bool,
+    /// `pattern`: the compiled rule.
+    pub pattern: Option<PatternRule>,
 }
 
 /// One column of a table: its validator and its rules.
@@ -313,6 +320,23 @@ fn build_table(name: &str, raw: &RawTable) -> Result<TableSchema, SchemaError> {
         if kind == Kind::Enum && values.is_empty() {
             return Err(invalid(name, cname, "an enum column needs values"));
         }
+        let pattern = match (&col.pattern, kind) {
+            (Some(p), Kind::Pattern) => Some(
+                PatternRule::compile(p, &col.normalize, col.remove.as_deref().unwrap_or(""))
+                    .map_err(|problem| invalid(name, cname, problem))?,
+            ),
+            (None, Kind::Pattern) => {
+                return Err(invalid(name, cname, "a pattern column needs pattern"));
+            }
+            (None, _) if col.normalize.is_empty() && col.remove.is_none() => None,
+            _ => {
+                return Err(invalid(
+                    name,
+                    cname,
+                    "pattern, normalize and remove belong to kind = \"pattern\"",
+                ));
+            }
+        };
         let options = KindOptions {
             upper: col.upper,
             positive: col.positive,
@@ -323,6 +347,7 @@ fn build_table(name: &str, raw: &RawTable) -> Result<TableSchema, SchemaError> {
             uf_column,
             min_date,
             not_future: col.not_future,
+            pattern,
         };
         if let Some(d) = &col.default
             && kind

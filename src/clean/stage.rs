@@ -214,7 +214,13 @@ impl<'s> RowCleaner<'s> {
                 },
                 _ => None,
             };
-            match col.kind.validate(trimmed, &col.options, uf, self.today) {
+            // A pattern rule normalizes the raw value itself (trimming is one of its options).
+            let value = if col.kind == Kind::Pattern {
+                r
+            } else {
+                trimmed
+            };
+            match col.kind.validate(value, &col.options, uf, self.today) {
                 Ok(v) => {
                     out.normalized[i] = differs(&v, r);
                     out.values[i] = Some(v);

@@ -130,6 +130,8 @@ pub enum Kind {
     Phone,
     /// A GTIN-13 with a valid check digit.
     Gtin13,
+    /// A regular expression from the configuration, after optional normalization.
+    Pattern,
 }
 
 impl Kind {
@@ -151,6 +153,7 @@ impl Kind {
             "cpf" => Kind::Cpf,
             "phone" => Kind::Phone,
             "gtin13" => Kind::Gtin13,
+            "pattern" => Kind::Pattern,
             _ => return None,
         })
     }
@@ -185,6 +188,11 @@ impl Kind {
             Kind::Cpf => cpf(s).map(Value::Str),
             Kind::Phone => phone(s).map(Value::Str),
             Kind::Gtin13 => gtin13(s).map(Value::Str),
+            // Normalizes the raw value itself: whether to trim is the rule's choice.
+            Kind::Pattern => match &opts.pattern {
+                Some(rule) => rule.apply(raw).map(Value::Str),
+                None => Err(Invalid),
+            },
         }
     }
 }

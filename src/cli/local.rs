@@ -4,7 +4,8 @@ use chrono::NaiveDate;
 
 use crate::clean::Schemas;
 use crate::clean::local::{marker_days, run_local_batch};
-use crate::products::{BuildOptions, Period, contract, monthly};
+use crate::events::ProductKind;
+use crate::products::{BuildOptions, Period, Released, contract, month_periods, monthly};
 
 use super::{BenchArgs, BuildArgs, CleanArgs};
 use crate::service::Verdict;
@@ -127,9 +128,19 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<Verdict> {
 /// Runs `datashare build`: validates every contract, builds, prints the files and highlights.
 pub fn build(args: &BuildArgs) -> anyhow::Result<Verdict> {
     let c = contract::find(&args.partners, &args.partner)?;
-    let period = match (&args.date, &args.month) {
-        (Some(d), None) => Period::Day(*d),
-        (None, Some(m)) => Period::Month(monthly::parse_month(m)?),
+    let periods = match (&args.date, &args.month, args.product) {
+        (Some(d), None, None | Some(ProductKind::Daily)) => vec![Period::Day(*d)],
+        (None, Some(m), None) => {
+            let periods = month_periods(&c, monthly::parse_month(m)?);
+            if periods.is_empty() {
+                anyhow::bail!("partner {} did not buy a month product", c.name);
+            }
+            periods
+        }
+        (None, Some(m), Some(k)) if k.is_monthly() => {
+            vec![Period::of_month(k, monthly::parse_month(m)?)]
+        }
+        (_, _, Some(k)) => anyhow::bail!("--product {k} does not go with this period"),
         _ => anyhow::bail!("give exactly one of --date or --month"),
     };
     let opts = BuildOptions {
@@ -138,7 +149,13 @@ pub fn build(args: &BuildArgs) -> anyhow::Result<Verdict> {
         allow_missing_batches: args.allow_missing_batches,
         built_at: chrono::Utc::now(),
     };
-    let released = crate::products::build(&c, period, &opts)?;
+    for period in periods {
+        print_released(&crate::products::build(&c, period, &opts)?);
+    }
+    Ok(Verdict::Done)
+}
+
+fn print_released(released: &Released) {
     for f in &released.files {
         println!(
             "{} rows={} bytes={} sha256={}",
@@ -153,7 +170,6 @@ pub fn build(args: &BuildArgs) -> anyhow::Result<Verdict> {
     for h in &released.highlights {
         println!("highlight {h}");
     }
-    Ok(Verdict::Done)
 }
 
 fn dir_size(dir: &std::path::Path) -> std::io::Result<u64> {

@@ -284,9 +284,13 @@ pub struct BuildArgs {
     /// Builds the daily file of this day (`YYYY-MM-DD`).
     #[arg(long)]
     pub date: Option<NaiveDate>,
-    /// Builds the monthly file of this month (`YYYY-MM`).
+    /// Builds the month products the partner bought (monthly aggregate, brand view) of this
+    /// month (`YYYY-MM`).
     #[arg(long)]
     pub month: Option<String>,
+    /// With `--month`, builds only this product (`monthly` or `monthly_brands`).
+    #[arg(long, value_parser = parse_product)]
+    pub product: Option<crate::events::ProductKind>,
     /// Folder holding `curated/` (the output of `datashare clean`).
     #[arg(long)]
     pub input: PathBuf,
@@ -299,6 +303,11 @@ pub struct BuildArgs {
     /// Builds a month even when batches of its window are missing.
     #[arg(long)]
     pub allow_missing_batches: bool,
+}
+
+fn parse_product(s: &str) -> Result<crate::events::ProductKind, String> {
+    crate::events::ProductKind::parse(s)
+        .ok_or_else(|| format!("{s:?} is not daily, monthly or monthly_brands"))
 }
 
 /// How a role serves: push endpoint or pull, where, which configuration.

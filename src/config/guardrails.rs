@@ -104,10 +104,17 @@ impl Default for VolumeLimit {
     }
 }
 
+/// Rows read below which a table's share measures are not evaluated, unless its `min_rows`
+/// says otherwise: on fewer rows one bad row moves a share by a whole percent or more.
+pub const MIN_ROWS: u64 = 100;
+
 /// The guardrails of one table (`[guardrails.<table>]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TableGuardrails {
+    /// Rows read a batch needs before its share measures (quarantine, duplicates, key nulls)
+    /// can trip; the volume check does not depend on it.
+    pub min_rows: u64,
     /// Quarantined rows / rows read.
     pub quarantine: Limit,
     /// Exact duplicates removed / rows read.
@@ -118,6 +125,19 @@ pub struct TableGuardrails {
     pub key_fields: Vec<String>,
     /// The volume check; none when left out.
     pub volume: Option<VolumeLimit>,
+}
+
+impl Default for TableGuardrails {
+    fn default() -> Self {
+        TableGuardrails {
+            min_rows: MIN_ROWS,
+            quarantine: Limit::default(),
+            duplicates: Limit::default(),
+            key_nulls: Limit::default(),
+            key_fields: Vec::new(),
+            volume: None,
+        }
+    }
 }
 
 /// Every table's guardrails, by table name (`[guardrails]`).

@@ -100,21 +100,41 @@ impl DeliveryRequest {
 
 /// A product a partner can buy.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ProductKind {
     /// One row per completed order line of day D.
     Daily,
     /// One row per (uf, city, product) of month M.
     Monthly,
+    /// One row per (level, uf, city, brand) of month M: the monthly brand view.
+    MonthlyBrands,
 }
 
 impl ProductKind {
-    /// The name used in file names, manifests and messages.
+    /// Every product kind, in file-name order.
+    pub const ALL: [ProductKind; 3] = [
+        ProductKind::Daily,
+        ProductKind::Monthly,
+        ProductKind::MonthlyBrands,
+    ];
+
+    /// The name used in file names, folders, manifests and messages.
     pub fn as_str(self) -> &'static str {
         match self {
             ProductKind::Daily => "daily",
             ProductKind::Monthly => "monthly",
+            ProductKind::MonthlyBrands => "monthly_brands",
         }
+    }
+
+    /// Parses the name [`ProductKind::as_str`] gives.
+    pub fn parse(s: &str) -> Option<ProductKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Returns true for the products of a month (built once the month's batches are complete).
+    pub fn is_monthly(self) -> bool {
+        matches!(self, ProductKind::Monthly | ProductKind::MonthlyBrands)
     }
 }
 

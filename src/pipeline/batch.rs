@@ -293,7 +293,7 @@ impl Worker {
                 let first = dt - Days::new(WINDOW_DAYS - 1);
                 days.extend(first.iter_days().take_while(|d| *d <= dt));
             }
-            if c.buys(ProductKind::Monthly)
+            if !c.monthly_products().is_empty()
                 && let Some(first) = month_completed_by(dt, c.late_days)
             {
                 months.push(Schedule::Monthly {
@@ -360,7 +360,7 @@ impl Worker {
                         let alert = Alert::new(
                             Severity::Error,
                             "product.missing_batches",
-                            (&contract.name, "monthly", &period.label()),
+                            (&contract.name, period.kind().as_str(), &period.label()),
                             "missing_batches",
                             m.to_string(),
                         );

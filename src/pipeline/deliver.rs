@@ -163,15 +163,11 @@ impl Deliver {
         req: &DeliveryRequest,
         dir: &Path,
     ) -> Result<Delivery, HandleError> {
-        let product = match req.product.as_str() {
-            "daily" => ProductKind::Daily,
-            "monthly" => ProductKind::Monthly,
-            other => {
-                return Err(HandleError::Permanent {
-                    kind: ErrorKind::InvalidDelivery,
-                    message: format!("unknown product {other:?}"),
-                });
-            }
+        let Some(product) = ProductKind::parse(&req.product) else {
+            return Err(HandleError::Permanent {
+                kind: ErrorKind::InvalidDelivery,
+                message: format!("unknown product {:?}", req.product),
+            });
         };
         let mut files = Vec::with_capacity(req.files.len());
         for f in &req.files {
@@ -180,6 +176,8 @@ impl Deliver {
             let manifest = self.download_file(&f.manifest, dir).await?;
             files.push(DeliveryFile { data, manifest });
         }
+        // The dictionary is one of the product version's files: it goes where the files go.
+        let dictionary = self.download_file(&req.dictionary, dir).await?;
         // Sizes and SHA-256 against the request: `deliver_once` checks them (a mismatch is
         // transient: a fresh download may fix it).
         Ok(Delivery {
@@ -188,6 +186,7 @@ impl Deliver {
             product,
             period: req.period.clone(),
             files,
+            dictionary: Some(dictionary),
             new_dictionary: None,
             upstream: Vec::new(),
         })

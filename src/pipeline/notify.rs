@@ -99,9 +99,9 @@ impl Deliver {
         let tmp = self.tempdir()?;
         let mut delivery = self.download(&n.request, tmp.path()).await?;
         delivery.upstream = n.receipts.clone();
-        let dict = self
-            .download_file(&n.request.dictionary, tmp.path())
-            .await?;
+        let Some(dict) = delivery.dictionary.clone() else {
+            return Err(HandleError::Transient("dictionary not downloaded".into()));
+        };
         let fingerprint = schema_fingerprint(&delivery).unwrap_or(dict.sha256.clone());
         let ops = &self.config.gcp.buckets.ops;
         let dict_marker = format!(

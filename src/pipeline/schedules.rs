@@ -17,9 +17,8 @@ use chrono_tz::America::Sao_Paulo;
 
 use super::stage::ready_batch;
 use super::{Worker, batch::StepSummary, names};
-use crate::events::ProductKind;
 use crate::events::{Alert, ErrorKind, Incoming, Schedule, Severity};
-use crate::products::Period;
+use crate::products::month_periods;
 use crate::products::monthly;
 use crate::service::claim::{self, Claim};
 use crate::service::{Disposition, HandleError};
@@ -117,7 +116,7 @@ impl Worker {
             .contracts
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.buys(ProductKind::Monthly))
+            .filter(|(_, c)| !c.monthly_products().is_empty())
             .filter(|(_, c)| partner.is_none_or(|p| c.name == p))
             .map(|(i, _)| i)
             .collect();
@@ -191,12 +190,11 @@ impl Worker {
         self.fetch_curated(&input, &days).await?;
         let timeout = std::time::Duration::from_secs(self.config.worker.step_timeout_secs);
         let output = tmp.path().join("products");
-        let build = self.build_products(
-            &input,
-            &output,
-            vec![(contract, Period::Month(first))],
-            summary,
-        );
+        let periods = month_periods(&self.contracts[contract], first)
+            .into_iter()
+            .map(|p| (contract, p))
+            .collect();
+        let build = self.build_products(&input, &output, periods, summary);
         tokio::time::timeout(timeout, build)
             .await
             .map_err(|_| HandleError::Transient("monthly build exceeded the step timeout".into()))?

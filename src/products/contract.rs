@@ -81,7 +81,7 @@ impl From<SecretError> for ContractError {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
-    /// Apache Parquet, Snappy-compressed.
+    /// Apache Parquet, compressed as the contract's `[parquet]` says (Snappy by default).
     Parquet,
     /// CSV, UTF-8, comma-separated, with a header.
     Csv,
@@ -93,6 +93,42 @@ impl Format {
         match self {
             Format::Parquet => "parquet",
             Format::Csv => "csv",
+        }
+    }
+}
+
+/// The compression codec of Parquet files.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// Snappy: fast, read everywhere (the default).
+    #[default]
+    Snappy,
+    /// Zstandard at [`ParquetOptions::zstd_level`]: smaller files.
+    Zstd,
+}
+
+/// Zstandard level used when the contract asks for Zstd without a level.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// Parquet writer options of a contract (`[parquet]`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetOptions {
+    /// `snappy` (default) or `zstd`.
+    #[serde(default)]
+    pub compression: Codec,
+    /// Zstandard level, 1 to 22 (only with `zstd`; default [`DEFAULT_ZSTD_LEVEL`]).
+    #[serde(default)]
+    pub zstd_level: Option<i32>,
+}
+
+impl ParquetOptions {
+    /// The codec's name as the data dictionary and the manifests show it (`snappy`, `zstd(3)`).
+    pub fn describe(&self) -> String {
+        match self.compression {
+            Codec::Snappy => "snappy".into(),
+            Codec::Zstd => format!("zstd({})", self.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL)),
         }
     }
 }
@@ -166,6 +202,9 @@ pub struct Contract {
     /// File formats (both: one delivery carries both files).
     #[serde(default = "default_formats")]
     pub formats: Vec<Format>,
+    /// Parquet writer options (compression).
+    #[serde(default)]
+    pub parquet: ParquetOptions,
     /// Minimum customers per cell.
     #[serde(default = "default_k")]
     pub k: u32,
@@ -263,7 +302,10 @@ impl Contract {
             }
         }
         if self.products.is_empty() {
-            return bad("products", "must list daily, monthly or both");
+            return bad(
+                "products",
+                "must list at least one of daily, monthly, monthly_brands",
+            );
         }
         if self.products.iter().collect::<BTreeSet<_>>().len() != self.products.len() {
             return bad("products", "duplicate product");
@@ -273,6 +315,15 @@ impl Contract {
         }
         if self.formats.iter().collect::<BTreeSet<_>>().len() != self.formats.len() {
             return bad("formats", "duplicate format");
+        }
+        match (self.parquet.compression, self.parquet.zstd_level) {
+            (Codec::Snappy, Some(_)) => {
+                return bad("parquet.zstd_level", "only with compression = \"zstd\"");
+            }
+            (Codec::Zstd, Some(l)) if !(1..=22).contains(&l) => {
+                return bad("parquet.zstd_level", "must be 1 to 22");
+            }
+            _ => {}
         }
         if self.k < 2 {
             return bad("k", "must be at least 2");
@@ -383,6 +434,14 @@ impl Contract {
     /// Returns true when the contract bought this product.
     pub fn buys(&self, product: ProductKind) -> bool {
         self.products.contains(&product)
+    }
+
+    /// The products of a month the contract bought (monthly aggregate, brand view), in order.
+    pub fn monthly_products(&self) -> Vec<ProductKind> {
+        ProductKind::ALL
+            .into_iter()
+            .filter(|k| k.is_monthly() && self.buys(*k))
+            .collect()
     }
 
     /// Returns true when (brand, segment) is one of the contract's brands.
@@ -520,6 +579,10 @@ deadline = "08:00"
         assert_eq!(c.k, 5);
         assert_eq!(c.late_days, 2);
         assert_eq!(c.key_period, KeyPeriod::Month);
+        assert_eq!(c.parquet.describe(), "snappy");
+        let z =
+            parse(&BASE.replace("k = 5", "k = 5\nparquet = { compression = \"zstd\" }")).unwrap();
+        assert_eq!(z.parquet.describe(), "zstd(3)");
         assert!(c.covers("Zap", "Sucos") && !c.covers("zap", "Sucos"));
     }
 
@@ -563,6 +626,21 @@ deadline = "08:00"
                 "name: must equal the file name",
             ),
             ("k = 5", "k = 5\ncolour = \"red\"", "unknown field `colour`"),
+            (
+                "k = 5",
+                "k = 5\nparquet = { compression = \"zstd\", zstd_level = 23 }",
+                "parquet.zstd_level: must be 1 to 22",
+            ),
+            (
+                "k = 5",
+                "k = 5\nparquet = { zstd_level = 3 }",
+                "parquet.zstd_level: only with compression",
+            ),
+            (
+                "k = 5",
+                "k = 5\nparquet = { compression = \"gzip\" }",
+                "unknown variant `gzip`",
+            ),
         ];
         for (from, to, expected) in cases {
             let text = BASE.replacen(from, to, 1);

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::contract::{Contract, Format, KeyPeriod};
+use super::contract::{Codec, Contract, Format, KeyPeriod};
 use super::monthly::MIN_OTHER_BRANDS;
 use super::schema::ProductSchema;
 use crate::events::ProductKind;
@@ -33,6 +33,14 @@ pub fn render(contract: &Contract, schema: &ProductSchema) -> String {
              seguintes)",
             format!("{}_monthly_<AAAA-MM>", contract.name),
         ),
+        ProductKind::MonthlyBrands => (
+            "Visão mensal por marca",
+            "uma linha por (nível, UF, cidade, marca) com vendas concluídas das marcas do parceiro \
+             no mês M: `city` por cidade, `uf` para o estado inteiro e `country` para o país \
+             inteiro; pedidos e clientes distintos contados no nível da linha (um cliente que \
+             comprou em duas cidades conta uma vez na UF e no país; as linhas não se somam)",
+            format!("{}_monthly_brands_<AAAA-MM>", contract.name),
+        ),
     };
     let _ = writeln!(
         s,
@@ -44,7 +52,10 @@ pub fn render(contract: &Contract, schema: &ProductSchema) -> String {
         .formats
         .iter()
         .map(|f| match f {
-            Format::Parquet => "Parquet (Snappy)",
+            Format::Parquet => match contract.parquet.compression {
+                Codec::Snappy => "Parquet (Snappy)",
+                Codec::Zstd => "Parquet (Zstandard)",
+            },
             Format::Csv => "CSV (UTF-8, vírgula, cabeçalho, ponto decimal)",
         })
         .collect();
@@ -94,9 +105,11 @@ pub fn render(contract: &Contract, schema: &ProductSchema) -> String {
                 "cidades com menos de k clientes nos últimos 30 dias aparecem como `OUTRAS`.",
             ProductKind::Monthly =>
                 "linhas com menos de k clientes são agrupadas em `OUTRAS` por UF e produto; grupos ainda abaixo de k são omitidos.",
+            ProductKind::MonthlyBrands =>
+                "cidades com menos de k clientes da marca são agrupadas em `OUTRAS` por UF e marca; grupos ainda abaixo de k são omitidos; linhas de UF abaixo de k são omitidas; as linhas de UF e do país contam todas as vendas (agrupadas ou não).",
         }
     );
-    if schema.kind == ProductKind::Monthly {
+    if schema.kind.is_monthly() {
         let _ = writeln!(
             s,
             "- Números do segmento ficam nulos quando menos de {MIN_OTHER_BRANDS} outras marcas venderam na célula."

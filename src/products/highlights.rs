@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::brands::{BrandTable, Level};
 use super::daily::{DailyTable, OTHER_CITIES};
 use super::monthly::MonthlyTable;
 
@@ -140,6 +141,54 @@ pub fn monthly(t: &MonthlyTable, previous: Option<&MonthlyTable>) -> Vec<String>
                 number(index, 2)
             ));
         }
+    }
+    out.truncate(3);
+    out
+}
+
+/// Highlights of a monthly brand view: each brand's reach in the country, and the city where
+/// the brand with most customers reached most.
+pub fn brands(t: &BrandTable) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in t.country() {
+        let share = r
+            .customers_share
+            .map(|s| format!(" ({} dos clientes de {})", percent(s), r.segment))
+            .unwrap_or_default();
+        out.push(format!(
+            "{}: {} clientes distintos no país{share}, {} unidades",
+            r.brand,
+            number(r.customers_reached as f64, 0),
+            number(r.units_sold as f64, 0)
+        ));
+    }
+    let top = t
+        .country()
+        .max_by(|a, b| {
+            a.customers_reached
+                .cmp(&b.customers_reached)
+                .then_with(|| b.brand.cmp(&a.brand))
+        })
+        .map(|r| r.brand.clone());
+    let best_city = t
+        .rows
+        .iter()
+        .filter(|r| r.level == Level::City && r.cities_merged == 0)
+        .filter(|r| Some(&r.brand) == top.as_ref())
+        .max_by(|a, b| {
+            a.customers_reached
+                .cmp(&b.customers_reached)
+                .then_with(|| b.city.cmp(&a.city))
+        });
+    if let Some(r) = best_city {
+        out.truncate(2);
+        out.push(format!(
+            "{}: maior alcance em {} ({}), {} clientes",
+            r.brand,
+            r.city.as_deref().unwrap_or_default(),
+            r.uf.as_deref().unwrap_or_default(),
+            number(r.customers_reached as f64, 0)
+        ));
     }
     out.truncate(3);
     out

@@ -43,6 +43,9 @@ pub struct Manifest {
     pub file: String,
     /// `parquet` or `csv`.
     pub format: String,
+    /// The Parquet codec (`snappy`, `zstd(3)`); absent for CSV.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
     /// Schema version of the product.
     pub schema_version: u32,
     /// SHA-256 of the column definitions (changes with the schema).
@@ -72,8 +75,10 @@ pub struct Manifest {
     pub comparison_batches: Vec<String>,
     /// The other files of the same delivery (the other format).
     pub companion_files: Vec<String>,
-    /// The data dictionary of the product.
+    /// The data dictionary of the product (delivered beside the file).
     pub dictionary: String,
+    /// SHA-256 hex of the data dictionary.
+    pub dictionary_sha256: String,
     /// Facts for the partner e-mail, pt-BR.
     pub highlights: Vec<String>,
     /// When it was built, RFC 3339 UTC (not part of the version).

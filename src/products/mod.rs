@@ -1,11 +1,14 @@
 //! Partner data products: pseudonymize, aggregate, gate, write files and manifests.
 //!
 //! The path of one build: the partner's [`contract`] and its secret → [`curated`] batches →
-//! [`daily`] or [`monthly`] rows (keys from [`pseudonym`]) → [`reconcile`] (monthly) → a record
-//! batch typed by [`schema`] → [`gate`] → [`write`] (Parquet, CSV) → files, [`manifest`]s and the
-//! [`dictionary`], released under `products/<partner>/<daily|monthly>/`; [`highlights`] feed the
-//! partner e-mail; [`alert`]s are raised when the gate or the reconciliation holds a file.
+//! [`daily`] or [`monthly`] rows (keys from [`pseudonym`]), or the [`brands`] view computed from
+//! the monthly rows' lines → [`reconcile`] (monthly, brand view) → a record batch typed by
+//! [`schema`] → [`gate`] → [`write`] (Parquet, CSV) → files, [`manifest`]s and the
+//! [`dictionary`], released under `products/<partner>/<daily|monthly|monthly_brands>/`;
+//! [`highlights`] feed the partner e-mail; alerts ([`crate::events::Alert`]) are raised when the gate or the
+//! reconciliation holds a file.
 
+pub mod brands;
 pub mod contract;
 pub mod curated;
 pub mod daily;
@@ -90,6 +93,7 @@ impl BuildError {
         match self {
             BuildError::Gate(GateError::Refused { alert, .. }) => Some(alert),
             BuildError::Reconcile(ReconcileError::Mismatch { alert, .. }) => Some(alert),
+            BuildError::Reconcile(ReconcileError::BrandMismatch { alert, .. }) => Some(alert),
             _ => None,
         }
     }
@@ -102,14 +106,27 @@ pub enum Period {
     Day(NaiveDate),
     /// The monthly file of the month starting on this day.
     Month(NaiveDate),
+    /// The monthly brand view of the month starting on this day.
+    MonthBrands(NaiveDate),
 }
 
 impl Period {
+    /// The period of a month product (`kind` monthly or monthly_brands) of the month starting on
+    /// `first_day`; the daily kind gives that day's daily file.
+    pub fn of_month(kind: ProductKind, first_day: NaiveDate) -> Period {
+        match kind {
+            ProductKind::Daily => Period::Day(first_day),
+            ProductKind::Monthly => Period::Month(first_day),
+            ProductKind::MonthlyBrands => Period::MonthBrands(first_day),
+        }
+    }
+
     /// The product kind.
     pub fn kind(self) -> ProductKind {
         match self {
             Period::Day(_) => ProductKind::Daily,
             Period::Month(_) => ProductKind::Monthly,
+            Period::MonthBrands(_) => ProductKind::MonthlyBrands,
         }
     }
 
@@ -117,9 +134,18 @@ impl Period {
     pub fn label(self) -> String {
         match self {
             Period::Day(d) => d.to_string(),
-            Period::Month(m) => daily::month_of(m),
+            Period::Month(m) | Period::MonthBrands(m) => daily::month_of(m),
         }
     }
+}
+
+/// The periods of month products a contract bought for the month starting on `first_day`.
+pub fn month_periods(contract: &Contract, first_day: NaiveDate) -> Vec<Period> {
+    contract
+        .monthly_products()
+        .into_iter()
+        .map(|k| Period::of_month(k, first_day))
+        .collect()
 }
 
 /// Where a build reads and writes.
@@ -242,6 +268,27 @@ pub fn build(
                 comparison_batches: t.comparison_batches,
             }
         }
+        Period::MonthBrands(first) => {
+            // The brand view is computed from the monthly aggregate's lines, and held unless
+            // that aggregate reconciles with the daily lines and its country rows with it.
+            let m = monthly::build(&curated, contract, first, opts.allow_missing_batches)?;
+            reconcile::check(&curated, contract, first, &m)?;
+            let t = brands::build(contract, &m);
+            reconcile::check_brands(contract, &m, &t)?;
+            tracing::info!(
+                rows = t.rows.len(),
+                dropped_outras = t.dropped_outras_rows,
+                dropped_uf = t.dropped_uf_rows,
+                "brand view reconciled"
+            );
+            Built {
+                cells: t.cells(),
+                highlights: highlights::brands(&t),
+                source_batches: m.source_batches,
+                missing_batches: m.missing_batches,
+                comparison_batches: m.comparison_batches,
+            }
+        }
     };
     release(contract, kind, &label, built, opts)
 }
@@ -288,7 +335,7 @@ fn release(
             },
         )?;
         let bytes = match f {
-            Format::Parquet => write::parquet_bytes(&batch)?,
+            Format::Parquet => write::parquet_bytes(&batch, &contract.parquet)?,
             Format::Csv => write::csv_bytes(schema, &batch)?,
         };
         encoded.push((f, name, bytes));
@@ -298,7 +345,9 @@ fn release(
     let dir = product_dir(&opts.output, &contract.name, kind);
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let dictionary = dir.join(dictionary::file_name(&contract.name, kind));
-    write_atomic(&dictionary, dictionary::render(contract, schema).as_bytes())?;
+    let dictionary_text = dictionary::render(contract, schema);
+    write_atomic(&dictionary, dictionary_text.as_bytes())?;
+    let dictionary_sha256 = manifest::sha256_hex(dictionary_text.as_bytes());
     let dates = |v: &[NaiveDate]| v.iter().map(|d| d.to_string()).collect::<Vec<_>>();
     let names: Vec<String> = encoded.iter().map(|e| e.1.clone()).collect();
     let mut files = Vec::new();
@@ -313,6 +362,7 @@ fn release(
             period: label.to_string(),
             file: name.clone(),
             format: f.extension().to_string(),
+            compression: (*f == Format::Parquet).then(|| contract.parquet.describe()),
             schema_version: schema.version,
             schema_fingerprint: schema.fingerprint(),
             rows: batch.num_rows(),
@@ -331,6 +381,7 @@ fn release(
             comparison_batches: dates(&built.comparison_batches),
             companion_files: names.iter().filter(|n| *n != name).cloned().collect(),
             dictionary: dictionary::file_name(&contract.name, kind),
+            dictionary_sha256: dictionary_sha256.clone(),
             highlights: built.highlights.clone(),
             built_at: opts.built_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         };

@@ -227,14 +227,18 @@ pub struct MonthlyTable {
     pub dropped_net_revenue: i64,
     /// Merged rows dropped.
     pub dropped_rows: usize,
+    /// Units and net revenue (cents) of the dropped merged rows, by (brand, segment).
+    pub dropped_by_brand: BTreeMap<(String, String), (i64, i64)>,
     /// Batches read for M.
     pub source_batches: Vec<NaiveDate>,
     /// Batches of M's window that do not exist.
     pub missing_batches: Vec<NaiveDate>,
     /// Batches read for M−1 (for the month-over-month change).
     pub comparison_batches: Vec<NaiveDate>,
-    /// Month M's lines (kept for reconciliation).
+    /// Month M's lines (kept for reconciliation and the brand view).
     pub lines: MonthLines,
+    /// Month M−1's lines (for the brand view's month-over-month change).
+    pub previous_lines: MonthLines,
 }
 
 impl MonthlyTable {
@@ -392,10 +396,16 @@ pub fn build(
     }
     let mut dropped_net_revenue = 0;
     let mut dropped_rows = 0;
+    let mut dropped_by_brand: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
     for ((uf, _), (a, s, n, p)) in &small {
         if (a.customers.len() as i64) < k {
             dropped_net_revenue += a.net;
             dropped_rows += 1;
+            let d = dropped_by_brand
+                .entry((p.brand.clone(), p.segment.clone()))
+                .or_default();
+            d.0 += a.units;
+            d.1 += a.net;
             continue;
         }
         rows.push(row(uf, OTHER_CITIES, *n, a, p, Some(s)));
@@ -413,10 +423,12 @@ pub fn build(
         rows,
         dropped_net_revenue,
         dropped_rows,
+        dropped_by_brand,
         source_batches: lines.source_batches.clone(),
         missing_batches: lines.missing_batches.clone(),
-        comparison_batches: prev.source_batches,
+        comparison_batches: prev.source_batches.clone(),
         lines,
+        previous_lines: prev,
     })
 }
 

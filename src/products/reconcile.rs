@@ -7,8 +7,11 @@
 //! that reached the monthly data without ever being in its day's batch, a product that changed
 //! brand within the month or an aggregation bug all show up as a mismatch.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use chrono::NaiveDate;
 
+use super::brands::BrandTable;
 use super::contract::Contract;
 use super::curated::{Curated, Status};
 use super::daily::{DailyError, day_lines};
@@ -33,6 +36,29 @@ pub enum ReconcileError {
         /// Σ daily net_amount of lines still completed.
         daily_cents: i64,
         /// Σ monthly net_revenue with merged and dropped cells.
+        monthly_cents: i64,
+        /// The alert raised.
+        alert: Box<Alert>,
+    },
+    /// A country row of the brand view does not add up to the monthly aggregate: the brand view
+    /// is held.
+    #[error(
+        "reconciliation held {partner} monthly_brands {month}: brand {brand} country row {brand_units} units, {brand_cents} cents; monthly file {monthly_units} units, {monthly_cents} cents"
+    )]
+    BrandMismatch {
+        /// The partner.
+        partner: String,
+        /// The month.
+        month: String,
+        /// The brand (and its segment, after a `/`).
+        brand: String,
+        /// Units of the country row.
+        brand_units: i64,
+        /// Net revenue of the country row, cents.
+        brand_cents: i64,
+        /// Units of the brand in the monthly file, dropped cells included.
+        monthly_units: i64,
+        /// Net revenue of the brand in the monthly file, dropped cells included, cents.
         monthly_cents: i64,
         /// The alert raised.
         alert: Box<Alert>,
@@ -100,4 +126,68 @@ pub fn check(
         monthly_cents,
         alert: Box::new(alert),
     })
+}
+
+/// Checks that every brand's `country` row has the units and net revenue of the monthly
+/// aggregate's rows of that brand, merged and dropped cells included (and that no brand is in
+/// one file only).
+pub fn check_brands(
+    contract: &Contract,
+    monthly: &MonthlyTable,
+    brands: &BrandTable,
+) -> Result<(), ReconcileError> {
+    let mut want: BTreeMap<(String, String), (i64, i64)> = monthly.dropped_by_brand.clone();
+    for r in &monthly.rows {
+        let e = want
+            .entry((r.product.brand.clone(), r.product.segment.clone()))
+            .or_default();
+        e.0 += r.units_sold;
+        e.1 += r.net_revenue;
+    }
+    let mut got: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    for r in brands.country() {
+        let e = got.entry((r.brand.clone(), r.segment.clone())).or_default();
+        e.0 += r.units_sold;
+        e.1 += r.net_revenue;
+    }
+    let keys: BTreeSet<&(String, String)> = want.keys().chain(got.keys()).collect();
+    for key in keys {
+        let g = got.get(key).copied().unwrap_or_default();
+        let w = want.get(key).copied().unwrap_or_default();
+        if g == w {
+            continue;
+        }
+        let brand = format!("{}/{}", key.0, key.1);
+        let alert = Alert::new(
+            Severity::Critical,
+            "reconciliation",
+            (&contract.name, "monthly_brands", &brands.month),
+            "net_revenue",
+            format!(
+                "brand view of {} for {} held: the country row of {brand} differs from the monthly aggregate",
+                contract.name, brands.month
+            ),
+        )
+        .with("brand", brand.as_str())
+        .with("brand_units", g.0)
+        .with("brand_cents", g.1)
+        .with("monthly_units", w.0)
+        .with("monthly_cents", w.1)
+        .with(
+            "action",
+            "rebuild the month; if it persists, compare the brand view and the monthly aggregate of the month",
+        );
+        alert.log();
+        return Err(ReconcileError::BrandMismatch {
+            partner: contract.name.clone(),
+            month: brands.month.clone(),
+            brand,
+            brand_units: g.0,
+            brand_cents: g.1,
+            monthly_units: w.0,
+            monthly_cents: w.1,
+            alert: Box::new(alert),
+        });
+    }
+    Ok(())
 }

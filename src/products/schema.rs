@@ -382,6 +382,125 @@ static MONTHLY: [ColumnDef; 20] = [
     ),
 ];
 
+const SEGMENT_NULL_BRAND: &str = "Nulo quando menos de 3 outras marcas venderam no segmento, na célula (cidade, UF ou país) e no mês.";
+
+static MONTHLY_BRANDS: [ColumnDef; 18] = [
+    col(
+        "month",
+        ColType::Month,
+        false,
+        "Mês da venda (`AAAA-MM`, horário de America/Sao_Paulo).",
+        "",
+    ),
+    col(
+        "level",
+        ColType::Text,
+        false,
+        "Nível da linha: `city` (cidade), `uf` (estado inteiro) ou `country` (país inteiro).",
+        "",
+    ),
+    col(
+        "uf",
+        ColType::Uf,
+        true,
+        "UF de entrega; nula na linha do país.",
+        "Linhas de UF com menos de k clientes são omitidas.",
+    ),
+    col(
+        "city",
+        ColType::Text,
+        true,
+        "Cidade de entrega; nula nas linhas de UF e de país; `OUTRAS` agrupa cidades pequenas da UF.",
+        "Cidades com menos de k clientes da marca são agrupadas por UF e marca em `OUTRAS`; o grupo é omitido se ainda tiver menos de k clientes.",
+    ),
+    col(
+        "cities_merged",
+        ColType::Int32,
+        false,
+        "Quantas cidades a linha `OUTRAS` agrupa (0 nas demais).",
+        "",
+    ),
+    col("brand", ColType::Text, false, "Marca.", ""),
+    col("segment", ColType::Text, false, "Segmento da marca.", ""),
+    col(
+        "skus_sold",
+        ColType::Int32,
+        false,
+        "Códigos de produto distintos da marca vendidos na célula.",
+        "",
+    ),
+    col(
+        "units_sold",
+        ColType::Int64,
+        false,
+        "Unidades vendidas (Σ quantidade).",
+        "",
+    ),
+    col(
+        "orders",
+        ColType::Int64,
+        false,
+        "Pedidos distintos, contados no nível da linha.",
+        "",
+    ),
+    col(
+        "customers_reached",
+        ColType::Int64,
+        false,
+        "Clientes distintos, contados no nível da linha (quem comprou em duas cidades conta uma vez na UF e no país; nunca é soma das linhas de baixo).",
+        "Nas linhas de cidade e de UF, sempre ≥ k (linhas menores são agrupadas ou omitidas).",
+    ),
+    col(
+        "net_revenue",
+        ColType::Decimal(16),
+        false,
+        "Receita líquida (Σ valor líquido), em R$.",
+        "",
+    ),
+    col(
+        "avg_unit_price",
+        ColType::Decimal(12),
+        false,
+        "Preço médio de tabela: Σ(quantidade × preço unitário) / unidades, antes do desconto.",
+        "",
+    ),
+    col(
+        "segment_share_units",
+        ColType::Double,
+        true,
+        "Participação em unidades entre todas as marcas do segmento na célula.",
+        SEGMENT_NULL_BRAND,
+    ),
+    col(
+        "segment_share_revenue",
+        ColType::Double,
+        true,
+        "Participação em receita líquida entre todas as marcas do segmento na célula.",
+        SEGMENT_NULL_BRAND,
+    ),
+    col(
+        "price_index",
+        ColType::Double,
+        true,
+        "Preço médio / preço médio do segmento na célula calculado da mesma forma (1,0 = média do segmento).",
+        SEGMENT_NULL_BRAND,
+    ),
+    col(
+        "customers_share",
+        ColType::Double,
+        true,
+        "Clientes alcançados / clientes distintos que compraram qualquer marca do segmento na célula.",
+        SEGMENT_NULL_BRAND,
+    ),
+    col(
+        "units_mom_change",
+        ColType::Double,
+        true,
+        "Variação de unidades sobre o mês anterior no mesmo nível, UF, cidade e marca (0,1 = +10%).",
+        "Nulo sem linha ou com 0 unidades no mês anterior, e nas linhas `OUTRAS`.",
+    ),
+];
+
 static DAILY_SCHEMA: ProductSchema = ProductSchema {
     kind: ProductKind::Daily,
     version: 1,
@@ -394,11 +513,18 @@ static MONTHLY_SCHEMA: ProductSchema = ProductSchema {
     columns: &MONTHLY,
 };
 
+static MONTHLY_BRANDS_SCHEMA: ProductSchema = ProductSchema {
+    kind: ProductKind::MonthlyBrands,
+    version: 1,
+    columns: &MONTHLY_BRANDS,
+};
+
 /// Returns the schema of a product.
 pub fn of(kind: ProductKind) -> &'static ProductSchema {
     match kind {
         ProductKind::Daily => &DAILY_SCHEMA,
         ProductKind::Monthly => &MONTHLY_SCHEMA,
+        ProductKind::MonthlyBrands => &MONTHLY_BRANDS_SCHEMA,
     }
 }
 
@@ -562,6 +688,34 @@ mod tests {
             &DataType::Decimal128(16, 2)
         );
         assert_ne!(m.fingerprint(), of(ProductKind::Daily).fingerprint());
+        let b: Vec<_> = of(ProductKind::MonthlyBrands)
+            .columns
+            .iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(
+            b,
+            [
+                "month",
+                "level",
+                "uf",
+                "city",
+                "cities_merged",
+                "brand",
+                "segment",
+                "skus_sold",
+                "units_sold",
+                "orders",
+                "customers_reached",
+                "net_revenue",
+                "avg_unit_price",
+                "segment_share_units",
+                "segment_share_revenue",
+                "price_index",
+                "customers_share",
+                "units_mom_change"
+            ]
+        );
     }
 
     #[test]

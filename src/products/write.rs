@@ -1,6 +1,7 @@
 //! Deterministic file encoders: Parquet and CSV, from a product's record batch.
 //!
-//! Same batch, same bytes: fixed writer settings, no build time inside a file. CSV is UTF-8
+//! Same batch, same bytes: fixed writer settings (the codec is the contract's: Snappy by default,
+//! or Zstd at a level), no build time inside a file. CSV is UTF-8
 //! without BOM, `,`, a header, `.` as decimal point, `\n` line ends, empty cells for nulls; in
 //! string columns a value starting with `=`, `+`, `-`, `@`, a tab or a carriage return is quoted
 //! and prefixed with `'` so spreadsheets never run it as a formula.
@@ -13,9 +14,10 @@ use arrow_array::types::{
 };
 use arrow_array::{Array, RecordBatch};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
+use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 
+use super::contract::{Codec, DEFAULT_ZSTD_LEVEL, ParquetOptions};
 use super::schema::{ColType, ProductSchema};
 
 /// Rows per Parquet row group.
@@ -32,22 +34,32 @@ pub enum WriteError {
     Column(&'static str),
 }
 
-/// The writer settings of every product file.
-pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+/// The Parquet codec of a contract's options.
+pub fn compression(opts: &ParquetOptions) -> Result<Compression, WriteError> {
+    Ok(match opts.compression {
+        Codec::Snappy => Compression::SNAPPY,
+        Codec::Zstd => Compression::ZSTD(ZstdLevel::try_new(
+            opts.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL),
+        )?),
+    })
+}
+
+/// The writer settings of every product file: fixed but for the contract's codec.
+pub fn writer_properties(opts: &ParquetOptions) -> Result<WriterProperties, WriteError> {
+    Ok(WriterProperties::builder()
         .set_writer_version(WriterVersion::PARQUET_1_0)
-        .set_compression(Compression::SNAPPY)
+        .set_compression(compression(opts)?)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_dictionary_enabled(true)
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_created_by(format!("datashare {}", env!("CARGO_PKG_VERSION")))
-        .build()
+        .build())
 }
 
-/// Encodes a batch as Parquet.
-pub fn parquet_bytes(batch: &RecordBatch) -> Result<Vec<u8>, WriteError> {
+/// Encodes a batch as Parquet with the contract's codec.
+pub fn parquet_bytes(batch: &RecordBatch, opts: &ParquetOptions) -> Result<Vec<u8>, WriteError> {
     let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, batch.schema(), Some(writer_properties()))?;
+    let mut w = ArrowWriter::try_new(&mut out, batch.schema(), Some(writer_properties(opts)?))?;
     w.write(batch)?;
     w.close()?;
     Ok(out)
@@ -166,6 +178,53 @@ mod tests {
             csv_text(input, &mut s);
             assert_eq!(s, expected, "{input}");
         }
+    }
+
+    #[test]
+    fn the_contract_chooses_the_codec() {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+
+        use super::super::schema::{self, Cell};
+        use crate::events::ProductKind;
+
+        let s = schema::of(ProductKind::Daily);
+        let row = vec![
+            Cell::Date(0),
+            Cell::Micros(0),
+            Cell::Str("0123456789abcdef".into()),
+            Cell::Str("0123456789abcdef".into()),
+            Cell::Str("OHB-000101".into()),
+            Cell::Str("x".into()),
+            Cell::Str("x".into()),
+            Cell::Str("x".into()),
+            Cell::Null,
+            Cell::I64(1),
+            Cell::Cents(100),
+            Cell::Cents(0),
+            Cell::Cents(100),
+            Cell::Str("x".into()),
+            Cell::Str("SP".into()),
+        ];
+        let batch = s.to_batch(&vec![row; 100]).unwrap();
+        let codec_of = |opts: ParquetOptions| {
+            let bytes = parquet_bytes(&batch, &opts).unwrap();
+            assert_eq!(
+                bytes,
+                parquet_bytes(&batch, &opts).unwrap(),
+                "deterministic"
+            );
+            let r = SerializedFileReader::new(bytes::Bytes::from(bytes)).unwrap();
+            r.metadata().row_group(0).column(0).compression()
+        };
+        assert_eq!(codec_of(ParquetOptions::default()), Compression::SNAPPY);
+        let zstd = |level| ParquetOptions {
+            compression: Codec::Zstd,
+            zstd_level: level,
+        };
+        // The level is not stored in the file: any level reads back as ZSTD.
+        assert!(matches!(codec_of(zstd(None)), Compression::ZSTD(_)));
+        assert!(matches!(codec_of(zstd(Some(19))), Compression::ZSTD(_)));
+        assert!(parquet_bytes(&batch, &zstd(Some(99))).is_err());
     }
 
     #[test]

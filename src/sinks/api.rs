@@ -1,7 +1,8 @@
 //! The REST API sink: one `multipart/form-data` POST per delivery to
 //! `<base>/datasets/<product>/files`, header `Idempotency-Key: <delivery id>`.
 //!
-//! Parts: every data file as `file`, every manifest as `manifest` (with file names). 2xx and 409
+//! Parts: every data file as `file`, every manifest as `manifest`, the product's data dictionary
+//! as `dictionary` (with file names). 2xx and 409
 //! (the partner already has it) are success; 408, 429, 5xx and network errors are retried here
 //! with exponential backoff and full jitter, honouring `Retry-After`, within a bound of attempts
 //! and time; past it a transient error goes back to Pub/Sub. 401/403 are refused credentials,
@@ -225,6 +226,8 @@ impl ApiSink {
         for (field, name, bytes) in parts {
             let mime = if name.ends_with(".json") {
                 "application/json"
+            } else if name.ends_with(".md") {
+                "text/markdown; charset=utf-8"
             } else if name.ends_with(".csv") {
                 "text/csv"
             } else {
@@ -278,6 +281,16 @@ impl Sink for ApiSink {
                 parts.push((field, lf.name.clone(), bytes));
             }
         }
+        // The dictionary travels in the same POST (its own part): one of the version's files.
+        if let Some(lf) = &d.dictionary {
+            let bytes = tokio::fs::read(&lf.path)
+                .await
+                .map_err(|e| SinkError::Transient {
+                    sink: SINK,
+                    message: format!("read {}: {e}", lf.path.display()),
+                })?;
+            parts.push(("dictionary", lf.name.clone(), bytes));
+        }
         let started = Instant::now();
         let budget = Duration::from_secs(self.options.retry_budget_secs);
         let max_attempts = self.options.max_attempts.max(1);
@@ -308,6 +321,7 @@ impl Sink for ApiSink {
             .files
             .iter()
             .flat_map(|f| [&f.data, &f.manifest])
+            .chain(d.dictionary.iter())
             .map(|lf| ReceiptFile {
                 name: lf.name.clone(),
                 location: url.clone(),

@@ -275,7 +275,7 @@ fn period_pt(product: ProductKind, period: &str) -> String {
         ProductKind::Daily => chrono::NaiveDate::parse_from_str(period, "%Y-%m-%d")
             .map(|d| d.format("%d/%m/%Y").to_string())
             .unwrap_or_else(|_| period.to_string()),
-        ProductKind::Monthly => match period.split_once('-') {
+        ProductKind::Monthly | ProductKind::MonthlyBrands => match period.split_once('-') {
             Some((y, m)) => format!("{m}/{y}"),
             None => period.to_string(),
         },
@@ -286,6 +286,7 @@ fn product_pt(product: ProductKind) -> &'static str {
     match product {
         ProductKind::Daily => "diário",
         ProductKind::Monthly => "agregado mensal",
+        ProductKind::MonthlyBrands => "visão mensal por marca",
     }
 }
 
@@ -348,6 +349,7 @@ impl<'a> Text<'a> {
                 .files
                 .iter()
                 .filter(|f| !f.name.ends_with(".manifest.json"))
+                .filter(|f| self.d.dictionary.as_ref().is_none_or(|x| x.name != f.name))
             {
                 let line = if r.sink == "api" {
                     format!("{label}: dataset {} em {}", self.d.product, f.location)

@@ -89,6 +89,10 @@ pub struct Delivery {
     pub period: String,
     /// The data files (Parquet first when both formats) with their manifests.
     pub files: Vec<DeliveryFile>,
+    /// The product's pt-BR data dictionary: one of the product version's files, put beside the
+    /// data files by the data sinks (SFTP, API).
+    #[serde(default)]
+    pub dictionary: Option<LocalFile>,
     /// The data dictionary, set by the caller on the product's first delivery or after a schema
     /// change: the e-mail attaches it.
     #[serde(default)]
@@ -117,16 +121,18 @@ impl Delivery {
             product: r.product,
             period: r.period.clone(),
             files,
+            dictionary: Some(LocalFile::from_path(&r.dictionary)?),
             new_dictionary: None,
             upstream: Vec::new(),
         })
     }
 
-    /// Every local file of the delivery: data, manifests, then the dictionary.
+    /// Every local file of the delivery: data, manifests, then the dictionaries.
     pub fn local_files(&self) -> impl Iterator<Item = &LocalFile> {
         self.files
             .iter()
             .flat_map(|f| [&f.data, &f.manifest])
+            .chain(self.dictionary.iter())
             .chain(self.new_dictionary.iter())
     }
 
@@ -533,6 +539,7 @@ mod tests {
                 data: f("acme_daily_2026-11-27.parquet"),
                 manifest: f("acme_daily_2026-11-27.parquet.manifest.json"),
             }],
+            dictionary: Some(f("acme_daily_dictionary.pt-BR.md")),
             new_dictionary: None,
             upstream: vec![],
         }
@@ -542,13 +549,18 @@ mod tests {
     fn names_that_could_escape_a_folder_are_invalid() {
         assert!(delivery().validate("sftp").is_ok());
         type Change = fn(&mut Delivery);
-        let cases: [(&str, Change); 5] = [
+        let cases: [(&str, Change); 6] = [
             ("delivery id", |d| d.delivery_id = "../x".into()),
             ("partner", |d| d.partner = "a/b".into()),
             ("file name", |d| {
                 d.files[0].data.name = "../../etc/passwd".into()
             }),
             ("file name", |d| d.files[0].manifest.name = ".hidden".into()),
+            ("file name", |d| {
+                if let Some(x) = d.dictionary.as_mut() {
+                    x.name = "a/b.md".into()
+                }
+            }),
             ("no data file", |d| d.files.clear()),
         ];
         for (expected, change) in cases {

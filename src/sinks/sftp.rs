@@ -1,4 +1,5 @@
-//! The SFTP sink: `<root>/<partner>/<daily|monthly>/<file>` plus the manifest.
+//! The SFTP sink: `<root>/<partner>/<product>/<file>` plus the manifest, and the product's
+//! pt-BR data dictionary beside them (replaced when it changes, uploaded before the manifests).
 //!
 //! Every attempt opens a fresh connection (libssh2, blocking, on `spawn_blocking`), compares the
 //! server's host key with the pinned one before sending anything (never trust on first use),
@@ -362,6 +363,22 @@ impl Inner {
         mkdir_p(&sftp, &dir)?;
         let mut files = Vec::new();
         let mut all_present = true;
+        // The dictionary first: the manifests that name it arrive after it.
+        if let Some(dict) = &d.dictionary {
+            let path = format!("{dir}/{}", dict.name);
+            if same_content(&sftp, &path, dict)? {
+                tracing::info!(file = %dict.name, "already at the destination");
+            } else {
+                all_present = false;
+                upload(&sftp, &dir, dict)?;
+            }
+            files.push(ReceiptFile {
+                name: dict.name.clone(),
+                location: self.location(&path),
+                bytes: dict.bytes,
+                sha256: dict.sha256.clone(),
+            });
+        }
         for f in &d.files {
             let data_path = format!("{dir}/{}", f.data.name);
             let manifest_path = format!("{dir}/{}", f.manifest.name);
@@ -442,6 +459,21 @@ fn already_there(
         .map_err(|e| transient(format!("read {manifest_path}: {e}")))?;
     let local = std::fs::read(&manifest.path)
         .map_err(|e| transient(format!("read {}: {e}", manifest.path.display())))?;
+    Ok(remote == local)
+}
+
+/// Whether the remote file has exactly the local (small) file's bytes.
+fn same_content(sftp: &Sftp, path: &str, f: &LocalFile) -> Result<bool, SinkError> {
+    if remote_size(sftp, path)? != Some(f.bytes) {
+        return Ok(false);
+    }
+    let mut remote = Vec::with_capacity(f.bytes as usize);
+    sftp.open(Path::new(path))
+        .map_err(|e| classify(&format!("open {path}"), e))?
+        .read_to_end(&mut remote)
+        .map_err(|e| transient(format!("read {path}: {e}")))?;
+    let local =
+        std::fs::read(&f.path).map_err(|e| transient(format!("read {}: {e}", f.path.display())))?;
     Ok(remote == local)
 }
 

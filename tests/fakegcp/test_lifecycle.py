@@ -88,7 +88,9 @@ def test_down_cleans_up_after_a_killed_run(tmp_path):
     proc = subprocess.Popen([sys.executable, str(STACK), "--state", str(state_file), "run"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: state_file.exists() and "env" in state_file.read_text(),
+        # The "env" key, written once every process is ready (the text "env" is in any
+        # venv path of a process's argv as soon as it starts).
+        wait_for(lambda: state_file.exists() and "env" in json.loads(state_file.read_text()),
                  timeout=90, what="the stack to run")
         state = json.loads(state_file.read_text())
         proc.kill()

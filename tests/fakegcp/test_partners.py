@@ -46,7 +46,7 @@ def test_up_starts_the_stand_ins_and_down_stops_them(tmp_path):
         missing = [k for k in PARTNER_ENV if not env.get(k)]
         assert not missing, f"env lacks {missing}"
         procs = state["processes"]
-        assert {"pubsub", "gcs", "sftp", "api", "smtp", "powerbi"} <= set(procs)
+        assert {"pubsub", "gcs", "gcs-front", "sftp", "api", "smtp", "powerbi"} <= set(procs)
         for name in ("sftp", "api", "smtp", "powerbi"):
             assert listening(procs[name]["port"]), name
 
@@ -96,7 +96,7 @@ def test_no_partners_starts_only_the_emulators(tmp_path):
     stack = Stack(tmp_path / "stack.json", "--no-partners")
     try:
         stack.up()
-        assert set(stack.state["processes"]) == {"pubsub", "gcs"}
+        assert set(stack.state["processes"]) == {"pubsub", "gcs", "gcs-front"}
         assert "DATASHARE_PARTNERS_DIR" not in stack.env
     finally:
         stack.down()

@@ -71,10 +71,10 @@ fn bq_fields(schema: &Schema, descriptions: &BTreeMap<&str, &str>) -> Vec<BqFiel
 /// Every product kind. The match is exhaustive on purpose: a new kind does not compile here
 /// until it is listed, so it cannot ship without its external table's schema.
 fn product_kinds() -> Vec<ProductKind> {
-    let kinds = [ProductKind::Daily, ProductKind::Monthly];
+    let kinds = ProductKind::ALL;
     for k in kinds {
         match k {
-            ProductKind::Daily | ProductKind::Monthly => {}
+            ProductKind::Daily | ProductKind::Monthly | ProductKind::MonthlyBrands => {}
         }
     }
     kinds.to_vec()

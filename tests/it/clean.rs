@@ -332,3 +332,134 @@ fn the_generators_brands_are_the_known_brands_of_the_schema() {
         "config/tables.toml `known` brands and the generator's catalog agree"
     );
 }
+
+/// A table the project never heard of, declared in configuration only, with pattern rules.
+const STORES_TOML: &str = r#"
+[tables.stores]
+key = "store_code"
+
+[[tables.stores.columns]]
+name = "store_code"
+kind = "pattern"
+pattern = '[A-Z]{2}\d{4}'
+normalize = ["trim", "upper"]
+remove = "-. "
+required = true
+
+[[tables.stores.columns]]
+name = "region"
+kind = "pattern"
+pattern = "norte|nordeste|centro-oeste|sudeste|sul"
+normalize = ["trim", "lower"]
+on_invalid = "null"
+
+[[tables.stores.columns]]
+name = "tag"
+kind = "pattern"
+pattern = '(a|aa)*c'
+on_invalid = "null"
+"#;
+
+#[test]
+fn a_table_with_pattern_rules_is_cleaned_by_configuration_alone() {
+    let dt = "2026-11-27";
+    let (dir, raw, out) = generated(&["--date", dt, "--rows", "200", "--seed", "5"]);
+    let tables = dir.path().join("tables.toml");
+    std::fs::write(
+        &tables,
+        format!(
+            "{}\n{STORES_TOML}",
+            datashare::clean::schema::DEFAULT_TABLES_TOML
+        ),
+    )
+    .unwrap();
+    // A pathological value for `(a|aa)*c`: a backtracking engine would not finish.
+    let long = "a".repeat(100_000);
+    let part = format!("extracts/stores/dt={dt}/part-000.csv");
+    let csv = format!(
+        "store_code,region,tag\n sp-0001 ,NORTE ,aac\nRJ.0002,sul,\nxx1,norte,c\n,sul,c\nMG 0003,leste,{long}\n"
+    );
+    std::fs::create_dir_all(raw.join(format!("extracts/stores/dt={dt}"))).unwrap();
+    std::fs::write(raw.join(&part), csv).unwrap();
+    let marker = raw.join(format!("extracts/dt={dt}/_SUCCESS"));
+    let mut m: Json = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    m["files"].as_array_mut().unwrap().push(Json::from(part));
+    std::fs::write(&marker, serde_json::to_vec(&m).unwrap()).unwrap();
+
+    let started = std::time::Instant::now();
+    run_ok(
+        datashare_cmd()
+            .args(["clean", "--input"])
+            .arg(&raw)
+            .arg("--output")
+            .arg(&out)
+            .args(["--date", dt, "--tables"])
+            .arg(&tables),
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+
+    let curated = read_curated(
+        &out.join(format!("curated/stores/dt={dt}/part-00000.parquet")),
+        "store_code",
+    );
+    let row = |k: &str, c: &str| curated[k][c].clone();
+    assert_eq!(curated.len(), 3, "{curated:?}");
+    assert_eq!(row("SP0001", "region").as_deref(), Some("norte"));
+    assert_eq!(row("SP0001", "tag").as_deref(), Some("aac"));
+    assert_eq!(row("RJ0002", "region").as_deref(), Some("sul"));
+    assert_eq!(row("RJ0002", "tag"), None);
+    assert_eq!(row("MG0003", "region"), None, "leste is not a region");
+    assert_eq!(row("MG0003", "tag"), None, "the long value is nulled");
+
+    let report: QualityReport = serde_json::from_slice(
+        &std::fs::read(out.join(format!("reports/dt={dt}/quality.json"))).unwrap(),
+    )
+    .unwrap();
+    let t = &report.tables["stores"];
+    assert_eq!((t.rows_read, t.rows_kept, t.rows_quarantined), (5, 3, 2));
+    assert_eq!(
+        t.quarantined_by_reason,
+        BTreeMap::from([
+            ("invalid_store_code".to_string(), 1),
+            ("missing_store_code".to_string(), 1)
+        ])
+    );
+    let field = |c: &str| (t.fields[c].normalized, t.fields[c].nulled);
+    assert_eq!(field("store_code"), (3, 0));
+    assert_eq!(field("region"), (1, 1));
+    assert_eq!(field("tag"), (0, 1));
+    // The three tables of the spec are cleaned as usual beside it.
+    assert!(report.tables["transactions"].rows_kept > 0);
+}
+
+#[test]
+fn a_pattern_that_does_not_compile_stops_the_program_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let tables = dir.path().join("tables.toml");
+    std::fs::write(
+        &tables,
+        STORES_TOML.replace(r"'[A-Z]{2}\d{4}'", r"'[A-Z{2}\d{4}'"),
+    )
+    .unwrap();
+    // The input does not exist: the schemas are checked before anything is read.
+    let output = datashare_cmd()
+        .args(["clean", "--input"])
+        .arg(dir.path().join("nowhere"))
+        .arg("--output")
+        .arg(dir.path().join("out"))
+        .arg("--tables")
+        .arg(&tables)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("table `stores`, column `store_code`: pattern does not compile"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("unclosed character class at character 1"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("out").exists());
+}

@@ -284,6 +284,24 @@ async fn an_upload_ends_on_sftp_at_the_api_and_in_one_email_and_redeliveries_cha
         );
     }
     assert_eq!(r.api_stored(), 1, "one POST stored at the API");
+    // The dictionary goes where the files go: beside them on SFTP, in the API's POST.
+    let dict_name = req.dictionary.uri.rsplit('/').next().unwrap();
+    assert_eq!(dict_name, "ouchhungry_daily_dictionary.pt-BR.md");
+    let at_sftp = std::fs::read(folder.join(dict_name)).expect("dictionary on the SFTP server");
+    assert_eq!(sha256_hex(&at_sftp), req.dictionary.sha256);
+    let at_api: Vec<PathBuf> = std::fs::read_dir(r.api.state.join("received"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join(dict_name))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(at_api.len(), 1, "the dictionary at the API");
+    let manifest = read_json(&r.gcs, &req.files[0].manifest.uri).await;
+    assert_eq!(manifest["dictionary"], dict_name);
+    assert_eq!(
+        manifest["dictionary_sha256"],
+        req.dictionary.sha256.as_str()
+    );
 
     // One notify, one e-mail, with the Message-ID of the delivery and the dictionary.
     let notifies = r
@@ -873,8 +891,8 @@ async fn a_rejected_delivery_alerts_the_team_and_its_archived_dead_letter_replay
     assert_eq!(crate::sinks::statuses(&r.api.state), ["400", "201"]);
     assert_eq!(
         tree(&r.upload_dir().join("ouchhungry/daily")).len(),
-        req.files.len() * 2,
-        "each file and manifest uploaded once"
+        req.files.len() * 2 + 1,
+        "each file and manifest uploaded once, the dictionary beside them"
     );
     for text in team.iter().chain(&partner) {
         assert!(!text.contains(&r.api.password), "no secret in an e-mail");

@@ -6,6 +6,7 @@ mod check_sinks;
 mod clean;
 mod delivery;
 mod guardrails;
+mod large_objects;
 mod powerbi;
 mod products;
 mod schedules;

@@ -149,10 +149,12 @@ fn builds_are_byte_identical() {
             .unwrap();
         env.build("ouchhungry", Period::Month(day("2026-11-01")), out)
             .unwrap();
+        env.build("ouchhungry", Period::MonthBrands(day("2026-11-01")), out)
+            .unwrap();
     }
     let a = files_under(&env.root.join("a"));
     let b = files_under(&env.root.join("b"));
-    assert_eq!(a.len(), 10, "{a:?}"); // 2 products × (parquet, csv, 2 manifests) + 2 dictionaries
+    assert_eq!(a.len(), 15, "{a:?}"); // 3 products × (parquet, csv, 2 manifests) + 3 dictionaries
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.file_name(), y.file_name());
         assert_eq!(
@@ -450,4 +452,123 @@ fn missing_batches_stop_a_month_unless_allowed() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("batch(es) missing, first 2026-12-02"), "{e}");
+}
+
+#[test]
+fn brand_view_counts_customers_per_level_merges_and_reconciles() {
+    let env = setup("BRANDS", |_| {});
+    let first = day("2026-11-01");
+    let r = env
+        .build("ouchhungry", Period::MonthBrands(first), "out")
+        .unwrap();
+    assert_eq!(r.product.as_str(), "monthly_brands");
+    let b = read_parquet(&r.files[0].path);
+    let level = strings(&b, "level");
+    let brand = strings(&b, "brand");
+    let uf = b.column_by_name("uf").unwrap();
+    let city = strings(&b, "city");
+    let customers = b
+        .column_by_name("customers_reached")
+        .unwrap()
+        .as_primitive::<arrow_array::types::Int64Type>();
+    let units = b
+        .column_by_name("units_sold")
+        .unwrap()
+        .as_primitive::<arrow_array::types::Int64Type>();
+    let row = |lv: &str, u: Option<&str>, c: &str, br: &str| {
+        (0..b.num_rows()).find(|&i| {
+            level[i] == lv
+                && brand[i] == br
+                && city[i] == c
+                && (uf.is_null(i) && u.is_none() || u == Some(uf.as_string::<i32>().value(i)))
+        })
+    };
+    // Month lines of the partner (latest version, completed), straight from the fixture.
+    let mut latest: std::collections::BTreeMap<&str, &fixture::FxLine> = Default::default();
+    for l in &env.fixture.lines {
+        let keep = latest
+            .get(l.transaction_id.as_str())
+            .is_none_or(|cur| (cur.updated_at, cur.batch) <= (l.updated_at, l.batch));
+        if keep {
+            latest.insert(&l.transaction_id, l);
+        }
+    }
+    let month: Vec<&fixture::FxLine> = latest
+        .values()
+        .copied()
+        .filter(|l| l.status == "completed" && l.product_code.starts_with("HGY"))
+        .filter(|l| {
+            let local = chrono::DateTime::from_timestamp(l.sold_at, 0)
+                .unwrap()
+                .with_timezone(&chrono_tz::America::Sao_Paulo);
+            local.format("%Y-%m").to_string() == "2026-11"
+        })
+        .collect();
+    let distinct = |f: &dyn Fn(&fixture::FxLine) -> bool| {
+        month
+            .iter()
+            .filter(|l| f(l))
+            .map(|l| l.customer_id.as_str())
+            .collect::<BTreeSet<_>>()
+            .len() as i64
+    };
+    let country = row("country", None, "", "Hungry").expect("a country row");
+    assert_eq!(customers.value(country), distinct(&|_| true));
+    assert_eq!(
+        units.value(country),
+        month.iter().map(|l| l.quantity).sum::<i64>()
+    );
+    let sp = row("uf", Some("SP"), "", "Hungry").expect("an SP row");
+    assert_eq!(customers.value(sp), distinct(&|l| l.uf == "SP"));
+    let outras = row("city", Some("SP"), "OUTRAS", "Hungry").expect("SP's OUTRAS");
+    assert_eq!(
+        customers.value(outras),
+        distinct(&|l| l.city == "Itu" || l.city == "Jundiaí")
+    );
+    assert!(row("city", Some("RJ"), "OUTRAS", "Hungry").is_none());
+    for i in 0..b.num_rows() {
+        if level[i] != "country" {
+            assert!(customers.value(i) >= 5, "row {i}");
+        }
+        assert!(!["Itu", "Jundiaí", "Armação dos Búzios"].contains(&city[i].as_str()));
+    }
+    // Files beside it: manifest, CSV twin, the dictionary.
+    let dir = env.root.join("out/products/ouchhungry/monthly_brands");
+    assert!(
+        dir.join("ouchhungry_monthly_brands_2026-11.csv.manifest.json")
+            .exists()
+    );
+    assert!(
+        dir.join("ouchhungry_monthly_brands_dictionary.pt-BR.md")
+            .exists()
+    );
+    assert!(r.highlights.len() >= 2, "{:?}", r.highlights);
+}
+
+#[test]
+fn brand_view_is_held_when_the_month_does_not_add_up() {
+    let env = setup("BRECON", |f| {
+        let mut l = f
+            .lines
+            .iter()
+            .find(|l| {
+                l.batch == day("2026-11-30")
+                    && l.status == "completed"
+                    && l.product_code.starts_with("HGY")
+            })
+            .unwrap()
+            .clone();
+        l.transaction_id = "TX-LATE02".into();
+        l.batch = day("2026-12-01");
+        f.lines.push(l);
+    });
+    let e = env
+        .build("ouchhungry", Period::MonthBrands(day("2026-11-01")), "out")
+        .unwrap_err();
+    assert_eq!(e.alert().unwrap().kind, "reconciliation");
+    assert!(
+        !env.root
+            .join("out/products/ouchhungry/monthly_brands")
+            .exists()
+    );
 }

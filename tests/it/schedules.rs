@@ -72,8 +72,33 @@ async fn the_month_boundary_builds_the_monthly_product_once_with_its_late_days()
             m.source_batches
         );
     }
-    let dailies = got.len() - months.len();
+    let product = |m: &datashare::events::Incoming, p: &str| {
+        m.attributes.get("product").map(String::as_str) == Some(p)
+    };
+    let dailies = got.iter().filter(|m| product(m, "daily")).count();
     assert_eq!(dailies, days.len(), "one daily request per day");
+    // The brand view of the month goes with the monthly aggregate (the contract buys both).
+    let more = if got.iter().any(|m| product(m, "monthly_brands")) {
+        Vec::new()
+    } else {
+        stack
+            .drain("test-deliveries", Duration::from_secs(60), |m| {
+                m.iter().any(|m| product(m, "monthly_brands"))
+            })
+            .await
+    };
+    let brands: Vec<DeliveryRequest> = got
+        .iter()
+        .chain(&more)
+        .filter(|m| product(m, "monthly_brands"))
+        .map(|m| DeliveryRequest::parse(m).unwrap())
+        .collect();
+    assert_eq!(brands.len(), 1, "one brand view request: {brands:?}");
+    assert_eq!(brands[0].period, "2026-11");
+    assert_eq!(
+        brands[0].files[0].name,
+        "ouchhungry_monthly_brands_2026-11.parquet"
+    );
 
     // A second request for the month (Cloud Scheduler's backstop): same bytes, no new request.
     let bus = publisher(&cfg, "schedules").await;

@@ -139,6 +139,10 @@ fn delivery(dir: &Path, partner: &str) -> Delivery {
     std::fs::write(&data_path, &data).unwrap();
     let sha = sha256_hex(data.as_bytes());
     let delivery_id = manifest::delivery_id(partner, "daily", period, &sha);
+    let dictionary = format!("{partner}_daily_dictionary.pt-BR.md");
+    let dictionary_text = format!("# Dicionário de dados: Analítico diário ({partner})\n");
+    let dictionary_path = dir.join(&dictionary);
+    std::fs::write(&dictionary_path, &dictionary_text).unwrap();
     let m = Manifest {
         manifest_version: MANIFEST_VERSION,
         partner: partner.into(),
@@ -146,6 +150,7 @@ fn delivery(dir: &Path, partner: &str) -> Delivery {
         period: period.into(),
         file: name.clone(),
         format: "csv".into(),
+        compression: None,
         schema_version: 1,
         schema_fingerprint: "f".repeat(64),
         rows: 1234,
@@ -160,7 +165,8 @@ fn delivery(dir: &Path, partner: &str) -> Delivery {
         missing_batches: vec![],
         comparison_batches: vec![],
         companion_files: vec![],
-        dictionary: format!("{partner}_daily_dictionary.pt-BR.md"),
+        dictionary,
+        dictionary_sha256: sha256_hex(dictionary_text.as_bytes()),
         highlights: vec![
             "Maringá teve o maior crescimento de unidades (+32,5%).".into(),
             "Refrigerantes: 61,2% das unidades.".into(),
@@ -178,6 +184,7 @@ fn delivery(dir: &Path, partner: &str) -> Delivery {
             data: LocalFile::from_path(&data_path).unwrap(),
             manifest: LocalFile::from_path(&manifest_path).unwrap(),
         }],
+        dictionary: Some(LocalFile::from_path(&dictionary_path).unwrap()),
         new_dictionary: None,
         upstream: vec![],
     }
@@ -471,8 +478,9 @@ async fn sftp_sink_passes_the_contract() {
     let mut texts = sink_contract(harness, &d, work.path()).await;
 
     let folder = upload.join("ouchhungry/daily");
+    let dictionary = d.dictionary.as_ref().unwrap();
     for f in &d.files {
-        for lf in [&f.data, &f.manifest] {
+        for lf in [&f.data, &f.manifest, dictionary] {
             let remote = std::fs::read(folder.join(&lf.name)).unwrap();
             assert_eq!(sha256_hex(&remote), lf.sha256, "{} arrived whole", lf.name);
         }
@@ -481,7 +489,11 @@ async fn sftp_sink_passes_the_contract() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names.len(), 2, "no temporary file is left: {names:?}");
+    assert_eq!(
+        names.len(),
+        3,
+        "data, manifest and dictionary, no temporary file is left: {names:?}"
+    );
     texts.push(debug);
     let secrets: Vec<&str> = env.secrets.iter().map(String::as_str).collect();
     assert_secrets_hidden(&secrets, &texts);
@@ -548,7 +560,11 @@ async fn sftp_refuses_a_host_key_that_is_not_pinned() {
         "no login was attempted with a wrong host key"
     );
     let upload = PathBuf::from(env.server.field("upload"));
-    assert_eq!(tree(&upload).len(), 2, "nothing else was uploaded");
+    assert_eq!(
+        tree(&upload).len(),
+        3,
+        "nothing else than data, manifest and dictionary was uploaded"
+    );
 }
 
 fn base64_blob(line: &str) -> Vec<u8> {
@@ -667,7 +683,8 @@ async fn api_sink_passes_the_contract() {
     let mut texts = sink_contract(harness, &d, work.path()).await;
 
     let got = env.state.join("received").join(&d.delivery_id);
-    for lf in [&d.files[0].data, &d.files[0].manifest] {
+    let dictionary = d.dictionary.as_ref().unwrap();
+    for lf in [&d.files[0].data, &d.files[0].manifest, dictionary] {
         assert_eq!(
             sha256_hex(&std::fs::read(got.join(&lf.name)).unwrap()),
             lf.sha256
@@ -788,7 +805,7 @@ async fn api_bearer_tokens_and_the_contract_built_sink() {
     let r = deliver_once(&sink, &LocalReceipts::new(work.path()), &d)
         .await
         .unwrap();
-    assert_eq!(r.files.len(), 2);
+    assert_eq!(r.files.len(), 3, "data, manifest and dictionary");
     // Without the partner's CA its certificate is not trusted: a configuration problem.
     let no_ca = ApiConfig {
         ca_file: None,
@@ -814,6 +831,7 @@ fn test_contract(sinks: Vec<SinkConfig>) -> Contract {
         brands: vec![],
         products: vec![ProductKind::Daily],
         formats: vec![contract::Format::Csv],
+        parquet: contract::ParquetOptions::default(),
         k: 5,
         key_period: contract::KeyPeriod::Month,
         late_days: 2,
@@ -960,6 +978,8 @@ async fn email_sink_passes_the_contract() {
     )
     .unwrap();
     d.new_dictionary = Some(LocalFile::from_path(&dictionary).unwrap());
+    // The same file as the product's dictionary (rewritten above), as the worker hands it over.
+    d.dictionary = d.new_dictionary.clone();
 
     let wrong = SmtpSettings {
         password: Some(secret_file(work.path(), "wrong", &random_hex(16))),

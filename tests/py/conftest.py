@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -28,6 +29,20 @@ def lake(tmp_path_factory, lines):
     root = tmp_path_factory.mktemp("lake")
     curated_gen.write(root, lines)
     return root
+
+
+@pytest.fixture(scope="session")
+def db(lake):
+    """DuckDB over the curated lake: `tx` and `pr` with each row's batch day."""
+    c = duckdb.connect()
+    c.execute("SET TimeZone = 'UTC'")
+    c.execute(f"""
+        CREATE VIEW tx AS SELECT *, CAST(regexp_extract(filename, 'dt=([0-9-]+)', 1) AS DATE) AS batch
+        FROM read_parquet('{lake}/curated/transactions/*/*.parquet', filename = true)""")
+    c.execute(f"""
+        CREATE VIEW pr AS SELECT *, CAST(regexp_extract(filename, 'dt=([0-9-]+)', 1) AS DATE) AS batch
+        FROM read_parquet('{lake}/curated/products/*/*.parquet', filename = true)""")
+    return c
 
 
 @pytest.fixture(scope="session")

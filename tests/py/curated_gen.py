@@ -3,7 +3,7 @@ config/tables.toml as src/clean/columns.rs types them), for the product tests.
 
 Batches every day from 2026-09-01 to 2026-11-02: September has no previous month, October has
 one, and the batches of 11-01/11-02 carry late corrections of October's last days. Cells are
-laid out so that some cities merge into OUTRAS, one merged row is dropped, Salgadinhos cells
+laid out so that some cities merge into OUTRAS, merged rows and a state (Acre) stay below k, Salgadinhos cells
 mostly have fewer than 3 rival brands, and lines sold late in the local evening fall on the next
 UTC day (local-date attribution)."""
 
@@ -64,8 +64,9 @@ CATALOG = [
 ]
 
 BIG = [("São Paulo", "SP", 80), ("Campinas", "SP", 40), ("Rio de Janeiro", "RJ", 60), ("Curitiba", "PR", 30)]
-# Small cities: (city, uf, customers). SP's two merge above k=5; RJ's stays below and is dropped.
-SMALL = [("Itu", "SP", 3), ("Salto", "SP", 3), ("Armação dos Búzios", "RJ", 2)]
+# Small cities: (city, uf, customers). SP's two merge above k=5; RJ's stays below and is dropped;
+# Acre sells only in Rio Branco, so its state row of the brand view is below k too (dropped).
+SMALL = [("Itu", "SP", 3), ("Salto", "SP", 3), ("Armação dos Búzios", "RJ", 2), ("Rio Branco", "AC", 2)]
 
 FIRST = dt.date(2026, 9, 1)
 LAST = dt.date(2026, 11, 2)

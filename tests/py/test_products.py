@@ -25,19 +25,6 @@ def key(secret, message):
     return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()[:16]
 
 
-@pytest.fixture(scope="module")
-def db(lake):
-    c = duckdb.connect()
-    c.execute("SET TimeZone = 'UTC'")
-    c.execute(f"""
-        CREATE VIEW tx AS SELECT *, CAST(regexp_extract(filename, 'dt=([0-9-]+)', 1) AS DATE) AS batch
-        FROM read_parquet('{lake}/curated/transactions/*/*.parquet', filename = true)""")
-    c.execute(f"""
-        CREATE VIEW pr AS SELECT *, CAST(regexp_extract(filename, 'dt=([0-9-]+)', 1) AS DATE) AS batch
-        FROM read_parquet('{lake}/curated/products/*/*.parquet', filename = true)""")
-    return c
-
-
 def monthly_sql(month, k=K):
     """The monthly aggregate of `month` straight from the spec's table (unsuppressed cells,
     then suppression)."""
