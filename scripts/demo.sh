@@ -2,7 +2,7 @@
 # The local demo, end to end on the local stack (fake-gcp/): starts Google's Pub/Sub emulator,
 # fake-gcs-server and the partner stand-ins (OpenSSH sshd, HTTPS API, SMTP), checks the partner's
 # sinks, runs the roles as background processes in pull mode (worker, one deliver per sink,
-# alert), uploads three generated days of dirty extracts to the raw bucket (two calm days at
+# alert, powerbi), uploads three generated days of dirty extracts to the raw bucket (two calm days at
 # 2% defects, then one at 25% that trips a data-quality guardrail), waits until the products
 # are built and delivered and the data team's alert e-mail is sent, shows where everything
 # landed and which day alerted, then stops all it started. Exits 1 when a day is not
@@ -100,6 +100,7 @@ if "$bin" help alert >/dev/null 2>&1; then
 else
   echo "   (no \`datashare alert\` in this build)"
 fi
+if "$bin" help powerbi >/dev/null 2>&1; then start_role powerbi powerbi --pull; fi
 
 echo "== 5. uploading the extracts to gs://$DATASHARE_BUCKET_RAW (parts first, then each day's marker)"
 python3 - "$demo/raw" <<'PY'
@@ -238,6 +239,21 @@ if not alerts_ok:
     print(f"  the alerts are not as expected: only {alert_day} should alert", flush=True)
 sys.exit(0 if ok else 1)
 PY
+if "$bin" help powerbi >/dev/null 2>&1 && [ -n "${FAKE_GCP_POWERBI_URL:-}" ]; then
+  python3 - <<'PY' || true
+import json, os, ssl, time, urllib.request
+ctx = ssl.create_default_context(cafile=os.environ["DATASHARE_POWERBI_CA_FILE"])
+get = lambda p: json.loads(urllib.request.urlopen(os.environ["FAKE_GCP_POWERBI_URL"] + p, context=ctx, timeout=10).read())
+deadline, done = time.monotonic() + 60, []
+while not done and time.monotonic() < deadline:
+    via_api = [(i["kind"], i["name"], r) for i in get("/_admin/items")["items"] for r in i["history"] if r["refreshType"] == "ViaApi"]
+    done = [x for x in via_api if x[2]["status"] == "Completed"]
+    time.sleep(1)
+print(f"Power BI (stand-in {os.environ['FAKE_GCP_POWERBI_URL']}): {len(via_api)} refresh(es) requested by datashare powerbi, {len(done)} completed")
+for kind, name, r in via_api:
+    print(f"  {kind} {name}: {r['status']} (started {r['startTime']})")
+PY
+fi
 echo
 echo "== datashare status: did each day go out? (from the ops and curated buckets)"
 # Exit code 1 means a day is held, stalled or missing: shown, not a demo failure.

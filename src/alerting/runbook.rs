@@ -92,6 +92,26 @@ pub fn runbook(kind: &str) -> &'static str {
             "Os gastos passaram de um limite do orçamento: veja no relatório de faturamento \
              qual serviço cresceu e reduza-o se não for esperado."
         }
+        "powerbi.refresh_failed" => {
+            "A Power BI refresh failed: read serviceExceptionJson in the details, fix the data \
+             source in the workspace; the next batch triggers a new refresh."
+        }
+        "powerbi.refresh_stuck" => {
+            "A Power BI refresh runs past its limit: cancel it in the workspace's refresh \
+             history; the monitor requests again after the next update."
+        }
+        "powerbi.stale" => {
+            "A Power BI item's last completed refresh is older than its SLA: look for a failed \
+             refresh or missing batches first."
+        }
+        "powerbi.quota" => {
+            "A Power BI item used its daily refreshes: nothing is lost, the next refresh reads \
+             every partition; refresh by hand after 00:00 UTC if the day matters."
+        }
+        "powerbi.config" => {
+            "Entra or Power BI refused the monitor (secret, workspace access, item id): rotate \
+             datashare-powerbi-client-secret or fix config/powerbi.toml, then redeploy."
+        }
         _ => {
             "Leia os detalhes e os logs pela impressão digital; corrija a causa e então \
              reenvie as dead letters se mensagens ficaram paradas."
@@ -181,6 +201,11 @@ mod tests {
             "privacy.gate",
             "reconciliation",
             "budget.threshold",
+            "powerbi.refresh_failed",
+            "powerbi.refresh_stuck",
+            "powerbi.stale",
+            "powerbi.quota",
+            "powerbi.config",
         ];
         let default = runbook("something.else");
         let mut lines: Vec<&str> = kinds.iter().map(|k| runbook(k)).collect();

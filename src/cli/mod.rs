@@ -7,7 +7,7 @@
 //! - `2`: it could not run (bad arguments, configuration, a client that cannot start).
 //!
 //! [`local`] holds the commands that work on local folders (`clean`, `bench`, `build`); the
-//! roles (`worker`, `deliver`, `alert`) are served by [`crate::service::serve`].
+//! roles (`worker`, `deliver`, `alert`, `powerbi`) are served by [`crate::service::serve`].
 
 pub mod local;
 
@@ -57,6 +57,8 @@ pub enum Command {
     CheckSinks(CheckSinksArgs),
     /// Did the day go out? Marker, parts, batch, rows, receipts and open alerts per day.
     Status(StatusArgs),
+    /// Runs the Power BI monitor: refreshes after a batch's updates, history checks at each tick.
+    Powerbi(ServeArgs),
 }
 
 /// Runs the command line: parses, runs, maps the result to the exit code.
@@ -104,6 +106,7 @@ impl Command {
             Command::Replay(_) => "replay",
             Command::CheckSinks(_) => "check-sinks",
             Command::Status(_) => "status",
+            Command::Powerbi(_) => "powerbi",
         }
     }
 }
@@ -126,6 +129,7 @@ pub fn run(command: Command) -> anyhow::Result<Verdict> {
             })
         }
         Command::Alert(a) => serve_role(&a, crate::alerting::Alerting::start),
+        Command::Powerbi(a) => serve_role(&a, crate::pipeline::powerbi::PowerBi::start),
         Command::Release(a) => {
             let config = Config::load(a.config.as_deref())?;
             runtime()?.block_on(crate::pipeline::release::run_release(&config, a.date))

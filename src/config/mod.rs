@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 pub mod alerting;
 pub mod guardrails;
+pub mod powerbi;
 pub mod push;
 pub mod secret;
 pub mod sinks;

@@ -12,6 +12,7 @@ pub mod gcs;
 pub mod notify;
 pub mod receipt;
 pub mod schedule;
+pub mod updates;
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,7 @@ pub use gcs::{GcsNotification, ObjectRef};
 pub use notify::Notify;
 pub use receipt::{Receipt, ReceiptFile};
 pub use schedule::Schedule;
+pub use updates::Updates;
 
 /// A message as received, whichever front end (pull or push) delivered it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

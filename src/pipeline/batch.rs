@@ -49,6 +49,21 @@ pub struct StepSummary {
     pub redelivered: Vec<String>,
     /// Products held by a guardrail or a failed file.
     pub held: Vec<String>,
+    /// What was written, for topic `updates`: `curated/<table>`, `products/<product>`.
+    pub updated: BTreeSet<String>,
+}
+
+/// `curated/<table>` for every curated table the batch step wrote under `out` (topic
+/// `updates`: what the Power BI monitor refreshes).
+fn curated_tables(out: &Path) -> Result<BTreeSet<String>, HandleError> {
+    let mut updated = BTreeSet::new();
+    for path in files_under(out).map_err(|e| HandleError::local("outputs", e))? {
+        let rel = relative(out, &path);
+        if let Some((table, _)) = rel.strip_prefix("curated/").and_then(|r| r.split_once('/')) {
+            updated.insert(format!("curated/{table}"));
+        }
+    }
+    Ok(updated)
 }
 
 /// The month whose monthly product batch `dt` completes (its last day + `late_days`), if any.
@@ -106,6 +121,7 @@ impl Worker {
         resources.finish();
         match result {
             Ok(summary) => {
+                self.publish_updates(&ready, &summary).await?;
                 self.faults.at("before_done").await;
                 let body = serde_json::json!({
                     "owner": self.owner,
@@ -190,6 +206,30 @@ impl Worker {
         }
     }
 
+    /// Publishes what the step updated to `updates` (the Power BI monitor), before the done
+    /// marker: a step run again publishes again, and the monitor refreshes once per version.
+    async fn publish_updates(
+        &self,
+        ready: &BatchReady,
+        summary: &StepSummary,
+    ) -> Result<(), HandleError> {
+        if summary.updated.is_empty() {
+            return Ok(());
+        }
+        let updates = crate::events::Updates {
+            schema_version: crate::events::updates::UPDATES_VERSION,
+            dt: ready.dt.to_string(),
+            batch_version: ready.step_key(),
+            tables: summary.updated.iter().cloned().collect(),
+        };
+        let id = self
+            .bus
+            .publish(&self.config.gcp.topics.updates, updates.to_message())
+            .await?;
+        tracing::info!(dt = %ready.dt, tables = ?updates.tables, message_id = %id, "updates published");
+        Ok(())
+    }
+
     /// Whether the marker and every file are still at the generations of this batch version.
     async fn is_current(&self, ready: &BatchReady) -> Result<bool, HandleError> {
         let raw = &self.config.gcp.buckets.raw;
@@ -215,7 +255,10 @@ impl Worker {
             .await?;
         let guard = self.check_guardrails(ready, &report).await?;
 
-        let mut summary = StepSummary::default();
+        let mut summary = StepSummary {
+            updated: curated_tables(&out)?,
+            ..Default::default()
+        };
         if let Some(held) = self.hold_failed_files(ready, &report).await {
             summary.held.push(held);
             return Ok(summary);
@@ -419,6 +462,9 @@ impl Worker {
             let built = blocking("product build", move || build(&c2, period, &opts)).await?;
             match built {
                 Ok(released) => {
+                    summary
+                        .updated
+                        .insert(format!("products/{}", released.product.as_str()));
                     if self.deliver(&contract, &released).await? {
                         summary.published.push(released.delivery_id.clone());
                     } else {
@@ -610,6 +656,7 @@ impl Worker {
     /// version was already published; returns whether it published.
     async fn deliver(&self, contract: &Contract, rel: &Released) -> Result<bool, HandleError> {
         let b = &self.config.gcp.buckets;
+        self.put_table_copy(rel).await?;
         let published = names::delivery_published(&rel.delivery_id);
         if self.gcs.stat(&b.ops, &published).await?.is_some() {
             tracing::info!(partner = %rel.partner, delivery_id = %rel.delivery_id, "product version already delivered");
@@ -662,6 +709,26 @@ impl Worker {
             );
         }
         Ok(delivery_request(contract, rel, dictionary, files, manifests).await)
+    }
+
+    /// Overwrites the period's Parquet under `tables/` (the BigQuery products tables read the
+    /// latest version of each period there).
+    async fn put_table_copy(&self, rel: &Released) -> Result<(), HandleError> {
+        let products = &self.config.gcp.buckets.products;
+        for f in &rel.files {
+            if f.path.extension().is_none_or(|e| e != "parquet") {
+                continue;
+            }
+            let file = f
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let name =
+                names::product_table_file(&rel.partner, rel.product.as_str(), &rel.period, &file);
+            self.gcs.upload(products, &name, &f.path).await?;
+        }
+        Ok(())
     }
 
     /// Writes an object that must never change (content-addressed by delivery id): created if

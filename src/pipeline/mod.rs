@@ -19,6 +19,7 @@ pub mod check;
 pub mod deliver;
 pub mod names;
 pub mod notify;
+pub mod powerbi;
 pub mod release;
 pub mod schedules;
 pub mod stage;
@@ -88,6 +89,7 @@ impl Worker {
             t.deliveries.clone(),
             t.alerts.clone(),
             t.schedules.clone(),
+            t.updates.clone(),
         ];
         let context = RoleContext::connect(WORKER_ROLE, config, topics).await?;
         tracing::info!(

@@ -55,6 +55,12 @@ pub fn product_file(partner: &str, product: &str, delivery_id: &str, file: &str)
     format!("{partner}/{product}/{delivery_id}/{file}")
 }
 
+/// `tables/<daily|monthly>/dt=<period>/partner=<partner>/<file>` in the products bucket: the
+/// latest version of each period, read by the BigQuery external tables (terraform/bigquery.tf).
+pub fn product_table_file(partner: &str, product: &str, period: &str, file: &str) -> String {
+    format!("tables/{product}/dt={period}/partner={partner}/{file}")
+}
+
 /// `gs://<bucket>/<name>`.
 pub fn uri(bucket: &str, name: &str) -> String {
     format!("gs://{bucket}/{name}")

@@ -61,9 +61,9 @@ def test_runtime_is_small_non_root_and_runs_the_binary(stages):
 
 def subcommands():
     """The binary's subcommands: the variants of `enum Command` (clap's kebab-case names),
-    wherever the command line is declared (src/main.rs or src/cli.rs)."""
+    wherever the command line is declared (src/main.rs, src/cli.rs or src/cli/mod.rs)."""
     names = set()
-    for path in (REPO / "src" / "main.rs", REPO / "src" / "cli.rs"):
+    for path in (REPO / "src" / "main.rs", REPO / "src" / "cli.rs", REPO / "src" / "cli" / "mod.rs"):
         if not path.exists():
             continue
         m = re.search(r"enum Command \{(.*?)\n\}", path.read_text(), re.S)

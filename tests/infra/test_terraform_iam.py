@@ -42,7 +42,7 @@ def test_every_dead_letter_policy_has_the_pubsub_agent_bindings(hcl, topology, t
     assert with_policy == {
         name: s["dead_letter_topic"] for name, s in topology["subscriptions"].items() if s["dead_letter_topic"]
     }
-    assert len(with_policy) == 9
+    assert len(with_policy) == 10
 
     publishers = pubsub_agent_bindings(hcl, "google_pubsub_topic_iam_member", "roles/pubsub.publisher")
     subscribers = pubsub_agent_bindings(hcl, "google_pubsub_subscription_iam_member", "roles/pubsub.subscriber")

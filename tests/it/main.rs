@@ -10,6 +10,7 @@ mod delivery;
 mod guardrails;
 mod harness;
 mod large_objects;
+mod powerbi;
 mod products;
 mod schedules;
 mod sinks;

@@ -118,7 +118,12 @@ fn is_daily(m: &Incoming) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_worker_turns_a_messy_upload_into_one_delivery_per_version() {
-    let app = TestApp::spawn(Spec::new().watch("deliveries", "test-deliveries")).await;
+    let app = TestApp::spawn(
+        Spec::new()
+            .watch("deliveries", "test-deliveries")
+            .watch("updates", "test-updates"),
+    )
+    .await;
     let worker = app.spawn_worker().await;
     let (stack, cfg) = (&app.stack, app.cfg.clone());
 
@@ -174,6 +179,39 @@ async fn pull_worker_turns_a_messy_upload_into_one_delivery_per_version() {
     );
     assert!(is_daily(&got[0]));
     check_delivery(gcs, &got[0], dt).await;
+    // The BigQuery products table's copy of the period's Parquet: the delivered bytes.
+    let req = DeliveryRequest::parse(&got[0]).unwrap();
+    let parquet = req.files.iter().find(|f| f.format == "parquet").unwrap();
+    let table_copy = format!(
+        "tables/daily/dt=2026-11-27/partner=ouchhungry/{}",
+        parquet.name
+    );
+    let (copy, _) = gcs
+        .read(&cfg.gcp.buckets.products, &table_copy, None)
+        .await
+        .unwrap()
+        .expect("the products table's copy");
+    assert_eq!(sha256_hex(&copy), parquet.file.sha256);
+    // What the step updated, for the Power BI monitor: once, with the batch version.
+    let updates = stack
+        .drain("test-updates", Duration::from_secs(30), |m| !m.is_empty())
+        .await;
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    assert!(updates[0].attributes.contains_key("traceparent"));
+    let u = datashare::events::Updates::parse(&updates[0]).unwrap();
+    assert_eq!(
+        (u.dt.as_str(), u.batch_version),
+        ("2026-11-27", ready.step_key())
+    );
+    assert_eq!(
+        u.tables,
+        [
+            "curated/customers",
+            "curated/products",
+            "curated/transactions",
+            "products/daily"
+        ]
+    );
 
     app.stop().await;
 }
