@@ -221,8 +221,9 @@ impl Gcs {
         Ok(Some(gen_read))
     }
 
-    /// Writes an object, only if its live generation is `if_generation_match` when given
-    /// (0: only if it does not exist); returns the new generation.
+    /// Writes an object from memory (meant for small bodies: claims, receipts, records; a file
+    /// goes up with [`Gcs::upload_file`]), only if its live generation is `if_generation_match`
+    /// when given (0: only if it does not exist); returns the new generation.
     pub async fn write(
         &self,
         bucket: &str,
@@ -244,17 +245,52 @@ impl Gcs {
         Ok(obj.generation)
     }
 
-    /// Uploads a local file (unconditionally); returns the new generation.
+    /// Uploads a local file (unconditionally), streamed from the file; returns the new generation.
     pub async fn upload(&self, bucket: &str, name: &str, src: &Path) -> Result<i64, GcsError> {
-        let data = tokio::fs::read(src).await.map_err(|e| GcsError {
+        self.upload_file(bucket, name, src, None).await
+    }
+
+    /// Uploads a local file only if its live generation is `if_generation_match` when given (0:
+    /// only if the object does not exist), streamed: the file's CRC32C is computed first (one
+    /// pass, 1 MiB at a time), then the client reads the file in 256 KiB pieces (a single-shot
+    /// upload under 16 MiB, a resumable one above that rewinds the file to resume), so memory
+    /// stays flat whatever the file's size. Returns the new generation.
+    ///
+    /// The known CRC32C goes in the upload's metadata: the service refuses a corrupted upload,
+    /// and the single-shot upload has no trailing checksum part (which fake-gcs-server misreads).
+    pub async fn upload_file(
+        &self,
+        bucket: &str,
+        name: &str,
+        src: &Path,
+        if_generation_match: Option<i64>,
+    ) -> Result<i64, GcsError> {
+        let io = |e: std::io::Error| GcsError {
             op: "upload",
             bucket: bucket.to_string(),
             name: name.to_string(),
             status: None,
             transient: true,
             message: format!("{}: {e}", src.display()),
-        })?;
-        self.write(bucket, name, data, None).await
+        };
+        let path = src.to_path_buf();
+        let crc = tokio::task::spawn_blocking(move || file_crc32c(&path))
+            .await
+            .map_err(|e| io(std::io::Error::other(e)))?
+            .map_err(io)?;
+        let file = tokio::fs::File::open(src).await.map_err(io)?;
+        let mut w = self
+            .client
+            .write_object(format!("projects/_/buckets/{bucket}"), name, file)
+            .with_known_crc32c(crc);
+        if let Some(g) = if_generation_match {
+            w = w.set_if_generation_match(g);
+        }
+        let obj = w
+            .send_unbuffered()
+            .await
+            .map_err(|e| Self::err("upload", bucket, name, &e))?;
+        Ok(obj.generation)
     }
 
     async fn json_get(
@@ -371,6 +407,22 @@ impl Gcs {
     }
 }
 
+/// The CRC32C (Castagnoli) of a file's content, read 1 MiB at a time.
+fn file_crc32c(path: &Path) -> std::io::Result<u32> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut crc = 0;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok(crc),
+            Ok(n) => crc = crc32c::crc32c_append(crc, &buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Percent-encodes a path segment or query value (RFC 3986 unreserved characters kept).
 pub fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -387,6 +439,16 @@ pub fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crc32c_of_a_file_matches_the_whole_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        assert_eq!(file_crc32c(&path).unwrap(), crc32c::crc32c(&data));
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);
+    }
 
     #[test]
     fn encodes_object_names() {

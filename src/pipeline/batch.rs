@@ -26,11 +26,11 @@ use crate::events::{BatchReady, DeliveryFile, DeliveryRequest, FileDigest, Incom
 use crate::extract::{Layout, classify};
 use crate::products::contract::Contract;
 use crate::products::daily::WINDOW_DAYS;
-use crate::products::manifest::sha256_hex;
 use crate::products::monthly::{self, first_day_of};
 use crate::products::{BuildError, BuildOptions, Period, Released, build};
 use crate::service::claim::{self, Claim};
 use crate::service::{Disposition, HandleError, blocking};
+use crate::sinks::LocalFile;
 use crate::telemetry::metrics;
 use tracing::Instrument;
 
@@ -739,23 +739,32 @@ impl Worker {
         name: &str,
         src: &Path,
     ) -> Result<FileDigest, HandleError> {
-        let data = tokio::fs::read(src)
-            .await
-            .map_err(|e| HandleError::local("product file", e))?;
-        let stored = match self.gcs.write(bucket, name, data.clone(), Some(0)).await {
-            Ok(_) => data,
+        // Streamed both ways: a product file is never held in memory whole.
+        let stored = match self.gcs.upload_file(bucket, name, src, Some(0)).await {
+            Ok(_) => src.to_path_buf(),
             Err(e) if e.is_precondition_failed() => {
-                match self.gcs.read(bucket, name, None).await? {
-                    Some((d, _)) => d,
+                let copy = src.with_extension("stored");
+                match self.gcs.download(bucket, name, None, &copy).await? {
+                    Some(_) => copy,
                     None => return Err(HandleError::Transient(format!("{name} vanished"))),
                 }
             }
             Err(e) => return Err(e.into()),
         };
+        let original = stored == src;
+        let f = blocking("product file", move || {
+            let f = LocalFile::from_path(&stored);
+            if !original {
+                let _ = std::fs::remove_file(&stored);
+            }
+            f
+        })
+        .await?
+        .map_err(|e| HandleError::local("product file", e))?;
         Ok(FileDigest {
             uri: names::uri(bucket, name),
-            sha256: sha256_hex(&stored),
-            bytes: stored.len() as u64,
+            sha256: f.sha256,
+            bytes: f.bytes,
         })
     }
 }

@@ -7,6 +7,11 @@
 //! uploads to a temporary name, checks the size, then renames. A data file of the same size whose
 //! manifest at the destination is byte-for-byte ours counts as delivered (the manifest carries
 //! the file's SHA-256 and is uploaded last).
+//!
+//! A passphrase-protected OpenSSH key is decrypted once, when the sink is built (bcrypt is slow
+//! by design: ~0.3 s a time, and libssh2 would run it twice per connection); the decrypted key
+//! stays in a [`Secret`] and every connection authenticates with it and its public key, without
+//! a passphrase. A wrong passphrase is a configuration error at start-up.
 
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -122,9 +127,92 @@ struct Inner {
     user: String,
     root: String,
     pin: HostKeyPin,
-    private_key: Secret,
-    passphrase: Option<Secret>,
+    key: ClientKey,
     options: SftpOptions,
+}
+
+/// The client's key as libssh2 gets it on every connection.
+#[derive(Debug)]
+struct ClientKey {
+    /// The private key text: an OpenSSH key already decrypted, or a PEM key as configured.
+    private: Secret,
+    /// The OpenSSH public key line (OpenSSH keys), so libssh2 need not derive it.
+    public: Option<String>,
+    /// The passphrase of a PEM key (its cheap key derivation stays with libssh2); never set for
+    /// an OpenSSH key.
+    passphrase: Option<Secret>,
+}
+
+impl ClientKey {
+    /// Reads the key: an OpenSSH key is checked and decrypted here, once; a PEM key (or an
+    /// OpenSSH key of a kind not read here) is kept as it is with its passphrase. Problems are
+    /// configuration errors (permanent).
+    fn load(
+        text: Secret,
+        passphrase: Option<Secret>,
+        source: &str,
+    ) -> Result<ClientKey, SinkError> {
+        let config = |message: String| SinkError::Config {
+            sink: SINK,
+            message,
+        };
+        let Ok(pem) = std::str::from_utf8(text.expose()) else {
+            return Err(config(format!(
+                "private_key in {source} is not a PEM or OpenSSH text key"
+            )));
+        };
+        if !pem
+            .trim_start()
+            .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----")
+        {
+            return Ok(ClientKey {
+                private: text,
+                public: None,
+                passphrase,
+            });
+        }
+        let key = match ssh_key::PrivateKey::from_openssh(pem) {
+            Ok(key) => key,
+            Err(e) => {
+                // A kind of key this parser lacks (ECDSA, security keys): libssh2 reads it as it
+                // always did, paying the key derivation on every connection.
+                tracing::warn!(
+                    key = %source,
+                    "cannot read the OpenSSH key here ({e}); libssh2 will decrypt it on every connection"
+                );
+                return Ok(ClientKey {
+                    private: text,
+                    public: None,
+                    passphrase,
+                });
+            }
+        };
+        let key = match (key.is_encrypted(), &passphrase) {
+            (false, _) => key,
+            (true, None) => {
+                return Err(config(format!(
+                    "private_key in {source} is encrypted and no passphrase is configured"
+                )));
+            }
+            (true, Some(p)) => key.decrypt(p.expose()).map_err(|e| {
+                config(format!(
+                    "the passphrase does not decrypt private_key in {source} ({e})"
+                ))
+            })?,
+        };
+        let private = key
+            .to_openssh(ssh_key::LineEnding::LF)
+            .map_err(|e| config(format!("cannot re-encode private_key in {source}: {e}")))?;
+        let public = key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| config(format!("cannot encode the public key of {source}: {e}")))?;
+        Ok(ClientKey {
+            private: Secret::new(private.as_bytes().to_vec()),
+            public: Some(public),
+            passphrase: None,
+        })
+    }
 }
 
 /// Uploads product files to a partner's SFTP server.
@@ -141,13 +229,14 @@ impl std::fmt::Debug for SftpSink {
             .field("port", &i.port)
             .field("user", &i.user)
             .field("root", &i.root)
-            .field("private_key", &i.private_key)
+            .field("private_key", &i.key.private)
             .finish_non_exhaustive()
     }
 }
 
 impl SftpSink {
-    /// Builds the sink from a contract's settings, reading the key and passphrase secrets.
+    /// Builds the sink from a contract's settings, reading the key and passphrase secrets and
+    /// decrypting an OpenSSH key (a wrong passphrase is a configuration error here).
     pub fn new(
         partner: &str,
         c: &SftpConfig,
@@ -162,20 +251,13 @@ impl SftpSink {
         // Secrets are read trimmed; PEM parsers want the final line end back.
         let private_key = secret(&c.private_key, "private_key")?;
         let private_key = Secret::new([private_key.expose(), b"\n"].concat());
-        if std::str::from_utf8(private_key.expose()).is_err() {
-            return Err(SinkError::Config {
-                sink: SINK,
-                message: format!(
-                    "private_key in {} is not a PEM or OpenSSH text key",
-                    c.private_key.describe()
-                ),
-            });
-        }
         let passphrase = c
             .passphrase
             .as_ref()
             .map(|p| secret(p, "passphrase"))
             .transpose()?;
+        let pin = HostKeyPin::parse(&c.host_key)?;
+        let key = ClientKey::load(private_key, passphrase, &c.private_key.describe())?;
         Ok(SftpSink {
             inner: Arc::new(Inner {
                 partner: partner.to_string(),
@@ -183,9 +265,8 @@ impl SftpSink {
                 port: c.port,
                 user: c.user.clone(),
                 root: c.root.trim_end_matches('/').to_string(),
-                pin: HostKeyPin::parse(&c.host_key)?,
-                private_key,
-                passphrase,
+                pin,
+                key,
                 options: *options,
             }),
         })
@@ -343,9 +424,9 @@ impl Inner {
 
     /// Authenticates with the private key (and its passphrase, if any).
     fn authenticate(&self, session: &Session, where_: &str) -> Result<(), SinkError> {
-        let key = std::str::from_utf8(self.private_key.expose())
+        let key = std::str::from_utf8(self.key.private.expose())
             .map_err(|_| transient("private key is not text".into()))?;
-        let passphrase = match &self.passphrase {
+        let passphrase = match &self.key.passphrase {
             Some(p) => Some(
                 std::str::from_utf8(p.expose())
                     .map_err(|_| transient("passphrase is not UTF-8".into()))?,
@@ -353,7 +434,7 @@ impl Inner {
             None => None,
         };
         session
-            .userauth_pubkey_memory(&self.user, None, key, passphrase)
+            .userauth_pubkey_memory(&self.user, self.key.public.as_deref(), key, passphrase)
             .map_err(|e| {
                 classify(
                     &format!("key authentication of {} at {where_}", self.user),
@@ -572,6 +653,17 @@ mod tests {
         let mut other = blob.clone();
         *other.last_mut().unwrap() ^= 1;
         assert!(!pin.matches(&other) && !by_fp.matches(&other));
+    }
+
+    #[test]
+    fn keys_that_are_not_openssh_text_stay_with_libssh2() {
+        let pem = "-----BEGIN RSA PRIVATE KEY-----\nnot read here\n-----END RSA PRIVATE KEY-----\n";
+        let pass = Some(Secret::new(b"pass".to_vec()));
+        let key = ClientKey::load(Secret::new(pem.as_bytes().to_vec()), pass, "file k").unwrap();
+        assert_eq!(key.private.expose(), pem.as_bytes());
+        assert!(key.public.is_none() && key.passphrase.is_some());
+        let e = ClientKey::load(Secret::new(vec![0xff, 0xfe]), None, "file k").unwrap_err();
+        assert!(matches!(e, SinkError::Config { .. }), "{e}");
     }
 
     #[test]

@@ -843,12 +843,26 @@ pub(crate) fn secret_file(dir: &Path, name: &str, value: &str) -> SecretRef {
 
 /// An ed25519 key pair made by ssh-keygen; returns (private key path, public key line).
 pub(crate) fn ssh_keygen(dir: &Path, name: &str, passphrase: &str) -> (PathBuf, String) {
+    ssh_keygen_rounds(dir, name, passphrase, 16)
+}
+
+/// As [`ssh_keygen`], with `rounds` of bcrypt protecting the passphrase (ssh-keygen's default
+/// is 16).
+pub(crate) fn ssh_keygen_rounds(
+    dir: &Path,
+    name: &str,
+    passphrase: &str,
+    rounds: u32,
+) -> (PathBuf, String) {
     let path = dir.join(name);
+    let rounds = rounds.to_string();
     let out = Command::new("ssh-keygen")
         .args([
             "-q",
             "-t",
             "ed25519",
+            "-a",
+            &rounds,
             "-C",
             "throwaway",
             "-N",

@@ -5,14 +5,20 @@
 //! Google's Rust client sends without the port; the stack's front (fake-gcp/gcs_front.py) puts
 //! the port back. Without it these uploads go to port 80 and never finish.
 //!
-//! `Gcs::write` and `Gcs::upload` hold the whole object in memory (the client's buffered
-//! upload, sent resumably in chunks above 16 MiB); `Gcs::download` streams to a file and
-//! `Gcs::read` collects the chunks.
+//! `Gcs::write` holds the whole object in memory (the client's buffered upload, sent resumably
+//! in chunks above 16 MiB) and `Gcs::read` collects the chunks: both are for small objects.
+//! `Gcs::upload` streams from the file and `Gcs::download` streams to a file: a 200 MiB file
+//! goes up and down with the process's peak memory growing by a few MiB (measured in a child
+//! process, so that no other test's allocations count).
 
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use datashare::gcp::Gcs;
 use datashare::products::manifest::sha256_hex;
+use sha2::{Digest, Sha256};
 
 use crate::harness::Stack;
 
@@ -95,4 +101,129 @@ async fn objects_of_64_mib_go_up_and_down_through_the_official_client() {
     let back = std::fs::read(&dest).unwrap();
     assert_eq!(back.len(), SIZE + 12_345);
     assert_eq!(sha256_hex(&back), want, "downloaded what was uploaded");
+}
+
+/// 200 MiB: far more than an upload or a download may hold in memory.
+const BIG: usize = 200 << 20;
+/// Set in the child process: `<emulator host> <bucket>`.
+const CHILD: &str = "DATASHARE_TEST_STREAMING_CHILD";
+const TEST: &str = "large_objects::a_200_mib_file_goes_up_and_down_in_bounded_memory";
+
+/// This process's peak resident memory (`VmHWM`), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status");
+    kib * 1024
+}
+
+/// SHA-256 hex of a file, read in 1 MiB pieces.
+fn sha256_file(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The parent starts the stack and runs this same test alone in a fresh process of the test
+/// binary (peak memory is per process, and other tests run in parallel in this one); the child
+/// uploads and downloads a 200 MiB file and fails if its peak memory grew by 48 MiB or more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mib_file_goes_up_and_down_in_bounded_memory() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        let (host, bucket) = spec.split_once(' ').expect("host and bucket");
+        return upload_and_download_big_file(host, bucket).await;
+    }
+    let stack = Stack::up(&[]);
+    let spec = format!(
+        "{} {}",
+        stack.env["STORAGE_EMULATOR_HOST"], stack.env["DATASHARE_BUCKET_CURATED"]
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(std::env::current_exe().unwrap())
+            .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD, spec)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the child failed:\n{stdout}\n{stderr}"
+    );
+    let line = stdout
+        .lines()
+        .chain(stderr.lines())
+        .find_map(|l| l.find("peak memory").map(|at| &l[at..]))
+        .expect("the child prints its figures");
+    println!("{line}");
+}
+
+async fn upload_and_download_big_file(host: &str, bucket: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("big.bin");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&src).unwrap());
+        let mut written = 0;
+        let mut seed = 1;
+        while written < BIG {
+            let piece = payload((1 << 20).min(BIG - written), seed);
+            f.write_all(&piece).unwrap();
+            written += piece.len();
+            seed += 1;
+        }
+        f.flush().unwrap();
+    }
+    let want = sha256_file(&src);
+    let gcs = Gcs::connect(Some(host)).await.expect("storage client");
+    // Warm up the client (connections, TLS-free HTTP, the runtime's threads) with a small file.
+    let small = dir.path().join("small.bin");
+    std::fs::write(&small, payload(100_000, 3)).unwrap();
+    gcs.upload(bucket, "large/warm-up.bin", &small)
+        .await
+        .unwrap();
+    let before = peak_rss();
+
+    let limit = Duration::from_secs(300);
+    let generation = tokio::time::timeout(limit, gcs.upload(bucket, "large/big.bin", &src))
+        .await
+        .expect("a 200 MiB upload finishes")
+        .expect("a 200 MiB upload succeeds");
+    let after_upload = peak_rss();
+    let dest = dir.path().join("down/big.bin");
+    let got = tokio::time::timeout(limit, gcs.download(bucket, "large/big.bin", None, &dest))
+        .await
+        .expect("a 200 MiB download finishes")
+        .unwrap();
+    let after_download = peak_rss();
+    assert_eq!(got, Some(generation));
+    assert_eq!(sha256_file(&dest), want, "downloaded what was uploaded");
+
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    println!(
+        "peak memory (VmHWM) {:.1} MiB before; +{:.1} MiB after uploading {} MiB, +{:.1} MiB after downloading it",
+        mib(before),
+        mib(after_upload - before),
+        BIG >> 20,
+        mib(after_download - before),
+    );
+    assert!(
+        after_download - before < 48 << 20,
+        "peak memory grew by {:.1} MiB for a {} MiB file",
+        mib(after_download - before),
+        BIG >> 20
+    );
 }

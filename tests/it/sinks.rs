@@ -26,7 +26,7 @@ use datashare::sinks::{
 
 use crate::harness::{
     Server, api_env, assert_secrets_hidden, capture_logs, mails, parse_eml, random_hex, requests,
-    script, secret_file, sftp_env, smtp_env, ssh_keygen, statuses, tree,
+    script, secret_file, sftp_env, smtp_env, ssh_keygen, ssh_keygen_rounds, statuses, tree,
 };
 
 /// A daily product of `partner`: a data file with random content and its manifest.
@@ -293,6 +293,75 @@ async fn sftp_refuses_a_host_key_that_is_not_pinned() {
         3,
         "nothing else than data, manifest and dictionary was uploaded"
     );
+}
+
+/// A passphrase-protected key is decrypted once, when the sink is built: with a key made slow to
+/// decrypt (many bcrypt rounds), every connection takes far less than building the sink did
+/// (libssh2 given the passphrase decrypts twice per connection). A wrong or missing passphrase
+/// fails when the sink is built, as a permanent `sink_config` error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_decrypts_the_key_once_and_refuses_a_wrong_passphrase_at_start_up() {
+    capture_logs();
+    let work = tempfile::tempdir().unwrap();
+    let env = sftp_env(work.path());
+    let passphrase = random_hex(16);
+    let (key, public) = ssh_keygen_rounds(work.path(), "slow_key", &passphrase, 128);
+    let authorized = work.path().join("sftpd/authorized_keys");
+    let mut keys = std::fs::read_to_string(&authorized).unwrap();
+    keys.push_str(&format!("{public}\n"));
+    std::fs::write(&authorized, keys).unwrap();
+    let slow = SftpConfig {
+        private_key: SecretRef {
+            env: None,
+            file: Some(key),
+        },
+        passphrase: Some(secret_file(work.path(), "slow_passphrase", &passphrase)),
+        ..env.config.clone()
+    };
+
+    let started = Instant::now();
+    let sink = SftpSink::new("ouchhungry", &slow, &sftp_options()).unwrap();
+    let build = started.elapsed();
+    let logins = |s: &Server| s.log_text().matches("Accepted publickey").count();
+    let before = logins(&env.server);
+    let mut connections = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        sink.check().await.expect("the decrypted key logs in");
+        connections.push(started.elapsed());
+    }
+    assert_eq!(logins(&env.server), before + 3, "each check logged in");
+    eprintln!("building the sink took {build:?}, each connection {connections:?}");
+    let slowest = connections.iter().max().unwrap();
+    assert!(
+        *slowest * 2 < build,
+        "a connection ({connections:?}) should cost far less than decrypting the key ({build:?})"
+    );
+
+    let mut texts = vec![format!("{sink:?}")];
+    let wrong = SftpConfig {
+        passphrase: Some(secret_file(work.path(), "wrong", &random_hex(16))),
+        ..env.config.clone()
+    };
+    let missing = SftpConfig {
+        passphrase: None,
+        ..env.config.clone()
+    };
+    for (config, says) in [(wrong, "does not decrypt"), (missing, "no passphrase")] {
+        let e = SftpSink::new("ouchhungry", &config, &sftp_options()).unwrap_err();
+        assert!(matches!(e, SinkError::Config { .. }), "{e}");
+        assert_eq!(e.kind(), "sink_config");
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains(says), "{e}");
+        texts.push(e.to_string());
+    }
+    let mut secrets: Vec<&str> = env.secrets.iter().map(String::as_str).collect();
+    secrets.push(&passphrase);
+    for s in secrets {
+        for t in &texts {
+            assert!(!t.contains(s), "a throwaway secret appears in {t:?}");
+        }
+    }
 }
 
 fn base64_blob(line: &str) -> Vec<u8> {
