@@ -138,12 +138,33 @@ type Place<'a> = (Option<&'a str>, Option<&'a str>);
 /// (brand, segment).
 type BrandKey<'a> = (&'a str, &'a str);
 
-/// Figures of a brand's lines in a cell.
-#[derive(Debug, Clone, Default)]
-struct BrandAgg<'a> {
+/// Units, net revenue and list value (quantity × unit price, for the average price) of lines,
+/// in cents, summed in 128 bits.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sums {
     units: i128,
     net: i128,
     list: i128,
+}
+
+impl Sums {
+    fn add(&mut self, l: &Line) {
+        self.units += i128::from(l.quantity);
+        self.net += l.net_amount();
+        self.list += i128::from(l.quantity) * i128::from(l.unit_price);
+    }
+
+    fn merge(&mut self, o: &Sums) {
+        self.units += o.units;
+        self.net += o.net;
+        self.list += o.list;
+    }
+}
+
+/// Figures of a brand's lines in a cell.
+#[derive(Debug, Clone, Default)]
+struct BrandAgg<'a> {
+    sums: Sums,
     orders: BTreeSet<&'a str>,
     customers: BTreeSet<&'a str>,
     skus: BTreeSet<&'a str>,
@@ -151,18 +172,14 @@ struct BrandAgg<'a> {
 
 impl<'a> BrandAgg<'a> {
     fn add(&mut self, l: &'a Line) {
-        self.units += i128::from(l.quantity);
-        self.net += l.net_amount();
-        self.list += i128::from(l.quantity) * i128::from(l.unit_price);
+        self.sums.add(l);
         self.orders.insert(&l.order_id);
         self.customers.insert(&l.customer_id);
         self.skus.insert(&l.product_code);
     }
 
     fn merge(&mut self, o: &BrandAgg<'a>) {
-        self.units += o.units;
-        self.net += o.net;
-        self.list += o.list;
+        self.sums.merge(&o.sums);
         self.orders.extend(o.orders.iter().copied());
         self.customers.extend(o.customers.iter().copied());
         self.skus.extend(o.skus.iter().copied());
@@ -172,26 +189,20 @@ impl<'a> BrandAgg<'a> {
 /// Figures of every brand of a segment in a cell.
 #[derive(Debug, Clone, Default)]
 struct SegmentAgg<'a> {
-    units: i128,
-    net: i128,
-    list: i128,
+    sums: Sums,
     brands: BTreeSet<&'a str>,
     customers: BTreeSet<&'a str>,
 }
 
 impl<'a> SegmentAgg<'a> {
     fn add(&mut self, l: &'a Line, p: &'a Product) {
-        self.units += i128::from(l.quantity);
-        self.net += l.net_amount();
-        self.list += i128::from(l.quantity) * i128::from(l.unit_price);
+        self.sums.add(l);
         self.brands.insert(&p.brand);
         self.customers.insert(&l.customer_id);
     }
 
     fn merge(&mut self, o: &SegmentAgg<'a>) {
-        self.units += o.units;
-        self.net += o.net;
-        self.list += o.list;
+        self.sums.merge(&o.sums);
         self.brands.extend(o.brands.iter().copied());
         self.customers.extend(o.customers.iter().copied());
     }
@@ -269,11 +280,11 @@ fn row(
             value: value.to_string(),
         })
     };
-    let avg = fit("avg_unit_price", round_div(a.list, a.units))?;
+    let avg = fit("avg_unit_price", round_div(a.sums.list, a.sums.units))?;
     let visible =
         s.filter(|s| s.brands.iter().filter(|b| **b != brand).count() >= MIN_OTHER_BRANDS);
     let seg_avg = visible
-        .map(|s| round_div(s.list, s.units))
+        .map(|s| round_div(s.sums.list, s.sums.units))
         .filter(|x| *x != 0);
     Ok(BrandRow {
         level: level_of(place),
@@ -283,13 +294,13 @@ fn row(
         brand: brand.to_string(),
         segment: segment.to_string(),
         skus_sold: i32::try_from(a.skus.len()).unwrap_or(i32::MAX),
-        units_sold: fit("units_sold", a.units)?,
+        units_sold: fit("units_sold", a.sums.units)?,
         orders: a.orders.len() as i64,
         customers_reached: a.customers.len() as i64,
-        net_revenue: fit("net_revenue", a.net)?,
+        net_revenue: fit("net_revenue", a.sums.net)?,
         avg_unit_price: avg,
-        segment_share_units: visible.and_then(|s| ratio(a.units, s.units)),
-        segment_share_revenue: visible.and_then(|s| ratio(a.net, s.net)),
+        segment_share_units: visible.and_then(|s| ratio(a.sums.units, s.sums.units)),
+        segment_share_revenue: visible.and_then(|s| ratio(a.sums.net, s.sums.net)),
         price_index: seg_avg.map(|x| avg as f64 / x as f64),
         customers_share: visible
             .and_then(|s| ratio(a.customers.len() as i128, s.customers.len() as i128)),
@@ -304,8 +315,8 @@ pub fn build(contract: &Contract, monthly: &MonthlyTable) -> Result<BrandTable, 
     let k = i64::from(contract.k);
     let mom = |key: &(Place<'_>, BrandKey<'_>), units: i128| {
         prev.get(key)
-            .filter(|p| p.units != 0)
-            .map(|p| units as f64 / p.units as f64 - 1.0)
+            .filter(|p| p.sums.units != 0)
+            .map(|p| units as f64 / p.sums.units as f64 - 1.0)
     };
 
     let mut rows = Vec::new();
@@ -333,7 +344,7 @@ pub fn build(contract: &Contract, monthly: &MonthlyTable) -> Result<BrandTable, 
             _ => {}
         }
         let mut r = row(*place, place.1, 0, *bk, a, s)?;
-        r.units_mom_change = mom(key, a.units);
+        r.units_mom_change = mom(key, a.sums.units);
         rows.push(r);
     }
     let mut dropped_outras_rows = 0;
