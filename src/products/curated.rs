@@ -12,6 +12,7 @@ use arrow_array::types::{Decimal128Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
 use chrono::NaiveDate;
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::clean::validators::local_date;
@@ -92,14 +93,105 @@ pub struct Line {
 impl Line {
     /// Local (America/Sao_Paulo) date of the sale.
     pub fn local_date(&self) -> Option<NaiveDate> {
-        local_date(self.sold_at.div_euclid(1_000_000))
+        sale_date(self.sold_at)
     }
 
     /// quantity × unit_price − discount, in cents, exact (128 bits hold any product of two i64).
     pub fn net_amount(&self) -> i128 {
-        i128::from(self.quantity) * i128::from(self.unit_price) - i128::from(self.discount)
+        net(self.quantity, self.unit_price, self.discount)
     }
 }
+
+/// One curated order line borrowed from the record batch being read.
+#[derive(Debug, Clone, Copy)]
+pub struct LineRef<'a> {
+    /// Order line id (never delivered).
+    pub transaction_id: &'a str,
+    /// Order id (never delivered).
+    pub order_id: &'a str,
+    /// Customer id (never delivered).
+    pub customer_id: &'a str,
+    /// Product code.
+    pub product_code: &'a str,
+    /// Units.
+    pub quantity: i64,
+    /// List price, cents.
+    pub unit_price: i64,
+    /// Discount, cents.
+    pub discount: i64,
+    /// Status in this version.
+    pub status: Status,
+    /// Sale instant, microseconds UTC.
+    pub sold_at: i64,
+    /// Delivery city.
+    pub city: &'a str,
+    /// Delivery state.
+    pub uf: &'a str,
+    /// Version instant, microseconds UTC.
+    pub updated_at: Option<i64>,
+    /// The batch the line was read from.
+    pub batch: NaiveDate,
+}
+
+impl LineRef<'_> {
+    /// An owned copy.
+    pub fn to_owned(self) -> Line {
+        Line {
+            transaction_id: self.transaction_id.to_string(),
+            order_id: self.order_id.to_string(),
+            customer_id: self.customer_id.to_string(),
+            product_code: self.product_code.to_string(),
+            quantity: self.quantity,
+            unit_price: self.unit_price,
+            discount: self.discount,
+            status: self.status,
+            sold_at: self.sold_at,
+            city: self.city.to_string(),
+            uf: self.uf.to_string(),
+            updated_at: self.updated_at,
+            batch: self.batch,
+        }
+    }
+
+    /// Local (America/Sao_Paulo) date of the sale.
+    pub fn local_date(&self) -> Option<NaiveDate> {
+        sale_date(self.sold_at)
+    }
+
+    /// quantity × unit_price − discount, in cents, exact.
+    pub fn net_amount(&self) -> i128 {
+        net(self.quantity, self.unit_price, self.discount)
+    }
+}
+
+/// Local (America/Sao_Paulo) date of a sale instant in microseconds.
+fn sale_date(sold_at: i64) -> Option<NaiveDate> {
+    local_date(sold_at.div_euclid(1_000_000))
+}
+
+/// quantity × unit_price − discount, in cents, exact (128 bits hold any product of two i64).
+fn net(quantity: i64, unit_price: i64, discount: i64) -> i128 {
+    i128::from(quantity) * i128::from(unit_price) - i128::from(discount)
+}
+
+/// Rows decoded at a time when reading curated Parquet.
+const READ_BATCH_ROWS: usize = 8192;
+
+/// The transactions columns an order line is read from (the others are not decoded).
+const LINE_COLUMNS: &[&str] = &[
+    "transaction_id",
+    "order_id",
+    "customer_id",
+    "product_code",
+    "quantity",
+    "unit_price",
+    "discount",
+    "status",
+    "sold_at",
+    "city",
+    "uf",
+    "updated_at",
+];
 
 /// One curated product.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,12 +269,15 @@ impl Curated {
         Ok(files)
     }
 
-    fn batches(
+    /// Calls `f` with each record batch of `table` in batch `dt`, file by file in name order,
+    /// reading only `columns` (all when empty): one batch of rows in memory at a time.
+    fn each_batch<E: From<CuratedError>>(
         &self,
         table: &str,
         dt: NaiveDate,
-    ) -> Result<Vec<(PathBuf, RecordBatch)>, CuratedError> {
-        let mut out = Vec::new();
+        columns: &[&str],
+        mut f: impl FnMut(&Columns<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         for path in self.files(table, dt)? {
             let file = File::open(&path).map_err(|source| CuratedError::Io {
                 path: path.clone(),
@@ -192,26 +287,37 @@ impl Curated {
                 path: path.clone(),
                 source,
             };
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-                .map_err(pq)?
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
+            let builder = if columns.is_empty() {
+                builder
+            } else {
+                let mask =
+                    ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+                builder.with_projection(mask)
+            };
+            let reader = builder
+                .with_batch_size(READ_BATCH_ROWS)
                 .build()
                 .map_err(pq)?;
             for b in reader {
                 let b = b.map_err(|e| pq(e.into()))?;
-                out.push((path.clone(), b));
+                f(&Columns {
+                    path: &path,
+                    batch: &b,
+                })?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Reads the order lines of batch `dt`.
-    pub fn transactions(&self, dt: NaiveDate) -> Result<Vec<Line>, CuratedError> {
-        let mut out = Vec::new();
-        for (path, b) in self.batches("transactions", dt)? {
-            let c = Columns {
-                path: &path,
-                batch: &b,
-            };
+    /// Calls `f` with each order line of batch `dt`, borrowed from the record batch being read
+    /// (memory: one batch of rows, whatever the day's size).
+    pub fn each_line<E: From<CuratedError>>(
+        &self,
+        dt: NaiveDate,
+        mut f: impl FnMut(LineRef<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.each_batch("transactions", dt, LINE_COLUMNS, |c| -> Result<(), E> {
             let tid = c.utf8("transaction_id")?;
             let oid = c.utf8("order_id")?;
             let cid = c.utf8("customer_id")?;
@@ -224,34 +330,35 @@ impl Curated {
             let city = c.utf8("city")?;
             let uf = c.utf8("uf")?;
             let upd = c.micros("updated_at")?;
-            for r in 0..b.num_rows() {
+            for r in 0..c.batch.num_rows() {
                 let required = [tid, oid, cid, code, status, city, uf];
                 if required.iter().any(|a| a.is_null(r))
                     || qty.is_null(r)
                     || price.is_null(r)
                     || sold.is_null(r)
                 {
-                    return Err(c.problem(
-                        "transaction_id",
-                        format!("row {}: a required value is null", r + 1),
-                    ));
+                    return Err(c
+                        .problem(
+                            "transaction_id",
+                            format!("row {}: a required value is null", r + 1),
+                        )
+                        .into());
                 }
                 let status = match status.value(r) {
                     "completed" => Status::Completed,
                     "cancelled" => Status::Cancelled,
                     "refunded" => Status::Refunded,
                     other => {
-                        return Err(c.problem(
-                            "status",
-                            format!("row {}: unknown status {other:?}", r + 1),
-                        ));
+                        return Err(c
+                            .problem("status", format!("row {}: unknown status {other:?}", r + 1))
+                            .into());
                     }
                 };
-                out.push(Line {
-                    transaction_id: tid.value(r).to_string(),
-                    order_id: oid.value(r).to_string(),
-                    customer_id: cid.value(r).to_string(),
-                    product_code: code.value(r).to_string(),
+                f(LineRef {
+                    transaction_id: tid.value(r),
+                    order_id: oid.value(r),
+                    customer_id: cid.value(r),
+                    product_code: code.value(r),
                     quantity: qty.value(r),
                     unit_price: to_cents(price.value(r)),
                     discount: if disc.is_null(r) {
@@ -261,31 +368,68 @@ impl Curated {
                     },
                     status,
                     sold_at: sold.value(r),
-                    city: city.value(r).to_string(),
-                    uf: uf.value(r).to_string(),
+                    city: city.value(r),
+                    uf: uf.value(r),
                     updated_at: (!upd.is_null(r)).then(|| upd.value(r)),
                     batch: dt,
-                });
+                })?;
             }
-        }
+            Ok(())
+        })
+    }
+
+    /// Calls `f` with each line version of batch `dt` as (transaction id, product code,
+    /// updated_at), decoding only those three columns.
+    pub fn each_version(
+        &self,
+        dt: NaiveDate,
+        mut f: impl FnMut(&str, &str, Option<i64>),
+    ) -> Result<(), CuratedError> {
+        let columns = ["transaction_id", "product_code", "updated_at"];
+        self.each_batch(
+            "transactions",
+            dt,
+            &columns,
+            |c| -> Result<(), CuratedError> {
+                let tid = c.utf8("transaction_id")?;
+                let code = c.utf8("product_code")?;
+                let upd = c.micros("updated_at")?;
+                for r in 0..c.batch.num_rows() {
+                    if tid.is_null(r) || code.is_null(r) {
+                        return Err(c.problem("transaction_id", format!("row {}: null", r + 1)));
+                    }
+                    f(
+                        tid.value(r),
+                        code.value(r),
+                        (!upd.is_null(r)).then(|| upd.value(r)),
+                    );
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// Reads the order lines of batch `dt`.
+    pub fn transactions(&self, dt: NaiveDate) -> Result<Vec<Line>, CuratedError> {
+        let mut out = Vec::new();
+        self.each_line(dt, |l| -> Result<(), CuratedError> {
+            out.push(l.to_owned());
+            Ok(())
+        })?;
         Ok(out)
     }
 
     /// Reads the product snapshot of batch `dt`, by product code.
     pub fn products(&self, dt: NaiveDate) -> Result<BTreeMap<String, Product>, CuratedError> {
         let mut out = BTreeMap::new();
-        for (path, b) in self.batches("products", dt)? {
-            let c = Columns {
-                path: &path,
-                batch: &b,
-            };
+        self.each_batch("products", dt, &[], |c| -> Result<(), CuratedError> {
             let code = c.utf8("product_code")?;
             let name = c.utf8("name")?;
             let brand = c.utf8("brand")?;
             let manufacturer = c.utf8("manufacturer")?;
             let segment = c.utf8("segment")?;
             let unit_size = c.utf8("unit_size")?;
-            for r in 0..b.num_rows() {
+            for r in 0..c.batch.num_rows() {
                 if [code, name, brand, manufacturer, segment]
                     .iter()
                     .any(|a| a.is_null(r))
@@ -307,7 +451,8 @@ impl Curated {
                     },
                 );
             }
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 }

@@ -6,13 +6,13 @@
 //! version of each line over the batches of that window that exist, completed, sold in the
 //! window). A missing batch only lowers the counts, so it can hide more cities, never fewer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{HashMap, HashSet};
 
 use chrono::{Datelike, Days, NaiveDate};
 
 use super::contract::Contract;
-use super::curated::{Curated, CuratedError, Line, Product, Status, catalog, latest_versions};
-use super::pseudonym::Pseudonymizer;
+use super::curated::{Curated, CuratedError, Line, LineRef, Product, Status, catalog};
+use super::pseudonym::{Pseudonymizer, key_text};
 use super::schema::Cell;
 
 /// Days of the trailing window that decides small cities.
@@ -39,17 +39,16 @@ pub enum DailyError {
     },
 }
 
-/// One row of the daily file.
-#[derive(Debug, Clone, PartialEq)]
+/// One row of the daily file, compact: texts are indexes into its table's lists and keys are
+/// their 64 bits (a 10M-row day holds ~2M partner rows at 64 bytes each).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DailyRow {
     /// Sale instant truncated to the hour, microseconds UTC.
     pub sold_at_hour: i64,
-    /// Pseudonymous line.
-    pub line_key: String,
-    /// Pseudonymous customer.
-    pub customer_key: String,
-    /// The product.
-    pub product: Product,
+    /// Pseudonymous line (`key_text` writes it).
+    pub line_key: u64,
+    /// Pseudonymous customer (`key_text` writes it).
+    pub customer_key: u64,
     /// Units.
     pub quantity: i64,
     /// List price, cents.
@@ -58,10 +57,12 @@ pub struct DailyRow {
     pub discount: i64,
     /// Net amount, cents.
     pub net_amount: i64,
-    /// City, or `OUTRAS`.
-    pub city: String,
-    /// State.
-    pub uf: String,
+    /// The product: an index into [`DailyTable::products`].
+    pub product: u32,
+    /// The (uf, city) read: an index into [`DailyTable::places`].
+    pub place: u32,
+    /// The city is written `OUTRAS` (fewer than k customers over the window).
+    pub outras: bool,
 }
 
 /// The daily product of one day.
@@ -71,6 +72,10 @@ pub struct DailyTable {
     pub date: NaiveDate,
     /// Rows, sorted by (sold_at, line_key).
     pub rows: Vec<DailyRow>,
+    /// The partner's products the rows name.
+    pub products: Vec<Product>,
+    /// The (uf, city) places the rows name.
+    pub places: Vec<(String, String)>,
     /// Batches read (D and the window's).
     pub source_batches: Vec<NaiveDate>,
     /// Batches of the window that do not exist.
@@ -80,28 +85,53 @@ pub struct DailyTable {
 }
 
 impl DailyTable {
-    /// The rows as cells in the daily schema's order.
+    /// The product of a row.
+    pub fn product(&self, r: &DailyRow) -> &Product {
+        &self.products[r.product as usize]
+    }
+
+    /// The city written for a row: its city, or `OUTRAS`.
+    pub fn city(&self, r: &DailyRow) -> &str {
+        if r.outras {
+            OTHER_CITIES
+        } else {
+            &self.places[r.place as usize].1
+        }
+    }
+
+    /// The state of a row.
+    pub fn uf(&self, r: &DailyRow) -> &str {
+        &self.places[r.place as usize].0
+    }
+
+    /// Every row as cells in the daily schema's order.
     pub fn cells(&self) -> Vec<Vec<Cell>> {
+        self.cells_of(0..self.rows.len())
+    }
+
+    /// The rows of `range` as cells in the daily schema's order.
+    pub fn cells_of(&self, range: std::ops::Range<usize>) -> Vec<Vec<Cell>> {
         let date = days_since_epoch(self.date);
-        self.rows
+        self.rows[range]
             .iter()
             .map(|r| {
+                let p = self.product(r);
                 vec![
                     Cell::Date(date),
                     Cell::Micros(r.sold_at_hour),
-                    Cell::Str(r.line_key.clone()),
-                    Cell::Str(r.customer_key.clone()),
-                    Cell::Str(r.product.product_code.clone()),
-                    Cell::Str(r.product.name.clone()),
-                    Cell::Str(r.product.brand.clone()),
-                    Cell::Str(r.product.segment.clone()),
-                    r.product.unit_size.clone().map_or(Cell::Null, Cell::Str),
+                    Cell::Str(key_text(r.line_key)),
+                    Cell::Str(key_text(r.customer_key)),
+                    Cell::Str(p.product_code.clone()),
+                    Cell::Str(p.name.clone()),
+                    Cell::Str(p.brand.clone()),
+                    Cell::Str(p.segment.clone()),
+                    p.unit_size.clone().map_or(Cell::Null, Cell::Str),
                     Cell::I64(r.quantity),
                     Cell::Cents(r.unit_price),
                     Cell::Cents(r.discount),
                     Cell::Cents(r.net_amount),
-                    Cell::Str(r.city.clone()),
-                    Cell::Str(r.uf.clone()),
+                    Cell::Str(self.city(r).to_string()),
+                    Cell::Str(self.uf(r).to_string()),
                 ]
             })
             .collect()
@@ -145,14 +175,167 @@ pub fn day_lines(
         .collect())
 }
 
-/// Builds the daily product of day D.
+/// Interns (uf, city) places: each distinct place once, named by its index.
+#[derive(Default)]
+struct Places {
+    /// uf → city → index (looked up by borrowed strings: a place is read millions of times).
+    ids: HashMap<String, HashMap<String, u32>>,
+    names: Vec<(String, String)>,
+}
+
+impl Places {
+    /// The index of a place, added on first sight.
+    fn id(&mut self, uf: &str, city: &str) -> u32 {
+        if let Some(id) = self.ids.get(uf).and_then(|c| c.get(city)) {
+            return *id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push((uf.to_string(), city.to_string()));
+        self.ids
+            .entry(uf.to_string())
+            .or_default()
+            .insert(city.to_string(), id);
+        id
+    }
+}
+
+/// A row of the daily file from a completed line of the partner's products sold on D.
+fn day_row(
+    l: &LineRef<'_>,
+    product: u32,
+    place: u32,
+    keys: &Pseudonymizer,
+    month: &str,
+) -> Result<DailyRow, DailyError> {
+    let net = l.net_amount();
+    let net_amount = i64::try_from(net).map_err(|_| DailyError::Overflow {
+        transaction_id: l.transaction_id.to_string(),
+        value: net.to_string(),
+    })?;
+    Ok(DailyRow {
+        sold_at_hour: l.sold_at - l.sold_at.rem_euclid(3_600_000_000),
+        line_key: keys.line_bits(l.transaction_id),
+        customer_key: keys.customer_bits(month, l.customer_id),
+        quantity: l.quantity,
+        unit_price: l.unit_price,
+        discount: l.discount,
+        net_amount,
+        product,
+        place,
+        outras: false,
+    })
+}
+
+/// The latest version seen of one order line of the partner's products in the window.
+struct Version {
+    /// `updated_at` (a missing one is the oldest).
+    updated_at: i64,
+    /// The batch's day number (ties on `updated_at` go to the later batch).
+    batch: i32,
+    /// 64-bit hash of the customer.
+    customer: u64,
+    /// The line's place.
+    place: u32,
+    /// A completed sale in the window (counts toward its place's customers).
+    counts: bool,
+}
+
+/// A 64-bit hash of an id, the same in every process (SipHash with fixed keys). Two ids
+/// sharing one would be counted as one: fewer customers, so more cities hidden, never fewer.
+fn id_hash(tag: u8, id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new_with_keys(0x6461_7461_7368_6172, u64::from(tag));
+    id.hash(&mut h);
+    h.finish()
+}
+
+/// Distinct customers per place over the trailing window (`first..=d`): lines whose latest
+/// version over the `present` batches is a completed sale of the partner's products in the
+/// window. Reads the window's lines as a stream and holds one small record per partner line.
+fn window_customers(
+    curated: &Curated,
+    contract: &Contract,
+    (first, d): (NaiveDate, NaiveDate),
+    present: &[NaiveDate],
+    places: &mut Places,
+) -> Result<HashMap<u32, usize>, DailyError> {
+    let products = catalog(curated, present)?;
+    let partner: HashSet<&str> = products
+        .values()
+        .filter(|p| is_partner_product(contract, p))
+        .map(|p| p.product_code.as_str())
+        .collect();
+    let mut latest: HashMap<u64, Version> = HashMap::new();
+    for x in present {
+        curated.each_line(*x, |l| -> Result<(), DailyError> {
+            if !partner.contains(l.product_code) {
+                return Ok(());
+            }
+            let (updated_at, batch) = (l.updated_at.unwrap_or(i64::MIN), l.batch.to_epoch_days());
+            let key = id_hash(b'l', l.transaction_id);
+            if latest
+                .get(&key)
+                .is_some_and(|cur| (cur.updated_at, cur.batch) > (updated_at, batch))
+            {
+                return Ok(());
+            }
+            let counts = l.status == Status::Completed
+                && l.local_date().is_some_and(|x| x >= first && x <= d);
+            latest.insert(
+                key,
+                Version {
+                    updated_at,
+                    batch,
+                    customer: id_hash(b'c', l.customer_id),
+                    place: places.id(l.uf, l.city),
+                    counts,
+                },
+            );
+            Ok(())
+        })?;
+    }
+    // A later version naming another manufacturer's product ends a line's partner sale.
+    if !latest.is_empty() {
+        for x in present {
+            curated.each_version(*x, |tid, code, updated_at| {
+                if partner.contains(code) {
+                    return;
+                }
+                let at = (updated_at.unwrap_or(i64::MIN), x.to_epoch_days());
+                if let Some(cur) = latest.get_mut(&id_hash(b'l', tid))
+                    && at >= (cur.updated_at, cur.batch)
+                {
+                    (cur.updated_at, cur.batch, cur.counts) = (at.0, at.1, false);
+                }
+            })?;
+        }
+    }
+    let mut pairs: Vec<(u32, u64)> = latest
+        .into_values()
+        .filter(|v| v.counts)
+        .map(|v| (v.place, v.customer))
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let mut out: HashMap<u32, usize> = HashMap::new();
+    for (place, _) in pairs {
+        *out.entry(place).or_default() += 1;
+    }
+    Ok(out)
+}
+
+/// Builds the daily product of day D, reading the curated lines as streams: memory holds one
+/// record per partner line of the window while counting customers, then the day's rows.
 pub fn build(
     curated: &Curated,
     contract: &Contract,
     keys: &Pseudonymizer,
     d: NaiveDate,
 ) -> Result<DailyTable, DailyError> {
-    let lines = day_lines(curated, contract, d)?;
+    if !curated.has_batch(d) {
+        return Err(DailyError::MissingBatch(d));
+    }
     let first = d - Days::new(WINDOW_DAYS - 1);
     let window: Vec<NaiveDate> = first.iter_days().take_while(|x| *x <= d).collect();
     let (present, missing): (Vec<NaiveDate>, Vec<NaiveDate>) =
@@ -165,64 +348,53 @@ pub fn build(
             "batches missing in the trailing window: small cities counted over fewer days"
         );
     }
-    let products = catalog(curated, &present)?;
-    let mut all = Vec::new();
-    for x in &present {
-        all.extend(curated.transactions(*x)?);
+    let mut places = Places::default();
+    let customers = window_customers(curated, contract, (first, d), &present, &mut places)?;
+    let k = contract.k as usize;
+    let small = |place: u32| customers.get(&place).is_none_or(|n| *n < k);
+
+    // Batch D's own product snapshot decides which of its lines are the partner's.
+    let snapshot = curated.products(d)?;
+    let mut products: Vec<Product> = Vec::new();
+    let mut product_ids: HashMap<&str, u32> = HashMap::new();
+    for p in snapshot
+        .values()
+        .filter(|p| is_partner_product(contract, p))
+    {
+        product_ids.insert(p.product_code.as_str(), products.len() as u32);
+        products.push(p.clone());
     }
-    let mut customers: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    for l in latest_versions(all).into_values() {
-        let in_window = l.local_date().is_some_and(|x| x >= first && x <= d);
-        let partner = products
-            .get(&l.product_code)
-            .is_some_and(|p| is_partner_product(contract, p));
-        if l.status == Status::Completed && in_window && partner {
-            customers
-                .entry((l.uf.clone(), l.city.clone()))
-                .or_default()
-                .insert(l.customer_id);
+    let month = month_of(d);
+    let mut suppressed = HashSet::new();
+    let mut rows: Vec<DailyRow> = Vec::new();
+    curated.each_line(d, |l| -> Result<(), DailyError> {
+        if l.status != Status::Completed || l.local_date() != Some(d) {
+            return Ok(());
+        }
+        let Some(product) = product_ids.get(l.product_code) else {
+            return Ok(());
+        };
+        rows.push(day_row(
+            &l,
+            *product,
+            places.id(l.uf, l.city),
+            keys,
+            &month,
+        )?);
+        Ok(())
+    })?;
+    for r in &mut rows {
+        r.outras = small(r.place);
+        if r.outras {
+            suppressed.insert(r.place);
         }
     }
-    let k = contract.k as usize;
-    let small = |uf: &str, city: &str| {
-        customers
-            .get(&(uf.to_string(), city.to_string()))
-            .is_none_or(|c| c.len() < k)
-    };
-    let month = month_of(d);
-    let mut suppressed = BTreeSet::new();
-    let mut rows: Vec<DailyRow> = lines
-        .into_iter()
-        .map(|(l, p)| -> Result<DailyRow, DailyError> {
-            let net = l.net_amount();
-            let net_amount = i64::try_from(net).map_err(|_| DailyError::Overflow {
-                transaction_id: l.transaction_id.clone(),
-                value: net.to_string(),
-            })?;
-            let city = if small(&l.uf, &l.city) {
-                suppressed.insert((l.uf.clone(), l.city.clone()));
-                OTHER_CITIES.to_string()
-            } else {
-                l.city.clone()
-            };
-            Ok(DailyRow {
-                sold_at_hour: l.sold_at - l.sold_at.rem_euclid(3_600_000_000),
-                line_key: keys.line_key(&l.transaction_id),
-                customer_key: keys.customer_key(&month, &l.customer_id),
-                product: p,
-                quantity: l.quantity,
-                unit_price: l.unit_price,
-                discount: l.discount,
-                net_amount,
-                city,
-                uf: l.uf,
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    rows.sort_by(|a, b| (a.sold_at_hour, &a.line_key).cmp(&(b.sold_at_hour, &b.line_key)));
+    rows.sort_unstable_by_key(|r| (r.sold_at_hour, r.line_key));
     Ok(DailyTable {
         date: d,
         rows,
+        products,
+        places: places.names,
         source_batches: present,
         missing_batches: missing,
         cities_suppressed: suppressed.len(),

@@ -125,6 +125,60 @@ pub struct GateTarget<'a> {
 
 /// Scans a batch against its product schema; returns the findings (empty: the file may go).
 pub fn scan(schema: &ProductSchema, batch: &RecordBatch) -> Vec<Finding> {
+    let mut scanner = Scanner::new(schema);
+    scanner.scan(batch);
+    scanner.findings()
+}
+
+/// Scans the batches of one file in order: the findings are those of one scan of all their
+/// rows (row numbers count from the file's first row), so a file can be gated as it is written.
+pub struct Scanner<'s> {
+    schema: &'s ProductSchema,
+    rows: usize,
+    found: Vec<(usize, Finding)>,
+}
+
+impl<'s> Scanner<'s> {
+    /// A scanner for files of `schema`.
+    pub fn new(schema: &'s ProductSchema) -> Self {
+        Scanner {
+            schema,
+            rows: 0,
+            found: Vec::new(),
+        }
+    }
+
+    /// Scans the next batch of rows.
+    pub fn scan(&mut self, batch: &RecordBatch) {
+        let first = self.rows == 0;
+        self.found
+            .extend(scan_batch(self.schema, batch, self.rows, first));
+        self.rows += batch.num_rows();
+    }
+
+    /// True once a finding was made.
+    pub fn found(&self) -> bool {
+        !self.found.is_empty()
+    }
+
+    /// The findings by column, then row (at most [`MAX_FINDINGS`]).
+    pub fn findings(mut self) -> Vec<Finding> {
+        // Each batch listed its first findings column by column: sorting by column (stable, so
+        // rows stay in order) and cutting gives the first findings of one whole-file scan.
+        self.found.sort_by_key(|(j, _)| *j);
+        self.found.truncate(MAX_FINDINGS);
+        self.found.into_iter().map(|(_, f)| f).collect()
+    }
+}
+
+/// Scans one batch whose first row is the file's row `offset + 1`; column findings only when
+/// `first`. Returns (column index, finding), column by column.
+fn scan_batch(
+    schema: &ProductSchema,
+    batch: &RecordBatch,
+    offset: usize,
+    first: bool,
+) -> Vec<(usize, Finding)> {
     let mut out = Vec::new();
     for (j, field) in batch.schema().fields().iter().enumerate() {
         if out.len() >= MAX_FINDINGS {
@@ -133,27 +187,21 @@ pub fn scan(schema: &ProductSchema, batch: &RecordBatch) -> Vec<Finding> {
         let name = field.name();
         let lower = name.to_ascii_lowercase();
         if FORBIDDEN_COLUMNS.contains(&lower.as_str()) {
-            out.push(Finding {
-                column: name.clone(),
-                row: None,
-                kind: FindingKind::ForbiddenColumn,
-            });
+            if first {
+                out.push((j, column_finding(name, FindingKind::ForbiddenColumn)));
+            }
             continue;
         }
         let Some(def) = schema.columns.iter().find(|c| c.name == name.as_str()) else {
-            out.push(Finding {
-                column: name.clone(),
-                row: None,
-                kind: FindingKind::UnknownColumn,
-            });
+            if first {
+                out.push((j, column_finding(name, FindingKind::UnknownColumn)));
+            }
             continue;
         };
         if field.data_type() != &def.ty.arrow() {
-            out.push(Finding {
-                column: name.clone(),
-                row: None,
-                kind: FindingKind::BadFormat,
-            });
+            if first {
+                out.push((j, column_finding(name, FindingKind::BadFormat)));
+            }
             continue;
         }
         let col = batch.column(j);
@@ -184,11 +232,14 @@ pub fn scan(schema: &ProductSchema, batch: &RecordBatch) -> Vec<Finding> {
                 }
             };
             if let Some(kind) = kind {
-                out.push(Finding {
-                    column: name.clone(),
-                    row: Some(r + 1),
-                    kind,
-                });
+                out.push((
+                    j,
+                    Finding {
+                        column: name.clone(),
+                        row: Some(offset + r + 1),
+                        kind,
+                    },
+                ));
                 if out.len() >= MAX_FINDINGS {
                     break;
                 }
@@ -198,13 +249,25 @@ pub fn scan(schema: &ProductSchema, batch: &RecordBatch) -> Vec<Finding> {
     out
 }
 
+fn column_finding(name: &str, kind: FindingKind) -> Finding {
+    Finding {
+        column: name.to_string(),
+        row: None,
+        kind,
+    }
+}
+
 /// Scans a batch; on a finding, logs an alert and refuses the file.
 pub fn check(
     schema: &ProductSchema,
     batch: &RecordBatch,
     target: GateTarget<'_>,
 ) -> Result<(), GateError> {
-    let findings = scan(schema, batch);
+    refuse(scan(schema, batch), target)
+}
+
+/// With findings, logs an alert and refuses the file; without, lets it go.
+pub fn refuse(findings: Vec<Finding>, target: GateTarget<'_>) -> Result<(), GateError> {
     let Some(first) = findings.first() else {
         return Ok(());
     };
@@ -425,6 +488,38 @@ mod tests {
         let GateError::Refused { alert: a2, .. } = again;
         assert_eq!(alert.fingerprint, a2.fingerprint);
         assert!(!serde_json::to_string(&*alert).unwrap().contains("98765"));
+    }
+
+    /// Scanning a file chunk by chunk finds what one scan of all its rows finds, row numbers
+    /// counted from the file's start, at most MAX_FINDINGS, column by column.
+    #[test]
+    fn chunked_scans_find_what_one_scan_finds() {
+        let s = schema::of(ProductKind::Daily);
+        let mut rows: Vec<Vec<Cell>> = (0..100)
+            .map(|_| daily_row("Hungry Cola", "0123456789abcdef"))
+            .collect();
+        for i in [3, 40, 41, 97] {
+            rows[i][5] = Cell::Str("Hungry Cola (11) 98765-4321".into());
+        }
+        for i in [2, 60] {
+            rows[i][2] = Cell::Str("C-004512".into());
+        }
+        for r in &mut rows[70..] {
+            r[13] = Cell::Str("joana.souza@example.com".into());
+        }
+        let whole = scan(s, &s.to_batch(&rows).unwrap());
+        assert_eq!(whole.len(), MAX_FINDINGS);
+        assert_eq!(
+            (whole[0].column.as_str(), whole[0].row),
+            ("line_key", Some(3))
+        );
+        for size in [1, 7, 33, 100] {
+            let mut scanner = Scanner::new(s);
+            for chunk in rows.chunks(size) {
+                scanner.scan(&s.to_batch(chunk).unwrap());
+            }
+            assert_eq!(scanner.findings(), whole, "chunks of {size}");
+        }
     }
 
     #[test]

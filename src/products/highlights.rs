@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::brands::{BrandTable, Level};
-use super::daily::{DailyTable, OTHER_CITIES};
+use super::daily::DailyTable;
 use super::monthly::MonthlyTable;
 
 /// Formats a number the Brazilian way: `.` between thousands, `,` before decimals (`1.234,56`).
@@ -205,8 +205,8 @@ pub fn daily(t: &DailyTable) -> Vec<String> {
         cents(net)
     )];
     let mut by_city: BTreeMap<(&str, &str), i128> = BTreeMap::new();
-    for r in t.rows.iter().filter(|r| r.city != OTHER_CITIES) {
-        *by_city.entry((&r.city, &r.uf)).or_default() += i128::from(r.quantity);
+    for r in t.rows.iter().filter(|r| !r.outras) {
+        *by_city.entry((t.city(r), t.uf(r))).or_default() += i128::from(r.quantity);
     }
     if let Some(((city, uf), u)) = by_city
         .iter()
@@ -217,7 +217,7 @@ pub fn daily(t: &DailyTable) -> Vec<String> {
             number(*u as f64, 0)
         ));
     }
-    let customers: BTreeSet<&str> = t.rows.iter().map(|r| r.customer_key.as_str()).collect();
+    let customers: BTreeSet<u64> = t.rows.iter().map(|r| r.customer_key).collect();
     if !t.rows.is_empty() {
         out.push(format!(
             "{} clientes distintos em {} itens de pedido",

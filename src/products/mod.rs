@@ -24,7 +24,6 @@ pub mod write;
 
 use std::path::{Path, PathBuf};
 
-use arrow_array::RecordBatch;
 use chrono::{DateTime, Months, NaiveDate, SecondsFormat, Utc};
 
 use self::contract::{Contract, ContractError, Format, KeyPeriod};
@@ -208,8 +207,32 @@ pub fn base_name(partner: &str, kind: ProductKind, period: &str) -> String {
     format!("{partner}_{kind}_{period}")
 }
 
+/// A built product's rows: produced chunk by chunk as cells when released.
+enum Rows {
+    /// Rows already as cells (the monthly aggregates: small).
+    Cells(Vec<Vec<schema::Cell>>),
+    /// A daily table, turned into cells a row group at a time.
+    Daily(daily::DailyTable),
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Cells(c) => c.len(),
+            Rows::Daily(t) => t.rows.len(),
+        }
+    }
+
+    fn cells(&self, range: std::ops::Range<usize>) -> std::borrow::Cow<'_, [Vec<schema::Cell>]> {
+        match self {
+            Rows::Cells(c) => std::borrow::Cow::Borrowed(&c[range]),
+            Rows::Daily(t) => std::borrow::Cow::Owned(t.cells_of(range)),
+        }
+    }
+}
+
 struct Built {
-    cells: Vec<Vec<schema::Cell>>,
+    rows: Rows,
     source_batches: Vec<NaiveDate>,
     missing_batches: Vec<NaiveDate>,
     comparison_batches: Vec<NaiveDate>,
@@ -246,11 +269,11 @@ pub fn build(
         Period::Day(d) => {
             let t = daily::build(&curated, contract, &keys, d)?;
             Built {
-                cells: t.cells(),
                 highlights: highlights::daily(&t),
-                source_batches: t.source_batches,
-                missing_batches: t.missing_batches,
+                source_batches: t.source_batches.clone(),
+                missing_batches: t.missing_batches.clone(),
                 comparison_batches: Vec::new(),
+                rows: Rows::Daily(t),
             }
         }
         Period::Month(first) => {
@@ -268,7 +291,7 @@ pub fn build(
                 )?)
             };
             Built {
-                cells: t.cells(),
+                rows: Rows::Cells(t.cells()),
                 highlights: highlights::monthly(&t, previous.as_ref()),
                 source_batches: t.source_batches,
                 missing_batches: t.missing_batches,
@@ -289,7 +312,7 @@ pub fn build(
                 "brand view reconciled"
             );
             Built {
-                cells: t.cells(),
+                rows: Rows::Cells(t.cells()),
                 highlights: highlights::brands(&t),
                 source_batches: m.source_batches,
                 missing_batches: m.missing_batches,
@@ -309,49 +332,92 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
 
 /// Writes bytes to a temporary name beside `path`, then renames it into place.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+    let tmp = tmp_name(path);
     std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// Encodes `batch` in each format the contract buys (in format order: Parquet first), each
-/// file passing the privacy gate first; returns the format, file name and bytes of each.
+/// The temporary name a file is written under before it is renamed into place.
+fn tmp_name(path: &Path) -> PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    PathBuf::from(tmp)
+}
+
+/// One file of a product being written: its format, name and final path.
+struct Target {
+    format: Format,
+    name: String,
+    path: PathBuf,
+}
+
+/// Writes the rows in each format the contract buys (Parquet first), a row group at a time,
+/// each chunk passing the privacy gate before it is written; returns what each file holds.
+/// A file the gate refuses is removed and nothing is released.
 fn encode(
     contract: &Contract,
-    kind: ProductKind,
-    label: &str,
-    schema: &schema::ProductSchema,
-    batch: &RecordBatch,
-) -> Result<Vec<(Format, String, Vec<u8>)>, BuildError> {
-    let base = base_name(&contract.name, kind, label);
-    let mut formats = contract.formats.clone();
-    formats.sort();
-    let mut encoded: Vec<(Format, String, Vec<u8>)> = Vec::new();
-    for f in formats {
-        let name = format!("{base}.{}", f.extension());
-        {
-            let _gate = tracing::info_span!("privacy_gate", file = %name).entered();
-            let _timer = crate::telemetry::metrics::Stage::PrivacyGate.timer();
-            gate::check(
-                schema,
-                batch,
-                GateTarget {
-                    partner: &contract.name,
-                    product: kind.as_str(),
-                    period: label,
-                    file: &name,
-                },
-            )?;
-        }
-        let bytes = match f {
-            Format::Parquet => write::parquet_bytes(batch, &contract.parquet)?,
-            Format::Csv => write::csv_bytes(schema, batch)?,
-        };
-        encoded.push((f, name, bytes));
+    (kind, label): (ProductKind, &str),
+    rows: &Rows,
+    targets: &[Target],
+) -> Result<Vec<write::Written>, BuildError> {
+    let schema = schema::of(kind);
+    let mut writers = Vec::new();
+    for t in targets {
+        let tmp = tmp_name(&t.path);
+        writers.push(write::FileWriter::create(
+            &tmp,
+            t.format,
+            schema,
+            &contract.parquet,
+        )?);
     }
-    Ok(encoded)
+    let discard = || {
+        for t in targets {
+            let _ = std::fs::remove_file(tmp_name(&t.path));
+        }
+    };
+    let mut scanner = gate::Scanner::new(schema);
+    let n = rows.len();
+    let mut start = 0;
+    loop {
+        let end = (start + write::ROW_GROUP_ROWS).min(n);
+        let batch = schema.to_batch(&rows.cells(start..end))?;
+        {
+            let _gate = tracing::info_span!("privacy_gate", file = %targets[0].name).entered();
+            let _timer = crate::telemetry::metrics::Stage::PrivacyGate.timer();
+            scanner.scan(&batch);
+        }
+        // After a finding the rest is still scanned (the alert lists the file's first
+        // findings) but no longer written.
+        if !scanner.found() {
+            for w in &mut writers {
+                w.write(&batch)?;
+            }
+        }
+        start = end;
+        if start >= n {
+            break;
+        }
+    }
+    let target = GateTarget {
+        partner: &contract.name,
+        product: kind.as_str(),
+        period: label,
+        file: &targets[0].name,
+    };
+    if let Err(e) = gate::refuse(scanner.findings(), target) {
+        drop(writers);
+        discard();
+        return Err(e.into());
+    }
+    let mut written = Vec::new();
+    for w in writers {
+        written.push(w.finish()?);
+    }
+    for t in targets {
+        std::fs::rename(tmp_name(&t.path), &t.path).map_err(io(&t.path))?;
+    }
+    Ok(written)
 }
 
 /// Encodes and writes a built product: its files, their manifests and the data dictionary.
@@ -363,23 +429,33 @@ fn release(
     opts: &BuildOptions,
 ) -> Result<Released, BuildError> {
     let schema = schema::of(kind);
-    let batch = schema.to_batch(&built.cells)?;
-    let encoded = encode(contract, kind, label, schema, &batch)?;
-    let product_version = manifest::sha256_hex(&encoded[0].2);
-    let delivery_id = manifest::delivery_id(&contract.name, kind.as_str(), label, &product_version);
     let dir = product_dir(&opts.output, &contract.name, kind);
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let base = base_name(&contract.name, kind, label);
+    let mut formats = contract.formats.clone();
+    formats.sort();
+    let targets: Vec<Target> = formats
+        .into_iter()
+        .map(|format| {
+            let name = format!("{base}.{}", format.extension());
+            let path = dir.join(&name);
+            Target { format, name, path }
+        })
+        .collect();
+    let written = encode(contract, (kind, label), &built.rows, &targets)?;
+    let rows = built.rows.len();
+    let product_version = written[0].sha256.clone();
+    let delivery_id = manifest::delivery_id(&contract.name, kind.as_str(), label, &product_version);
     let dictionary = dir.join(dictionary::file_name(&contract.name, kind));
     let dictionary_text = dictionary::render(contract, schema);
     write_atomic(&dictionary, dictionary_text.as_bytes())?;
     let dictionary_sha256 = manifest::sha256_hex(dictionary_text.as_bytes());
     let dates = |v: &[NaiveDate]| v.iter().map(|d| d.to_string()).collect::<Vec<_>>();
-    let names: Vec<String> = encoded.iter().map(|e| e.1.clone()).collect();
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     let mut files = Vec::new();
-    for (f, name, bytes) in &encoded {
-        let path = dir.join(name);
-        write_atomic(&path, bytes)?;
-        let sha256 = manifest::sha256_hex(bytes);
+    for (t, w) in targets.iter().zip(written) {
+        let (f, name, path) = (&t.format, &t.name, t.path.clone());
+        let sha256 = w.sha256;
         let m = Manifest {
             manifest_version: manifest::MANIFEST_VERSION,
             partner: contract.name.clone(),
@@ -390,8 +466,8 @@ fn release(
             compression: (*f == Format::Parquet).then(|| contract.parquet.describe()),
             schema_version: schema.version,
             schema_fingerprint: schema.fingerprint(),
-            rows: batch.num_rows(),
-            bytes: bytes.len() as u64,
+            rows,
+            bytes: w.bytes,
             sha256: sha256.clone(),
             product_version: product_version.clone(),
             delivery_id: delivery_id.clone(),
@@ -415,12 +491,12 @@ fn release(
         files.push(ReleasedFile {
             path,
             manifest: manifest_path,
-            rows: batch.num_rows(),
-            bytes: bytes.len() as u64,
+            rows,
+            bytes: w.bytes,
             sha256,
         });
     }
-    tracing::info!(rows = batch.num_rows(), delivery_id = %delivery_id, "product released");
+    tracing::info!(rows, delivery_id = %delivery_id, "product released");
     Ok(Released {
         partner: contract.name.clone(),
         product: kind,

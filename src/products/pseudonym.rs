@@ -56,22 +56,39 @@ impl Pseudonymizer {
 
     /// `customer_key` of a customer in a sale month (`YYYY-MM`).
     pub fn customer_key(&self, month: &str, customer_id: &str) -> String {
-        self.key(&["c:", self.period(month), ":", customer_id])
+        key_text(self.customer_bits(month, customer_id))
     }
 
     /// `line_key` of an order line.
     pub fn line_key(&self, transaction_id: &str) -> String {
+        key_text(self.line_bits(transaction_id))
+    }
+
+    /// `customer_key` as its 64 bits (`key_text` writes it).
+    pub fn customer_bits(&self, month: &str, customer_id: &str) -> u64 {
+        self.key(&["c:", self.period(month), ":", customer_id])
+    }
+
+    /// `line_key` as its 64 bits (`key_text` writes it).
+    pub fn line_bits(&self, transaction_id: &str) -> u64 {
         self.key(&["l:", transaction_id])
     }
 
-    fn key(&self, parts: &[&str]) -> String {
+    fn key(&self, parts: &[&str]) -> u64 {
         let mut m = self.mac.clone();
         for p in parts {
             m.update(p.as_bytes());
         }
         let digest = m.finalize().into_bytes();
-        hex::encode(&digest[..8])
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first)
     }
+}
+
+/// A key's text: its 64 bits as 16 lower-case hex digits (the first 8 bytes of the HMAC).
+pub fn key_text(bits: u64) -> String {
+    format!("{bits:016x}")
 }
 
 #[cfg(test)]

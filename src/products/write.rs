@@ -7,6 +7,9 @@
 //! and prefixed with `'` so spreadsheets never run it as a formula.
 
 use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
@@ -17,7 +20,9 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 
-use super::contract::{Codec, DEFAULT_ZSTD_LEVEL, ParquetOptions};
+use sha2::{Digest, Sha256};
+
+use super::contract::{Codec, DEFAULT_ZSTD_LEVEL, Format, ParquetOptions};
 use super::schema::{ColType, ProductSchema};
 
 /// Rows per Parquet row group.
@@ -32,6 +37,12 @@ pub enum WriteError {
     /// The batch does not have the schema's columns.
     #[error("batch column {0} does not match the product schema")]
     Column(&'static str),
+    /// A file could not be created.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// A file could not be written out.
+    #[error("writing a product file: {0}")]
+    Flush(std::io::Error),
 }
 
 /// The Parquet codec of a contract's options.
@@ -96,9 +107,24 @@ fn cents(v: i128, out: &mut String) {
 /// Encodes a batch as CSV, typed by the product schema.
 pub fn csv_bytes(schema: &ProductSchema, batch: &RecordBatch) -> Result<Vec<u8>, WriteError> {
     let mut out = String::with_capacity(batch.num_rows() * 160 + 256);
+    csv_header(schema, &mut out);
+    csv_rows(schema, batch, &mut out)?;
+    Ok(out.into_bytes())
+}
+
+/// Appends the CSV header line: the schema's column names.
+fn csv_header(schema: &ProductSchema, out: &mut String) {
     let names: Vec<&str> = schema.columns.iter().map(|c| c.name).collect();
     out.push_str(&names.join(","));
     out.push('\n');
+}
+
+/// Appends a batch's rows as CSV lines, typed by the product schema.
+fn csv_rows(
+    schema: &ProductSchema,
+    batch: &RecordBatch,
+    out: &mut String,
+) -> Result<(), WriteError> {
     let cols: Vec<_> = schema
         .columns
         .iter()
@@ -122,7 +148,7 @@ pub fn csv_bytes(schema: &ProductSchema, batch: &RecordBatch) -> Result<Vec<u8>,
                 | ColType::Key
                 | ColType::ProductCode
                 | ColType::Uf
-                | ColType::Month => csv_text(a.as_string::<i32>().value(r), &mut out),
+                | ColType::Month => csv_text(a.as_string::<i32>().value(r), out),
                 ColType::Date => {
                     let d = a.as_primitive::<Date32Type>().value(r);
                     match chrono::NaiveDate::from_epoch_days(d) {
@@ -147,7 +173,7 @@ pub fn csv_bytes(schema: &ProductSchema, batch: &RecordBatch) -> Result<Vec<u8>,
                 ColType::Int32 => {
                     let _ = write!(out, "{}", a.as_primitive::<Int32Type>().value(r));
                 }
-                ColType::Decimal(_) => cents(a.as_primitive::<Decimal128Type>().value(r), &mut out),
+                ColType::Decimal(_) => cents(a.as_primitive::<Decimal128Type>().value(r), out),
                 ColType::Double => {
                     let _ = write!(out, "{}", a.as_primitive::<Float64Type>().value(r));
                 }
@@ -155,7 +181,119 @@ pub fn csv_bytes(schema: &ProductSchema, batch: &RecordBatch) -> Result<Vec<u8>,
         }
         out.push('\n');
     }
-    Ok(out.into_bytes())
+    Ok(())
+}
+
+/// Bytes written through it are counted and hashed (SHA-256) on the way to `inner`.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// What a [`FileWriter`] wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256 hex of the bytes.
+    pub sha256: String,
+}
+
+enum Encoder {
+    Parquet(Box<ArrowWriter<Hashing<BufWriter<File>>>>),
+    Csv {
+        out: Hashing<BufWriter<File>>,
+        line: String,
+    },
+}
+
+/// A product file written batch by batch (same bytes as encoding every row at once), so a
+/// large product never sits in memory whole.
+pub struct FileWriter {
+    schema: &'static ProductSchema,
+    encoder: Encoder,
+}
+
+impl FileWriter {
+    /// Creates `path` for the product `schema` in `format` (Parquet with the contract's codec).
+    pub fn create(
+        path: &Path,
+        format: Format,
+        schema: &'static ProductSchema,
+        opts: &ParquetOptions,
+    ) -> Result<FileWriter, WriteError> {
+        let file = File::create(path).map_err(|e| WriteError::Io(path.to_path_buf(), e))?;
+        let out = Hashing {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        let encoder = match format {
+            Format::Parquet => Encoder::Parquet(Box::new(ArrowWriter::try_new(
+                out,
+                schema.arrow_schema(),
+                Some(writer_properties(opts)?),
+            )?)),
+            Format::Csv => {
+                let mut line = String::new();
+                csv_header(schema, &mut line);
+                Encoder::Csv { out, line }
+            }
+        };
+        let mut w = FileWriter { schema, encoder };
+        w.drain()?;
+        Ok(w)
+    }
+
+    /// Appends a batch of rows.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
+        match &mut self.encoder {
+            Encoder::Parquet(w) => w.write(batch)?,
+            Encoder::Csv { line, .. } => csv_rows(self.schema, batch, line)?,
+        }
+        self.drain()
+    }
+
+    /// Moves CSV text built so far to the file.
+    fn drain(&mut self) -> Result<(), WriteError> {
+        if let Encoder::Csv { out, line } = &mut self.encoder {
+            out.write_all(line.as_bytes()).map_err(WriteError::Flush)?;
+            line.clear();
+        }
+        Ok(())
+    }
+
+    /// Ends the file (the Parquet footer), flushes it to disk and returns its size and hash.
+    pub fn finish(self) -> Result<Written, WriteError> {
+        let mut out = match self.encoder {
+            Encoder::Parquet(w) => w.into_inner()?,
+            Encoder::Csv { out, .. } => out,
+        };
+        out.flush().map_err(WriteError::Flush)?;
+        out.inner
+            .into_inner()
+            .map_err(|e| WriteError::Flush(e.into_error()))?
+            .sync_all()
+            .map_err(WriteError::Flush)?;
+        Ok(Written {
+            bytes: out.bytes,
+            sha256: hex::encode(out.hasher.finalize()),
+        })
+    }
 }
 
 #[cfg(test)]

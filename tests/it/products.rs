@@ -196,6 +196,76 @@ fn daily_file_follows_the_contract() {
     assert_eq!(manifest["key_version"], "v1");
 }
 
+/// A completed line of `Hungry Cola` bought in Tatuí (SP) by `customer` on local noon of `d`,
+/// in batch `d`, last updated a minute later.
+fn tatui_line(id: &str, customer: &str, d: chrono::NaiveDate) -> fixture::FxLine {
+    use chrono::TimeZone as _;
+    let noon = chrono_tz::America::Sao_Paulo
+        .from_local_datetime(&d.and_hms_opt(12, 0, 0).unwrap())
+        .unwrap()
+        .timestamp();
+    fixture::FxLine {
+        batch: d,
+        transaction_id: id.to_string(),
+        order_id: format!("OR-{id}"),
+        customer_id: customer.to_string(),
+        product_code: "HGY-000001",
+        quantity: 1,
+        unit_price: 499,
+        discount: 0,
+        status: "completed",
+        sold_at: noon,
+        city: "Tatuí",
+        uf: "SP",
+        updated_at: noon + 60,
+    }
+}
+
+#[test]
+fn small_cities_count_the_latest_version_of_each_line() {
+    // Tatuí has exactly k = 5 customers over the window, one of them buying on D: it keeps its
+    // name, unless a later version of one of its lines ends that sale (cancelled, or corrected
+    // to a rival's product); a version read later but updated earlier changes nothing.
+    let d = day("2026-11-27");
+    let tatui = |later: Option<(&'static str, &'static str, i64)>| {
+        let tag = match later {
+            None => "TATUI".to_string(),
+            Some((code, status, shift)) => format!("TATUI_{}_{status}_{}", &code[..3], shift > 0),
+        };
+        let env = setup(&tag, |f| {
+            for i in 1..=5u32 {
+                let sold = d - chrono::Days::new(u64::from(6 - i) + 2);
+                f.lines
+                    .push(tatui_line(&format!("TT-{i}"), &format!("CT-{i}"), sold));
+            }
+            f.lines.push(tatui_line("TT-D", "CT-1", d));
+            if let Some((code, status, shift)) = later {
+                let mut v = tatui_line("TT-5", "CT-5", d - chrono::Days::new(3));
+                v.batch = d - chrono::Days::new(1);
+                v.product_code = code;
+                v.status = status;
+                v.updated_at += shift;
+                f.lines.push(v);
+            }
+        });
+        let r = env.build("ouchhungry", Period::Day(d), "out").unwrap();
+        strings(&read_parquet(&r.files[0].path), "city").contains(&"Tatuí".to_string())
+    };
+    assert!(tatui(None), "5 customers: named");
+    assert!(
+        !tatui(Some(("HGY-000001", "cancelled", 3600))),
+        "cancelled later: 4"
+    );
+    assert!(
+        !tatui(Some(("FZZ-000001", "completed", 3600))),
+        "a rival's product later: 4"
+    );
+    assert!(
+        tatui(Some(("HGY-000001", "cancelled", -30))),
+        "an older version read later"
+    );
+}
+
 #[test]
 fn monthly_file_merges_drops_and_hides_rivals() {
     let env = setup("MONTHLY", |_| {});
