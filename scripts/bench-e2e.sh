@@ -7,6 +7,11 @@
 #
 #   scripts/bench-e2e.sh ROWS            e.g. 100000, 1000000
 #
+# BENCH_DAYS=N (default 1) runs N consecutive days of ROWS rows through the same roles, one after
+# the other (each day uploaded once the previous partner e-mail arrived), and prints each day's
+# latency and the worker's resident memory after it: memory must not grow from day to day. The
+# stage table is the first day's.
+#
 # BENCH_PROFILE=release (default; LTO, ~6 CPU-minutes to build from nothing) | profiling (release
 # without LTO, about a minute) | debug. BENCH_DIR (out/bench-e2e), BENCH_WAIT_SECS (900).
 # Installs what it needs itself (idempotently); stops everything it started, Ctrl-C included.
@@ -19,6 +24,9 @@ profile="${BENCH_PROFILE:-release}"
 dir="$(realpath -m "${BENCH_DIR:-out/bench-e2e}")"
 state="$dir/stack/stack.json"
 day=2026-11-27
+days="${BENCH_DAYS:-1}"
+case "$days" in '' | *[!0-9]* | 0) echo "BENCH_DAYS must be a positive number" >&2; exit 2 ;; esac
+last_day="$(date -u -d "$day + $((days - 1)) days" +%F)"
 wait_secs="${BENCH_WAIT_SECS:-900}"
 
 bash scripts/setup.sh
@@ -47,9 +55,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "== generating $day: $rows rows, 4 gzipped parts, 1% defects ($profile build)"
+echo "== generating $day..$last_day: $rows rows a day, 4 gzipped parts, 1% defects ($profile build)"
 start=$SECONDS
-"$bin" generate --out "$dir/raw" --date "$day" --rows "$rows" --parts 4 --gzip \
+"$bin" generate --out "$dir/raw" --from "$day" --to "$last_day" --rows "$rows" --parts 4 --gzip \
   --defect-rate 0.01 >/dev/null 2>&1
 echo "   $((SECONDS - start)) s, $(du -sh "$dir/raw/extracts" | cut -f1) of extracts"
 
@@ -89,16 +97,6 @@ def wait_ready():
         time.sleep(0.2)
     sys.exit("the roles did not start: see " + str(root / "logs"))
 
-def partner_mail():
-    for p in sorted(mail_dir.glob("*.eml")):
-        try:
-            rcpt = json.loads(p.with_suffix(".json").read_text())["rcpt_tos"]
-        except (OSError, ValueError, KeyError):
-            continue
-        if any(r.endswith("@ouchhungry.example") for r in rcpt):
-            return p
-    return None
-
 def proc(pid):
     """(peak RSS MiB, CPU seconds) of a live process."""
     status = pathlib.Path(f"/proc/{pid}/status").read_text()
@@ -107,24 +105,56 @@ def proc(pid):
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return hwm, cpu
 
+def partner_mails():
+    out = []
+    for p in sorted(mail_dir.glob("*.eml")):
+        try:
+            rcpt = json.loads(p.with_suffix(".json").read_text())["rcpt_tos"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if any(r.endswith("@ouchhungry.example") for r in rcpt):
+            out.append(p)
+    return out
+
+def rss(pid):
+    """Resident memory now (MiB)."""
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+def upload(paths):
+    for p in paths:
+        q = urllib.parse.urlencode({"uploadType": "media", "name": p.relative_to(raw).as_posix()})
+        req = urllib.request.Request(f"{gcs}/upload/storage/v1/b/{bucket}/o?{q}", data=p.read_bytes(),
+                                     method="POST", headers={"content-type": "application/octet-stream"})
+        urllib.request.urlopen(req, timeout=600).read()
+
 wait_ready()
 raw = root / "raw"
-files = sorted(p for p in (raw / "extracts").rglob("*") if p.is_file())
-files.sort(key=lambda p: p.name == "_SUCCESS")  # the marker last
-t0 = time.time()
-for p in files:
-    q = urllib.parse.urlencode({"uploadType": "media", "name": p.relative_to(raw).as_posix()})
-    req = urllib.request.Request(f"{gcs}/upload/storage/v1/b/{bucket}/o?{q}", data=p.read_bytes(),
-                                 method="POST", headers={"content-type": "application/octet-stream"})
-    urllib.request.urlopen(req, timeout=300).read()
-t_marker = time.time()
-while (mail := partner_mail()) is None:
-    if time.time() - t0 > limit:
-        sys.exit(f"no partner e-mail after {limit:.0f} s: see the logs in {root}/logs")
-    time.sleep(0.05)
-t_mail = mail.stat().st_mtime
-time.sleep(0.5)  # let the e-mail role log its receipt
-usage = {n: proc(pid) for n, pid in roles.items()}
+by_day = {}
+for p in sorted(p for p in (raw / "extracts").rglob("*") if p.is_file()):
+    d = next(x[3:] for x in p.parts if x.startswith("dt="))
+    by_day.setdefault(d, []).append(p)
+runs = []
+cutoff = float("inf")  # the first day's events end where the second day's upload starts
+for n, d in enumerate(sorted(by_day)):
+    day_files = sorted(by_day[d], key=lambda p: p.name == "_SUCCESS")  # the marker last
+    t0 = time.time()
+    if n == 1:
+        cutoff = t0
+    upload(day_files)
+    t_marker = time.time()
+    while len(partner_mails()) <= n:
+        if time.time() - t0 > limit:
+            sys.exit(f"no partner e-mail for {d} after {limit:.0f} s: see the logs in {root}/logs")
+        time.sleep(0.05)
+    t_mail = partner_mails()[n].stat().st_mtime
+    time.sleep(0.5)  # let the e-mail role log its receipt
+    runs.append({"day": d, "upload_to_mail_s": t_mail - t0, "marker_to_mail_s": t_mail - t_marker,
+                 "worker_rss_mib": rss(roles["worker"]), "worker_peak_mib": proc(roles["worker"])[0]})
+    if n == 0:
+        files, first_t0, first_marker, first_mail = day_files, t0, t_marker, t_mail
+        usage = {name: proc(pid) for name, pid in roles.items()}
+t0, t_marker, t_mail = first_t0, first_marker, first_mail
 
 # Stage times from the roles' logs (RFC 3339 UTC timestamps, one event a line).
 def events(name):
@@ -133,7 +163,8 @@ def events(name):
         m = re.match(r"(\S+Z)\s+\w+\s+(.*)", line)
         if m:
             t = dt.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
-            out.append((t, m.group(2)))
+            if t < cutoff:  # the first day's events
+                out.append((t, m.group(2)))
     return out
 
 def first(name, text):
@@ -186,12 +217,19 @@ for n in ("deliver-sftp", "deliver-api", "deliver-email"):
         print(f"  {n} as the sink logs it: {d[0] / 1000:.2f} s")
 print(f"\nupload -> partner e-mail: {t_mail - t0:.2f} s from the first byte uploaded, "
       f"{t_mail - t_marker:.2f} s from the marker's upload")
-print(f"\n{'role':16} {'peak RSS (MiB)':>15} {'CPU (s)':>8}")
+print(f"\n{'role':16} {'peak RSS (MiB)':>15} {'CPU (s)':>8}   (after the first day)")
 for n, (hwm, cpu) in usage.items():
     print(f"{n:16} {hwm:15.1f} {cpu:8.2f}")
+if len(runs) > 1:
+    print(f"\n{'day':12} {'upload -> e-mail (s)':>21} {'worker RSS after (MiB)':>23} {'worker peak (MiB)':>18}")
+    for r in runs:
+        print(f"{r['day']:12} {r['upload_to_mail_s']:21.2f} {r['worker_rss_mib']:23.1f} {r['worker_peak_mib']:18.1f}")
+    growth = runs[-1]["worker_rss_mib"] / runs[0]["worker_rss_mib"] - 1
+    print(f"worker RSS after the last day vs after the first: {growth * 100:+.1f}%")
 json.dump({"rows": rows, "upload_to_mail_s": t_mail - t0, "marker_to_mail_s": t_mail - t_marker,
            "stages": {n: (a and b and b - a, b and b - t0) for n, a, b in stages},
-           "roles": {n: {"peak_rss_mib": h, "cpu_s": c} for n, (h, c) in usage.items()}},
+           "roles": {n: {"peak_rss_mib": h, "cpu_s": c} for n, (h, c) in usage.items()},
+           "days": runs},
           open(root / "result.json", "w"), indent=2)
 PY
 echo

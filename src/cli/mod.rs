@@ -171,6 +171,7 @@ pub fn run(command: Command) -> anyhow::Result<Verdict> {
 
 /// The one runtime of the commands that talk to Google Cloud.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    crate::service::memory::limit_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -10,6 +10,7 @@
 
 pub mod claim;
 pub mod faults;
+pub mod memory;
 pub mod oidc;
 pub mod pull;
 pub mod push;
@@ -303,7 +304,11 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T, HandleError> {
     // The work runs in the caller's span (its child spans and logs stay in the trace).
     let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(f))
-        .await
-        .map_err(|e| HandleError::local(what, e))
+    tokio::task::spawn_blocking(move || {
+        let out = span.in_scope(f);
+        memory::release_free();
+        out
+    })
+    .await
+    .map_err(|e| HandleError::local(what, e))
 }
