@@ -662,7 +662,8 @@ impl Worker {
             tracing::info!(partner = %rel.partner, delivery_id = %rel.delivery_id, "product version already delivered");
             return Ok(false);
         }
-        let request = self.upload_release(contract, rel).await?;
+        let mut request = self.upload_release(contract, rel).await?;
+        request.marker_generation = self.marker_generation(rel).await;
         self.faults.at("before_publish").await;
         let id = self
             .bus
@@ -815,6 +816,7 @@ async fn delivery_request(
             .map(String::from)
             .collect(),
         source_batches: source_batches(rel).await,
+        marker_generation: None,
     }
 }
 

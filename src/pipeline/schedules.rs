@@ -11,7 +11,8 @@
 //!   `unclaimed_restart_after_secs` without any claim — its worker died between publishing
 //!   `BatchReady` and taking the claim, and the message is lost or stalled — is published again
 //!   (each restart after [`MAX_UNCLAIMED_RESTARTS`] also alerts `batch.unclaimed`); a day
-//!   whose batch has not finished by its deadline raises `extract.missing`. (Ticks shortly
+//!   whose batch has not finished by its deadline raises `extract.missing`; each partner
+//!   product's freshness is recorded ([`super::delivered`]). (Ticks shortly
 //!   before a deadline make each sink role check its own connections: [`super::check`].)
 
 use std::collections::BTreeSet;
@@ -222,7 +223,8 @@ impl Worker {
             .map_err(|_| HandleError::Transient("monthly build exceeded the step timeout".into()))?
     }
 
-    /// The tick: abandoned and unclaimed batch steps, missing batches past their deadline.
+    /// The tick: abandoned and unclaimed batch steps, missing batches past their deadline,
+    /// products' freshness.
     pub async fn tick(&self, at: DateTime<Utc>) -> Result<(), HandleError> {
         self.restart_abandoned_batches().await?;
         self.restart_unclaimed_batches(at).await?;
@@ -249,6 +251,7 @@ impl Worker {
             self.alert(&alert).await;
         }
         crate::telemetry::metrics::batch_lateness(lateness);
+        self.record_freshness(at).await;
         // Sink connections are checked by the sink roles on their own ticks (check.rs): the
         // worker holds no sink credentials.
         Ok(())

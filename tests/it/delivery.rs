@@ -626,6 +626,7 @@ async fn malformed_requests_and_unknown_partners_are_dead_lettered_not_retried()
         dictionary: digest("gs://datashare-products/d.md"),
         sinks: vec!["api".into()],
         source_batches: vec![],
+        marker_generation: None,
     };
     let mut m = req.to_message();
     m.attributes.insert("case".into(), "unknown".into());
