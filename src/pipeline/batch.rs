@@ -391,7 +391,7 @@ impl Worker {
             ("*", "*", &dt.to_string()),
             &failed.join(","),
             format!(
-                "batch {dt} held: {} listed file(s) failed; products wait for a new generation or `datashare release`",
+                "lote {dt} retido: {} arquivo(s) listado(s) falharam; os produtos aguardam uma nova geração ou `datashare release`",
                 failed.len()
             ),
         )
@@ -484,7 +484,7 @@ impl Worker {
                             "product.missing_batches",
                             (&contract.name, period.kind().as_str(), &period.label()),
                             "missing_batches",
-                            m.to_string(),
+                            super::schedules::missing_batches_summary(m),
                         );
                         self.alert(&alert).await;
                         summary.held.push(label);
@@ -558,7 +558,7 @@ impl Worker {
                     ("*", "*", &dt.to_string()),
                     &o.name,
                     format!(
-                        "batch {dt}: {} is not listed in the marker and was left out of the batch",
+                        "lote {dt}: {} não está listado no marcador e ficou fora do lote",
                         o.name
                     ),
                 )

@@ -342,7 +342,7 @@ impl PowerBi {
                         ("*", &item.name, &Utc::now().date_naive().to_string()),
                         &format!("{}/{}", item.kind.as_str(), item.id),
                         format!(
-                            "Power BI refused a refresh of {} {} (429) until {until}: its daily quota is used",
+                            "o Power BI recusou uma atualização de {} {} (429) até {until}: a cota diária foi usada",
                             item.kind.as_str(),
                             item.name
                         ),
@@ -372,7 +372,7 @@ impl PowerBi {
                     CONFIG,
                     ("*", if auth { "*" } else { &item.name }, &day),
                     &scope,
-                    format!("Power BI monitor misconfigured: {m}"),
+                    format!("monitor do Power BI mal configurado: {m}"),
                 )
                 .with("error", m.as_str());
                 let alert = if auth {
@@ -395,7 +395,7 @@ impl PowerBi {
             ("*", &item.name, &day),
             &format!("{}/{}", item.kind.as_str(), item.id),
             format!(
-                "{} {} not refreshed after batch {}: {used} refreshes started today, quota {}",
+                "{} {} não atualizado após o lote {}: {used} atualizações iniciadas hoje, cota {}",
                 item.kind.as_str(),
                 item.name,
                 u.dt,
@@ -479,7 +479,7 @@ impl PowerBi {
                     ("*", &item.name, &day_of(r.start)),
                     &format!("{scope}/{}", r.id),
                     format!(
-                        "Power BI refresh of {} {} failed: {}",
+                        "a atualização do Power BI de {} {} falhou: {}",
                         item.kind.as_str(),
                         item.name,
                         one_line(&error)
@@ -503,7 +503,7 @@ impl PowerBi {
                     ("*", &item.name, &day_of(r.start)),
                     &format!("{scope}/{}", r.id),
                     format!(
-                        "Power BI refresh of {} {} running for {mins} min (limit {} min)",
+                        "a atualização do Power BI de {} {} roda há {mins} min (limite {} min)",
                         item.kind.as_str(),
                         item.name,
                         item.max_refresh_mins
@@ -529,7 +529,7 @@ impl PowerBi {
         }
         let sla = chrono::Duration::hours(item.freshness_sla_hours as i64);
         if last.is_none_or(|t| at - t > sla) {
-            let age = last.map(|t| format!("{} h ago", (at - t).num_hours()));
+            let age = last.map(|t| format!("há {} h", (at - t).num_hours()));
             let day = at.date_naive().to_string();
             let alert = Alert::new(
                 Severity::Warning,
@@ -537,10 +537,10 @@ impl PowerBi {
                 ("*", &item.name, &day),
                 &scope,
                 format!(
-                    "{} {} is stale: last completed refresh {} (SLA {} h)",
+                    "{} {} desatualizado: última atualização concluída {} (SLA {} h)",
                     item.kind.as_str(),
                     item.name,
-                    age.as_deref().unwrap_or("not in its recent history"),
+                    age.as_deref().unwrap_or("fora do histórico recente"),
                     item.freshness_sla_hours
                 ),
             )

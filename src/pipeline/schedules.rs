@@ -57,6 +57,22 @@ pub struct Unclaimed {
     pub last_restart: Option<DateTime<Utc>>,
 }
 
+/// The pt-BR summary of the `product.missing_batches` alert of a monthly build (the team's
+/// e-mails are in pt-BR; the error's own text, in English, goes to the logs).
+pub(super) fn missing_batches_summary(e: &monthly::MonthlyError) -> String {
+    match e {
+        monthly::MonthlyError::MissingBatches {
+            month,
+            first,
+            missing,
+        } => format!(
+            "mês {month}: {} lote(s) ausente(s), o primeiro em {first}; o produto mensal aguarda os lotes (`datashare build --allow-missing-batches` o constrói mesmo assim)",
+            missing.len()
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// `claims/monthly/<partner>/<YYYY-MM>.json` in the ops bucket.
 fn monthly_claim(partner: &str, month: NaiveDate) -> String {
     format!("claims/monthly/{partner}/{}.json", month.format("%Y-%m"))
@@ -242,7 +258,7 @@ impl Worker {
                 ("*", "*", &dt.to_string()),
                 EXTRACT_MISSING,
                 format!(
-                    "no complete batch for {dt} by its deadline {} (marker or listed parts missing, or the batch step has not finished)",
+                    "nenhum lote completo de {dt} até o prazo {} (marcador ou partes listadas ausentes, ou a etapa do lote não terminou)",
                     due.to_rfc3339()
                 ),
             )
@@ -303,7 +319,7 @@ impl Worker {
                     ("*", "*", &dt.to_string()),
                     key,
                     format!(
-                        "the batch step of {dt} lost its worker {} times (last: {}); not restarted again",
+                        "a etapa do lote de {dt} perdeu seu worker {} vezes (último: {}); não é mais reiniciada",
                         held.takeovers + 1,
                         held.owner
                     ),
@@ -412,7 +428,7 @@ impl Worker {
                     ("*", "*", &dt.to_string()),
                     &key,
                     format!(
-                        "the batch of {dt} is ready since {} and no worker took it after {} restarts",
+                        "o lote de {dt} está pronto desde {} e nenhum worker o assumiu após {} reinícios",
                         state.first_seen.to_rfc3339(),
                         state.restarts - 1
                     ),
@@ -420,7 +436,7 @@ impl Worker {
                 .with("batch_version", key.as_str())
                 .with(
                     "next",
-                    "check the batches subscription and the worker's logs; `datashare replay --date` runs the step",
+                    "verifique a assinatura batches e os logs do worker; `datashare replay --date` roda a etapa",
                 );
                 self.alert(&alert).await;
             }
