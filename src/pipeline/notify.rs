@@ -50,7 +50,11 @@ impl Deliver {
         }
         if !email {
             tracing::info!(partner = %req.partner, "no email sink, no notify");
-            let last = data.iter().map(|r| r.delivered_at).max().unwrap_or_else(Utc::now);
+            let last = data
+                .iter()
+                .map(|r| r.delivered_at)
+                .max()
+                .unwrap_or_else(Utc::now);
             return self.mark_delivered(req, last).await;
         }
         let ops = &self.config.gcp.buckets.ops;

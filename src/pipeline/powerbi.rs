@@ -272,7 +272,10 @@ impl PowerBi {
             return 0;
         }
         let prefix = seen_prefix(item);
-        let known: std::collections::BTreeSet<String> = match self.gcs.list(self.ops(), &prefix).await
+        let known: std::collections::BTreeSet<String> = match self
+            .gcs
+            .list(self.ops(), &prefix)
+            .await
         {
             Ok(objects) => objects.into_iter().map(|o| o.name).collect(),
             Err(e) => {

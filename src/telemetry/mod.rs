@@ -129,7 +129,7 @@ pub async fn flush_after_request() {
 fn metrics_flush_due(now: Instant) -> bool {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     static LAST_MS: AtomicU64 = AtomicU64::new(0);
-    let epoch = *EPOCH.get_or_init(|| now - METRICS_FLUSH_EVERY);
+    let epoch = *EPOCH.get_or_init(|| now.checked_sub(METRICS_FLUSH_EVERY).unwrap_or(now));
     let now_ms = now.saturating_duration_since(epoch).as_millis() as u64;
     let last = LAST_MS.load(Ordering::Relaxed);
     now_ms.saturating_sub(last) >= METRICS_FLUSH_EVERY.as_millis() as u64
@@ -633,7 +633,9 @@ mod tests {
         assert!(!metrics_flush_due(t0 + Duration::from_secs(1)));
         assert!(!metrics_flush_due(t0 + METRICS_FLUSH_EVERY / 2));
         assert!(metrics_flush_due(t0 + METRICS_FLUSH_EVERY));
-        assert!(!metrics_flush_due(t0 + METRICS_FLUSH_EVERY + Duration::from_secs(1)));
+        assert!(!metrics_flush_due(
+            t0 + METRICS_FLUSH_EVERY + Duration::from_secs(1)
+        ));
     }
 
     #[test]

@@ -511,13 +511,18 @@ async fn a_failed_and_a_stuck_refresh_are_one_team_email_each() {
             .iter()
             .find(|i| o.name == seen_record(i, refresh))
             .unwrap_or_else(|| panic!("{} is no item's refresh {refresh}", o.name));
-        outcomes.push((owner.id.clone(), body["outcome"].as_str().unwrap().to_string()));
+        outcomes.push((
+            owner.id.clone(),
+            body["outcome"].as_str().unwrap().to_string(),
+        ));
     }
     let failed: Vec<_> = outcomes.iter().filter(|(_, o)| o == "failed").collect();
     assert_eq!(failed.len(), 1, "{outcomes:?}");
     assert_eq!(failed[0].0, item(VENDAS).id);
     assert!(
-        outcomes.iter().all(|(_, o)| ["completed", "failed", "disabled", "cancelled"].contains(&o.as_str())),
+        outcomes
+            .iter()
+            .all(|(_, o)| ["completed", "failed", "disabled", "cancelled"].contains(&o.as_str())),
         "{outcomes:?}"
     );
     until("two e-mails", Duration::from_secs(60), || async {

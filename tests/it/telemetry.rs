@@ -17,8 +17,8 @@ use datashare::generate::{GenerateOptions, ObjectSink, ObjectWriter, generate_da
 use serde_json::Value;
 
 use crate::harness::{
-    SmtpEnv, Stack, api_env, local_contract, mails, partners, publisher, sftp_env, smtp_env,
-    until, upload_day,
+    SmtpEnv, Stack, api_env, local_contract, mails, partners, publisher, sftp_env, smtp_env, until,
+    upload_day,
 };
 
 /// The receiver: a child process writing what it gets as JSON lines; killed on drop.
@@ -584,7 +584,11 @@ async fn one_upload_is_one_exported_trace_across_processes_with_its_metrics_and_
     eprintln!("e2e latency: {secs:.2} s");
     // The version is the product's last delivered one (what ticks read for the freshness).
     let (record, _) = gcs
-        .read(&cfg.gcp.buckets.ops, "delivered/ouchhungry/daily.json", None)
+        .read(
+            &cfg.gcp.buckets.ops,
+            "delivered/ouchhungry/daily.json",
+            None,
+        )
         .await
         .unwrap()
         .expect("the delivered record");
@@ -689,7 +693,10 @@ async fn a_worker_tick_exports_product_freshness_over_grpc() {
             "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
             format!("http://127.0.0.1:{}", receiver.grpc_port.unwrap()),
         ),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL".to_string(), "grpc".to_string()),
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL".to_string(),
+            "grpc".to_string(),
+        ),
         (
             "OTEL_METRIC_EXPORT_INTERVAL".to_string(),
             "1000".to_string(),
@@ -714,13 +721,17 @@ async fn a_worker_tick_exports_product_freshness_over_grpc() {
             "gauge",
         )
     };
-    until("the tick's span and freshness over gRPC", Duration::from_secs(120), || {
-        let received = receiver.received();
-        let ticked = spans(&received)
-            .iter()
-            .any(|s| s.name == "handle schedules-worker");
-        async move { (ticked && !freshness(&received).is_empty()).then_some(()) }
-    })
+    until(
+        "the tick's span and freshness over gRPC",
+        Duration::from_secs(120),
+        || {
+            let received = receiver.received();
+            let ticked = spans(&received)
+                .iter()
+                .any(|s| s.name == "handle schedules-worker");
+            async move { (ticked && !freshness(&received).is_empty()).then_some(()) }
+        },
+    )
     .await;
     worker.stop().await;
 
