@@ -2,7 +2,8 @@
 //! (worker, the SFTP, API and e-mail sinks) on the fake-gcp stack and the partner stand-ins,
 //! exporting OTLP http/protobuf to a real receiver (tests/py/otlp_receiver.py, the `otlp` venv
 //! of scripts/setup.sh) on a free loopback port, and logging Cloud Logging JSON; and a worker's
-//! tick exporting product freshness over OTLP/gRPC to the same receiver.
+//! tick exporting product freshness over OTLP/gRPC to the same receiver; and a push request
+//! whose spans are exported before it is answered (Cloud Run throttles the CPU afterwards).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -123,7 +124,7 @@ impl Role {
         let child = crate::datashare_cmd()
             .envs(env)
             .args(args)
-            .arg("--pull")
+            .args((!args.contains(&"--push")).then_some("--pull"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -756,4 +757,95 @@ async fn a_worker_tick_exports_product_freshness_over_grpc() {
         .unwrap();
     assert_eq!(span.service, "datashare-worker");
     assert!(span.parent.is_empty(), "a tick starts its own trace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_request_exports_its_spans_before_it_answers() {
+    let stack = tokio::task::spawn_blocking(|| Stack::up(&[]))
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let partners = partners(work.path());
+    let receiver = Receiver::start(work.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut env = stack.env.clone();
+    env.insert(
+        "DATASHARE_PARTNERS_DIR".into(),
+        partners.display().to_string(),
+    );
+    env.extend([
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+            format!("http://127.0.0.1:{}", receiver.port),
+        ),
+        // Batches of a minute: only the request's own flush gets its spans out in time.
+        ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "60000".to_string()),
+        (
+            "OTEL_METRIC_EXPORT_INTERVAL".to_string(),
+            "60000".to_string(),
+        ),
+        ("DATASHARE_PUSH_VERIFY".to_string(), "false".to_string()),
+    ]);
+    let port_arg = port.to_string();
+    let mut worker = Role::start(
+        "worker",
+        &["worker", "--push", "--port", &port_arg],
+        &env,
+        work.path(),
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    until("the push endpoint", Duration::from_secs(60), || {
+        let get = http.get(format!("{base}/healthz")).send();
+        async move { get.await.ok().filter(|r| r.status().is_success()) }
+    })
+    .await;
+
+    let tick = datashare::events::Schedule::Tick {
+        at: chrono::Utc::now(),
+    }
+    .to_message();
+    let envelope = serde_json::json!({
+        "message": {
+            "data": base64::engine::general_purpose::STANDARD.encode(&tick.data),
+            "messageId": "push-1",
+        },
+        "subscription": "projects/datashare-local/subscriptions/schedules-worker",
+    });
+    let answered = http
+        .post(format!("{base}/push/schedules"))
+        .json(&envelope)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answered.status().as_u16(),
+        204,
+        "{:?}",
+        answered.text().await
+    );
+    // Exported before the answer (the receiver writes before it replies); a second is slack
+    // for the file, far below the minute the batch exporter would have waited.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let span = loop {
+        let got = spans(&receiver.received());
+        if let Some(s) = got
+            .into_iter()
+            .find(|s| s.name == "handle schedules-worker")
+        {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the request's span was not exported before the answer: {}",
+            worker.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(span.service, "datashare-worker");
+    worker.stop().await;
 }
