@@ -5,7 +5,9 @@
 # alert, powerbi), uploads three generated days of dirty extracts to the raw bucket (two calm days at
 # 2% defects, then one at 25% that trips a data-quality guardrail), waits until the products
 # are built and delivered and the data team's alert e-mail is sent, shows where everything
-# landed and which day alerted, then stops all it started. Exits 1 when a day is not
+# landed, which day alerted and where to see one upload's trace (a local OTLP receiver, the
+# `otlp` venv of scripts/setup.sh, gets every role's spans and metrics), then stops all it
+# started. Exits 1 when a day is not
 # delivered, a calm day alerted or the dirty day did not.
 # Installs what it needs itself (idempotently); writes under ./out/demo (or $DEMO_DIR).
 # DEMO_PROFILE=release builds with LTO instead of the (faster to build) debug profile.
@@ -37,6 +39,7 @@ rm -rf "$demo"
 mkdir -p "$demo/logs" "$(dirname "$state")"
 
 pids=()
+otlp_pid=
 cleanup() {
   local code=$?
   trap - EXIT INT TERM
@@ -44,6 +47,8 @@ cleanup() {
   echo "== stopping the roles and the stack"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # After the roles: their last spans and metric points go out as they stop.
+  if [ -n "$otlp_pid" ]; then kill -TERM "$otlp_pid" 2>/dev/null || true; wait "$otlp_pid" 2>/dev/null || true; fi
   python3 fake-gcp/stack.py --state "$state" down || true
   exit "$code"
 }
@@ -78,10 +83,28 @@ echo "== 3. checking the partner's sinks (SFTP login + listing, API health, SMTP
 "$bin" check-sinks || echo "   (a sink check failed: see above)"
 
 echo "== 4. starting the roles in pull mode (logs in $demo/logs)"
+# The local OTLP receiver (tests/py/otlp_receiver.py): the roles export their spans and metrics
+# to it over OTLP http/protobuf, as they do to the collector sidecar on Cloud Run.
+otlp_py="${DATASHARE_CACHE:-$HOME/.cache/datashare}/venvs/otlp/bin/python"
+otlp_out="$demo/otlp.jsonl"
+otlp_env=()
+if [ -x "$otlp_py" ]; then
+  "$otlp_py" tests/py/otlp_receiver.py --out "$otlp_out" >"$demo/otlp.port" 2>"$demo/logs/otlp.log" &
+  otlp_pid=$!
+  for _ in $(seq 100); do [ -s "$demo/otlp.port" ] && break; sleep 0.1; done
+  otlp_port=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["port"])' "$demo/otlp.port" 2>/dev/null || true)
+  if [ -n "$otlp_port" ]; then
+    otlp_env=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+              OTEL_BSP_SCHEDULE_DELAY=500 OTEL_METRIC_EXPORT_INTERVAL=5000)
+    echo "   OTLP receiver on 127.0.0.1:$otlp_port (pid $otlp_pid): spans and metrics to $otlp_out"
+  else
+    echo "   (the OTLP receiver did not start: see $demo/logs/otlp.log; nothing exported)"
+  fi
+fi
 start_role() {
   local name=$1
   shift
-  "$bin" "$@" >"$demo/logs/$name.log" 2>&1 &
+  env "${otlp_env[@]}" "$bin" "$@" >"$demo/logs/$name.log" 2>&1 &
   pids+=("$!")
   echo "   $name: datashare $* (pid $!)"
 }
@@ -258,5 +281,59 @@ echo
 echo "== datashare status: did each day go out? (from the ops and curated buckets)"
 # Exit code 1 means a day is held, stalled or missing: shown, not a demo failure.
 "$bin" status --from "${days[0]}" --to "${days[-1]}" || true
+if [ -n "${otlp_port:-}" ]; then
+  echo
+  echo "== where to see the trace (the local OTLP receiver; on Cloud Run the same spans go to Cloud Trace)"
+  python3 - "$otlp_out" <<'PY' || true
+import base64, json, pathlib, sys, time
+out = pathlib.Path(sys.argv[1])
+
+def exports():
+    if not out.exists():
+        return []
+    return [json.loads(l) for l in out.read_text().splitlines() if l.strip()]
+
+def spans(got):
+    res = []
+    for e in got:
+        if e["signal"] != "traces":
+            continue
+        for rs in e["body"].get("resourceSpans", []):
+            attrs = rs.get("resource", {}).get("attributes", [])
+            svc = next((a["value"].get("stringValue", "?") for a in attrs if a["key"] == "service.name"), "?")
+            for ss in rs.get("scopeSpans", []):
+                for s in ss.get("spans", []):
+                    res.append((base64.b64decode(s["traceId"]).hex(), svc.removeprefix("datashare-"), s["name"]))
+    return res
+
+# The trace of an upload that reached the partner: the one with the partner e-mail's span
+# (batch spans of 500 ms: it is there within a second or two of the e-mail).
+deadline, best = time.monotonic() + 15, None
+while best is None and time.monotonic() < deadline:
+    got = exports()
+    all_spans = spans(got)
+    mailed = {t for t, svc, name in all_spans if svc == "email" and name == "send_email"}
+    if mailed:
+        best = max(mailed, key=lambda t: sum(1 for s in all_spans if s[0] == t))
+    else:
+        time.sleep(0.5)
+if best is None:
+    print(f"   no partner e-mail's trace received yet; every export so far is in {out}")
+    sys.exit(0)
+trace = [s for s in all_spans if s[0] == best]
+services = sorted({svc for _, svc, _ in trace})
+print(f"   one upload's trace: {best}")
+print(f"     {len(trace)} spans from {', '.join(services)}: marker upload -> worker -> sinks -> partner e-mail")
+names = []
+for _, svc, name in trace:
+    if (svc, name) not in names:
+        names.append((svc, name))
+print("     " + ", ".join(f"{svc}:{name}" for svc, name in names))
+metrics = sum(1 for e in got if e["signal"] == "metrics")
+print(f"   spans and metrics of every role: {out}")
+print(f"     (one OTLP export a line, protobuf JSON with base64 ids: {len(got) - metrics} span exports and")
+print(f"      {metrics} metric exports so far, then the roles' last ones as they stop)")
+PY
+fi
 echo
 echo "logs of the roles: $demo/logs; of the stack and stand-ins: $demo/stack"

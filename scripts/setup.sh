@@ -32,13 +32,13 @@ if ! "$venv/bin/python" -c "import aiosmtpd, cryptography" 2>/dev/null; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check aiosmtpd cryptography
 fi
 
-# The tests' OTLP receiver (tests/py/otlp_receiver.py): the OTLP protobuf messages.
+# The tests' OTLP receiver (tests/py/otlp_receiver.py): the OTLP protobuf messages, gRPC.
 venv="${DATASHARE_CACHE:-$HOME/.cache/datashare}/venvs/otlp"
 if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating $venv"
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import opentelemetry.proto.collector.trace.v1.trace_service_pb2" 2>/dev/null; then
-  echo "setup: installing opentelemetry-proto"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check opentelemetry-proto
+if ! "$venv/bin/python" -c "import opentelemetry.proto.collector.trace.v1.trace_service_pb2, grpc" 2>/dev/null; then
+  echo "setup: installing opentelemetry-proto, grpcio"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check opentelemetry-proto grpcio
 fi

@@ -280,7 +280,10 @@ resource "google_monitoring_alert_policy" "error_logs" {
 }
 
 # One policy per partner: its daily and monthly products' freshness against
-# its own deadline (var.partners).
+# its own deadline (var.partners). The worker records the freshness at every
+# tick for each product the contract buys, once the product was delivered at
+# least once (delivered/<partner>/<product>.json in the ops bucket); a
+# product label the contract does not buy has no series and never fires.
 resource "google_monitoring_alert_policy" "product_late" {
   for_each = var.partners
 
@@ -291,8 +294,9 @@ resource "google_monitoring_alert_policy" "product_late" {
 
   dynamic "conditions" {
     for_each = {
-      daily   = each.value.daily_late_after_hours * 3600
-      monthly = each.value.monthly_late_after_days * 86400
+      daily          = each.value.daily_late_after_hours * 3600
+      monthly        = each.value.monthly_late_after_days * 86400
+      monthly_brands = each.value.monthly_late_after_days * 86400
     }
     content {
       display_name = "${each.key} ${conditions.key} product older than its deadline + 1 h"

@@ -60,7 +60,8 @@ variable "partners" {
     # past which the "product late" policy fires: 24 h + (the contract's
     # deadline - the usual delivery time) + 1 h.
     daily_late_after_hours = optional(number, 27)
-    # Same for the monthly product (built on the 3rd: 31 days + 2).
+    # Same for the monthly products, monthly and monthly_brands (built on the
+    # 3rd: 31 days + 2).
     monthly_late_after_days = optional(number, 33)
   }))
   default = {

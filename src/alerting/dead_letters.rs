@@ -225,11 +225,14 @@ impl Letter {
             .unwrap_or_default();
         let summary = if self.error.is_empty() {
             format!(
-                "a message of {} was dead-lettered ({})",
+                "uma mensagem de {} foi para a dead letter ({})",
                 self.source_subscription, self.kind
             )
         } else {
-            format!("{} dead-lettered: {}", self.source_subscription, self.error)
+            format!(
+                "{} mandou para a dead letter: {}",
+                self.source_subscription, self.error
+            )
         };
         let mut a = Alert::new(
             Severity::Error,

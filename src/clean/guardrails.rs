@@ -59,11 +59,11 @@ impl Evaluation {
         for a in &mut self.alerts {
             if a.severity == Severity::Critical {
                 a.severity = Severity::Warning;
-                if let Some(i) = a.summary.find("; products held") {
+                if let Some(i) = a.summary.find(HELD) {
                     a.summary.truncate(i);
                 }
                 a.summary
-                    .push_str("; batch released by the team, products delivered");
+                    .push_str("; lote liberado pela equipe, produtos entregues");
                 a.details.insert("released".into(), true.into());
             }
         }
@@ -86,10 +86,10 @@ impl Evaluation {
             .iter()
             .map(|a| {
                 let mut line = a.summary.clone();
-                if let Some(rest) = line.strip_prefix(&format!("batch {day}: ")) {
+                if let Some(rest) = line.strip_prefix(&format!("lote {day}: ")) {
                     line = rest.to_string();
                 }
-                if let Some(i) = line.find("; products held") {
+                if let Some(i) = line.find(HELD) {
                     line.truncate(i);
                 }
                 let tag = match (blocking(a), a.details.contains_key("released")) {
@@ -220,7 +220,7 @@ fn share_alerts(
             ("*", "*", dt),
             &format!("{table}|{measure}"),
             format!(
-                "batch {dt}: {table} {measure} {:.2}% above {:.2}%{}",
+                "lote {dt}: {table} {measure} {:.2}% acima de {:.2}%{}",
                 value * 100.0,
                 threshold.get() * 100.0,
                 held_note(blocking, dt)
@@ -273,7 +273,7 @@ fn volume_alert(
         ("*", "*", dt),
         &format!("{table}|{measure}"),
         format!(
-            "batch {dt}: {table} has {} rows, {:.0}% away from the median {m} of the previous {} batches (limit {:.0}%){}",
+            "lote {dt}: {table} tem {} linhas, {:.0}% distante da mediana {m} dos {} lotes anteriores (limite {:.0}%){}",
             t.rows_read,
             deviation * 100.0,
             past.len(),
@@ -313,9 +313,12 @@ fn severity(blocking: bool) -> Severity {
     }
 }
 
+/// How a finding's summary says the products are held (pt-BR, like the team's e-mails).
+const HELD: &str = "; produtos retidos";
+
 fn held_note(blocking: bool, dt: &str) -> String {
     if blocking {
-        format!("; products held until fixed or `datashare release --date {dt}`")
+        format!("{HELD} até correção ou `datashare release --date {dt}`")
     } else {
         String::new()
     }
@@ -421,7 +424,7 @@ mod tests {
         assert!(!r.holds());
         assert!(r.alerts.iter().all(|a| a.severity == Severity::Warning));
         assert!(
-            r.alerts[0].summary.contains("released"),
+            r.alerts[0].summary.contains("lote liberado pela equipe"),
             "{}",
             r.alerts[0].summary
         );

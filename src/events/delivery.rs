@@ -59,6 +59,11 @@ pub struct DeliveryRequest {
     pub sinks: Vec<String>,
     /// Batches the files were built from.
     pub source_batches: Vec<String>,
+    /// Generation of the marker of the batch whose step built it (Cloud Storage generations are
+    /// microsecond timestamps): where `datashare.e2e.latency` starts. Absent for monthly
+    /// products and in requests published before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marker_generation: Option<i64>,
 }
 
 impl DeliveryRequest {
@@ -172,6 +177,7 @@ mod tests {
             dictionary: digest("gs://b/d"),
             sinks: vec!["sftp".into(), "api".into()],
             source_batches: vec!["2026-11-27".into()],
+            marker_generation: Some(1_764_300_000_000_000),
         };
         let m = d.to_message();
         assert_eq!(m.attributes["sink_sftp"], "true");
@@ -185,5 +191,21 @@ mod tests {
         })
         .unwrap();
         assert_eq!(back, d);
+
+        // A request published before `marker_generation` existed still parses; without one the
+        // field is left out.
+        let mut old: serde_json::Value = serde_json::to_value(&d).unwrap();
+        old.as_object_mut().unwrap().remove("marker_generation");
+        let parsed = DeliveryRequest::parse(&Incoming {
+            data: serde_json::to_vec(&old).unwrap(),
+            ..Incoming::default()
+        })
+        .unwrap();
+        assert_eq!(parsed.marker_generation, None);
+        assert!(
+            !String::from_utf8(parsed.to_message().data)
+                .unwrap()
+                .contains("marker_generation")
+        );
     }
 }

@@ -102,6 +102,7 @@ mod tests {
             dictionary: digest("gs://b/d"),
             sinks: vec!["sftp".into()],
             source_batches: vec![],
+            marker_generation: None,
         };
         let n = Notify::new(&req, vec![]);
         let m = n.to_message();

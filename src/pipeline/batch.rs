@@ -391,7 +391,7 @@ impl Worker {
             ("*", "*", &dt.to_string()),
             &failed.join(","),
             format!(
-                "batch {dt} held: {} listed file(s) failed; products wait for a new generation or `datashare release`",
+                "lote {dt} retido: {} arquivo(s) listado(s) falharam; os produtos aguardam uma nova geração ou `datashare release`",
                 failed.len()
             ),
         )
@@ -484,7 +484,7 @@ impl Worker {
                             "product.missing_batches",
                             (&contract.name, period.kind().as_str(), &period.label()),
                             "missing_batches",
-                            m.to_string(),
+                            super::schedules::missing_batches_summary(m),
                         );
                         self.alert(&alert).await;
                         summary.held.push(label);
@@ -558,7 +558,7 @@ impl Worker {
                     ("*", "*", &dt.to_string()),
                     &o.name,
                     format!(
-                        "batch {dt}: {} is not listed in the marker and was left out of the batch",
+                        "lote {dt}: {} não está listado no marcador e ficou fora do lote",
                         o.name
                     ),
                 )
@@ -662,7 +662,8 @@ impl Worker {
             tracing::info!(partner = %rel.partner, delivery_id = %rel.delivery_id, "product version already delivered");
             return Ok(false);
         }
-        let request = self.upload_release(contract, rel).await?;
+        let mut request = self.upload_release(contract, rel).await?;
+        request.marker_generation = self.marker_generation(rel).await;
         self.faults.at("before_publish").await;
         let id = self
             .bus
@@ -815,6 +816,7 @@ async fn delivery_request(
             .map(String::from)
             .collect(),
         source_batches: source_batches(rel).await,
+        marker_generation: None,
     }
 }
 

@@ -11,12 +11,14 @@
 //! Beside them: [`schedules`] (monthly builds and the tick: restarts, deadlines),
 //! [`release`] (`datashare release`, `datashare replay --date`), [`check`] (`datashare
 //! check-sinks`, and each sink role's own checks on ticks), [`status`] (`datashare status`),
+//! [`delivered`] (the last delivered version of each product: freshness, e2e latency),
 //! [`names`] (where each object lives in the buckets). The transport (pull, push, ack/nack,
 //! dead letters, claims) is [`crate::service`].
 
 pub mod batch;
 pub mod check;
 pub mod deliver;
+pub mod delivered;
 pub mod names;
 pub mod notify;
 pub mod powerbi;

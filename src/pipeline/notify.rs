@@ -3,10 +3,15 @@
 //! id>.published` acknowledges later redeliveries); the e-mail sink (`notify-email`) sends the
 //! partner e-mail once, with the data dictionary attached on the product's first delivery or a
 //! schema change (`dictionaries/<partner>/<product>/<schema fingerprint>` in the ops bucket).
+//! Whoever finishes a version (the e-mail sink, or for a partner without one the data sink
+//! completing the set) records it as the product's last delivered one ([`super::delivered`]).
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use super::deliver::{Deliver, receipt_error, sink_error};
+use super::delivered::{self, LastDelivered};
 use crate::events::{DeliveryRequest, Incoming, Notify};
 use crate::service::claim::{self, Claim};
 use crate::service::{Disposition, HandleError};
@@ -24,10 +29,7 @@ impl Deliver {
         let Some(contract) = self.contracts.get(&req.partner) else {
             return Ok(());
         };
-        if !contract.sinks.iter().any(|s| s.name() == "email") {
-            tracing::info!(partner = %req.partner, "no email sink, no notify");
-            return Ok(());
-        }
+        let email = contract.sinks.iter().any(|s| s.name() == "email");
         let all = self
             .receipts
             .list(&req.partner, &req.delivery_id)
@@ -45,6 +47,15 @@ impl Deliver {
         if !missing.is_empty() {
             tracing::info!(?missing, "waiting for other sinks before the notify");
             return Ok(());
+        }
+        if !email {
+            tracing::info!(partner = %req.partner, "no email sink, no notify");
+            let last = data
+                .iter()
+                .map(|r| r.delivered_at)
+                .max()
+                .unwrap_or_else(Utc::now);
+            return self.mark_delivered(req, last).await;
         }
         let ops = &self.config.gcp.buckets.ops;
         let claim_name = format!("notify/{}", req.delivery_id);
@@ -92,8 +103,10 @@ impl Deliver {
             .get(&n.partner, self.sink, &n.delivery_id)
             .await
             .map_err(receipt_error)?;
-        if existing.is_some() {
+        if let Some(r) = existing {
             tracing::info!(delivery_id = %n.delivery_id, "e-mail receipt exists, not sending again");
+            // A redelivery after the record below failed: written now.
+            self.mark_delivered(&n.request, r.delivered_at).await?;
             return Ok(Disposition::Done);
         }
         let tmp = self.tempdir()?;
@@ -112,9 +125,14 @@ impl Deliver {
         if first {
             delivery.new_dictionary = Some(dict);
         }
-        deliver_once(sink, &self.receipts, &delivery)
+        let receipt = deliver_once(sink, &self.receipts, &delivery)
             .await
             .map_err(sink_error)?;
+        if !receipt.already_present
+            && let Some(secs) = delivered::record_e2e_latency(&n.request, receipt.delivered_at)
+        {
+            tracing::info!(delivery_id = %n.delivery_id, e2e_latency_secs = secs, "marker upload to partner e-mail");
+        }
         if first {
             match self
                 .gcs
@@ -131,7 +149,25 @@ impl Deliver {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.mark_delivered(&n.request, receipt.delivered_at)
+            .await?;
         Ok(Disposition::Done)
+    }
+
+    /// Records `req`'s version as its product's last delivered one, delivered at `at`.
+    async fn mark_delivered(
+        &self,
+        req: &DeliveryRequest,
+        at: DateTime<Utc>,
+    ) -> Result<(), HandleError> {
+        let rec = LastDelivered {
+            delivery_id: req.delivery_id.clone(),
+            period: req.period.clone(),
+            delivered_at: at,
+            marker_generation: req.marker_generation,
+        };
+        delivered::record(&self.gcs, &self.config.gcp.buckets.ops, req, &rec).await?;
+        Ok(())
     }
 }
 

@@ -11,7 +11,12 @@
 //! - `schedules-powerbi` (the tick): reads each item's refresh history and alerts once per
 //!   refresh on a failure (`powerbi.refresh_failed`, with `serviceExceptionJson`) or a refresh
 //!   running longer than the item's limit (`powerbi.refresh_stuck`), once a day on a last
-//!   completed refresh older than the SLA (`powerbi.stale`).
+//!   completed refresh older than the SLA (`powerbi.stale`). Each refresh seen in a terminal
+//!   state (completed, failed, disabled, cancelled) is counted once in
+//!   `datashare.powerbi.refreshes`, whatever the ticks and instances: the count goes with the
+//!   create-only marker `powerbi/seen/<kind>/<id>/<refresh>.json` (refreshes older than
+//!   [`SEEN_WINDOW_DAYS`] are not counted, so the bucket's lifecycle may delete the markers after
+//!   30 days); a refresh request answered 429 counts as `throttled`.
 //!
 //! Other 4xx (the token endpoint refusing the credentials, an unknown item, no access) are
 //! configuration errors: one `powerbi.config` alert a day per cause, the message acknowledged
@@ -49,6 +54,10 @@ pub const STALE: &str = "powerbi.stale";
 pub const QUOTA: &str = "powerbi.quota";
 /// Alert kind: Power BI or Entra refused the configuration (credentials, ids, access).
 pub const CONFIG: &str = "powerbi.config";
+
+/// Refreshes that ended (or started) longer ago than this are not counted any more: their
+/// `powerbi/seen/` markers may be gone (lifecycle rule of the ops bucket: 30 days).
+pub const SEEN_WINDOW_DAYS: i64 = 7;
 
 /// A 429 whose `Retry-After` is longer than this is the daily quota: alerted and acknowledged
 /// rather than retried.
@@ -235,8 +244,76 @@ impl PowerBi {
                 tracing::info!(item = %item.name, kind = item.kind.as_str(), %request_id, batch_version = %u.batch_version, used_today = used + 1, quota = item.daily_quota, "Power BI refresh requested");
                 Ok(())
             }
-            Err(e) => Err(self.api_failure(item, e).await),
+            Err(e) => {
+                if matches!(e, ApiError::Throttled { .. }) {
+                    crate::telemetry::metrics::powerbi_refresh(&item.name, "throttled");
+                }
+                Err(self.api_failure(item, e).await)
+            }
         }
+    }
+
+    /// Counts each refresh of `history` seen in a terminal state for the first time
+    /// (`datashare.powerbi.refreshes`); returns how many it counted. One listing of the item's
+    /// markers, then one create-only write per refresh not seen before.
+    async fn count_refreshes(
+        &self,
+        item: &PowerBiItem,
+        history: &[Refresh],
+        at: DateTime<Utc>,
+    ) -> usize {
+        let since = at - chrono::Duration::days(SEEN_WINDOW_DAYS);
+        let ended: Vec<(&Refresh, &'static str)> = history
+            .iter()
+            .filter(|r| r.end.or(r.start).is_some_and(|t| t >= since))
+            .filter_map(|r| outcome(&r.status).map(|o| (r, o)))
+            .collect();
+        if ended.is_empty() {
+            return 0;
+        }
+        let prefix = seen_prefix(item);
+        let known: std::collections::BTreeSet<String> = match self
+            .gcs
+            .list(self.ops(), &prefix)
+            .await
+        {
+            Ok(objects) => objects.into_iter().map(|o| o.name).collect(),
+            Err(e) => {
+                // The next tick counts them.
+                tracing::warn!(error = %e, item = %item.name, "seen refreshes not listed, not counted");
+                return 0;
+            }
+        };
+        let mut counted = 0;
+        for (r, outcome) in ended {
+            let marker = seen_record(item, &r.id);
+            if known.contains(&marker) {
+                continue;
+            }
+            let body = serde_json::json!({
+                "item": item.name,
+                "refresh_id": r.id,
+                "outcome": outcome,
+                "start": r.start.map(|t| t.to_rfc3339()),
+                "end": r.end.map(|t| t.to_rfc3339()),
+                "seen_at": at.to_rfc3339(),
+            });
+            match self
+                .gcs
+                .write(self.ops(), &marker, body.to_string().into_bytes(), Some(0))
+                .await
+            {
+                Ok(_) => {
+                    crate::telemetry::metrics::powerbi_refresh(&item.name, outcome);
+                    counted += 1;
+                }
+                Err(e) if e.is_precondition_failed() => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, item = %item.name, "seen refresh not recorded, not counted")
+                }
+            }
+        }
+        counted
     }
 
     /// What an API failure means for the message: retry later, or alert and go on.
@@ -268,7 +345,7 @@ impl PowerBi {
                         ("*", &item.name, &Utc::now().date_naive().to_string()),
                         &format!("{}/{}", item.kind.as_str(), item.id),
                         format!(
-                            "Power BI refused a refresh of {} {} (429) until {until}: its daily quota is used",
+                            "o Power BI recusou uma atualização de {} {} (429) até {until}: a cota diária foi usada",
                             item.kind.as_str(),
                             item.name
                         ),
@@ -298,7 +375,7 @@ impl PowerBi {
                     CONFIG,
                     ("*", if auth { "*" } else { &item.name }, &day),
                     &scope,
-                    format!("Power BI monitor misconfigured: {m}"),
+                    format!("monitor do Power BI mal configurado: {m}"),
                 )
                 .with("error", m.as_str());
                 let alert = if auth {
@@ -321,7 +398,7 @@ impl PowerBi {
             ("*", &item.name, &day),
             &format!("{}/{}", item.kind.as_str(), item.id),
             format!(
-                "{} {} not refreshed after batch {}: {used} refreshes started today, quota {}",
+                "{} {} não atualizado após o lote {}: {used} atualizações iniciadas hoje, cota {}",
                 item.kind.as_str(),
                 item.name,
                 u.dt,
@@ -382,6 +459,7 @@ impl PowerBi {
                 }
             };
             self.check_history(item, &history, at).await;
+            self.count_refreshes(item, &history, at).await;
         }
         if !transient.is_empty() {
             // The next tick reads the histories again; this one is not retried.
@@ -404,7 +482,7 @@ impl PowerBi {
                     ("*", &item.name, &day_of(r.start)),
                     &format!("{scope}/{}", r.id),
                     format!(
-                        "Power BI refresh of {} {} failed: {}",
+                        "a atualização do Power BI de {} {} falhou: {}",
                         item.kind.as_str(),
                         item.name,
                         one_line(&error)
@@ -428,7 +506,7 @@ impl PowerBi {
                     ("*", &item.name, &day_of(r.start)),
                     &format!("{scope}/{}", r.id),
                     format!(
-                        "Power BI refresh of {} {} running for {mins} min (limit {} min)",
+                        "a atualização do Power BI de {} {} roda há {mins} min (limite {} min)",
                         item.kind.as_str(),
                         item.name,
                         item.max_refresh_mins
@@ -454,7 +532,7 @@ impl PowerBi {
         }
         let sla = chrono::Duration::hours(item.freshness_sla_hours as i64);
         if last.is_none_or(|t| at - t > sla) {
-            let age = last.map(|t| format!("{} h ago", (at - t).num_hours()));
+            let age = last.map(|t| format!("há {} h", (at - t).num_hours()));
             let day = at.date_naive().to_string();
             let alert = Alert::new(
                 Severity::Warning,
@@ -462,10 +540,10 @@ impl PowerBi {
                 ("*", &item.name, &day),
                 &scope,
                 format!(
-                    "{} {} is stale: last completed refresh {} (SLA {} h)",
+                    "{} {} desatualizado: última atualização concluída {} (SLA {} h)",
                     item.kind.as_str(),
                     item.name,
-                    age.as_deref().unwrap_or("not in its recent history"),
+                    age.as_deref().unwrap_or("fora do histórico recente"),
                     item.freshness_sla_hours
                 ),
             )
@@ -510,6 +588,28 @@ pub fn refresh_record(item: &PowerBiItem, batch_version: &str) -> String {
         item.kind.as_str(),
         item.id
     )
+}
+
+/// `powerbi/seen/<kind>/<id>/`: the markers of an item's refreshes already counted.
+pub fn seen_prefix(item: &PowerBiItem) -> String {
+    format!("powerbi/seen/{}/{}/", item.kind.as_str(), item.id)
+}
+
+/// `powerbi/seen/<kind>/<id>/<hash of the refresh id>.json`: refresh `refresh_id` of `item` was
+/// counted in a terminal state (create-only).
+pub fn seen_record(item: &PowerBiItem, refresh_id: &str) -> String {
+    format!("{}{}.json", seen_prefix(item), short_hash(refresh_id))
+}
+
+/// The `datashare.powerbi.refreshes` outcome of a terminal history status; `None` while running.
+fn outcome(status: &str) -> Option<&'static str> {
+    match status {
+        "Completed" | "Success" => Some("completed"),
+        "Failed" => Some("failed"),
+        "Disabled" => Some("disabled"),
+        "Cancelled" => Some("cancelled"),
+        _ => None,
+    }
 }
 
 /// `powerbi/backoff/<kind>/<id>.json`: no request before its `until` (a 429's `Retry-After`).

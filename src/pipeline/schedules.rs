@@ -11,7 +11,8 @@
 //!   `unclaimed_restart_after_secs` without any claim — its worker died between publishing
 //!   `BatchReady` and taking the claim, and the message is lost or stalled — is published again
 //!   (each restart after [`MAX_UNCLAIMED_RESTARTS`] also alerts `batch.unclaimed`); a day
-//!   whose batch has not finished by its deadline raises `extract.missing`. (Ticks shortly
+//!   whose batch has not finished by its deadline raises `extract.missing`; each partner
+//!   product's freshness is recorded ([`super::delivered`]). (Ticks shortly
 //!   before a deadline make each sink role check its own connections: [`super::check`].)
 
 use std::collections::BTreeSet;
@@ -54,6 +55,22 @@ pub struct Unclaimed {
     /// The last time it was published again.
     #[serde(default)]
     pub last_restart: Option<DateTime<Utc>>,
+}
+
+/// The pt-BR summary of the `product.missing_batches` alert of a monthly build (the team's
+/// e-mails are in pt-BR; the error's own text, in English, goes to the logs).
+pub(super) fn missing_batches_summary(e: &monthly::MonthlyError) -> String {
+    match e {
+        monthly::MonthlyError::MissingBatches {
+            month,
+            first,
+            missing,
+        } => format!(
+            "mês {month}: {} lote(s) ausente(s), o primeiro em {first}; o produto mensal aguarda os lotes (`datashare build --allow-missing-batches` o constrói mesmo assim)",
+            missing.len()
+        ),
+        other => other.to_string(),
+    }
 }
 
 /// `claims/monthly/<partner>/<YYYY-MM>.json` in the ops bucket.
@@ -222,7 +239,8 @@ impl Worker {
             .map_err(|_| HandleError::Transient("monthly build exceeded the step timeout".into()))?
     }
 
-    /// The tick: abandoned and unclaimed batch steps, missing batches past their deadline.
+    /// The tick: abandoned and unclaimed batch steps, missing batches past their deadline,
+    /// products' freshness.
     pub async fn tick(&self, at: DateTime<Utc>) -> Result<(), HandleError> {
         self.restart_abandoned_batches().await?;
         self.restart_unclaimed_batches(at).await?;
@@ -240,7 +258,7 @@ impl Worker {
                 ("*", "*", &dt.to_string()),
                 EXTRACT_MISSING,
                 format!(
-                    "no complete batch for {dt} by its deadline {} (marker or listed parts missing, or the batch step has not finished)",
+                    "nenhum lote completo de {dt} até o prazo {} (marcador ou partes listadas ausentes, ou a etapa do lote não terminou)",
                     due.to_rfc3339()
                 ),
             )
@@ -249,6 +267,7 @@ impl Worker {
             self.alert(&alert).await;
         }
         crate::telemetry::metrics::batch_lateness(lateness);
+        self.record_freshness(at).await;
         // Sink connections are checked by the sink roles on their own ticks (check.rs): the
         // worker holds no sink credentials.
         Ok(())
@@ -300,7 +319,7 @@ impl Worker {
                     ("*", "*", &dt.to_string()),
                     key,
                     format!(
-                        "the batch step of {dt} lost its worker {} times (last: {}); not restarted again",
+                        "a etapa do lote de {dt} perdeu seu worker {} vezes (último: {}); não é mais reiniciada",
                         held.takeovers + 1,
                         held.owner
                     ),
@@ -409,7 +428,7 @@ impl Worker {
                     ("*", "*", &dt.to_string()),
                     &key,
                     format!(
-                        "the batch of {dt} is ready since {} and no worker took it after {} restarts",
+                        "o lote de {dt} está pronto desde {} e nenhum worker o assumiu após {} reinícios",
                         state.first_seen.to_rfc3339(),
                         state.restarts - 1
                     ),
@@ -417,7 +436,7 @@ impl Worker {
                 .with("batch_version", key.as_str())
                 .with(
                     "next",
-                    "check the batches subscription and the worker's logs; `datashare replay --date` runs the step",
+                    "verifique a assinatura batches e os logs do worker; `datashare replay --date` roda a etapa",
                 );
                 self.alert(&alert).await;
             }

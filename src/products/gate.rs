@@ -95,6 +95,21 @@ pub struct Finding {
     pub kind: FindingKind,
 }
 
+impl Finding {
+    /// The finding in pt-BR, for the team's alert e-mails.
+    pub fn pt_br(&self) -> String {
+        match self.row {
+            Some(r) => format!(
+                "{} na coluna {} linha {}",
+                self.kind.as_str(),
+                self.column,
+                r
+            ),
+            None => format!("{} na coluna {}", self.kind.as_str(), self.column),
+        }
+    }
+}
+
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.row {
@@ -277,8 +292,10 @@ pub fn refuse(findings: Vec<Finding>, target: GateTarget<'_>) -> Result<(), Gate
         (target.partner, target.product, target.period),
         &format!("{}|{}|{}", target.file, first.column, first.kind.as_str()),
         format!(
-            "privacy gate held {} of {}: {first}",
-            target.file, target.partner
+            "o portão de privacidade reteve {} de {}: {}",
+            target.file,
+            target.partner,
+            first.pt_br()
         ),
     )
     .with("file", target.file)
@@ -287,11 +304,11 @@ pub fn refuse(findings: Vec<Finding>, target: GateTarget<'_>) -> Result<(), Gate
     .with("finding", first.kind.as_str())
     .with(
         "findings",
-        findings.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+        findings.iter().map(Finding::pt_br).collect::<Vec<_>>(),
     )
     .with(
         "action",
-        "fix the source or the product definition, then rebuild; the file was not released",
+        "corrija a origem ou a definição do produto e reconstrua; o arquivo não foi liberado",
     );
     alert.log();
     Err(GateError::Refused {

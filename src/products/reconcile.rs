@@ -109,7 +109,7 @@ pub fn check(
         (&contract.name, "monthly", &table.month),
         "net_revenue",
         format!(
-            "monthly file of {} for {} held: daily lines and monthly net revenue differ",
+            "arquivo mensal de {} para {} retido: a receita líquida das linhas diárias e a do mês diferem",
             contract.name, table.month
         ),
     )
@@ -118,7 +118,7 @@ pub fn check(
     .with("difference_cents", json_cents(monthly_cents - daily_cents))
     .with(
         "action",
-        "compare the month's batches (late lines, product changes), fix, rebuild the month",
+        "compare os lotes do mês (linhas atrasadas, mudanças de produto), corrija e reconstrua o mês",
     );
     alert.log();
     Err(ReconcileError::Mismatch {
@@ -166,7 +166,7 @@ pub fn check_brands(
             (&contract.name, "monthly_brands", &brands.month),
             "net_revenue",
             format!(
-                "brand view of {} for {} held: the country row of {brand} differs from the monthly aggregate",
+                "visão de marcas de {} para {} retida: a linha country de {brand} difere do agregado mensal",
                 contract.name, brands.month
             ),
         )
@@ -177,7 +177,7 @@ pub fn check_brands(
         .with("monthly_cents", w.1.to_string())
         .with(
             "action",
-            "rebuild the month; if it persists, compare the brand view and the monthly aggregate of the month",
+            "reconstrua o mês; se persistir, compare a visão de marcas e o agregado mensal do mês",
         );
         alert.log();
         return Err(ReconcileError::BrandMismatch {

@@ -150,6 +150,8 @@ async fn on_push<R: Role>(
     };
     let role = route.role.clone();
     let handled = tokio::spawn(async move { dispatch(&*role, &sub, &msg).await }).await;
+    // Cloud Run throttles the CPU once the response is sent: the request's spans go out first.
+    crate::telemetry::flush_after_request().await;
     match handled {
         Ok(Outcome::Ack) => StatusCode::NO_CONTENT,
         Ok(Outcome::Nack) => StatusCode::SERVICE_UNAVAILABLE,

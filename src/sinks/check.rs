@@ -54,7 +54,7 @@ impl CheckResult {
                 (&self.partner, "", ""),
                 self.sink,
                 format!(
-                    "{} sink of {} failed its connection check: {e}",
+                    "o sink {} de {} falhou na verificação de conexão: {e}",
                     self.sink, self.partner
                 ),
             )
@@ -63,8 +63,8 @@ impl CheckResult {
             .with("transient", e.is_transient())
             .with(
                 "next",
-                "check the partner's server and the sink's settings and secrets, then run \
-                 `datashare check-sinks` again",
+                "verifique o servidor do parceiro e as configurações e segredos do sink, depois \
+                 rode `datashare check-sinks` de novo",
             ),
         )
     }

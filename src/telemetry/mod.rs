@@ -7,8 +7,10 @@
 //!
 //! Export (operations.md, "Telemetry"): when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the per-signal
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `..._METRICS_ENDPOINT`) is set, spans and the metrics of
-//! [`metrics`] go out over OTLP http/protobuf (the protocol Terraform's collector sidecar is
-//! given); the other standard `OTEL_*` variables apply (`OTEL_SERVICE_NAME`,
+//! [`metrics`] go out over OTLP: http/protobuf by default (the protocol Terraform's collector
+//! sidecar is given), gRPC with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` (or the per-signal
+//! `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` / `..._METRICS_PROTOCOL`; plaintext `http://` endpoints
+//! only: no TLS stack is built in for it); the other standard `OTEL_*` variables apply (`OTEL_SERVICE_NAME`,
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_BSP_*`,
 //! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SDK_DISABLED`, `OTEL_TRACES_EXPORTER=none`, ...). Without
 //! an endpoint nothing is exported: spans stay in-process (for the trace ids in messages and
@@ -19,7 +21,9 @@ pub mod logs;
 pub mod metrics;
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -92,17 +96,59 @@ impl Drop for Telemetry {
 static EXPORTERS: Mutex<Option<(Option<SdkTracerProvider>, Option<SdkMeterProvider>)>> =
     Mutex::new(None);
 
+/// Whether [`EXPORTERS`] holds anything (read without the lock on every push request).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
 /// Exports what is buffered now (spans ended, metric points so far); waits for it. A no-op
 /// when nothing is exported. Called when a role stops serving, before the process exits.
 pub fn flush() {
+    flush_signals(true, true);
+}
+
+/// The shortest time between two metric exports forced by [`flush_after_request`]: Cloud
+/// Monitoring takes one point per series every 5 s at most, and a busy instance answers many
+/// requests a second (the points in between are cumulative: nothing is lost, the periodic
+/// export and the shutdown send the rest).
+const METRICS_FLUSH_EVERY: Duration = Duration::from_secs(10);
+
+/// Exports the spans of a push request before its response (Cloud Run throttles the CPU once
+/// the response is sent, and the batch exporter's thread would stall until the next request),
+/// and the metric points when the last forced metric export is [`METRICS_FLUSH_EVERY`] old.
+/// Runs on a blocking thread; a no-op (one atomic load) when nothing is exported.
+pub async fn flush_after_request() {
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return;
+    }
+    let metrics = metrics_flush_due(Instant::now());
+    if let Err(e) = tokio::task::spawn_blocking(move || flush_signals(true, metrics)).await {
+        tracing::warn!("telemetry not flushed: {e}");
+    }
+}
+
+/// Whether a forced metric export is due at `now` (and if so, notes it).
+fn metrics_flush_due(now: Instant) -> bool {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let epoch = *EPOCH.get_or_init(|| now.checked_sub(METRICS_FLUSH_EVERY).unwrap_or(now));
+    let now_ms = now.saturating_duration_since(epoch).as_millis() as u64;
+    let last = LAST_MS.load(Ordering::Relaxed);
+    now_ms.saturating_sub(last) >= METRICS_FLUSH_EVERY.as_millis() as u64
+        && LAST_MS
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+fn flush_signals(spans: bool, points: bool) {
     let held = EXPORTERS.lock().map(|g| g.clone()).unwrap_or(None);
     if let Some((traces, metrics)) = held {
-        if let Some(t) = traces
+        if spans
+            && let Some(t) = traces
             && let Err(e) = t.force_flush()
         {
             tracing::warn!("spans not flushed: {e}");
         }
-        if let Some(m) = metrics
+        if points
+            && let Some(m) = metrics
             && let Err(e) = m.force_flush()
         {
             tracing::warn!("metrics not flushed: {e}");
@@ -111,6 +157,7 @@ pub fn flush() {
 }
 
 fn shutdown() {
+    EXPORTING.store(false, Ordering::Relaxed);
     let held = EXPORTERS.lock().ok().and_then(|mut g| g.take());
     if let Some((traces, metrics)) = held {
         if let Some(t) = traces
@@ -141,13 +188,13 @@ where
     let exporters = Exporters::from_env(&env, &mut problems);
     let resource = exporters.any().then(|| resource(service, &env));
     let traces = match (&resource, exporters.traces) {
-        (Some(r), true) => span_provider(r.clone())
+        (Some(r), Some(p)) => span_provider(r.clone(), p)
             .map_err(|e| problems.push(format!("spans not exported: {e}")))
             .ok(),
         _ => None,
     };
     let metrics = match (&resource, exporters.metrics) {
-        (Some(r), true) => meter_provider(r.clone())
+        (Some(r), Some(p)) => meter_provider(r.clone(), p)
             .map_err(|e| problems.push(format!("metrics not exported: {e}")))
             .ok(),
         _ => None,
@@ -165,6 +212,7 @@ where
     }
     if exporting && let Ok(mut g) = EXPORTERS.lock() {
         *g = Some((traces, metrics));
+        EXPORTING.store(true, Ordering::Relaxed);
     }
     Telemetry { exporting }
 }
@@ -221,18 +269,27 @@ where
         .is_ok()
 }
 
-/// Which signals are exported, from the standard variables.
+/// An OTLP transport (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// `http/protobuf` (the default).
+    HttpProtobuf,
+    /// `grpc` (tonic).
+    Grpc,
+}
+
+/// Which signals are exported, and how, from the standard variables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Exporters {
-    traces: bool,
-    metrics: bool,
+    traces: Option<Protocol>,
+    metrics: Option<Protocol>,
 }
 
 impl Exporters {
     fn from_env(env: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<String>) -> Exporters {
         let none = Exporters {
-            traces: false,
-            metrics: false,
+            traces: None,
+            metrics: None,
         };
         if env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
             return none;
@@ -247,15 +304,20 @@ impl Exporters {
                 .or_else(|| env(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")))
                 .is_some();
             let off = env(exporter_var).is_some_and(|v| v.trim().eq_ignore_ascii_case("none"));
-            let p = protocol(signal);
-            if endpoint && !off && p.trim() != "http/protobuf" {
-                problems.push(format!(
-                    "protocol {p:?} is not built in (only http/protobuf): {} not exported",
-                    signal.to_ascii_lowercase()
-                ));
-                return false;
+            if !endpoint || off {
+                return None;
             }
-            endpoint && !off
+            match protocol(signal).trim() {
+                "http/protobuf" => Some(Protocol::HttpProtobuf),
+                "grpc" => Some(Protocol::Grpc),
+                p => {
+                    problems.push(format!(
+                        "protocol {p:?} is not supported (grpc or http/protobuf): {} not exported",
+                        signal.to_ascii_lowercase()
+                    ));
+                    None
+                }
+            }
         };
         Exporters {
             traces: wanted("TRACES", "OTEL_TRACES_EXPORTER"),
@@ -264,7 +326,7 @@ impl Exporters {
     }
 
     fn any(self) -> bool {
-        self.traces || self.metrics
+        self.traces.is_some() || self.metrics.is_some()
     }
 }
 
@@ -307,22 +369,49 @@ fn resource(service: &str, env: &dyn Fn(&str) -> Option<String>) -> Resource {
     b.build()
 }
 
-fn span_provider(resource: Resource) -> Result<SdkTracerProvider, String> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
+/// The runtime that drives the gRPC exporters' connections: the exporters are called from the
+/// SDK's own threads, and the commands' runtimes come and go (one per command, dropped before
+/// the final flush), so this one lives as long as the process.
+fn grpc_runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("otlp-grpc")
+        .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("gRPC runtime: {e}"))?;
+    Ok(RT.get_or_init(|| rt))
+}
+
+fn span_provider(resource: Resource, protocol: Protocol) -> Result<SdkTracerProvider, String> {
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let exporter = match protocol {
+        Protocol::HttpProtobuf => builder.with_http().build(),
+        Protocol::Grpc => {
+            let _in = grpc_runtime()?.enter();
+            builder.with_tonic().build()
+        }
+    }
+    .map_err(|e| e.to_string())?;
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource)
         .build())
 }
 
-fn meter_provider(resource: Resource) -> Result<SdkMeterProvider, String> {
-    let exporter = opentelemetry_otlp::MetricExporter::builder()
-        .with_http()
-        .build()
-        .map_err(|e| e.to_string())?;
+fn meter_provider(resource: Resource, protocol: Protocol) -> Result<SdkMeterProvider, String> {
+    let builder = opentelemetry_otlp::MetricExporter::builder();
+    let exporter = match protocol {
+        Protocol::HttpProtobuf => builder.with_http().build(),
+        Protocol::Grpc => {
+            let _in = grpc_runtime()?.enter();
+            builder.with_tonic().build()
+        }
+    }
+    .map_err(|e| e.to_string())?;
     Ok(SdkMeterProvider::builder()
         .with_periodic_exporter(exporter)
         .with_resource(resource)
@@ -470,31 +559,48 @@ mod tests {
             let e = Exporters::from_env(&|k| map.get(k).cloned(), &mut problems);
             (e.traces, e.metrics, problems.len())
         };
-        assert_eq!(run(&[]), (false, false, 0));
+        let (http, grpc) = (Some(Protocol::HttpProtobuf), Some(Protocol::Grpc));
+        assert_eq!(run(&[]), (None, None, 0));
         let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318");
-        assert_eq!(run(&[endpoint]), (true, true, 0));
+        assert_eq!(run(&[endpoint]), (http, http, 0));
         assert_eq!(
             run(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]),
-            (true, true, 0)
+            (http, http, 0)
         );
         assert_eq!(
             run(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]),
-            (false, false, 2)
+            (grpc, grpc, 0)
+        );
+        assert_eq!(
+            run(&[
+                endpoint,
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf")
+            ]),
+            (grpc, http, 0)
+        );
+        assert_eq!(
+            run(&[endpoint, ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")]),
+            (grpc, http, 0)
+        );
+        assert_eq!(
+            run(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]),
+            (None, None, 2)
         );
         assert_eq!(
             run(&[endpoint, ("OTEL_METRICS_EXPORTER", "none")]),
-            (true, false, 0)
+            (http, None, 0)
         );
         assert_eq!(
             run(&[endpoint, ("OTEL_SDK_DISABLED", "true")]),
-            (false, false, 0)
+            (None, None, 0)
         );
         assert_eq!(
             run(&[(
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                 "http://c:4318/v1/traces"
             )]),
-            (true, false, 0)
+            (http, None, 0)
         );
         let env = |vars: &'static [(&'static str, &'static str)]| {
             move |k: &str| {
@@ -518,6 +624,18 @@ mod tests {
             get("service.version").unwrap().as_str(),
             env!("CARGO_PKG_VERSION")
         );
+    }
+
+    #[test]
+    fn forced_metric_exports_are_spaced() {
+        let t0 = Instant::now();
+        assert!(metrics_flush_due(t0), "the first one");
+        assert!(!metrics_flush_due(t0 + Duration::from_secs(1)));
+        assert!(!metrics_flush_due(t0 + METRICS_FLUSH_EVERY / 2));
+        assert!(metrics_flush_due(t0 + METRICS_FLUSH_EVERY));
+        assert!(!metrics_flush_due(
+            t0 + METRICS_FLUSH_EVERY + Duration::from_secs(1)
+        ));
     }
 
     #[test]

@@ -247,7 +247,7 @@ async fn a_dead_letter_is_archived_mailed_and_replayed_once() {
     let got = exactly(&s.mail_dir, 1).await;
     let body = text(&got[0]);
     for needle in [
-        "deliveries-api dead-lettered: partner api answered 400",
+        "deliveries-api mandou para a dead letter: partner api answered 400",
         "partner ouchhungry",
         "delivery_id: d-42",
         "subscription: deliveries-api",
@@ -573,14 +573,14 @@ async fn a_condition_raised_at_every_tick_is_one_mail_per_window_then_one_resolv
         "extract.missing",
         ("*", "*", day),
         "extract.missing",
-        format!("no complete batch for {day} by its deadline"),
+        format!("nenhum lote completo de {day} até o prazo"),
     );
     let stalled = Alert::new(
         Severity::Critical,
         "batch.stalled",
         ("*", "*", "2026-11-24"),
         "k",
-        "the batch step of 2026-11-24 lost its worker 4 times".into(),
+        "a etapa do lote de 2026-11-24 perdeu seu worker 4 vezes".into(),
     );
     // Six ticks of the worker raising both conditions, each followed by the alerting tick.
     for i in 0..6 {

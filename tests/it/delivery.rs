@@ -626,6 +626,7 @@ async fn malformed_requests_and_unknown_partners_are_dead_lettered_not_retried()
         dictionary: digest("gs://datashare-products/d.md"),
         sinks: vec!["api".into()],
         source_batches: vec![],
+        marker_generation: None,
     };
     let mut m = req.to_message();
     m.attributes.insert("case".into(), "unknown".into());
@@ -796,7 +797,7 @@ async fn status_tells_a_delivered_a_held_a_failed_part_and_a_missing_day_apart()
         "extract.missing",
         ("*", "*", &missing.to_string()),
         "extract.missing",
-        format!("no complete batch for {missing} by its deadline"),
+        format!("nenhum lote completo de {missing} até o prazo"),
     );
     let bus = crate::harness::publisher(&r.cfg, "alerts").await;
     bus.publish("alerts", absent.to_message()).await.unwrap();

@@ -95,7 +95,7 @@ async fn a_blocking_quarantine_threshold_holds_the_products_until_released() {
             .starts_with("[bloqueante] transactions quarantine_share"),
         "{findings:?}"
     );
-    assert!(findings[0].as_str().unwrap().contains("above 1.00%"));
+    assert!(findings[0].as_str().unwrap().contains("acima de 1.00%"));
     assert_eq!(
         findings.len(),
         a.details["measures"].as_array().unwrap().len()
@@ -236,13 +236,13 @@ async fn a_batch_far_below_the_median_of_the_previous_seven_raises_a_volume_aler
         .unwrap()
         .iter()
         .filter_map(|f| f.as_str())
-        .find(|f| f.contains("rows,"))
+        .find(|f| f.contains("linhas,"))
         .expect("the volume finding")
         .to_string();
     let median = truth["transactions"] * 5 / 2;
     for needle in [
-        format!("transactions has {} rows", truth["transactions"]),
-        format!("median {median} of the previous 7 batches"),
+        format!("transactions tem {} linhas", truth["transactions"]),
+        format!("mediana {median} dos 7 lotes anteriores"),
     ] {
         assert!(line.contains(&needle), "{needle}: {line}");
     }

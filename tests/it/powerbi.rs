@@ -2,7 +2,8 @@
 //! throwaway CA, Entra client credentials with a throwaway secret) and the emulators: refreshes
 //! follow a batch's updates once per dataset and batch version, within the quota, honouring a
 //! 429's Retry-After; the token is renewed when it expires; a wrong secret is one configuration
-//! alert; a failed and a stuck refresh are one team e-mail each.
+//! alert; a failed and a stuck refresh are one team e-mail each, and the failed one is counted
+//! once (`powerbi/seen/`) across ticks and instances.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use datashare::config::sinks::SmtpTls;
 use datashare::events::updates::UPDATES_VERSION;
 use datashare::events::{Alert, Incoming, Schedule, Updates};
 use datashare::pipeline::powerbi::{
-    CONFIG, PowerBi, QUOTA, SCHEDULES_SUBSCRIPTION, STALE, UPDATES_SUBSCRIPTION,
+    CONFIG, PowerBi, QUOTA, SCHEDULES_SUBSCRIPTION, STALE, UPDATES_SUBSCRIPTION, seen_record,
 };
 use datashare::service::{Disposition, Role, pull};
 use serde_json::{Value, json};
@@ -465,9 +466,17 @@ async fn a_failed_and_a_stuck_refresh_are_one_team_email_each() {
     assert_eq!(pbi.posts(PARCEIROS).await, (1, 0));
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    // Ticks: 40 minutes on, the stuck one is past its 30-minute limit; a second tick repeats
-    // nothing.
-    for n in 0..2 {
+    // Ticks: 40 minutes on, the stuck one is past its 30-minute limit; a second tick, and a
+    // tick of a second instance, repeat nothing.
+    let other = PowerBi::with_settings(cfg.clone(), pbi.settings())
+        .await
+        .unwrap();
+    let gcs = datashare::gcp::Gcs::connect(cfg.emulators.storage.as_deref())
+        .await
+        .unwrap();
+    let ops = &cfg.gcp.buckets.ops;
+    let mut seen_after = Vec::new();
+    for n in 0..3 {
         let t = Schedule::Tick {
             at: chrono::Utc::now() + chrono::Duration::minutes(40),
         }
@@ -477,13 +486,45 @@ async fn a_failed_and_a_stuck_refresh_are_one_team_email_each() {
             data: t.data,
             ..Default::default()
         };
+        let instance = if n == 2 { &other } else { &role };
         assert_eq!(
-            role.handle_message(SCHEDULES_SUBSCRIPTION, &t)
+            instance
+                .handle_message(SCHEDULES_SUBSCRIPTION, &t)
                 .await
                 .unwrap(),
             Disposition::Done
         );
+        seen_after.push(gcs.list(ops, "powerbi/seen/").await.unwrap());
     }
+    // Each ended refresh of the histories counted once, at the first tick (create-only
+    // `powerbi/seen/` markers, never rewritten); the failed one among them, the running one not.
+    assert_eq!(seen_after[0], seen_after[1], "a second tick counts nothing");
+    assert_eq!(seen_after[0], seen_after[2], "nor a second instance");
+    let items = pbi.settings().items;
+    let item = |id: &str| items.iter().find(|i| i.id == id).unwrap();
+    let mut outcomes = Vec::new();
+    for o in &seen_after[0] {
+        let (body, _) = gcs.read(ops, &o.name, None).await.unwrap().unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        let refresh = body["refresh_id"].as_str().unwrap();
+        let owner = items
+            .iter()
+            .find(|i| o.name == seen_record(i, refresh))
+            .unwrap_or_else(|| panic!("{} is no item's refresh {refresh}", o.name));
+        outcomes.push((
+            owner.id.clone(),
+            body["outcome"].as_str().unwrap().to_string(),
+        ));
+    }
+    let failed: Vec<_> = outcomes.iter().filter(|(_, o)| o == "failed").collect();
+    assert_eq!(failed.len(), 1, "{outcomes:?}");
+    assert_eq!(failed[0].0, item(VENDAS).id);
+    assert!(
+        outcomes
+            .iter()
+            .all(|(_, o)| ["completed", "failed", "disabled", "cancelled"].contains(&o.as_str())),
+        "{outcomes:?}"
+    );
     until("two e-mails", Duration::from_secs(60), || async {
         (mails(&mail_dir).len() >= 2).then_some(())
     })

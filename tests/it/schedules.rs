@@ -258,7 +258,7 @@ async fn a_tick_raises_extract_missing_for_days_without_a_batch_and_replays_run_
     let stalled = stalled(&alerts);
     assert_eq!(stalled.len(), 1, "{alerts:?}");
     assert!(
-        stalled[0].summary.contains("lost its worker 4 times"),
+        stalled[0].summary.contains("perdeu seu worker 4 vezes"),
         "{}",
         stalled[0].summary
     );

@@ -1,7 +1,9 @@
 //! Telemetry end to end, with real parts: the `datashare` binary's roles as separate processes
 //! (worker, the SFTP, API and e-mail sinks) on the fake-gcp stack and the partner stand-ins,
 //! exporting OTLP http/protobuf to a real receiver (tests/py/otlp_receiver.py, the `otlp` venv
-//! of scripts/setup.sh) on a free loopback port, and logging Cloud Logging JSON.
+//! of scripts/setup.sh) on a free loopback port, and logging Cloud Logging JSON; and a worker's
+//! tick exporting product freshness over OTLP/gRPC to the same receiver; and a push request
+//! whose spans are exported before it is answered (Cloud Run throttles the CPU afterwards).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,7 +18,8 @@ use datashare::generate::{GenerateOptions, ObjectSink, ObjectWriter, generate_da
 use serde_json::Value;
 
 use crate::harness::{
-    SmtpEnv, Stack, api_env, local_contract, mails, sftp_env, smtp_env, upload_day,
+    SmtpEnv, Stack, api_env, local_contract, mails, partners, publisher, sftp_env, smtp_env, until,
+    upload_day,
 };
 
 /// The receiver: a child process writing what it gets as JSON lines; killed on drop.
@@ -24,10 +27,16 @@ struct Receiver {
     child: Child,
     out: PathBuf,
     port: u16,
+    grpc_port: Option<u16>,
 }
 
 impl Receiver {
     fn start(dir: &Path) -> Receiver {
+        Self::start_with(dir, false)
+    }
+
+    /// With `grpc`, an OTLP/gRPC listener too.
+    fn start_with(dir: &Path, grpc: bool) -> Receiver {
         let venv = std::env::var_os("DATASHARE_CACHE")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/datashare")))
@@ -43,6 +52,7 @@ impl Receiver {
             .arg(crate::root().join("tests/py/otlp_receiver.py"))
             .arg("--out")
             .arg(&out)
+            .args(grpc.then_some("--grpc"))
             .stdout(Stdio::piped())
             .spawn()
             .expect("the OTLP receiver starts");
@@ -52,20 +62,38 @@ impl Receiver {
             &mut line,
         )
         .unwrap();
-        let port = serde_json::from_str::<Value>(&line).expect("the receiver's port")["port"]
-            .as_u64()
-            .unwrap() as u16;
-        Receiver { child, out, port }
+        let ports: Value = serde_json::from_str(&line).expect("the receiver's ports");
+        let port = ports["port"].as_u64().unwrap() as u16;
+        let grpc_port = ports["grpc_port"].as_u64().map(|p| p as u16);
+        assert_eq!(grpc_port.is_some(), grpc, "{line}");
+        Receiver {
+            child,
+            out,
+            port,
+            grpc_port,
+        }
     }
 
     /// Every export received so far: (signal, request body).
     fn received(&self) -> Vec<(String, Value)> {
+        self.received_by()
+            .into_iter()
+            .map(|(signal, _, body)| (signal, body))
+            .collect()
+    }
+
+    /// Every export received so far: (signal, protocol, request body).
+    fn received_by(&self) -> Vec<(String, String, Value)> {
         std::fs::read_to_string(&self.out)
             .unwrap_or_default()
             .lines()
             .map(|l| {
                 let v: Value = serde_json::from_str(l).unwrap();
-                (v["signal"].as_str().unwrap().to_string(), v["body"].clone())
+                (
+                    v["signal"].as_str().unwrap().to_string(),
+                    v["protocol"].as_str().unwrap().to_string(),
+                    v["body"].clone(),
+                )
             })
             .collect()
     }
@@ -96,7 +124,7 @@ impl Role {
         let child = crate::datashare_cmd()
             .envs(env)
             .args(args)
-            .arg("--pull")
+            .args((!args.contains(&"--push")).then_some("--pull"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -276,6 +304,54 @@ fn last_sums(
     last
 }
 
+/// The points of metric `name` (`kind`: `gauge` or `histogram`) in `service`'s exports, each
+/// as (attributes, point).
+fn points(
+    received: &[(String, Value)],
+    service: &str,
+    name: &str,
+    kind: &str,
+) -> Vec<(BTreeMap<String, String>, Value)> {
+    let mut out = Vec::new();
+    for (_, body) in received.iter().filter(|(s, _)| s == "metrics") {
+        for rm in body["resourceMetrics"].as_array().into_iter().flatten() {
+            if service_of(&rm["resource"]) != service {
+                continue;
+            }
+            for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
+                for m in sm["metrics"].as_array().into_iter().flatten() {
+                    if m["name"] != name {
+                        continue;
+                    }
+                    for p in m[kind]["dataPoints"].as_array().into_iter().flatten() {
+                        let attrs = p["attributes"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|a| {
+                                (
+                                    a["key"].as_str().unwrap().to_string(),
+                                    a["value"]["stringValue"].as_str().unwrap().to_string(),
+                                )
+                            })
+                            .collect();
+                        out.push((attrs, p.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A protobuf-JSON number (64-bit integers come as strings).
+fn number(v: &Value) -> f64 {
+    match v {
+        Value::String(s) => s.parse().unwrap(),
+        v => v.as_f64().unwrap(),
+    }
+}
+
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -344,6 +420,7 @@ async fn one_upload_is_one_exported_trace_across_processes_with_its_metrics_and_
         .unwrap();
     let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
     let rows = 300;
+    let uploading = Instant::now();
     upload_day(&gcs, &cfg, dt, rows, false).await;
     // The generator's truth for the same options (tests/it/worker.rs `generated`).
     let truth = generate_day(
@@ -376,6 +453,7 @@ async fn one_upload_is_one_exported_trace_across_processes_with_its_metrics_and_
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(mails(&mail_dir).len(), 1);
+    let upload_to_mail = uploading.elapsed();
     for r in &mut roles {
         r.stop().await;
     }
@@ -486,6 +564,39 @@ async fn one_upload_is_one_exported_trace_across_processes_with_its_metrics_and_
     let bytes = last_sums(&received, "datashare-sftp", "datashare.delivery.bytes");
     assert!(bytes.values().sum::<u64>() > 0, "{bytes:?}");
 
+    // Marker upload → partner e-mail: one measure, within the time the test saw it take.
+    let e2e = points(
+        &received,
+        "datashare-email",
+        "datashare.e2e.latency",
+        "histogram",
+    );
+    let (attrs, last) = e2e.last().expect("an e2e latency point");
+    assert_eq!(
+        *attrs,
+        labels(&[("partner", "ouchhungry"), ("product", "daily")])
+    );
+    assert_eq!(number(&last["count"]), 1.0, "{last}");
+    let secs = number(&last["sum"]);
+    assert!(
+        secs > 0.0 && secs <= upload_to_mail.as_secs_f64() + 1.0,
+        "{secs} s, the test saw {upload_to_mail:?}"
+    );
+    eprintln!("e2e latency: {secs:.2} s");
+    // The version is the product's last delivered one (what ticks read for the freshness).
+    let (record, _) = gcs
+        .read(
+            &cfg.gcp.buckets.ops,
+            "delivered/ouchhungry/daily.json",
+            None,
+        )
+        .await
+        .unwrap()
+        .expect("the delivered record");
+    let record: Value = serde_json::from_slice(&record).unwrap();
+    assert_eq!(record["period"], dt.to_string(), "{record}");
+    assert!(record["marker_generation"].is_i64(), "{record}");
+
     // Logs: every line a JSON object in Cloud Logging's form, none with a secret.
     let project = &stack.env["DATASHARE_GCP_PROJECT"];
     let trace_field = format!("projects/{project}/traces/{}", sftp_span.trace);
@@ -543,4 +654,198 @@ async fn one_upload_is_one_exported_trace_across_processes_with_its_metrics_and_
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_tick_exports_product_freshness_over_grpc() {
+    let stack = tokio::task::spawn_blocking(|| Stack::up(&[]))
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let partners = partners(work.path());
+    let receiver = Receiver::start_with(work.path(), true);
+    let cfg = stack.config(&partners, &[]);
+    let gcs = Gcs::connect(cfg.emulators.storage.as_deref())
+        .await
+        .unwrap();
+    // The daily product was last delivered two hours before the tick; the monthly never.
+    let at = chrono::Utc::now();
+    let record = serde_json::json!({
+        "delivery_id": "d".repeat(64),
+        "period": "2026-11-27",
+        "delivered_at": (at - chrono::Duration::hours(2)).to_rfc3339(),
+    });
+    gcs.write(
+        &cfg.gcp.buckets.ops,
+        "delivered/ouchhungry/daily.json",
+        record.to_string().into_bytes(),
+        None,
+    )
+    .await
+    .unwrap();
+
+    let mut env = stack.env.clone();
+    env.insert(
+        "DATASHARE_PARTNERS_DIR".into(),
+        partners.display().to_string(),
+    );
+    env.extend([
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+            format!("http://127.0.0.1:{}", receiver.grpc_port.unwrap()),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL".to_string(),
+            "grpc".to_string(),
+        ),
+        (
+            "OTEL_METRIC_EXPORT_INTERVAL".to_string(),
+            "1000".to_string(),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "200".to_string()),
+        ("RUST_LOG".to_string(), "info".to_string()),
+    ]);
+    let mut worker = Role::start("worker", &["worker"], &env, work.path());
+    let bus = publisher(&cfg, &cfg.gcp.topics.schedules).await;
+    bus.publish(
+        &cfg.gcp.topics.schedules,
+        datashare::events::Schedule::Tick { at }.to_message(),
+    )
+    .await
+    .unwrap();
+
+    let freshness = |received: &[(String, Value)]| {
+        points(
+            received,
+            "datashare-worker",
+            "datashare.product.freshness",
+            "gauge",
+        )
+    };
+    until(
+        "the tick's span and freshness over gRPC",
+        Duration::from_secs(120),
+        || {
+            let received = receiver.received();
+            let ticked = spans(&received)
+                .iter()
+                .any(|s| s.name == "handle schedules-worker");
+            async move { (ticked && !freshness(&received).is_empty()).then_some(()) }
+        },
+    )
+    .await;
+    worker.stop().await;
+
+    let by = receiver.received_by();
+    assert!(
+        by.iter().all(|(_, protocol, _)| protocol == "grpc"),
+        "every export over gRPC"
+    );
+    let received = receiver.received();
+    let points = freshness(&received);
+    for (attrs, p) in &points {
+        assert_eq!(
+            *attrs,
+            labels(&[("partner", "ouchhungry"), ("product", "daily")]),
+            "only the delivered product has a freshness"
+        );
+        assert_eq!(number(&p["asDouble"]), 7200.0, "{p}");
+    }
+    let span = spans(&received)
+        .into_iter()
+        .find(|s| s.name == "handle schedules-worker")
+        .unwrap();
+    assert_eq!(span.service, "datashare-worker");
+    assert!(span.parent.is_empty(), "a tick starts its own trace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_request_exports_its_spans_before_it_answers() {
+    let stack = tokio::task::spawn_blocking(|| Stack::up(&[]))
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let partners = partners(work.path());
+    let receiver = Receiver::start(work.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut env = stack.env.clone();
+    env.insert(
+        "DATASHARE_PARTNERS_DIR".into(),
+        partners.display().to_string(),
+    );
+    env.extend([
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+            format!("http://127.0.0.1:{}", receiver.port),
+        ),
+        // Batches of a minute: only the request's own flush gets its spans out in time.
+        ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "60000".to_string()),
+        (
+            "OTEL_METRIC_EXPORT_INTERVAL".to_string(),
+            "60000".to_string(),
+        ),
+        ("DATASHARE_PUSH_VERIFY".to_string(), "false".to_string()),
+    ]);
+    let port_arg = port.to_string();
+    let mut worker = Role::start(
+        "worker",
+        &["worker", "--push", "--port", &port_arg],
+        &env,
+        work.path(),
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    until("the push endpoint", Duration::from_secs(60), || {
+        let get = http.get(format!("{base}/healthz")).send();
+        async move { get.await.ok().filter(|r| r.status().is_success()) }
+    })
+    .await;
+
+    let tick = datashare::events::Schedule::Tick {
+        at: chrono::Utc::now(),
+    }
+    .to_message();
+    let envelope = serde_json::json!({
+        "message": {
+            "data": base64::engine::general_purpose::STANDARD.encode(&tick.data),
+            "messageId": "push-1",
+        },
+        "subscription": "projects/datashare-local/subscriptions/schedules-worker",
+    });
+    let answered = http
+        .post(format!("{base}/push/schedules"))
+        .json(&envelope)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answered.status().as_u16(),
+        204,
+        "{:?}",
+        answered.text().await
+    );
+    // Exported before the answer (the receiver writes before it replies); a second is slack
+    // for the file, far below the minute the batch exporter would have waited.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let span = loop {
+        let got = spans(&receiver.received());
+        if let Some(s) = got
+            .into_iter()
+            .find(|s| s.name == "handle schedules-worker")
+        {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the request's span was not exported before the answer: {}",
+            worker.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(span.service, "datashare-worker");
+    worker.stop().await;
 }

@@ -1,11 +1,14 @@
-"""A small OTLP/HTTP receiver for the tests (and for a look at the telemetry on a laptop).
+"""A small OTLP receiver for the tests (and for a look at the telemetry on a laptop).
 
 Listens on 127.0.0.1 (a free port unless --port), accepts OTLP http/protobuf exports at
-/v1/traces and /v1/metrics (what the collector sidecar receives on Cloud Run), and appends
-one JSON object a line to --out: {"signal": "traces"|"metrics", "body": <the request as
-protobuf JSON>}. Prints {"port": N} on stdout once listening. Stops on SIGTERM.
+/v1/traces and /v1/metrics (what the collector sidecar receives on Cloud Run), and with --grpc
+OTLP/gRPC exports too (the TraceService and MetricsService, on a second free port unless
+--grpc-port); appends one JSON object a line to --out: {"signal": "traces"|"metrics",
+"protocol": "http/protobuf"|"grpc", "body": <the request as protobuf JSON>}. Prints
+{"port": N} (and "grpc_port") on stdout once listening. Stops on SIGTERM.
 
-Needs opentelemetry-proto (scripts/setup.sh installs it in the `otlp` venv).
+Needs opentelemetry-proto, and grpcio for --grpc (scripts/setup.sh installs both in the
+`otlp` venv).
 """
 
 import argparse
@@ -32,13 +35,47 @@ SIGNALS = {
 }
 
 
+def start_grpc(port, record):
+    """Serves OTLP/gRPC on 127.0.0.1:`port` (0: a free one); returns (server, port)."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            record("traces", "grpc", request)
+            return ExportTraceServiceResponse()
+
+    class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+        def Export(self, request, context):
+            record("metrics", "grpc", request)
+            return ExportMetricsServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server, bound
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", required=True, help="JSON lines file to append to")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--grpc", action="store_true", help="also receive OTLP/gRPC")
+    ap.add_argument("--grpc-port", type=int, default=0)
     args = ap.parse_args()
     lock = threading.Lock()
     out = open(args.out, "a", encoding="utf-8")
+
+    def record(name, protocol, request):
+        line = json.dumps({"signal": name, "protocol": protocol, "body": MessageToDict(request)})
+        with lock:
+            out.write(line + "\n")
+            out.flush()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
@@ -55,10 +92,7 @@ def main():
                 return
             request = request_type()
             request.ParseFromString(body)
-            line = json.dumps({"signal": name, "body": MessageToDict(request)})
-            with lock:
-                out.write(line + "\n")
-                out.flush()
+            record(name, "http/protobuf", request)
             reply = response_type().SerializeToString()
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
@@ -70,9 +104,15 @@ def main():
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    ports = {"port": server.server_address[1]}
+    grpc_server = None
+    if args.grpc:
+        grpc_server, ports["grpc_port"] = start_grpc(args.grpc_port, record)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    print(json.dumps({"port": server.server_address[1]}), flush=True)
+    print(json.dumps(ports), flush=True)
     server.serve_forever()
+    if grpc_server is not None:
+        grpc_server.stop(grace=1).wait()
     out.close()
     return 0
 
