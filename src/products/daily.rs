@@ -8,12 +8,13 @@
 
 use std::collections::{HashMap, HashSet};
 
+use arrow_array::RecordBatch;
 use chrono::{Datelike, Days, NaiveDate};
 
 use super::contract::Contract;
 use super::curated::{Curated, CuratedError, Line, LineRef, Product, Status, catalog};
-use super::pseudonym::{Pseudonymizer, key_text};
-use super::schema::Cell;
+use super::pseudonym::Pseudonymizer;
+use super::schema::{CellRef, ProductSchema, SchemaError};
 
 /// Days of the trailing window that decides small cities.
 pub const WINDOW_DAYS: u64 = 30;
@@ -104,37 +105,36 @@ impl DailyTable {
         &self.places[r.place as usize].0
     }
 
-    /// Every row as cells in the daily schema's order.
-    pub fn cells(&self) -> Vec<Vec<Cell>> {
-        self.cells_of(0..self.rows.len())
-    }
-
-    /// The rows of `range` as cells in the daily schema's order.
-    pub fn cells_of(&self, range: std::ops::Range<usize>) -> Vec<Vec<Cell>> {
+    /// The rows of `range` as a record batch of the daily schema.
+    pub fn batch_of(
+        &self,
+        schema: &ProductSchema,
+        range: std::ops::Range<usize>,
+    ) -> Result<RecordBatch, SchemaError> {
         let date = days_since_epoch(self.date);
-        self.rows[range]
-            .iter()
-            .map(|r| {
-                let p = self.product(r);
-                vec![
-                    Cell::Date(date),
-                    Cell::Micros(r.sold_at_hour),
-                    Cell::Str(key_text(r.line_key)),
-                    Cell::Str(key_text(r.customer_key)),
-                    Cell::Str(p.product_code.clone()),
-                    Cell::Str(p.name.clone()),
-                    Cell::Str(p.brand.clone()),
-                    Cell::Str(p.segment.clone()),
-                    p.unit_size.clone().map_or(Cell::Null, Cell::Str),
-                    Cell::I64(r.quantity),
-                    Cell::Cents(r.unit_price),
-                    Cell::Cents(r.discount),
-                    Cell::Cents(r.net_amount),
-                    Cell::Str(self.city(r).to_string()),
-                    Cell::Str(self.uf(r).to_string()),
-                ]
-            })
-            .collect()
+        let rows = &self.rows[range];
+        schema.batch_from(rows.len(), |i, j| {
+            let r = &rows[i];
+            let p = || self.product(r);
+            match j {
+                0 => CellRef::Date(date),
+                1 => CellRef::Micros(r.sold_at_hour),
+                2 => CellRef::Key(r.line_key),
+                3 => CellRef::Key(r.customer_key),
+                4 => CellRef::Str(&p().product_code),
+                5 => CellRef::Str(&p().name),
+                6 => CellRef::Str(&p().brand),
+                7 => CellRef::Str(&p().segment),
+                8 => p().unit_size.as_deref().map_or(CellRef::Null, CellRef::Str),
+                9 => CellRef::I64(r.quantity),
+                10 => CellRef::Cents(r.unit_price),
+                11 => CellRef::Cents(r.discount),
+                12 => CellRef::Cents(r.net_amount),
+                13 => CellRef::Str(self.city(r)),
+                14 => CellRef::Str(self.uf(r)),
+                _ => CellRef::Null, // no such column: the schema refuses the batch
+            }
+        })
     }
 }
 
@@ -250,16 +250,44 @@ fn id_hash(tag: u8, id: &str) -> u64 {
     h.finish()
 }
 
+/// Batch D's rows of the file, collected while the window is read (batch D is read once).
+struct DayRows<'k> {
+    d: NaiveDate,
+    month: String,
+    keys: &'k Pseudonymizer,
+    /// The partner's products in batch D's own snapshot, by code.
+    product_ids: HashMap<String, u32>,
+    rows: Vec<DailyRow>,
+}
+
+impl DayRows<'_> {
+    /// Keeps a line of batch D when it is a completed sale of the partner's products on D.
+    fn take(&mut self, l: &LineRef<'_>, places: &mut Places) -> Result<(), DailyError> {
+        if l.status != Status::Completed || l.local_date() != Some(self.d) {
+            return Ok(());
+        }
+        let Some(product) = self.product_ids.get(l.product_code) else {
+            return Ok(());
+        };
+        let place = places.id(l.uf, l.city);
+        let row = day_row(l, *product, place, self.keys, &self.month)?;
+        self.rows.push(row);
+        Ok(())
+    }
+}
+
 /// Distinct customers per place over the trailing window (`first..=d`): lines whose latest
 /// version over the `present` batches is a completed sale of the partner's products in the
-/// window. Reads the window's lines as a stream and holds one small record per partner line.
+/// window. Reads the window's lines as a stream and holds one small record per partner line;
+/// batch D's lines also go to `day`.
 fn window_customers(
     curated: &Curated,
     contract: &Contract,
-    (first, d): (NaiveDate, NaiveDate),
+    first: NaiveDate,
     present: &[NaiveDate],
-    places: &mut Places,
+    (places, day): (&mut Places, &mut DayRows<'_>),
 ) -> Result<HashMap<u32, usize>, DailyError> {
+    let d = day.d;
     let products = catalog(curated, present)?;
     let partner: HashSet<&str> = products
         .values()
@@ -269,6 +297,9 @@ fn window_customers(
     let mut latest: HashMap<u64, Version> = HashMap::new();
     for x in present {
         curated.each_line(*x, |l| -> Result<(), DailyError> {
+            if l.batch == d {
+                day.take(&l, places)?;
+            }
             if !partner.contains(l.product_code) {
                 return Ok(());
             }
@@ -348,41 +379,29 @@ pub fn build(
             "batches missing in the trailing window: small cities counted over fewer days"
         );
     }
+    // Batch D's own product snapshot decides which of its lines are the partner's.
+    let product_list: Vec<Product> = curated
+        .products(d)?
+        .into_values()
+        .filter(|p| is_partner_product(contract, p))
+        .collect();
+    let mut day = DayRows {
+        d,
+        month: month_of(d),
+        keys,
+        product_ids: product_list
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.product_code.clone(), i as u32))
+            .collect(),
+        rows: Vec::new(),
+    };
     let mut places = Places::default();
-    let customers = window_customers(curated, contract, (first, d), &present, &mut places)?;
+    let customers = window_customers(curated, contract, first, &present, (&mut places, &mut day))?;
     let k = contract.k as usize;
     let small = |place: u32| customers.get(&place).is_none_or(|n| *n < k);
-
-    // Batch D's own product snapshot decides which of its lines are the partner's.
-    let snapshot = curated.products(d)?;
-    let mut products: Vec<Product> = Vec::new();
-    let mut product_ids: HashMap<&str, u32> = HashMap::new();
-    for p in snapshot
-        .values()
-        .filter(|p| is_partner_product(contract, p))
-    {
-        product_ids.insert(p.product_code.as_str(), products.len() as u32);
-        products.push(p.clone());
-    }
-    let month = month_of(d);
+    let mut rows = day.rows;
     let mut suppressed = HashSet::new();
-    let mut rows: Vec<DailyRow> = Vec::new();
-    curated.each_line(d, |l| -> Result<(), DailyError> {
-        if l.status != Status::Completed || l.local_date() != Some(d) {
-            return Ok(());
-        }
-        let Some(product) = product_ids.get(l.product_code) else {
-            return Ok(());
-        };
-        rows.push(day_row(
-            &l,
-            *product,
-            places.id(l.uf, l.city),
-            keys,
-            &month,
-        )?);
-        Ok(())
-    })?;
     for r in &mut rows {
         r.outras = small(r.place);
         if r.outras {
@@ -393,7 +412,7 @@ pub fn build(
     Ok(DailyTable {
         date: d,
         rows,
-        products,
+        products: product_list,
         places: places.names,
         source_batches: present,
         missing_batches: missing,

@@ -207,11 +207,11 @@ pub fn base_name(partner: &str, kind: ProductKind, period: &str) -> String {
     format!("{partner}_{kind}_{period}")
 }
 
-/// A built product's rows: produced chunk by chunk as cells when released.
+/// A built product's rows: turned into record batches chunk by chunk when released.
 enum Rows {
     /// Rows already as cells (the monthly aggregates: small).
     Cells(Vec<Vec<schema::Cell>>),
-    /// A daily table, turned into cells a row group at a time.
+    /// A daily table, turned into Arrow a row group at a time.
     Daily(daily::DailyTable),
 }
 
@@ -223,10 +223,14 @@ impl Rows {
         }
     }
 
-    fn cells(&self, range: std::ops::Range<usize>) -> std::borrow::Cow<'_, [Vec<schema::Cell>]> {
+    fn batch(
+        &self,
+        schema: &schema::ProductSchema,
+        range: std::ops::Range<usize>,
+    ) -> Result<arrow_array::RecordBatch, SchemaError> {
         match self {
-            Rows::Cells(c) => std::borrow::Cow::Borrowed(&c[range]),
-            Rows::Daily(t) => std::borrow::Cow::Owned(t.cells_of(range)),
+            Rows::Cells(c) => schema.to_batch(&c[range]),
+            Rows::Daily(t) => t.batch_of(schema, range),
         }
     }
 }
@@ -381,7 +385,7 @@ fn encode(
     let mut start = 0;
     loop {
         let end = (start + write::ROW_GROUP_ROWS).min(n);
-        let batch = schema.to_batch(&rows.cells(start..end))?;
+        let batch = rows.batch(schema, start..end)?;
         {
             let _gate = tracing::info_span!("privacy_gate", file = %targets[0].name).entered();
             let _timer = crate::telemetry::metrics::Stage::PrivacyGate.timer();

@@ -3,6 +3,7 @@
 //! The writers build record batches from it, the privacy gate checks cells by it and the data
 //! dictionary is generated from it, so the three never drift apart.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -549,6 +550,46 @@ pub enum Cell {
     Micros(i64),
 }
 
+/// A cell borrowed from where its row lives: text is not copied, a key is written as text
+/// straight into the column.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CellRef<'a> {
+    /// Null.
+    Null,
+    /// Text (any string column).
+    Str(&'a str),
+    /// A pseudonymous key's 64 bits, written as 16 lower-case hex digits.
+    Key(u64),
+    /// A 64-bit integer.
+    I64(i64),
+    /// A 32-bit integer.
+    I32(i32),
+    /// An amount in cents.
+    Cents(i64),
+    /// A double.
+    F64(f64),
+    /// Days since the epoch.
+    Date(i32),
+    /// Microseconds since the epoch, UTC.
+    Micros(i64),
+}
+
+impl Cell {
+    /// The cell, borrowed.
+    pub fn as_ref(&self) -> CellRef<'_> {
+        match self {
+            Cell::Null => CellRef::Null,
+            Cell::Str(s) => CellRef::Str(s),
+            Cell::I64(v) => CellRef::I64(*v),
+            Cell::I32(v) => CellRef::I32(*v),
+            Cell::Cents(v) => CellRef::Cents(*v),
+            Cell::F64(v) => CellRef::F64(*v),
+            Cell::Date(v) => CellRef::Date(*v),
+            Cell::Micros(v) => CellRef::Micros(*v),
+        }
+    }
+}
+
 impl ProductSchema {
     /// The Arrow schema the files carry.
     pub fn arrow_schema(&self) -> SchemaRef {
@@ -581,9 +622,18 @@ impl ProductSchema {
                 });
             }
         }
-        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(n);
+        self.batch_from(rows.len(), |i, j| rows[i][j].as_ref())
+    }
+
+    /// Builds a record batch of `rows` rows from `cell(row, column)`, in column order.
+    pub fn batch_from<'a>(
+        &self,
+        rows: usize,
+        cell: impl Fn(usize, usize) -> CellRef<'a>,
+    ) -> Result<RecordBatch, SchemaError> {
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
         for (j, c) in self.columns.iter().enumerate() {
-            arrays.push(build_column(c, rows.iter().map(|r| &r[j]))?);
+            arrays.push(build_column(c, rows, (0..rows).map(|i| cell(i, j)))?);
         }
         Ok(RecordBatch::try_new(self.arrow_schema(), arrays)?)
     }
@@ -591,9 +641,9 @@ impl ProductSchema {
 
 fn build_column<'a>(
     c: &ColumnDef,
-    cells: impl ExactSizeIterator<Item = &'a Cell>,
+    len: usize,
+    cells: impl Iterator<Item = CellRef<'a>>,
 ) -> Result<ArrayRef, SchemaError> {
-    let len = cells.len();
     let mismatch = |row: usize| SchemaError::Type {
         column: c.name,
         row,
@@ -604,7 +654,7 @@ fn build_column<'a>(
             let mut b = $b;
             for (i, cell) in cells.enumerate() {
                 match cell {
-                    Cell::Null if c.nullable => b.append_null(),
+                    CellRef::Null if c.nullable => b.append_null(),
                     $pat => b.append_value($v),
                     _ => return Err(mismatch(i + 1)),
                 }
@@ -613,25 +663,38 @@ fn build_column<'a>(
         }};
     }
     Ok(match c.ty {
-        ColType::Date => fill!(Date32Builder::with_capacity(len), Cell::Date(d) => *d),
+        ColType::Date => fill!(Date32Builder::with_capacity(len), CellRef::Date(d) => d),
         ColType::Timestamp => fill!(
             TimestampMicrosecondBuilder::with_capacity(len).with_timezone("UTC"),
-            Cell::Micros(t) => *t
+            CellRef::Micros(t) => t
         ),
         ColType::Text | ColType::Key | ColType::ProductCode | ColType::Uf | ColType::Month => {
-            fill!(StringBuilder::with_capacity(len, len * 16), Cell::Str(s) => s)
+            let mut b = StringBuilder::with_capacity(len, len * 16);
+            for (i, cell) in cells.enumerate() {
+                match cell {
+                    CellRef::Null if c.nullable => b.append_null(),
+                    CellRef::Str(s) => b.append_value(s),
+                    CellRef::Key(k) => {
+                        // The builder takes text written into it, then ends the value.
+                        let _ = write!(b, "{k:016x}");
+                        b.append_value("");
+                    }
+                    _ => return Err(mismatch(i + 1)),
+                }
+            }
+            Arc::new(b.finish())
         }
-        ColType::Int64 => fill!(Int64Builder::with_capacity(len), Cell::I64(v) => *v),
-        ColType::Int32 => fill!(Int32Builder::with_capacity(len), Cell::I32(v) => *v),
-        ColType::Double => fill!(Float64Builder::with_capacity(len), Cell::F64(v) => *v),
+        ColType::Int64 => fill!(Int64Builder::with_capacity(len), CellRef::I64(v) => v),
+        ColType::Int32 => fill!(Int32Builder::with_capacity(len), CellRef::I32(v) => v),
+        ColType::Double => fill!(Float64Builder::with_capacity(len), CellRef::F64(v) => v),
         ColType::Decimal(p) => {
             let limit = 10i128.pow(u32::from(p));
             let mut b = Decimal128Builder::with_capacity(len).with_precision_and_scale(p, 2)?;
             for (i, cell) in cells.enumerate() {
                 match cell {
-                    Cell::Null if c.nullable => b.append_null(),
-                    Cell::Cents(v) => {
-                        let v = i128::from(*v);
+                    CellRef::Null if c.nullable => b.append_null(),
+                    CellRef::Cents(v) => {
+                        let v = i128::from(v);
                         if v.abs() >= limit {
                             return Err(SchemaError::Overflow {
                                 column: c.name,

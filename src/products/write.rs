@@ -98,6 +98,55 @@ pub fn csv_text(s: &str, out: &mut String) {
     out.push('"');
 }
 
+/// Writes a date as `%Y-%m-%d` (digits written directly in years 0 to 9999, chrono elsewhere).
+fn csv_date(d: chrono::NaiveDate, out: &mut String) {
+    use chrono::Datelike;
+    if !(0..=9999).contains(&d.year()) {
+        let _ = write!(out, "{}", d.format("%Y-%m-%d"));
+        return;
+    }
+    digits(d.year() as u32, 4, out);
+    out.push('-');
+    digits(d.month(), 2, out);
+    out.push('-');
+    digits(d.day(), 2, out);
+}
+
+/// Writes an instant as chrono's `%Y-%m-%dT%H:%M:%S%.fZ`: the fraction with 3, 6 or 9 digits as
+/// needed, none when zero.
+fn csv_instant(t: chrono::DateTime<chrono::Utc>, out: &mut String) {
+    use chrono::Timelike;
+    csv_date(t.date_naive(), out);
+    out.push('T');
+    digits(t.hour(), 2, out);
+    out.push(':');
+    digits(t.minute(), 2, out);
+    out.push(':');
+    digits(t.second(), 2, out);
+    let nano = t.nanosecond() % 1_000_000_000;
+    if nano == 0 {
+    } else if nano % 1_000_000 == 0 {
+        out.push('.');
+        digits(nano / 1_000_000, 3, out);
+    } else if nano % 1_000 == 0 {
+        out.push('.');
+        digits(nano / 1_000, 6, out);
+    } else {
+        out.push('.');
+        digits(nano, 9, out);
+    }
+    out.push('Z');
+}
+
+/// Writes `v` with exactly `width` digits (zero-padded; `v` below 10^width).
+fn digits(v: u32, width: u32, out: &mut String) {
+    let mut p = 10u32.pow(width - 1);
+    while p > 0 {
+        out.push(char::from(b'0' + (v / p % 10) as u8));
+        p /= 10;
+    }
+}
+
 fn cents(v: i128, out: &mut String) {
     let sign = if v < 0 { "-" } else { "" };
     let a = v.unsigned_abs();
@@ -152,18 +201,14 @@ fn csv_rows(
                 ColType::Date => {
                     let d = a.as_primitive::<Date32Type>().value(r);
                     match chrono::NaiveDate::from_epoch_days(d) {
-                        Some(d) => {
-                            let _ = write!(out, "{}", d.format("%Y-%m-%d"));
-                        }
+                        Some(d) => csv_date(d, out),
                         None => return Err(WriteError::Column(c.name)),
                     }
                 }
                 ColType::Timestamp => {
                     let t = a.as_primitive::<TimestampMicrosecondType>().value(r);
                     match chrono::DateTime::from_timestamp_micros(t) {
-                        Some(t) => {
-                            let _ = write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%.fZ"));
-                        }
+                        Some(t) => csv_instant(t, out),
                         None => return Err(WriteError::Column(c.name)),
                     }
                 }
@@ -363,6 +408,46 @@ mod tests {
         assert!(matches!(codec_of(zstd(None)), Compression::ZSTD(_)));
         assert!(matches!(codec_of(zstd(Some(19))), Compression::ZSTD(_)));
         assert!(parquet_bytes(&batch, &zstd(Some(99))).is_err());
+    }
+
+    /// Dates and instants are written as chrono's format strings write them.
+    #[test]
+    fn dates_and_instants_match_chrono() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut samples: Vec<i64> = vec![
+            0,
+            -1,
+            1_000,
+            1_000_000,
+            3_600_000_000,
+            253_402_300_799_999_999,
+        ];
+        for _ in 0..20_000 {
+            let v = (next() % 400_000_000_000_000_000) as i64 - 62_000_000_000_000_000;
+            let v = match next() % 4 {
+                0 => v - v.rem_euclid(1_000_000),
+                1 => v - v.rem_euclid(1_000),
+                _ => v,
+            };
+            samples.push(v);
+        }
+        for v in samples {
+            let Some(t) = chrono::DateTime::from_timestamp_micros(v) else {
+                continue;
+            };
+            let mut ours = String::new();
+            csv_instant(t, &mut ours);
+            assert_eq!(ours, t.format("%Y-%m-%dT%H:%M:%S%.fZ").to_string(), "{v}");
+            let mut ours = String::new();
+            csv_date(t.date_naive(), &mut ours);
+            assert_eq!(ours, t.date_naive().format("%Y-%m-%d").to_string(), "{v}");
+        }
     }
 
     #[test]
