@@ -664,7 +664,9 @@ def clean_table(name: str, spec: dict, parts: list[tuple[Path, str]], keysets: d
 
     t0 = time.process_time()
     curated = kept.select([C(f"v_{c}").alias(c) for c in names])
-    casts = {c["name"]: (C(c["name"]).cast(pl.Decimal(18, 0)) / 100).cast(pl.Decimal(18, 2))
+    # Cents to DECIMAL(18,2): the multiplication by 0.01 is exact.
+    casts = {c["name"]: (C(c["name"]).cast(pl.Decimal(20, 2))
+                         * pl.lit("0.01").cast(pl.Decimal(3, 2))).cast(pl.Decimal(18, 2))
              for c in cols if c["kind"] == "brl"}
     if casts:
         curated = curated.with_columns(**casts)
