@@ -610,6 +610,9 @@ def clean_table(name: str, spec: dict, parts: list[tuple[Path, str]], keysets: d
     def tick(stage, t0):
         timings[f"{name}: {stage}"] = timings.get(f"{name}: {stage}", 0) + time.process_time() - t0
 
+    unknown_exprs = [(pl.lit(f"unknown_{target.removesuffix('s')}"),
+                      C(f"v_{col}").is_not_null() & ~C(f"v_{col}").is_in(keysets[target].implode()))
+                     for col, target in refs]
     # Per part (like datashare's staging): read, field rules; the parts are then put together.
     passed, failed, malformed, rows_read = [], [], [], 0
     for i, (path, obj) in enumerate(sorted(parts, key=lambda p: p[1])):
@@ -624,6 +627,11 @@ def clean_table(name: str, spec: dict, parts: list[tuple[Path, str]], keysets: d
         t0 = time.process_time()
         good, bad = field_rules(df, cols, today, fast)
         del df
+        # Raw values are only needed again for rows a reference check quarantines: the others'
+        # are dropped now (datashare reads them back from its staged raw file the same way).
+        good = good.with_columns(_orphan=pl.any_horizontal([e for _, e in unknown_exprs])
+                                 if unknown_exprs else pl.lit(False))
+        good = good.with_columns([pl.when(C("_orphan")).then(C(n)).alias(n) for n in names])
         passed.append(good)
         failed.append(bad)
         tick("field rules", t0)
@@ -645,12 +653,9 @@ def clean_table(name: str, spec: dict, parts: list[tuple[Path, str]], keysets: d
     conflicts_resolved = distinct - winners.height
     losers = dups.filter(~C("_i").is_in(winners.get_column("_i").implode())).get_column("_i")
     passed = passed.filter(~C("_i").is_in(losers.implode())).drop("_i")
-    # References, on the winners and on rows already quarantined.
-    unknown_exprs = [(pl.lit(f"unknown_{target.removesuffix('s')}"),
-                      C(f"v_{col}").is_not_null() & ~C(f"v_{col}").is_in(keysets[target].implode()))
-                     for col, target in refs]
+    # References: the winners that fail them are quarantined; rows already quarantined get
+    # the reasons too.
     if unknown_exprs:
-        passed = passed.with_columns(_orphan=pl.any_horizontal([e for _, e in unknown_exprs]))
         orphans = passed.filter(C("_orphan")).with_columns(
             _reasons=pl.concat_list([pl.when(e).then(r) for r, e in unknown_exprs]).list.drop_nulls())
         kept = passed.filter(~C("_orphan")).drop("_orphan")
@@ -658,7 +663,7 @@ def clean_table(name: str, spec: dict, parts: list[tuple[Path, str]], keysets: d
             [C("_reasons")] + [pl.when(e).then(r) for r, e in unknown_exprs]).list.drop_nulls())
     else:
         orphans = passed.clear().with_columns(_reasons=pl.lit(None, pl.List(pl.String)))
-        kept = passed
+        kept = passed.drop("_orphan")
     del passed
     tick("dedup + references", t0)
 
