@@ -614,7 +614,7 @@ def clean_table(name: str, spec: dict, parts: list[tuple[Path, str]], keysets: d
                       C(f"v_{col}").is_not_null() & ~C(f"v_{col}").is_in(keysets[target].implode()))
                      for col, target in refs]
     # Per part (like datashare's staging): read, field rules; the parts are then put together.
-    passed, failed, malformed, rows_read = [], [], [], 0
+    passed, failed, malformed, orphan_raw, rows_read = [], [], [], [], 0
     for i, (path, obj) in enumerate(sorted(parts, key=lambda p: p[1])):
         t0 = time.process_time()
         df, missing = read_part(path, obj, i, names)
@@ -631,8 +631,9 @@ def clean_table(name: str, spec: dict, parts: list[tuple[Path, str]], keysets: d
         # are dropped now (datashare reads them back from its staged raw file the same way).
         good = good.with_columns(_orphan=pl.any_horizontal([e for _, e in unknown_exprs])
                                  if unknown_exprs else pl.lit(False))
-        good = good.with_columns([pl.when(C("_orphan")).then(C(n)).alias(n) for n in names])
-        passed.append(good)
+        orphan_raw.append(good.filter(C("_orphan")).select(names + ["_part", "_line", "_object"]))
+        passed.append(good.select([f"v_{n}" for n in names] + ["_orphan", "_part", "_line"]))
+        del good
         failed.append(bad)
         tick("field rules", t0)
 
@@ -657,12 +658,14 @@ def clean_table(name: str, spec: dict, parts: list[tuple[Path, str]], keysets: d
     # the reasons too.
     if unknown_exprs:
         orphans = passed.filter(C("_orphan")).with_columns(
-            _reasons=pl.concat_list([pl.when(e).then(r) for r, e in unknown_exprs]).list.drop_nulls())
+            _reasons=pl.concat_list([pl.when(e).then(r) for r, e in unknown_exprs]).list.drop_nulls()
+        ).join(pl.concat(orphan_raw), on=["_part", "_line"], how="left")
         kept = passed.filter(~C("_orphan")).drop("_orphan")
         failed = failed.with_columns(_reasons=pl.concat_list(
             [C("_reasons")] + [pl.when(e).then(r) for r, e in unknown_exprs]).list.drop_nulls())
     else:
-        orphans = passed.clear().with_columns(_reasons=pl.lit(None, pl.List(pl.String)))
+        orphans = passed.clear().join(pl.concat(orphan_raw), on=["_part", "_line"]).with_columns(
+            _reasons=pl.lit(None, pl.List(pl.String)))
         kept = passed.drop("_orphan")
     del passed
     tick("dedup + references", t0)
