@@ -64,9 +64,9 @@ How it is fast (what a careful Polars user would do, all of it on one thread):
   rows a reference check may quarantine) are kept for the cross-part steps.
 - Fast paths: a value already in canonical form (`2026-11-27T14:03:00Z`, `7.99`, `OHB-000101`,
   ...) is read by one cheap expression; the full rules run only on the other values, gathered
-  and scattered back by index (`--no-fast-paths` runs them on every value: about 1.7x the CPU at 1M rows).
+  and scattered back by index (`--no-fast-paths` runs them on every value: 1.7x the CPU at 1M).
 - Multi-step rules materialize their intermediate columns stage by stage (`Stages`), since
-  Polars evaluates a sub-expression once per use inside `when/then` trees (x20 at first).
+  Polars evaluates a sub-expression once per use inside `when/then` trees (17x at first).
 - Municipalities are looked up per distinct (name, UF) pair and joined back; reasons are built
   for the failing rows only; dedup sorts only the rows whose key repeats.
 """
