@@ -135,7 +135,7 @@ def fold(s: str) -> str:
 
 
 def fold_expr(e: pl.Expr) -> pl.Expr:
-    """br::fold_name as an expression: lower case, accents off, runs of other characters → one space."""
+    """br::fold_name as an expression: lower case, no accents, other runs → one space."""
     return (e.str.to_lowercase()
             .str.replace_many(FOLD_FROM, FOLD_TO)
             .str.replace_all(r"[^\p{Alphabetic}\p{N}]+", " ")
@@ -252,13 +252,15 @@ class Stages:
 def brl(st: Stages, p: str, t: str, d: int = 1) -> tuple[str, int]:
     """brl_cents: the amount in hundredths (null when unreadable); returns (column, depth)."""
     neg1 = st.at(d, p + "neg1", C(t).str.starts_with("-"))
-    u = st.at(d + 1, p + "u", pl.when(C(neg1)).then(C(t).str.strip_prefix("-").str.strip_chars_start())
-              .otherwise(C(t)).str.strip_prefix("R$").str.replace_all("[ \u00a0]", ""))
+    unsigned = C(t).str.strip_prefix("-").str.strip_chars_start()
+    u = st.at(d + 1, p + "u", pl.when(C(neg1)).then(unsigned).otherwise(C(t))
+              .str.strip_prefix("R$").str.replace_all("[ \u00a0]", ""))
     neg2 = st.at(d + 2, p + "neg2", C(u).str.starts_with("-"))
     body = st.at(d + 2, p + "body", C(u).str.strip_prefix("-"))
     g = st.at(d + 3, p + "g", C(body).str.extract_groups(
         r"^([0-9]+(?:[.,][0-9]{3})*)?[.,]([0-9]{0,2})$"))
-    shape = st.at(d + 3, p + "shape", ~(C(neg1) & C(neg2)) & C(body).str.contains(r"^[0-9.,]{0,40}$"))
+    shape = st.at(d + 3, p + "shape",
+                  ~(C(neg1) & C(neg2)) & C(body).str.contains(r"^[0-9.,]{0,40}$"))
     nsep = st.at(d + 3, p + "nsep", C(body).str.count_matches(r"[.,]"))
     both = st.at(d + 3, p + "both", C(body).str.contains(".", literal=True)
                  & C(body).str.contains(",", literal=True))
@@ -268,7 +270,8 @@ def brl(st: Stages, p: str, t: str, d: int = 1) -> tuple[str, int]:
     is_dec = st.at(d + 4, p + "isdec", gf.is_not_null() & (C(both) | (C(nsep) == 1))
                    & (gi.is_not_null() | (gf.str.len_bytes() > 0)))
     int_txt = st.at(d + 5, p + "int", pl.when(C(is_dec)).then(gi.fill_null("0")).otherwise(C(body)))
-    frac = st.at(d + 5, p + "frac", pl.when(C(is_dec)).then(gf.str.pad_end(2, "0")).otherwise(pl.lit("00")))
+    frac = st.at(d + 5, p + "frac",
+                 pl.when(C(is_dec)).then(gf.str.pad_end(2, "0")).otherwise(pl.lit("00")))
     cents = (C(int_txt).str.replace_all(r"[.,]", "").str.to_integer(strict=False) * 100
              + C(frac).str.to_integer(strict=False))
     ok = C(shape) & (C(is_dec) | C(is_int)) & (C(int_txt).str.len_bytes() <= 24)
@@ -291,7 +294,8 @@ def naive_and_offset(st: Stages, p: str, t: str) -> tuple[str, str]:
     y = pl.coalesce(f("1"), f("4"), f("9"))
     text = pl.concat_str([y, pl.lit("-"), pl.coalesce(f("2"), f("5"), f("8")), pl.lit("-"),
                           pl.coalesce(f("3"), f("6"), f("7")), pl.lit(" "), f("10").fill_null("00"),
-                          pl.lit(":"), f("11").fill_null("00"), pl.lit(":"), f("12").fill_null("00")])
+                          pl.lit(":"), f("11").fill_null("00"), pl.lit(":"),
+                          f("12").fill_null("00")])
     naive = pl.when(y != "0000").then(
         text.str.to_datetime("%Y-%m-%d %H:%M:%S", time_unit="us", strict=False))
     zd = st.at(2, p + "zd", f("13").str.replace_all(":", "", literal=True))
@@ -396,7 +400,8 @@ def phone(st: Stages, p: str, t: str) -> str:
     sub = nat.str.slice(2)
     ok_sub = (pl.when(ln == 11).then(sub.str.starts_with("9"))
               .when(ln == 10).then(sub.str.contains(r"^[2-5]")).otherwise(False))
-    return st.at(3, p + "phone", pl.when(C(ok_chars) & ddd.is_in(DDDS) & ok_sub).then(pl.lit("+55") + nat))
+    return st.at(3, p + "phone",
+                 pl.when(C(ok_chars) & ddd.is_in(DDDS) & ok_sub).then(pl.lit("+55") + nat))
 
 
 def cep(st: Stages, p: str, t: str) -> str:
@@ -512,7 +517,8 @@ def fast_path(kind: str, opts: dict, t: pl.Expr) -> pl.Expr | None:
     if kind == "product_code":
         return pl.when(t.str.contains(r"^[A-Z]{3}-[0-9]{6}$")).then(t)
     if kind == "int":
-        return sign_rule(pl.when(t.str.contains(r"^[0-9]{1,15}$")).then(t.str.to_integer(strict=False)), opts)
+        return sign_rule(pl.when(t.str.contains(r"^[0-9]{1,15}$"))
+                         .then(t.str.to_integer(strict=False)), opts)
     if kind == "brl":
         return sign_rule(pl.when(t.str.contains(r"^[0-9]{1,16}\.[0-9]{2}$")).then(
             t.str.replace(".", "", literal=True).str.to_integer(strict=False)), opts)
@@ -588,7 +594,8 @@ def field_rules(df: pl.DataFrame, cols: list[dict], today, fast: bool):
         pairs = (df.select(C(n), C(f"v_{c['uf_column']}").alias("_uf")).unique()
                  .with_columns(_fold=fold_expr(C(n).str.strip_chars()))
                  .join(municipalities(), on=["_fold", "_uf"], how="left")
-                 .select(C(n), C("_uf"), pl.coalesce(C("_canon"), title_case(C(n))).alias(f"v_{n}")))
+                 .select(C(n), C("_uf"),
+                         pl.coalesce(C("_canon"), title_case(C(n))).alias(f"v_{n}")))
         df = df.join(pairs, left_on=[n, f"v_{c['uf_column']}"], right_on=[n, "_uf"], how="left",
                      maintain_order="left", nulls_equal=True)
         df = df.with_columns(pl.when(~null_flags.get_column(n)).then(C(f"v_{n}")).alias(f"v_{n}"))
@@ -672,7 +679,8 @@ def clean_table(name: str, spec: dict, parts: list[tuple[Path, str]], keysets: d
     # the reasons too.
     if unknown_exprs:
         orphans = passed.filter(C("_orphan")).with_columns(
-            _reasons=pl.concat_list([pl.when(e).then(r) for r, e in unknown_exprs]).list.drop_nulls()
+            _reasons=pl.concat_list([pl.when(e).then(r) for r, e in unknown_exprs])
+            .list.drop_nulls()
         ).join(pl.concat(orphan_raw), on=["_part", "_line"], how="left")
         kept = passed.filter(~C("_orphan")).drop("_orphan")
         failed = failed.with_columns(_reasons=pl.concat_list(
