@@ -47,6 +47,9 @@ Differences from datashare (none of them shows on generated data, see README "Be
   quarantines the record's first line and reads on); Polars' reader would shift the rows.
 - Encoding is decided per file (the spec allows it; datashare decides per field, same result
   unless a file mixes encodings); bytes undefined in Windows-1252 decode as Latin-1.
+- Files rejected whole (`missing_column`, `undecodable`: broken gzip or UTF-16, `not_csv`:
+  control bytes in the header or in over 1% of the first 4 KB) are skipped and named on stderr
+  (datashare also lists them in the report's `files[]`); `too_large` is not checked.
 - A NUL in a field is not refused (datashare: `invalid_<col>` / `malformed_row`); the per-record
   length limit (1 MiB), the part size and gzip-ratio limits are not applied.
 - `fields.normalized` / `fields.nulled` counts and `conflicts.jsonl` are not produced; timestamps
@@ -178,9 +181,31 @@ def sniff(header: bytes) -> str:
     return ";" if semis > commas else ","
 
 
+class Rejected(Exception):
+    """A file rejected whole: `undecodable`, `not_csv`, `missing_column`."""
+
+
+def is_binary(b: bytes) -> bool:
+    """datashare's sniff: a control byte in the header, or over 1% of the first 4 KB."""
+    head = b[:4096]
+    header = head.split(b"\n", 1)[0]
+    controls = sum(head.count(bytes([c])) for c in range(32) if c not in (9, 10, 12, 13))
+    return any(c < 32 and c not in (9, 10, 12, 13) for c in header) or (
+        controls >= 8 and controls * 100 > len(head))
+
+
 def read_part(path: Path, obj: str, part: int, columns: list[str]) -> tuple[pl.DataFrame, list]:
     """One part as raw strings in schema order, with `_line`, `_part`, `_malformed`, `_record`."""
-    data, _encoding = to_utf8(read_bytes(path))
+    try:
+        raw = read_bytes(path)
+    except (OSError, EOFError, gzip.BadGzipFile, __import__("zlib").error) as e:
+        raise Rejected(f"undecodable ({e})") from e
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise Rejected("undecodable (UTF-16)")
+    if is_binary(raw):
+        raise Rejected("not_csv (control bytes)")
+    data, _encoding = to_utf8(raw)
+    del raw
     first = data.split(b"\n", 1)[0].rstrip(b"\r")
     sep = sniff(first)
     df = pl.read_csv(data, separator=sep, infer_schema=False, truncate_ragged_lines=True,
@@ -638,9 +663,14 @@ def clean_table(name: str, spec: dict, parts: list[tuple[Path, str]], keysets: d
     passed, failed, malformed, orphan_raw, rows_read = [], [], [], [], 0
     for i, (path, obj) in enumerate(sorted(parts, key=lambda p: p[1])):
         t0 = time.process_time()
-        df, missing = read_part(path, obj, i, names)
+        try:
+            df, missing = read_part(path, obj, i, names)
+        except Rejected as e:
+            print(f"{obj}: {e}, file rejected", file=sys.stderr)
+            continue
         if any(c.get("required") for c in cols if c["name"] in missing):
-            raise SystemExit(f"{obj}: missing required column(s) {missing}")
+            print(f"{obj}: missing_column ({', '.join(missing)}), file rejected", file=sys.stderr)
+            continue
         rows_read += df.height
         malformed.append(df.filter(C("_malformed")).drop("_malformed"))
         df = df.filter(~C("_malformed")).drop("_malformed", "_record")
