@@ -125,10 +125,10 @@ fn csv_instant(t: chrono::DateTime<chrono::Utc>, out: &mut String) {
     digits(t.second(), 2, out);
     let nano = t.nanosecond() % 1_000_000_000;
     if nano == 0 {
-    } else if nano % 1_000_000 == 0 {
+    } else if nano.is_multiple_of(1_000_000) {
         out.push('.');
         digits(nano / 1_000_000, 3, out);
-    } else if nano % 1_000 == 0 {
+    } else if nano.is_multiple_of(1_000) {
         out.push('.');
         digits(nano / 1_000, 6, out);
     } else {

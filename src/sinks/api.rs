@@ -8,6 +8,7 @@
 //! and time; past it a transient error goes back to Pub/Sub. 401/403 are refused credentials,
 //! other 4xx permanent rejections.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -157,6 +158,14 @@ fn classify_status(
     })
 }
 
+/// A product file could not be read (transient: the delivery is retried).
+fn read_error(path: &Path, e: &std::io::Error) -> SinkError {
+    SinkError::Transient {
+        sink: SINK,
+        message: format!("read {}: {e}", path.display()),
+    }
+}
+
 /// The start of a response body on one line, for error messages.
 fn snippet(body: &str) -> String {
     let one_line: String = body
@@ -220,10 +229,10 @@ impl ApiSink {
         &self,
         url: &str,
         d: &Delivery,
-        parts: &[(&str, String, Vec<u8>)],
+        parts: &[(&str, String, &Path)],
     ) -> Result<Attempt, SinkError> {
         let mut form = Form::new();
-        for (field, name, bytes) in parts {
+        for (field, name, path) in parts {
             let mime = if name.ends_with(".json") {
                 "application/json"
             } else if name.ends_with(".md") {
@@ -233,8 +242,17 @@ impl ApiSink {
             } else {
                 "application/vnd.apache.parquet"
             };
-            // One copy per attempt: product files are small next to a request's time.
-            let part = Part::bytes(bytes.clone())
+            // Streamed from the file, opened again at each attempt: a product file is never
+            // held in memory (a 10M-row day's CSV is hundreds of MB).
+            let file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| read_error(path, &e))?;
+            let len = file
+                .metadata()
+                .await
+                .map_err(|e| read_error(path, &e))?
+                .len();
+            let part = Part::stream_with_length(reqwest::Body::from(file), len)
                 .file_name(name.clone())
                 .mime_str(mime)
                 .map_err(|e| config(format!("mime {mime}: {e}")))?;
@@ -272,24 +290,12 @@ impl Sink for ApiSink {
         let mut parts = Vec::new();
         for f in &d.files {
             for (field, lf) in [("file", &f.data), ("manifest", &f.manifest)] {
-                let bytes = tokio::fs::read(&lf.path)
-                    .await
-                    .map_err(|e| SinkError::Transient {
-                        sink: SINK,
-                        message: format!("read {}: {e}", lf.path.display()),
-                    })?;
-                parts.push((field, lf.name.clone(), bytes));
+                parts.push((field, lf.name.clone(), lf.path.as_path()));
             }
         }
         // The dictionary travels in the same POST (its own part): one of the version's files.
         if let Some(lf) = &d.dictionary {
-            let bytes = tokio::fs::read(&lf.path)
-                .await
-                .map_err(|e| SinkError::Transient {
-                    sink: SINK,
-                    message: format!("read {}: {e}", lf.path.display()),
-                })?;
-            parts.push(("dictionary", lf.name.clone(), bytes));
+            parts.push(("dictionary", lf.name.clone(), lf.path.as_path()));
         }
         let started = Instant::now();
         let budget = Duration::from_secs(self.options.retry_budget_secs);
