@@ -30,6 +30,9 @@ pub struct Limits {
     pub row_group_rows: usize,
     /// Buffered bytes of one Parquet row group (default 64 MiB).
     pub row_group_bytes: usize,
+    /// Staged Arrow files compressed with LZ4 (default off: on where staged files cross the
+    /// network, as in the worker, where they go up to the curated bucket and back).
+    pub compress_staged: bool,
 }
 
 impl Default for Limits {
@@ -44,6 +47,7 @@ impl Default for Limits {
             flush_bytes: 32 << 20,
             row_group_rows: 256 * 1024,
             row_group_bytes: 64 << 20,
+            compress_staged: false,
         }
     }
 }

@@ -188,10 +188,12 @@ const KEYS: usize = 1;
 const RAW: usize = 2;
 const QUARANTINE: usize = 3;
 
-/// Staged files are compressed (Arrow IPC buffer compression, LZ4 frames): they go up to the
-/// curated bucket and come back down for the batch step, ~400 bytes a row uncompressed.
-fn staged_ipc_options() -> Result<IpcWriteOptions, StageError> {
-    Ok(IpcWriteOptions::default().try_with_compression(Some(CompressionType::LZ4_FRAME))?)
+/// Staged files compressed (Arrow IPC buffer compression, LZ4 frames) when `compress`: in the
+/// worker they go up to the curated bucket and back down for the batch step, ~400 bytes a row
+/// uncompressed; on one machine the compression would only cost CPU.
+fn staged_ipc_options(compress: bool) -> Result<IpcWriteOptions, StageError> {
+    let codec = compress.then_some(CompressionType::LZ4_FRAME);
+    Ok(IpcWriteOptions::default().try_with_compression(codec)?)
 }
 
 /// Arrow IPC writers of one staged part, to temporary names until the part is complete.
@@ -200,12 +202,12 @@ struct StagedWriters {
 }
 
 impl StagedWriters {
-    fn create(targets: &[(&Path, SchemaRef)]) -> Result<Self, StageError> {
+    fn create(targets: &[(&Path, SchemaRef)], compress: bool) -> Result<Self, StageError> {
         let mut writers = Vec::with_capacity(targets.len());
         for (path, schema) in targets {
             let tmp = path.with_extension("arrow.tmp");
             let file = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-            let w = FileWriter::try_new_with_options(file, schema, staged_ipc_options()?)?;
+            let w = FileWriter::try_new_with_options(file, schema, staged_ipc_options(compress)?)?;
             writers.push((w, tmp, path.to_path_buf()));
         }
         Ok(Self { writers })
@@ -579,12 +581,15 @@ fn stage_rows(
     summary.file.delimiter = char::from(dialect.delimiter).to_string();
     summary.file.gzip = dialect.gzip;
 
-    let mut writers = StagedWriters::create(&[
-        (&paths.data, staged_schema(schema)),
-        (&paths.keys, keys_schema()),
-        (&paths.raw, raw_schema()),
-        (&paths.quarantine, quarantine_schema(schema)),
-    ])?;
+    let mut writers = StagedWriters::create(
+        &[
+            (&paths.data, staged_schema(schema)),
+            (&paths.keys, keys_schema()),
+            (&paths.raw, raw_schema()),
+            (&paths.quarantine, quarantine_schema(schema)),
+        ],
+        limits.compress_staged,
+    )?;
     let (flush_rows, flush_bytes) = (limits.flush_rows(), limits.flush_bytes);
     let mut staged = StagedBuilder::new(schema, flush_rows.min(32 * 1024));
     let mut quarantined = QuarantineBuilder::new(schema);
@@ -878,5 +883,47 @@ mod tests {
         let e = s.file.error.unwrap();
         assert_eq!(e.kind, "missing_column");
         assert!(e.message.contains("brand"), "{}", e.message);
+    }
+
+    /// With `compress_staged` the staged files are LZ4-compressed, smaller and read the same.
+    #[test]
+    fn staged_files_can_be_compressed() {
+        use arrow_ipc::reader::FileReader;
+        let schemas = Schemas::builtin().unwrap();
+        let t = schemas.table("products").unwrap();
+        let mut csv = String::from("product_code,EAN,name,brand,manufacturer,segment,unit_size\n");
+        for i in 0..2000 {
+            csv.push_str(&format!(
+                "OHB-{:06},,Hungry Cola {i},Hungry,OuchHungry,Refrigerantes,350ml\n",
+                100_000 + i
+            ));
+        }
+        let staged = |compress: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let limits = Limits {
+                compress_staged: compress,
+                ..Limits::default()
+            };
+            let s = stage_part_with(
+                t,
+                "extracts/products/dt=2026-11-27/part-000.csv",
+                "7",
+                std::io::Cursor::new(csv.clone()),
+                dir.path(),
+                today(),
+                &limits,
+            )
+            .unwrap();
+            assert_eq!(s.rows_staged, 2000);
+            let paths = StagedPaths::new(dir.path(), &s.file.object, "7");
+            let size = std::fs::metadata(&paths.data).unwrap().len();
+            let reader = FileReader::try_new(File::open(&paths.data).unwrap(), None).unwrap();
+            let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+            (size, batches)
+        };
+        let (plain, a) = staged(false);
+        let (lz4, b) = staged(true);
+        assert_eq!(a, b);
+        assert!(lz4 * 2 < plain, "{lz4} compressed vs {plain} plain bytes");
     }
 }

@@ -8,9 +8,9 @@ use chrono::NaiveDate;
 use futures::{StreamExt, TryStreamExt, stream};
 
 use super::{Worker, names};
-use crate::clean::Schemas;
-use crate::clean::stage::{PartSummary, StageError, StagedPaths, stage_part};
+use crate::clean::stage::{PartSummary, StageError, StagedPaths, stage_part_with};
 use crate::clean::validators::today_sao_paulo;
+use crate::clean::{Limits, Schemas};
 use crate::config::Config;
 use crate::events::batch::BATCH_READY_VERSION;
 use crate::events::gcs::OBJECT_FINALIZE;
@@ -130,13 +130,19 @@ impl Worker {
         let summary = blocking("staging", move || -> Result<PartSummary, StageError> {
             let _span = span.entered();
             let file = File::open(&raw_path)?;
-            stage_part(
+            // Staged files go up to the curated bucket and back down: compressed.
+            let limits = Limits {
+                compress_staged: true,
+                ..Limits::default()
+            };
+            stage_part_with(
                 &schema,
                 &name,
                 &generation,
                 file,
                 &stage_dir,
                 today_sao_paulo(),
+                &limits,
             )
         })
         .await?
