@@ -121,6 +121,20 @@ def rss(pid):
     status = pathlib.Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
+def listed_bytes(bucket, prefix):
+    """Bytes of the objects under a prefix of a bucket of the stack."""
+    total, token = 0, None
+    while True:
+        q = {"prefix": prefix, "fields": "items(size),nextPageToken"}
+        if token:
+            q["pageToken"] = token
+        url = f"{gcs}/storage/v1/b/{bucket}/o?{urllib.parse.urlencode(q)}"
+        page = json.load(urllib.request.urlopen(url, timeout=60))
+        total += sum(int(o["size"]) for o in page.get("items", []))
+        token = page.get("nextPageToken")
+        if not token:
+            return total
+
 def upload(paths):
     for p in paths:
         q = urllib.parse.urlencode({"uploadType": "media", "name": p.relative_to(raw).as_posix()})
@@ -154,6 +168,7 @@ for n, d in enumerate(sorted(by_day)):
     if n == 0:
         files, first_t0, first_marker, first_mail = day_files, t0, t_marker, t_mail
         usage = {name: proc(pid) for name, pid in roles.items()}
+        staged_bytes = listed_bytes(env["DATASHARE_BUCKET_CURATED"], f"staging/dt={d}/")
 t0, t_marker, t_mail = first_t0, first_marker, first_mail
 
 # Stage times from the roles' logs (RFC 3339 UTC timestamps, one event a line).
@@ -215,6 +230,8 @@ for n in ("deliver-sftp", "deliver-api", "deliver-email"):
     d = [ms(l) for _, l in events(n) if "delivered already_present" in l]
     if d:
         print(f"  {n} as the sink logs it: {d[0] / 1000:.2f} s")
+print(f"staged files of the day in the curated bucket: {staged_bytes / 2**20:.1f} MiB "
+      f"({staged_bytes / max(rows, 1):.1f} bytes per transaction row)")
 print(f"\nupload -> partner e-mail: {t_mail - t0:.2f} s from the first byte uploaded, "
       f"{t_mail - t_marker:.2f} s from the marker's upload")
 print(f"\n{'role':16} {'peak RSS (MiB)':>15} {'CPU (s)':>8}   (after the first day)")
@@ -229,7 +246,7 @@ if len(runs) > 1:
 json.dump({"rows": rows, "upload_to_mail_s": t_mail - t0, "marker_to_mail_s": t_mail - t_marker,
            "stages": {n: (a and b and b - a, b and b - t0) for n, a, b in stages},
            "roles": {n: {"peak_rss_mib": h, "cpu_s": c} for n, (h, c) in usage.items()},
-           "days": runs},
+           "staged_bytes": staged_bytes, "days": runs},
           open(root / "result.json", "w"), indent=2)
 PY
 echo
