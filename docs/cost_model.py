@@ -17,18 +17,28 @@ RAW_CSV = 17_712_661 + 364          # bytes: every table's CSV + the marker
 RAW_GZ = 3_618_886 + 382            # bytes: the same, gzipped (`generate --gzip`)
 CURATED = 3_628_512 + 43_536 + 22_573   # curated Parquet + quarantine Parquet + reports
 TX_PARQUET = 2_774_222              # curated transactions Parquet alone
-STAGING = 40_631_457                # Arrow IPC staging of the day (peak of curated/_staging)
+STAGING = 17_070_967                # Arrow IPC staging of the day as the worker stores it (LZ4
+                                    # frames): 17,072,325 B in gs://<curated>/staging/dt=<D>/
+                                    # after `scripts/bench-e2e.sh 100000` (100,598 rows), scaled
+                                    # to TX_ROWS: 169.7 B/row (local `clean` stages uncompressed:
+                                    # 40,631,457 B, 403.9 B/row)
 PROD_LINES, PROD_PARQUET, PROD_CSV = 30_086, 1_000_218, 4_936_846   # OuchHungry's daily file
 
 # --- measured before (README, Benchmarks: release build, 2026-11-28) -----------------------------
 CLEAN_S_1M = 2.735                  # s to clean 1M transaction rows (2.71-2.76), 89 MiB peak RSS
 CLEAN_S_10M = 35.3                  # s for 10M (4 parts), 487.5 MiB peak RSS
 
-# --- measured here with a release build (2026-12-05, `/usr/bin/time datashare build`) -------------
-BUILD_S_PER_M = 4.6     # CPU s per partner per 1M rows of the day (0.32 s at 100k, 4.58 s at 1M,
-                        # 14.99 s at 3M)
-BUILD_GIB_PER_M = 1.0   # peak RSS of one partner's daily build per 1M rows (122 MB at 100k,
-                        # 1.06 GB at 1M, 3.14 GB at 3M): the worker's memory must hold it
+# --- measured here with a release build (2026-12-05, `/usr/bin/time datashare build`, issue 15) --
+BUILD_S_PER_M = 1.0     # CPU s per partner per 1M rows of the day (`--partner ouchhungry --date
+                        # 2026-11-27` on generated days, 1 % defects: 0.93-0.95 s user at 1M rows,
+                        # 2.94-3.00 s at 3M; 4.58 s and 14.99 s before the build streamed)
+BUILD_GIB_BASE = 0.06   # peak RSS of one partner's daily build, streaming the curated lines and
+BUILD_GIB_PER_M = 0.05  # writing a row group at a time: a base + this per 1M rows of the day
+                        # (110-115 MB at 1M, 208 MB at 3M; 1.06 GB and 3.14 GB before)
+CLEAN_GIB_1M, CLEAN_GIB_10M = 89.0 / 1024, 487.5 / 1024   # the cleaning's peak RSS (above)
+# The worker's whole peak, end to end on the local stack (`scripts/bench-e2e.sh`): 137 MiB on a
+# 1M-row day, 522 MiB on a 10M-row day. Compressing the staged files (LZ4) costs CPU the model
+# leaves out: small next to the cleaning.
 
 # --- estimated (not measured in the cloud; see docs/cost.md) ---------------------------------------
 IO_BYTES_S = 100e6      # Cloud Storage read/write within the region, bytes/s
@@ -71,9 +81,11 @@ def gb_months(days_kept, bytes_per_day, classes):
 
 
 def worker_size(rows):
-    """The smallest Cloud Run worker (vCPU, GiB) whose memory holds a product build of the day,
-    with 0.5 GiB to spare (Cloud Run: up to 8 GiB on 2 vCPU, 16 GiB on 4, 32 GiB on 8)."""
-    need = BUILD_GIB_PER_M * rows / M + 0.5
+    """The smallest Cloud Run worker (vCPU, GiB) whose memory holds the larger of the day's
+    cleaning and one product build, with 0.5 GiB to spare (Cloud Run: up to 8 GiB on 2 vCPU,
+    16 GiB on 4, 32 GiB on 8)."""
+    clean = CLEAN_GIB_1M if rows <= M else CLEAN_GIB_10M * rows / (10 * M)
+    need = max(clean, BUILD_GIB_BASE + BUILD_GIB_PER_M * rows / M) + 0.5
     for cpu, gib in ((2, 4), (2, 8), (4, 16), (8, 32)):
         if need <= gib:
             return cpu, gib
@@ -81,10 +93,10 @@ def worker_size(rows):
 
 
 def model(partners, rows, staging_days=400, formats=("parquet", "csv"), nat=True, checks_per_window=24,
-          secrets_per_partner=4, worker=None):
+          secrets_per_partner=4):
     """Monthly cost by line for `partners` partners and `rows` transaction rows a day."""
     cpu, gib = worker_size(rows)
-    worker = worker if worker is not None else cpu * RUN_CPU + gib * RUN_MEM
+    worker = cpu * RUN_CPU + gib * RUN_MEM
     f = rows / TX_ROWS
     raw, curated, staging = RAW_GZ * f, CURATED * f, STAGING * f
     lines = min(SHARE * partners, 1.0) * rows * TX_KEPT / TX_ROWS
@@ -178,7 +190,6 @@ def main():
         "no Cloud NAT / static address": dict(nat=False),
         "check-sinks 2 times per deadline window, not 24": dict(checks_per_window=2),
         "one secret per partner, not 4": dict(secrets_per_partner=1),
-        "products built in bounded memory: worker 2 vCPU / 4 GiB at every size": dict(worker=WORKER),
     }
     print("\n| lever | " + " | ".join(f"{p} × {r / M:.0f}M" for p, r in scenarios) + " |")
     print("|---|" + "---:|" * len(scenarios))
