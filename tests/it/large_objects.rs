@@ -227,3 +227,70 @@ async fn upload_and_download_big_file(host: &str, bucket: &str) {
         BIG >> 20
     );
 }
+
+/// A day large enough that its staged files, its curated Parquet and the partner's daily CSV
+/// each pass the resumable threshold goes through every role to the partner's e-mail, the SFTP
+/// copy of the CSV equal to what was built (not timed: `scripts/bench-e2e.sh` measures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_day_whose_files_pass_16_mib_is_delivered() {
+    use crate::harness::{Partners, Spec, TestApp, mails, until, upload_day};
+    const THRESHOLD: u64 = 16 << 20;
+    let r = TestApp::spawn(Spec::new().partners(Partners::StandIns)).await;
+    r.spawn_worker().await;
+    for sink in ["sftp", "api", "email"] {
+        r.spawn_deliver(sink).await;
+    }
+    let dt = chrono::NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 700_000, false).await;
+    let mail_dir = r.mail_dir();
+    until("the partner e-mail", Duration::from_secs(1500), || {
+        let n = mails(&mail_dir).len();
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+
+    let b = &r.cfg.gcp.buckets;
+    let largest = |objects: Vec<datashare::gcp::ObjectMeta>, suffix: &str| {
+        objects
+            .into_iter()
+            .filter(|o| o.name.ends_with(suffix))
+            .map(|o| (o.size, o.name))
+            .max()
+            .unwrap_or_default()
+    };
+    let staged = largest(
+        r.gcs
+            .list(&b.curated, &format!("staging/dt={dt}/transactions/"))
+            .await
+            .unwrap(),
+        ".arrow",
+    );
+    let curated = largest(
+        r.gcs
+            .list(&b.curated, &format!("curated/transactions/dt={dt}/"))
+            .await
+            .unwrap(),
+        ".parquet",
+    );
+    let csv = largest(
+        r.gcs.list(&b.products, "ouchhungry/daily/").await.unwrap(),
+        ".csv",
+    );
+    for (what, (size, name)) in [("staged", &staged), ("curated", &curated), ("csv", &csv)] {
+        assert!(*size > THRESHOLD, "{what}: largest {name} is {size} bytes");
+    }
+    let name = csv.1.rsplit('/').next().unwrap();
+    let at_sftp = std::fs::read(r.upload_dir().join("ouchhungry/daily").join(name))
+        .expect("the CSV on the SFTP server");
+    let (built, _) = r
+        .gcs
+        .read(&b.products, &csv.1, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        sha256_hex(&at_sftp),
+        sha256_hex(&built),
+        "SFTP holds the CSV built"
+    );
+}
