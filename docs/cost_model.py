@@ -29,16 +29,25 @@ CLEAN_S_1M = 2.735                  # s to clean 1M transaction rows (2.71-2.76)
 CLEAN_S_10M = 35.3                  # s for 10M (4 parts), 487.5 MiB peak RSS
 
 # --- measured here with a release build (2026-12-05, `/usr/bin/time datashare build`, issue 15) --
-BUILD_S_PER_M = 1.0     # CPU s per partner per 1M rows of the day (`--partner ouchhungry --date
-                        # 2026-11-27` on generated days, 1 % defects: 0.93-0.95 s user at 1M rows,
-                        # 2.94-3.00 s at 3M; 4.58 s and 14.99 s before the build streamed)
-BUILD_GIB_BASE = 0.06   # peak RSS of one partner's daily build, streaming the curated lines and
-BUILD_GIB_PER_M = 0.05  # writing a row group at a time: a base + this per 1M rows of the day
-                        # (110-115 MB at 1M, 208 MB at 3M; 1.06 GB and 3.14 GB before)
+# The daily build reads the trailing 30-day window of curated batches every day (distinct customers
+# per city, latest version of each line) and holds one record per partner line of that window.
+WINDOW_DAYS = 30        # the small-city window (src/products/daily.rs, WINDOW_DAYS)
+BUILD_S_PER_M_WINDOW = 1.28 / 3     # CPU s per partner per 1M rows of the window: 1.26-1.30 s user
+                        # for `--partner ouchhungry --date 2026-11-27` with 30 generated days of 100k
+                        # rows present (3M rows of window, 1 % defects): 0.43 s per 1M
+BUILD_S_PER_M = WINDOW_DAYS * BUILD_S_PER_M_WINDOW  # CPU s per partner per 1M rows of the day at
+                        # steady state (30 days present: the build re-reads 30 days of rows): 12.8 s
+BUILD_GIB_BASE = 40e6 / GiB         # peak RSS of one partner's daily build: 40 MB (the day alone,
+BUILD_B_PER_LINE = 120  # 0.08 s) + this per partner line of the window (148 MB with 30 × 100k rows
+                        # present, 30 % of them the partner's: (148 - 40) MB / 0.9M lines)
+# The day alone (first days, or the window part excluded: what an incremental count would leave):
+BUILD_S_PER_M_DAY = 1.0     # 0.93-0.95 s user at 1M rows, 2.94-3.00 s at 3M
+BUILD_GIB_DAY_BASE = 0.06   # peak RSS 110-115 MB at 1M, 208 MB at 3M: a base + this per 1M rows
+BUILD_GIB_DAY_PER_M = 0.05  # (before the build streamed: 4.58 s and 1.06 GB at 1M)
 CLEAN_GIB_1M, CLEAN_GIB_10M = 89.0 / 1024, 487.5 / 1024   # the cleaning's peak RSS (above)
-# The worker's whole peak, end to end on the local stack (`scripts/bench-e2e.sh`): 137 MiB on a
-# 1M-row day, 522 MiB on a 10M-row day. Compressing the staged files (LZ4) costs CPU the model
-# leaves out: small next to the cleaning.
+# The worker's whole peak, end to end on the local stack (`scripts/bench-e2e.sh`, first days: the
+# window short): 137 MiB on a 1M-row day, 522 MiB on a 10M-row day. Compressing the staged files
+# (LZ4) costs CPU the model leaves out: small next to the cleaning.
 
 # --- estimated (not measured in the cloud; see docs/cost.md) ---------------------------------------
 IO_BYTES_S = 100e6      # Cloud Storage read/write within the region, bytes/s
@@ -80,12 +89,21 @@ def gb_months(days_kept, bytes_per_day, classes):
     return out
 
 
-def worker_size(rows):
+def build_gib(rows, incremental=False):
+    """Peak memory (GiB) of one partner's daily build at steady state. Builds run one partner after
+    the other, so one partner's lines count: an OuchHungry-sized partner's share (capped at 100 %)
+    of the 30-day window, or of the day alone with an incremental small-city count."""
+    if incremental:
+        return BUILD_GIB_DAY_BASE + BUILD_GIB_DAY_PER_M * rows / M
+    return BUILD_GIB_BASE + BUILD_B_PER_LINE * WINDOW_DAYS * rows * min(SHARE, 1.0) / GiB
+
+
+def worker_size(rows, incremental=False):
     """The smallest Cloud Run worker (vCPU, GiB) whose memory holds the larger of the day's
-    cleaning and one product build, with 0.5 GiB to spare (Cloud Run: up to 8 GiB on 2 vCPU,
-    16 GiB on 4, 32 GiB on 8)."""
+    cleaning and one product build at steady state, with 0.5 GiB to spare (Cloud Run: up to 8 GiB
+    on 2 vCPU, 16 GiB on 4, 32 GiB on 8)."""
     clean = CLEAN_GIB_1M if rows <= M else CLEAN_GIB_10M * rows / (10 * M)
-    need = max(clean, BUILD_GIB_BASE + BUILD_GIB_PER_M * rows / M) + 0.5
+    need = max(clean, build_gib(rows, incremental)) + 0.5
     for cpu, gib in ((2, 4), (2, 8), (4, 16), (8, 32)):
         if need <= gib:
             return cpu, gib
@@ -93,9 +111,10 @@ def worker_size(rows):
 
 
 def model(partners, rows, staging_days=400, formats=("parquet", "csv"), nat=True, checks_per_window=24,
-          secrets_per_partner=4):
-    """Monthly cost by line for `partners` partners and `rows` transaction rows a day."""
-    cpu, gib = worker_size(rows)
+          secrets_per_partner=4, incremental=False):
+    """Monthly cost by line for `partners` partners and `rows` transaction rows a day; with
+    `incremental`, the small-city count no longer re-reads the window (the day alone is built)."""
+    cpu, gib = worker_size(rows, incremental)
     worker = cpu * RUN_CPU + gib * RUN_MEM
     f = rows / TX_ROWS
     raw, curated, staging = RAW_GZ * f, CURATED * f, STAGING * f
@@ -105,14 +124,18 @@ def model(partners, rows, staging_days=400, formats=("parquet", "csv"), nat=True
     cost, facts = {}, {}
 
     clean_s = CLEAN_S_1M * rows / M if rows <= M else CLEAN_S_10M * rows / (10 * M)
-    io_s = (raw + 2 * staging + curated + products) / IO_BYTES_S
-    batch_s = clean_s + BUILD_S_PER_M * partners * rows / M + io_s
+    # the batch step downloads the window's 29 earlier days of curated transactions once
+    window = 0.0 if incremental else (WINDOW_DAYS - 1) * rows * TX_PARQUET / TX_KEPT
+    io_s = (raw + 2 * staging + curated + window + products) / IO_BYTES_S
+    build_s = (BUILD_S_PER_M_DAY if incremental else BUILD_S_PER_M) * partners * rows / M
+    batch_s = clean_s + build_s + io_s
     worker_ticks_s = 288 * TICK_WORKER_S + checks_per_window * partners * 2 * CHECK_S
     sinks_s = partners * 2 * (1.0 + products / partners / 10e6) + partners * 1.0
     gross = DAYS * (worker * (batch_s + worker_ticks_s) + SMALL * (sinks_s + 288 * ALERT_TICK_S))
     requests = DAYS * (576 + 20 + 5 * partners)
     cost["Cloud Run"] = max(0.0, gross - RUN_FREE) + max(0, requests - RUN_FREE_REQ) * RUN_REQ
-    facts.update(batch_s=batch_s, worker_ticks_s=worker_ticks_s, run_gross=gross, requests=requests,
+    facts.update(batch_s=batch_s, build_s=build_s, io_s=io_s, build_gib=build_gib(rows, incremental),
+                 worker_ticks_s=worker_ticks_s, run_gross=gross, requests=requests,
                  worker=f"{cpu} vCPU / {gib} GiB")
 
     pubsub_bytes = DAYS * PUBSUB_MIN * (864 + 14 + 4 + 5 * partners + 2)
@@ -174,7 +197,9 @@ def main():
                                                           in zip(results, scenarios)) + " |")
     for (p, r), (_, facts) in zip(scenarios, results):
         stored = ", ".join(f"{k.lower()} {v:.0f}" for k, v in facts["stored_gb"].items())
-        print(f"\n{p} partners, {r / M:.0f}M rows: worker {facts['worker']}, batch step {facts['batch_s']:.0f} s/day, worker ticks "
+        print(f"\n{p} partners, {r / M:.0f}M rows: worker {facts['worker']} (one build's peak "
+              f"{facts['build_gib']:.2f} GiB), batch step {facts['batch_s']:.0f} s/day (builds "
+              f"{facts['build_s']:.0f} s, I/O {facts['io_s']:.0f} s), worker ticks "
               f"{facts['worker_ticks_s']:.0f} s/day, Cloud Run gross ${facts['run_gross']:.2f}, "
               f"{facts['requests']:.0f} requests; stored GB {stored}; staging {facts['staging_mb_day']:.0f} MB/day, "
               f"products {facts['products_mb_day']:.0f} MB/day; egress {facts['egress_gib']:.1f} GiB; "
@@ -190,6 +215,8 @@ def main():
         "no Cloud NAT / static address": dict(nat=False),
         "check-sinks 2 times per deadline window, not 24": dict(checks_per_window=2),
         "one secret per partner, not 4": dict(secrets_per_partner=1),
+        "incremental small-city count (window not re-read): worker 2 vCPU / 4 GiB at every size":
+            dict(incremental=True),
     }
     print("\n| lever | " + " | ".join(f"{p} × {r / M:.0f}M" for p, r in scenarios) + " |")
     print("|---|" + "---:|" * len(scenarios))
