@@ -226,18 +226,49 @@ fn day_row(
     })
 }
 
-/// The latest version seen of one order line of the partner's products in the window.
+/// One version of an order line of the partner's products in the window (32 bytes, kept in a
+/// sorted vector: no hash table overhead).
+#[derive(Clone, Copy)]
 struct Version {
+    /// 64-bit hash of the transaction id.
+    key: u64,
     /// `updated_at` (a missing one is the oldest).
     updated_at: i64,
-    /// The batch's day number (ties on `updated_at` go to the later batch).
-    batch: i32,
     /// 64-bit hash of the customer.
     customer: u64,
     /// The line's place.
     place: u32,
+    /// The batch's day number (ties on `updated_at` go to the later batch), as i24 + flag:
+    /// see [`Version::batch`] and [`Version::counts`].
+    batch_counts: i32,
+}
+
+impl Version {
+    fn new(key: u64, updated_at: i64, batch: i32, customer: u64, place: u32, counts: bool) -> Self {
+        Version {
+            key,
+            updated_at,
+            customer,
+            place,
+            // Day numbers of years 1..9999 fit 23 bits with their sign; the low bit is the flag.
+            batch_counts: batch * 2 + i32::from(counts),
+        }
+    }
+
+    /// The batch's day number.
+    fn batch(&self) -> i32 {
+        self.batch_counts.div_euclid(2)
+    }
+
     /// A completed sale in the window (counts toward its place's customers).
-    counts: bool,
+    fn counts(&self) -> bool {
+        self.batch_counts.rem_euclid(2) == 1
+    }
+
+    /// Which version is later: (updated_at, batch).
+    fn at(&self) -> (i64, i32) {
+        (self.updated_at, self.batch())
+    }
 }
 
 /// A 64-bit hash of an id, the same in every process (SipHash with fixed keys). Two ids
@@ -294,7 +325,7 @@ fn window_customers(
         .filter(|p| is_partner_product(contract, p))
         .map(|p| p.product_code.as_str())
         .collect();
-    let mut latest: HashMap<u64, Version> = HashMap::new();
+    let mut versions: Vec<Version> = Vec::new();
     for x in present {
         curated.each_line(*x, |l| -> Result<(), DailyError> {
             if l.batch == d {
@@ -303,55 +334,51 @@ fn window_customers(
             if !partner.contains(l.product_code) {
                 return Ok(());
             }
-            let (updated_at, batch) = (l.updated_at.unwrap_or(i64::MIN), l.batch.to_epoch_days());
-            let key = id_hash(b'l', l.transaction_id);
-            if latest
-                .get(&key)
-                .is_some_and(|cur| (cur.updated_at, cur.batch) > (updated_at, batch))
-            {
-                return Ok(());
-            }
             let counts = l.status == Status::Completed
                 && l.local_date().is_some_and(|x| x >= first && x <= d);
-            latest.insert(
-                key,
-                Version {
-                    updated_at,
-                    batch,
-                    customer: id_hash(b'c', l.customer_id),
-                    place: places.id(l.uf, l.city),
-                    counts,
-                },
-            );
+            versions.push(Version::new(
+                id_hash(b'l', l.transaction_id),
+                l.updated_at.unwrap_or(i64::MIN),
+                l.batch.to_epoch_days(),
+                id_hash(b'c', l.customer_id),
+                places.id(l.uf, l.city),
+                counts,
+            ));
             Ok(())
         })?;
     }
+    // The latest version of each line: the last of its key once sorted by (key, updated_at,
+    // batch). A batch holds a line once, so no two versions of a key tie.
+    versions.sort_unstable_by_key(|v| (v.key, v.updated_at, v.batch()));
+    versions.reverse();
+    versions.dedup_by_key(|v| v.key);
+    versions.reverse();
     // A later version naming another manufacturer's product ends a line's partner sale.
-    if !latest.is_empty() {
+    if !versions.is_empty() {
         for x in present {
             curated.each_version(*x, |tid, code, updated_at| {
                 if partner.contains(code) {
                     return;
                 }
+                let key = id_hash(b'l', tid);
+                let Ok(i) = versions.binary_search_by_key(&key, |v| v.key) else {
+                    return;
+                };
                 let at = (updated_at.unwrap_or(i64::MIN), x.to_epoch_days());
-                if let Some(cur) = latest.get_mut(&id_hash(b'l', tid))
-                    && at >= (cur.updated_at, cur.batch)
-                {
-                    (cur.updated_at, cur.batch, cur.counts) = (at.0, at.1, false);
+                if at >= versions[i].at() {
+                    let v = &versions[i];
+                    versions[i] = Version::new(key, at.0, at.1, v.customer, v.place, false);
                 }
             })?;
         }
     }
-    let mut pairs: Vec<(u32, u64)> = latest
-        .into_values()
-        .filter(|v| v.counts)
-        .map(|v| (v.place, v.customer))
-        .collect();
-    pairs.sort_unstable();
-    pairs.dedup();
+    // Distinct customers per place: the counting versions sorted by (place, customer).
+    versions.retain(|v| v.counts());
+    versions.sort_unstable_by_key(|v| (v.place, v.customer));
+    versions.dedup_by_key(|v| (v.place, v.customer));
     let mut out: HashMap<u32, usize> = HashMap::new();
-    for (place, _) in pairs {
-        *out.entry(place).or_default() += 1;
+    for v in versions {
+        *out.entry(v.place).or_default() += 1;
     }
     Ok(out)
 }
