@@ -391,15 +391,24 @@ fn run_table(
         .map(|(i, t)| (i, t, key_sets.get(t)))
         .collect();
     // Keys and nearly unique columns skip the dictionary: it would only cost time.
-    let mut props = WriterProperties::builder();
+    let mut props = WriterProperties::builder()
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(limits.row_group_rows.max(1)));
     for c in table.columns.iter().filter(|c| !c.dictionary) {
         props = props.set_column_dictionary_enabled(ColumnPath::from(c.name.as_str()), false);
     }
-    let props = props
-        .set_statistics_enabled(EnabledStatistics::Chunk)
-        .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(limits.row_group_rows.max(1)))
-        .build();
+    // Quarantined rows are few: they keep every statistic.
+    let quarantine_props = props.clone().build();
+    // Keys and ids in no order skip min/max statistics in curated files: no reader prunes by
+    // them, and they cost a comparison per value.
+    for c in table.columns.iter().filter(|c| !c.statistics) {
+        props = props.set_column_statistics_enabled(
+            ColumnPath::from(c.name.as_str()),
+            EnabledStatistics::None,
+        );
+    }
+    let props = props.build();
     let (flush_rows, flush_bytes) = (limits.flush_rows(), limits.flush_bytes);
     let curated_path = out.curated(&table.name);
     fs::create_dir_all(curated_path.parent().expect("curated path has a folder"))?;
@@ -408,7 +417,7 @@ fn run_table(
     let mut curated = ArrowWriter::try_new(
         File::create(&curated_tmp)?,
         curated_schema.clone(),
-        Some(props.clone()),
+        Some(props),
     )?;
     let mut quarantine = QuarantineBuilder::new(table);
     let mut keys = HashSet::new();
@@ -522,7 +531,7 @@ fn run_table(
     let mut qwriter = ArrowWriter::try_new(
         File::create(&quarantine_tmp)?,
         quarantine_schema(table),
-        Some(props),
+        Some(quarantine_props),
     )?;
     for path in &paths {
         for batch in open_staged(&path.quarantine)? {
@@ -691,6 +700,59 @@ mod tests {
         // The tie goes to the last line; the losers are listed from the last one back.
         assert_eq!(record["winner"]["line"], n + 1);
         assert_eq!(record["losers"][0]["line"], n);
+    }
+
+    #[test]
+    fn curated_keys_and_columns_marked_so_have_no_statistics() {
+        let schemas = Schemas::parse(
+            &crate::clean::schema::DEFAULT_TABLES_TOML.replace(
+                "name = \"brand\"\n",
+                "name = \"brand\"\nstatistics = false\n",
+            ),
+            "test",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("staging");
+        let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        let csv = "product_code,ean,name,brand,manufacturer,segment,unit_size,updated_at\n\
+                   OHB-000101,,Cola,Hungry,OuchHungry,Refrigerantes,,2026-11-01 10:00:00\n\
+                   OHB-000102,,Soda,Hungry,OuchHungry,Refrigerantes,,2026-11-01 10:00:00\n";
+        let part = stage_part(
+            schemas.table("products").unwrap(),
+            "extracts/products/dt=2026-11-27/part-000.csv",
+            "1",
+            std::io::Cursor::new(csv),
+            &staging,
+            today(),
+        )
+        .unwrap();
+        let out = BatchOutputs {
+            root: dir.path().join("out"),
+            dt,
+        };
+        run_batch(&schemas, dt, &staging, &[part], &out).unwrap();
+        use parquet::file::reader::FileReader as _;
+        let reader = parquet::file::reader::SerializedFileReader::new(
+            File::open(out.curated("products")).unwrap(),
+        )
+        .unwrap();
+        let rg = reader.metadata().row_group(0);
+        let with_stats: Vec<&str> = (0..rg.num_columns())
+            .filter(|&i| rg.column(i).statistics().is_some())
+            .map(|i| rg.column(i).column_descr().name())
+            .collect();
+        assert_eq!(
+            with_stats,
+            [
+                "ean",
+                "name",
+                "manufacturer",
+                "segment",
+                "unit_size",
+                "updated_at"
+            ]
+        );
     }
 
     #[test]

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    Date32Builder, Decimal128Builder, Int64Builder, ListBuilder, StringBuilder,
+    Date32Builder, Decimal128Builder, Int64Builder, ListBuilder, PrimitiveBuilder, StringBuilder,
     TimestampMicrosecondBuilder, UInt32Builder, UInt64Builder,
 };
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::types::ArrowPrimitiveType;
+use arrow_array::{Array, ArrayRef, PrimitiveArray, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use super::schema::TableSchema;
@@ -162,16 +163,34 @@ impl ColumnBuilder {
         }
     }
 
-    /// Finishes the column.
+    /// Finishes the column; the builder keeps room for as many rows and bytes.
     pub fn finish(&mut self) -> ArrayRef {
         match self {
-            ColumnBuilder::Str(b) => Arc::new(b.finish()),
-            ColumnBuilder::Int(b) => Arc::new(b.finish()),
-            ColumnBuilder::Dec(b) => Arc::new(b.finish()),
-            ColumnBuilder::Ts(b) => Arc::new(b.finish()),
-            ColumnBuilder::Date(b) => Arc::new(b.finish()),
+            ColumnBuilder::Str(b) => Arc::new(finish_strings(b)),
+            ColumnBuilder::Int(b) => Arc::new(finish_primitive(b)),
+            ColumnBuilder::Dec(b) => Arc::new(finish_primitive(b)),
+            ColumnBuilder::Ts(b) => Arc::new(finish_primitive(b)),
+            ColumnBuilder::Date(b) => Arc::new(finish_primitive(b)),
         }
     }
+}
+
+// arrow's `finish` hands its buffers over and leaves the builder empty: without the room given
+// back here, every flush would grow each buffer again from nothing (reallocations, fresh pages).
+
+/// Finishes a text column and leaves the builder room for as many values and bytes.
+fn finish_strings(b: &mut StringBuilder) -> StringArray {
+    let array = b.finish();
+    *b = StringBuilder::with_capacity(array.len(), array.values().len());
+    array
+}
+
+/// Finishes a fixed-width column and leaves the builder room for as many values, same type.
+fn finish_primitive<T: ArrowPrimitiveType>(b: &mut PrimitiveBuilder<T>) -> PrimitiveArray<T> {
+    let array = b.finish();
+    *b =
+        PrimitiveBuilder::<T>::with_capacity(array.len()).with_data_type(array.data_type().clone());
+    array
 }
 
 /// Builds staged rows batch by batch: typed data, keys, raw values.
@@ -255,20 +274,20 @@ impl StagedBuilder {
     pub fn finish(&mut self) -> StagedBatches {
         let mut arrays: Vec<ArrayRef> =
             self.columns.iter_mut().map(ColumnBuilder::finish).collect();
-        arrays.push(Arc::new(self.line.finish()));
+        arrays.push(Arc::new(finish_primitive(&mut self.line)));
         self.rows = 0;
         self.bytes = 0;
         let keys: Vec<ArrayRef> = vec![
-            Arc::new(self.key.finish()),
-            Arc::new(self.check.finish()),
-            Arc::new(self.version.finish()),
-            Arc::new(self.hash.finish()),
+            Arc::new(finish_primitive(&mut self.key)),
+            Arc::new(finish_primitive(&mut self.check)),
+            Arc::new(finish_primitive(&mut self.version)),
+            Arc::new(finish_primitive(&mut self.hash)),
         ];
         StagedBatches {
             data: RecordBatch::try_new(self.schema.clone(), arrays)
                 .expect("staged arrays match their schema"),
             keys: RecordBatch::try_new(keys_schema(), keys).expect("keys match their schema"),
-            raw: RecordBatch::try_new(raw_schema(), vec![Arc::new(self.raw.finish())])
+            raw: RecordBatch::try_new(raw_schema(), vec![Arc::new(finish_strings(&mut self.raw))])
                 .expect("raw values match their schema"),
         }
     }
@@ -362,13 +381,13 @@ impl QuarantineBuilder {
         let mut arrays: Vec<ArrayRef> = self
             .raw
             .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .map(|b| Arc::new(finish_strings(b)) as ArrayRef)
             .collect();
         arrays.push(Arc::new(self.reasons.finish()));
-        arrays.push(Arc::new(self.object.finish()));
-        arrays.push(Arc::new(self.generation.finish()));
-        arrays.push(Arc::new(self.line.finish()));
-        arrays.push(Arc::new(self.record.finish()));
+        arrays.push(Arc::new(finish_strings(&mut self.object)));
+        arrays.push(Arc::new(finish_strings(&mut self.generation)));
+        arrays.push(Arc::new(finish_primitive(&mut self.line)));
+        arrays.push(Arc::new(finish_strings(&mut self.record)));
         self.rows = 0;
         self.bytes = 0;
         RecordBatch::try_new(self.schema.clone(), arrays)

@@ -98,6 +98,8 @@ struct RawColumn {
     not_future: bool,
     #[serde(default = "yes")]
     dictionary: bool,
+    #[serde(default = "yes")]
+    statistics: bool,
     pattern: Option<String>,
     #[serde(default)]
     normalize: Vec<String>,
@@ -127,6 +129,8 @@ pub struct ColumnSchema {
     pub references: Option<String>,
     /// Dictionary-encode the column in Parquet (off for nearly unique values).
     pub dictionary: bool,
+    /// Write the column's min/max statistics in Parquet (off where they prune nothing).
+    pub statistics: bool,
 }
 
 /// One table: its columns, key and version column.
@@ -305,6 +309,7 @@ fn build_column(
         default: col.default.clone(),
         references: col.references.clone(),
         dictionary: col.dictionary && *cname != raw.key,
+        statistics: col.statistics && *cname != raw.key,
     })
 }
 

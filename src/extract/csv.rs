@@ -444,8 +444,9 @@ impl CsvReader {
         rec.text.clear();
         rec.ends.clear();
         let delim = self.dialect.delimiter;
-        // Most lines are valid UTF-8 as a whole: their plain fields are copied without a check each.
-        let utf8 = std::str::from_utf8(line).ok();
+        // Most lines are valid UTF-8 as a whole: their fields are copied without a check each.
+        let valid = valid_run(line);
+        let utf8 = (valid.len() == line.len()).then_some(valid);
         if let Some(text) = utf8
             && memchr::memchr(b'"', line).is_none()
         {
@@ -459,7 +460,8 @@ impl CsvReader {
             return true;
         }
         // The valid UTF-8 run last found (its start, its text): plain fields inside it need no check.
-        let mut run = (0, utf8.unwrap_or(""));
+        // A line that is not UTF-8 starts with the run its check found: it is not checked again.
+        let mut run = (0, valid);
         let mut i = 0;
         loop {
             // Leading spaces before an opening quote are tolerated.
@@ -468,15 +470,27 @@ impl CsvReader {
                 j += 1;
             }
             if j < line.len() && line[j] == b'"' {
-                self.field_buf.clear();
-                let Some(k) = unquote(&line[j + 1..], &mut self.field_buf) else {
-                    return false;
-                };
                 // Text after the closing quote, up to the delimiter, is kept as is.
-                let k = j + 1 + k;
-                let end = memchr::memchr(delim, &line[k..]).map_or(line.len(), |p| k + p);
-                self.field_buf.extend_from_slice(&line[k..end]);
-                self.saw_windows_1252 |= push_decoded(&mut rec.text, &self.field_buf);
+                let end = if let Some(text) = utf8 {
+                    // A valid line: quotes and delimiters are ASCII, its pieces are valid too.
+                    let Some(k) = unquote_text(&text[j + 1..], &mut rec.text) else {
+                        return false;
+                    };
+                    let k = j + 1 + k;
+                    let end = memchr::memchr(delim, &line[k..]).map_or(line.len(), |p| k + p);
+                    rec.text.push_str(&text[k..end]);
+                    end
+                } else {
+                    self.field_buf.clear();
+                    let Some(k) = unquote(&line[j + 1..], &mut self.field_buf) else {
+                        return false;
+                    };
+                    let k = j + 1 + k;
+                    let end = memchr::memchr(delim, &line[k..]).map_or(line.len(), |p| k + p);
+                    self.field_buf.extend_from_slice(&line[k..end]);
+                    self.saw_windows_1252 |= push_decoded(&mut rec.text, &self.field_buf);
+                    end
+                };
                 rec.ends.push(rec.text.len());
                 if end >= line.len() {
                     return true;
@@ -517,11 +531,29 @@ fn unquote(rest: &[u8], out: &mut Vec<u8>) -> Option<usize> {
     }
 }
 
-/// The longest valid UTF-8 prefix of `bytes`, as text.
+/// Like [`unquote`], for a quoted field of a valid UTF-8 line: appends to text, no check needed.
+fn unquote_text(rest: &str, out: &mut String) -> Option<usize> {
+    let bytes = rest.as_bytes();
+    let mut k = 0;
+    loop {
+        let q = k + memchr::memchr(b'"', &bytes[k..])?;
+        out.push_str(&rest[k..q]);
+        if bytes.get(q + 1) == Some(&b'"') {
+            out.push('"');
+            k = q + 2;
+        } else {
+            return Some(q + 1);
+        }
+    }
+}
+
+/// The longest valid UTF-8 prefix of `bytes`, as text, checked once.
 fn valid_run(bytes: &[u8]) -> &str {
     match std::str::from_utf8(bytes) {
         Ok(text) => text,
-        Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).expect("valid up to there"),
+        // SAFETY: `from_utf8` found the first `valid_up_to` bytes valid (the use std documents
+        // for `Utf8Error::valid_up_to`); checking them again would double the cost.
+        Err(e) => unsafe { std::str::from_utf8_unchecked(&bytes[..e.valid_up_to()]) },
     }
 }
 
@@ -634,6 +666,28 @@ mod tests {
             ["S\u{e3}o", "Bras\u{ed}lia", "Bel\u{e9}m", "ok", "\u{e9}"]
         );
         assert_eq!(r.encoding(), "windows-1252");
+    }
+
+    #[test]
+    fn quoted_fields_read_the_same_on_utf8_and_windows_1252_lines() {
+        // The same cells, once on a valid UTF-8 line, once on a line a Windows-1252 byte breaks
+        // (before, inside and after the quoted fields).
+        let (r, rows) = read_all(
+            "a,b,c,d\n\
+             S\u{e3}o,\"x,\"\"y\"\"\"tail,\"\u{e9}\",\"\"\n"
+                .as_bytes(),
+        );
+        let want = ["S\u{e3}o", "x,\"y\"tail", "\u{e9}", ""];
+        assert_eq!(rows[0].2, want);
+        assert_eq!(r.encoding(), "utf-8");
+        for line in [
+            &b"S\xe3o,\"x,\"\"y\"\"\"tail,\"\xc3\xa9\",\"\"\n"[..],
+            &b"S\xc3\xa3o,\"x,\"\"y\"\"\"tail,\"\xe9\",\"\"\n"[..],
+        ] {
+            let (r, rows) = read_all(&[&b"a,b,c,d\n"[..], line].concat());
+            assert_eq!(rows[0].2, want);
+            assert_eq!(r.encoding(), "windows-1252");
+        }
     }
 
     #[test]
