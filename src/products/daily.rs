@@ -355,12 +355,23 @@ fn window_customers(
     versions.reverse();
     // A later version naming another manufacturer's product ends a line's partner sale.
     if !versions.is_empty() {
+        // Eight bits a line: most other manufacturers' lines are ruled out without a search.
+        let bits = (versions.len() * 8).next_power_of_two();
+        let mut seen = vec![0u64; bits / 64];
+        for v in &versions {
+            let b = v.key as usize & (bits - 1);
+            seen[b / 64] |= 1 << (b % 64);
+        }
         for x in present {
             curated.each_version(*x, |tid, code, updated_at| {
                 if partner.contains(code) {
                     return;
                 }
                 let key = id_hash(b'l', tid);
+                let b = key as usize & (bits - 1);
+                if seen[b / 64] & (1 << (b % 64)) == 0 {
+                    return;
+                }
                 let Ok(i) = versions.binary_search_by_key(&key, |v| v.key) else {
                     return;
                 };
