@@ -25,26 +25,34 @@ STAGING = 17_070_967                # Arrow IPC staging of the day as the worker
 PROD_LINES, PROD_PARQUET, PROD_CSV = 30_086, 1_000_218, 4_936_846   # OuchHungry's daily file
 
 # --- measured before (README, Benchmarks: release build, 2026-11-28) -----------------------------
-CLEAN_S_1M = 2.735                  # s to clean 1M transaction rows (2.71-2.76), 89 MiB peak RSS
 CLEAN_S_10M = 35.3                  # s for 10M (4 parts), 487.5 MiB peak RSS
+# --- measured on a quiet machine (2026-12-05, release, `datashare bench clean --rows 1000000`) ----
+CLEAN_S_1M = 2.25                   # s to clean 1M transaction rows (three runs 2.25-2.36 s), 68 MiB
+                                    # peak RSS (the README's 2026-11-28 figure: 2.735 s, 89 MiB)
 
 # --- measured here with a release build (2026-12-05, `/usr/bin/time datashare build`, issue 15) --
 # The daily build reads the trailing 30-day window of curated batches every day (distinct customers
-# per city, latest version of each line) and holds one record per partner line of that window.
+# per city, latest version of each line) and holds one record per partner line of that window: a
+# sorted vector of 32-byte records plus an 8-bit-a-line bitmap (commits 3c0e405, edb2f1f; before,
+# a hash map of ~120 B a line: 1.26-1.30 s, 148 MB). Same files, byte for byte.
 WINDOW_DAYS = 30        # the small-city window (src/products/daily.rs, WINDOW_DAYS)
-BUILD_S_PER_M_WINDOW = 1.28 / 3     # CPU s per partner per 1M rows of the window: 1.26-1.30 s user
-                        # for `--partner ouchhungry --date 2026-11-27` with 30 generated days of 100k
-                        # rows present (3M rows of window, 1 % defects): 0.43 s per 1M
+BUILD_S_PER_M_WINDOW = 1.11 / 3     # CPU s per partner per 1M rows of the window: 1.09-1.12 s (three
+                        # runs, quiet machine) for `--partner ouchhungry --date 2026-11-27` with 30
+                        # generated days of 100k rows present (3M rows of window, 1 % defects): 0.37 s
 BUILD_S_PER_M = WINDOW_DAYS * BUILD_S_PER_M_WINDOW  # CPU s per partner per 1M rows of the day at
-                        # steady state (30 days present: the build re-reads 30 days of rows): 12.8 s
+                        # steady state (30 days present: the build re-reads 30 days of rows): 11.1 s
 BUILD_GIB_BASE = 40e6 / GiB         # peak RSS of one partner's daily build: 40 MB (the day alone,
-BUILD_B_PER_LINE = 120  # 0.08 s) + this per partner line of the window (148 MB with 30 × 100k rows
-                        # present, 30 % of them the partner's: (148 - 40) MB / 0.9M lines)
+BUILD_B_PER_LINE = 48   # 0.08 s) + this per partner line of the window: the 32-byte record, the
+                        # vector's growth headroom and the bitmap. Measured lower: 55 MB with 30 ×
+                        # 100k rows present, 30 % of them the partner's: (55 - 40) MB / 0.9M lines
+                        # = ~17 B a line, less than the record itself (peak RSS does not add up:
+                        # the window's records presumably reuse memory the 40 MB already counts);
+                        # 48 B is the bound the model keeps
 # The day alone (first days, or the window part excluded: what an incremental count would leave):
 BUILD_S_PER_M_DAY = 1.0     # 0.93-0.95 s user at 1M rows, 2.94-3.00 s at 3M
 BUILD_GIB_DAY_BASE = 0.06   # peak RSS 110-115 MB at 1M, 208 MB at 3M: a base + this per 1M rows
 BUILD_GIB_DAY_PER_M = 0.05  # (before the build streamed: 4.58 s and 1.06 GB at 1M)
-CLEAN_GIB_1M, CLEAN_GIB_10M = 89.0 / 1024, 487.5 / 1024   # the cleaning's peak RSS (above)
+CLEAN_GIB_1M, CLEAN_GIB_10M = 68.0 / 1024, 487.5 / 1024   # the cleaning's peak RSS (above)
 # The worker's whole peak, end to end on the local stack (`scripts/bench-e2e.sh`, first days: the
 # window short): 137 MiB on a 1M-row day, 522 MiB on a 10M-row day. Compressing the staged files
 # (LZ4) costs CPU the model leaves out: small next to the cleaning.
