@@ -324,15 +324,12 @@ impl Worker {
         tracing::info!(%dt, elapsed_ms = started.elapsed().as_millis() as u64, "batch step ran");
         let timer = metrics::Stage::CuratedUpload.timer();
         async {
-            let paths = files_under(out).map_err(|e| HandleError::local("outputs", e))?;
-            let curated = &self.config.gcp.buckets.curated;
-            bounded(
-                self.config.worker.listing_concurrency,
-                paths.iter().map(|path| async move {
-                    self.gcs.upload(curated, &relative(out, path), path).await
-                }),
-            )
-            .await?;
+            for path in files_under(out).map_err(|e| HandleError::local("outputs", e))? {
+                let rel = relative(out, &path);
+                self.gcs
+                    .upload(&self.config.gcp.buckets.curated, &rel, &path)
+                    .await?;
+            }
             Ok::<_, HandleError>(())
         }
         .instrument(tracing::info_span!("curated_upload", %dt))
@@ -698,18 +695,20 @@ impl Worker {
                 .unwrap_or_default();
             names::product_file(&rel.partner, rel.product.as_str(), &rel.delivery_id, &file)
         };
-        // Every object at once (a large day's CSV and Parquet take seconds each), in order.
-        let put = |path: &Path| {
-            let name = key(path);
-            let path = path.to_path_buf();
-            async move { self.put_immutable(bucket, &name, &path).await }
-        };
-        let (dictionary, files, manifests) = futures::future::try_join3(
-            put(&rel.dictionary),
-            try_join_all(rel.files.iter().map(|f| put(&f.path))),
-            try_join_all(rel.files.iter().map(|f| put(&f.manifest))),
-        )
-        .await?;
+        let dictionary = self
+            .put_immutable(bucket, &key(&rel.dictionary), &rel.dictionary)
+            .await?;
+        let mut files = Vec::new();
+        for f in &rel.files {
+            files.push(self.put_immutable(bucket, &key(&f.path), &f.path).await?);
+        }
+        let mut manifests = Vec::new();
+        for f in &rel.files {
+            manifests.push(
+                self.put_immutable(bucket, &key(&f.manifest), &f.manifest)
+                    .await?,
+            );
+        }
         Ok(delivery_request(contract, rel, dictionary, files, manifests).await)
     }
 

@@ -162,21 +162,13 @@ impl Worker {
             "part staged"
         );
         let paths = StagedPaths::new(&staging, &object.name, &object.generation.to_string());
-        // Every staged file at once, then the summary: its presence says the part is staged.
-        let present: Vec<(&str, &std::path::Path)> = paths
-            .named()
-            .into_iter()
-            .filter(|(_, path)| path.exists())
-            .collect();
-        let upload = |(suffix, path): (&str, &std::path::Path)| {
-            let key = names::staged(dt, &object.name, object.generation, suffix);
-            let path = path.to_path_buf();
-            async move { self.gcs.upload(curated, &key, &path).await }
-        };
-        let is_summary = |(suffix, _): &(&str, &std::path::Path)| *suffix == "summary.json";
-        let (last, files): (Vec<_>, Vec<_>) = present.into_iter().partition(is_summary);
-        futures::future::try_join_all(files.into_iter().map(upload)).await?;
-        futures::future::try_join_all(last.into_iter().map(upload)).await?;
+        // Every staged file, the summary last: its presence says the part is staged.
+        for (suffix, path) in paths.named() {
+            if path.exists() {
+                let key = names::staged(dt, &object.name, object.generation, suffix);
+                self.gcs.upload(curated, &key, path).await?;
+            }
+        }
         let error = summary
             .file
             .error
