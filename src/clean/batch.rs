@@ -25,8 +25,8 @@ use serde::Serialize;
 
 use super::Limits;
 use super::columns::{
-    QuarantineBuilder, QuarantinedRow, RAW_SEP, curated_schema, key_hash, quarantine_schema,
-    quarantined_rows,
+    QuarantineBuilder, QuarantinedRow, curated_schema, key_hash, quarantine_schema,
+    quarantined_rows, raw_values,
 };
 use super::report::{QualityReport, TableReport};
 use super::schema::{Schemas, TableSchema};
@@ -293,7 +293,7 @@ fn run_table(
         .map(|p| StagedPaths::new(staging, &p.file.object, &p.file.generation))
         .collect();
     for (p, path) in good.iter().zip(&paths) {
-        if ![&path.data, &path.keys, &path.raw, &path.quarantine]
+        if ![&path.data, &path.keys, &path.quarantine]
             .iter()
             .all(|f| f.exists())
         {
@@ -427,8 +427,10 @@ fn run_table(
         conflict_rows.set(c.winner);
         c.losers.iter().for_each(|&p| conflict_rows.set(p));
     }
-    // The raw values (`_raw`) are only read back for the rare rows that fail a reference check.
-    let mut orphans: Vec<(usize, u64, i64, Vec<String>)> = Vec::new();
+    // Rows failing a reference check are quarantined with their raw values (`raw_values`);
+    // beyond one flush they wait in a spill file, to follow the rows staging quarantined.
+    let spill_path = staging.join(format!("_orphans.{}.arrow", table.name));
+    let mut spill: Option<FileWriter<std::io::BufWriter<File>>> = None;
     for (pi, path) in paths.iter().enumerate() {
         let mut row = 0u64;
         for batch in open_staged(&path.data)? {
@@ -462,7 +464,24 @@ fn run_table(
                     }
                     mask.push(true);
                 } else {
-                    orphans.push((pi, pos.1, line_col.value(i), reasons));
+                    quarantine_staged_row(
+                        &mut rep,
+                        &mut quarantine,
+                        good[pi],
+                        raw_values(&batch, ncols, i),
+                        line_col.value(i),
+                        reasons,
+                    );
+                    if quarantine.len() >= flush_rows || quarantine.bytes() >= flush_bytes {
+                        let w = match &mut spill {
+                            Some(w) => w,
+                            None => spill.insert(FileWriter::try_new(
+                                std::io::BufWriter::new(File::create(&spill_path)?),
+                                &quarantine_schema(table),
+                            )?),
+                        };
+                        w.write(&quarantine.finish())?;
+                    }
                     mask.push(false);
                 }
             }
@@ -476,45 +495,6 @@ fn run_table(
             if curated.in_progress_size() >= limits.row_group_bytes {
                 curated.flush()?;
             }
-        }
-    }
-    // Orphans beyond one flush wait in a spill file, to keep their order in the quarantine.
-    let spill_path = staging.join(format!("_orphans.{}.arrow", table.name));
-    let mut spill: Option<FileWriter<std::io::BufWriter<File>>> = None;
-    let mut orphans = orphans.into_iter().peekable();
-    for (pi, path) in paths.iter().enumerate() {
-        if orphans.peek().is_none_or(|o| o.0 != pi) {
-            continue;
-        }
-        let mut row = 0u64;
-        for batch in open_staged(&path.raw)? {
-            let batch = batch?;
-            let raw_col = batch.column(0).as_string::<i32>();
-            let end = row + batch.num_rows() as u64;
-            while let Some((_, r, line, reasons)) = orphans.next_if(|o| o.0 == pi && o.1 < end) {
-                let raw = raw_col.value((r - row) as usize);
-                quarantine_staged_row(
-                    &mut rep,
-                    &mut quarantine,
-                    good[pi],
-                    raw,
-                    line,
-                    reasons,
-                    ncols,
-                );
-                if quarantine.len() >= flush_rows || quarantine.bytes() >= flush_bytes {
-                    if spill.is_none() {
-                        spill = Some(FileWriter::try_new(
-                            std::io::BufWriter::new(File::create(&spill_path)?),
-                            &quarantine_schema(table),
-                        )?);
-                    }
-                    if let Some(w) = &mut spill {
-                        w.write(&quarantine.finish())?;
-                    }
-                }
-            }
-            row = end;
         }
     }
     curated.close()?;
@@ -599,13 +579,10 @@ fn quarantine_staged_row(
     rep: &mut TableReport,
     quarantine: &mut QuarantineBuilder,
     part: &PartSummary,
-    raw: &str,
+    values: Vec<Option<String>>,
     line: i64,
     reasons: Vec<String>,
-    ncols: usize,
 ) {
-    let mut values: Vec<Option<String>> = raw.split(RAW_SEP).map(|s| Some(s.to_string())).collect();
-    values.resize(ncols, None);
     for r in &reasons {
         *rep.quarantined_by_reason.entry(r.clone()).or_default() += 1;
     }
@@ -753,6 +730,91 @@ mod tests {
                 "updated_at"
             ]
         );
+    }
+
+    #[test]
+    fn rows_failing_a_reference_keep_their_raw_text_whether_staged_or_given_back() {
+        let schemas = Schemas::builtin().unwrap();
+        let table = schemas.table("transactions").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("staging");
+        let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        let header = "transaction_id,order_id,customer_id,product_code,quantity,unit_price,\
+                      discount,status,sold_at,delivery_cep,city,uf,updated_at";
+        // Every value readable but written otherwise than its canonical text.
+        let messy = [
+            " t-1 ",
+            " o-1",
+            "c-000001",
+            "ohb 000101",
+            "2 un",
+            "10,5",
+            "",
+            "Concluído",
+            "2026-11-26 10:00:00",
+            "01310100",
+            "sao paulo",
+            "sp",
+            "",
+        ];
+        let mut cleaned = super::super::stage::CleanRow::default();
+        super::super::stage::RowCleaner::new(table, today())
+            .clean(|i| messy.get(i).copied(), &mut cleaned);
+        assert!(cleaned.reasons.is_empty(), "{:?}", cleaned.reasons);
+        // The same row in canonical text, with an empty optional value.
+        let mut canonical: Vec<String> = cleaned
+            .values
+            .iter()
+            .map(|v| v.as_ref().map(Value::canonical).unwrap_or_default())
+            .collect();
+        canonical[0] = "T-2".into();
+        canonical[9] = String::new();
+        let csv = format!(
+            "{header}\n{}\n{}\n",
+            messy.map(|v| format!("\"{v}\"")).join(","),
+            canonical.join(",")
+        );
+        let part = stage_part(
+            table,
+            "extracts/transactions/dt=2026-11-27/part-000.csv",
+            "1",
+            std::io::Cursor::new(csv),
+            &staging,
+            today(),
+        )
+        .unwrap();
+        assert_eq!(part.rows_staged, 2);
+        // Only the messy row keeps its raw text in the staged file.
+        let paths = StagedPaths::new(&staging, &part.file.object, &part.file.generation);
+        let staged = open_staged(&paths.data).unwrap().next().unwrap().unwrap();
+        let raw = staged.column(table.columns.len() + 1);
+        assert_eq!((raw.len(), raw.null_count()), (2, 1));
+        assert!(raw.is_valid(0));
+
+        let out = BatchOutputs {
+            root: dir.path().join("out"),
+            dt,
+        };
+        let report = run_batch(&schemas, dt, &staging, &[part], &out).unwrap();
+        assert_eq!(report.tables["transactions"].rows_quarantined, 2);
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+            File::open(out.quarantine("transactions")).unwrap(),
+            1024,
+        )
+        .unwrap();
+        let rows: Vec<QuarantinedRow> = reader
+            .flat_map(|b| super::super::columns::quarantined_rows(&b.unwrap(), table.columns.len()))
+            .collect();
+        let raw_of = |r: &QuarantinedRow| -> Vec<String> {
+            r.raw
+                .iter()
+                .map(|v| v.clone().unwrap_or_default())
+                .collect()
+        };
+        assert_eq!(raw_of(&rows[0]), messy.map(String::from));
+        assert_eq!(raw_of(&rows[1]), canonical);
+        assert_eq!(rows[1].reasons, ["unknown_customer", "unknown_product"]);
+        assert_eq!((rows[0].line, rows[1].line), (2, 3));
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub const CHECK: &str = "check";
 pub const VERSION: &str = "version";
 /// Hash of the normalized row (exact duplicates share it).
 pub const HASH: &str = "hash";
-/// Staged column holding the raw values, separated by U+001F.
+/// Staged column holding a row's raw values, separated by U+001F; null when every raw value
+/// is the canonical text of its staged value (see [`raw_values`]).
 pub const RAW: &str = "_raw";
 /// Separator of raw values in [`RAW`].
 pub const RAW_SEP: char = '\u{1f}';
@@ -51,7 +52,7 @@ pub fn curated_schema(t: &TableSchema) -> SchemaRef {
     ))
 }
 
-/// Schema of staged rows: curated columns plus the source line.
+/// Schema of staged rows: curated columns, the source line and the raw values when they differ.
 pub fn staged_schema(t: &TableSchema) -> SchemaRef {
     let mut fields: Vec<Field> = curated_schema(t)
         .fields()
@@ -59,7 +60,36 @@ pub fn staged_schema(t: &TableSchema) -> SchemaRef {
         .map(|f| f.as_ref().clone())
         .collect();
     fields.push(Field::new(LINE, DataType::Int64, false));
+    fields.push(Field::new(RAW, DataType::Utf8, true));
     Arc::new(Schema::new(fields))
+}
+
+/// The raw values of staged row `i` of `batch` (staged schema of `ncols` columns): its `_raw`
+/// text, or else the canonical text of each staged value (empty for a null).
+pub fn raw_values(batch: &RecordBatch, ncols: usize, i: usize) -> Vec<Option<String>> {
+    let raw = batch
+        .columns()
+        .get(ncols + 1)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .filter(|c| c.is_valid(i));
+    if let Some(raw) = raw {
+        let mut values: Vec<Option<String>> = raw
+            .value(i)
+            .split(RAW_SEP)
+            .map(|s| Some(s.to_string()))
+            .collect();
+        values.resize(ncols, None);
+        return values;
+    }
+    (0..ncols)
+        .map(|c| {
+            let mut s = String::new();
+            if let Some(v) = value_at(batch.column(c).as_ref(), i) {
+                v.write_canonical(&mut s);
+            }
+            Some(s)
+        })
+        .collect()
 }
 
 /// Schema of staged keys: all that deduplication reads (fixed width, 28 bytes a row).
@@ -70,11 +100,6 @@ pub fn keys_schema() -> SchemaRef {
         Field::new(VERSION, DataType::Int64, false),
         Field::new(HASH, DataType::UInt64, false),
     ]))
-}
-
-/// Schema of staged raw values, read back only for rows quarantined by the batch step.
-pub fn raw_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new(RAW, DataType::Utf8, false)]))
 }
 
 /// Hashes a key's canonical text into two halves: 96 bits tell keys apart.
@@ -213,8 +238,6 @@ pub struct StagedBatches {
     pub data: RecordBatch,
     /// Keys, versions and hashes (read by deduplication).
     pub keys: RecordBatch,
-    /// Raw values (read only for rows quarantined by reference checks).
-    pub raw: RecordBatch,
 }
 
 impl StagedBuilder {
@@ -232,14 +255,22 @@ impl StagedBuilder {
             check: UInt32Builder::with_capacity(capacity),
             version: Int64Builder::with_capacity(capacity),
             hash: UInt64Builder::with_capacity(capacity),
-            raw: StringBuilder::with_capacity(capacity, capacity * 100),
+            raw: StringBuilder::with_capacity(capacity, capacity * 4),
             rows: 0,
             bytes: 0,
         }
     }
 
-    /// Appends one row of values (in schema order) with its line, identity and raw values.
-    pub fn append(&mut self, values: &[Option<Value>], line: u64, id: RowIdentity, raw: &str) {
+    /// Appends one row of values (in schema order) with its line, identity, the length of its
+    /// raw text and its raw values when they are not all the canonical text of its values.
+    pub fn append(
+        &mut self,
+        values: &[Option<Value>],
+        line: u64,
+        id: RowIdentity,
+        raw_len: usize,
+        raw: Option<&str>,
+    ) {
         for (b, v) in self.columns.iter_mut().zip(values) {
             b.append(v.as_ref());
         }
@@ -248,11 +279,11 @@ impl StagedBuilder {
         self.check.append_value(id.key.1);
         self.version.append_value(id.version);
         self.hash.append_value(id.hash);
-        self.raw.append_value(raw);
+        self.raw.append_option(raw);
         self.rows += 1;
         // Fixed-width values are bounded by the row count; text grows with the raw text, which
-        // the typed values normalize (about as long): counted twice, without a second pass.
-        self.bytes += 2 * raw.len();
+        // the typed values normalize (about as long), and with the raw values kept.
+        self.bytes += raw_len + raw.map_or(0, str::len);
     }
 
     /// Bytes of values appended since the last batch (text and raw values; numbers as 8).
@@ -275,6 +306,7 @@ impl StagedBuilder {
         let mut arrays: Vec<ArrayRef> =
             self.columns.iter_mut().map(ColumnBuilder::finish).collect();
         arrays.push(Arc::new(finish_primitive(&mut self.line)));
+        arrays.push(Arc::new(finish_strings(&mut self.raw)));
         self.rows = 0;
         self.bytes = 0;
         let keys: Vec<ArrayRef> = vec![
@@ -287,8 +319,6 @@ impl StagedBuilder {
             data: RecordBatch::try_new(self.schema.clone(), arrays)
                 .expect("staged arrays match their schema"),
             keys: RecordBatch::try_new(keys_schema(), keys).expect("keys match their schema"),
-            raw: RecordBatch::try_new(raw_schema(), vec![Arc::new(finish_strings(&mut self.raw))])
-                .expect("raw values match their schema"),
         }
     }
 }

@@ -19,7 +19,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::Limits;
 use super::columns::{
     QuarantineBuilder, QuarantinedRow, RAW_SEP, RowIdentity, StagedBatches, StagedBuilder,
-    key_hash, keys_schema, quarantine_schema, raw_schema, staged_schema,
+    key_hash, keys_schema, quarantine_schema, staged_schema,
 };
 use super::report::{FieldCounts, FileError, FileReport};
 use super::schema::{OnInvalid, TableSchema};
@@ -127,12 +127,11 @@ pub struct PartSummary {
 /// Where a staged part's files live inside a staging folder.
 #[derive(Debug, Clone)]
 pub struct StagedPaths {
-    /// Typed values of the rows that passed the field rules, with their lines (Arrow IPC).
+    /// Typed values of the rows that passed the field rules, with their lines and the raw
+    /// values that differ from them, for rows the batch step quarantines (Arrow IPC).
     pub data: PathBuf,
     /// Their keys, versions and row hashes: all deduplication reads (Arrow IPC).
     pub keys: PathBuf,
-    /// Their raw values, for rows the batch step quarantines (Arrow IPC).
-    pub raw: PathBuf,
     /// Quarantined rows (Arrow IPC).
     pub quarantine: PathBuf,
     /// The [`PartSummary`] as JSON, written last.
@@ -156,23 +155,21 @@ impl StagedPaths {
         Self {
             data: file("data.arrow"),
             keys: file("keys.arrow"),
-            raw: file("raw.arrow"),
             quarantine: file("quarantine.arrow"),
             summary: file("summary.json"),
         }
     }
 
     /// Every staged file, the summary last (it says the others are complete).
-    pub fn files(&self) -> [&Path; 5] {
+    pub fn files(&self) -> [&Path; 4] {
         self.named().map(|(_, p)| p)
     }
 
     /// Every staged file with its suffix (what follows `<object>@<generation>.`), the summary last.
-    pub fn named(&self) -> [(&'static str, &Path); 5] {
+    pub fn named(&self) -> [(&'static str, &Path); 4] {
         [
             ("data.arrow", &self.data),
             ("keys.arrow", &self.keys),
-            ("raw.arrow", &self.raw),
             ("quarantine.arrow", &self.quarantine),
             ("summary.json", &self.summary),
         ]
@@ -185,8 +182,7 @@ const MAX_BASE_BYTES: usize = 160;
 /// Indexes of [`StagedWriters`], in the order they are created.
 const DATA: usize = 0;
 const KEYS: usize = 1;
-const RAW: usize = 2;
-const QUARANTINE: usize = 3;
+const QUARANTINE: usize = 2;
 
 /// Staged files compressed (Arrow IPC buffer compression, LZ4 frames) when `compress`: in the
 /// worker they go up to the curated bucket and back down for the batch step, ~400 bytes a row
@@ -246,6 +242,9 @@ pub struct CleanRow {
     pub normalized: Vec<bool>,
     /// Columns whose invalid value was nulled.
     pub nulled: Vec<bool>,
+    /// Columns whose raw text is the canonical text of their value (empty: no value), so the
+    /// staged value gives the raw text back.
+    pub verbatim: Vec<bool>,
 }
 
 impl<'s> RowCleaner<'s> {
@@ -273,6 +272,8 @@ impl<'s> RowCleaner<'s> {
         out.normalized.resize(n, false);
         out.nulled.clear();
         out.nulled.resize(n, false);
+        out.verbatim.clear();
+        out.verbatim.resize(n, false);
         for &i in &self.order {
             let col = &self.schema.columns[i];
             let r = raw(i).unwrap_or("");
@@ -284,6 +285,8 @@ impl<'s> RowCleaner<'s> {
                     out.values[i] = v;
                 } else if col.required {
                     out.reasons.push(format!("missing_{}", col.name));
+                } else {
+                    out.verbatim[i] = r.is_empty();
                 }
                 continue;
             }
@@ -303,6 +306,7 @@ impl<'s> RowCleaner<'s> {
             match col.kind.validate(value, &col.options, uf, self.today) {
                 Ok(v) => {
                     out.normalized[i] = differs(&v, r);
+                    out.verbatim[i] = !out.normalized[i];
                     out.values[i] = Some(v);
                 }
                 Err(_) => match col.on_invalid {
@@ -585,7 +589,6 @@ fn stage_rows(
         &[
             (&paths.data, staged_schema(schema)),
             (&paths.keys, keys_schema()),
-            (&paths.raw, raw_schema()),
             (&paths.quarantine, quarantine_schema(schema)),
         ],
         limits.compress_staged,
@@ -648,12 +651,17 @@ fn stage_rows(
             nulled[i] += u64::from(row.nulled[i]);
         }
         if row.reasons.is_empty() {
+            // The raw values are kept only when the staged values do not give them back.
             raw_joined.clear();
-            for i in 0..ncols {
-                if i > 0 {
-                    raw_joined.push(RAW_SEP);
+            let raw_len = (0..ncols).map(|i| raw(i).map_or(0, str::len)).sum();
+            let verbatim = row.verbatim.iter().all(|&v| v);
+            if !verbatim {
+                for i in 0..ncols {
+                    if i > 0 {
+                        raw_joined.push(RAW_SEP);
+                    }
+                    raw_joined.push_str(raw(i).unwrap_or(""));
                 }
-                raw_joined.push_str(raw(i).unwrap_or(""));
             }
             let id = RowIdentity {
                 key: match &row.values[schema.key] {
@@ -667,7 +675,8 @@ fn stage_rows(
                 },
                 hash: row_hash(&row.values, &mut hash_buf),
             };
-            staged.append(&row.values, rec.line, id, &raw_joined);
+            let kept = (!verbatim).then_some(raw_joined.as_str());
+            staged.append(&row.values, rec.line, id, raw_len, kept);
             summary.rows_staged += 1;
             if staged.len() >= flush_rows || staged.bytes() >= flush_bytes {
                 write_staged(&mut writers, staged.finish())?;
@@ -710,8 +719,7 @@ fn stage_rows(
 
 fn write_staged(writers: &mut StagedWriters, b: StagedBatches) -> Result<(), StageError> {
     writers.write(DATA, &b.data)?;
-    writers.write(KEYS, &b.keys)?;
-    writers.write(RAW, &b.raw)
+    writers.write(KEYS, &b.keys)
 }
 
 fn count_quarantine(summary: &mut PartSummary, reasons: &[String]) {
