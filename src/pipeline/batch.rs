@@ -66,6 +66,13 @@ fn curated_tables(out: &Path) -> Result<BTreeSet<String>, HandleError> {
     Ok(updated)
 }
 
+/// One product build's outcome, with the contract (by index) and period it was for.
+struct Built {
+    contract: usize,
+    period: Period,
+    outcome: Result<Released, BuildError>,
+}
+
 /// The month whose monthly product batch `dt` completes (its last day + `late_days`), if any.
 pub fn month_completed_by(dt: NaiveDate, late_days: u32) -> Option<NaiveDate> {
     let first = first_day_of(dt - Days::new(u64::from(late_days)));
@@ -253,28 +260,39 @@ impl Worker {
         let report = self
             .clean_batch(ready, &tmp.path().join("staging"), &out)
             .await?;
-        let guard = self.check_guardrails(ready, &report).await?;
-
         let mut summary = StepSummary {
             updated: curated_tables(&out)?,
             ..Default::default()
         };
-        if let Some(held) = self.hold_failed_files(ready, &report).await {
-            summary.held.push(held);
-            return Ok(summary);
-        }
-        if guard.holds() {
-            tracing::warn!(%dt, blocking = ?guard.blocking, "batch held by blocking guardrails");
-            summary
-                .held
-                .push(format!("batch {dt}: {}", guard.blocking.join(",")));
-            return Ok(summary);
-        }
-
-        let (periods, days, months) = self.plan_products(dt);
-        self.fetch_curated(&out, &days).await?;
-        self.build_products(&out, &tmp.path().join("products"), periods, &mut summary)
-            .await?;
+        // The batch's curated files go up while the products are built from their local copies;
+        // nothing is published before they are stored.
+        let upload = self.upload_curated(&out, dt)?;
+        let products = async {
+            let guard = self.check_guardrails(ready, &report).await?;
+            if let Some(held) = self.hold_failed_files(ready, &report).await {
+                return Ok(Err(held));
+            }
+            if guard.holds() {
+                tracing::warn!(%dt, blocking = ?guard.blocking, "batch held by blocking guardrails");
+                return Ok(Err(format!("batch {dt}: {}", guard.blocking.join(","))));
+            }
+            let (periods, days, months) = self.plan_products(dt);
+            self.fetch_curated(&out, &days).await?;
+            let built = self
+                .build_all(&out, &tmp.path().join("products"), periods)
+                .await?;
+            Ok::<_, HandleError>(Ok((built, months)))
+        };
+        let (uploaded, products) = tokio::join!(upload, products);
+        uploaded?;
+        let (built, months) = match products? {
+            Ok(built) => built,
+            Err(held) => {
+                summary.held.push(held);
+                return Ok(summary);
+            }
+        };
+        self.release_all(built, &mut summary).await?;
         // Monthly builds run from their own message (slow work, its own claim).
         for m in months {
             let id = self
@@ -286,8 +304,8 @@ impl Worker {
         Ok(summary)
     }
 
-    /// Downloads the batch's staged parts into `staging`, runs the batch (`run_batch`) into
-    /// `out` and uploads everything it wrote to the curated bucket; returns its quality report.
+    /// Downloads the batch's staged parts into `staging` and runs the batch (`run_batch`) into
+    /// `out`; returns its quality report.
     async fn clean_batch(
         &self,
         ready: &BatchReady,
@@ -322,20 +340,29 @@ impl Worker {
         drop(timer);
         record_rows(&report);
         tracing::info!(%dt, elapsed_ms = started.elapsed().as_millis() as u64, "batch step ran");
-        let timer = metrics::Stage::CuratedUpload.timer();
-        async {
-            for path in files_under(out).map_err(|e| HandleError::local("outputs", e))? {
-                let rel = relative(out, &path);
+        Ok(report)
+    }
+
+    /// Uploads what the batch step wrote under `out` to the curated bucket: the files are
+    /// listed now, so what is added to `out` later (earlier days' curated files) stays local.
+    fn upload_curated(
+        &self,
+        out: &Path,
+        dt: NaiveDate,
+    ) -> Result<impl std::future::Future<Output = Result<(), HandleError>> + '_, HandleError> {
+        let files = files_under(out).map_err(|e| HandleError::local("outputs", e))?;
+        let out = out.to_path_buf();
+        Ok(async move {
+            let _timer = metrics::Stage::CuratedUpload.timer();
+            for path in files {
+                let rel = relative(&out, &path);
                 self.gcs
                     .upload(&self.config.gcp.buckets.curated, &rel, &path)
                     .await?;
             }
-            Ok::<_, HandleError>(())
+            Ok(())
         }
-        .instrument(tracing::info_span!("curated_upload", %dt))
-        .await?;
-        drop(timer);
-        Ok(report)
+        .instrument(tracing::info_span!("curated_upload", %dt)))
     }
 
     /// Guardrails on the report just written (alerts published; a released batch does not
@@ -449,6 +476,19 @@ impl Worker {
         periods: Vec<(usize, Period)>,
         summary: &mut StepSummary,
     ) -> Result<(), HandleError> {
+        let built = self.build_all(input, output, periods).await?;
+        self.release_all(built, summary).await
+    }
+
+    /// Builds the products of `periods` from the curated data under `input` into `output`, one
+    /// after the other; each outcome with its contract's index and label.
+    async fn build_all(
+        &self,
+        input: &Path,
+        output: &Path,
+        periods: Vec<(usize, Period)>,
+    ) -> Result<Vec<Built>, HandleError> {
+        let mut built = Vec::with_capacity(periods.len());
         for (i, period) in periods {
             let contract = self.contracts[i].clone();
             let opts = BuildOptions {
@@ -457,15 +497,38 @@ impl Worker {
                 allow_missing_batches: false,
                 built_at: Utc::now(),
             };
+            let outcome =
+                blocking("product build", move || build(&contract, period, &opts)).await?;
+            built.push(Built {
+                contract: i,
+                period,
+                outcome,
+            });
+        }
+        Ok(built)
+    }
+
+    /// Uploads each released product and publishes its delivery request; held products
+    /// (privacy gate, reconciliation, missing batches) alert and are listed in `summary.held`.
+    async fn release_all(
+        &self,
+        built: Vec<Built>,
+        summary: &mut StepSummary,
+    ) -> Result<(), HandleError> {
+        for Built {
+            contract,
+            period,
+            outcome,
+        } in built
+        {
+            let contract = &self.contracts[contract];
             let label = format!("{} {} {}", contract.name, period.kind(), period.label());
-            let c2 = contract.clone();
-            let built = blocking("product build", move || build(&c2, period, &opts)).await?;
-            match built {
+            match outcome {
                 Ok(released) => {
                     summary
                         .updated
                         .insert(format!("products/{}", released.product.as_str()));
-                    if self.deliver(&contract, &released).await? {
+                    if self.deliver(contract, &released).await? {
                         summary.published.push(released.delivery_id.clone());
                     } else {
                         summary.redelivered.push(released.delivery_id.clone());
@@ -696,16 +759,20 @@ impl Worker {
             names::product_file(&rel.partner, rel.product.as_str(), &rel.delivery_id, &file)
         };
         let dictionary = self
-            .put_immutable(bucket, &key(&rel.dictionary), &rel.dictionary)
+            .put_immutable(bucket, &key(&rel.dictionary), &rel.dictionary, None)
             .await?;
         let mut files = Vec::new();
         for f in &rel.files {
-            files.push(self.put_immutable(bucket, &key(&f.path), &f.path).await?);
+            let built = Some((f.bytes, f.sha256.as_str()));
+            files.push(
+                self.put_immutable(bucket, &key(&f.path), &f.path, built)
+                    .await?,
+            );
         }
         let mut manifests = Vec::new();
         for f in &rel.files {
             manifests.push(
-                self.put_immutable(bucket, &key(&f.manifest), &f.manifest)
+                self.put_immutable(bucket, &key(&f.manifest), &f.manifest, None)
                     .await?,
             );
         }
@@ -734,11 +801,13 @@ impl Worker {
 
     /// Writes an object that must never change (content-addressed by delivery id): created if
     /// absent; if present (an earlier attempt), the stored bytes are what the digest describes.
+    /// `built` is `src`'s size and SHA-256 when the build already computed them.
     async fn put_immutable(
         &self,
         bucket: &str,
         name: &str,
         src: &Path,
+        built: Option<(u64, &str)>,
     ) -> Result<FileDigest, HandleError> {
         // Streamed both ways: a product file is never held in memory whole.
         let stored = match self.gcs.upload_file(bucket, name, src, Some(0)).await {
@@ -753,6 +822,13 @@ impl Worker {
             Err(e) => return Err(e.into()),
         };
         let original = stored == src;
+        if let (true, Some((bytes, sha256))) = (original, built) {
+            return Ok(FileDigest {
+                uri: names::uri(bucket, name),
+                sha256: sha256.to_string(),
+                bytes,
+            });
+        }
         let f = blocking("product file", move || {
             let f = LocalFile::from_path(&stored);
             if !original {
