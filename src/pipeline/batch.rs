@@ -719,9 +719,9 @@ impl Worker {
     /// version was already published; returns whether it published.
     async fn deliver(&self, contract: &Contract, rel: &Released) -> Result<bool, HandleError> {
         let b = &self.config.gcp.buckets;
-        self.put_table_copy(rel).await?;
         let published = names::delivery_published(&rel.delivery_id);
         if self.gcs.stat(&b.ops, &published).await?.is_some() {
+            self.put_table_copy(rel).await?;
             tracing::info!(partner = %rel.partner, delivery_id = %rel.delivery_id, "product version already delivered");
             return Ok(false);
         }
@@ -740,6 +740,9 @@ impl Worker {
         });
         self.write_once(&b.ops, &published, record).await?;
         tracing::info!(partner = %rel.partner, product = rel.product.as_str(), period = %rel.period, delivery_id = %rel.delivery_id, message_id = %id, "delivery request published");
+        // The tables' copy is off the delivery's path; a step that stops before it writes it
+        // on its retry (the branch above).
+        self.put_table_copy(rel).await?;
         Ok(true)
     }
 
