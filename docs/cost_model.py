@@ -17,11 +17,12 @@ RAW_CSV = 17_712_661 + 364          # bytes: every table's CSV + the marker
 RAW_GZ = 3_618_886 + 382            # bytes: the same, gzipped (`generate --gzip`)
 CURATED = 3_628_512 + 43_536 + 22_573   # curated Parquet + quarantine Parquet + reports
 TX_PARQUET = 2_774_222              # curated transactions Parquet alone
-STAGING = 17_070_967                # Arrow IPC staging of the day as the worker stores it (LZ4
-                                    # frames): 17,072,325 B in gs://<curated>/staging/dt=<D>/
+STAGING = 11_523_009                # Arrow IPC staging of the day as the worker stores it (LZ4
+                                    # frames; a row's raw text only where its values do not give
+                                    # it back): 11,523,925 B in gs://<curated>/staging/dt=<D>/
                                     # after `scripts/bench-e2e.sh 100000` (100,598 rows), scaled
-                                    # to TX_ROWS: 169.7 B/row (local `clean` stages uncompressed:
-                                    # 40,631,457 B, 403.9 B/row)
+                                    # to TX_ROWS: 114.6 B/row (169.7 B/row while every row's raw
+                                    # text was staged)
 PROD_LINES, PROD_PARQUET, PROD_CSV = 30_086, 1_000_218, 4_936_846   # OuchHungry's daily file
 
 # --- measured before (README, Benchmarks: release build, 2026-11-28) -----------------------------
