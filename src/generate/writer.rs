@@ -92,7 +92,7 @@ pub(crate) enum Source {
 
 enum Out {
     Plain(Box<dyn ObjectWriter>),
-    Gz(GzEncoder<Box<dyn ObjectWriter>>),
+    Gz(Box<GzEncoder<Box<dyn ObjectWriter>>>),
 }
 
 impl Out {
@@ -164,7 +164,7 @@ impl PartWriter {
             })
             .collect();
         let out = if dialect.gzip {
-            Out::Gz(GzEncoder::new(w, Compression::default()))
+            Out::Gz(Box::new(GzEncoder::new(w, Compression::default())))
         } else {
             Out::Plain(w)
         };
