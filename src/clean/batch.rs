@@ -28,6 +28,7 @@ use super::columns::{
     QuarantineBuilder, QuarantinedRow, curated_schema, key_hash, quarantine_schema,
     quarantined_rows, raw_values,
 };
+use super::encode::ParallelWriter;
 use super::report::{QualityReport, TableReport};
 use super::schema::{Schemas, TableSchema};
 use super::stage::{PartSummary, StagedPaths};
@@ -414,10 +415,13 @@ fn run_table(
     fs::create_dir_all(curated_path.parent().expect("curated path has a folder"))?;
     let curated_tmp = curated_path.with_extension("parquet.tmp");
     let curated_schema = curated_schema(table);
-    let mut curated = ArrowWriter::try_new(
+    let mut curated = ParallelWriter::try_new(
         File::create(&curated_tmp)?,
         curated_schema.clone(),
-        Some(props),
+        props,
+        limits.encode_threads,
+        limits.row_group_rows,
+        limits.row_group_bytes,
     )?;
     let mut quarantine = QuarantineBuilder::new(table);
     let mut keys = HashSet::new();
@@ -499,9 +503,6 @@ fn run_table(
             let kept = RecordBatch::try_new(curated_schema.clone(), columns)?;
             rep.rows_kept += kept.num_rows() as u64;
             curated.write(&kept)?;
-            if curated.in_progress_size() >= limits.row_group_bytes {
-                curated.flush()?;
-            }
         }
     }
     curated.close()?;

@@ -33,6 +33,9 @@ pub struct Limits {
     /// Staged Arrow files compressed with LZ4 (default off: on where staged files cross the
     /// network, as in the worker, where they go up to the curated bucket and back).
     pub compress_staged: bool,
+    /// Threads encoding the columns of curated Parquet (default 1: on the batch step's own
+    /// thread; the worker uses its vCPUs, up to 4).
+    pub encode_threads: usize,
 }
 
 impl Default for Limits {
@@ -48,6 +51,7 @@ impl Default for Limits {
             row_group_rows: 256 * 1024,
             row_group_bytes: 64 << 20,
             compress_staged: false,
+            encode_threads: 1,
         }
     }
 }

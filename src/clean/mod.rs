@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod columns;
+pub mod encode;
 pub mod guardrails;
 pub mod limits;
 pub mod local;

@@ -14,7 +14,8 @@ use futures::future::try_join_all;
 
 use super::stage::bounded;
 use super::{Worker, names};
-use crate::clean::batch::{BatchOutputs, run_batch};
+use crate::clean::Limits;
+use crate::clean::batch::{BatchOutputs, run_batch_with};
 use crate::clean::guardrails;
 use crate::clean::stage::{PartSummary, StagedPaths};
 use crate::clean::{QualityReport, Schemas};
@@ -332,7 +333,12 @@ impl Worker {
         let dedup = tracing::info_span!("dedup", %dt);
         let timer = metrics::Stage::Dedup.timer();
         let report: QualityReport = blocking("batch step", move || {
-            run_batch(&schemas, dt, &staging2, &parts, &outputs2)
+            // The curated columns encode on the worker's vCPUs.
+            let limits = Limits {
+                encode_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+                ..Limits::default()
+            };
+            run_batch_with(&schemas, dt, &staging2, &parts, &outputs2, &limits)
         })
         .instrument(dedup)
         .await?
