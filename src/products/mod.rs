@@ -393,10 +393,18 @@ fn encode(
         }
         // After a finding the rest is still scanned (the alert lists the file's first
         // findings) but no longer written.
+        // The formats are written side by side, one thread each (the worker has two vCPUs).
         if !scanner.found() {
-            for w in &mut writers {
-                w.write(&batch)?;
-            }
+            std::thread::scope(|s| {
+                let batch = &batch;
+                let handles: Vec<_> = writers
+                    .iter_mut()
+                    .map(|w| s.spawn(move || w.write(batch)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            })?;
         }
         start = end;
         if start >= n {
