@@ -166,6 +166,20 @@ pub struct WorkerSettings {
     /// Days (before the tick's day) whose ready but unclaimed batch a tick looks for.
     #[serde(default = "default_unclaimed_lookback_days")]
     pub unclaimed_lookback_days: u32,
+    /// Threads encoding the batch step's curated Parquet columns (0, the default: one per
+    /// vCPU, up to 4).
+    #[serde(default)]
+    pub encode_threads: usize,
+}
+
+impl WorkerSettings {
+    /// The threads encoding curated columns: `encode_threads`, or one per vCPU up to 4.
+    pub fn encode_threads(&self) -> usize {
+        match self.encode_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            n => n,
+        }
+    }
 }
 
 fn default_listing_concurrency() -> usize {
@@ -314,6 +328,11 @@ impl Config {
                 .parse()
                 .map_err(|_| invalid("DATASHARE_STEP_TIMEOUT_SECS", "not a whole number"))?;
         }
+        if let Some(v) = set(env("DATASHARE_ENCODE_THREADS")) {
+            self.worker.encode_threads = v
+                .parse()
+                .map_err(|_| invalid("DATASHARE_ENCODE_THREADS", "not a whole number"))?;
+        }
         if let Some(v) = set(env("DATASHARE_LEASE_EXTENSION_SECS")) {
             self.worker.lease_extension_secs = v
                 .parse()
@@ -440,6 +459,12 @@ impl Config {
             return Err(invalid(
                 "worker.max_concurrent_messages",
                 "must be at least 1",
+            ));
+        }
+        if self.worker.encode_threads > 64 {
+            return Err(invalid(
+                "worker.encode_threads",
+                "must be 0-64 (0: one per vCPU, up to 4)",
             ));
         }
         if !(1..=1000).contains(&self.worker.listing_concurrency) {

@@ -330,12 +330,13 @@ impl Worker {
         };
         let started = std::time::Instant::now();
         let (staging2, outputs2) = (staging.to_path_buf(), outputs.clone());
+        let encode_threads = self.config.worker.encode_threads();
         let dedup = tracing::info_span!("dedup", %dt);
         let timer = metrics::Stage::Dedup.timer();
         let report: QualityReport = blocking("batch step", move || {
             // The curated columns encode on the worker's vCPUs.
             let limits = Limits {
-                encode_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+                encode_threads,
                 ..Limits::default()
             };
             run_batch_with(&schemas, dt, &staging2, &parts, &outputs2, &limits)
