@@ -127,6 +127,9 @@ impl Worker {
         };
         drop(timer);
         resources.finish();
+        // What the step's async part (uploads, downloads) freed goes back too, not only what
+        // its blocking jobs did.
+        crate::service::memory::release_free();
         match result {
             Ok(summary) => {
                 self.publish_updates(&ready, &summary).await?;

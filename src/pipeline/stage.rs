@@ -169,6 +169,7 @@ impl Worker {
                 self.gcs.upload(curated, &key, path).await?;
             }
         }
+        crate::service::memory::release_free();
         let error = summary
             .file
             .error
