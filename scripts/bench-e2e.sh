@@ -13,7 +13,9 @@
 # stage table is the first day's.
 #
 # BENCH_PROFILE=release (default; LTO, ~6 CPU-minutes to build from nothing) | profiling (release
-# without LTO, about a minute) | debug. BENCH_DIR (out/bench-e2e), BENCH_WAIT_SECS (900).
+# without LTO, about a minute) | debug; DATASHARE_BIN runs a given binary instead (not rebuilt:
+# an earlier commit's build, to compare on the same machine state). BENCH_DIR (out/bench-e2e),
+# BENCH_WAIT_SECS (900).
 # Installs what it needs itself (idempotently); stops everything it started, Ctrl-C included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,13 +33,17 @@ wait_secs="${BENCH_WAIT_SECS:-900}"
 
 bash scripts/setup.sh
 bash fake-gcp/setup.sh >/dev/null
-case "$profile" in
-  release) cargo build --locked --release --quiet ;;
-  profiling) cargo build --locked --profile profiling --quiet ;;
-  debug) cargo build --locked --quiet ;;
-  *) echo "BENCH_PROFILE must be release, profiling or debug" >&2; exit 2 ;;
-esac
-bin="$CARGO_TARGET_DIR/$profile/datashare"
+if [ -n "${DATASHARE_BIN:-}" ]; then
+  bin="$DATASHARE_BIN"  # a given build (e.g. an earlier commit's, to compare), not rebuilt
+else
+  case "$profile" in
+    release) cargo build --locked --release --quiet ;;
+    profiling) cargo build --locked --profile profiling --quiet ;;
+    debug) cargo build --locked --quiet ;;
+    *) echo "BENCH_PROFILE must be release, profiling or debug" >&2; exit 2 ;;
+  esac
+  bin="$CARGO_TARGET_DIR/$profile/datashare"
+fi
 
 python3 fake-gcp/stack.py --state "$state" down 2>/dev/null || true
 rm -rf "$dir"
