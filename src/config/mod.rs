@@ -6,7 +6,8 @@
 //! `DATASHARE_GCP_PROJECT`, `DATASHARE_BUCKET_<LOGICAL>` (`RAW`, `CURATED`, `PRODUCTS`, `OPS`);
 //! the emulators' `PUBSUB_EMULATOR_HOST` and `STORAGE_EMULATOR_HOST`; and for the worker
 //! `DATASHARE_STEP_TIMEOUT_SECS`, `DATASHARE_LEASE_EXTENSION_SECS`,
-//! `DATASHARE_UNCLAIMED_RESTART_AFTER_SECS` and `DATASHARE_PARTNERS_DIR`; push-token checks
+//! `DATASHARE_UNCLAIMED_RESTART_AFTER_SECS`, `DATASHARE_ENCODE_THREADS` and
+//! `DATASHARE_PARTNERS_DIR`; push-token checks
 //! (`[push]`): `DATASHARE_PUSH_VERIFY`, `_AUDIENCE`, `_SERVICE_ACCOUNT`, `_JWKS_URL`, and
 //! `K_SERVICE` (Cloud Run) making verification required (see [`push`]);
 //! the partner e-mail relay (`[smtp]`): `DATASHARE_SMTP_HOST`, `_PORT`, `_TLS` (`starttls` or
@@ -887,6 +888,12 @@ mod tests {
                 "0",
                 "worker.step_timeout_secs",
             ),
+            (
+                "DATASHARE_ENCODE_THREADS",
+                "two",
+                "DATASHARE_ENCODE_THREADS",
+            ),
+            ("DATASHARE_ENCODE_THREADS", "65", "worker.encode_threads"),
         ];
         for (var, value, field) in cases {
             let e = load(&[(var, value)]).unwrap_err().to_string();
