@@ -148,6 +148,7 @@ pub fn build(args: &BuildArgs) -> anyhow::Result<Verdict> {
         output: args.output.clone(),
         allow_missing_batches: args.allow_missing_batches,
         built_at: chrono::Utc::now(),
+        window: None,
     };
     for period in periods {
         print_released(&crate::products::build(&c, period, &opts)?);

@@ -189,6 +189,25 @@ impl Gcs {
         Ok(Some((data, gen_read)))
     }
 
+    /// Opens an object as a blocking reader for work on a blocking thread (each read waits for
+    /// the next piece of the stream on `rt`: one piece in memory); `None` when it does not exist.
+    pub async fn blocking_reader(
+        &self,
+        rt: tokio::runtime::Handle,
+        bucket: &str,
+        name: &str,
+    ) -> Result<Option<BlockingReader>, GcsError> {
+        let Some(resp) = self.open(bucket, name, None).await? else {
+            return Ok(None);
+        };
+        Ok(Some(BlockingReader {
+            rt,
+            resp,
+            piece: Bytes::new(),
+            what: format!("gs://{bucket}/{name}"),
+        }))
+    }
+
     /// Streams an object generation into a local file; `None` when it does not exist.
     pub async fn download(
         &self,
@@ -434,6 +453,39 @@ pub fn encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// An object read as a `std::io::Read` from a blocking thread ([`Gcs::blocking_reader`]).
+pub struct BlockingReader {
+    rt: tokio::runtime::Handle,
+    resp: ReadObjectResponse,
+    piece: Bytes,
+    what: String,
+}
+
+impl std::fmt::Debug for BlockingReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingReader")
+            .field("object", &self.what)
+            .finish()
+    }
+}
+
+impl std::io::Read for BlockingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.piece.is_empty() {
+            match self.rt.block_on(self.resp.next()) {
+                None => return Ok(0),
+                Some(Ok(piece)) => self.piece = piece,
+                Some(Err(e)) => {
+                    return Err(std::io::Error::other(format!("{}: {e}", self.what)));
+                }
+            }
+        }
+        let n = buf.len().min(self.piece.len());
+        buf[..n].copy_from_slice(&self.piece.split_to(n));
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{Days, NaiveDate, Utc};
 use futures::future::try_join_all;
@@ -25,9 +26,12 @@ use crate::events::delivery::DELIVERY_REQUEST_VERSION;
 use crate::events::{Alert, Severity};
 use crate::events::{BatchReady, DeliveryFile, DeliveryRequest, FileDigest, Incoming, Schedule};
 use crate::extract::{Layout, classify};
+use crate::gcp::storage::Gcs;
 use crate::products::contract::Contract;
+use crate::products::curated::Curated;
 use crate::products::daily::WINDOW_DAYS;
 use crate::products::monthly::{self, first_day_of};
+use crate::products::window::{self, WindowError, WindowSource};
 use crate::products::{BuildError, BuildOptions, Period, Released, build};
 use crate::service::claim::{self, Claim};
 use crate::service::{Disposition, HandleError, blocking};
@@ -272,6 +276,8 @@ impl Worker {
         // nothing is published before they are stored.
         let upload = self.upload_curated(&out, dt)?;
         let products = async {
+            // The batch's window files, whatever happens next: its lines count in later windows.
+            self.write_window(&out, dt).await?;
             let guard = self.check_guardrails(ready, &report).await?;
             if let Some(held) = self.hold_failed_files(ready, &report).await {
                 return Ok(Err(held));
@@ -281,9 +287,9 @@ impl Worker {
                 return Ok(Err(format!("batch {dt}: {}", guard.blocking.join(","))));
             }
             let (periods, days, months) = self.plan_products(dt);
-            self.fetch_curated(&out, &days).await?;
+            let window = self.window_source(&out, dt, &days, tmp.path()).await?;
             let built = self
-                .build_all(&out, &tmp.path().join("products"), periods)
+                .build_all(&out, &tmp.path().join("products"), periods, Some(window))
                 .await?;
             Ok::<_, HandleError>(Ok((built, months)))
         };
@@ -486,17 +492,19 @@ impl Worker {
         periods: Vec<(usize, Period)>,
         summary: &mut StepSummary,
     ) -> Result<(), HandleError> {
-        let built = self.build_all(input, output, periods).await?;
+        let built = self.build_all(input, output, periods, None).await?;
         self.release_all(built, summary).await
     }
 
     /// Builds the products of `periods` from the curated data under `input` into `output`, one
-    /// after the other; each outcome with its contract's index and label.
+    /// after the other (daily ones reading the window from `window`, else from `input`); each
+    /// outcome with its contract's index and label.
     async fn build_all(
         &self,
         input: &Path,
         output: &Path,
         periods: Vec<(usize, Period)>,
+        window: Option<Arc<dyn WindowSource>>,
     ) -> Result<Vec<Built>, HandleError> {
         let mut built = Vec::with_capacity(periods.len());
         for (i, period) in periods {
@@ -506,6 +514,7 @@ impl Worker {
                 output: output.to_path_buf(),
                 allow_missing_batches: false,
                 built_at: Utc::now(),
+                window: window.clone(),
             };
             let outcome =
                 blocking("product build", move || build(&contract, period, &opts)).await?;
@@ -684,6 +693,132 @@ impl Worker {
             }
         }
         Ok(summary)
+    }
+
+    /// The contracts that buy the daily product.
+    fn daily_contracts(&self) -> Vec<&Contract> {
+        self.contracts
+            .iter()
+            .filter(|c| c.buys(ProductKind::Daily))
+            .collect()
+    }
+
+    /// Writes batch `dt`'s window files (one per daily contract) from its curated files under
+    /// `out` and uploads them to the curated bucket (`window/dt=<dt>/...`), replacing those of
+    /// an earlier run of the batch.
+    async fn write_window(&self, out: &Path, dt: NaiveDate) -> Result<(), HandleError> {
+        let contracts: Vec<Contract> = self.daily_contracts().into_iter().cloned().collect();
+        if contracts.is_empty() {
+            return Ok(());
+        }
+        let root = out.to_path_buf();
+        let files = blocking("window files", move || {
+            let refs: Vec<&Contract> = contracts.iter().collect();
+            window::write_batch(&Curated::new(&root), &refs, dt, &root)
+        })
+        .await?
+        .map_err(|e| HandleError::local("window files", e))?;
+        for path in files {
+            self.gcs
+                .upload(
+                    &self.config.gcp.buckets.curated,
+                    &relative(out, &path),
+                    &path,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The window the daily builds of batch `dt` read: batch `dt`'s files under `out`, the
+    /// earlier `days`' from the curated bucket, streamed. A day whose curated batch exists
+    /// without a file for a daily contract (written before, or a contract added since) gets
+    /// it now, from its curated files downloaded one day at a time under `tmp`.
+    async fn window_source(
+        &self,
+        out: &Path,
+        dt: NaiveDate,
+        days: &BTreeSet<NaiveDate>,
+        tmp: &Path,
+    ) -> Result<Arc<dyn WindowSource>, HandleError> {
+        let bucket = &self.config.gcp.buckets.curated;
+        let mut present = BTreeSet::new();
+        if !days.is_empty() {
+            let mut tables: Vec<BTreeSet<NaiveDate>> = Vec::new();
+            for table in ["transactions", "products"] {
+                let prefix = format!("curated/{table}/dt=");
+                let listed = self.gcs.list(bucket, &prefix).await?;
+                tables.push(
+                    listed
+                        .iter()
+                        .filter_map(|o| {
+                            let d = o.name.strip_prefix(&prefix)?.split('/').next()?;
+                            NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()
+                        })
+                        .filter(|d| days.contains(d))
+                        .collect(),
+                );
+            }
+            present = tables[0].intersection(&tables[1]).copied().collect();
+            let stored: BTreeSet<String> = self
+                .gcs
+                .list(bucket, &format!("{}/dt=", window::DIR))
+                .await?
+                .into_iter()
+                .filter(|o| window::day_of(&o.name).is_some_and(|d| present.contains(&d)))
+                .map(|o| o.name)
+                .collect();
+            for d in &present {
+                let missing: Vec<Contract> = self
+                    .daily_contracts()
+                    .into_iter()
+                    .filter(|c| !stored.contains(&window::object_name(c, *d)))
+                    .cloned()
+                    .collect();
+                if !missing.is_empty() {
+                    self.fill_window(*d, missing, &tmp.join("window-fill"))
+                        .await?;
+                }
+            }
+        }
+        present.insert(dt);
+        Ok(Arc::new(StoredWindow {
+            local: out.to_path_buf(),
+            present,
+            gcs: self.gcs.clone(),
+            bucket: bucket.clone(),
+            rt: tokio::runtime::Handle::current(),
+        }))
+    }
+
+    /// Writes and uploads batch `d`'s window files of `contracts` from its curated files
+    /// (downloaded into `scratch`, removed after).
+    async fn fill_window(
+        &self,
+        d: NaiveDate,
+        contracts: Vec<Contract>,
+        scratch: &Path,
+    ) -> Result<(), HandleError> {
+        tracing::info!(date = %d, contracts = contracts.len(), "window files written from the curated batch");
+        self.fetch_curated(scratch, &BTreeSet::from([d])).await?;
+        let root = scratch.to_path_buf();
+        let files = blocking("window files", move || {
+            let refs: Vec<&Contract> = contracts.iter().collect();
+            window::write_batch(&Curated::new(&root), &refs, d, &root)
+        })
+        .await?
+        .map_err(|e| HandleError::local("window files", e))?;
+        for path in files {
+            self.gcs
+                .upload(
+                    &self.config.gcp.buckets.curated,
+                    &relative(scratch, &path),
+                    &path,
+                )
+                .await?;
+        }
+        std::fs::remove_dir_all(scratch).map_err(|e| HandleError::local("window files", e))?;
+        Ok(())
     }
 
     /// Downloads the curated batches of `days` that exist into `root/curated/`.
@@ -976,5 +1111,49 @@ mod tests {
             Some(d("2026-02-01"))
         );
         assert_eq!(month_completed_by(d("2026-11-27"), 2), None);
+    }
+}
+
+/// The window a worker's daily build reads: batch D's files from the step's folder, the
+/// earlier days' streamed from the curated bucket.
+#[derive(Debug)]
+struct StoredWindow {
+    /// The step's output folder (holding `window/dt=<D>/`).
+    local: PathBuf,
+    /// Days whose batch exists (each has its files).
+    present: BTreeSet<NaiveDate>,
+    gcs: Gcs,
+    bucket: String,
+    rt: tokio::runtime::Handle,
+}
+
+impl WindowSource for StoredWindow {
+    fn has_batch(&self, dt: NaiveDate) -> bool {
+        self.present.contains(&dt)
+    }
+
+    fn open(
+        &self,
+        contract: &Contract,
+        dt: NaiveDate,
+    ) -> Result<Box<dyn std::io::Read + Send>, WindowError> {
+        let name = window::object_name(contract, dt);
+        let io = |source| WindowError::Io {
+            path: name.clone(),
+            source,
+        };
+        let path = self.local.join(&name);
+        if path.is_file() {
+            return Ok(Box::new(std::fs::File::open(&path).map_err(io)?));
+        }
+        let reader = self
+            .rt
+            .block_on(
+                self.gcs
+                    .blocking_reader(self.rt.clone(), &self.bucket, &name),
+            )
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?
+            .ok_or_else(|| io(std::io::Error::from(std::io::ErrorKind::NotFound)))?;
+        Ok(Box::new(reader))
     }
 }

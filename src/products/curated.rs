@@ -378,37 +378,6 @@ impl Curated {
         })
     }
 
-    /// Calls `f` with each line version of batch `dt` as (transaction id, product code,
-    /// updated_at), decoding only those three columns.
-    pub fn each_version(
-        &self,
-        dt: NaiveDate,
-        mut f: impl FnMut(&str, &str, Option<i64>),
-    ) -> Result<(), CuratedError> {
-        let columns = ["transaction_id", "product_code", "updated_at"];
-        self.each_batch(
-            "transactions",
-            dt,
-            &columns,
-            |c| -> Result<(), CuratedError> {
-                let tid = c.utf8("transaction_id")?;
-                let code = c.utf8("product_code")?;
-                let upd = c.micros("updated_at")?;
-                for r in 0..c.batch.num_rows() {
-                    if tid.is_null(r) || code.is_null(r) {
-                        return Err(c.problem("transaction_id", format!("row {}: null", r + 1)));
-                    }
-                    f(
-                        tid.value(r),
-                        code.value(r),
-                        (!upd.is_null(r)).then(|| upd.value(r)),
-                    );
-                }
-                Ok(())
-            },
-        )
-    }
-
     /// Reads the order lines of batch `dt`.
     pub fn transactions(&self, dt: NaiveDate) -> Result<Vec<Line>, CuratedError> {
         let mut out = Vec::new();

@@ -4,7 +4,10 @@
 //! corrects it). Small cities are written as `OUTRAS`: a (uf, city) where fewer than `k` distinct
 //! customers bought the partner's products over the trailing 30 days (D−29..D: the latest
 //! version of each line over the batches of that window that exist, completed, sold in the
-//! window). A missing batch only lowers the counts, so it can hide more cities, never fewer.
+//! window, naming a product of the partner in its batch's own snapshot; a later correction
+//! naming another product ends the sale). A missing batch only lowers the counts, so it can hide
+//! more cities, never fewer. The window is counted from one small file per batch
+//! (`super::window`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -12,9 +15,10 @@ use arrow_array::RecordBatch;
 use chrono::{Datelike, Days, NaiveDate};
 
 use super::contract::Contract;
-use super::curated::{Curated, CuratedError, Line, LineRef, Product, Status, catalog};
+use super::curated::{Curated, CuratedError, Line, LineRef, Product, Status};
 use super::pseudonym::Pseudonymizer;
 use super::schema::{CellRef, ProductSchema, SchemaError};
+use super::window::{Places, WindowError, WindowSource, customers_per_place, object_name};
 
 /// Days of the trailing window that decides small cities.
 pub const WINDOW_DAYS: u64 = 30;
@@ -27,6 +31,9 @@ pub enum DailyError {
     /// Curated data could not be read.
     #[error(transparent)]
     Curated(#[from] CuratedError),
+    /// The window's files could not be read.
+    #[error(transparent)]
+    Window(#[from] WindowError),
     /// Batch D is not in the curated data.
     #[error("batch {0} not found in the curated data")]
     MissingBatch(NaiveDate),
@@ -175,30 +182,6 @@ pub fn day_lines(
         .collect())
 }
 
-/// Interns (uf, city) places: each distinct place once, named by its index.
-#[derive(Default)]
-struct Places {
-    /// uf → city → index (looked up by borrowed strings: a place is read millions of times).
-    ids: HashMap<String, HashMap<String, u32>>,
-    names: Vec<(String, String)>,
-}
-
-impl Places {
-    /// The index of a place, added on first sight.
-    fn id(&mut self, uf: &str, city: &str) -> u32 {
-        if let Some(id) = self.ids.get(uf).and_then(|c| c.get(city)) {
-            return *id;
-        }
-        let id = self.names.len() as u32;
-        self.names.push((uf.to_string(), city.to_string()));
-        self.ids
-            .entry(uf.to_string())
-            .or_default()
-            .insert(city.to_string(), id);
-        id
-    }
-}
-
 /// A row of the daily file from a completed line of the partner's products sold on D.
 fn day_row(
     l: &LineRef<'_>,
@@ -224,61 +207,6 @@ fn day_row(
         place,
         outras: false,
     })
-}
-
-/// One version of an order line of the partner's products in the window (32 bytes, kept in a
-/// sorted vector: no hash table overhead).
-#[derive(Clone, Copy)]
-struct Version {
-    /// 64-bit hash of the transaction id.
-    key: u64,
-    /// `updated_at` (a missing one is the oldest).
-    updated_at: i64,
-    /// 64-bit hash of the customer.
-    customer: u64,
-    /// The line's place.
-    place: u32,
-    /// The batch's day number (ties on `updated_at` go to the later batch), as i24 + flag:
-    /// see [`Version::batch`] and [`Version::counts`].
-    batch_counts: i32,
-}
-
-impl Version {
-    fn new(key: u64, updated_at: i64, batch: i32, customer: u64, place: u32, counts: bool) -> Self {
-        Version {
-            key,
-            updated_at,
-            customer,
-            place,
-            // Day numbers of years 1..9999 fit 23 bits with their sign; the low bit is the flag.
-            batch_counts: batch * 2 + i32::from(counts),
-        }
-    }
-
-    /// The batch's day number.
-    fn batch(&self) -> i32 {
-        self.batch_counts.div_euclid(2)
-    }
-
-    /// A completed sale in the window (counts toward its place's customers).
-    fn counts(&self) -> bool {
-        self.batch_counts.rem_euclid(2) == 1
-    }
-
-    /// Which version is later: (updated_at, batch).
-    fn at(&self) -> (i64, i32) {
-        (self.updated_at, self.batch())
-    }
-}
-
-/// A 64-bit hash of an id, the same in every process (SipHash with fixed keys). Two ids
-/// sharing one would be counted as one: fewer customers, so more cities hidden, never fewer.
-fn id_hash(tag: u8, id: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new_with_keys(0x6461_7461_7368_6172, u64::from(tag));
-    id.hash(&mut h);
-    h.finish()
 }
 
 /// Batch D's rows of the file, collected while the window is read (batch D is read once).
@@ -307,108 +235,24 @@ impl DayRows<'_> {
     }
 }
 
-/// Distinct customers per place over the trailing window (`first..=d`): lines whose latest
-/// version over the `present` batches is a completed sale of the partner's products in the
-/// window. Reads the window's lines as a stream and holds one small record per partner line;
-/// batch D's lines also go to `day`.
-fn window_customers(
-    curated: &Curated,
-    contract: &Contract,
-    first: NaiveDate,
-    present: &[NaiveDate],
-    (places, day): (&mut Places, &mut DayRows<'_>),
-) -> Result<HashMap<u32, usize>, DailyError> {
-    let d = day.d;
-    let products = catalog(curated, present)?;
-    let partner: HashSet<&str> = products
-        .values()
-        .filter(|p| is_partner_product(contract, p))
-        .map(|p| p.product_code.as_str())
-        .collect();
-    let mut versions: Vec<Version> = Vec::new();
-    for x in present {
-        curated.each_line(*x, |l| -> Result<(), DailyError> {
-            if l.batch == d {
-                day.take(&l, places)?;
-            }
-            if !partner.contains(l.product_code) {
-                return Ok(());
-            }
-            let counts = l.status == Status::Completed
-                && l.local_date().is_some_and(|x| x >= first && x <= d);
-            versions.push(Version::new(
-                id_hash(b'l', l.transaction_id),
-                l.updated_at.unwrap_or(i64::MIN),
-                l.batch.to_epoch_days(),
-                id_hash(b'c', l.customer_id),
-                places.id(l.uf, l.city),
-                counts,
-            ));
-            Ok(())
-        })?;
-    }
-    // The latest version of each line: the last of its key once sorted by (key, updated_at,
-    // batch). A batch holds a line once, so no two versions of a key tie.
-    versions.sort_unstable_by_key(|v| (v.key, v.updated_at, v.batch()));
-    versions.reverse();
-    versions.dedup_by_key(|v| v.key);
-    versions.reverse();
-    // A later version naming another manufacturer's product ends a line's partner sale.
-    if !versions.is_empty() {
-        // Eight bits a line: most other manufacturers' lines are ruled out without a search.
-        let bits = (versions.len() * 8).next_power_of_two();
-        let mut seen = vec![0u64; bits / 64];
-        for v in &versions {
-            let b = v.key as usize & (bits - 1);
-            seen[b / 64] |= 1 << (b % 64);
-        }
-        for x in present {
-            curated.each_version(*x, |tid, code, updated_at| {
-                if partner.contains(code) {
-                    return;
-                }
-                let key = id_hash(b'l', tid);
-                let b = key as usize & (bits - 1);
-                if seen[b / 64] & (1 << (b % 64)) == 0 {
-                    return;
-                }
-                let Ok(i) = versions.binary_search_by_key(&key, |v| v.key) else {
-                    return;
-                };
-                let at = (updated_at.unwrap_or(i64::MIN), x.to_epoch_days());
-                if at >= versions[i].at() {
-                    let v = &versions[i];
-                    versions[i] = Version::new(key, at.0, at.1, v.customer, v.place, false);
-                }
-            })?;
-        }
-    }
-    // Distinct customers per place: the counting versions sorted by (place, customer).
-    versions.retain(|v| v.counts());
-    versions.sort_unstable_by_key(|v| (v.place, v.customer));
-    versions.dedup_by_key(|v| (v.place, v.customer));
-    let mut out: HashMap<u32, usize> = HashMap::new();
-    for v in versions {
-        *out.entry(v.place).or_default() += 1;
-    }
-    Ok(out)
-}
-
-/// Builds the daily product of day D, reading the curated lines as streams: memory holds one
-/// record per partner line of the window while counting customers, then the day's rows.
+/// Builds the daily product of day D: batch D's lines are read as a stream, and the window's
+/// small cities come from its batches' window files merged as streams (`window`): memory holds
+/// the day's rows and the places, not the window's lines.
 pub fn build(
     curated: &Curated,
     contract: &Contract,
     keys: &Pseudonymizer,
     d: NaiveDate,
+    window: &dyn WindowSource,
 ) -> Result<DailyTable, DailyError> {
     if !curated.has_batch(d) {
         return Err(DailyError::MissingBatch(d));
     }
     let first = d - Days::new(WINDOW_DAYS - 1);
-    let window: Vec<NaiveDate> = first.iter_days().take_while(|x| *x <= d).collect();
-    let (present, missing): (Vec<NaiveDate>, Vec<NaiveDate>) =
-        window.into_iter().partition(|x| curated.has_batch(*x));
+    let days: Vec<NaiveDate> = first.iter_days().take_while(|x| *x <= d).collect();
+    let (present, missing): (Vec<NaiveDate>, Vec<NaiveDate>) = days
+        .into_iter()
+        .partition(|x| *x == d || window.has_batch(*x));
     if !missing.is_empty() {
         tracing::warn!(
             partner = %contract.name,
@@ -435,8 +279,13 @@ pub fn build(
         rows: Vec::new(),
     };
     let mut places = Places::default();
-    let customers = window_customers(curated, contract, first, &present, (&mut places, &mut day))?;
+    curated.each_line(d, |l| day.take(&l, &mut places))?;
+    let mut files = Vec::with_capacity(present.len());
+    for x in &present {
+        files.push((object_name(contract, *x), *x, window.open(contract, *x)?));
+    }
     let k = contract.k as usize;
+    let customers = customers_per_place(files, (first, d), k, &mut places)?;
     let small = |place: u32| customers.get(&place).is_none_or(|n| *n < k);
     let mut rows = day.rows;
     let mut suppressed = HashSet::new();

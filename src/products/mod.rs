@@ -20,6 +20,7 @@ pub mod monthly;
 pub mod pseudonym;
 pub mod reconcile;
 pub mod schema;
+pub mod window;
 pub mod write;
 
 use std::path::{Path, PathBuf};
@@ -159,6 +160,9 @@ pub struct BuildOptions {
     pub allow_missing_batches: bool,
     /// Build time written in manifests.
     pub built_at: DateTime<Utc>,
+    /// Where a daily build finds the window's files; `None`: computed from the curated data
+    /// under `input` into a temporary folder.
+    pub window: Option<std::sync::Arc<dyn window::WindowSource>>,
 }
 
 /// A file released with its manifest.
@@ -271,7 +275,14 @@ pub fn build(
     let _timer = crate::telemetry::metrics::Stage::ProductBuild.timer();
     let built = match period {
         Period::Day(d) => {
-            let t = daily::build(&curated, contract, &keys, d)?;
+            let t = match &opts.window {
+                Some(w) => daily::build(&curated, contract, &keys, d, w.as_ref())?,
+                None => {
+                    let tmp = tempfile::tempdir().map_err(io(&opts.output))?;
+                    let w = window::LocalWindow::new(curated.clone(), tmp.path());
+                    daily::build(&curated, contract, &keys, d, &w)?
+                }
+            };
             Built {
                 highlights: highlights::daily(&t),
                 source_batches: t.source_batches.clone(),

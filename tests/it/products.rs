@@ -104,6 +104,7 @@ impl Env {
                 output: self.root.join(out),
                 allow_missing_batches: false,
                 built_at: Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap(),
+                window: None,
             },
         )
     }
@@ -671,6 +672,7 @@ fn a_daily_build_holds_a_bounded_heap() {
         output: env.root.join("out-big"),
         allow_missing_batches: false,
         built_at: Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap(),
+        window: None,
     };
     let (released, peak) =
         crate::alloc::peak_heap(|| build(&contract, Period::Day(d), &opts).unwrap());
@@ -683,5 +685,49 @@ fn a_daily_build_holds_a_bounded_heap() {
     assert!(
         peak < (48 << 20) + 200 * rows as usize,
         "peak heap {peak} bytes for a {rows}-row day"
+    );
+}
+
+/// The window's batches are merged as streams: six times more lines in the 29 earlier days
+/// (58k → 348k) leave the daily build's heap where it was; holding one 32-byte record a line,
+/// as the build did, grew it by ~9 MiB.
+#[test]
+fn the_window_is_counted_in_bounded_memory() {
+    let d = day("2026-11-27");
+    let peak = |per_day: u32| {
+        let env = setup(&format!("WINDOW{per_day}"), |f| {
+            for back in 1..30u64 {
+                let x = d - chrono::Days::new(back);
+                for i in 0..per_day {
+                    let customer = format!("CW-{}", i % 997);
+                    f.lines
+                        .push(tatui_line(&format!("TW-{back}-{i}"), &customer, x));
+                }
+            }
+            f.lines.push(tatui_line("TW-D", "CW-1", d));
+        });
+        let contract = env.contract("ouchhungry");
+        let opts = BuildOptions {
+            input: env.input.clone(),
+            output: env.root.join("out"),
+            allow_missing_batches: false,
+            built_at: Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap(),
+            window: None,
+        };
+        let (released, peak) =
+            crate::alloc::peak_heap(|| build(&contract, Period::Day(d), &opts).unwrap());
+        // Tatuí's customers over the window make it a named city.
+        assert!(strings(&read_parquet(&released.files[0].path), "city").contains(&"Tatuí".into()));
+        peak
+    };
+    let (small, large) = (peak(2_000), peak(12_000));
+    eprintln!(
+        "daily build, 29 earlier days of 2,000 and 12,000 lines: peak heap {:.1} and {:.1} MiB",
+        small as f64 / 1048576.0,
+        large as f64 / 1048576.0
+    );
+    assert!(
+        large < small + (3 << 20),
+        "peak heap {small} → {large} bytes: it grows with the window"
     );
 }

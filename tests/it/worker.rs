@@ -929,3 +929,68 @@ async fn a_pull_step_longer_than_the_ack_deadline_keeps_its_lease_and_runs_once(
     );
     app.stop().await;
 }
+
+/// Each batch step writes its batch's window file; a day that has none (a batch from before
+/// window files, or a contract added since) gets one from its curated files, and the next
+/// day's daily build reads it streamed from the curated bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_files_are_written_refilled_and_read_from_the_bucket() {
+    let app = TestApp::spawn(Spec::new().watch("deliveries", "test-deliveries")).await;
+    let worker = app.spawn_worker().await;
+    let (stack, cfg) = (&app.stack, app.cfg.clone());
+    let gcs = &worker.gcs;
+    let (curated, ops) = (&cfg.gcp.buckets.curated, &cfg.gcp.buckets.ops);
+    let done = |dt: NaiveDate| {
+        let cfg = cfg.clone();
+        async move {
+            let ready = current_batch(gcs, &cfg, dt).await;
+            let done = names::batch_done(dt, &ready.version());
+            until(
+                "the batch's done marker",
+                Duration::from_secs(180),
+                || async { gcs.stat(ops, &done).await.unwrap() },
+            )
+            .await;
+        }
+    };
+    let (d1, d2) = (
+        NaiveDate::from_ymd_opt(2026, 11, 26).unwrap(),
+        NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(),
+    );
+    upload_day(gcs, &cfg, d1, 300, false).await;
+    done(d1).await;
+    let first = gcs.list(curated, "window/dt=2026-11-26/").await.unwrap();
+    assert_eq!(first.len(), 1, "one file per daily contract: {first:?}");
+    assert!(
+        first[0]
+            .name
+            .starts_with("window/dt=2026-11-26/ouchhungry-")
+    );
+    stack.delete_object(curated, &first[0].name).await;
+
+    upload_day(gcs, &cfg, d2, 300, false).await;
+    done(d2).await;
+    let refilled = gcs.stat(curated, &first[0].name).await.unwrap();
+    assert!(refilled.is_some(), "day 1's window file written again");
+    let second = gcs.list(curated, "window/dt=2026-11-27/").await.unwrap();
+    assert_eq!(second.len(), 1, "{second:?}");
+    let got = stack
+        .drain("test-deliveries", Duration::from_secs(60), |m| m.len() >= 2)
+        .await;
+    let req = got
+        .iter()
+        .find(|m| m.attributes.get("period").map(String::as_str) == Some("2026-11-27"))
+        .expect("day 2's delivery request");
+    let req = check_delivery(gcs, req, d2).await;
+    let (bucket, name) = req.files[0].manifest.uri["gs://".len()..]
+        .split_once('/')
+        .unwrap();
+    let (manifest, _) = gcs.read(bucket, name, None).await.unwrap().unwrap();
+    let manifest: Value = serde_json::from_slice(&manifest).unwrap();
+    assert_eq!(
+        manifest["source_batches"],
+        json!(["2026-11-26", "2026-11-27"]),
+        "day 1 counted in day 2's window"
+    );
+    app.stop().await;
+}
