@@ -36,10 +36,10 @@ pub const DIR: &str = "window";
 const BATCH_ROWS: usize = 4_096;
 
 /// Schema metadata key of the places list (JSON `[[uf, city], ...]`, indexed by `place`).
-const PLACES_KEY: &str = "datashare.places";
+const PLACES_KEY: &str = "places";
 
 /// Schema metadata key of the format version.
-const FORMAT_KEY: &str = "datashare.window_format";
+const FORMAT_KEY: &str = "window_format";
 
 /// This format's version (a different one is refused: the file is rebuilt).
 const FORMAT: &str = "1";
