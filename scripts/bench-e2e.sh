@@ -15,7 +15,8 @@
 # BENCH_PROFILE=release (default; LTO, ~6 CPU-minutes to build from nothing) | profiling (release
 # without LTO, about a minute) | debug; DATASHARE_BIN runs a given binary instead (not rebuilt:
 # an earlier commit's build, to compare on the same machine state). BENCH_DIR (out/bench-e2e),
-# BENCH_WAIT_SECS (900).
+# BENCH_WAIT_SECS (900). BENCH_FIRST_DAY (2026-11-27): the first day; a run that crosses the
+# 2nd of a month also requests that month's monthly build (which waits for the month's days).
 # Installs what it needs itself (idempotently); stops everything it started, Ctrl-C included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/datashare-target}"
 profile="${BENCH_PROFILE:-release}"
 dir="$(realpath -m "${BENCH_DIR:-out/bench-e2e}")"
 state="$dir/stack/stack.json"
-day=2026-11-27
+day="${BENCH_FIRST_DAY:-2026-11-27}"
+case "$day" in [0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]) ;; *) echo "BENCH_FIRST_DAY must be YYYY-MM-DD" >&2; exit 2 ;; esac
 days="${BENCH_DAYS:-1}"
 case "$days" in '' | *[!0-9]* | 0) echo "BENCH_DAYS must be a positive number" >&2; exit 2 ;; esac
 last_day="$(date -u -d "$day + $((days - 1)) days" +%F)"
@@ -183,6 +185,7 @@ for n, d in enumerate(sorted(by_day)):
         files, first_t0, first_marker, first_mail = day_files, t0, t_marker, t_mail
         usage = {name: proc(pid) for name, pid in roles.items()}
         staged_bytes = listed_bytes(env["DATASHARE_BUCKET_CURATED"], f"staging/dt={d}/")
+        window_bytes = listed_bytes(env["DATASHARE_BUCKET_CURATED"], f"window/dt={d}/")
 t0, t_marker, t_mail = first_t0, first_marker, first_mail
 
 # Stage times from the roles' logs (RFC 3339 UTC timestamps, one event a line).
@@ -246,6 +249,8 @@ for n in ("deliver-sftp", "deliver-api", "deliver-email"):
         print(f"  {n} as the sink logs it: {d[0] / 1000:.2f} s")
 print(f"staged files of the day in the curated bucket: {staged_bytes / 2**20:.1f} MiB "
       f"({staged_bytes / max(rows, 1):.1f} bytes per transaction row)")
+print(f"window files of the day (read by the next 29 days' daily builds): {window_bytes / 2**20:.1f} MiB "
+      f"({window_bytes / max(rows, 1):.1f} bytes per transaction row)")
 print(f"\nupload -> partner e-mail: {t_mail - t0:.2f} s from the first byte uploaded, "
       f"{t_mail - t_marker:.2f} s from the marker's upload")
 print(f"\n{'role':16} {'peak RSS (MiB)':>15} {'CPU (s)':>8}   (after the first day)")
@@ -260,7 +265,7 @@ if len(runs) > 1:
 json.dump({"rows": rows, "upload_to_mail_s": t_mail - t0, "marker_to_mail_s": t_mail - t_marker,
            "stages": {n: (a and b and b - a, b and b - t0) for n, a, b in stages},
            "roles": {n: {"peak_rss_mib": h, "cpu_s": c} for n, (h, c) in usage.items()},
-           "staged_bytes": staged_bytes, "days": runs},
+           "staged_bytes": staged_bytes, "window_bytes": window_bytes, "days": runs},
           open(root / "result.json", "w"), indent=2)
 PY
 echo
