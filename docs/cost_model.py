@@ -32,31 +32,38 @@ CLEAN_S_1M = 2.25                   # s to clean 1M transaction rows (three runs
                                     # peak RSS (the README's 2026-11-28 figure: 2.735 s, 89 MiB)
 
 # --- measured here with a release build (2026-12-05, `/usr/bin/time datashare build`, issue 15) --
-# The daily build reads the trailing 30-day window of curated batches every day (distinct customers
-# per city, latest version of each line) and holds one record per partner line of that window: a
-# sorted vector of 32-byte records plus an 8-bit-a-line bitmap (commits 3c0e405, edb2f1f; before,
-# a hash map of ~120 B a line: 1.26-1.30 s, 148 MB). Same files, byte for byte.
-WINDOW_DAYS = 30        # the small-city window (src/products/daily.rs, WINDOW_DAYS)
-BUILD_S_PER_M_WINDOW = 1.11 / 3     # CPU s per partner per 1M rows of the window: 1.09-1.12 s (three
-                        # runs, quiet machine) for `--partner ouchhungry --date 2026-11-27` with 30
-                        # generated days of 100k rows present (3M rows of window, 1 % defects): 0.37 s
-BUILD_S_PER_M = WINDOW_DAYS * BUILD_S_PER_M_WINDOW  # CPU s per partner per 1M rows of the day at
-                        # steady state (30 days present: the build re-reads 30 days of rows): 11.1 s
-BUILD_GIB_BASE = 40e6 / GiB         # peak RSS of one partner's daily build: 40 MB (the day alone,
-BUILD_B_PER_LINE = 48   # 0.08 s) + this per partner line of the window: the 32-byte record, the
-                        # vector's growth headroom and the bitmap. Measured lower: 55 MB with 30 ×
-                        # 100k rows present, 30 % of them the partner's: (55 - 40) MB / 0.9M lines
-                        # = ~17 B a line, less than the record itself (peak RSS does not add up:
-                        # the window's records presumably reuse memory the 40 MB already counts);
-                        # 48 B is the bound the model keeps
-# The day alone (first days, or the window part excluded: what an incremental count would leave):
-BUILD_S_PER_M_DAY = 1.0     # 0.93-0.95 s user at 1M rows, 2.94-3.00 s at 3M
+# The day alone: one partner's daily build streams the day's curated lines (64 B a line, files
+# written a row group at a time).
+BUILD_S_PER_M_DAY = 1.0     # 0.93-0.95 s user at 1M rows, 2.94-3.00 s at 3M (the first days; the
+                            # model uses the steady state, BUILD_S_PER_M below)
 BUILD_GIB_DAY_BASE = 0.06   # peak RSS 110-115 MB at 1M, 208 MB at 3M: a base + this per 1M rows
 BUILD_GIB_DAY_PER_M = 0.05  # (before the build streamed: 4.58 s and 1.06 GB at 1M)
 CLEAN_GIB_1M, CLEAN_GIB_10M = 68.0 / 1024, 487.5 / 1024   # the cleaning's peak RSS (above)
-# The worker's whole peak, end to end on the local stack (`scripts/bench-e2e.sh`, first days: the
-# window short): 137 MiB on a 1M-row day, 522 MiB on a 10M-row day. Compressing the staged files
-# (LZ4) costs CPU the model leaves out: small next to the cleaning.
+
+# --- the trailing 30-day window of the small-city rule, since 40b4cf1 (measured 2026-12-06) ------
+# Each batch step writes, per daily contract, one window file (window/dt=<D>/<partner>-<filter>.arrow
+# in the curated bucket: one 33-byte record per version of the partner's lines, LZ4); the daily
+# build streams the window's 29 earlier files from the bucket and merges them, one 4,096-row record
+# batch of each in memory (~4 MB for 30 files), so its memory no longer grows with the window and
+# the worker no longer downloads curated days for it. Before 40b4cf1 (d6a3376) the build re-read
+# the window: the 29 earlier curated days downloaded (27.7 B a row: 0.8 GB per 1M rows a day) and
+# one 32-byte record per partner line held (~40 MB + 48 B a line: ~0.47 GB and ~11 s CPU per build
+# at 1M rows a day at steady state, ~4.4 GB and ~111 s at 10M; 1.09-1.12 s CPU and 55 MB with 30
+# days of 100k rows present).
+WINDOW_DAYS = 30        # the small-city window (src/products/daily.rs, WINDOW_DAYS)
+WINDOW_B_PER_ROW = 9.1  # bytes of one OuchHungry-sized partner's window file per transaction row of
+                        # the day: `scripts/bench-e2e.sh` ("window files of the day"), generated data
+WINDOW_KEPT_DAYS = 60   # lifecycle rule `window/` of the curated bucket (fake-gcp/topology.yaml)
+BUILD_S_PER_M = 2.66    # s per partner per 1M rows of the day at steady state, window merge included:
+                        # "batch step ran -> daily product released" on day 30 of 30 consecutive
+                        # 1M-row days (`BENCH_FIRST_DAY=2026-12-03 BENCH_DAYS=30 scripts/bench-e2e.sh
+                        # 1000000`, release, 40b4cf1; wall time, the product files' upload to the
+                        # local bucket included; d6a3376, re-reading the window: 17.4 s). Scaled
+                        # linearly with the rows: 10M rows a day at steady state is extrapolated
+# The build's memory is the day alone's (BUILD_GIB_DAY_*): the worker's peak RSS end to end over the
+# same 30 days went 140 -> 195 MiB (206 at most), where d6a3376's rose 133 -> 431 MiB (~10 MiB a
+# day); on a single 10M-row day (the window short) it peaked at 551.6 MiB, 63-77 MiB at 100k rows.
+# Compressing the staged files (LZ4) costs CPU the model leaves out: small next to the cleaning.
 
 # --- estimated (not measured in the cloud; see docs/cost.md) ---------------------------------------
 IO_BYTES_S = 100e6      # Cloud Storage read/write within the region, bytes/s
@@ -98,21 +105,25 @@ def gb_months(days_kept, bytes_per_day, classes):
     return out
 
 
-def build_gib(rows, incremental=False):
-    """Peak memory (GiB) of one partner's daily build at steady state. Builds run one partner after
-    the other, so one partner's lines count: an OuchHungry-sized partner's share (capped at 100 %)
-    of the 30-day window, or of the day alone with an incremental small-city count."""
-    if incremental:
-        return BUILD_GIB_DAY_BASE + BUILD_GIB_DAY_PER_M * rows / M
-    return BUILD_GIB_BASE + BUILD_B_PER_LINE * WINDOW_DAYS * rows * min(SHARE, 1.0) / GiB
+def build_gib(rows):
+    """Peak memory (GiB) of one partner's daily build: the day alone's, as the window's files are
+    merged as streams (flat in the window since 40b4cf1). Builds run one partner after the other."""
+    return BUILD_GIB_DAY_BASE + BUILD_GIB_DAY_PER_M * rows / M
 
 
-def worker_size(rows, incremental=False):
+def window_bytes(partners, rows):
+    """Bytes of the window files one batch step writes (every daily contract): an OuchHungry-sized
+    partner's 9.1 B a row, scaled to the partners' lines (their share, capped at 100 %)."""
+    return WINDOW_B_PER_ROW * rows * min(SHARE * partners, 1.0) / SHARE
+
+
+def worker_size(rows):
     """The smallest Cloud Run worker (vCPU, GiB) whose memory holds the larger of the day's
     cleaning and one product build at steady state, with 0.5 GiB to spare (Cloud Run: up to 8 GiB
-    on 2 vCPU, 16 GiB on 4, 32 GiB on 8)."""
+    on 2 vCPU, 16 GiB on 4, 32 GiB on 8). The temporary files, which count against a Cloud Run
+    instance's memory, are not in it (docs/cost.md, section 4)."""
     clean = CLEAN_GIB_1M if rows <= M else CLEAN_GIB_10M * rows / (10 * M)
-    need = max(clean, build_gib(rows, incremental)) + 0.5
+    need = max(clean, build_gib(rows)) + 0.5
     for cpu, gib in ((2, 4), (2, 8), (4, 16), (8, 32)):
         if need <= gib:
             return cpu, gib
@@ -120,10 +131,9 @@ def worker_size(rows, incremental=False):
 
 
 def model(partners, rows, staging_days=400, formats=("parquet", "csv"), nat=True, checks_per_window=24,
-          secrets_per_partner=4, incremental=False):
-    """Monthly cost by line for `partners` partners and `rows` transaction rows a day; with
-    `incremental`, the small-city count no longer re-reads the window (the day alone is built)."""
-    cpu, gib = worker_size(rows, incremental)
+          secrets_per_partner=4):
+    """Monthly cost by line for `partners` partners and `rows` transaction rows a day."""
+    cpu, gib = worker_size(rows)
     worker = cpu * RUN_CPU + gib * RUN_MEM
     f = rows / TX_ROWS
     raw, curated, staging = RAW_GZ * f, CURATED * f, STAGING * f
@@ -133,17 +143,19 @@ def model(partners, rows, staging_days=400, formats=("parquet", "csv"), nat=True
     cost, facts = {}, {}
 
     clean_s = CLEAN_S_1M * rows / M if rows <= M else CLEAN_S_10M * rows / (10 * M)
-    # the batch step downloads the window's 29 earlier days of curated transactions once
-    window = 0.0 if incremental else (WINDOW_DAYS - 1) * rows * TX_PARQUET / TX_KEPT
+    # the batch step uploads the day's window files and the daily builds stream the 29 earlier
+    # days' (counted at the I/O rate on top of BUILD_S_PER_M, which streamed them locally: a bound)
+    window_day = window_bytes(partners, rows)
+    window = WINDOW_DAYS * window_day
     io_s = (raw + 2 * staging + curated + window + products) / IO_BYTES_S
-    build_s = (BUILD_S_PER_M_DAY if incremental else BUILD_S_PER_M) * partners * rows / M
+    build_s = BUILD_S_PER_M * partners * rows / M
     batch_s = clean_s + build_s + io_s
     worker_ticks_s = 288 * TICK_WORKER_S + checks_per_window * partners * 2 * CHECK_S
     sinks_s = partners * 2 * (1.0 + products / partners / 10e6) + partners * 1.0
     gross = DAYS * (worker * (batch_s + worker_ticks_s) + SMALL * (sinks_s + 288 * ALERT_TICK_S))
     requests = DAYS * (576 + 20 + 5 * partners)
     cost["Cloud Run"] = max(0.0, gross - RUN_FREE) + max(0, requests - RUN_FREE_REQ) * RUN_REQ
-    facts.update(batch_s=batch_s, build_s=build_s, io_s=io_s, build_gib=build_gib(rows, incremental),
+    facts.update(batch_s=batch_s, build_s=build_s, io_s=io_s, build_gib=build_gib(rows),
                  worker_ticks_s=worker_ticks_s, run_gross=gross, requests=requests,
                  worker=f"{cpu} vCPU / {gib} GiB")
 
@@ -154,12 +166,14 @@ def model(partners, rows, staging_days=400, formats=("parquet", "csv"), nat=True
     for part in (gb_months(90, raw, [(30, "STANDARD"), (90, "NEARLINE")]),
                  gb_months(400, curated, [(60, "STANDARD"), (180, "NEARLINE"), (400, "COLDLINE")]),
                  gb_months(staging_days, staging, [(60, "STANDARD"), (180, "NEARLINE"), (400, "COLDLINE")]),
+                 gb_months(WINDOW_KEPT_DAYS, window_day, [(60, "STANDARD")]),
                  gb_months(1825, products, [(90, "STANDARD"), (365, "COLDLINE"), (1825, "ARCHIVE")])):
         for cls, gb in part.items():
             stored[cls] = stored.get(cls, 0) + gb
     cost["Cloud Storage"] = sum(STORAGE[c] * gb for c, gb in stored.items()) \
-        + DAYS * (1500 + 10 * partners) * CLASS_A
-    facts.update(stored_gb=stored, staging_mb_day=staging / 1e6, products_mb_day=products / 1e6)
+        + DAYS * (1500 + 11 * partners) * CLASS_A   # 11: 10 + the window file
+    facts.update(stored_gb=stored, staging_mb_day=staging / 1e6, products_mb_day=products / 1e6,
+                 window_mb_day=window_day / 1e6)
 
     egress_gib = DAYS * 2 * products / GiB                # SFTP and API each deliver every file
     cost["Network (Cloud NAT, egress)"] = egress_gib * EGRESS_GIB + (
@@ -211,7 +225,7 @@ def main():
               f"{facts['build_s']:.0f} s, I/O {facts['io_s']:.0f} s), worker ticks "
               f"{facts['worker_ticks_s']:.0f} s/day, Cloud Run gross ${facts['run_gross']:.2f}, "
               f"{facts['requests']:.0f} requests; stored GB {stored}; staging {facts['staging_mb_day']:.0f} MB/day, "
-              f"products {facts['products_mb_day']:.0f} MB/day; egress {facts['egress_gib']:.1f} GiB; "
+              f"window files {facts['window_mb_day']:.0f} MB/day, products {facts['products_mb_day']:.0f} MB/day; egress {facts['egress_gib']:.1f} GiB; "
               f"BigQuery {facts['scanned_gib']:.0f} GiB scanned ({facts['scanned_no_filter_gib']:.0f} GiB "
               f"without the partition filter)")
     for r in (M, 10 * M):
@@ -224,8 +238,6 @@ def main():
         "no Cloud NAT / static address": dict(nat=False),
         "check-sinks 2 times per deadline window, not 24": dict(checks_per_window=2),
         "one secret per partner, not 4": dict(secrets_per_partner=1),
-        "incremental small-city count (window not re-read): worker 2 vCPU / 4 GiB at every size":
-            dict(incremental=True),
     }
     print("\n| lever | " + " | ".join(f"{p} × {r / M:.0f}M" for p, r in scenarios) + " |")
     print("|---|" + "---:|" * len(scenarios))
