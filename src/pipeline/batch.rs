@@ -146,12 +146,17 @@ impl Worker {
                     "held": summary.held,
                 });
                 self.write_once(ops, &done, body).await?;
+                // What the heap holds between steps: in use (a leak grows it) and free but
+                // kept by the allocator (fragmentation grows it).
+                let (heap_used, heap_free) = crate::service::memory::heap().unwrap_or_default();
                 tracing::info!(
                     %dt,
                     %version,
                     published = summary.published.len(),
                     redelivered = summary.redelivered.len(),
                     held = summary.held.len(),
+                    heap_used_kib = heap_used / 1024,
+                    heap_free_kib = heap_free / 1024,
                     "batch step done"
                 );
                 Ok(Disposition::Done)
@@ -277,7 +282,8 @@ impl Worker {
         let upload = self.upload_curated(&out, dt)?;
         let products = async {
             // The batch's window files, whatever happens next: its lines count in later windows.
-            self.write_window(&out, dt).await?;
+            // Boxed: the step's future stays small (a debug build's worker thread has 2 MiB of stack).
+            Box::pin(self.write_window(&out, dt)).await?;
             let guard = self.check_guardrails(ready, &report).await?;
             if let Some(held) = self.hold_failed_files(ready, &report).await {
                 return Ok(Err(held));
@@ -287,7 +293,7 @@ impl Worker {
                 return Ok(Err(format!("batch {dt}: {}", guard.blocking.join(","))));
             }
             let (periods, days, months) = self.plan_products(dt);
-            let window = self.window_source(&out, dt, &days, tmp.path()).await?;
+            let window = Box::pin(self.window_source(&out, dt, &days, tmp.path())).await?;
             let built = self
                 .build_all(&out, &tmp.path().join("products"), periods, Some(window))
                 .await?;

@@ -27,3 +27,15 @@ pub fn release_free() {
         libc::malloc_trim(0);
     }
 }
+
+/// The heap as the allocator sees it: (bytes in use, bytes free but held), for logs.
+pub fn heap() -> Option<(usize, usize)> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        let m = unsafe { libc::mallinfo2() };
+        Some((m.uordblks + m.hblkhd, m.fordblks))
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
