@@ -717,10 +717,21 @@ impl Worker {
         if contracts.is_empty() {
             return Ok(());
         }
-        let root = out.to_path_buf();
+        self.put_window(out, dt, contracts).await
+    }
+
+    /// Writes batch `d`'s window files of `contracts` from the curated files under `root` (into
+    /// `root/window/`) and uploads them to the curated bucket under the same names.
+    async fn put_window(
+        &self,
+        root: &Path,
+        d: NaiveDate,
+        contracts: Vec<Contract>,
+    ) -> Result<(), HandleError> {
+        let dir = root.to_path_buf();
         let files = blocking("window files", move || {
             let refs: Vec<&Contract> = contracts.iter().collect();
-            window::write_batch(&Curated::new(&root), &refs, dt, &root)
+            window::write_batch(&Curated::new(&dir), &refs, d, &dir)
         })
         .await?
         .map_err(|e| HandleError::local("window files", e))?;
@@ -728,7 +739,7 @@ impl Worker {
             self.gcs
                 .upload(
                     &self.config.gcp.buckets.curated,
-                    &relative(out, &path),
+                    &relative(root, &path),
                     &path,
                 )
                 .await?;
@@ -807,22 +818,7 @@ impl Worker {
     ) -> Result<(), HandleError> {
         tracing::info!(date = %d, contracts = contracts.len(), "window files written from the curated batch");
         self.fetch_curated(scratch, &BTreeSet::from([d])).await?;
-        let root = scratch.to_path_buf();
-        let files = blocking("window files", move || {
-            let refs: Vec<&Contract> = contracts.iter().collect();
-            window::write_batch(&Curated::new(&root), &refs, d, &root)
-        })
-        .await?
-        .map_err(|e| HandleError::local("window files", e))?;
-        for path in files {
-            self.gcs
-                .upload(
-                    &self.config.gcp.buckets.curated,
-                    &relative(scratch, &path),
-                    &path,
-                )
-                .await?;
-        }
+        self.put_window(scratch, d, contracts).await?;
         std::fs::remove_dir_all(scratch).map_err(|e| HandleError::local("window files", e))?;
         Ok(())
     }
