@@ -71,7 +71,7 @@ pub fn window(first_day: NaiveDate, late_days: u32) -> Vec<NaiveDate> {
 /// Month M's lines: latest version, completed, sold in local month M, with their product.
 #[derive(Debug, Clone, Default)]
 pub struct MonthLines {
-    /// Lines of every product (all brands), with the product.
+    /// Lines of the contract's segments (every brand), with the product.
     pub lines: Vec<(Line, Product)>,
     /// Latest status of every line sold in M, by transaction id (for reconciliation).
     pub latest_status: BTreeMap<String, Status>,
@@ -81,15 +81,18 @@ pub struct MonthLines {
     pub missing_batches: Vec<NaiveDate>,
 }
 
-/// Reads month M's lines from the curated batches of its window that exist.
+/// Reads month M's lines from the curated batches of its window that exist; `lines` keeps
+/// only those of the contract's segments (all the aggregates read), `latest_status` every line.
 pub fn month_lines(
     curated: &Curated,
+    contract: &Contract,
     first_day: NaiveDate,
-    late_days: u32,
 ) -> Result<MonthLines, MonthlyError> {
-    let (present, missing): (Vec<NaiveDate>, Vec<NaiveDate>) = window(first_day, late_days)
-        .into_iter()
-        .partition(|d| curated.has_batch(*d));
+    let segments = contract.segments();
+    let (present, missing): (Vec<NaiveDate>, Vec<NaiveDate>) =
+        window(first_day, contract.late_days)
+            .into_iter()
+            .partition(|d| curated.has_batch(*d));
     let products = catalog(curated, &present)?;
     let mut all = Vec::new();
     for d in &present {
@@ -109,7 +112,9 @@ pub fn month_lines(
         if l.status != Status::Completed {
             continue;
         }
-        if let Some(p) = products.get(&l.product_code) {
+        if let Some(p) = products.get(&l.product_code)
+            && segments.contains(p.segment.as_str())
+        {
             out.lines.push((l, p.clone()));
         }
     }
@@ -375,7 +380,7 @@ pub fn build(
     allow_missing_batches: bool,
 ) -> Result<MonthlyTable, MonthlyError> {
     let month = month_of(first_day);
-    let lines = month_lines(curated, first_day, contract.late_days)?;
+    let lines = month_lines(curated, contract, first_day)?;
     if let Some(first) = lines.missing_batches.first()
         && !allow_missing_batches
     {
@@ -386,7 +391,7 @@ pub fn build(
         });
     }
     let prev_first = first_day - Months::new(1);
-    let prev = month_lines(curated, prev_first, contract.late_days)?;
+    let prev = month_lines(curated, contract, prev_first)?;
     let (prev_cells, _) = aggregate(contract, &prev.lines);
     let (cells, seg) = aggregate(contract, &lines.lines);
     let k = i64::from(contract.k);
