@@ -12,11 +12,11 @@
 //! monthly aggregate's). The month-over-month change compares with M−1 computed the same way,
 //! before suppression, on the same (level, uf, city, brand); `OUTRAS` rows get null.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use super::contract::Contract;
-use super::curated::{Line, Product};
 use super::daily::{OTHER_CITIES, is_partner_product};
+use super::month_lines::{MonthLine, MonthLines};
 use super::monthly::{MIN_OTHER_BRANDS, MonthlyError, MonthlyTable, round_div};
 use super::schema::Cell;
 
@@ -148,41 +148,42 @@ struct Sums {
 }
 
 impl Sums {
-    fn add(&mut self, l: &Line) {
-        self.units += i128::from(l.quantity);
-        self.net += l.net_amount();
-        self.list += i128::from(l.quantity) * i128::from(l.unit_price);
+    fn add(&mut self, l: &MonthLine) {
+        self.units = self.units.saturating_add(i128::from(l.quantity));
+        self.net = self.net.saturating_add(l.net_amount());
+        self.list = self.list.saturating_add(l.list_value());
     }
 
     fn merge(&mut self, o: &Sums) {
-        self.units += o.units;
-        self.net += o.net;
-        self.list += o.list;
+        self.units = self.units.saturating_add(o.units);
+        self.net = self.net.saturating_add(o.net);
+        self.list = self.list.saturating_add(o.list);
     }
 }
 
-/// Figures of a brand's lines in a cell.
+/// Figures of a brand's lines in a cell (orders and customers by their 64-bit hashes, products
+/// by their number in the month's lines).
 #[derive(Debug, Clone, Default)]
-struct BrandAgg<'a> {
+struct BrandAgg {
     sums: Sums,
-    orders: BTreeSet<&'a str>,
-    customers: BTreeSet<&'a str>,
-    skus: BTreeSet<&'a str>,
+    orders: HashSet<u64>,
+    customers: HashSet<u64>,
+    skus: HashSet<u32>,
 }
 
-impl<'a> BrandAgg<'a> {
-    fn add(&mut self, l: &'a Line) {
+impl BrandAgg {
+    fn add(&mut self, l: &MonthLine) {
         self.sums.add(l);
-        self.orders.insert(&l.order_id);
-        self.customers.insert(&l.customer_id);
-        self.skus.insert(&l.product_code);
+        self.orders.insert(l.order);
+        self.customers.insert(l.customer);
+        self.skus.insert(l.product);
     }
 
-    fn merge(&mut self, o: &BrandAgg<'a>) {
+    fn merge(&mut self, o: &BrandAgg) {
         self.sums.merge(&o.sums);
-        self.orders.extend(o.orders.iter().copied());
-        self.customers.extend(o.customers.iter().copied());
-        self.skus.extend(o.skus.iter().copied());
+        self.orders.extend(&o.orders);
+        self.customers.extend(&o.customers);
+        self.skus.extend(&o.skus);
     }
 }
 
@@ -191,51 +192,45 @@ impl<'a> BrandAgg<'a> {
 struct SegmentAgg<'a> {
     sums: Sums,
     brands: BTreeSet<&'a str>,
-    customers: BTreeSet<&'a str>,
+    customers: HashSet<u64>,
 }
 
 impl<'a> SegmentAgg<'a> {
-    fn add(&mut self, l: &'a Line, p: &'a Product) {
+    fn add(&mut self, l: &MonthLine, brand: &'a str) {
         self.sums.add(l);
-        self.brands.insert(&p.brand);
-        self.customers.insert(&l.customer_id);
+        self.brands.insert(brand);
+        self.customers.insert(l.customer);
     }
 
     fn merge(&mut self, o: &SegmentAgg<'a>) {
         self.sums.merge(&o.sums);
         self.brands.extend(o.brands.iter().copied());
-        self.customers.extend(o.customers.iter().copied());
+        self.customers.extend(&o.customers);
     }
 }
 
-type BrandCells<'a> = BTreeMap<(Place<'a>, BrandKey<'a>), BrandAgg<'a>>;
+type BrandCells<'a> = BTreeMap<(Place<'a>, BrandKey<'a>), BrandAgg>;
 type SegmentCells<'a> = BTreeMap<(Place<'a>, &'a str), SegmentAgg<'a>>;
 
-/// The three places of a line: its city, its state, the country.
-fn places(l: &Line) -> [Place<'_>; 3] {
-    [
-        (Some(&l.uf), Some(&l.city)),
-        (Some(&l.uf), None),
-        (None, None),
-    ]
+/// The three places of a line's (uf, city): its city, its state, the country.
+fn places<'a>((uf, city): (&'a str, &'a str)) -> [Place<'a>; 3] {
+    [(Some(uf), Some(city)), (Some(uf), None), (None, None)]
 }
 
 /// Per (place, brand) figures of the partner's brands and per (place, segment) figures of every
 /// brand of the contract's segments, at the three levels.
-fn aggregate<'a>(
-    contract: &Contract,
-    lines: &'a [(Line, Product)],
-) -> (BrandCells<'a>, SegmentCells<'a>) {
+fn aggregate<'a>(contract: &Contract, lines: &'a MonthLines) -> (BrandCells<'a>, SegmentCells<'a>) {
     let segments = contract.segments();
     let mut brands = BrandCells::new();
     let mut seg = SegmentCells::new();
-    for (l, p) in lines {
+    for l in &lines.lines {
+        let p = lines.product(l);
         if !segments.contains(p.segment.as_str()) {
             continue;
         }
         let mine = is_partner_product(contract, p);
-        for place in places(l) {
-            seg.entry((place, &p.segment)).or_default().add(l, p);
+        for place in places(lines.place(l)) {
+            seg.entry((place, &p.segment)).or_default().add(l, &p.brand);
             if mine {
                 brands
                     .entry((place, (&p.brand, &p.segment)))
@@ -264,7 +259,7 @@ fn row(
     city: Option<&str>,
     merged: i32,
     (brand, segment): BrandKey<'_>,
-    a: &BrandAgg<'_>,
+    a: &BrandAgg,
     s: Option<&SegmentAgg<'_>>,
 ) -> Result<BrandRow, MonthlyError> {
     // Sums are 128-bit; a cell whose total does not fit the file's 64-bit column is an error
@@ -310,8 +305,8 @@ fn row(
 
 /// Builds the brand view of a month from its monthly aggregate's lines (M and M−1).
 pub fn build(contract: &Contract, monthly: &MonthlyTable) -> Result<BrandTable, MonthlyError> {
-    let (cells, seg) = aggregate(contract, &monthly.lines.lines);
-    let (prev, _) = aggregate(contract, &monthly.previous_lines.lines);
+    let (cells, seg) = aggregate(contract, &monthly.lines);
+    let (prev, _) = aggregate(contract, &monthly.previous_lines);
     let k = i64::from(contract.k);
     let mom = |key: &(Place<'_>, BrandKey<'_>), units: i128| {
         prev.get(key)
@@ -322,7 +317,7 @@ pub fn build(contract: &Contract, monthly: &MonthlyTable) -> Result<BrandTable, 
     let mut rows = Vec::new();
     let mut dropped_uf_rows = 0;
     // (uf, brand) -> (merged figures, merged segment cells, cities)
-    type Small<'a> = BTreeMap<(&'a str, BrandKey<'a>), (BrandAgg<'a>, SegmentAgg<'a>, i32)>;
+    type Small<'a> = BTreeMap<(&'a str, BrandKey<'a>), (BrandAgg, SegmentAgg<'a>, i32)>;
     let mut small: Small<'_> = BTreeMap::new();
     for (key @ (place, bk), a) in &cells {
         let s = seg.get(&(*place, bk.1));
@@ -381,8 +376,7 @@ pub fn build(contract: &Contract, monthly: &MonthlyTable) -> Result<BrandTable, 
 mod tests {
     use chrono::NaiveDate;
 
-    use super::super::curated::Status;
-    use super::super::monthly::MonthLines;
+    use super::super::curated::{Line, Product, Status};
     use super::*;
 
     fn contract() -> Contract {
@@ -445,10 +439,7 @@ deadline = "08:00"
             source_batches: Vec::new(),
             missing_batches: Vec::new(),
             comparison_batches: Vec::new(),
-            lines: MonthLines {
-                lines,
-                ..MonthLines::default()
-            },
+            lines: MonthLines::from_lines(lines),
             previous_lines: MonthLines::default(),
         }
     }

@@ -378,16 +378,6 @@ impl Curated {
         })
     }
 
-    /// Reads the order lines of batch `dt`.
-    pub fn transactions(&self, dt: NaiveDate) -> Result<Vec<Line>, CuratedError> {
-        let mut out = Vec::new();
-        self.each_line(dt, |l| -> Result<(), CuratedError> {
-            out.push(l.to_owned());
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
     /// Reads the product snapshot of batch `dt`, by product code.
     pub fn products(&self, dt: NaiveDate) -> Result<BTreeMap<String, Product>, CuratedError> {
         let mut out = BTreeMap::new();
@@ -494,23 +484,6 @@ impl<'a> Columns<'a> {
             )?
             .as_primitive::<TimestampMicrosecondType>())
     }
-}
-
-/// Keeps the latest version of each order line: the greatest `updated_at` (a missing one is the
-/// oldest), ties won by the later batch, then by the later line read.
-pub fn latest_versions(lines: impl IntoIterator<Item = Line>) -> BTreeMap<String, Line> {
-    let mut out: BTreeMap<String, Line> = BTreeMap::new();
-    for l in lines {
-        match out.get(&l.transaction_id) {
-            Some(cur)
-                if (cur.updated_at.unwrap_or(i64::MIN), cur.batch)
-                    > (l.updated_at.unwrap_or(i64::MIN), l.batch) => {}
-            _ => {
-                out.insert(l.transaction_id.clone(), l);
-            }
-        }
-    }
-    out
 }
 
 /// Merges the product snapshots of these batches: for each code, the latest snapshot holding it.

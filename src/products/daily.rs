@@ -15,7 +15,7 @@ use arrow_array::RecordBatch;
 use chrono::{Datelike, Days, NaiveDate};
 
 use super::contract::Contract;
-use super::curated::{Curated, CuratedError, Line, LineRef, Product, Status};
+use super::curated::{Curated, CuratedError, LineRef, Product, Status};
 use super::pseudonym::Pseudonymizer;
 use super::schema::{CellRef, ProductSchema, SchemaError};
 use super::window::{Places, WindowError, WindowSource, customers_per_place, object_name};
@@ -158,28 +158,6 @@ pub fn month_of(d: NaiveDate) -> String {
 /// Returns true when the product is one the contract bought.
 pub fn is_partner_product(contract: &Contract, p: &Product) -> bool {
     p.manufacturer == contract.manufacturer && contract.covers(&p.brand, &p.segment)
-}
-
-/// The lines of the daily file for D, before pseudonymization and suppression: batch D's
-/// completed lines sold on local day D of the partner's products (per batch D's snapshot).
-pub fn day_lines(
-    curated: &Curated,
-    contract: &Contract,
-    d: NaiveDate,
-) -> Result<Vec<(Line, Product)>, DailyError> {
-    if !curated.has_batch(d) {
-        return Err(DailyError::MissingBatch(d));
-    }
-    let products = curated.products(d)?;
-    Ok(curated
-        .transactions(d)?
-        .into_iter()
-        .filter(|l| l.status == Status::Completed && l.local_date() == Some(d))
-        .filter_map(|l| {
-            let p = products.get(&l.product_code)?;
-            is_partner_product(contract, p).then(|| (l, p.clone()))
-        })
-        .collect())
 }
 
 /// A row of the daily file from a completed line of the partner's products sold on D.

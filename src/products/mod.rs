@@ -16,6 +16,7 @@ pub mod dictionary;
 pub mod gate;
 pub mod highlights;
 pub mod manifest;
+pub mod month_lines;
 pub mod monthly;
 pub mod pseudonym;
 pub mod reconcile;
@@ -292,18 +293,17 @@ pub fn build(
             }
         }
         Period::Month(first) => {
-            let t = monthly::build(&curated, contract, first, opts.allow_missing_batches)?;
-            let rec = reconcile::check(&curated, contract, first, &t)?;
+            let mut t = monthly::build(&curated, contract, first, opts.allow_missing_batches)?;
+            let rec = reconcile::check(contract, &t)?;
             tracing::info!(cents = rec.monthly_cents, "reconciliation held");
+            // The file and its highlights need the rows only: the lines go before M−1's.
+            t.drop_lines();
             let previous = if t.comparison_batches.is_empty() {
                 None
             } else {
-                Some(monthly::build(
-                    &curated,
-                    contract,
-                    first - Months::new(1),
-                    true,
-                )?)
+                let mut p = monthly::build(&curated, contract, first - Months::new(1), true)?;
+                p.drop_lines();
+                Some(p)
             };
             Built {
                 rows: Rows::Cells(t.cells()),
@@ -317,7 +317,7 @@ pub fn build(
             // The brand view is computed from the monthly aggregate's lines, and held unless
             // that aggregate reconciles with the daily lines and its country rows with it.
             let m = monthly::build(&curated, contract, first, opts.allow_missing_batches)?;
-            reconcile::check(&curated, contract, first, &m)?;
+            reconcile::check(contract, &m)?;
             let t = brands::build(contract, &m)?;
             reconcile::check_brands(contract, &m, &t)?;
             tracing::info!(

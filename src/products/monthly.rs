@@ -9,13 +9,15 @@
 //! compares with M−1 computed the same way, before suppression, on the same (uf, city, product);
 //! `OUTRAS` rows get null.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
 
 use chrono::{Datelike, Days, Months, NaiveDate};
 
 use super::contract::Contract;
-use super::curated::{Curated, CuratedError, Line, Product, Status, catalog, latest_versions};
+use super::curated::{Curated, CuratedError, Product};
 use super::daily::{OTHER_CITIES, is_partner_product, month_of};
+use super::month_lines::{self, MonthLine, MonthLines};
 use super::schema::Cell;
 
 /// Brands other than the row's that must have sold in a cell for segment figures to show.
@@ -39,6 +41,14 @@ pub enum MonthlyError {
         cell: String,
         /// The exact value, in decimal.
         value: String,
+    },
+    /// The month's scratch files could not be written or read (transient: disk space).
+    #[error("month scratch file {path}: {source}")]
+    Scratch {
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
     },
     /// Batches of the month's window are missing.
     #[error("month {month}: {} batch(es) missing, first {first}; pass --allow-missing-batches to build anyway", missing.len())]
@@ -68,59 +78,6 @@ pub fn window(first_day: NaiveDate, late_days: u32) -> Vec<NaiveDate> {
     first_day.iter_days().take_while(|d| *d < end).collect()
 }
 
-/// Month M's lines: latest version, completed, sold in local month M, with their product.
-#[derive(Debug, Clone, Default)]
-pub struct MonthLines {
-    /// Lines of the contract's segments (every brand), with the product.
-    pub lines: Vec<(Line, Product)>,
-    /// Latest status of every line sold in M, by transaction id (for reconciliation).
-    pub latest_status: BTreeMap<String, Status>,
-    /// Batches read.
-    pub source_batches: Vec<NaiveDate>,
-    /// Batches of the window that do not exist.
-    pub missing_batches: Vec<NaiveDate>,
-}
-
-/// Reads month M's lines from the curated batches of its window that exist; `lines` keeps
-/// only those of the contract's segments (all the aggregates read), `latest_status` every line.
-pub fn month_lines(
-    curated: &Curated,
-    contract: &Contract,
-    first_day: NaiveDate,
-) -> Result<MonthLines, MonthlyError> {
-    let segments = contract.segments();
-    let (present, missing): (Vec<NaiveDate>, Vec<NaiveDate>) =
-        window(first_day, contract.late_days)
-            .into_iter()
-            .partition(|d| curated.has_batch(*d));
-    let products = catalog(curated, &present)?;
-    let mut all = Vec::new();
-    for d in &present {
-        all.extend(curated.transactions(*d)?);
-    }
-    let month = month_of(first_day);
-    let mut out = MonthLines {
-        source_batches: present,
-        missing_batches: missing,
-        ..MonthLines::default()
-    };
-    for l in latest_versions(all).into_values() {
-        if l.local_date().map(month_of).as_deref() != Some(month.as_str()) {
-            continue;
-        }
-        out.latest_status.insert(l.transaction_id.clone(), l.status);
-        if l.status != Status::Completed {
-            continue;
-        }
-        if let Some(p) = products.get(&l.product_code)
-            && segments.contains(p.segment.as_str())
-        {
-            out.lines.push((l, p.clone()));
-        }
-    }
-    Ok(out)
-}
-
 /// Figures of a set of lines.
 #[derive(Debug, Clone, Default)]
 struct Agg {
@@ -129,23 +86,23 @@ struct Agg {
     list: i128,
     min: i64,
     max: i64,
-    orders: BTreeSet<String>,
-    customers: BTreeSet<String>,
+    orders: HashSet<u64>,
+    customers: HashSet<u64>,
 }
 
 impl Agg {
-    fn add(&mut self, l: &Line) {
+    fn add(&mut self, l: &MonthLine) {
         if self.units == 0 && self.orders.is_empty() {
             self.min = l.unit_price;
             self.max = l.unit_price;
         }
-        self.units += i128::from(l.quantity);
-        self.net += l.net_amount();
-        self.list += i128::from(l.quantity) * i128::from(l.unit_price);
+        self.units = self.units.saturating_add(i128::from(l.quantity));
+        self.net = self.net.saturating_add(l.net_amount());
+        self.list = self.list.saturating_add(l.list_value());
         self.min = self.min.min(l.unit_price);
         self.max = self.max.max(l.unit_price);
-        self.orders.insert(l.order_id.clone());
-        self.customers.insert(l.customer_id.clone());
+        self.orders.insert(l.order);
+        self.customers.insert(l.customer);
     }
 
     fn merge(&mut self, o: &Agg) {
@@ -153,13 +110,13 @@ impl Agg {
             self.min = o.min;
             self.max = o.max;
         }
-        self.units += o.units;
-        self.net += o.net;
-        self.list += o.list;
+        self.units = self.units.saturating_add(o.units);
+        self.net = self.net.saturating_add(o.net);
+        self.list = self.list.saturating_add(o.list);
         self.min = self.min.min(o.min);
         self.max = self.max.max(o.max);
-        self.orders.extend(o.orders.iter().cloned());
-        self.customers.extend(o.customers.iter().cloned());
+        self.orders.extend(&o.orders);
+        self.customers.extend(&o.customers);
     }
 }
 
@@ -174,9 +131,9 @@ struct SegmentCell {
 
 impl SegmentCell {
     fn merge(&mut self, o: &SegmentCell) {
-        self.units += o.units;
-        self.net += o.net;
-        self.list += o.list;
+        self.units = self.units.saturating_add(o.units);
+        self.net = self.net.saturating_add(o.net);
+        self.list = self.list.saturating_add(o.list);
         self.brands.extend(o.brands.iter().cloned());
     }
 }
@@ -260,6 +217,12 @@ pub struct MonthlyTable {
 }
 
 impl MonthlyTable {
+    /// Frees the lines of M and M−1 (the rows stay).
+    pub fn drop_lines(&mut self) {
+        self.lines = MonthLines::default();
+        self.previous_lines = MonthLines::default();
+    }
+
     /// The rows as cells in the monthly schema's order.
     pub fn cells(&self) -> Vec<Vec<Cell>> {
         let f = |v: Option<f64>| v.map_or(Cell::Null, Cell::F64);
@@ -293,37 +256,40 @@ impl MonthlyTable {
     }
 }
 
-type CellKey = (String, String, String);
+/// A cell of the partner's products: (place, product), numbered as in the month's lines.
+type CellKey = (u32, u32);
 
-/// Per (uf, city, product_code) figures of the partner's products, and per (uf, city, segment)
-/// figures of every brand.
-fn aggregate(
+/// Per (place, product) figures of the partner's products, and per (place, segment) figures of
+/// every brand.
+fn aggregate<'a>(
     contract: &Contract,
-    lines: &[(Line, Product)],
+    lines: &'a MonthLines,
 ) -> (
-    BTreeMap<CellKey, (Agg, Product)>,
-    BTreeMap<CellKey, SegmentCell>,
+    BTreeMap<CellKey, Agg>,
+    BTreeMap<(u32, &'a str), SegmentCell>,
 ) {
     let segments = contract.segments();
-    let mut cells: BTreeMap<CellKey, (Agg, Product)> = BTreeMap::new();
-    let mut seg: BTreeMap<CellKey, SegmentCell> = BTreeMap::new();
-    for (l, p) in lines {
+    let partner: Vec<bool> = lines
+        .products
+        .iter()
+        .map(|p| is_partner_product(contract, p))
+        .collect();
+    let mut cells: BTreeMap<CellKey, Agg> = BTreeMap::new();
+    let mut seg: BTreeMap<(u32, &str), SegmentCell> = BTreeMap::new();
+    for l in &lines.lines {
+        let p = lines.product(l);
         if !segments.contains(p.segment.as_str()) {
             continue;
         }
-        let s = seg
-            .entry((l.uf.clone(), l.city.clone(), p.segment.clone()))
-            .or_default();
-        s.units += i128::from(l.quantity);
-        s.net += l.net_amount();
-        s.list += i128::from(l.quantity) * i128::from(l.unit_price);
-        s.brands.insert(p.brand.clone());
-        if is_partner_product(contract, p) {
-            cells
-                .entry((l.uf.clone(), l.city.clone(), p.product_code.clone()))
-                .or_insert_with(|| (Agg::default(), p.clone()))
-                .0
-                .add(l);
+        let s = seg.entry((l.place, &p.segment)).or_default();
+        s.units = s.units.saturating_add(i128::from(l.quantity));
+        s.net = s.net.saturating_add(l.net_amount());
+        s.list = s.list.saturating_add(l.list_value());
+        if !s.brands.contains(&p.brand) {
+            s.brands.insert(p.brand.clone());
+        }
+        if partner[l.product as usize] {
+            cells.entry((l.place, l.product)).or_default().add(l);
         }
     }
     (cells, seg)
@@ -380,7 +346,7 @@ pub fn build(
     allow_missing_batches: bool,
 ) -> Result<MonthlyTable, MonthlyError> {
     let month = month_of(first_day);
-    let lines = month_lines(curated, contract, first_day)?;
+    let lines = month_lines::read(curated, contract, first_day)?;
     if let Some(first) = lines.missing_batches.first()
         && !allow_missing_batches
     {
@@ -391,20 +357,31 @@ pub fn build(
         });
     }
     let prev_first = first_day - Months::new(1);
-    let prev = month_lines(curated, contract, prev_first)?;
-    let (prev_cells, _) = aggregate(contract, &prev.lines);
-    let (cells, seg) = aggregate(contract, &lines.lines);
+    let prev = month_lines::read(curated, contract, prev_first)?;
+    // M−1's units per (uf, city, product_code): the two months number places and products apart.
+    let prev_units: HashMap<(&str, &str, &str), i128> = aggregate(contract, &prev)
+        .0
+        .into_iter()
+        .map(|((place, product), a)| {
+            let (uf, city) = &prev.places[place as usize];
+            let code = &prev.products[product as usize].product_code;
+            ((uf.as_str(), city.as_str(), code.as_str()), a.units)
+        })
+        .collect();
+    let (cells, seg) = aggregate(contract, &lines);
     let k = i64::from(contract.k);
 
     let mut rows = Vec::new();
     // (uf, product_code) -> (merged figures, merged segment cell, cities, product)
-    let mut small: BTreeMap<(String, String), (Agg, SegmentCell, i32, Product)> = BTreeMap::new();
-    for ((uf, city, code), (a, p)) in &cells {
-        let s = seg.get(&(uf.clone(), city.clone(), p.segment.clone()));
+    let mut small: BTreeMap<(&str, &str), (Agg, SegmentCell, i32, &Product)> = BTreeMap::new();
+    for ((place, product), a) in &cells {
+        let (uf, city) = &lines.places[*place as usize];
+        let p = &lines.products[*product as usize];
+        let s = seg.get(&(*place, p.segment.as_str()));
         if (a.customers.len() as i64) < k {
             let m = small
-                .entry((uf.clone(), code.clone()))
-                .or_insert_with(|| (Agg::default(), SegmentCell::default(), 0, p.clone()));
+                .entry((uf, &p.product_code))
+                .or_insert_with(|| (Agg::default(), SegmentCell::default(), 0, p));
             m.0.merge(a);
             if let Some(s) = s {
                 m.1.merge(s);
@@ -413,10 +390,10 @@ pub fn build(
             continue;
         }
         let mut r = row(uf, city, 0, a, p, s)?;
-        r.units_mom_change = prev_cells
-            .get(&(uf.clone(), city.clone(), code.clone()))
-            .filter(|(pa, _)| pa.units != 0)
-            .map(|(pa, _)| a.units as f64 / pa.units as f64 - 1.0);
+        r.units_mom_change = prev_units
+            .get(&(uf.as_str(), city.as_str(), p.product_code.as_str()))
+            .filter(|units| **units != 0)
+            .map(|units| a.units as f64 / *units as f64 - 1.0);
         rows.push(r);
     }
     let mut dropped_net_revenue: i128 = 0;
@@ -424,17 +401,19 @@ pub fn build(
     let mut dropped_by_brand: BTreeMap<(String, String), (i128, i128)> = BTreeMap::new();
     for ((uf, _), (a, s, n, p)) in &small {
         if (a.customers.len() as i64) < k {
-            dropped_net_revenue += a.net;
+            dropped_net_revenue = dropped_net_revenue.saturating_add(a.net);
             dropped_rows += 1;
             let d = dropped_by_brand
                 .entry((p.brand.clone(), p.segment.clone()))
                 .or_default();
-            d.0 += a.units;
-            d.1 += a.net;
+            d.0 = d.0.saturating_add(a.units);
+            d.1 = d.1.saturating_add(a.net);
             continue;
         }
         rows.push(row(uf, OTHER_CITIES, *n, a, p, Some(s))?);
     }
+    // The maps borrow the lines, which the table keeps.
+    drop((prev_units, cells, seg, small));
     let dropped_net_revenue =
         i64::try_from(dropped_net_revenue).map_err(|_| MonthlyError::Overflow {
             column: "dropped_net_revenue",
@@ -474,20 +453,14 @@ mod tests {
 
     #[test]
     fn sums_past_64_bits_are_exact_or_an_error_naming_the_cell() {
-        let line = Line {
-            transaction_id: "TX-1".into(),
-            order_id: "O-1".into(),
-            customer_id: "C-1".into(),
-            product_code: "OHB-000101".into(),
+        let line = MonthLine {
+            order: 1,
+            customer: 1,
             quantity: i64::MAX,
             unit_price: i64::MAX,
             discount: i64::MIN,
-            status: Status::Completed,
-            sold_at: 0,
-            city: "Recife".into(),
-            uf: "PE".into(),
-            updated_at: None,
-            batch: NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(),
+            product: 0,
+            place: 0,
         };
         let exact = i128::from(i64::MAX) * i128::from(i64::MAX) - i128::from(i64::MIN);
         assert_eq!(line.net_amount(), exact);
@@ -500,18 +473,22 @@ mod tests {
             unit_size: None,
         };
         let mut a = Agg::default();
-        a.add(&line);
-        a.add(&line);
+        // Three such lines pass i128's range: the sums saturate, and the cell is named.
+        for _ in 0..3 {
+            a.add(&line);
+        }
         let err = row("PE", "Recife", 0, &a, &p, None).unwrap_err();
         let text = err.to_string();
         assert!(
             text.contains("PE/Recife/OHB-000101") && text.contains("units_sold"),
             "{text}"
         );
-        let mut small = line.clone();
-        small.quantity = 3;
-        small.unit_price = 1_000;
-        small.discount = 0;
+        let small = MonthLine {
+            quantity: 3,
+            unit_price: 1_000,
+            discount: 0,
+            ..line
+        };
         let mut a = Agg::default();
         a.add(&small);
         assert_eq!(

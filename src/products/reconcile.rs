@@ -1,29 +1,23 @@
 //! The monthly reconciliation guardrail: the month's daily lines still completed must add up to
 //! the monthly file's net revenue, merged and dropped cells included; a mismatch holds the file.
 //!
-//! The daily side is recomputed the daily way (batch D's lines sold on D, the partner's products
-//! per batch D's snapshot), keeping the lines whose latest version is still completed; the
-//! monthly side is Σ `net_revenue` of the rows plus what small-cell suppression dropped. A line
+//! The daily side is summed the daily way in the month's pass ([`super::month_lines`]): batch D's
+//! lines sold on D, the partner's products per batch D's snapshot, kept when the line's latest
+//! version is still completed and in M; the monthly side is Σ `net_revenue` of the rows plus
+//! what small-cell suppression dropped. A line
 //! that reached the monthly data without ever being in its day's batch, a product that changed
 //! brand within the month or an aggregation bug all show up as a mismatch.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::NaiveDate;
-
 use super::brands::BrandTable;
 use super::contract::Contract;
-use super::curated::{Curated, Status};
-use super::daily::{DailyError, day_lines};
 use super::monthly::MonthlyTable;
 use crate::events::{Alert, Severity};
 
 /// The reconciliation failed or did not hold.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    /// A day's lines could not be read.
-    #[error(transparent)]
-    Daily(#[from] DailyError),
     /// The sums differ: the file is held.
     #[error(
         "reconciliation held {partner} monthly {month}: daily lines sum {daily_cents} cents, monthly file {monthly_cents} cents"
@@ -73,24 +67,8 @@ fn json_cents(v: i128) -> serde_json::Value {
 }
 
 /// Checks a monthly table against the daily lines of its month.
-pub fn check(
-    curated: &Curated,
-    contract: &Contract,
-    first_day: NaiveDate,
-    table: &MonthlyTable,
-) -> Result<Reconciliation, ReconcileError> {
-    let mut daily_cents = 0i128;
-    let next = first_day + chrono::Months::new(1);
-    for d in first_day.iter_days().take_while(|d| *d < next) {
-        if !curated.has_batch(d) {
-            continue;
-        }
-        for (l, _) in day_lines(curated, contract, d)? {
-            if table.lines.latest_status.get(&l.transaction_id) == Some(&Status::Completed) {
-                daily_cents += l.net_amount();
-            }
-        }
-    }
+pub fn check(contract: &Contract, table: &MonthlyTable) -> Result<Reconciliation, ReconcileError> {
+    let daily_cents = table.lines.daily_cents;
     let monthly_cents = table
         .rows
         .iter()
