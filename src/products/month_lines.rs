@@ -224,6 +224,13 @@ impl Runs {
         Ok(())
     }
 
+    /// Spills what is buffered and frees the buffer: the runs are ready to merge.
+    fn finish(&mut self) -> Result<(), MonthlyError> {
+        self.spill()?;
+        self.buffer = Vec::new();
+        Ok(())
+    }
+
     /// Sorts the buffered versions (stably: ties keep their reading order) into a new file.
     fn spill(&mut self) -> Result<(), MonthlyError> {
         if self.buffer.is_empty() {
@@ -317,7 +324,7 @@ pub fn read(
             runs.push(version(&l, &month, batch, &partner, &ids, &mut places))
         })?;
     }
-    runs.spill()?;
+    runs.finish()?;
     let in_segments: Vec<bool> = products
         .iter()
         .map(|p| segments.contains(p.segment.as_str()))
