@@ -12,7 +12,7 @@
 //! monthly aggregate's). The month-over-month change compares with M−1 computed the same way,
 //! before suppression, on the same (level, uf, city, brand); `OUTRAS` rows get null.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::contract::Contract;
 use super::daily::{OTHER_CITIES, is_partner_product};
@@ -161,12 +161,12 @@ impl Sums {
     }
 }
 
-/// Figures of a brand's lines in a cell (orders and customers by their 64-bit hashes, products
-/// by their number in the month's lines).
+/// Figures of a brand's lines in a cell (customers by their 64-bit hashes, products by their
+/// number in the month's lines); distinct orders are counted apart, once the rows are known.
 #[derive(Debug, Clone, Default)]
 struct BrandAgg {
     sums: Sums,
-    orders: HashSet<u64>,
+    orders: u64,
     customers: HashSet<u64>,
     skus: HashSet<u32>,
 }
@@ -174,14 +174,12 @@ struct BrandAgg {
 impl BrandAgg {
     fn add(&mut self, l: &MonthLine) {
         self.sums.add(l);
-        self.orders.insert(l.order);
         self.customers.insert(l.customer);
         self.skus.insert(l.product);
     }
 
     fn merge(&mut self, o: &BrandAgg) {
         self.sums.merge(&o.sums);
-        self.orders.extend(&o.orders);
         self.customers.extend(&o.customers);
         self.skus.extend(&o.skus);
     }
@@ -219,27 +217,54 @@ fn places<'a>((uf, city): (&'a str, &'a str)) -> [Place<'a>; 3] {
 
 /// Per (place, brand) figures of the partner's brands and per (place, segment) figures of every
 /// brand of the contract's segments, at the three levels.
-fn aggregate<'a>(contract: &Contract, lines: &'a MonthLines) -> (BrandCells<'a>, SegmentCells<'a>) {
+fn aggregate<'a>(
+    contract: &Contract,
+    lines: &'a MonthLines,
+) -> Result<(BrandCells<'a>, SegmentCells<'a>), MonthlyError> {
     let segments = contract.segments();
     let mut brands = BrandCells::new();
     let mut seg = SegmentCells::new();
-    for l in &lines.lines {
-        let p = lines.product(l);
-        if !segments.contains(p.segment.as_str()) {
-            continue;
-        }
-        let mine = is_partner_product(contract, p);
-        for place in places(lines.place(l)) {
-            seg.entry((place, &p.segment)).or_default().add(l, &p.brand);
-            if mine {
-                brands
-                    .entry((place, (&p.brand, &p.segment)))
-                    .or_default()
-                    .add(l);
+    lines.each_order(|order| {
+        for l in order {
+            let p = lines.product(l);
+            if !segments.contains(p.segment.as_str()) {
+                continue;
+            }
+            let mine = is_partner_product(contract, p);
+            for place in places(lines.place(l)) {
+                seg.entry((place, &p.segment)).or_default().add(l, &p.brand);
+                if mine {
+                    brands
+                        .entry((place, (&p.brand, &p.segment)))
+                        .or_default()
+                        .add(l);
+                }
             }
         }
-    }
-    (brands, seg)
+    })?;
+    Ok((brands, seg))
+}
+
+/// Units per (place, brand) of the partner's brands, at the three levels: M−1's side of the
+/// month-over-month change.
+fn units<'a>(
+    contract: &Contract,
+    lines: &'a MonthLines,
+) -> Result<BTreeMap<(Place<'a>, BrandKey<'a>), i128>, MonthlyError> {
+    let mut out: BTreeMap<(Place<'a>, BrandKey<'a>), i128> = BTreeMap::new();
+    lines.each_order(|order| {
+        for l in order {
+            let p = lines.product(l);
+            if !is_partner_product(contract, p) {
+                continue;
+            }
+            for place in places(lines.place(l)) {
+                let u = out.entry((place, (&p.brand, &p.segment))).or_default();
+                *u = u.saturating_add(i128::from(l.quantity));
+            }
+        }
+    })?;
+    Ok(out)
 }
 
 fn level_of(place: Place<'_>) -> Level {
@@ -290,7 +315,7 @@ fn row(
         segment: segment.to_string(),
         skus_sold: i32::try_from(a.skus.len()).unwrap_or(i32::MAX),
         units_sold: fit("units_sold", a.sums.units)?,
-        orders: a.orders.len() as i64,
+        orders: i64::try_from(a.orders).unwrap_or(i64::MAX),
         customers_reached: a.customers.len() as i64,
         net_revenue: fit("net_revenue", a.sums.net)?,
         avg_unit_price: avg,
@@ -305,27 +330,52 @@ fn row(
 
 /// Builds the brand view of a month from its monthly aggregate's lines (M and M−1).
 pub fn build(contract: &Contract, monthly: &MonthlyTable) -> Result<BrandTable, MonthlyError> {
-    let (cells, seg) = aggregate(contract, &monthly.lines);
-    let (prev, _) = aggregate(contract, &monthly.previous_lines);
+    let lines = &monthly.lines;
+    let prev = units(contract, &monthly.previous_lines)?;
+    let (mut cells, seg) = aggregate(contract, lines)?;
     let k = i64::from(contract.k);
     let mom = |key: &(Place<'_>, BrandKey<'_>), units: i128| {
         prev.get(key)
-            .filter(|p| p.sums.units != 0)
-            .map(|p| units as f64 / p.sums.units as f64 - 1.0)
+            .filter(|p| **p != 0)
+            .map(|p| units as f64 / *p as f64 - 1.0)
     };
+    // Each cell's orders count in its own row, or in its state's OUTRAS row of the brand; a
+    // state below k has no row.
+    let mut slots: HashMap<(Place<'_>, BrandKey<'_>), usize> = HashMap::new();
+    let mut outras: HashMap<(&str, BrandKey<'_>), usize> = HashMap::new();
+    for (key @ (place, bk), a) in &cells {
+        let next = slots.len() + outras.len();
+        let below = (a.customers.len() as i64) < k;
+        let slot = match (level_of(*place), place.0) {
+            (Level::City, Some(uf)) if below => *outras.entry((uf, *bk)).or_insert(next),
+            (Level::Uf, _) if below => continue,
+            _ => next,
+        };
+        slots.insert(*key, slot);
+    }
+    let orders = lines.count_orders(slots.len() + outras.len(), |l, out| {
+        let p = lines.product(l);
+        for place in places(lines.place(l)) {
+            out.extend(slots.get(&(place, (p.brand.as_str(), p.segment.as_str()))));
+        }
+    })?;
 
     let mut rows = Vec::new();
     let mut dropped_uf_rows = 0;
     // (uf, brand) -> (merged figures, merged segment cells, cities)
     type Small<'a> = BTreeMap<(&'a str, BrandKey<'a>), (BrandAgg, SegmentAgg<'a>, i32)>;
     let mut small: Small<'_> = BTreeMap::new();
-    for (key @ (place, bk), a) in &cells {
+    for (key @ (place, bk), a) in cells.iter_mut() {
         let s = seg.get(&(*place, bk.1));
         let below = (a.customers.len() as i64) < k;
+        if let Some(slot) = slots.get(key) {
+            a.orders = orders[*slot];
+        }
         match (level_of(*place), place.0) {
             (Level::City, Some(uf)) if below => {
                 let m = small.entry((uf, *bk)).or_default();
                 m.0.merge(a);
+                m.0.orders = a.orders;
                 if let Some(s) = s {
                     m.1.merge(s);
                 }
@@ -439,7 +489,7 @@ deadline = "08:00"
             source_batches: Vec::new(),
             missing_batches: Vec::new(),
             comparison_batches: Vec::new(),
-            lines: MonthLines::from_lines(lines),
+            lines: MonthLines::from_lines(lines).unwrap(),
             previous_lines: MonthLines::default(),
         }
     }

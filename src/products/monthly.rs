@@ -78,44 +78,46 @@ pub fn window(first_day: NaiveDate, late_days: u32) -> Vec<NaiveDate> {
     first_day.iter_days().take_while(|d| *d < end).collect()
 }
 
-/// Figures of a set of lines.
+/// Figures of a set of lines; distinct orders are counted apart, once the rows are known
+/// ([`MonthLines::count_orders`]).
 #[derive(Debug, Clone, Default)]
 struct Agg {
+    lines: u64,
     units: i128,
     net: i128,
     list: i128,
     min: i64,
     max: i64,
-    orders: HashSet<u64>,
+    orders: u64,
     customers: HashSet<u64>,
 }
 
 impl Agg {
     fn add(&mut self, l: &MonthLine) {
-        if self.units == 0 && self.orders.is_empty() {
+        if self.lines == 0 {
             self.min = l.unit_price;
             self.max = l.unit_price;
         }
+        self.lines += 1;
         self.units = self.units.saturating_add(i128::from(l.quantity));
         self.net = self.net.saturating_add(l.net_amount());
         self.list = self.list.saturating_add(l.list_value());
         self.min = self.min.min(l.unit_price);
         self.max = self.max.max(l.unit_price);
-        self.orders.insert(l.order);
         self.customers.insert(l.customer);
     }
 
     fn merge(&mut self, o: &Agg) {
-        if self.orders.is_empty() {
+        if self.lines == 0 {
             self.min = o.min;
             self.max = o.max;
         }
+        self.lines += o.lines;
         self.units = self.units.saturating_add(o.units);
         self.net = self.net.saturating_add(o.net);
         self.list = self.list.saturating_add(o.list);
         self.min = self.min.min(o.min);
         self.max = self.max.max(o.max);
-        self.orders.extend(&o.orders);
         self.customers.extend(&o.customers);
     }
 }
@@ -259,15 +261,18 @@ impl MonthlyTable {
 /// A cell of the partner's products: (place, product), numbered as in the month's lines.
 type CellKey = (u32, u32);
 
+/// Per cell figures of the partner's products and per (place, segment) figures of every brand.
+type Aggregates<'a> = (
+    BTreeMap<CellKey, Agg>,
+    BTreeMap<(u32, &'a str), SegmentCell>,
+);
+
 /// Per (place, product) figures of the partner's products, and per (place, segment) figures of
 /// every brand.
 fn aggregate<'a>(
     contract: &Contract,
     lines: &'a MonthLines,
-) -> (
-    BTreeMap<CellKey, Agg>,
-    BTreeMap<(u32, &'a str), SegmentCell>,
-) {
+) -> Result<Aggregates<'a>, MonthlyError> {
     let segments = contract.segments();
     let partner: Vec<bool> = lines
         .products
@@ -276,23 +281,59 @@ fn aggregate<'a>(
         .collect();
     let mut cells: BTreeMap<CellKey, Agg> = BTreeMap::new();
     let mut seg: BTreeMap<(u32, &str), SegmentCell> = BTreeMap::new();
-    for l in &lines.lines {
-        let p = lines.product(l);
-        if !segments.contains(p.segment.as_str()) {
-            continue;
+    lines.each_order(|order| {
+        for l in order {
+            let p = lines.product(l);
+            if !segments.contains(p.segment.as_str()) {
+                continue;
+            }
+            let s = seg.entry((l.place, &p.segment)).or_default();
+            s.units = s.units.saturating_add(i128::from(l.quantity));
+            s.net = s.net.saturating_add(l.net_amount());
+            s.list = s.list.saturating_add(l.list_value());
+            if !s.brands.contains(&p.brand) {
+                s.brands.insert(p.brand.clone());
+            }
+            if partner[l.product as usize] {
+                cells.entry((l.place, l.product)).or_default().add(l);
+            }
         }
-        let s = seg.entry((l.place, &p.segment)).or_default();
-        s.units = s.units.saturating_add(i128::from(l.quantity));
-        s.net = s.net.saturating_add(l.net_amount());
-        s.list = s.list.saturating_add(l.list_value());
-        if !s.brands.contains(&p.brand) {
-            s.brands.insert(p.brand.clone());
+    })?;
+    Ok((cells, seg))
+}
+
+/// Units per (uf, city, product_code) of the partner's products: M−1's side of the
+/// month-over-month change (months number places and products apart, so by name).
+fn partner_units(
+    contract: &Contract,
+    lines: &MonthLines,
+) -> Result<HashMap<(String, String, String), i128>, MonthlyError> {
+    let partner: Vec<bool> = lines
+        .products
+        .iter()
+        .map(|p| is_partner_product(contract, p))
+        .collect();
+    let mut units: HashMap<CellKey, i128> = HashMap::new();
+    lines.each_order(|order| {
+        for l in order.iter().filter(|l| partner[l.product as usize]) {
+            let u = units.entry((l.place, l.product)).or_default();
+            *u = u.saturating_add(i128::from(l.quantity));
         }
-        if partner[l.product as usize] {
-            cells.entry((l.place, l.product)).or_default().add(l);
-        }
-    }
-    (cells, seg)
+    })?;
+    Ok(units
+        .into_iter()
+        .map(|((place, product), u)| {
+            let (uf, city) = lines.places[place as usize].clone();
+            (
+                (
+                    uf,
+                    city,
+                    lines.products[product as usize].product_code.clone(),
+                ),
+                u,
+            )
+        })
+        .collect())
 }
 
 fn row(
@@ -324,7 +365,7 @@ fn row(
         avg_unit_price: avg,
         min_unit_price: a.min,
         max_unit_price: a.max,
-        orders: a.orders.len() as i64,
+        orders: i64::try_from(a.orders).unwrap_or(i64::MAX),
         customers_reached: a.customers.len() as i64,
         segment_units: visible.map(|s| fit("segment_units", s.units)).transpose()?,
         segment_share_units: visible
@@ -358,31 +399,41 @@ pub fn build(
     }
     let prev_first = first_day - Months::new(1);
     let prev = month_lines::read(curated, contract, prev_first)?;
-    // M−1's units per (uf, city, product_code): the two months number places and products apart.
-    let prev_units: HashMap<(&str, &str, &str), i128> = aggregate(contract, &prev)
-        .0
-        .into_iter()
-        .map(|((place, product), a)| {
-            let (uf, city) = &prev.places[place as usize];
-            let code = &prev.products[product as usize].product_code;
-            ((uf.as_str(), city.as_str(), code.as_str()), a.units)
-        })
-        .collect();
-    let (cells, seg) = aggregate(contract, &lines);
+    let prev_units = partner_units(contract, &prev)?;
+    let (mut cells, seg) = aggregate(contract, &lines)?;
     let k = i64::from(contract.k);
+    // Each cell's orders count in its own row, or in its state's OUTRAS row of the product.
+    let mut slots: HashMap<CellKey, usize> = HashMap::with_capacity(cells.len());
+    let mut outras: HashMap<(&str, u32), usize> = HashMap::new();
+    for ((place, product), a) in &cells {
+        let next = slots.len() + outras.len();
+        let slot = if (a.customers.len() as i64) < k {
+            let uf = lines.places[*place as usize].0.as_str();
+            *outras.entry((uf, *product)).or_insert(next)
+        } else {
+            next
+        };
+        slots.insert((*place, *product), slot);
+    }
+    let orders = lines.count_orders(slots.len() + outras.len(), |l, out| {
+        out.extend(slots.get(&(l.place, l.product)));
+    })?;
 
     let mut rows = Vec::new();
     // (uf, product_code) -> (merged figures, merged segment cell, cities, product)
     let mut small: BTreeMap<(&str, &str), (Agg, SegmentCell, i32, &Product)> = BTreeMap::new();
-    for ((place, product), a) in &cells {
+    for ((place, product), a) in cells.iter_mut() {
         let (uf, city) = &lines.places[*place as usize];
         let p = &lines.products[*product as usize];
         let s = seg.get(&(*place, p.segment.as_str()));
+        // The cell's row's, or its OUTRAS row's (the same for each cell merged into it).
+        a.orders = orders[slots[&(*place, *product)]];
         if (a.customers.len() as i64) < k {
             let m = small
                 .entry((uf, &p.product_code))
                 .or_insert_with(|| (Agg::default(), SegmentCell::default(), 0, p));
             m.0.merge(a);
+            m.0.orders = a.orders;
             if let Some(s) = s {
                 m.1.merge(s);
             }
@@ -391,7 +442,7 @@ pub fn build(
         }
         let mut r = row(uf, city, 0, a, p, s)?;
         r.units_mom_change = prev_units
-            .get(&(uf.as_str(), city.as_str(), p.product_code.as_str()))
+            .get(&(uf.clone(), city.clone(), p.product_code.clone()))
             .filter(|units| **units != 0)
             .map(|units| a.units as f64 / *units as f64 - 1.0);
         rows.push(r);
@@ -413,7 +464,7 @@ pub fn build(
         rows.push(row(uf, OTHER_CITIES, *n, a, p, Some(s))?);
     }
     // The maps borrow the lines, which the table keeps.
-    drop((prev_units, cells, seg, small));
+    drop((cells, seg, small, slots, outras));
     let dropped_net_revenue =
         i64::try_from(dropped_net_revenue).map_err(|_| MonthlyError::Overflow {
             column: "dropped_net_revenue",
