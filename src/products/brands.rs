@@ -224,21 +224,19 @@ fn aggregate<'a>(
     let segments = contract.segments();
     let mut brands = BrandCells::new();
     let mut seg = SegmentCells::new();
-    lines.each_order(|order| {
-        for l in order {
-            let p = lines.product(l);
-            if !segments.contains(p.segment.as_str()) {
-                continue;
-            }
-            let mine = is_partner_product(contract, p);
-            for place in places(lines.place(l)) {
-                seg.entry((place, &p.segment)).or_default().add(l, &p.brand);
-                if mine {
-                    brands
-                        .entry((place, (&p.brand, &p.segment)))
-                        .or_default()
-                        .add(l);
-                }
+    lines.each_line(|l| {
+        let p = lines.product(l);
+        if !segments.contains(p.segment.as_str()) {
+            return;
+        }
+        let mine = is_partner_product(contract, p);
+        for place in places(lines.place(l)) {
+            seg.entry((place, &p.segment)).or_default().add(l, &p.brand);
+            if mine {
+                brands
+                    .entry((place, (&p.brand, &p.segment)))
+                    .or_default()
+                    .add(l);
             }
         }
     })?;
@@ -252,16 +250,14 @@ fn units<'a>(
     lines: &'a MonthLines,
 ) -> Result<BTreeMap<(Place<'a>, BrandKey<'a>), i128>, MonthlyError> {
     let mut out: BTreeMap<(Place<'a>, BrandKey<'a>), i128> = BTreeMap::new();
-    lines.each_order(|order| {
-        for l in order {
-            let p = lines.product(l);
-            if !is_partner_product(contract, p) {
-                continue;
-            }
-            for place in places(lines.place(l)) {
-                let u = out.entry((place, (&p.brand, &p.segment))).or_default();
-                *u = u.saturating_add(i128::from(l.quantity));
-            }
+    lines.each_line(|l| {
+        let p = lines.product(l);
+        if !is_partner_product(contract, p) {
+            return;
+        }
+        for place in places(lines.place(l)) {
+            let u = out.entry((place, (&p.brand, &p.segment))).or_default();
+            *u = u.saturating_add(i128::from(l.quantity));
         }
     })?;
     Ok(out)

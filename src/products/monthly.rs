@@ -281,22 +281,20 @@ fn aggregate<'a>(
         .collect();
     let mut cells: BTreeMap<CellKey, Agg> = BTreeMap::new();
     let mut seg: BTreeMap<(u32, &str), SegmentCell> = BTreeMap::new();
-    lines.each_order(|order| {
-        for l in order {
-            let p = lines.product(l);
-            if !segments.contains(p.segment.as_str()) {
-                continue;
-            }
-            let s = seg.entry((l.place, &p.segment)).or_default();
-            s.units = s.units.saturating_add(i128::from(l.quantity));
-            s.net = s.net.saturating_add(l.net_amount());
-            s.list = s.list.saturating_add(l.list_value());
-            if !s.brands.contains(&p.brand) {
-                s.brands.insert(p.brand.clone());
-            }
-            if partner[l.product as usize] {
-                cells.entry((l.place, l.product)).or_default().add(l);
-            }
+    lines.each_line(|l| {
+        let p = lines.product(l);
+        if !segments.contains(p.segment.as_str()) {
+            return;
+        }
+        let s = seg.entry((l.place, &p.segment)).or_default();
+        s.units = s.units.saturating_add(i128::from(l.quantity));
+        s.net = s.net.saturating_add(l.net_amount());
+        s.list = s.list.saturating_add(l.list_value());
+        if !s.brands.contains(&p.brand) {
+            s.brands.insert(p.brand.clone());
+        }
+        if partner[l.product as usize] {
+            cells.entry((l.place, l.product)).or_default().add(l);
         }
     })?;
     Ok((cells, seg))
@@ -314,8 +312,8 @@ fn partner_units(
         .map(|p| is_partner_product(contract, p))
         .collect();
     let mut units: HashMap<CellKey, i128> = HashMap::new();
-    lines.each_order(|order| {
-        for l in order.iter().filter(|l| partner[l.product as usize]) {
+    lines.each_line(|l| {
+        if partner[l.product as usize] {
             let u = units.entry((l.place, l.product)).or_default();
             *u = u.saturating_add(i128::from(l.quantity));
         }
