@@ -159,6 +159,14 @@ impl MonthLines {
         &self.products[l.product as usize]
     }
 
+    /// Whether each product, by index, is one of the partner's.
+    pub fn partner_products(&self, contract: &Contract) -> Vec<bool> {
+        self.products
+            .iter()
+            .map(|p| is_partner_product(contract, p))
+            .collect()
+    }
+
     /// The (uf, city) of a line.
     pub fn place(&self, l: &MonthLine) -> (&str, &str) {
         let (uf, city) = &self.places[l.place as usize];
@@ -711,7 +719,7 @@ mod tests {
             // Rows: the place modulo 3, and row 3 for every line of an even product.
             let rows_of = |l: &MonthLine, out: &mut Vec<usize>| {
                 out.push(l.place as usize % 3);
-                if l.product % 2 == 0 {
+                if l.product.is_multiple_of(2) {
                     out.push(3);
                 }
             };

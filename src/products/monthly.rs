@@ -16,7 +16,7 @@ use chrono::{Datelike, Days, Months, NaiveDate};
 
 use super::contract::Contract;
 use super::curated::{Curated, CuratedError, Product};
-use super::daily::{OTHER_CITIES, is_partner_product, month_of};
+use super::daily::{OTHER_CITIES, month_of};
 use super::month_lines::{self, MonthLine, MonthLines};
 use super::schema::Cell;
 
@@ -274,11 +274,7 @@ fn aggregate<'a>(
     lines: &'a MonthLines,
 ) -> Result<Aggregates<'a>, MonthlyError> {
     let segments = contract.segments();
-    let partner: Vec<bool> = lines
-        .products
-        .iter()
-        .map(|p| is_partner_product(contract, p))
-        .collect();
+    let partner = lines.partner_products(contract);
     let mut cells: BTreeMap<CellKey, Agg> = BTreeMap::new();
     let mut seg: BTreeMap<(u32, &str), SegmentCell> = BTreeMap::new();
     lines.each_line(|l| {
@@ -306,11 +302,7 @@ fn partner_units(
     contract: &Contract,
     lines: &MonthLines,
 ) -> Result<HashMap<(String, String, String), i128>, MonthlyError> {
-    let partner: Vec<bool> = lines
-        .products
-        .iter()
-        .map(|p| is_partner_product(contract, p))
-        .collect();
+    let partner = lines.partner_products(contract);
     let mut units: HashMap<CellKey, i128> = HashMap::new();
     lines.each_line(|l| {
         if partner[l.product as usize] {
