@@ -296,15 +296,17 @@ pub fn build(
             let mut t = monthly::build(&curated, contract, first, opts.allow_missing_batches)?;
             let rec = reconcile::check(contract, &t)?;
             tracing::info!(cents = rec.monthly_cents, "reconciliation held");
-            // The file and its highlights need the rows only: the lines go before M−1's.
-            t.drop_lines();
+            // The highlights compare with M−1's rows, built from the lines M's change read.
             let previous = if t.comparison_batches.is_empty() {
                 None
             } else {
-                let mut p = monthly::build(&curated, contract, first - Months::new(1), true)?;
+                let lines = std::mem::take(&mut t.previous_lines);
+                let first = first - Months::new(1);
+                let mut p = monthly::table(contract, first, lines, Default::default())?;
                 p.drop_lines();
                 Some(p)
             };
+            t.drop_lines();
             Built {
                 rows: Rows::Cells(t.cells()),
                 highlights: highlights::monthly(&t, previous.as_ref()),

@@ -387,8 +387,19 @@ pub fn build(
             missing: lines.missing_batches.clone(),
         });
     }
-    let prev_first = first_day - Months::new(1);
-    let prev = month_lines::read(curated, contract, prev_first)?;
+    let prev = month_lines::read(curated, contract, first_day - Months::new(1))?;
+    table(contract, first_day, lines, prev)
+}
+
+/// The monthly product of the month starting on `first_day` from its lines and M−1's (empty:
+/// no month-over-month change).
+pub fn table(
+    contract: &Contract,
+    first_day: NaiveDate,
+    lines: MonthLines,
+    prev: MonthLines,
+) -> Result<MonthlyTable, MonthlyError> {
+    let month = month_of(first_day);
     let prev_units = partner_units(contract, &prev)?;
     let (mut cells, seg) = aggregate(contract, &lines)?;
     let k = i64::from(contract.k);
