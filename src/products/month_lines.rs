@@ -509,6 +509,7 @@ pub fn read(
     let month = month_of(first_day);
     let mut places = Places::default();
     let mut versions = Runs::new()?;
+    let mut read = 0u64;
     for d in &present {
         let partner: HashSet<String> = if month_of(*d) == month {
             curated
@@ -522,6 +523,7 @@ pub fn read(
         };
         let batch = d.to_epoch_days();
         curated.each_line(*d, |l| -> Result<(), MonthlyError> {
+            read += 1;
             versions.push(version(&l, &month, batch, &partner, &ids, &mut places))
         })?;
     }
@@ -552,6 +554,14 @@ pub fn read(
     out.lines = Some(Arc::new(lines.finish()?));
     out.products = products;
     out.places = places.names;
+    tracing::info!(
+        month = %month,
+        batches = out.source_batches.len(),
+        versions = read,
+        lines = out.count,
+        scratch_bytes = read * Version::SIZE as u64 + out.count * MonthLine::SIZE as u64,
+        "month lines read"
+    );
     Ok(out)
 }
 
