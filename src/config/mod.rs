@@ -156,8 +156,9 @@ pub struct WorkerSettings {
     /// Ticks this long before a day's deadline run every sink's connection check.
     #[serde(default = "default_check_sinks_before_mins")]
     pub check_sinks_before_mins: u32,
-    /// Raw objects stat'ed (or staged summaries checked) at once when a marker's listed files
-    /// are checked: a marker listing 100k files makes at most this many requests at a time.
+    /// Requests made at once over a batch's listed files (the batch step's stats of the raw
+    /// objects, downloads of the staged parts): a marker listing 100k files makes at most this
+    /// many at a time.
     #[serde(default = "default_listing_concurrency")]
     pub listing_concurrency: usize,
     /// A tick restarts (publishes `BatchReady` again) a day whose batch has been ready — marker

@@ -2,6 +2,7 @@
 //! `BatchReady` when the marker exists and every listed file is settled at its current
 //! generation. The batch step itself never runs here.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 
 use chrono::NaiveDate;
@@ -216,31 +217,38 @@ pub async fn ready_batch(
             return Ok(None);
         }
     };
-    // Bounded: a marker may list 100k files, and each check is one request.
-    let limit = config.worker.listing_concurrency.max(1);
-    let metas = bounded(limit, marker.files.iter().map(|f| gcs.stat(&b.raw, f))).await?;
-    let mut files = Vec::with_capacity(metas.len());
-    for (name, meta) in marker.files.iter().zip(metas) {
-        match meta {
-            Some(m) => files.push(ObjectGeneration {
-                name: name.clone(),
-                generation: m.generation,
-            }),
-            None => {
-                tracing::info!(%dt, object = %name, "listed file not uploaded yet");
-                return Ok(None);
-            }
+    // One listing per folder of the marker's parts (one per table) and one of the day's staged
+    // files, not a request per part: a marker may list 100k files.
+    let folders: BTreeSet<&str> = marker
+        .files
+        .iter()
+        .filter_map(|f| f.rsplit_once('/').map(|(folder, _)| folder))
+        .collect();
+    let mut raw: HashMap<String, i64> = HashMap::new();
+    for folder in folders {
+        for o in gcs.list(&b.raw, &format!("{folder}/")).await? {
+            raw.insert(o.name, o.generation);
         }
     }
-    let staged = bounded(
-        limit,
-        files.iter().map(|f| {
-            let key = names::staged(dt, &f.name, f.generation, "summary.json");
-            async move { gcs.stat(&b.curated, &key).await }
-        }),
-    )
-    .await?;
-    if let Some((f, _)) = files.iter().zip(&staged).find(|(_, s)| s.is_none()) {
+    let mut files = Vec::with_capacity(marker.files.len());
+    for name in &marker.files {
+        let Some(generation) = raw.get(name) else {
+            tracing::info!(%dt, object = %name, "listed file not uploaded yet");
+            return Ok(None);
+        };
+        files.push(ObjectGeneration {
+            name: name.clone(),
+            generation: *generation,
+        });
+    }
+    let staged: HashSet<String> = gcs
+        .list(&b.curated, &format!("staging/dt={dt}/"))
+        .await?
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    let summary = |f: &ObjectGeneration| names::staged(dt, &f.name, f.generation, "summary.json");
+    if let Some(f) = files.iter().find(|f| !staged.contains(&summary(f))) {
         tracing::info!(%dt, object = %f.name, generation = f.generation, "listed file not staged yet");
         return Ok(None);
     }
