@@ -156,9 +156,8 @@ pub struct WorkerSettings {
     /// Ticks this long before a day's deadline run every sink's connection check.
     #[serde(default = "default_check_sinks_before_mins")]
     pub check_sinks_before_mins: u32,
-    /// Requests made at once over a batch's listed files (the batch step's stats of the raw
-    /// objects, downloads of the staged parts): a marker listing 100k files makes at most this
-    /// many at a time.
+    /// Downloads of a batch's staged parts made at once by its step: a marker listing 100k
+    /// files makes at most this many requests at a time.
     #[serde(default = "default_listing_concurrency")]
     pub listing_concurrency: usize,
     /// A tick restarts (publishes `BatchReady` again) a day whose batch has been ready — marker

@@ -256,12 +256,9 @@ impl Worker {
         let marker = names::marker(ready.dt);
         let mut wanted = vec![(marker.as_str(), ready.marker_generation)];
         wanted.extend(ready.files.iter().map(|f| (f.name.as_str(), f.generation)));
-        let limit = self.config.worker.listing_concurrency;
-        let metas = bounded(limit, wanted.iter().map(|(n, _)| self.gcs.stat(raw, n))).await?;
-        Ok(wanted
-            .iter()
-            .zip(metas)
-            .all(|((_, g), m)| m.is_some_and(|m| m.generation == *g)))
+        let current = super::stage::generations(&self.gcs, raw, wanted.iter().map(|(n, _)| *n));
+        let current = current.await?;
+        Ok(wanted.iter().all(|(n, g)| current.get(*n) == Some(g)))
     }
 
     /// The claimed work: batch step, uploads, products, delivery requests.

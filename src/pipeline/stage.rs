@@ -219,17 +219,7 @@ pub async fn ready_batch(
     };
     // One listing per folder of the marker's parts (one per table) and one of the day's staged
     // files, not a request per part: a marker may list 100k files.
-    let folders: BTreeSet<&str> = marker
-        .files
-        .iter()
-        .filter_map(|f| f.rsplit_once('/').map(|(folder, _)| folder))
-        .collect();
-    let mut raw: HashMap<String, i64> = HashMap::new();
-    for folder in folders {
-        for o in gcs.list(&b.raw, &format!("{folder}/")).await? {
-            raw.insert(o.name, o.generation);
-        }
-    }
+    let raw = generations(gcs, &b.raw, marker.files.iter().map(String::as_str)).await?;
     let mut files = Vec::with_capacity(marker.files.len());
     for name in &marker.files {
         let Some(generation) = raw.get(name) else {
@@ -260,6 +250,25 @@ pub async fn ready_batch(
         release: false,
         replay: None,
     }))
+}
+
+/// The current generation of the objects in the folders of `names` (one listing per folder,
+/// not a request per object), by name; an object absent is not there.
+pub async fn generations(
+    gcs: &Gcs,
+    bucket: &str,
+    names: impl Iterator<Item = &str>,
+) -> Result<HashMap<String, i64>, HandleError> {
+    let folders: BTreeSet<&str> = names
+        .filter_map(|n| n.rsplit_once('/').map(|(folder, _)| folder))
+        .collect();
+    let mut out = HashMap::new();
+    for folder in folders {
+        for o in gcs.list(bucket, &format!("{folder}/")).await? {
+            out.insert(o.name, o.generation);
+        }
+    }
+    Ok(out)
 }
 
 /// Runs `futures` with at most `limit` at a time, results in order; the first error wins

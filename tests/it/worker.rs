@@ -281,6 +281,17 @@ async fn two_workers_race_for_one_batch_claim() {
     // Both workers get the same batch at once: one runs the step, the other backs off (or,
     // if the first already finished, finds the done marker).
     let ready = current_batch(&a.gcs, &cfg, dt).await;
+    // A version naming a part at another generation than the bucket's (replaced since) is
+    // skipped: acknowledged, no claim taken.
+    let mut stale = ready.clone();
+    stale.files[0].generation += 1;
+    let stale_msg = incoming(&stale.to_message(), "batch-stale");
+    assert_eq!(
+        a.handle(BATCHES_SUBSCRIPTION, &stale_msg).await,
+        Outcome::Ack
+    );
+    let stale_claim = names::batch_claim(dt, &stale.step_key());
+    assert!(a.gcs.stat(ops, &stale_claim).await.unwrap().is_none());
     let msg = incoming(&ready.to_message(), "batch-1");
     let race = |w: &Arc<Worker>| {
         let (w, msg) = (w.clone(), msg.clone());
