@@ -6,10 +6,11 @@
 //! sorted in chunks spilled to scratch files, and the chunks are merged as streams, so that all
 //! versions of a line meet once: the latest (greatest `updated_at`, ties to the later batch, then
 //! to the later line read) decides. The completed lines of the contract's segments sold in M go,
-//! cut to 48 bytes, into a second sort by order, which the builds replay one order at a time
-//! ([`MonthLines::each_line`], [`MonthLines::count_orders`]). Memory holds a chunk of records, one record per scratch file
-//! being merged, and the products and places: never the window's lines nor their strings. The
-//! same pass sums the reconciliation's daily side.
+//! cut to 48 bytes, into a second sort by order, which the builds replay line by line
+//! ([`MonthLines::each_line`]; [`MonthLines::count_orders`] counts each order once per row).
+//! Memory holds a chunk of records, one record per scratch file being merged, and the products
+//! and places: never the window's lines nor their strings. The same pass sums the
+//! reconciliation's daily side.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
