@@ -149,6 +149,7 @@ pub fn build(args: &BuildArgs) -> anyhow::Result<Verdict> {
         allow_missing_batches: args.allow_missing_batches,
         built_at: chrono::Utc::now(),
         window: None,
+        months: Default::default(),
     };
     for period in periods {
         print_released(&crate::products::build(&c, period, &opts)?);

@@ -30,6 +30,7 @@ use crate::gcp::storage::Gcs;
 use crate::products::contract::Contract;
 use crate::products::curated::Curated;
 use crate::products::daily::WINDOW_DAYS;
+use crate::products::month_lines::MonthReads;
 use crate::products::monthly::{self, first_day_of};
 use crate::products::window::{self, WindowError, WindowSource};
 use crate::products::{BuildError, BuildOptions, Period, Released, build};
@@ -510,6 +511,8 @@ impl Worker {
         window: Option<Arc<dyn WindowSource>>,
     ) -> Result<Vec<Built>, HandleError> {
         let mut built = Vec::with_capacity(periods.len());
+        // Each month is read once for every product built from it here.
+        let months = MonthReads::default();
         for (i, period) in periods {
             let contract = self.contracts[i].clone();
             let opts = BuildOptions {
@@ -518,6 +521,7 @@ impl Worker {
                 allow_missing_batches: false,
                 built_at: Utc::now(),
                 window: window.clone(),
+                months: months.clone(),
             };
             let outcome =
                 blocking("product build", move || build(&contract, period, &opts)).await?;

@@ -164,6 +164,9 @@ pub struct BuildOptions {
     /// Where a daily build finds the window's files; `None`: computed from the curated data
     /// under `input` into a temporary folder.
     pub window: Option<std::sync::Arc<dyn window::WindowSource>>,
+    /// Months read by earlier builds with these options (clones share it): both month products
+    /// of a request read each month once.
+    pub months: month_lines::MonthReads,
 }
 
 /// A file released with its manifest.
@@ -293,7 +296,13 @@ pub fn build(
             }
         }
         Period::Month(first) => {
-            let mut t = monthly::build(&curated, contract, first, opts.allow_missing_batches)?;
+            let mut t = monthly::build(
+                &curated,
+                contract,
+                first,
+                opts.allow_missing_batches,
+                &opts.months,
+            )?;
             let rec = reconcile::check(contract, &t)?;
             tracing::info!(cents = rec.monthly_cents, "reconciliation held");
             // The highlights compare with M−1's rows, built from the lines M's change read.
@@ -318,7 +327,13 @@ pub fn build(
         Period::MonthBrands(first) => {
             // The brand view is computed from the monthly aggregate's lines, and held unless
             // that aggregate reconciles with the daily lines and its country rows with it.
-            let m = monthly::build(&curated, contract, first, opts.allow_missing_batches)?;
+            let m = monthly::build(
+                &curated,
+                contract,
+                first,
+                opts.allow_missing_batches,
+                &opts.months,
+            )?;
             reconcile::check(contract, &m)?;
             let t = brands::build(contract, &m)?;
             reconcile::check_brands(contract, &m, &t)?;

@@ -13,11 +13,11 @@
 //! reconciliation's daily side.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::NaiveDate;
 
@@ -246,6 +246,36 @@ impl MonthLines {
         out.lines = Some(Arc::new(runs.finish()?));
         out.places = places.names;
         Ok(out)
+    }
+}
+
+/// Months already read, shared by the builds of one request: the monthly aggregate and the
+/// brand view read M and M−1 once. Their lines stay on disk (not in memory) while it lives.
+#[derive(Debug, Clone, Default)]
+pub struct MonthReads(Arc<Mutex<HashMap<(String, NaiveDate), MonthLines>>>);
+
+impl MonthReads {
+    /// The months held (a build that panicked holding the lock left them whole).
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(String, NaiveDate), MonthLines>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Month M's lines for the contract, read on first use.
+    pub fn get(
+        &self,
+        curated: &Curated,
+        contract: &Contract,
+        first_day: NaiveDate,
+    ) -> Result<MonthLines, MonthlyError> {
+        let key = (contract.name.clone(), first_day);
+        if let Some(lines) = self.held().get(&key) {
+            return Ok(lines.clone());
+        }
+        let lines = read(curated, contract, first_day)?;
+        self.held().insert(key, lines.clone());
+        Ok(lines)
     }
 }
 

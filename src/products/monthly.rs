@@ -17,7 +17,7 @@ use chrono::{Datelike, Days, Months, NaiveDate};
 use super::contract::Contract;
 use super::curated::{Curated, CuratedError, Product};
 use super::daily::{OTHER_CITIES, month_of};
-use super::month_lines::{self, MonthLine, MonthLines};
+use super::month_lines::{MonthLine, MonthLines, MonthReads};
 use super::schema::Cell;
 
 /// Brands other than the row's that must have sold in a cell for segment figures to show.
@@ -375,9 +375,10 @@ pub fn build(
     contract: &Contract,
     first_day: NaiveDate,
     allow_missing_batches: bool,
+    reads: &MonthReads,
 ) -> Result<MonthlyTable, MonthlyError> {
     let month = month_of(first_day);
-    let lines = month_lines::read(curated, contract, first_day)?;
+    let lines = reads.get(curated, contract, first_day)?;
     if let Some(first) = lines.missing_batches.first()
         && !allow_missing_batches
     {
@@ -387,7 +388,7 @@ pub fn build(
             missing: lines.missing_batches.clone(),
         });
     }
-    let prev = month_lines::read(curated, contract, first_day - Months::new(1))?;
+    let prev = reads.get(curated, contract, first_day - Months::new(1))?;
     table(contract, first_day, lines, prev)
 }
 

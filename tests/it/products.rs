@@ -103,6 +103,7 @@ impl Env {
             allow_missing_batches: false,
             built_at: Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap(),
             window: None,
+            months: Default::default(),
         }
     }
 
