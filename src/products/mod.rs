@@ -101,6 +101,26 @@ impl BuildError {
     }
 }
 
+/// The monthly aggregate of the month starting on `first`, held unless it reconciles with the
+/// month's daily lines.
+fn reconciled_month(
+    curated: &Curated,
+    contract: &Contract,
+    first: NaiveDate,
+    opts: &BuildOptions,
+) -> Result<monthly::MonthlyTable, BuildError> {
+    let t = monthly::build(
+        curated,
+        contract,
+        first,
+        opts.allow_missing_batches,
+        &opts.months,
+    )?;
+    let rec = reconcile::check(contract, &t)?;
+    tracing::info!(cents = rec.monthly_cents, "reconciliation held");
+    Ok(t)
+}
+
 /// Which period to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Period {
@@ -296,15 +316,7 @@ pub fn build(
             }
         }
         Period::Month(first) => {
-            let mut t = monthly::build(
-                &curated,
-                contract,
-                first,
-                opts.allow_missing_batches,
-                &opts.months,
-            )?;
-            let rec = reconcile::check(contract, &t)?;
-            tracing::info!(cents = rec.monthly_cents, "reconciliation held");
+            let mut t = reconciled_month(&curated, contract, first, opts)?;
             // The highlights compare with M−1's rows, built from the lines M's change read.
             let previous = if t.comparison_batches.is_empty() {
                 None
@@ -327,14 +339,7 @@ pub fn build(
         Period::MonthBrands(first) => {
             // The brand view is computed from the monthly aggregate's lines, and held unless
             // that aggregate reconciles with the daily lines and its country rows with it.
-            let m = monthly::build(
-                &curated,
-                contract,
-                first,
-                opts.allow_missing_batches,
-                &opts.months,
-            )?;
-            reconcile::check(contract, &m)?;
+            let m = reconciled_month(&curated, contract, first, opts)?;
             let t = brands::build(contract, &m)?;
             reconcile::check_brands(contract, &m, &t)?;
             tracing::info!(
