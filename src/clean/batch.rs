@@ -163,6 +163,10 @@ struct Conflict {
 /// Losers listed per key conflict in `conflicts.jsonl`; the others are counted.
 const MAX_LISTED_LOSERS: usize = 1000;
 
+/// The keys of a table's kept rows, as [`key_id`]s (ahash, randomly keyed: the ids are
+/// unkeyed hashes of untrusted text, and SipHash cost a tenth of the batch step).
+type KeySet = HashSet<u128, ahash::RandomState>;
+
 fn key_id(s: &str) -> u128 {
     let (k, c) = key_hash(s);
     (u128::from(c) << 64) | u128::from(k)
@@ -194,7 +198,7 @@ pub fn run_batch_with(
         dt,
         tables: BTreeMap::new(),
     };
-    let mut key_sets: HashMap<String, HashSet<u128>> = HashMap::new();
+    let mut key_sets: HashMap<String, KeySet> = HashMap::new();
     let referenced: HashSet<&str> = schemas
         .names()
         .filter_map(|n| schemas.table(n))
@@ -255,11 +259,11 @@ fn run_table(
     staging: &Path,
     parts: &[&PartSummary],
     out: &BatchOutputs,
-    key_sets: &HashMap<String, HashSet<u128>>,
+    key_sets: &HashMap<String, KeySet>,
     keep_keys: bool,
     conflicts_out: &mut dyn Write,
     limits: &Limits,
-) -> Result<(TableReport, HashSet<u128>), BatchError> {
+) -> Result<(TableReport, KeySet), BatchError> {
     let mut rep = TableReport {
         fields: table
             .columns
@@ -387,7 +391,7 @@ fn run_table(
     drop(entries);
 
     // Pass 2: write the winners that pass reference checks; quarantine the rest.
-    let refs: Vec<(usize, &str, Option<&HashSet<u128>>)> = table
+    let refs: Vec<(usize, &str, Option<&KeySet>)> = table
         .references()
         .map(|(i, t)| (i, t, key_sets.get(t)))
         .collect();
@@ -424,7 +428,7 @@ fn run_table(
         limits.row_group_bytes,
     )?;
     let mut quarantine = QuarantineBuilder::new(table);
-    let mut keys = HashSet::new();
+    let mut keys = KeySet::default();
     let mut lines: HashMap<Pos, u64> = HashMap::new();
     let mut conflict_rows = RowBits::new(&rows_per_part);
     for c in conflicts.values() {
@@ -609,7 +613,7 @@ fn quarantine_staged_row(
 fn reference_reasons(
     table: &TableSchema,
     row: &QuarantinedRow,
-    key_sets: &HashMap<String, HashSet<u128>>,
+    key_sets: &HashMap<String, KeySet>,
 ) -> Vec<String> {
     let mut out = Vec::new();
     for (ci, target) in table.references() {

@@ -369,6 +369,11 @@ fn is_canonical_product_code(b: &[u8]) -> bool {
 /// With both `.` and `,` present the last is the decimal separator; a single separator followed by
 /// exactly three digits is a thousands separator; more than two decimals is invalid.
 pub fn brl_cents(s: &str) -> Result<i64, Invalid> {
+    canonical_cents(s.as_bytes()).map_or_else(|| cents_by_the_rules(s), Ok)
+}
+
+/// [`brl_cents`] by the general rules, whatever the form.
+fn cents_by_the_rules(s: &str) -> Result<i64, Invalid> {
     let mut t = s.trim_ascii();
     let mut negative = false;
     if let Some(rest) = t.strip_prefix('-') {
@@ -393,6 +398,26 @@ pub fn brl_cents(s: &str) -> Result<i64, Invalid> {
     }
     let cents = parse_separated(&body[..n])?;
     Ok(if negative { -cents } else { cents })
+}
+
+/// Reads an amount written in canonical form (`1234.56`, `-0.50`: digits, a dot, two digits),
+/// as most are, without the general rules; None for any other text.
+fn canonical_cents(b: &[u8]) -> Option<i64> {
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    let n = digits.len();
+    // At most 18 digits: the value fits in an i64 and in DECIMAL(18,2).
+    if !(4..=19).contains(&n) || digits[n - 3] != b'.' {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &c in digits[..n - 3].iter().chain(&digits[n - 2..]) {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        v = v * 10 + i64::from(d);
+    }
+    Some(if digits.len() < b.len() { -v } else { v })
 }
 
 /// Reads digits with `.`/`,` separators by the spec's rules into hundredths.
@@ -474,6 +499,15 @@ pub const MAX_INSTANT: i64 = 253_402_300_799;
 /// Reads an integer written as `2`, `2.0`, `2 un`, ` 3 `; fractions are invalid.
 pub fn int_with_units(s: &str, units: &[String]) -> Result<i64, Invalid> {
     let t = s.trim_ascii();
+    // Plain digits (most values), at most 15: the general rules read them the same.
+    if (1..=15).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(t.bytes().fold(0, |v, b| v * 10 + i64::from(b - b'0')));
+    }
+    int_by_the_rules(t, units)
+}
+
+/// [`int_with_units`] by the general rules, whatever the form (`t` trimmed).
+fn int_by_the_rules(t: &str, units: &[String]) -> Result<i64, Invalid> {
     let number_end = t
         .char_indices()
         .find(|(_, c)| c.is_alphabetic())
@@ -524,6 +558,11 @@ pub fn timestamp(s: &str) -> Result<i64, Invalid> {
             Err(Invalid)
         };
     }
+    canonical_instant(t.as_bytes()).map_or_else(|| instant_by_the_rules(t), Ok)
+}
+
+/// [`timestamp`] of a date and time by the general rules, whatever the form (`t` trimmed).
+fn instant_by_the_rules(t: &str) -> Result<i64, Invalid> {
     let (naive, offset) = parse_datetime(t)?;
     let secs = match offset {
         Some(off) => naive.and_utc().timestamp() - i64::from(off),
@@ -535,6 +574,32 @@ pub fn timestamp(s: &str) -> Result<i64, Invalid> {
     } else {
         Err(Invalid)
     }
+}
+
+/// Reads an instant written in canonical form (`2026-11-27T18:48:23Z`), as most are, without
+/// the general rules; None for any other text (an impossible date or time included).
+fn canonical_instant(b: &[u8]) -> Option<i64> {
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return None;
+    }
+    let two = |i: usize| {
+        let (h, l) = (b[i].wrapping_sub(b'0'), b[i + 1].wrapping_sub(b'0'));
+        (h < 10 && l < 10).then(|| u32::from(h * 10 + l))
+    };
+    let year = two(0)? * 100 + two(2)?;
+    let (hour, minute, second) = (two(11)?, two(14)?, two(17)?);
+    if year == 0 || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let date = NaiveDate::from_ymd_opt(year as i32, two(5)?, two(8)?)?;
+    Some(i64::from(date.to_epoch_days()) * 86_400 + i64::from(hour * 3600 + minute * 60 + second))
 }
 
 /// Converts a São Paulo wall-clock time to UTC: gaps move forward, ambiguous times take the earlier offset.
@@ -1433,6 +1498,25 @@ mod properties {
             raw.insert(at.min(raw.len()), junk);
             let raw: String = raw.into_iter().collect();
             prop_assert_eq!(id_value(&raw), id_value(&id));
+        }
+
+        #[test]
+        fn canonical_shortcuts_agree_with_the_rules(
+            amount in "-?[0-9]{0,20}\\.[0-9]{2}|-?[0-9]{1,3}([.,][0-9]{3}){0,3}[.,][0-9]{2}",
+            int in "[0-9]{1,20}",
+            instant in "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z",
+            secs in super::MIN_INSTANT..=super::MAX_INSTANT,
+        ) {
+            if let Some(c) = canonical_cents(amount.as_bytes()) {
+                prop_assert_eq!(Ok(c), cents_by_the_rules(&amount), "{}", amount);
+            }
+            prop_assert_eq!(int_with_units(&int, &[]), int_by_the_rules(&int, &[]), "{}", int);
+            if let Some(t) = canonical_instant(instant.as_bytes()) {
+                prop_assert_eq!(Ok(t), instant_by_the_rules(&instant), "{}", instant);
+            }
+            // Every instant readers accept is canonical text the shortcut reads.
+            let text = Value::Ts(secs).canonical();
+            prop_assert_eq!(canonical_instant(text.as_bytes()), Some(secs), "{}", text);
         }
 
         #[test]
