@@ -844,10 +844,9 @@ fn cached_municipality(s: &str, uf: &str) -> Option<&'static str> {
     thread_local! {
         static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
     }
-    let key = (
-        xxhash_rust::xxh3::xxh3_64(s.as_bytes()),
-        xxhash_rust::xxh3::xxh3_64_with_seed(s.as_bytes(), u64::from_le_bytes(pad8(uf))),
-    );
+    // One 128-bit hash of the spelling, seeded by the UF, keys the cache.
+    let h = xxhash_rust::xxh3::xxh3_128_with_seed(s.as_bytes(), u64::from_le_bytes(pad8(uf)));
+    let key = (h as u64, (h >> 64) as u64);
     CACHE.with(|c| {
         if let Some(hit) = c.borrow().get(&key) {
             return *hit;
