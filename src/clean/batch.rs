@@ -26,7 +26,7 @@ use serde::Serialize;
 use super::Limits;
 use super::columns::{
     QuarantineBuilder, QuarantinedRow, curated_schema, key_hash, quarantine_schema,
-    quarantined_rows, raw_values,
+    quarantined_rows, raw_values, row_hash, value_at,
 };
 use super::encode::ParallelWriter;
 use super::report::{QualityReport, TableReport};
@@ -104,7 +104,6 @@ struct Entry {
     part: u32,
     version: i64,
     row: u64,
-    hash: u64,
 }
 
 /// A row's place: part index and row index within the staged part.
@@ -130,6 +129,36 @@ impl RowBits {
     fn get(&self, (part, row): Pos) -> bool {
         self.bits[part as usize][(row / 64) as usize] & (1 << (row % 64)) != 0
     }
+    /// The number of set bits before each word, counted over the parts in order (for [`Self::rank`]).
+    fn ranks(&self) -> Vec<Vec<u64>> {
+        let mut n = 0;
+        self.bits
+            .iter()
+            .map(|words| {
+                words
+                    .iter()
+                    .map(|w| {
+                        let before = n;
+                        n += u64::from(w.count_ones());
+                        before
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+    /// The index of a set bit among all set bits, in part and row order.
+    fn rank(&self, ranks: &[Vec<u64>], (part, row): Pos) -> usize {
+        let w = (row / 64) as usize;
+        let below = self.bits[part as usize][w] & ((1u64 << (row % 64)) - 1);
+        (ranks[part as usize][w] + u64::from(below.count_ones())) as usize
+    }
+}
+
+/// A key held by several staged rows (duplicates or versions): its winner and its rows, oldest
+/// first, as a range of the members list.
+struct Group {
+    winner: Pos,
+    members: std::ops::Range<usize>,
 }
 
 #[derive(Serialize)]
@@ -154,7 +183,7 @@ struct Place<'a> {
 }
 
 struct Conflict {
-    key: Option<String>,
+    key: String,
     winner: Pos,
     losers: Vec<Pos>,
     not_listed: u64,
@@ -309,7 +338,8 @@ fn run_table(
         }
     }
 
-    // Pass 1: every staged row's key, version and content hash; sort; pick winners.
+    // Pass 1: every staged row's key and version; sort; pick winners. Keys held by several rows
+    // are kept as groups: their rows' contents are hashed in pass 2, where they are read.
     let ncols = table.columns.len();
     let mut entries: Vec<Entry> =
         Vec::with_capacity(good.iter().map(|p| p.rows_staged as usize).sum());
@@ -321,7 +351,6 @@ fn run_table(
             let keys = batch.column(0).as_primitive::<UInt64Type>();
             let checks = batch.column(1).as_primitive::<UInt32Type>();
             let versions = batch.column(2).as_primitive::<Int64Type>();
-            let hashes = batch.column(3).as_primitive::<UInt64Type>();
             for i in 0..batch.num_rows() {
                 entries.push(Entry {
                     key: keys.value(i),
@@ -329,7 +358,6 @@ fn run_table(
                     part: pi as u32,
                     version: versions.value(i),
                     row,
-                    hash: hashes.value(i),
                 });
                 row += 1;
             }
@@ -339,9 +367,12 @@ fn run_table(
     // Grouping needs only the key; the rare groups of several rows are ordered below.
     entries.sort_unstable_by_key(|e| (u128::from(e.key) << 32) | u128::from(e.check));
     let mut winners = RowBits::new(&rows_per_part);
-    let mut conflicts: HashMap<(u64, u32), Conflict> = HashMap::new();
+    // Rows of keys held by several rows, and those groups' winners.
+    let mut grouped = RowBits::new(&rows_per_part);
+    let mut group_winners = RowBits::new(&rows_per_part);
+    let mut groups: Vec<Group> = Vec::new();
+    let mut members: Vec<Pos> = Vec::new();
     let mut start = 0;
-    let mut distinct: Vec<u64> = Vec::new();
     while start < entries.len() {
         let (k, c) = (entries[start].key, entries[start].check);
         let mut end = start + 1;
@@ -353,38 +384,19 @@ fn run_table(
             group.sort_unstable_by_key(|e| (e.version, e.part, e.row));
         }
         let winner = group[group.len() - 1];
-        winners.set((winner.part, winner.row));
+        let winner = (winner.part, winner.row);
+        winners.set(winner);
         if group.len() > 1 {
-            distinct.clear();
-            distinct.extend(group.iter().map(|e| e.hash));
-            distinct.sort_unstable();
-            distinct.dedup();
-            let m = distinct.len() as u64;
-            rep.duplicates_removed += group.len() as u64 - m;
-            rep.conflicts_resolved += m - 1;
-            if m > 1 {
-                // One loser listed per distinct losing content: its last row. A set, not a
-                // list: one key shared by millions of rows stays linear; the list is capped.
-                let mut losers: Vec<Pos> = Vec::new();
-                let mut seen: HashSet<u64> = HashSet::from([winner.hash]);
-                for e in group.iter().rev() {
-                    if losers.len() == MAX_LISTED_LOSERS {
-                        break;
-                    }
-                    if seen.insert(e.hash) {
-                        losers.push((e.part, e.row));
-                    }
-                }
-                conflicts.insert(
-                    (k, c),
-                    Conflict {
-                        key: None,
-                        winner: (winner.part, winner.row),
-                        not_listed: m - 1 - losers.len() as u64,
-                        losers,
-                    },
-                );
+            let from = members.len();
+            for e in group.iter() {
+                grouped.set((e.part, e.row));
+                members.push((e.part, e.row));
             }
+            group_winners.set(winner);
+            groups.push(Group {
+                winner,
+                members: from..members.len(),
+            });
         }
         start = end;
     }
@@ -429,12 +441,11 @@ fn run_table(
     )?;
     let mut quarantine = QuarantineBuilder::new(table);
     let mut keys = KeySet::default();
-    let mut lines: HashMap<Pos, u64> = HashMap::new();
-    let mut conflict_rows = RowBits::new(&rows_per_part);
-    for c in conflicts.values() {
-        conflict_rows.set(c.winner);
-        c.losers.iter().for_each(|&p| conflict_rows.set(p));
-    }
+    // Each grouped row's content hash and line, in part and row order (see `RowBits::rank`),
+    // and each group's key, in its winner's order.
+    let mut grouped_rows: Vec<(u64, u64)> = Vec::with_capacity(members.len());
+    let mut group_keys: Vec<String> = Vec::with_capacity(groups.len());
+    let (mut hash_buf, mut values) = (Vec::new(), Vec::new());
     // Rows failing a reference check are quarantined with their raw values (`raw_values`);
     // beyond one flush they wait in a spill file, to follow the rows staging quarantined.
     let spill_path = staging.join(format!("_orphans.{}.arrow", table.name));
@@ -455,11 +466,13 @@ fn run_table(
             let mut mask = Vec::with_capacity(batch.num_rows());
             for i in 0..batch.num_rows() {
                 let pos = (pi as u32, row + i as u64);
-                if conflict_rows.get(pos) {
-                    lines.insert(pos, line_col.value(i) as u64);
-                    let (k, c) = key_hash(key_col.value(i));
-                    if let Some(conf) = conflicts.get_mut(&(k, c)) {
-                        conf.key.get_or_insert_with(|| key_col.value(i).to_string());
+                if grouped.get(pos) {
+                    values.clear();
+                    values.extend((0..ncols).map(|c| value_at(batch.column(c).as_ref(), i)));
+                    let hash = row_hash(&values, &mut hash_buf);
+                    grouped_rows.push((hash, line_col.value(i) as u64));
+                    if group_winners.get(pos) {
+                        group_keys.push(key_col.value(i).to_string());
                     }
                 }
                 if !winners.get(pos) {
@@ -561,16 +574,50 @@ fn run_table(
     qwriter.close()?;
     fs::rename(&quarantine_tmp, &quarantine_path)?;
 
-    let mut sorted: Vec<&Conflict> = conflicts.values().collect();
-    sorted.sort_by_key(|c| c.winner);
-    for c in sorted {
+    // Duplicates (same content) and conflicts (different contents) within each group.
+    let (row_ranks, winner_ranks) = (grouped.ranks(), group_winners.ranks());
+    let content = |pos: Pos| grouped_rows[grouped.rank(&row_ranks, pos)];
+    let mut conflicts: Vec<Conflict> = Vec::new();
+    let mut distinct: Vec<u64> = Vec::new();
+    for g in &groups {
+        let rows = &members[g.members.clone()];
+        distinct.clear();
+        distinct.extend(rows.iter().map(|&p| content(p).0));
+        distinct.sort_unstable();
+        distinct.dedup();
+        let m = distinct.len() as u64;
+        rep.duplicates_removed += rows.len() as u64 - m;
+        rep.conflicts_resolved += m - 1;
+        if m > 1 {
+            // One loser listed per distinct losing content: its last row. A set, not a
+            // list: one key shared by millions of rows stays linear; the list is capped.
+            let mut losers: Vec<Pos> = Vec::new();
+            let mut seen: HashSet<u64> = HashSet::from([content(g.winner).0]);
+            for &p in rows.iter().rev() {
+                if losers.len() == MAX_LISTED_LOSERS {
+                    break;
+                }
+                if seen.insert(content(p).0) {
+                    losers.push(p);
+                }
+            }
+            conflicts.push(Conflict {
+                key: std::mem::take(&mut group_keys[group_winners.rank(&winner_ranks, g.winner)]),
+                winner: g.winner,
+                not_listed: m - 1 - losers.len() as u64,
+                losers,
+            });
+        }
+    }
+    conflicts.sort_by_key(|c| c.winner);
+    for c in &conflicts {
         let place = |pos: Pos| Place {
             object: &good[pos.0 as usize].file.object,
-            line: lines.get(&pos).copied().unwrap_or(0),
+            line: content(pos).1,
         };
         let record = ConflictRecord {
             table: &table.name,
-            key: c.key.as_deref().unwrap_or(""),
+            key: &c.key,
             winner: place(c.winner),
             losers: c.losers.iter().map(|&p| place(p)).collect(),
             losers_not_listed: c.not_listed,

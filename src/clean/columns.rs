@@ -23,8 +23,6 @@ pub const KEY: &str = "key";
 pub const CHECK: &str = "check";
 /// The row's version (`updated_at`, seconds; `i64::MIN` when null).
 pub const VERSION: &str = "version";
-/// Hash of the normalized row (exact duplicates share it).
-pub const HASH: &str = "hash";
 /// Staged column holding a row's raw values, separated by U+001F; null when every raw value
 /// is the canonical text of its staged value (see [`raw_values`]).
 pub const RAW: &str = "_raw";
@@ -92,13 +90,13 @@ pub fn raw_values(batch: &RecordBatch, ncols: usize, i: usize) -> Vec<Option<Str
         .collect()
 }
 
-/// Schema of staged keys: all that deduplication reads (fixed width, 28 bytes a row).
+/// Schema of staged keys: all that deduplication reads (fixed width, 20 bytes a row). Parts
+/// staged by an earlier release carry a fourth column, a hash of the row, that is not read.
 pub fn keys_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(KEY, DataType::UInt64, false),
         Field::new(CHECK, DataType::UInt32, false),
         Field::new(VERSION, DataType::Int64, false),
-        Field::new(HASH, DataType::UInt64, false),
     ]))
 }
 
@@ -115,8 +113,6 @@ pub struct RowIdentity {
     pub key: (u64, u32),
     /// The version (`updated_at` in seconds, `i64::MIN` when null).
     pub version: i64,
-    /// The normalized row's hash.
-    pub hash: u64,
 }
 
 /// Schema of quarantined rows: raw values as strings, reasons, source object and line.
@@ -226,7 +222,6 @@ pub struct StagedBuilder {
     key: UInt64Builder,
     check: UInt32Builder,
     version: Int64Builder,
-    hash: UInt64Builder,
     raw: StringBuilder,
     rows: usize,
     bytes: usize,
@@ -254,7 +249,6 @@ impl StagedBuilder {
             key: UInt64Builder::with_capacity(capacity),
             check: UInt32Builder::with_capacity(capacity),
             version: Int64Builder::with_capacity(capacity),
-            hash: UInt64Builder::with_capacity(capacity),
             raw: StringBuilder::with_capacity(capacity, capacity * 4),
             rows: 0,
             bytes: 0,
@@ -278,7 +272,6 @@ impl StagedBuilder {
         self.key.append_value(id.key.0);
         self.check.append_value(id.key.1);
         self.version.append_value(id.version);
-        self.hash.append_value(id.hash);
         self.raw.append_option(raw);
         self.rows += 1;
         // Fixed-width values are bounded by the row count; text grows with the raw text, which
@@ -313,7 +306,6 @@ impl StagedBuilder {
             Arc::new(finish_primitive(&mut self.key)),
             Arc::new(finish_primitive(&mut self.check)),
             Arc::new(finish_primitive(&mut self.version)),
-            Arc::new(finish_primitive(&mut self.hash)),
         ];
         StagedBatches {
             data: RecordBatch::try_new(self.schema.clone(), arrays)
@@ -480,4 +472,36 @@ pub fn value_at(array: &dyn Array, row: usize) -> Option<Value> {
         DataType::Date32 => Value::Date(array.as_primitive::<Date32Type>().value(row)),
         _ => return None,
     })
+}
+
+/// Hashes a row of typed values (the identity of exact duplicates).
+pub fn row_hash(values: &[Option<Value>], buf: &mut Vec<u8>) -> u64 {
+    buf.clear();
+    for v in values {
+        match v {
+            None => buf.push(0),
+            Some(Value::Str(s)) => {
+                buf.push(1);
+                buf.extend_from_slice(s.as_bytes());
+                buf.push(0xff);
+            }
+            Some(Value::Int(i)) => {
+                buf.push(2);
+                buf.extend_from_slice(&i.to_le_bytes());
+            }
+            Some(Value::Cents(i)) => {
+                buf.push(3);
+                buf.extend_from_slice(&i.to_le_bytes());
+            }
+            Some(Value::Ts(i)) => {
+                buf.push(4);
+                buf.extend_from_slice(&i.to_le_bytes());
+            }
+            Some(Value::Date(d)) => {
+                buf.push(5);
+                buf.extend_from_slice(&d.to_le_bytes());
+            }
+        }
+    }
+    xxhash_rust::xxh3::xxh3_64(buf)
 }

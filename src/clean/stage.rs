@@ -14,7 +14,6 @@ use arrow_ipc::writer::{FileWriter, IpcWriteOptions};
 use arrow_schema::SchemaRef;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::Limits;
 use super::columns::{
@@ -415,38 +414,6 @@ fn is_canonical_number(raw: &str, decimals: usize) -> bool {
         && int.iter().chain(frac).all(u8::is_ascii_digit)
 }
 
-/// Hashes a row of typed values (the identity of exact duplicates).
-pub fn row_hash(values: &[Option<Value>], buf: &mut Vec<u8>) -> u64 {
-    buf.clear();
-    for v in values {
-        match v {
-            None => buf.push(0),
-            Some(Value::Str(s)) => {
-                buf.push(1);
-                buf.extend_from_slice(s.as_bytes());
-                buf.push(0xff);
-            }
-            Some(Value::Int(i)) => {
-                buf.push(2);
-                buf.extend_from_slice(&i.to_le_bytes());
-            }
-            Some(Value::Cents(i)) => {
-                buf.push(3);
-                buf.extend_from_slice(&i.to_le_bytes());
-            }
-            Some(Value::Ts(i)) => {
-                buf.push(4);
-                buf.extend_from_slice(&i.to_le_bytes());
-            }
-            Some(Value::Date(d)) => {
-                buf.push(5);
-                buf.extend_from_slice(&d.to_le_bytes());
-            }
-        }
-    }
-    xxh3_64(buf)
-}
-
 /// Stages one part of a table into `staging` with the default [`Limits`].
 pub fn stage_part(
     schema: &TableSchema,
@@ -617,7 +584,6 @@ fn stage_rows(
     let cleaner = RowCleaner::new(schema, today);
     let mut rec = Record::default();
     let mut row = CleanRow::default();
-    let mut hash_buf = Vec::with_capacity(256);
     let mut raw_joined = String::with_capacity(256);
     let ncols = schema.columns.len();
     let mut normalized = vec![0u64; ncols];
@@ -691,7 +657,6 @@ fn stage_rows(
                     Some(Value::Ts(t)) => *t,
                     _ => i64::MIN,
                 },
-                hash: row_hash(&row.values, &mut hash_buf),
             };
             let kept = (!verbatim).then_some(raw_joined.as_str());
             staged.append(&row.values, rec.line, id, raw_len, kept);
