@@ -314,23 +314,32 @@ pub fn strip_invisible(s: &str) -> Cow<'_, str> {
 /// control character (invisible characters are stripped before, see [`strip_invisible`]).
 pub fn id(s: &str, upper: bool) -> Result<CompactString, Invalid> {
     if s.is_ascii() {
-        // Printable ASCII is `!`..=`~`: white space, controls and DEL are outside.
-        if s.bytes().any(|b| !(b'!'..=b'~').contains(&b)) {
+        // Printable ASCII is `!`..=`~`: white space, controls and DEL are outside. One pass
+        // checks that and looks for a lower-case letter (most ids have none to change).
+        let (mut unprintable, mut lower) = (false, false);
+        for b in s.bytes() {
+            unprintable |= !(b'!'..=b'~').contains(&b);
+            lower |= b.is_ascii_lowercase();
+        }
+        if unprintable {
             return Err(Invalid);
         }
-    } else if s
-        .chars()
+        let mut out = CompactString::from(s);
+        if upper && lower {
+            out.make_ascii_uppercase();
+        }
+        return Ok(out);
+    }
+    if s.chars()
         .any(|c| c.is_whitespace() || c.is_control() || is_invisible(c))
     {
         return Err(Invalid);
     }
-    let mut out = CompactString::from(s);
-    if upper && s.is_ascii() {
-        out.make_ascii_uppercase();
-    } else if upper {
-        out = s.to_uppercase().into();
-    }
-    Ok(out)
+    Ok(if upper {
+        s.to_uppercase().into()
+    } else {
+        CompactString::from(s)
+    })
 }
 
 /// Normalizes a product code to `AAA-NNNNNN` (`ohb 000101`, `OHB000101` are accepted).
@@ -817,13 +826,15 @@ pub fn cep(s: &str) -> Result<CompactString, Invalid> {
 
 /// Normalizes a federative unit code (`sp`, ` Sp ` → `SP`).
 pub fn uf_code(s: &str) -> Result<&'static str, Invalid> {
-    // The codes are upper case: comparing without case needs no upper-cased copy.
-    let u = s.trim_ascii();
+    // Two letters, upper-cased, looked up in the sorted codes.
+    let &[a, b] = s.trim_ascii().as_bytes() else {
+        return Err(Invalid);
+    };
+    let code = [a.to_ascii_uppercase(), b.to_ascii_uppercase()];
     br::UFS
-        .iter()
-        .find(|x| x.eq_ignore_ascii_case(u))
-        .copied()
-        .ok_or(Invalid)
+        .binary_search_by(|x| x.as_bytes().cmp(&code[..]))
+        .map(|i| br::UFS[i])
+        .map_err(|_| Invalid)
 }
 
 /// Canonical municipality name: the official spelling for the row's UF, else title case.
@@ -1324,6 +1335,14 @@ mod tests {
     #[test]
     fn ufs_and_municipalities() {
         assert_eq!(uf_code(" Sp "), Ok("SP"));
+        // Every pair of letters, in any case: a code exactly when it names a UF.
+        for a in (b'A'..=b'Z').chain(b'a'..=b'z') {
+            for b in (b'A'..=b'Z').chain(b'a'..=b'z') {
+                let pair = String::from_utf8(vec![a, b]).unwrap();
+                let want = br::UFS.iter().find(|u| u.eq_ignore_ascii_case(&pair));
+                assert_eq!(uf_code(&pair).ok(), want.copied(), "{pair}");
+            }
+        }
         assert_eq!(uf_code("XX"), Err(Invalid));
         assert_eq!(municipality("SAO PAULO", Some("SP")), "São Paulo");
         assert_eq!(municipality(" sao  paulo", Some("SP")), "São Paulo");
