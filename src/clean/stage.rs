@@ -363,14 +363,17 @@ fn differs(v: &Value, raw: &str) -> bool {
     }
 }
 
-/// Compares two byte strings; those of 8 to 32 bytes (most values) in word loads, without a
-/// call to `memcmp`.
+/// Compares two byte strings; those of up to 32 bytes (most values) byte by byte or in word
+/// loads, without a call to `memcmp`.
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;
     }
-    if !(8..=32).contains(&n) {
+    if n < 8 {
+        return a.iter().zip(b).fold(true, |same, (x, y)| same & (x == y));
+    }
+    if n > 32 {
         return a == b;
     }
     let word = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
