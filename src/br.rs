@@ -264,6 +264,27 @@ pub fn canonical_municipality(name: &str, uf: &str) -> Option<&'static str> {
     index.get(&(fold_name(name), uf_static(uf)?)).copied()
 }
 
+/// The official name of a municipality of `uf` written exactly as it is officially spelled (as
+/// nearly every value is): what [`canonical_municipality`] gives for it, without folding it.
+pub fn official_municipality(name: &str, uf: &str) -> Option<&'static str> {
+    type Names = std::collections::HashSet<&'static str, ahash::RandomState>;
+    static BY_UF: OnceLock<Vec<Names>> = OnceLock::new();
+    let by_uf = BY_UF.get_or_init(|| {
+        let mut by_uf = vec![Names::default(); UFS.len()];
+        for m in municipalities() {
+            // Only names the folded index gives back: two spellings that fold alike keep
+            // the index's answer.
+            if canonical_municipality(&m.name, m.uf) == Some(m.name.as_str())
+                && let Ok(i) = UFS.binary_search(&m.uf)
+            {
+                by_uf[i].insert(m.name.as_str());
+            }
+        }
+        by_uf
+    });
+    by_uf[UFS.binary_search(&uf).ok()?].get(name).copied()
+}
+
 fn uf_static(uf: &str) -> Option<&'static str> {
     UFS.binary_search(&uf).ok().map(|i| UFS[i])
 }
@@ -322,5 +343,28 @@ mod tests {
         );
         assert_eq!(canonical_municipality("brasilia", "DF"), Some("Brasília"));
         assert_eq!(canonical_municipality("Sao Paulo", "RJ"), None);
+    }
+
+    #[test]
+    fn official_spellings_read_as_the_folded_index_reads_them() {
+        let mut exact = 0;
+        for m in municipalities() {
+            let official = official_municipality(&m.name, m.uf);
+            if official.is_some() {
+                exact += 1;
+                assert_eq!(
+                    official,
+                    canonical_municipality(&m.name, m.uf),
+                    "{}",
+                    m.name
+                );
+            }
+            // Another UF's name or another spelling is not official there.
+            assert_eq!(official_municipality(&m.name, "XX"), None);
+            assert_eq!(official_municipality(&m.name.to_uppercase(), m.uf), None);
+        }
+        assert!(exact >= 5_500, "{exact} names read directly");
+        assert_eq!(official_municipality("Sao Paulo", "SP"), None);
+        assert_eq!(official_municipality("São Paulo", "SP"), Some("São Paulo"));
     }
 }

@@ -840,6 +840,9 @@ pub fn uf_code(s: &str) -> Result<&'static str, Invalid> {
 /// Canonical municipality name: the official spelling for the row's UF, else title case.
 pub fn municipality(s: &str, uf: Option<&str>) -> CompactString {
     let Some(uf) = uf else { return title_case(s) };
+    if let Some(name) = br::official_municipality(s, uf) {
+        return CompactString::from(name);
+    }
     match cached_municipality(s, uf) {
         Some(name) => CompactString::from(name),
         None => title_case(s),
