@@ -474,33 +474,27 @@ pub fn value_at(array: &dyn Array, row: usize) -> Option<Value> {
     })
 }
 
-/// Hashes a row of typed values (the identity of exact duplicates).
+/// Hashes a row of typed values (the identity of exact duplicates within one batch step).
 pub fn row_hash(values: &[Option<Value>], buf: &mut Vec<u8>) -> u64 {
     buf.clear();
     for v in values {
-        match v {
-            None => buf.push(0),
+        // A tag per kind, then the value: texts end with a byte UTF-8 never holds.
+        let (tag, number) = match v {
+            None => (0, None),
             Some(Value::Str(s)) => {
                 buf.push(1);
                 buf.extend_from_slice(s.as_bytes());
                 buf.push(0xff);
+                continue;
             }
-            Some(Value::Int(i)) => {
-                buf.push(2);
-                buf.extend_from_slice(&i.to_le_bytes());
-            }
-            Some(Value::Cents(i)) => {
-                buf.push(3);
-                buf.extend_from_slice(&i.to_le_bytes());
-            }
-            Some(Value::Ts(i)) => {
-                buf.push(4);
-                buf.extend_from_slice(&i.to_le_bytes());
-            }
-            Some(Value::Date(d)) => {
-                buf.push(5);
-                buf.extend_from_slice(&d.to_le_bytes());
-            }
+            Some(Value::Int(i)) => (2, Some(*i)),
+            Some(Value::Cents(i)) => (3, Some(*i)),
+            Some(Value::Ts(i)) => (4, Some(*i)),
+            Some(Value::Date(d)) => (5, Some(i64::from(*d))),
+        };
+        buf.push(tag);
+        if let Some(n) = number {
+            buf.extend_from_slice(&n.to_le_bytes());
         }
     }
     xxhash_rust::xxh3::xxh3_64(buf)
