@@ -96,7 +96,7 @@ impl BatchOutputs {
     }
 }
 
-/// One staged row's identity for deduplication: 40 bytes.
+/// One staged row's identity for deduplication: 32 bytes.
 #[derive(Clone, Copy)]
 struct Entry {
     key: u64,

@@ -129,7 +129,7 @@ pub struct StagedPaths {
     /// Typed values of the rows that passed the field rules, with their lines and the raw
     /// values that differ from them, for rows the batch step quarantines (Arrow IPC).
     pub data: PathBuf,
-    /// Their keys, versions and row hashes: all deduplication reads (Arrow IPC).
+    /// Their keys and versions: all deduplication reads (Arrow IPC).
     pub keys: PathBuf,
     /// Quarantined rows (Arrow IPC).
     pub quarantine: PathBuf,
