@@ -1538,6 +1538,7 @@ mod properties {
             // Every instant readers accept is canonical text the shortcut reads.
             let text = Value::Ts(secs).canonical();
             prop_assert_eq!(canonical_instant(text.as_bytes()), Some(secs), "{}", text);
+            prop_assert_eq!(instant_by_the_rules(&text), Ok(secs), "{}", text);
         }
 
         #[test]
