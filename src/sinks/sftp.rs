@@ -397,7 +397,12 @@ impl Inner {
             transient(format!("connect {where_}: {cause}"))
         })?;
         let io = Duration::from_secs(self.options.io_timeout_secs.max(1));
-        tcp.set_read_timeout(Some(io))
+        // No Nagle: libssh2 writes each SSH message on its own, and a small message held back
+        // until the server acknowledges the previous one waits out the server's delayed
+        // acknowledgement (40 ms on Linux) at every step of the handshake (measured: the
+        // handshake took 54 ms with Nagle, 11 ms without).
+        tcp.set_nodelay(true)
+            .and_then(|()| tcp.set_read_timeout(Some(io)))
             .and_then(|()| tcp.set_write_timeout(Some(io)))
             .map_err(|e| transient(format!("socket {where_}: {e}")))?;
         Ok((tcp, io))
