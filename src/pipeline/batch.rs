@@ -46,6 +46,9 @@ const HELD_CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often it looks again meanwhile.
 const HELD_CLAIM_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Uploads of a step's output files made at once (a handful of files, each streamed).
+const UPLOADS_AT_ONCE: usize = 4;
+
 /// What the batch step did, for logs and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StepSummary {
@@ -280,22 +283,28 @@ impl Worker {
         let upload = self.upload_curated(&out, dt)?;
         let products = async {
             // The batch's window files, whatever happens next: its lines count in later windows.
+            // Written first (the daily builds read them here), uploaded while the step goes on.
+            let window = self.write_window(&out, dt).await?;
+            let built = async {
+                let guard = self.check_guardrails(ready, &report).await?;
+                if let Some(held) = self.hold_failed_files(ready, &report).await {
+                    return Ok(Err(held));
+                }
+                if guard.holds() {
+                    tracing::warn!(%dt, blocking = ?guard.blocking, "batch held by blocking guardrails");
+                    return Ok(Err(format!("batch {dt}: {}", guard.blocking.join(","))));
+                }
+                let (periods, days, months) = self.plan_products(dt);
+                let window = Box::pin(self.window_source(&out, dt, &days, tmp.path())).await?;
+                let built = self
+                    .build_all(&out, &tmp.path().join("products"), periods, Some(window))
+                    .await?;
+                Ok::<_, HandleError>(Ok((built, months)))
+            };
             // Boxed: the step's future stays small (a debug build's worker thread has 2 MiB of stack).
-            Box::pin(self.write_window(&out, dt)).await?;
-            let guard = self.check_guardrails(ready, &report).await?;
-            if let Some(held) = self.hold_failed_files(ready, &report).await {
-                return Ok(Err(held));
-            }
-            if guard.holds() {
-                tracing::warn!(%dt, blocking = ?guard.blocking, "batch held by blocking guardrails");
-                return Ok(Err(format!("batch {dt}: {}", guard.blocking.join(","))));
-            }
-            let (periods, days, months) = self.plan_products(dt);
-            let window = Box::pin(self.window_source(&out, dt, &days, tmp.path())).await?;
-            let built = self
-                .build_all(&out, &tmp.path().join("products"), periods, Some(window))
-                .await?;
-            Ok::<_, HandleError>(Ok((built, months)))
+            let ((), built) =
+                tokio::try_join!(Box::pin(self.upload_under(&out, window)), Box::pin(built))?;
+            Ok::<_, HandleError>(built)
         };
         let (uploaded, products) = tokio::join!(upload, products);
         uploaded?;
@@ -374,13 +383,7 @@ impl Worker {
         let out = out.to_path_buf();
         Ok(async move {
             let _timer = metrics::Stage::CuratedUpload.timer();
-            for path in files {
-                let rel = relative(&out, &path);
-                self.gcs
-                    .upload(&self.config.gcp.buckets.curated, &rel, &path)
-                    .await?;
-            }
-            Ok(())
+            self.upload_under(&out, files).await
         }
         .instrument(tracing::info_span!("curated_upload", %dt)))
     }
@@ -711,41 +714,43 @@ impl Worker {
     }
 
     /// Writes batch `dt`'s window files (one per daily contract) from its curated files under
-    /// `out` and uploads them to the curated bucket (`window/dt=<dt>/...`), replacing those of
-    /// an earlier run of the batch.
-    async fn write_window(&self, out: &Path, dt: NaiveDate) -> Result<(), HandleError> {
+    /// `out`, into `out/window/`; returns them, to be uploaded to the curated bucket
+    /// (`window/dt=<dt>/...`, replacing those of an earlier run of the batch).
+    async fn write_window(&self, out: &Path, dt: NaiveDate) -> Result<Vec<PathBuf>, HandleError> {
         let contracts: Vec<Contract> = self.daily_contracts().into_iter().cloned().collect();
         if contracts.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        self.put_window(out, dt, contracts).await
+        self.window_files(out, dt, contracts).await
     }
 
     /// Writes batch `d`'s window files of `contracts` from the curated files under `root` (into
-    /// `root/window/`) and uploads them to the curated bucket under the same names.
-    async fn put_window(
+    /// `root/window/`); returns their paths.
+    async fn window_files(
         &self,
         root: &Path,
         d: NaiveDate,
         contracts: Vec<Contract>,
-    ) -> Result<(), HandleError> {
+    ) -> Result<Vec<PathBuf>, HandleError> {
         let dir = root.to_path_buf();
-        let files = blocking("window files", move || {
+        blocking("window files", move || {
             let refs: Vec<&Contract> = contracts.iter().collect();
             window::write_batch(&Curated::new(&dir), &refs, d, &dir)
         })
         .await?
-        .map_err(|e| HandleError::local("window files", e))?;
-        for path in files {
-            self.gcs
-                .upload(
-                    &self.config.gcp.buckets.curated,
-                    &relative(root, &path),
-                    &path,
-                )
-                .await?;
-        }
-        Ok(())
+        .map_err(|e| HandleError::local("window files", e))
+    }
+
+    /// Uploads `files` (under `root`) to the curated bucket under their names relative to
+    /// `root`, a few at a time: each upload is a round trip of its own, and each streams from
+    /// its file with a bounded buffer.
+    async fn upload_under(&self, root: &Path, files: Vec<PathBuf>) -> Result<(), HandleError> {
+        let bucket = &self.config.gcp.buckets.curated;
+        let uploads = files.iter().map(|path| async move {
+            self.gcs.upload(bucket, &relative(root, path), path).await?;
+            Ok::<_, HandleError>(())
+        });
+        bounded(UPLOADS_AT_ONCE, uploads).await.map(drop)
     }
 
     /// The window the daily builds of batch `dt` read: batch `dt`'s files under `out`, the
@@ -819,7 +824,8 @@ impl Worker {
     ) -> Result<(), HandleError> {
         tracing::info!(date = %d, contracts = contracts.len(), "window files written from the curated batch");
         self.fetch_curated(scratch, &BTreeSet::from([d])).await?;
-        self.put_window(scratch, d, contracts).await?;
+        let files = self.window_files(scratch, d, contracts).await?;
+        self.upload_under(scratch, files).await?;
         std::fs::remove_dir_all(scratch).map_err(|e| HandleError::local("window files", e))?;
         Ok(())
     }
@@ -896,10 +902,10 @@ impl Worker {
 
     /// Uploads a released product's dictionary, files and manifests to the products bucket;
     /// returns the delivery request that describes them.
-    async fn upload_release(
-        &self,
+    async fn upload_release<'a>(
+        &'a self,
         contract: &Contract,
-        rel: &Released,
+        rel: &'a Released,
     ) -> Result<DeliveryRequest, HandleError> {
         let bucket = &self.config.gcp.buckets.products;
         let key = |p: &Path| {
@@ -909,24 +915,19 @@ impl Worker {
                 .unwrap_or_default();
             names::product_file(&rel.partner, rel.product.as_str(), &rel.delivery_id, &file)
         };
-        let dictionary = self
-            .put_immutable(bucket, &key(&rel.dictionary), &rel.dictionary, None)
-            .await?;
-        let mut files = Vec::new();
-        for f in &rel.files {
-            let built = Some((f.bytes, f.sha256.as_str()));
-            files.push(
-                self.put_immutable(bucket, &key(&f.path), &f.path, built)
-                    .await?,
-            );
-        }
-        let mut manifests = Vec::new();
-        for f in &rel.files {
-            manifests.push(
-                self.put_immutable(bucket, &key(&f.manifest), &f.manifest, None)
-                    .await?,
-            );
-        }
+        // Side by side (the request is published once all are stored): each upload is a round
+        // trip of its own to the bucket.
+        let key = &key;
+        let put = |path: &'a Path, built: Option<(u64, &'a str)>| async move {
+            self.put_immutable(bucket, &key(path), path, built).await
+        };
+        let files = (rel.files.iter()).map(|f| put(&f.path, Some((f.bytes, f.sha256.as_str()))));
+        let manifests = rel.files.iter().map(|f| put(&f.manifest, None));
+        let (dictionary, files, manifests) = tokio::try_join!(
+            put(&rel.dictionary, None),
+            try_join_all(files),
+            try_join_all(manifests),
+        )?;
         Ok(delivery_request(contract, rel, dictionary, files, manifests).await)
     }
 
@@ -964,7 +965,10 @@ impl Worker {
         let stored = match self.gcs.upload_file(bucket, name, src, Some(0)).await {
             Ok(_) => src.to_path_buf(),
             Err(e) if e.is_precondition_failed() => {
-                let copy = src.with_extension("stored");
+                // Beside the file, under a name of its own (uploads run side by side).
+                let mut copy = src.as_os_str().to_owned();
+                copy.push(".stored");
+                let copy = PathBuf::from(copy);
                 match self.gcs.download(bucket, name, None, &copy).await? {
                     Some(_) => copy,
                     None => return Err(HandleError::Transient(format!("{name} vanished"))),
