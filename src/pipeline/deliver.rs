@@ -21,8 +21,8 @@ use crate::events::{DeliveryRequest, ErrorKind, FileDigest, Incoming};
 use crate::products::contract::Contract;
 use crate::service::{Disposition, HandleError, Role, RoleContext};
 use crate::sinks::{
-    AnySink, Delivery, DeliveryFile, GcsReceipts, LocalFile, ReceiptError, ReceiptStore, SinkError,
-    deliver_once,
+    AnySink, Delivery, DeliveryFile, GcsReceipts, LocalFile, ReceiptError, ReceiptStore, Sink,
+    SinkError, deliver_once,
 };
 use tracing::Instrument;
 
@@ -157,7 +157,7 @@ impl Deliver {
             tracing::info!(delivery_id = %req.delivery_id, "receipt exists, not delivering again");
         } else {
             let tmp = self.tempdir()?;
-            let delivery = self.download(&req, tmp.path()).await?;
+            let delivery = self.download(&req, tmp.path(), sink.sends_data()).await?;
             deliver_once(sink, &self.receipts, &delivery)
                 .await
                 .map_err(sink_error)?;
@@ -168,11 +168,14 @@ impl Deliver {
         Ok(Disposition::Done)
     }
 
-    /// Downloads a request's files and manifests into `dir` and describes them.
+    /// Downloads a request's files and manifests into `dir` and describes them. Without
+    /// `data`, the data files are described (name, size, SHA-256 from the request) but not
+    /// downloaded: their paths in `dir` stay empty, for a sink that only names them.
     pub(super) async fn download(
         &self,
         req: &DeliveryRequest,
         dir: &Path,
+        data: bool,
     ) -> Result<Delivery, HandleError> {
         let Some(product) = ProductKind::parse(&req.product) else {
             return Err(HandleError::Permanent {
@@ -180,15 +183,24 @@ impl Deliver {
                 message: format!("unknown product {:?}", req.product),
             });
         };
-        let mut files = Vec::with_capacity(req.files.len());
-        for f in &req.files {
-            let mut data = self.download_file(&f.file, dir).await?;
+        // Every object at once: each download is a round trip of its own to the bucket.
+        let files = req.files.iter().map(|f| async move {
+            let file = async {
+                match data {
+                    true => self.download_file(&f.file, dir).await,
+                    false => local_file(&f.file, dir),
+                }
+            };
+            let (mut data, manifest) =
+                tokio::try_join!(file, self.download_file(&f.manifest, dir))?;
             data.name = f.name.clone();
-            let manifest = self.download_file(&f.manifest, dir).await?;
-            files.push(DeliveryFile { data, manifest });
-        }
+            Ok::<_, HandleError>(DeliveryFile { data, manifest })
+        });
         // The dictionary is one of the product version's files: it goes where the files go.
-        let dictionary = self.download_file(&req.dictionary, dir).await?;
+        let (files, dictionary) = tokio::try_join!(
+            futures::future::try_join_all(files),
+            self.download_file(&req.dictionary, dir)
+        )?;
         // Sizes and SHA-256 against the request: `deliver_once` checks them (a mismatch is
         // transient: a fresh download may fix it).
         Ok(Delivery {
@@ -209,35 +221,43 @@ impl Deliver {
         f: &FileDigest,
         dir: &Path,
     ) -> Result<LocalFile, HandleError> {
-        let invalid = |m: String| HandleError::Permanent {
-            kind: ErrorKind::InvalidDelivery,
-            message: m,
-        };
-        let (bucket, name) = f
-            .uri
-            .strip_prefix("gs://")
-            .and_then(|r| r.split_once('/'))
-            .ok_or_else(|| invalid(format!("{:?} is not a gs:// URI", f.uri)))?;
-        let file_name = name.rsplit('/').next().unwrap_or(name);
-        if file_name.is_empty() || file_name.starts_with('.') {
-            return Err(invalid(format!("{:?} has no file name", f.uri)));
-        }
-        let path = dir.join(file_name);
+        let local = local_file(f, dir)?;
+        let (bucket, name) = gs_parts(&f.uri).unwrap_or_default();
         if self
             .gcs
-            .download(bucket, name, None, &path)
+            .download(bucket, name, None, &local.path)
             .await?
             .is_none()
         {
             return Err(HandleError::Transient(format!("{} not found", f.uri)));
         }
-        Ok(LocalFile {
-            name: file_name.to_string(),
-            path,
-            bytes: f.bytes,
-            sha256: f.sha256.clone(),
-        })
+        Ok(local)
     }
+}
+
+/// The bucket and object name of a `gs://` URI.
+fn gs_parts(uri: &str) -> Option<(&str, &str)> {
+    uri.strip_prefix("gs://").and_then(|r| r.split_once('/'))
+}
+
+/// Where `f` goes in `dir` (under its last name segment), with its declared size and SHA-256.
+fn local_file(f: &FileDigest, dir: &Path) -> Result<LocalFile, HandleError> {
+    let invalid = |m: String| HandleError::Permanent {
+        kind: ErrorKind::InvalidDelivery,
+        message: m,
+    };
+    let (_, name) =
+        gs_parts(&f.uri).ok_or_else(|| invalid(format!("{:?} is not a gs:// URI", f.uri)))?;
+    let file_name = name.rsplit('/').next().unwrap_or(name);
+    if file_name.is_empty() || file_name.starts_with('.') {
+        return Err(invalid(format!("{:?} has no file name", f.uri)));
+    }
+    Ok(LocalFile {
+        name: file_name.to_string(),
+        path: dir.join(file_name),
+        bytes: f.bytes,
+        sha256: f.sha256.clone(),
+    })
 }
 
 pub(super) fn sink_error(e: SinkError) -> HandleError {

@@ -15,7 +15,7 @@ use super::delivered::{self, LastDelivered};
 use crate::events::{DeliveryRequest, Incoming, Notify};
 use crate::service::claim::{self, Claim};
 use crate::service::{Disposition, HandleError};
-use crate::sinks::{Delivery, ReceiptStore, deliver_once};
+use crate::sinks::{Delivery, ReceiptStore, Sink, deliver_once};
 
 /// How long a notify claim holds before a redelivery may take it over.
 pub const NOTIFY_LEASE: Duration = Duration::from_secs(60);
@@ -110,7 +110,9 @@ impl Deliver {
             return Ok(Disposition::Done);
         }
         let tmp = self.tempdir()?;
-        let mut delivery = self.download(&n.request, tmp.path()).await?;
+        let mut delivery = self
+            .download(&n.request, tmp.path(), sink.sends_data())
+            .await?;
         delivery.upstream = n.receipts.clone();
         let Some(dict) = delivery.dictionary.clone() else {
             return Err(HandleError::Transient("dictionary not downloaded".into()));

@@ -239,6 +239,10 @@ impl Sink for EmailSink {
         Ok(r)
     }
 
+    fn sends_data(&self) -> bool {
+        false
+    }
+
     async fn check(&self) -> Result<(), SinkError> {
         // Connects, greets, upgrades to TLS, authenticates, NOOP, QUIT.
         match self.transport.test_connection().await {

@@ -167,9 +167,14 @@ impl Delivery {
         Ok(())
     }
 
-    /// Checks that every local file has the declared size and SHA-256 (blocking: hashes files).
-    pub fn verify_local_files(&self, sink: &'static str) -> Result<(), SinkError> {
-        for f in self.local_files() {
+    /// Checks that every local file has the declared size and SHA-256 (blocking: hashes files);
+    /// without `data`, the data files are left out (a sink that does not send them).
+    pub fn verify_local_files(&self, sink: &'static str, data: bool) -> Result<(), SinkError> {
+        let data_files = self.files.iter().filter(|_| data).map(|f| &f.data);
+        let others = (self.files.iter().map(|f| &f.manifest))
+            .chain(self.dictionary.iter())
+            .chain(self.new_dictionary.iter());
+        for f in data_files.chain(others) {
             let (bytes, sha256) = hash_file(&f.path).map_err(|e| SinkError::Transient {
                 sink,
                 message: format!("cannot read local file {}: {e}", f.path.display()),
@@ -384,6 +389,12 @@ pub trait Sink: Send + Sync {
 
     /// Checks the connection and credentials without delivering anything.
     fn check(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Whether the sink sends the data files' bytes. The e-mail only names them (size and
+    /// SHA-256 come with the request), so its caller need not download them.
+    fn sends_data(&self) -> bool {
+        true
+    }
 }
 
 /// Delivers unless a receipt exists, then stores the receipt: the idempotent entry point.
@@ -416,7 +427,8 @@ pub async fn deliver_once<S: Sink, R: ReceiptStore>(
             return Ok((r, false));
         }
         let d = delivery.clone();
-        tokio::task::spawn_blocking(move || d.verify_local_files(name))
+        let data = sink.sends_data();
+        tokio::task::spawn_blocking(move || d.verify_local_files(name, data))
             .await
             .map_err(|e| SinkError::Transient {
                 sink: name,
@@ -524,6 +536,14 @@ impl Sink for AnySink {
             AnySink::Sftp(s) => s.check().await,
             AnySink::Api(s) => s.check().await,
             AnySink::Email(s) => s.check().await,
+        }
+    }
+
+    fn sends_data(&self) -> bool {
+        match self {
+            AnySink::Sftp(s) => s.sends_data(),
+            AnySink::Api(s) => s.sends_data(),
+            AnySink::Email(s) => s.sends_data(),
         }
     }
 }
