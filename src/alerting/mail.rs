@@ -7,7 +7,6 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Message};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use chrono_tz::America::Sao_Paulo;
 
@@ -15,6 +14,7 @@ use super::runbook::{commands, runbook};
 use super::state::{Sending, State};
 use crate::config::sinks::SmtpSettings;
 use crate::events::Severity;
+use crate::sinks::smtp::Relay;
 use tracing::Instrument;
 
 /// The mailer could not be built, or a send failed.
@@ -30,7 +30,7 @@ pub enum MailError {
 
 /// Sends alert e-mails through the SMTP relay.
 pub struct Mailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    relay: Relay,
     from: Mailbox,
     to: Vec<Mailbox>,
 }
@@ -52,7 +52,7 @@ impl Mailer {
         recipients: &[String],
     ) -> Result<Mailer, MailError> {
         let cfg = |m: String| MailError::Config(m);
-        let transport = crate::sinks::email::smtp_transport(smtp).map_err(cfg)?;
+        let relay = Relay::new(smtp).map_err(cfg)?;
         let from: Mailbox = (if from.is_empty() { &smtp.from } else { from })
             .parse()
             .map_err(|e| cfg(format!("from: {e}")))?;
@@ -60,11 +60,7 @@ impl Mailer {
             .iter()
             .map(|r| r.parse().map_err(|e| cfg(format!("recipient: {e}"))))
             .collect::<Result<Vec<Mailbox>, _>>()?;
-        Ok(Mailer {
-            transport,
-            from,
-            to,
-        })
+        Ok(Mailer { relay, from, to })
     }
 
     /// Sends one e-mail to every recipient.
@@ -81,11 +77,10 @@ impl Mailer {
             .header(ContentType::TEXT_PLAIN)
             .body(mail.body.clone())
             .map_err(|e| MailError::Config(format!("cannot build the message: {e}")))?;
-        self.transport
-            .send(m)
+        self.relay
+            .send(&m)
             .instrument(tracing::info_span!("send_email", otel.kind = "client"))
             .await
-            .map(|_| ())
             .map_err(|e| MailError::Send(e.to_string()))
     }
 }

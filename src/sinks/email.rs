@@ -7,17 +7,15 @@
 //! attached when the caller sets [`Delivery::new_dictionary`] (first delivery, schema change).
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
+use lettre::Message;
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 
+use super::smtp::{Relay, RelayError};
 use super::{Delivery, Sink, SinkError, receipt};
-use crate::config::sinks::{EmailConfig, SmtpSettings, SmtpTls};
+use crate::config::sinks::{EmailConfig, SmtpSettings};
 use crate::events::ProductKind;
 use crate::events::{Receipt, ReceiptFile};
 use crate::products::contract::Contract;
@@ -28,7 +26,7 @@ const SINK: &str = "email";
 
 /// Sends the partner e-mail.
 pub struct EmailSink {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    relay: Relay,
     from: Mailbox,
     to: Vec<Mailbox>,
     reply_to: Option<Mailbox>,
@@ -51,42 +49,6 @@ fn config(message: String) -> SinkError {
     }
 }
 
-/// The SMTP transport of a relay: TLS always (STARTTLS required, or implicit), the relay's CA
-/// when given, credentials read from their secret now. Errors are one line, never the secret.
-pub fn smtp_transport(smtp: &SmtpSettings) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
-    let mut b = TlsParameters::builder(smtp.host.clone());
-    if let Some(ca) = &smtp.ca_file {
-        let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-        let cert =
-            Certificate::from_pem(&pem).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-        b = b
-            .certificate_store(CertificateStore::None)
-            .add_root_certificate(cert);
-    }
-    let params = b.build().map_err(|e| format!("tls settings: {e}"))?;
-    let tls = match smtp.tls {
-        SmtpTls::Starttls => Tls::Required(params),
-        SmtpTls::Implicit => Tls::Wrapper(params),
-    };
-    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
-        .port(smtp.port)
-        .tls(tls)
-        .timeout(Some(Duration::from_secs(smtp.timeout_secs.max(1))));
-    match (&smtp.user, &smtp.password) {
-        (Some(user), Some(password)) => {
-            let secret = password
-                .read("smtp", "password")
-                .map_err(|e| e.to_string())?;
-            let password = String::from_utf8(secret.expose().to_vec())
-                .map_err(|_| "smtp password is not UTF-8".to_string())?;
-            builder = builder.credentials(Credentials::new(user.clone(), password));
-        }
-        (None, None) => {}
-        _ => return Err("smtp: set user and password together".into()),
-    }
-    Ok(builder.build())
-}
-
 fn mailbox(what: &str, s: &str) -> Result<Mailbox, SinkError> {
     s.parse()
         .map_err(|e| config(format!("{what}: not an address ({e})")))
@@ -99,7 +61,7 @@ impl EmailSink {
         c: &EmailConfig,
         smtp: &SmtpSettings,
     ) -> Result<EmailSink, SinkError> {
-        let transport = smtp_transport(smtp).map_err(config)?;
+        let relay = Relay::new(smtp).map_err(config)?;
         let to = contract
             .contacts
             .iter()
@@ -111,7 +73,7 @@ impl EmailSink {
             return Err(config("the contract has no contacts".into()));
         }
         Ok(EmailSink {
-            transport,
+            relay,
             from: mailbox("smtp.from", &smtp.from)?,
             to,
             reply_to: c
@@ -180,8 +142,21 @@ pub fn message_id(delivery_id: &str) -> String {
     format!("<{delivery_id}@datashare>")
 }
 
-fn classify(context: &str, e: lettre::transport::smtp::Error) -> SinkError {
+fn classify(context: &str, e: RelayError) -> SinkError {
     let message = format!("{context}: {e}");
+    let e = match e {
+        RelayError::Smtp(e) => e,
+        // An untrusted certificate does not heal by itself; a refused connection may.
+        RelayError::Connect(_, io) if super::is_untrusted_certificate(&io) => {
+            return config(message);
+        }
+        RelayError::Connect(..) | RelayError::Timeout(..) => {
+            return SinkError::Transient {
+                sink: SINK,
+                message,
+            };
+        }
+    };
     let code = e.status().map(|c| c.to_string());
     if e.is_permanent() {
         // 530/534/535: authentication required or refused.
@@ -213,8 +188,8 @@ impl Sink for EmailSink {
 
     async fn deliver(&self, d: &Delivery) -> Result<Receipt, SinkError> {
         let message = self.compose(d)?;
-        self.transport
-            .send(message)
+        self.relay
+            .send(&message)
             .instrument(tracing::info_span!("send_email", otel.kind = "client"))
             .await
             .map_err(|e| classify("send", e))?;
@@ -245,7 +220,7 @@ impl Sink for EmailSink {
 
     async fn check(&self) -> Result<(), SinkError> {
         // Connects, greets, upgrades to TLS, authenticates, NOOP, QUIT.
-        match self.transport.test_connection().await {
+        match self.relay.check().await {
             Ok(true) => Ok(()),
             Ok(false) => Err(SinkError::Transient {
                 sink: SINK,

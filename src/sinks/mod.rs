@@ -16,6 +16,7 @@ pub mod check;
 pub mod email;
 pub mod receipts;
 pub mod sftp;
+pub mod smtp;
 
 use std::future::Future;
 use std::io::Read;
@@ -592,6 +593,27 @@ mod tests {
             new_dictionary: None,
             upstream: vec![],
         }
+    }
+
+    #[test]
+    fn without_data_only_manifests_and_dictionaries_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = delivery();
+        let put = |f: &mut LocalFile, text: &str| {
+            f.path = dir.path().join(&f.name);
+            std::fs::write(&f.path, text).unwrap();
+            (f.bytes, f.sha256) = hash_file(&f.path).unwrap();
+        };
+        put(&mut d.files[0].manifest, "{}");
+        put(d.dictionary.as_mut().unwrap(), "# dicionário");
+        // The data file was never downloaded (the e-mail only names it).
+        d.files[0].data.path = dir.path().join("absent.parquet");
+        assert!(d.verify_local_files("email", false).is_ok());
+        let e = d.verify_local_files("sftp", true).unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        // A manifest that changed on disk fails either way.
+        std::fs::write(&d.files[0].manifest.path, "{ }").unwrap();
+        assert!(d.verify_local_files("email", false).is_err());
     }
 
     #[test]
