@@ -71,6 +71,7 @@ impl ApiSink {
             },
             ApiAuth::Bearer { token } => Credentials::Bearer(read(token, "auth.token")?),
         };
+        super::warm_up_tls();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(options.connect_timeout_secs.max(1)))
             .timeout(Duration::from_secs(options.request_timeout_secs.max(1)))

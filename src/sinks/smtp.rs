@@ -122,6 +122,7 @@ impl Relay {
             (None, None) => None,
             _ => return Err("smtp: set user and password together".into()),
         };
+        super::warm_up_tls();
         Ok(Relay {
             host: smtp.host.clone(),
             port: smtp.port,
