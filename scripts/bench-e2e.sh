@@ -124,10 +124,11 @@ def partner_mails():
             out.append(p)
     return out
 
-def rss(pid):
-    """Resident memory now (MiB)."""
+def rss(pid, field="VmRSS"):
+    """Resident memory now (MiB): all of it, or one part (RssAnon: heap and stacks; RssFile:
+    the binary's and libraries' pages read so far)."""
     status = pathlib.Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+    return int(re.search(field + r":\s+(\d+) kB", status).group(1)) / 1024
 
 def listed_bytes(bucket, prefix):
     """Bytes of the objects under a prefix of a bucket of the stack."""
@@ -180,7 +181,9 @@ for n, d in enumerate(sorted(by_day)):
         time.sleep(0.05)
     time.sleep(0.5)
     runs.append({"day": d, "upload_to_mail_s": t_mail - t0, "marker_to_mail_s": t_mail - t_marker,
-                 "worker_rss_mib": rss(roles["worker"]), "worker_peak_mib": proc(roles["worker"])[0]})
+                 "worker_rss_mib": rss(roles["worker"]), "worker_peak_mib": proc(roles["worker"])[0],
+                 "worker_rss_anon_mib": rss(roles["worker"], "RssAnon"),
+                 "worker_rss_file_mib": rss(roles["worker"], "RssFile")})
     if n == 0:
         files, first_t0, first_marker, first_mail = day_files, t0, t_marker, t_mail
         usage = {name: proc(pid) for name, pid in roles.items()}
@@ -257,11 +260,15 @@ print(f"\n{'role':16} {'peak RSS (MiB)':>15} {'CPU (s)':>8}   (after the first d
 for n, (hwm, cpu) in usage.items():
     print(f"{n:16} {hwm:15.1f} {cpu:8.2f}")
 if len(runs) > 1:
-    print(f"\n{'day':12} {'upload -> e-mail (s)':>21} {'worker RSS after (MiB)':>23} {'worker peak (MiB)':>18}")
+    print(f"\n{'day':12} {'upload -> e-mail (s)':>21} {'worker RSS after (MiB)':>23} {'anon + file':>14} "
+          f"{'worker peak (MiB)':>18}")
     for r in runs:
-        print(f"{r['day']:12} {r['upload_to_mail_s']:21.2f} {r['worker_rss_mib']:23.1f} {r['worker_peak_mib']:18.1f}")
-    growth = runs[-1]["worker_rss_mib"] / runs[0]["worker_rss_mib"] - 1
-    print(f"worker RSS after the last day vs after the first: {growth * 100:+.1f}%")
+        parts = f"{r['worker_rss_anon_mib']:.1f} + {r['worker_rss_file_mib']:.1f}"
+        print(f"{r['day']:12} {r['upload_to_mail_s']:21.2f} {r['worker_rss_mib']:23.1f} {parts:>14} "
+              f"{r['worker_peak_mib']:18.1f}")
+    for key, what in [("worker_rss_mib", "RSS"), ("worker_rss_anon_mib", "anonymous RSS (heap, stacks)")]:
+        growth = runs[-1][key] / runs[0][key] - 1
+        print(f"worker {what} after the last day vs after the first: {growth * 100:+.1f}%")
 json.dump({"rows": rows, "upload_to_mail_s": t_mail - t0, "marker_to_mail_s": t_mail - t_marker,
            "stages": {n: (a and b and b - a, b and b - t0) for n, a, b in stages},
            "roles": {n: {"peak_rss_mib": h, "cpu_s": c} for n, (h, c) in usage.items()},
