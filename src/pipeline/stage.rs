@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
+use std::path::Path;
 
 use chrono::NaiveDate;
 use futures::{StreamExt, TryStreamExt, stream};
@@ -163,13 +164,20 @@ impl Worker {
             "part staged"
         );
         let paths = StagedPaths::new(&staging, &object.name, &object.generation.to_string());
-        // Every staged file, the summary last: its presence says the part is staged.
-        for (suffix, path) in paths.named() {
+        // Every staged file, side by side (each upload is a round trip of its own), then the
+        // summary: its presence says the part is staged.
+        let [files @ .., summary_file] = paths.named();
+        let upload = async |(suffix, path): (&'static str, &Path)| {
             if path.exists() {
                 let key = names::staged(dt, &object.name, object.generation, suffix);
-                self.gcs.upload(curated, &key, path).await?;
+                // Boxed: the staging future stays small (a debug build's threads have 2 MiB of
+                // stack, and the storage client's upload future is large).
+                Box::pin(self.gcs.upload(curated, &key, path)).await?;
             }
-        }
+            Ok::<_, HandleError>(())
+        };
+        futures::future::try_join_all(files.map(&upload)).await?;
+        upload(summary_file).await?;
         crate::service::memory::release_free();
         let error = summary
             .file
