@@ -156,7 +156,10 @@ impl Relay {
     async fn connect(&self) -> Result<AsyncSmtpConnection, RelayError> {
         let addr = format!("{}:{}", self.host, self.port);
         let tcp = self
-            .step("connect", TcpStream::connect(&addr))
+            .step(
+                "connect",
+                TcpStream::connect((self.host.as_str(), self.port)),
+            )
             .await?
             .and_then(|s| s.set_nodelay(true).map(|()| s))
             .map_err(|e| RelayError::Connect(addr.clone(), e))?;
