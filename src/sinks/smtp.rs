@@ -266,3 +266,70 @@ impl AsyncWrite for Tls {
         Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lettre::message::header::ContentType;
+
+    fn settings(port: u16, tls: SmtpTls) -> SmtpSettings {
+        SmtpSettings {
+            host: "127.0.0.1".into(),
+            port,
+            tls,
+            from: "datashare <dados@datashare.example>".into(),
+            user: None,
+            password: None,
+            ca_file: None,
+            timeout_secs: 1,
+        }
+    }
+
+    fn message() -> Message {
+        Message::builder()
+            .from("dados@datashare.example".parse().unwrap())
+            .to("equipe@datashare.example".parse().unwrap())
+            .subject("teste")
+            .header(ContentType::TEXT_PLAIN)
+            .body("corpo".to_string())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_accepts_and_never_greets_times_out_at_its_step() {
+        // Accepts connections and holds them without a word (a hung relay).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                open.push(s);
+            }
+        });
+        for (tls, step) in [
+            (SmtpTls::Starttls, "greeting"),
+            (SmtpTls::Implicit, "tls handshake"),
+        ] {
+            let relay = Relay::new(&settings(port, tls)).unwrap();
+            let sent = tokio::time::timeout(Duration::from_secs(5), relay.send(&message())).await;
+            let e = sent
+                .expect("the relay's own 1 s timeout ends the send")
+                .unwrap_err();
+            assert!(
+                matches!(e, RelayError::Timeout(s, 1) if s == step),
+                "{tls:?}: {e}"
+            );
+        }
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let relay = Relay::new(&settings(port, SmtpTls::Starttls)).unwrap();
+        let e = relay.check().await.unwrap_err();
+        assert!(matches!(e, RelayError::Connect(..)), "{e}");
+    }
+}
