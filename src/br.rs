@@ -116,7 +116,33 @@ pub const CEP_RANGES: [(&str, u32, u32); 30] = [
 
 /// Returns true when `uf` (upper case) is one of the 27 federative units.
 pub fn is_uf(uf: &str) -> bool {
-    UFS.binary_search(&uf).is_ok()
+    uf_static(uf).is_some()
+}
+
+/// Each UF's position in [`UFS`] by its letters (`(first - 'A') * 26 + second - 'A'`); 27: none.
+const UF_BY_LETTERS: [u8; 26 * 26] = {
+    let mut t = [27u8; 26 * 26];
+    let mut i = 0;
+    while i < UFS.len() {
+        let b = UFS[i].as_bytes();
+        t[(b[0] - b'A') as usize * 26 + (b[1] - b'A') as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The position in [`UFS`] of a two-letter code in either case (`SP`, `sp`, `Sp`), in one table
+/// look-up: a binary search's mispredicted branches cost more than the rest of a row's UF check.
+pub fn uf_index(code: &[u8]) -> Option<usize> {
+    let &[a, b] = code else { return None };
+    // A letter of either case maps to 0..=25; any other byte to 26 or more (wrapping).
+    let letter = |c: u8| (c | 0x20).wrapping_sub(b'a');
+    let (a, b) = (letter(a), letter(b));
+    if a >= 26 || b >= 26 {
+        return None;
+    }
+    let i = UF_BY_LETTERS[a as usize * 26 + b as usize] as usize;
+    (i < UFS.len()).then_some(i)
 }
 
 /// Returns true when `ddd` is an area code in use.
@@ -267,26 +293,89 @@ pub fn canonical_municipality(name: &str, uf: &str) -> Option<&'static str> {
 /// The official name of a municipality of `uf` written exactly as it is officially spelled (as
 /// nearly every value is): what [`canonical_municipality`] gives for it, without folding it.
 pub fn official_municipality(name: &str, uf: &str) -> Option<&'static str> {
-    type Names = std::collections::HashSet<&'static str, ahash::RandomState>;
-    static BY_UF: OnceLock<Vec<Names>> = OnceLock::new();
-    let by_uf = BY_UF.get_or_init(|| {
-        let mut by_uf = vec![Names::default(); UFS.len()];
-        for m in municipalities() {
-            // Only names the folded index gives back: two spellings that fold alike keep
-            // the index's answer.
-            if canonical_municipality(&m.name, m.uf) == Some(m.name.as_str())
-                && let Ok(i) = UFS.binary_search(&m.uf)
-            {
-                by_uf[i].insert(m.name.as_str());
+    static NAMES: OnceLock<OfficialNames> = OnceLock::new();
+    NAMES
+        .get_or_init(OfficialNames::new)
+        .find(uf_position(uf)?, name)
+}
+
+/// The official names by (UF, exact spelling), in one flat open-addressed table: a row's look-up
+/// hashes once and compares one name, where a set per UF also followed a pointer per entry.
+struct OfficialNames {
+    /// At least twice as many slots as names, a power of two: probes stay short.
+    slots: Vec<NameSlot>,
+    /// Every name end to end; slots point into it.
+    text: String,
+    /// Fixed seeds: the table is built and read in one process.
+    hasher: ahash::RandomState,
+}
+
+/// A slot of [`OfficialNames`]: an empty slot has `len` 0.
+#[derive(Clone, Copy, Default)]
+struct NameSlot {
+    hash: u64,
+    start: u32,
+    len: u32,
+}
+
+impl OfficialNames {
+    /// Indexes the names the folded index gives back: two spellings that fold alike keep the
+    /// index's answer.
+    fn new() -> OfficialNames {
+        let hasher = ahash::RandomState::with_seeds(0x5eed, 0xca7a, 0x10c0, 0x1b9e);
+        let official: Vec<(usize, &str)> = municipalities()
+            .iter()
+            .filter(|m| canonical_municipality(&m.name, m.uf) == Some(m.name.as_str()))
+            .filter_map(|m| Some((uf_position(m.uf)?, m.name.as_str())))
+            .collect();
+        let mut slots = vec![NameSlot::default(); (official.len() * 2).next_power_of_two()];
+        let mask = slots.len() - 1;
+        let mut text = String::new();
+        for (uf, name) in official {
+            let hash = hasher.hash_one((uf as u8, name));
+            let mut i = hash as usize & mask;
+            while slots[i].len != 0 {
+                i = (i + 1) & mask;
             }
+            let (start, len) = (text.len() as u32, name.len() as u32);
+            slots[i] = NameSlot { hash, start, len };
+            text.push_str(name);
         }
-        by_uf
-    });
-    by_uf[UFS.binary_search(&uf).ok()?].get(name).copied()
+        OfficialNames {
+            slots,
+            text,
+            hasher,
+        }
+    }
+
+    /// The official name spelled exactly `name` in the UF at position `uf` of [`UFS`].
+    fn find(&'static self, uf: usize, name: &str) -> Option<&'static str> {
+        let hash = self.hasher.hash_one((uf as u8, name));
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        loop {
+            let slot = self.slots[i];
+            if slot.len == 0 {
+                return None;
+            }
+            if slot.hash == hash {
+                let found = &self.text[slot.start as usize..(slot.start + slot.len) as usize];
+                if found == name {
+                    return Some(found);
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
+}
+
+/// The position in [`UFS`] of an upper-case code.
+fn uf_position(uf: &str) -> Option<usize> {
+    uf_index(uf.as_bytes()).filter(|&i| UFS[i] == uf)
 }
 
 fn uf_static(uf: &str) -> Option<&'static str> {
-    UFS.binary_search(&uf).ok().map(|i| UFS[i])
+    uf_position(uf).map(|i| UFS[i])
 }
 
 #[cfg(test)]
@@ -366,5 +455,18 @@ mod tests {
         assert!(exact >= 5_500, "{exact} names read directly");
         assert_eq!(official_municipality("Sao Paulo", "SP"), None);
         assert_eq!(official_municipality("São Paulo", "SP"), Some("São Paulo"));
+        assert_eq!(official_municipality("São Paulo", "RJ"), None);
+        assert_eq!(official_municipality("São Paulo", "sp"), None);
+    }
+
+    #[test]
+    fn uf_index_finds_each_code_in_either_case() {
+        for (i, uf) in UFS.iter().enumerate() {
+            assert_eq!(uf_index(uf.as_bytes()), Some(i));
+            assert_eq!(uf_index(uf.to_lowercase().as_bytes()), Some(i));
+        }
+        for bad in ["", "S", "SPX", "XX", "S\u{e3}", "@P", "[P", "S{"] {
+            assert_eq!(uf_index(bad.as_bytes()), None, "{bad:?}");
+        }
     }
 }
