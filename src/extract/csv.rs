@@ -123,8 +123,10 @@ pub struct Dialect {
 pub struct Record {
     /// 1-based physical line where the record starts (the header is line 1).
     pub line: u64,
+    /// The fields' text; on a plain line (valid UTF-8, no quote), the line itself.
     text: String,
-    ends: Vec<usize>,
+    /// Each field's start and end in `text`.
+    bounds: Vec<(usize, usize)>,
     /// True when the record's quoting is broken (an unclosed quote) or the line is too long.
     pub broken: bool,
     /// The line's length in bytes (with its ending) when past the record limit; it has no field.
@@ -135,24 +137,23 @@ pub struct Record {
 impl Record {
     /// Number of fields.
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.bounds.len()
     }
 
     /// Returns true when the record has no field.
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.bounds.is_empty()
     }
 
     /// Returns field `i`.
     pub fn get(&self, i: usize) -> Option<&str> {
-        let end = *self.ends.get(i)?;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        let &(start, end) = self.bounds.get(i)?;
         Some(&self.text[start..end])
     }
 
     /// Iterates over the fields.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        (0..self.ends.len()).filter_map(|i| self.get(i))
+        (0..self.bounds.len()).filter_map(|i| self.get(i))
     }
 
     /// Returns true when a field holds a NUL character.
@@ -318,7 +319,7 @@ impl CsvReader {
             rec.prefix.clear();
             if too_long.is_some() {
                 rec.text.clear();
-                rec.ends.clear();
+                rec.bounds.clear();
                 rec.broken = true;
                 // Its valid UTF-8 start only: a cut character must not make the file Windows-1252.
                 rec.prefix.push_str(valid_run(&line));
@@ -442,7 +443,7 @@ impl CsvReader {
     /// Splits one logical line into decoded fields; false when a quote is left open.
     fn split_fields(&mut self, line: &[u8], rec: &mut Record) -> bool {
         rec.text.clear();
-        rec.ends.clear();
+        rec.bounds.clear();
         let delim = self.dialect.delimiter;
         // Most lines are valid UTF-8 as a whole: their fields are copied without a check each.
         let valid = valid_run(line);
@@ -450,11 +451,12 @@ impl CsvReader {
         if let Some(text) = utf8
             && memchr::memchr(b'"', line).is_none()
         {
-            // The common case: no quote on the line, one vectorized scan for delimiters.
+            // The common case: no quote on the line, one vectorized scan for delimiters. The
+            // line is copied once; its fields are its pieces between delimiters.
+            rec.text.push_str(text);
             let mut start = 0;
             for end in memchr::memchr_iter(delim, line).chain(std::iter::once(line.len())) {
-                rec.text.push_str(&text[start..end]);
-                rec.ends.push(rec.text.len());
+                rec.bounds.push((start, end));
                 start = end + 1;
             }
             return true;
@@ -469,6 +471,7 @@ impl CsvReader {
             while j < line.len() && line[j] == b' ' {
                 j += 1;
             }
+            let start = rec.text.len();
             if j < line.len() && line[j] == b'"' {
                 // Text after the closing quote, up to the delimiter, is kept as is.
                 let end = if let Some(text) = utf8 {
@@ -491,7 +494,7 @@ impl CsvReader {
                     self.saw_windows_1252 |= push_decoded(&mut rec.text, &self.field_buf);
                     end
                 };
-                rec.ends.push(rec.text.len());
+                rec.bounds.push((start, rec.text.len()));
                 if end >= line.len() {
                     return true;
                 }
@@ -505,7 +508,7 @@ impl CsvReader {
                     Some(text) => rec.text.push_str(text),
                     None => self.saw_windows_1252 |= push_decoded(&mut rec.text, &line[i..end]),
                 }
-                rec.ends.push(rec.text.len());
+                rec.bounds.push((start, rec.text.len()));
                 if end >= line.len() {
                     return true;
                 }
