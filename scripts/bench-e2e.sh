@@ -130,6 +130,18 @@ def rss(pid, field="VmRSS"):
     status = pathlib.Path(f"/proc/{pid}/status").read_text()
     return int(re.search(field + r":\s+(\d+) kB", status).group(1)) / 1024
 
+def threads(pid):
+    """(threads, open sockets) of a live process."""
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    fds = pathlib.Path(f"/proc/{pid}/fd").iterdir()
+    sockets = sum(1 for fd in fds if os.readlink(fd).startswith("socket:"))
+    return int(re.search(r"Threads:\s+(\d+)", status).group(1)), sockets
+
+def heap_after(log, n):
+    """The heap in use (KiB) the worker logged at the end of its n-th batch step (0-based)."""
+    found = re.findall(r"batch step done.*?heap_used_kib=(\d+)", log.read_text(errors="replace"))
+    return int(found[n]) if len(found) > n else None
+
 def listed_bytes(bucket, prefix):
     """Bytes of the objects under a prefix of a bucket of the stack."""
     total, token = 0, None
@@ -183,7 +195,9 @@ for n, d in enumerate(sorted(by_day)):
     runs.append({"day": d, "upload_to_mail_s": t_mail - t0, "marker_to_mail_s": t_mail - t_marker,
                  "worker_rss_mib": rss(roles["worker"]), "worker_peak_mib": proc(roles["worker"])[0],
                  "worker_rss_anon_mib": rss(roles["worker"], "RssAnon"),
-                 "worker_rss_file_mib": rss(roles["worker"], "RssFile")})
+                 "worker_rss_file_mib": rss(roles["worker"], "RssFile"),
+                 "worker_threads_sockets": threads(roles["worker"]),
+                 "worker_heap_kib": heap_after(worker_log, n)})
     if n == 0:
         files, first_t0, first_marker, first_mail = day_files, t0, t_marker, t_mail
         usage = {name: proc(pid) for name, pid in roles.items()}
@@ -261,11 +275,12 @@ for n, (hwm, cpu) in usage.items():
     print(f"{n:16} {hwm:15.1f} {cpu:8.2f}")
 if len(runs) > 1:
     print(f"\n{'day':12} {'upload -> e-mail (s)':>21} {'worker RSS after (MiB)':>23} {'anon + file':>14} "
-          f"{'worker peak (MiB)':>18}")
+          f"{'worker peak (MiB)':>18} {'threads, sockets':>17} {'heap in use (KiB)':>18}")
     for r in runs:
         parts = f"{r['worker_rss_anon_mib']:.1f} + {r['worker_rss_file_mib']:.1f}"
         print(f"{r['day']:12} {r['upload_to_mail_s']:21.2f} {r['worker_rss_mib']:23.1f} {parts:>14} "
-              f"{r['worker_peak_mib']:18.1f}")
+              f"{r['worker_peak_mib']:18.1f} {'%d, %d' % r['worker_threads_sockets']:>17} "
+              f"{r['worker_heap_kib'] or '-':>18}")
     for key, what in [("worker_rss_mib", "RSS"), ("worker_rss_anon_mib", "anonymous RSS (heap, stacks)")]:
         growth = runs[-1][key] / runs[0][key] - 1
         print(f"worker {what} after the last day vs after the first: {growth * 100:+.1f}%")
