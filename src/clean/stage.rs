@@ -640,7 +640,10 @@ fn stage_rows(
         if row.reasons.is_empty() {
             // The raw values are kept only when the staged values do not give them back.
             raw_joined.clear();
-            let raw_len = (0..ncols).map(|i| raw(i).map_or(0, str::len)).sum();
+            let raw_len = column_at
+                .iter()
+                .map(|at| at.map_or(0, |at| rec.field_len(at)))
+                .sum();
             let verbatim = row.verbatim.iter().all(|&v| v);
             if !verbatim {
                 for i in 0..ncols {

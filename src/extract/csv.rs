@@ -151,6 +151,11 @@ impl Record {
         Some(&self.text[start..end])
     }
 
+    /// Returns the length in bytes of field `i` (0 when there is none), without slicing it.
+    pub fn field_len(&self, i: usize) -> usize {
+        self.bounds.get(i).map_or(0, |&(start, end)| end - start)
+    }
+
     /// Iterates over the fields.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         (0..self.bounds.len()).filter_map(|i| self.get(i))
@@ -626,6 +631,9 @@ mod tests {
         let mut rec = Record::default();
         let mut out = Vec::new();
         while r.next_record(&mut rec).unwrap() {
+            for i in 0..=rec.len() {
+                assert_eq!(rec.field_len(i), rec.get(i).map_or(0, str::len));
+            }
             out.push((
                 rec.line,
                 rec.broken,
