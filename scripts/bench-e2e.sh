@@ -185,13 +185,14 @@ for n, d in enumerate(sorted(by_day)):
     t_mail = partner_mails()[n].stat().st_mtime
     time.sleep(0.5)  # let the e-mail role log its receipt
     # The RSS "after" a day is read once the worker's batch step has ended (the partner's e-mail
-    # can arrive before the step's last writes), then a moment for the freed heap to go back.
+    # can arrive before the step's last writes), then two seconds: the freed heap goes back and
+    # the step's idle blocking threads exit (after 1 s, `BLOCKING_KEEP_ALIVE`).
     worker_log = root / "logs" / "worker.log"
     while worker_log.read_text(errors="replace").count("batch step done") <= n:
         if time.time() - t0 > limit:
             sys.exit(f"no end of the batch step for {d} after {limit:.0f} s: see {worker_log}")
         time.sleep(0.05)
-    time.sleep(0.5)
+    time.sleep(2.0)
     runs.append({"day": d, "upload_to_mail_s": t_mail - t0, "marker_to_mail_s": t_mail - t_marker,
                  "worker_rss_mib": rss(roles["worker"]), "worker_peak_mib": proc(roles["worker"])[0],
                  "worker_rss_anon_mib": rss(roles["worker"], "RssAnon"),

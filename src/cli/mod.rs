@@ -174,6 +174,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     crate::service::memory::limit_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_keep_alive(crate::service::memory::BLOCKING_KEEP_ALIVE)
         .build()
 }
 

@@ -19,6 +19,12 @@ pub fn limit_arenas() {
     }
 }
 
+/// How long an idle blocking thread waits for work before it exits (tokio's default is 10 s).
+/// A batch step spreads its work over tens of blocking threads; each keeps its stack pages and
+/// its allocator cache while it lives. Gone a second after the work ends, they give that memory
+/// back between messages instead of holding it until the next burst.
+pub const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Returns freed heap pages to the system (after a large piece of work).
 pub fn release_free() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
