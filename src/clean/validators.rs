@@ -1332,7 +1332,7 @@ mod tests {
     #[test]
     fn ufs_and_municipalities() {
         assert_eq!(uf_code(" Sp "), Ok("SP"));
-        // Every pair of letters, in any case: a code exactly when it names a UF.
+        // Every pair of ASCII bytes: a code exactly when it names a UF, in either case.
         for a in 0..0x80u8 {
             for b in 0..0x80u8 {
                 let pair = String::from_utf8(vec![a, b]).unwrap();
