@@ -133,8 +133,13 @@ def rss(pid, field="VmRSS"):
 def threads(pid):
     """(threads, open sockets) of a live process."""
     status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    def link(fd):
+        try:
+            return os.readlink(fd)
+        except OSError:  # closed between the listing and the read
+            return ""
     fds = pathlib.Path(f"/proc/{pid}/fd").iterdir()
-    sockets = sum(1 for fd in fds if os.readlink(fd).startswith("socket:"))
+    sockets = sum(1 for fd in fds if link(fd).startswith("socket:"))
     return int(re.search(r"Threads:\s+(\d+)", status).group(1)), sockets
 
 def heap_after(log, n):
