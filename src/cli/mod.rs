@@ -20,6 +20,7 @@ use chrono::NaiveDate;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::service::memory::runtime;
 use crate::service::serve::{Mode, serve};
 use crate::service::{Role, Verdict};
 
@@ -167,15 +168,6 @@ pub fn run(command: Command) -> anyhow::Result<Verdict> {
             ))
         }
     }
-}
-
-/// The one runtime of the commands that talk to Google Cloud.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    crate::service::memory::limit_arenas();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_keep_alive(crate::service::memory::BLOCKING_KEEP_ALIVE)
-        .build()
 }
 
 /// Loads the configuration, starts a role with `start`, and serves it until SIGTERM or Ctrl-C.
