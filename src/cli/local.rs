@@ -150,6 +150,7 @@ pub fn build(args: &BuildArgs) -> anyhow::Result<Verdict> {
         built_at: chrono::Utc::now(),
         window: None,
         months: Default::default(),
+        transactions: None,
     };
     for period in periods {
         print_released(&crate::products::build(&c, period, &opts)?);

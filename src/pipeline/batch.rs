@@ -6,7 +6,7 @@
 //! this batch completes a month: its last day + `late_days`) from the curated window, upload
 //! files and manifests, publish one `DeliveryRequest` per new product version; done marker; ack.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,7 +28,7 @@ use crate::events::{BatchReady, DeliveryFile, DeliveryRequest, FileDigest, Incom
 use crate::extract::{Layout, classify};
 use crate::gcp::storage::Gcs;
 use crate::products::contract::Contract;
-use crate::products::curated::Curated;
+use crate::products::curated::{Curated, TransactionsSource};
 use crate::products::daily::WINDOW_DAYS;
 use crate::products::month_lines::MonthReads;
 use crate::products::monthly::{self, first_day_of};
@@ -297,7 +297,13 @@ impl Worker {
                 let (periods, days, months) = self.plan_products(dt);
                 let window = Box::pin(self.window_source(&out, dt, &days, tmp.path())).await?;
                 let built = self
-                    .build_all(&out, &tmp.path().join("products"), periods, Some(window))
+                    .build_all(
+                        &out,
+                        &tmp.path().join("products"),
+                        periods,
+                        Some(window),
+                        None,
+                    )
                     .await?;
                 Ok::<_, HandleError>(Ok((built, months)))
             };
@@ -497,9 +503,12 @@ impl Worker {
         input: &Path,
         output: &Path,
         periods: Vec<(usize, Period)>,
+        transactions: Option<Arc<dyn TransactionsSource>>,
         summary: &mut StepSummary,
     ) -> Result<(), HandleError> {
-        let built = self.build_all(input, output, periods, None).await?;
+        let built = self
+            .build_all(input, output, periods, None, transactions)
+            .await?;
         self.release_all(built, summary).await
     }
 
@@ -512,6 +521,7 @@ impl Worker {
         output: &Path,
         periods: Vec<(usize, Period)>,
         window: Option<Arc<dyn WindowSource>>,
+        transactions: Option<Arc<dyn TransactionsSource>>,
     ) -> Result<Vec<Built>, HandleError> {
         let mut built = Vec::with_capacity(periods.len());
         // Each month is read once for every product built from it here.
@@ -525,6 +535,7 @@ impl Worker {
                 built_at: Utc::now(),
                 window: window.clone(),
                 months: months.clone(),
+                transactions: transactions.clone(),
             };
             let outcome =
                 blocking("product build", move || build(&contract, period, &opts)).await?;
@@ -823,50 +834,77 @@ impl Worker {
         scratch: &Path,
     ) -> Result<(), HandleError> {
         tracing::info!(date = %d, contracts = contracts.len(), "window files written from the curated batch");
-        self.fetch_curated(scratch, &BTreeSet::from([d])).await?;
+        self.fetch_curated(scratch, &BTreeSet::from([d]), &["transactions", "products"])
+            .await?;
         let files = self.window_files(scratch, d, contracts).await?;
         self.upload_under(scratch, files).await?;
         std::fs::remove_dir_all(scratch).map_err(|e| HandleError::local("window files", e))?;
         Ok(())
     }
 
-    /// Downloads the curated batches of `days` that exist into `root/curated/`.
+    /// Downloads the curated `tables` of the batches of `days` that exist into `root/curated/`.
     pub(crate) async fn fetch_curated(
         &self,
         root: &Path,
         days: &BTreeSet<NaiveDate>,
+        tables: &[&str],
     ) -> Result<(), HandleError> {
-        if days.is_empty() {
-            return Ok(());
-        }
         let curated = &self.config.gcp.buckets.curated;
-        for table in ["transactions", "products"] {
-            let listed = self
-                .gcs
-                .list(curated, &format!("curated/{table}/dt="))
-                .await?;
-            let wanted: Vec<_> = listed
-                .into_iter()
-                .filter(|o| {
-                    o.name
-                        .split('/')
-                        .nth(2)
-                        .and_then(|s| s.strip_prefix("dt="))
-                        .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-                        .is_some_and(|d| days.contains(&d))
-                })
-                .collect();
-            try_join_all(wanted.iter().map(|o| {
-                let dest = root.join(&o.name);
+        for table in tables {
+            let wanted = self.curated_objects(table, days).await?;
+            try_join_all(wanted.iter().map(|(_, name, generation)| {
+                let dest = root.join(name);
                 async move {
                     self.gcs
-                        .download(curated, &o.name, Some(o.generation), &dest)
+                        .download(curated, name, Some(*generation), &dest)
                         .await
                 }
             }))
             .await?;
         }
         Ok(())
+    }
+
+    /// The curated objects of `table` in the batches of `days`: (day, name, generation).
+    async fn curated_objects(
+        &self,
+        table: &str,
+        days: &BTreeSet<NaiveDate>,
+    ) -> Result<Vec<(NaiveDate, String, i64)>, HandleError> {
+        if days.is_empty() {
+            return Ok(Vec::new());
+        }
+        let curated = &self.config.gcp.buckets.curated;
+        let listed = self
+            .gcs
+            .list(curated, &format!("curated/{table}/dt="))
+            .await?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|o| {
+                let d = o.name.split('/').nth(2)?.strip_prefix("dt=")?;
+                let d = NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()?;
+                days.contains(&d).then_some((d, o.name, o.generation))
+            })
+            .collect())
+    }
+
+    /// The curated transactions of the batches of `days`, fetched from the bucket one batch at
+    /// a time as a build reads them (a monthly build's two months never sit in its folder).
+    pub(crate) async fn stored_transactions(
+        &self,
+        days: &BTreeSet<NaiveDate>,
+    ) -> Result<Arc<dyn TransactionsSource>, HandleError> {
+        let mut objects: BTreeMap<NaiveDate, Vec<(String, i64)>> = BTreeMap::new();
+        for (d, name, generation) in self.curated_objects("transactions", days).await? {
+            objects.entry(d).or_default().push((name, generation));
+        }
+        Ok(Arc::new(StoredTransactions {
+            objects,
+            gcs: self.gcs.clone(),
+            bucket: self.config.gcp.buckets.curated.clone(),
+            rt: tokio::runtime::Handle::current(),
+        }))
     }
 
     /// Uploads a released product and publishes its delivery request, unless this product
@@ -1118,6 +1156,47 @@ mod tests {
             Some(d("2026-02-01"))
         );
         assert_eq!(month_completed_by(d("2026-11-27"), 2), None);
+    }
+}
+
+/// The curated transactions a worker's monthly build reads, fetched from the curated bucket
+/// one batch at a time.
+#[derive(Debug)]
+struct StoredTransactions {
+    /// Each batch's objects: (name, generation).
+    objects: BTreeMap<NaiveDate, Vec<(String, i64)>>,
+    gcs: Gcs,
+    bucket: String,
+    rt: tokio::runtime::Handle,
+}
+
+impl TransactionsSource for StoredTransactions {
+    fn has(&self, dt: NaiveDate) -> bool {
+        self.objects.contains_key(&dt)
+    }
+
+    fn fetch(&self, dt: NaiveDate, dir: &Path) -> std::io::Result<()> {
+        for (name, generation) in self.objects.get(&dt).into_iter().flatten() {
+            let file = name.rsplit('/').next().unwrap_or(name);
+            let got = self
+                .rt
+                .block_on(
+                    self.gcs
+                        .download(&self.bucket, name, Some(*generation), &dir.join(file)),
+                )
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            if got.is_none() {
+                // Replaced or deleted since it was listed: the build is retried on a new listing.
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "gs://{}/{name} generation {generation} is gone",
+                        self.bucket
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -226,14 +226,16 @@ impl Worker {
         }
         let tmp = self.tempdir()?;
         let input = tmp.path().join("in");
-        self.fetch_curated(&input, &days).await?;
+        // The products snapshots now (small); each batch's transactions when the build reads it.
+        self.fetch_curated(&input, &days, &["products"]).await?;
+        let transactions = self.stored_transactions(&days).await?;
         let timeout = std::time::Duration::from_secs(self.config.worker.step_timeout_secs);
         let output = tmp.path().join("products");
         let periods = month_periods(&self.contracts[contract], first)
             .into_iter()
             .map(|p| (contract, p))
             .collect();
-        let build = self.build_products(&input, &output, periods, summary);
+        let build = self.build_products(&input, &output, periods, Some(transactions), summary);
         tokio::time::timeout(timeout, build)
             .await
             .map_err(|_| HandleError::Transient("monthly build exceeded the step timeout".into()))?

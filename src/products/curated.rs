@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Decimal128Type, Int64Type, TimestampMicrosecondType};
@@ -210,10 +211,33 @@ pub struct Product {
     pub unit_size: Option<String>,
 }
 
+/// Where batches' curated transactions come from when they are not under the root: fetched when
+/// a batch's lines are read, removed once read. The worker's monthly builds read two months of
+/// batches this way, so their temporary folder (memory, on Cloud Run) holds one at a time.
+pub trait TransactionsSource: Send + Sync + std::fmt::Debug {
+    /// Returns true when batch `dt` has curated transactions.
+    fn has(&self, dt: NaiveDate) -> bool;
+    /// Writes batch `dt`'s curated transaction files into the folder `dir` (which exists).
+    fn fetch(&self, dt: NaiveDate, dir: &Path) -> std::io::Result<()>;
+}
+
 /// The curated data under one root.
 #[derive(Debug, Clone)]
 pub struct Curated {
     root: PathBuf,
+    /// Transactions fetched on demand (`None`: all under the root).
+    source: Option<Arc<dyn TransactionsSource>>,
+}
+
+/// A batch's fetched transactions folder, removed when dropped (read or not).
+struct Fetched(PathBuf);
+
+impl Drop for Fetched {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %e, "fetched transactions not removed");
+        }
+    }
 }
 
 impl Curated {
@@ -226,7 +250,31 @@ impl Curated {
             } else {
                 root.to_path_buf()
             },
+            source: None,
         }
+    }
+
+    /// The same root, fetching the transactions of batches it lacks from `source`.
+    pub fn with_source(mut self, source: Option<Arc<dyn TransactionsSource>>) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// Fetches batch `dt`'s transactions from the source when the root lacks them; the guard
+    /// removes them.
+    fn fetch_transactions(&self, dt: NaiveDate) -> Result<Option<Fetched>, CuratedError> {
+        let dir = self.root.join(format!("transactions/dt={dt}"));
+        let Some(source) = self.source.as_ref().filter(|s| s.has(dt) && !dir.is_dir()) else {
+            return Ok(None);
+        };
+        let io = |source| CuratedError::Io {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let fetched = Fetched(dir.clone());
+        source.fetch(dt, &dir).map_err(io)?;
+        Ok(Some(fetched))
     }
 
     /// Batch days that hold this table, sorted.
@@ -250,9 +298,9 @@ impl Curated {
 
     /// Returns true when batch `dt` holds both transactions and products.
     pub fn has_batch(&self, dt: NaiveDate) -> bool {
-        ["transactions", "products"]
-            .iter()
-            .all(|t| self.root.join(format!("{t}/dt={dt}")).is_dir())
+        let here = |t: &str| self.root.join(format!("{t}/dt={dt}")).is_dir();
+        here("products")
+            && (here("transactions") || self.source.as_ref().is_some_and(|s| s.has(dt)))
     }
 
     fn files(&self, table: &str, dt: NaiveDate) -> Result<Vec<PathBuf>, CuratedError> {
@@ -317,6 +365,7 @@ impl Curated {
         dt: NaiveDate,
         mut f: impl FnMut(LineRef<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
+        let _fetched = self.fetch_transactions(dt)?;
         self.each_batch("transactions", dt, LINE_COLUMNS, |c| -> Result<(), E> {
             let tid = c.utf8("transaction_id")?;
             let oid = c.utf8("order_id")?;

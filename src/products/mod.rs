@@ -187,6 +187,9 @@ pub struct BuildOptions {
     /// Months read by earlier builds with these options (clones share it): both month products
     /// of a request read each month once.
     pub months: month_lines::MonthReads,
+    /// Where the batches' transactions missing under `input` are fetched from, one batch at a
+    /// time; `None`: all are under `input`.
+    pub transactions: Option<std::sync::Arc<dyn curated::TransactionsSource>>,
 }
 
 /// A file released with its manifest.
@@ -286,7 +289,7 @@ pub fn build(
     }
     // The secret is required for every build: a missing one is a misconfiguration found early.
     let keys = Pseudonymizer::new(&contract.hmac_secret()?, contract.key_period)?;
-    let curated = Curated::new(&opts.input);
+    let curated = Curated::new(&opts.input).with_source(opts.transactions.clone());
     let label = period.label();
     let span = tracing::info_span!(
         "build",

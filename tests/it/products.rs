@@ -104,6 +104,7 @@ impl Env {
             built_at: Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap(),
             window: None,
             months: Default::default(),
+            transactions: None,
         }
     }
 
@@ -267,6 +268,89 @@ fn small_cities_count_the_latest_version_of_each_line() {
         tatui(Some(("HGY-000001", "cancelled", -30))),
         "an older version read later"
     );
+}
+
+/// Batches' transactions fetched as the builds read them, the way the worker's monthly builds
+/// fetch them from the curated bucket: each file is copied from the full lake, and the root's
+/// batches are counted at every fetch.
+#[derive(Debug)]
+struct CopyingSource {
+    /// The lake's `curated/transactions`.
+    from: PathBuf,
+    /// The thin root's `curated/transactions`.
+    into: PathBuf,
+    /// Most batches under `into` at one fetch (the one being fetched included), and fetches.
+    seen: std::sync::Mutex<(usize, usize)>,
+}
+
+impl datashare::products::curated::TransactionsSource for CopyingSource {
+    fn has(&self, dt: chrono::NaiveDate) -> bool {
+        self.from.join(format!("dt={dt}")).is_dir()
+    }
+
+    fn fetch(&self, dt: chrono::NaiveDate, dir: &Path) -> std::io::Result<()> {
+        let present = std::fs::read_dir(&self.into)?.count();
+        let mut seen = self.seen.lock().unwrap();
+        *seen = (seen.0.max(present), seen.1 + 1);
+        for f in std::fs::read_dir(self.from.join(format!("dt={dt}")))? {
+            let f = f?;
+            std::fs::copy(f.path(), dir.join(f.file_name()))?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn monthly_builds_fetch_one_batch_of_transactions_at_a_time() {
+    let env = setup("FETCHED", |_| {});
+    let thin = env.root.join("thin");
+    for d in files_under(&env.input.join("curated/products")) {
+        let to = thin.join(d.strip_prefix(&env.input).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&d, &to).unwrap();
+    }
+    let into = thin.join("curated/transactions");
+    std::fs::create_dir_all(&into).unwrap();
+    let source = std::sync::Arc::new(CopyingSource {
+        from: env.input.join("curated/transactions"),
+        into: into.clone(),
+        seen: Default::default(),
+    });
+    let first = day("2026-11-01");
+    for period in [Period::Month(first), Period::MonthBrands(first)] {
+        env.build("ouchhungry", period, "full").unwrap();
+        let opts = BuildOptions {
+            input: thin.clone(),
+            transactions: Some(source.clone()),
+            ..env.options("fetched")
+        };
+        build(&env.contract("ouchhungry"), period, &opts).unwrap();
+    }
+    let (most, fetches) = *source.seen.lock().unwrap();
+    assert!(
+        fetches >= 30,
+        "{fetches} batches fetched for November and October"
+    );
+    assert_eq!(most, 1, "batches under the root at once");
+    assert_eq!(
+        std::fs::read_dir(&into).unwrap().count(),
+        0,
+        "fetched batches left"
+    );
+    let (full, fetched) = (
+        files_under(&env.root.join("full")),
+        files_under(&env.root.join("fetched")),
+    );
+    assert_eq!(full.len(), 10, "{full:?}"); // 2 products × (parquet, csv, 2 manifests) + 2 dictionaries
+    assert_eq!(full.len(), fetched.len());
+    for (x, y) in full.iter().zip(&fetched) {
+        assert_eq!(x.file_name(), y.file_name());
+        assert_eq!(
+            std::fs::read(x).unwrap(),
+            std::fs::read(y).unwrap(),
+            "{x:?}"
+        );
+    }
 }
 
 #[test]
