@@ -156,9 +156,15 @@ fn builds_are_byte_identical() {
         env.build("ouchhungry", Period::MonthBrands(day("2026-11-01")), out)
             .unwrap();
     }
-    let a = files_under(&env.root.join("a"));
-    let b = files_under(&env.root.join("b"));
-    assert_eq!(a.len(), 15, "{a:?}"); // 3 products × (parquet, csv, 2 manifests) + 3 dictionaries
+    // 3 products × (parquet, csv, 2 manifests) + 3 dictionaries
+    assert_same_files(&env.root.join("a"), &env.root.join("b"), 15);
+}
+
+/// The two folders hold `count` files each, of the same names and bytes.
+fn assert_same_files(a: &Path, b: &Path, count: usize) {
+    let (a, b) = (files_under(a), files_under(b));
+    assert_eq!(a.len(), count, "{a:?}");
+    assert_eq!(b.len(), count, "{b:?}");
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.file_name(), y.file_name());
         assert_eq!(
@@ -337,20 +343,8 @@ fn monthly_builds_fetch_one_batch_of_transactions_at_a_time() {
         0,
         "fetched batches left"
     );
-    let (full, fetched) = (
-        files_under(&env.root.join("full")),
-        files_under(&env.root.join("fetched")),
-    );
-    assert_eq!(full.len(), 10, "{full:?}"); // 2 products × (parquet, csv, 2 manifests) + 2 dictionaries
-    assert_eq!(full.len(), fetched.len());
-    for (x, y) in full.iter().zip(&fetched) {
-        assert_eq!(x.file_name(), y.file_name());
-        assert_eq!(
-            std::fs::read(x).unwrap(),
-            std::fs::read(y).unwrap(),
-            "{x:?}"
-        );
-    }
+    // 2 products × (parquet, csv, 2 manifests) + 2 dictionaries
+    assert_same_files(&env.root.join("full"), &env.root.join("fetched"), 10);
 }
 
 #[test]
