@@ -780,18 +780,8 @@ impl Worker {
         if !days.is_empty() {
             let mut tables: Vec<BTreeSet<NaiveDate>> = Vec::new();
             for table in ["transactions", "products"] {
-                let prefix = format!("curated/{table}/dt=");
-                let listed = self.gcs.list(bucket, &prefix).await?;
-                tables.push(
-                    listed
-                        .iter()
-                        .filter_map(|o| {
-                            let d = o.name.strip_prefix(&prefix)?.split('/').next()?;
-                            NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()
-                        })
-                        .filter(|d| days.contains(d))
-                        .collect(),
-                );
+                let listed = self.curated_objects(table, days).await?;
+                tables.push(listed.into_iter().map(|(d, _, _)| d).collect());
             }
             present = tables[0].intersection(&tables[1]).copied().collect();
             let stored: BTreeSet<String> = self
