@@ -245,11 +245,26 @@ fn aggregate<'a>(
 
 /// Units per (place, brand) of the partner's brands, at the three levels: M−1's side of the
 /// month-over-month change.
-fn units<'a>(
+/// A brand view row's (uf, city, brand, segment), owned: M−1's units outlive its lines.
+pub type BrandUnitsKey = (Option<String>, Option<String>, String, String);
+
+/// The owned key of a (place, brand).
+fn owned(((uf, city), (brand, segment)): (Place<'_>, BrandKey<'_>)) -> BrandUnitsKey {
+    (
+        uf.map(str::to_string),
+        city.map(str::to_string),
+        brand.to_string(),
+        segment.to_string(),
+    )
+}
+
+/// Units of the partner's brands per (place, brand) at the three levels: M−1's side of the
+/// month-over-month change.
+pub(super) fn units(
     contract: &Contract,
-    lines: &'a MonthLines,
-) -> Result<BTreeMap<(Place<'a>, BrandKey<'a>), i128>, MonthlyError> {
-    let mut out: BTreeMap<(Place<'a>, BrandKey<'a>), i128> = BTreeMap::new();
+    lines: &MonthLines,
+) -> Result<HashMap<BrandUnitsKey, i128>, MonthlyError> {
+    let mut out: HashMap<(Place<'_>, BrandKey<'_>), i128> = HashMap::new();
     lines.each_line(|l| {
         let p = lines.product(l);
         if !is_partner_product(contract, p) {
@@ -260,7 +275,7 @@ fn units<'a>(
             *u = u.saturating_add(i128::from(l.quantity));
         }
     })?;
-    Ok(out)
+    Ok(out.into_iter().map(|(k, u)| (owned(k), u)).collect())
 }
 
 fn level_of(place: Place<'_>) -> Level {
@@ -327,11 +342,11 @@ fn row(
 /// Builds the brand view of a month from its monthly aggregate's lines (M and M−1).
 pub fn build(contract: &Contract, monthly: &MonthlyTable) -> Result<BrandTable, MonthlyError> {
     let lines = &monthly.lines;
-    let prev = units(contract, &monthly.previous_lines)?;
+    let prev = &monthly.previous.brand_units;
     let (mut cells, seg) = aggregate(contract, lines)?;
     let k = i64::from(contract.k);
     let mom = |key: &(Place<'_>, BrandKey<'_>), units: i128| {
-        prev.get(key)
+        prev.get(&owned(*key))
             .filter(|p| **p != 0)
             .map(|p| units as f64 / *p as f64 - 1.0)
     };
@@ -423,6 +438,7 @@ mod tests {
     use chrono::NaiveDate;
 
     use super::super::curated::{Line, Product, Status};
+    use super::super::monthly::PreviousMonth;
     use super::*;
 
     fn contract() -> Contract {
@@ -486,8 +502,61 @@ deadline = "08:00"
             missing_batches: Vec::new(),
             comparison_batches: Vec::new(),
             lines: MonthLines::from_lines(lines).unwrap(),
-            previous_lines: MonthLines::default(),
+            previous: Default::default(),
         }
+    }
+
+    /// M−1's figures outlive its lines: their scratch files are gone once summed, and the brand
+    /// view's month-over-month change reads the figures.
+    #[test]
+    fn the_previous_month_keeps_its_figures_not_its_lines() {
+        let zap = |c| product(c, "Zap", "Acme");
+        let mut october = MonthLines::from_lines(vec![(
+            line("1", "a", "ZAP-000001", "Recife", "PE", 4),
+            zap("ZAP-000001"),
+        )])
+        .unwrap();
+        october.source_batches = vec![NaiveDate::from_ymd_opt(2026, 10, 1).unwrap()];
+        let scratch = october.scratch_dir().unwrap();
+        assert!(scratch.is_dir());
+        let first = NaiveDate::from_ymd_opt(2026, 10, 1).unwrap();
+        let previous = PreviousMonth::from_lines(&contract(), first, october).unwrap();
+        assert!(!scratch.exists(), "October's scratch files deleted");
+        let recife = |level: Option<&str>| {
+            (
+                Some("PE".to_string()),
+                level.map(str::to_string),
+                "Zap".to_string(),
+                "Sucos".to_string(),
+            )
+        };
+        assert_eq!(previous.brand_units.get(&recife(Some("Recife"))), Some(&4));
+        assert_eq!(previous.brand_units.get(&recife(None)), Some(&4));
+        assert_eq!(
+            previous.table.as_ref().map(|t| t.month.as_str()),
+            Some("2026-10")
+        );
+        let november = vec![
+            (
+                line("2", "a", "ZAP-000001", "Recife", "PE", 3),
+                zap("ZAP-000001"),
+            ),
+            (
+                line("3", "b", "ZAP-000001", "Recife", "PE", 3),
+                zap("ZAP-000001"),
+            ),
+        ];
+        let t = MonthlyTable {
+            previous: std::sync::Arc::new(previous),
+            ..table(november)
+        };
+        let view = build(&contract(), &t).unwrap();
+        let city = view
+            .rows
+            .iter()
+            .find(|r| r.city.as_deref() == Some("Recife"))
+            .unwrap();
+        assert_eq!(city.units_mom_change, Some(0.5), "6 units against 4");
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod write;
 
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Months, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 
 use self::contract::{Contract, ContractError, Format, KeyPeriod};
 use self::curated::Curated;
@@ -320,20 +320,11 @@ pub fn build(
         }
         Period::Month(first) => {
             let mut t = reconciled_month(&curated, contract, first, opts)?;
-            // The highlights compare with M−1's rows, built from the lines M's change read.
-            let previous = if t.comparison_batches.is_empty() {
-                None
-            } else {
-                let lines = std::mem::take(&mut t.previous_lines);
-                let first = first - Months::new(1);
-                let mut p = monthly::table(contract, first, lines, Default::default())?;
-                p.drop_lines();
-                Some(p)
-            };
             t.drop_lines();
+            // The highlights compare with M−1's rows, built when M−1's lines were read.
             Built {
                 rows: Rows::Cells(t.cells()),
-                highlights: highlights::monthly(&t, previous.as_ref()),
+                highlights: highlights::monthly(&t, t.previous.table.as_ref()),
                 source_batches: t.source_batches,
                 missing_batches: t.missing_batches,
                 comparison_batches: t.comparison_batches,

@@ -30,7 +30,7 @@ use integer_encoding::VarInt;
 use super::contract::Contract;
 use super::curated::{Curated, Line, LineRef, Product, Status, catalog};
 use super::daily::{is_partner_product, month_of};
-use super::monthly::{MonthlyError, window};
+use super::monthly::{MonthlyError, PreviousMonth, window};
 use super::window::{Places, id_hash};
 
 /// Bytes of records sorted in memory before a chunk is spilled (87k versions, 174k lines).
@@ -215,6 +215,12 @@ pub struct MonthLines {
 }
 
 impl MonthLines {
+    /// The folder of the lines' scratch files (for tests: whether they still exist).
+    #[cfg(test)]
+    pub(crate) fn scratch_dir(&self) -> Option<PathBuf> {
+        self.lines.as_ref().map(|s| s._dir.path().to_path_buf())
+    }
+
     /// The product of a line.
     pub fn product(&self, l: &MonthLine) -> &Product {
         &self.products[l.product as usize]
@@ -309,19 +315,24 @@ impl MonthLines {
     }
 }
 
+/// A month read for a contract: (contract, first day).
+type MonthKey = (String, NaiveDate);
+
 /// Months already read, shared by the builds of one request: the monthly aggregate and the
-/// brand view read M and M−1 once. Their lines stay on disk (not in memory) while it lives.
+/// brand view read M and M−1 once. M's lines stay on disk (not in memory) while it lives; of
+/// M−1 only its figures stay ([`PreviousMonth`]).
 #[derive(Debug, Clone, Default)]
-pub struct MonthReads(Arc<Mutex<HashMap<(String, NaiveDate), MonthLines>>>);
+pub struct MonthReads {
+    lines: Arc<Mutex<HashMap<MonthKey, MonthLines>>>,
+    previous: Arc<Mutex<HashMap<MonthKey, Arc<PreviousMonth>>>>,
+}
+
+/// A lock's value (a build that panicked holding the lock left it whole).
+fn held<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 impl MonthReads {
-    /// The months held (a build that panicked holding the lock left them whole).
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(String, NaiveDate), MonthLines>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Month M's lines for the contract, read on first use.
     pub fn get(
         &self,
@@ -330,13 +341,46 @@ impl MonthReads {
         first_day: NaiveDate,
     ) -> Result<MonthLines, MonthlyError> {
         let key = (contract.name.clone(), first_day);
-        if let Some(lines) = self.held().get(&key) {
+        if let Some(lines) = held(&self.lines).get(&key) {
             return Ok(lines.clone());
         }
         let lines = read(curated, contract, first_day)?;
-        self.held().insert(key, lines.clone());
+        held(&self.lines).insert(key, lines.clone());
         Ok(lines)
     }
+
+    /// The figures of the month starting on `first_day` as M−1 of the next, read on first use;
+    /// its lines are not kept.
+    pub fn previous(
+        &self,
+        curated: &Curated,
+        contract: &Contract,
+        first_day: NaiveDate,
+    ) -> Result<Arc<PreviousMonth>, MonthlyError> {
+        let key = (contract.name.clone(), first_day);
+        if let Some(p) = held(&self.previous).get(&key) {
+            return Ok(Arc::clone(p));
+        }
+        let lines = match held(&self.lines).get(&key) {
+            Some(lines) => lines.clone(),
+            None => read(curated, contract, first_day)?,
+        };
+        let p = Arc::new(PreviousMonth::from_lines(contract, first_day, lines)?);
+        held(&self.previous).insert(key, Arc::clone(&p));
+        Ok(p)
+    }
+}
+
+/// The batches of M's window (M starting on `first_day`) that do not exist.
+pub fn missing_batches(
+    curated: &Curated,
+    contract: &Contract,
+    first_day: NaiveDate,
+) -> Vec<NaiveDate> {
+    window(first_day, contract.late_days)
+        .into_iter()
+        .filter(|d| !curated.has_batch(*d))
+        .collect()
 }
 
 /// One version of a line, as the month's pass keeps it.

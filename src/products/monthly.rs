@@ -11,13 +11,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use chrono::{Datelike, Days, Months, NaiveDate};
 
+use super::brands::{self, BrandUnitsKey};
 use super::contract::Contract;
 use super::curated::{Curated, CuratedError, Product};
 use super::daily::{OTHER_CITIES, month_of};
-use super::month_lines::{MonthLine, MonthLines, MonthReads};
+use super::month_lines::{self, MonthLine, MonthLines, MonthReads};
 use super::schema::Cell;
 
 /// Brands other than the row's that must have sold in a cell for segment figures to show.
@@ -214,15 +216,14 @@ pub struct MonthlyTable {
     pub comparison_batches: Vec<NaiveDate>,
     /// Month M's lines (kept for reconciliation and the brand view).
     pub lines: MonthLines,
-    /// Month M−1's lines (for the brand view's month-over-month change).
-    pub previous_lines: MonthLines,
+    /// What the builds need of M−1 (the brand view's month-over-month change, the highlights).
+    pub previous: Arc<PreviousMonth>,
 }
 
 impl MonthlyTable {
-    /// Frees the lines of M and M−1 (the rows stay).
+    /// Frees the lines of M (the rows stay).
     pub fn drop_lines(&mut self) {
         self.lines = MonthLines::default();
-        self.previous_lines = MonthLines::default();
     }
 
     /// The rows as cells in the monthly schema's order.
@@ -369,6 +370,46 @@ fn row(
     })
 }
 
+/// What a month's builds need of M−1, summed from its lines once: its lines' scratch files are
+/// deleted before M's are written, so the two months are never on disk together.
+#[derive(Debug, Default)]
+pub struct PreviousMonth {
+    /// Batches read for M−1 (none: no month-over-month change).
+    pub source_batches: Vec<NaiveDate>,
+    /// Units of the partner's products per (uf, city, product_code).
+    pub partner_units: HashMap<(String, String, String), i128>,
+    /// Units of the partner's brands per brand view row.
+    pub brand_units: HashMap<BrandUnitsKey, i128>,
+    /// M−1's monthly product, rows only (the highlights compare with it); `None` without batches.
+    pub table: Option<MonthlyTable>,
+}
+
+impl PreviousMonth {
+    /// M−1's figures from its lines (M−1 starting on `first_day`); the lines are dropped.
+    pub fn from_lines(
+        contract: &Contract,
+        first_day: NaiveDate,
+        lines: MonthLines,
+    ) -> Result<Self, MonthlyError> {
+        let partner_units = partner_units(contract, &lines)?;
+        let brand_units = brands::units(contract, &lines)?;
+        let source_batches = lines.source_batches.clone();
+        let table = if source_batches.is_empty() {
+            None
+        } else {
+            let mut t = table(contract, first_day, lines, Arc::default())?;
+            t.drop_lines();
+            Some(t)
+        };
+        Ok(PreviousMonth {
+            source_batches,
+            partner_units,
+            brand_units,
+            table,
+        })
+    }
+}
+
 /// Builds the monthly product of the month starting on `first_day`.
 pub fn build(
     curated: &Curated,
@@ -378,30 +419,33 @@ pub fn build(
     reads: &MonthReads,
 ) -> Result<MonthlyTable, MonthlyError> {
     let month = month_of(first_day);
-    let lines = reads.get(curated, contract, first_day)?;
-    if let Some(first) = lines.missing_batches.first()
-        && !allow_missing_batches
-    {
-        return Err(MonthlyError::MissingBatches {
-            month,
+    let refuse = |missing: &[NaiveDate]| match missing.first() {
+        Some(first) if !allow_missing_batches => Err(MonthlyError::MissingBatches {
+            month: month.clone(),
             first: *first,
-            missing: lines.missing_batches.clone(),
-        });
-    }
-    let prev = reads.get(curated, contract, first_day - Months::new(1))?;
+            missing: missing.to_vec(),
+        }),
+        _ => Ok(()),
+    };
+    // A month still waiting for batches is refused before anything is read.
+    refuse(&month_lines::missing_batches(curated, contract, first_day))?;
+    // M−1 first: its figures are summed and its lines' scratch files deleted before M's exist.
+    let prev = reads.previous(curated, contract, first_day - Months::new(1))?;
+    let lines = reads.get(curated, contract, first_day)?;
+    refuse(&lines.missing_batches)?;
     table(contract, first_day, lines, prev)
 }
 
-/// The monthly product of the month starting on `first_day` from its lines and M−1's (empty:
-/// no month-over-month change).
+/// The monthly product of the month starting on `first_day` from its lines and M−1's figures
+/// (empty: no month-over-month change).
 pub fn table(
     contract: &Contract,
     first_day: NaiveDate,
     lines: MonthLines,
-    prev: MonthLines,
+    prev: Arc<PreviousMonth>,
 ) -> Result<MonthlyTable, MonthlyError> {
     let month = month_of(first_day);
-    let prev_units = partner_units(contract, &prev)?;
+    let prev_units = &prev.partner_units;
     let (mut cells, seg) = aggregate(contract, &lines)?;
     let k = i64::from(contract.k);
     // Each cell's orders count in its own row, or in its state's OUTRAS row of the product.
@@ -491,7 +535,7 @@ pub fn table(
         missing_batches: lines.missing_batches.clone(),
         comparison_batches: prev.source_batches.clone(),
         lines,
-        previous_lines: prev,
+        previous: prev,
     })
 }
 
