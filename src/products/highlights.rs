@@ -78,8 +78,19 @@ fn brand_share(t: &MonthlyTable, brand: &str) -> Option<(String, f64)> {
     (total > 0).then(|| (segment.unwrap_or_default(), units as f64 / total as f64))
 }
 
-/// Highlights of a monthly product; `previous` is M−1's product when it can be built.
-pub fn monthly(t: &MonthlyTable, previous: Option<&MonthlyTable>) -> Vec<String> {
+/// Each brand's (segment, share of the segment's units) in a monthly product, over the cells
+/// where segment figures are published (the brands without such a cell are absent).
+pub fn brand_shares(t: &MonthlyTable) -> BTreeMap<String, (String, f64)> {
+    let brands: BTreeSet<&str> = t.rows.iter().map(|r| r.product.brand.as_str()).collect();
+    brands
+        .into_iter()
+        .filter_map(|b| brand_share(t, b).map(|s| (b.to_string(), s)))
+        .collect()
+}
+
+/// Highlights of a monthly product; `previous` holds M−1's [`brand_shares`] (empty when M−1
+/// has no batches).
+pub fn monthly(t: &MonthlyTable, previous: &BTreeMap<String, (String, f64)>) -> Vec<String> {
     let mut out = Vec::new();
     let growth = t
         .rows
@@ -111,7 +122,7 @@ pub fn monthly(t: &MonthlyTable, previous: Option<&MonthlyTable>) -> Vec<String>
     if let Some(brand) = &top {
         if let Some((segment, share)) = brand_share(t, brand) {
             let change = previous
-                .and_then(|p| brand_share(p, brand))
+                .get(brand)
                 .map(|(_, prev)| format!(" ({})", points(share - prev)))
                 .unwrap_or_default();
             out.push(format!(

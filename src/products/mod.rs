@@ -324,7 +324,7 @@ pub fn build(
             // The highlights compare with M−1's rows, built when M−1's lines were read.
             Built {
                 rows: Rows::Cells(t.cells()),
-                highlights: highlights::monthly(&t, t.previous.table.as_ref()),
+                highlights: highlights::monthly(&t, &t.previous.brand_shares),
                 source_batches: t.source_batches,
                 missing_batches: t.missing_batches,
                 comparison_batches: t.comparison_batches,

@@ -366,6 +366,9 @@ impl MonthReads {
             None => read(curated, contract, first_day)?,
         };
         let p = Arc::new(PreviousMonth::from_lines(contract, first_day, lines)?);
+        // M−1's customer sets are freed: their pages go back before M's are built, or the
+        // figures kept among them would leave M's sets to grow the heap past them.
+        crate::service::memory::release_free();
         held(&self.previous).insert(key, Arc::clone(&p));
         Ok(p)
     }

@@ -380,8 +380,9 @@ pub struct PreviousMonth {
     pub partner_units: HashMap<(String, String, String), i128>,
     /// Units of the partner's brands per brand view row.
     pub brand_units: HashMap<BrandUnitsKey, i128>,
-    /// M−1's monthly product, rows only (the highlights compare with it); `None` without batches.
-    pub table: Option<MonthlyTable>,
+    /// Each brand's share of its segment in M−1's monthly product (the highlights compare with
+    /// it; empty without batches).
+    pub brand_shares: BTreeMap<String, (String, f64)>,
 }
 
 impl PreviousMonth {
@@ -394,18 +395,17 @@ impl PreviousMonth {
         let partner_units = partner_units(contract, &lines)?;
         let brand_units = brands::units(contract, &lines)?;
         let source_batches = lines.source_batches.clone();
-        let table = if source_batches.is_empty() {
-            None
+        // Only the shares are kept of M−1's product: its rows would stay among the freed cells.
+        let brand_shares = if source_batches.is_empty() {
+            BTreeMap::new()
         } else {
-            let mut t = table(contract, first_day, lines, Arc::default())?;
-            t.drop_lines();
-            Some(t)
+            super::highlights::brand_shares(&table(contract, first_day, lines, Arc::default())?)
         };
         Ok(PreviousMonth {
             source_batches,
             partner_units,
             brand_units,
-            table,
+            brand_shares,
         })
     }
 }
