@@ -353,6 +353,12 @@ fn monthly_file_merges_drops_and_hides_rivals() {
     let r = env
         .build("ouchhungry", Period::Month(day("2026-11-01")), "out")
         .unwrap();
+    // The share highlight compares with October's product (built when October was read).
+    assert!(
+        r.highlights.iter().any(|h| h.contains(" p.p.)")),
+        "{:?}",
+        r.highlights
+    );
     let b = read_parquet(&r.files[0].path);
     let city = strings(&b, "city");
     let uf = strings(&b, "uf");
