@@ -321,7 +321,7 @@ pub fn build(
         Period::Month(first) => {
             let mut t = reconciled_month(&curated, contract, first, opts)?;
             t.drop_lines();
-            // The highlights compare with M−1's rows, built when M−1's lines were read.
+            // The highlights compare with M−1's brand shares, taken when M−1's lines were read.
             Built {
                 rows: Rows::Cells(t.cells()),
                 highlights: highlights::monthly(&t, &t.previous.brand_shares),
