@@ -149,7 +149,9 @@ pub fn build(args: &BuildArgs) -> anyhow::Result<Verdict> {
         allow_missing_batches: args.allow_missing_batches,
         built_at: chrono::Utc::now(),
         window: None,
-        months: Default::default(),
+        months: crate::products::month_lines::MonthReads::releasing(
+            crate::service::memory::release_free,
+        ),
         transactions: None,
     };
     for period in periods {

@@ -525,7 +525,7 @@ impl Worker {
     ) -> Result<Vec<Built>, HandleError> {
         let mut built = Vec::with_capacity(periods.len());
         // Each month is read once for every product built from it here.
-        let months = MonthReads::default();
+        let months = MonthReads::releasing(crate::service::memory::release_free);
         for (i, period) in periods {
             let contract = self.contracts[i].clone();
             let opts = BuildOptions {

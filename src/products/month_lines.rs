@@ -325,6 +325,8 @@ type MonthKey = (String, NaiveDate);
 pub struct MonthReads {
     lines: Arc<Mutex<HashMap<MonthKey, MonthLines>>>,
     previous: Arc<Mutex<HashMap<MonthKey, Arc<PreviousMonth>>>>,
+    /// Returns freed heap to the system (the process's allocator policy); none by default.
+    release: Option<fn()>,
 }
 
 /// A lock's value (a build that panicked holding the lock left it whole).
@@ -333,6 +335,16 @@ fn held<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl MonthReads {
+    /// Month reads that call `release` once M−1's figures are summed: M−1's customer sets are
+    /// freed then, and their pages go back before M's are built (else the figures kept among
+    /// them leave M's sets to grow the heap past them).
+    pub fn releasing(release: fn()) -> Self {
+        MonthReads {
+            release: Some(release),
+            ..MonthReads::default()
+        }
+    }
+
     /// Month M's lines for the contract, read on first use.
     pub fn get(
         &self,
@@ -366,9 +378,9 @@ impl MonthReads {
             None => read(curated, contract, first_day)?,
         };
         let p = Arc::new(PreviousMonth::from_lines(contract, first_day, lines)?);
-        // M−1's customer sets are freed: their pages go back before M's are built, or the
-        // figures kept among them would leave M's sets to grow the heap past them.
-        crate::service::memory::release_free();
+        if let Some(release) = self.release {
+            release();
+        }
         held(&self.previous).insert(key, Arc::clone(&p));
         Ok(p)
     }
