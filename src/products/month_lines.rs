@@ -392,10 +392,18 @@ pub fn missing_batches(
     contract: &Contract,
     first_day: NaiveDate,
 ) -> Vec<NaiveDate> {
+    present_and_missing(curated, contract, first_day).1
+}
+
+/// The batches of M's window that exist, and those that do not.
+fn present_and_missing(
+    curated: &Curated,
+    contract: &Contract,
+    first_day: NaiveDate,
+) -> (Vec<NaiveDate>, Vec<NaiveDate>) {
     window(first_day, contract.late_days)
         .into_iter()
-        .filter(|d| !curated.has_batch(*d))
-        .collect()
+        .partition(|d| curated.has_batch(*d))
 }
 
 /// One version of a line, as the month's pass keeps it.
@@ -742,10 +750,7 @@ pub fn read(
     first_day: NaiveDate,
 ) -> Result<MonthLines, MonthlyError> {
     let segments = contract.segments();
-    let (present, missing): (Vec<NaiveDate>, Vec<NaiveDate>) =
-        window(first_day, contract.late_days)
-            .into_iter()
-            .partition(|d| curated.has_batch(*d));
+    let (present, missing) = present_and_missing(curated, contract, first_day);
     let catalog = catalog(curated, &present)?;
     let ids: BTreeMap<&str, u32> = catalog
         .keys()
