@@ -336,7 +336,9 @@ impl CsvReader {
                 continue;
             }
             rec.broken = false;
-            let mut joined = line;
+            let Some(mut joined) = self.split_plain(line, rec) else {
+                return Ok(true);
+            };
             let mut extra: Vec<Line> = Vec::new();
             loop {
                 if self.split_fields(&joined, rec) {
@@ -445,7 +447,28 @@ impl CsvReader {
         Ok(Some((no, std::mem::take(&mut self.line_buf), None)))
     }
 
-    /// Splits one logical line into decoded fields; false when a quote is left open.
+    /// Splits a plain line (valid UTF-8, no quote): the line's buffer becomes the record's text,
+    /// without a copy, and the record's old buffer is read into next. Other lines come back.
+    fn split_plain(&mut self, line: Vec<u8>, rec: &mut Record) -> Option<Vec<u8>> {
+        if memchr::memchr(b'"', &line).is_some() || simdutf8::basic::from_utf8(&line).is_err() {
+            return Some(line);
+        }
+        rec.bounds.clear();
+        let mut start = 0;
+        for end in memchr::memchr_iter(self.dialect.delimiter, &line).chain([line.len()]) {
+            rec.bounds.push((start, end));
+            start = end + 1;
+        }
+        // SAFETY: `line` was just found valid UTF-8.
+        let text = unsafe { String::from_utf8_unchecked(line) };
+        let mut old = std::mem::replace(&mut rec.text, text).into_bytes();
+        old.clear();
+        self.line_buf = old;
+        None
+    }
+
+    /// Splits one logical line (one with a quote, or not UTF-8) into decoded fields; false when
+    /// a quote is left open.
     fn split_fields(&mut self, line: &[u8], rec: &mut Record) -> bool {
         rec.text.clear();
         rec.bounds.clear();
@@ -453,19 +476,6 @@ impl CsvReader {
         // Most lines are valid UTF-8 as a whole: their fields are copied without a check each.
         let valid = valid_run(line);
         let utf8 = (valid.len() == line.len()).then_some(valid);
-        if let Some(text) = utf8
-            && memchr::memchr(b'"', line).is_none()
-        {
-            // The common case: no quote on the line, one vectorized scan for delimiters. The
-            // line is copied once; its fields are its pieces between delimiters.
-            rec.text.push_str(text);
-            let mut start = 0;
-            for end in memchr::memchr_iter(delim, line).chain(std::iter::once(line.len())) {
-                rec.bounds.push((start, end));
-                start = end + 1;
-            }
-            return true;
-        }
         // The valid UTF-8 run last found (its start, its text): plain fields inside it need no check.
         // A line that is not UTF-8 starts with the run its check found: it is not checked again.
         let mut run = (0, valid);
@@ -557,17 +567,17 @@ fn unquote_text(rest: &str, out: &mut String) -> Option<usize> {
 
 /// The longest valid UTF-8 prefix of `bytes`, as text, checked once.
 fn valid_run(bytes: &[u8]) -> &str {
-    match std::str::from_utf8(bytes) {
+    match simdutf8::compat::from_utf8(bytes) {
         Ok(text) => text,
-        // SAFETY: `from_utf8` found the first `valid_up_to` bytes valid (the use std documents
-        // for `Utf8Error::valid_up_to`); checking them again would double the cost.
+        // SAFETY: the check found the first `valid_up_to` bytes valid (what `valid_up_to`
+        // documents, as std's does); checking them again would double the cost.
         Err(e) => unsafe { std::str::from_utf8_unchecked(&bytes[..e.valid_up_to()]) },
     }
 }
 
 /// Appends a field's bytes decoded as UTF-8 or, when that fails, Windows-1252; true in that case.
 fn push_decoded(text: &mut String, bytes: &[u8]) -> bool {
-    match std::str::from_utf8(bytes) {
+    match simdutf8::basic::from_utf8(bytes) {
         Ok(s) => {
             text.push_str(s);
             false
@@ -909,6 +919,24 @@ mod properties {
             let want: Vec<(bool, Vec<String>)> = rows
                 .into_iter()
                 // A row of one blank field is a blank line: skipped.
+                .filter(|r| !(r.iter().all(|f| f.chars().all(|c| c == ' ')) && r.len() == 1))
+                .map(|r| (false, r))
+                .collect();
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn windows_1252_records_read_back_as_written(rows in prop::collection::vec(prop::collection::vec(field(), 3), 1..20)) {
+            let mut csv = String::from("a,b,c\n");
+            for r in &rows {
+                csv.push_str(&r.iter().map(|f| quote(f)).collect::<Vec<_>>().join(","));
+                csv.push('\n');
+            }
+            let (bytes, _, unmappable) = encoding_rs::WINDOWS_1252.encode(&csv);
+            prop_assert!(!unmappable);
+            let got = drain(bytes.into_owned(), ReadLimits::default()).unwrap();
+            let want: Vec<(bool, Vec<String>)> = rows
+                .into_iter()
                 .filter(|r| !(r.iter().all(|f| f.chars().all(|c| c == ' ')) && r.len() == 1))
                 .map(|r| (false, r))
                 .collect();
