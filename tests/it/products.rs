@@ -10,6 +10,7 @@ use arrow_array::cast::AsArray;
 use chrono::{TimeZone, Utc};
 use datashare::products::contract::{self, Contract};
 use datashare::products::gate::{FORBIDDEN_COLUMNS, GateError};
+use datashare::products::month_lines::MonthReads;
 use datashare::products::{BuildError, BuildOptions, Period, Released, build};
 use fixture::{Fixture, day};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -345,6 +346,39 @@ fn monthly_builds_fetch_one_batch_of_transactions_at_a_time() {
     );
     // 2 products × (parquet, csv, 2 manifests) + 2 dictionaries
     assert_same_files(&env.root.join("full"), &env.root.join("fetched"), 10);
+}
+
+/// Calls of the heap release handed to the month reads below.
+static RELEASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_release() {
+    RELEASES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[test]
+fn the_heap_goes_back_once_the_previous_month_is_summed() {
+    let env = setup("RELEASE", |_| {});
+    let opts = BuildOptions {
+        months: MonthReads::releasing(count_release),
+        ..env.options("out")
+    };
+    let calls = || RELEASES.load(std::sync::atomic::Ordering::SeqCst);
+    let r = build(
+        &env.contract("ouchhungry"),
+        Period::Month(day("2026-11-01")),
+        &opts,
+    )
+    .unwrap();
+    assert!(r.highlights.iter().any(|h| h.contains(" p.p.)")));
+    assert_eq!(calls(), 1, "October summed once, then the heap released");
+    // The same request's other builds of November find October's figures: no second read.
+    build(
+        &env.contract("ouchhungry"),
+        Period::Month(day("2026-11-01")),
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(calls(), 1);
 }
 
 #[test]
