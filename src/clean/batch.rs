@@ -16,6 +16,7 @@ use arrow_array::types::{Int64Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow_ipc::reader::FileReader;
 use arrow_ipc::writer::FileWriter;
+use arrow_schema::SchemaRef;
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -25,10 +26,11 @@ use serde::Serialize;
 
 use super::Limits;
 use super::columns::{
-    QuarantineBuilder, QuarantinedRow, curated_schema, key_hash, quarantine_schema,
-    quarantined_rows, raw_values, row_hash, value_at,
+    QuarantineBuilder, QuarantinedRow, curated_schema, key_hash, keys_schema, quarantine_schema,
+    quarantined_rows, raw_values, row_hash, staged_schema, value_at,
 };
 use super::encode::ParallelWriter;
+use super::held::Held;
 use super::report::{QualityReport, TableReport};
 use super::schema::{Schemas, TableSchema};
 use super::stage::{PartSummary, StagedPaths};
@@ -49,6 +51,15 @@ pub enum BatchError {
     /// The report could not be written.
     #[error("batch report: {0}")]
     Json(#[from] serde_json::Error),
+    /// A staged file does not hold what the batch step reads (its columns, or as many rows as
+    /// its part's keys): written by another release, or damaged.
+    #[error("staged file {path}: {reason}")]
+    StagedMismatch {
+        /// The staged file.
+        path: String,
+        /// What does not match.
+        reason: String,
+    },
     /// A staged part is not there.
     #[error("staged part missing for {object}@{generation}")]
     MissingStage {
@@ -223,6 +234,20 @@ pub fn run_batch_with(
     out: &BatchOutputs,
     limits: &Limits,
 ) -> Result<QualityReport, BatchError> {
+    run_batch_held(schemas, dt, staging, &Held::none(), parts, out, limits)
+}
+
+/// Runs the batch step as [`run_batch_with`] does, taking the staged files `held` keeps from it
+/// (each is gone from it once read) and reading the others from `staging`.
+pub fn run_batch_held(
+    schemas: &Schemas,
+    dt: NaiveDate,
+    staging: &Path,
+    held: &Held,
+    parts: &[PartSummary],
+    out: &BatchOutputs,
+    limits: &Limits,
+) -> Result<QualityReport, BatchError> {
     let mut report = QualityReport {
         dt,
         tables: BTreeMap::new(),
@@ -247,6 +272,7 @@ pub fn run_batch_with(
         let (table_report, keys) = run_table(
             table,
             staging,
+            held,
             &mine,
             out,
             &key_sets,
@@ -277,15 +303,92 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BatchError> {
     Ok(())
 }
 
-fn open_staged(path: &Path) -> Result<FileReader<BufReader<File>>, BatchError> {
-    let f = BufReader::with_capacity(1 << 20, File::open(path)?);
-    Ok(FileReader::try_new(f, None)?)
+/// A staged file's batches: taken from memory when held, else read from its file.
+enum Staged {
+    /// Read from the staging folder.
+    File(FileReader<BufReader<File>>),
+    /// Taken from memory.
+    Held(SchemaRef, std::vec::IntoIter<RecordBatch>),
+}
+
+impl Staged {
+    /// The file's schema.
+    fn schema(&self) -> SchemaRef {
+        match self {
+            Staged::File(r) => r.schema(),
+            Staged::Held(schema, _) => schema.clone(),
+        }
+    }
+}
+
+impl Iterator for Staged {
+    type Item = Result<RecordBatch, arrow_schema::ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Staged::File(r) => r.next(),
+            Staged::Held(_, batches) => batches.next().map(Ok),
+        }
+    }
+}
+
+/// Opens a staged file: the batches `held` keeps for `path` (taken from it), else the file. Its
+/// columns must have `want`'s types; the last may be missing when `last_optional` (parts staged
+/// by an earlier release).
+fn open_staged(
+    held: &Held,
+    path: &Path,
+    want: &SchemaRef,
+    last_optional: bool,
+) -> Result<Staged, BatchError> {
+    let staged = match held.take(path) {
+        Some((schema, batches)) => Staged::Held(schema, batches.into_iter()),
+        None => {
+            let f = BufReader::with_capacity(1 << 20, File::open(path)?);
+            Staged::File(FileReader::try_new(f, None)?)
+        }
+    };
+    let found = staged.schema();
+    let (n, wanted) = (found.fields().len(), want.fields().len());
+    let fits = (n == wanted || (last_optional && n + 1 == wanted))
+        && found
+            .fields()
+            .iter()
+            .zip(want.fields())
+            .all(|(f, w)| f.data_type() == w.data_type());
+    if !fits {
+        let types = |s: &arrow_schema::Schema| {
+            s.fields()
+                .iter()
+                .map(|f| f.data_type().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(BatchError::StagedMismatch {
+            path: path.display().to_string(),
+            reason: format!(
+                "columns ({}) where ({}) are read",
+                types(&found),
+                types(want)
+            ),
+        });
+    }
+    Ok(staged)
+}
+
+/// The error for a staged data file whose rows are not its part's keys' rows.
+fn rows_mismatch(path: &Path, keys: u64) -> BatchError {
+    BatchError::StagedMismatch {
+        path: path.display().to_string(),
+        reason: format!("its rows are not the {keys} rows of its part's keys"),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn run_table(
     table: &TableSchema,
     staging: &Path,
+    held: &Held,
     parts: &[&PartSummary],
     out: &BatchOutputs,
     key_sets: &HashMap<String, KeySet>,
@@ -329,7 +432,7 @@ fn run_table(
     for (p, path) in good.iter().zip(&paths) {
         if ![&path.data, &path.keys, &path.quarantine]
             .iter()
-            .all(|f| f.exists())
+            .all(|f| held.contains(f) || f.exists())
         {
             return Err(BatchError::MissingStage {
                 object: p.file.object.clone(),
@@ -346,7 +449,7 @@ fn run_table(
     let mut rows_per_part = Vec::with_capacity(good.len());
     for (pi, path) in paths.iter().enumerate() {
         let mut row = 0u64;
-        for batch in open_staged(&path.keys)? {
+        for batch in open_staged(held, &path.keys, &keys_schema(), false)? {
             let batch = batch?;
             let keys = batch.column(0).as_primitive::<UInt64Type>();
             let checks = batch.column(1).as_primitive::<UInt32Type>();
@@ -452,7 +555,7 @@ fn run_table(
     let mut spill: Option<FileWriter<std::io::BufWriter<File>>> = None;
     for (pi, path) in paths.iter().enumerate() {
         let mut row = 0u64;
-        let reader = open_staged(&path.data)?;
+        let reader = open_staged(held, &path.data, &staged_schema(table), true)?;
         if reader.schema().fields().len() == ncols + 1 {
             tracing::warn!(
                 object = %good[pi].file.object,
@@ -461,6 +564,9 @@ fn run_table(
         }
         for batch in reader {
             let batch = batch?;
+            if row + batch.num_rows() as u64 > rows_per_part[pi] {
+                return Err(rows_mismatch(&path.data, rows_per_part[pi]));
+            }
             let key_col = batch.column(table.key).as_string::<i32>();
             let line_col = batch.column(ncols).as_primitive::<Int64Type>();
             let mut mask = Vec::with_capacity(batch.num_rows());
@@ -521,6 +627,9 @@ fn run_table(
             rep.rows_kept += kept.num_rows() as u64;
             curated.write(&kept)?;
         }
+        if row != rows_per_part[pi] {
+            return Err(rows_mismatch(&path.data, rows_per_part[pi]));
+        }
     }
     curated.close()?;
     fs::rename(&curated_tmp, &curated_path)?;
@@ -539,7 +648,7 @@ fn run_table(
         Some(quarantine_props),
     )?;
     for path in &paths {
-        for batch in open_staged(&path.quarantine)? {
+        for batch in open_staged(held, &path.quarantine, &quarantine_schema(table), false)? {
             let mut builder = QuarantineBuilder::new(table);
             for mut row in quarantined_rows(&batch?, ncols) {
                 if row.record.is_none() {
@@ -560,7 +669,7 @@ fn run_table(
     if let Some(mut w) = spill {
         w.finish()?;
         drop(w);
-        for batch in open_staged(&spill_path)? {
+        for batch in open_staged(held, &spill_path, &quarantine_schema(table), false)? {
             qwriter.write(&batch?)?;
             if qwriter.in_progress_size() >= limits.row_group_bytes {
                 qwriter.flush()?;
@@ -691,6 +800,150 @@ mod tests {
 
     fn today() -> NaiveDate {
         NaiveDate::from_ymd_opt(2026, 11, 28).unwrap()
+    }
+
+    /// Stages two products parts with `held`'s budget and runs the batch step; the outputs'
+    /// bytes by path, and which staged data files were written to the staging folder.
+    fn run_held(budget: usize) -> (BTreeMap<String, Vec<u8>>, Vec<bool>) {
+        let schemas = Schemas::builtin().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("staging");
+        let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        let limits = Limits {
+            flush_rows: 40,
+            staged_in_memory_bytes: budget,
+            ..Limits::default()
+        };
+        let held = Held::up_to(budget);
+        let mut parts = Vec::new();
+        let mut written = Vec::new();
+        for p in 0..2 {
+            let mut csv = String::from(
+                "product_code,ean,name,brand,manufacturer,segment,unit_size,updated_at\n",
+            );
+            for i in 0..300 {
+                // Codes shared across parts (conflicts), some invalid (quarantined).
+                let code = if i % 37 == 0 {
+                    "bad".to_string()
+                } else {
+                    format!("OHB-{:06}", i + 100 * p)
+                };
+                csv.push_str(&format!(
+                    "{code},,Cola {i},Hungry,OuchHungry,Refrigerantes,,2026-11-0{} 10:00:00\n",
+                    1 + p
+                ));
+            }
+            let object = format!("extracts/products/dt=2026-11-27/part-00{p}.csv");
+            let part = crate::clean::stage::stage_part_held(
+                schemas.table("products").unwrap(),
+                &object,
+                "1",
+                std::io::Cursor::new(csv),
+                &staging,
+                &held,
+                today(),
+                &limits,
+            )
+            .unwrap();
+            written.push(StagedPaths::new(&staging, &object, "1").data.exists());
+            parts.push(part);
+        }
+        let out = BatchOutputs {
+            root: dir.path().join("out"),
+            dt,
+        };
+        run_batch_held(&schemas, dt, &staging, &held, &parts, &out, &limits).unwrap();
+        assert_eq!(
+            held.bytes(),
+            0,
+            "every held file taken and its bytes given back"
+        );
+        let mut files = BTreeMap::new();
+        for path in [
+            out.curated("products"),
+            out.quarantine("products"),
+            out.quality(),
+            out.conflicts(),
+        ] {
+            files.insert(
+                path.display()
+                    .to_string()
+                    .replace(&dir.path().display().to_string(), ""),
+                fs::read(&path).unwrap(),
+            );
+        }
+        (files, written)
+    }
+
+    #[test]
+    fn held_staged_files_give_the_outputs_written_ones_give() {
+        let (on_disk, written) = run_held(0);
+        assert_eq!(written, [true, true]);
+        let (all_held, written) = run_held(64 << 20);
+        assert_eq!(written, [false, false], "nothing written under the budget");
+        assert_eq!(all_held, on_disk);
+        // A budget that one part fills: the rest of it, and the next part, go to files.
+        let (spilled, written) = run_held(40_000);
+        assert_eq!(written, [true, true]);
+        assert_eq!(spilled, on_disk);
+    }
+
+    #[test]
+    fn staged_files_that_disagree_are_refused_not_read() {
+        let schemas = Schemas::builtin().unwrap();
+        let products = schemas.table("products").unwrap();
+        let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        let stage = |staging: &Path, p: usize, rows: usize| {
+            let mut csv = String::from(
+                "product_code,ean,name,brand,manufacturer,segment,unit_size,updated_at\n",
+            );
+            for i in 0..rows {
+                csv.push_str(&format!(
+                    "OHB-{:06},,Cola,Hungry,OuchHungry,Refrigerantes,,2026-11-01 10:00:00\n",
+                    i + 1000 * p
+                ));
+            }
+            let object = format!("extracts/products/dt=2026-11-27/part-00{p}.csv");
+            let part = stage_part(
+                products,
+                &object,
+                "1",
+                std::io::Cursor::new(csv),
+                staging,
+                today(),
+            )
+            .unwrap();
+            (part, StagedPaths::new(staging, &object, "1"))
+        };
+        // (what to damage, the message's words)
+        type Damage = fn(&StagedPaths, &StagedPaths);
+        let cases: [(Damage, &str); 3] = [
+            // Another part's data: fewer rows than the keys, then more.
+            (|a, b| fs::copy(&b.data, &a.data).map(drop).unwrap(), "rows"),
+            (|a, b| fs::copy(&a.data, &b.data).map(drop).unwrap(), "rows"),
+            // A data file where the keys should be.
+            (
+                |a, _| fs::copy(&a.data, &a.keys).map(drop).unwrap(),
+                "columns",
+            ),
+        ];
+        for (damage, words) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let staging = dir.path().join("staging");
+            let (a, a_paths) = stage(&staging, 0, 50);
+            let (b, b_paths) = stage(&staging, 1, 20);
+            damage(&a_paths, &b_paths);
+            let out = BatchOutputs {
+                root: dir.path().join("out"),
+                dt,
+            };
+            match run_batch(&schemas, dt, &staging, &[a, b], &out) {
+                Err(BatchError::StagedMismatch { reason, .. }) => {
+                    assert!(reason.contains(words), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -845,7 +1098,11 @@ mod tests {
         assert_eq!(part.rows_staged, 2);
         // Only the messy row keeps its raw text in the staged file.
         let paths = StagedPaths::new(&staging, &part.file.object, &part.file.generation);
-        let staged = open_staged(&paths.data).unwrap().next().unwrap().unwrap();
+        let staged = open_staged(&Held::none(), &paths.data, &staged_schema(table), false)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
         let raw = staged.column(table.columns.len() + 1);
         assert_eq!((raw.len(), raw.null_count()), (2, 1));
         assert!(raw.is_valid(0));

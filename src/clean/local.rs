@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use chrono::NaiveDate;
 
 use super::Limits;
-use super::batch::{BatchError, BatchOutputs, run_batch_with};
+use super::batch::{BatchError, BatchOutputs, run_batch_held};
+use super::held::Held;
 use super::report::{FileError, FileReport, QualityReport};
 use super::schema::Schemas;
-use super::stage::{PartSummary, StageError, stage_part_with};
+use super::stage::{PartSummary, StageError, stage_part_held};
 use super::validators::today_sao_paulo;
 use crate::extract::{Layout, Marker, classify};
 
@@ -124,6 +125,8 @@ pub fn run_local_batch_with(
     }
 
     let staging = output.join(format!("_staging/dt={dt}"));
+    // One process stages and runs the batch: staged files stay in memory up to the budget.
+    let held = Held::up_to(limits.staged_in_memory_bytes);
     let today = today_sao_paulo();
     let mut parts: Vec<PartSummary> = Vec::new();
     for object in &marker.files {
@@ -135,7 +138,9 @@ pub fn run_local_batch_with(
         match File::open(&path) {
             Ok(file) => {
                 let started = std::time::Instant::now();
-                let part = stage_part_with(schema, object, "local", file, &staging, today, limits)?;
+                let part = stage_part_held(
+                    schema, object, "local", file, &staging, &held, today, limits,
+                )?;
                 tracing::info!(
                     object = object.as_str(),
                     rows = part.file.rows,
@@ -162,8 +167,14 @@ pub fn run_local_batch_with(
         dt,
     };
     let started = std::time::Instant::now();
-    let report = run_batch_with(schemas, dt, &staging, &parts, &outputs, limits)?;
-    tracing::info!(%dt, elapsed_ms = started.elapsed().as_millis() as u64, "batch step done");
+    let held_bytes = held.bytes();
+    let report = run_batch_held(schemas, dt, &staging, &held, &parts, &outputs, limits)?;
+    tracing::info!(
+        %dt,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        held_bytes,
+        "batch step done"
+    );
     let _ = fs::remove_dir_all(&staging);
     Ok(LocalBatch {
         report,
