@@ -30,7 +30,6 @@ use super::columns::{
     quarantined_rows, raw_values, row_hash, staged_schema, value_at,
 };
 use super::encode::ParallelWriter;
-use super::held::Held;
 use super::report::{QualityReport, TableReport};
 use super::schema::{Schemas, TableSchema};
 use super::stage::{PartSummary, StagedPaths};
@@ -234,20 +233,6 @@ pub fn run_batch_with(
     out: &BatchOutputs,
     limits: &Limits,
 ) -> Result<QualityReport, BatchError> {
-    run_batch_held(schemas, dt, staging, &Held::none(), parts, out, limits)
-}
-
-/// Runs the batch step as [`run_batch_with`] does, taking the staged files `held` keeps from it
-/// (each is gone from it once read) and reading the others from `staging`.
-pub fn run_batch_held(
-    schemas: &Schemas,
-    dt: NaiveDate,
-    staging: &Path,
-    held: &Held,
-    parts: &[PartSummary],
-    out: &BatchOutputs,
-    limits: &Limits,
-) -> Result<QualityReport, BatchError> {
     let mut report = QualityReport {
         dt,
         tables: BTreeMap::new(),
@@ -272,7 +257,6 @@ pub fn run_batch_held(
         let (table_report, keys) = run_table(
             table,
             staging,
-            held,
             &mine,
             out,
             &key_sets,
@@ -303,51 +287,15 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BatchError> {
     Ok(())
 }
 
-/// A staged file's batches: taken from memory when held, else read from its file.
-enum Staged {
-    /// Read from the staging folder.
-    File(FileReader<BufReader<File>>),
-    /// Taken from memory.
-    Held(SchemaRef, std::vec::IntoIter<RecordBatch>),
-}
-
-impl Staged {
-    /// The file's schema.
-    fn schema(&self) -> SchemaRef {
-        match self {
-            Staged::File(r) => r.schema(),
-            Staged::Held(schema, _) => schema.clone(),
-        }
-    }
-}
-
-impl Iterator for Staged {
-    type Item = Result<RecordBatch, arrow_schema::ArrowError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        match self {
-            Staged::File(r) => r.next(),
-            Staged::Held(_, batches) => batches.next().map(Ok),
-        }
-    }
-}
-
-/// Opens a staged file: the batches `held` keeps for `path` (taken from it), else the file. Its
-/// columns must have `want`'s types; the last may be missing when `last_optional` (parts staged
-/// by an earlier release).
+/// Opens a staged file; its columns must have `want`'s types, the last one may be missing when
+/// `last_optional` (parts staged by an earlier release).
 fn open_staged(
-    held: &Held,
     path: &Path,
     want: &SchemaRef,
     last_optional: bool,
-) -> Result<Staged, BatchError> {
-    let staged = match held.take(path) {
-        Some((schema, batches)) => Staged::Held(schema, batches.into_iter()),
-        None => {
-            let f = BufReader::with_capacity(1 << 20, File::open(path)?);
-            Staged::File(FileReader::try_new(f, None)?)
-        }
-    };
+) -> Result<FileReader<BufReader<File>>, BatchError> {
+    let f = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let staged = FileReader::try_new(f, None)?;
     let found = staged.schema();
     let (n, wanted) = (found.fields().len(), want.fields().len());
     let fits = (n == wanted || (last_optional && n + 1 == wanted))
@@ -388,7 +336,6 @@ fn rows_mismatch(path: &Path, keys: u64) -> BatchError {
 fn run_table(
     table: &TableSchema,
     staging: &Path,
-    held: &Held,
     parts: &[&PartSummary],
     out: &BatchOutputs,
     key_sets: &HashMap<String, KeySet>,
@@ -432,7 +379,7 @@ fn run_table(
     for (p, path) in good.iter().zip(&paths) {
         if ![&path.data, &path.keys, &path.quarantine]
             .iter()
-            .all(|f| held.contains(f) || f.exists())
+            .all(|f| f.exists())
         {
             return Err(BatchError::MissingStage {
                 object: p.file.object.clone(),
@@ -449,7 +396,7 @@ fn run_table(
     let mut rows_per_part = Vec::with_capacity(good.len());
     for (pi, path) in paths.iter().enumerate() {
         let mut row = 0u64;
-        for batch in open_staged(held, &path.keys, &keys_schema(), false)? {
+        for batch in open_staged(&path.keys, &keys_schema(), false)? {
             let batch = batch?;
             let keys = batch.column(0).as_primitive::<UInt64Type>();
             let checks = batch.column(1).as_primitive::<UInt32Type>();
@@ -555,7 +502,7 @@ fn run_table(
     let mut spill: Option<FileWriter<std::io::BufWriter<File>>> = None;
     for (pi, path) in paths.iter().enumerate() {
         let mut row = 0u64;
-        let reader = open_staged(held, &path.data, &staged_schema(table), true)?;
+        let reader = open_staged(&path.data, &staged_schema(table), true)?;
         if reader.schema().fields().len() == ncols + 1 {
             tracing::warn!(
                 object = %good[pi].file.object,
@@ -648,7 +595,7 @@ fn run_table(
         Some(quarantine_props),
     )?;
     for path in &paths {
-        for batch in open_staged(held, &path.quarantine, &quarantine_schema(table), false)? {
+        for batch in open_staged(&path.quarantine, &quarantine_schema(table), false)? {
             let mut builder = QuarantineBuilder::new(table);
             for mut row in quarantined_rows(&batch?, ncols) {
                 if row.record.is_none() {
@@ -669,7 +616,7 @@ fn run_table(
     if let Some(mut w) = spill {
         w.finish()?;
         drop(w);
-        for batch in open_staged(held, &spill_path, &quarantine_schema(table), false)? {
+        for batch in open_staged(&spill_path, &quarantine_schema(table), false)? {
             qwriter.write(&batch?)?;
             if qwriter.in_progress_size() >= limits.row_group_bytes {
                 qwriter.flush()?;
@@ -800,92 +747,6 @@ mod tests {
 
     fn today() -> NaiveDate {
         NaiveDate::from_ymd_opt(2026, 11, 28).unwrap()
-    }
-
-    /// Stages two products parts with `held`'s budget and runs the batch step; the outputs'
-    /// bytes by path, and which staged data files were written to the staging folder.
-    fn run_held(budget: usize) -> (BTreeMap<String, Vec<u8>>, Vec<bool>) {
-        let schemas = Schemas::builtin().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let staging = dir.path().join("staging");
-        let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
-        let limits = Limits {
-            flush_rows: 40,
-            staged_in_memory_bytes: budget,
-            ..Limits::default()
-        };
-        let held = Held::up_to(budget);
-        let mut parts = Vec::new();
-        let mut written = Vec::new();
-        for p in 0..2 {
-            let mut csv = String::from(
-                "product_code,ean,name,brand,manufacturer,segment,unit_size,updated_at\n",
-            );
-            for i in 0..300 {
-                // Codes shared across parts (conflicts), some invalid (quarantined).
-                let code = if i % 37 == 0 {
-                    "bad".to_string()
-                } else {
-                    format!("OHB-{:06}", i + 100 * p)
-                };
-                csv.push_str(&format!(
-                    "{code},,Cola {i},Hungry,OuchHungry,Refrigerantes,,2026-11-0{} 10:00:00\n",
-                    1 + p
-                ));
-            }
-            let object = format!("extracts/products/dt=2026-11-27/part-00{p}.csv");
-            let part = crate::clean::stage::stage_part_held(
-                schemas.table("products").unwrap(),
-                &object,
-                "1",
-                std::io::Cursor::new(csv),
-                &staging,
-                &held,
-                today(),
-                &limits,
-            )
-            .unwrap();
-            written.push(StagedPaths::new(&staging, &object, "1").data.exists());
-            parts.push(part);
-        }
-        let out = BatchOutputs {
-            root: dir.path().join("out"),
-            dt,
-        };
-        run_batch_held(&schemas, dt, &staging, &held, &parts, &out, &limits).unwrap();
-        assert_eq!(
-            held.bytes(),
-            0,
-            "every held file taken and its bytes given back"
-        );
-        let mut files = BTreeMap::new();
-        for path in [
-            out.curated("products"),
-            out.quarantine("products"),
-            out.quality(),
-            out.conflicts(),
-        ] {
-            files.insert(
-                path.display()
-                    .to_string()
-                    .replace(&dir.path().display().to_string(), ""),
-                fs::read(&path).unwrap(),
-            );
-        }
-        (files, written)
-    }
-
-    #[test]
-    fn held_staged_files_give_the_outputs_written_ones_give() {
-        let (on_disk, written) = run_held(0);
-        assert_eq!(written, [true, true]);
-        let (all_held, written) = run_held(64 << 20);
-        assert_eq!(written, [false, false], "nothing written under the budget");
-        assert_eq!(all_held, on_disk);
-        // A budget that one part fills: the rest of it, and the next part, go to files.
-        let (spilled, written) = run_held(40_000);
-        assert_eq!(written, [true, true]);
-        assert_eq!(spilled, on_disk);
     }
 
     #[test]
@@ -1098,7 +959,7 @@ mod tests {
         assert_eq!(part.rows_staged, 2);
         // Only the messy row keeps its raw text in the staged file.
         let paths = StagedPaths::new(&staging, &part.file.object, &part.file.generation);
-        let staged = open_staged(&Held::none(), &paths.data, &staged_schema(table), false)
+        let staged = open_staged(&paths.data, &staged_schema(table), false)
             .unwrap()
             .next()
             .unwrap()

@@ -36,10 +36,6 @@ pub struct Limits {
     /// Threads encoding the columns of curated Parquet (default 1: on the batch step's own
     /// thread; the worker uses its vCPUs, up to 4).
     pub encode_threads: usize,
-    /// Bytes of staged batches `datashare clean` keeps in memory for its batch step instead of
-    /// writing them to the staging folder (default 512 MiB; 0: every staged file written). The
-    /// worker writes them all: they go to the curated bucket.
-    pub staged_in_memory_bytes: usize,
 }
 
 impl Default for Limits {
@@ -56,7 +52,6 @@ impl Default for Limits {
             row_group_bytes: 64 << 20,
             compress_staged: false,
             encode_threads: 1,
-            staged_in_memory_bytes: 512 << 20,
         }
     }
 }

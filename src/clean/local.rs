@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 use chrono::NaiveDate;
 
 use super::Limits;
-use super::batch::{BatchError, BatchOutputs, run_batch_held};
-use super::held::Held;
+use super::batch::{BatchError, BatchOutputs, run_batch_with};
 use super::report::{FileError, FileReport, QualityReport};
 use super::schema::Schemas;
-use super::stage::{PartSummary, StageError, stage_part_held};
+use super::stage::{PartSummary, StageError, stage_part_with};
 use super::validators::today_sao_paulo;
 use crate::extract::{Layout, Marker, classify};
 
@@ -125,8 +124,6 @@ pub fn run_local_batch_with(
     }
 
     let staging = output.join(format!("_staging/dt={dt}"));
-    // One process stages and runs the batch: staged files stay in memory up to the budget.
-    let held = Held::up_to(limits.staged_in_memory_bytes);
     let today = today_sao_paulo();
     let mut parts: Vec<PartSummary> = Vec::new();
     for object in &marker.files {
@@ -138,9 +135,7 @@ pub fn run_local_batch_with(
         match File::open(&path) {
             Ok(file) => {
                 let started = std::time::Instant::now();
-                let part = stage_part_held(
-                    schema, object, "local", file, &staging, &held, today, limits,
-                )?;
+                let part = stage_part_with(schema, object, "local", file, &staging, today, limits)?;
                 tracing::info!(
                     object = object.as_str(),
                     rows = part.file.rows,
@@ -167,14 +162,8 @@ pub fn run_local_batch_with(
         dt,
     };
     let started = std::time::Instant::now();
-    let held_bytes = held.bytes();
-    let report = run_batch_held(schemas, dt, &staging, &held, &parts, &outputs, limits)?;
-    tracing::info!(
-        %dt,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        held_bytes,
-        "batch step done"
-    );
+    let report = run_batch_with(schemas, dt, &staging, &parts, &outputs, limits)?;
+    tracing::info!(%dt, elapsed_ms = started.elapsed().as_millis() as u64, "batch step done");
     let _ = fs::remove_dir_all(&staging);
     Ok(LocalBatch {
         report,

@@ -5,7 +5,6 @@ pub mod batch;
 pub mod columns;
 pub mod encode;
 pub mod guardrails;
-pub mod held;
 pub mod limits;
 pub mod local;
 pub mod pattern;

@@ -20,7 +20,6 @@ use super::columns::{
     QuarantineBuilder, QuarantinedRow, RAW_SEP, RowIdentity, StagedBatches, StagedBuilder,
     key_hash, keys_schema, quarantine_schema, staged_schema,
 };
-use super::held::{self, Held};
 use super::report::{FieldCounts, FileError, FileReport};
 use super::schema::{OnInvalid, TableSchema};
 use super::validators::{Kind, Value, is_null_marker};
@@ -192,141 +191,34 @@ fn staged_ipc_options(compress: bool) -> Result<IpcWriteOptions, StageError> {
     Ok(IpcWriteOptions::default().try_with_compression(codec)?)
 }
 
-/// Writers of one staged part's files: held in memory while the budget allows ([`Held`]), else
-/// Arrow IPC files under temporary names until the part is complete.
-struct StagedWriters<'h> {
-    targets: Vec<Target>,
-    held: &'h Held,
-    compress: bool,
+/// Arrow IPC writers of one staged part, to temporary names until the part is complete.
+struct StagedWriters {
+    writers: Vec<(FileWriter<BufWriter<File>>, PathBuf, PathBuf)>,
 }
 
-/// One staged file being written.
-enum Target {
-    /// An Arrow IPC file under its temporary name, renamed when complete.
-    File {
-        writer: Box<FileWriter<BufWriter<File>>>,
-        tmp: PathBuf,
-        path: PathBuf,
-    },
-    /// Batches held in memory, `bytes` of them taken from the budget.
-    Held {
-        schema: SchemaRef,
-        batches: Vec<RecordBatch>,
-        bytes: usize,
-        path: PathBuf,
-    },
-}
-
-impl Target {
-    /// A new Arrow IPC file at `path`'s temporary name.
-    fn file(path: &Path, schema: &SchemaRef, compress: bool) -> Result<Self, StageError> {
-        let tmp = path.with_extension("arrow.tmp");
-        let file = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-        let writer = FileWriter::try_new_with_options(file, schema, staged_ipc_options(compress)?)?;
-        Ok(Target::File {
-            writer: Box::new(writer),
-            tmp,
-            path: path.to_path_buf(),
-        })
-    }
-}
-
-impl<'h> StagedWriters<'h> {
-    fn create(
-        targets: &[(&Path, SchemaRef)],
-        held: &'h Held,
-        compress: bool,
-    ) -> Result<Self, StageError> {
-        let mut out = Vec::with_capacity(targets.len());
+impl StagedWriters {
+    fn create(targets: &[(&Path, SchemaRef)], compress: bool) -> Result<Self, StageError> {
+        let mut writers = Vec::with_capacity(targets.len());
         for (path, schema) in targets {
-            out.push(if held.enabled() {
-                Target::Held {
-                    schema: schema.clone(),
-                    batches: Vec::new(),
-                    bytes: 0,
-                    path: path.to_path_buf(),
-                }
-            } else {
-                Target::file(path, schema, compress)?
-            });
+            let tmp = path.with_extension("arrow.tmp");
+            let file = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+            let w = FileWriter::try_new_with_options(file, schema, staged_ipc_options(compress)?)?;
+            writers.push((w, tmp, path.to_path_buf()));
         }
-        Ok(Self {
-            targets: out,
-            held,
-            compress,
-        })
+        Ok(Self { writers })
     }
 
     fn write(&mut self, i: usize, batch: &RecordBatch) -> Result<(), StageError> {
-        if let Target::Held { batches, bytes, .. } = &mut self.targets[i] {
-            let n = held::batch_bytes(batch);
-            if self.held.reserve(n) {
-                batches.push(batch.clone());
-                *bytes += n;
-                return Ok(());
-            }
-            self.spill(i)?;
-        }
-        match &mut self.targets[i] {
-            Target::File { writer, .. } => Ok(writer.write(batch)?),
-            Target::Held { .. } => unreachable!("spilled above"),
-        }
+        Ok(self.writers[i].0.write(batch)?)
     }
 
-    /// Writes a held file's batches so far to its file, which takes the rest; gives back their bytes.
-    fn spill(&mut self, i: usize) -> Result<(), StageError> {
-        let Target::Held {
-            schema,
-            batches,
-            bytes,
-            path,
-        } = &mut self.targets[i]
-        else {
-            return Ok(());
-        };
-        let mut file = Target::file(path, schema, self.compress)?;
-        if let Target::File { writer, .. } = &mut file {
-            for b in batches.iter() {
-                writer.write(b)?;
-            }
-        }
-        self.held.release(std::mem::take(bytes));
-        self.targets[i] = file;
-        Ok(())
-    }
-
-    fn finish(mut self) -> Result<(), StageError> {
-        for target in std::mem::take(&mut self.targets) {
-            match target {
-                Target::File {
-                    mut writer,
-                    tmp,
-                    path,
-                } => {
-                    writer.finish()?;
-                    drop(writer);
-                    fs::rename(&tmp, &path)?;
-                }
-                Target::Held {
-                    schema,
-                    batches,
-                    path,
-                    ..
-                } => self.held.put(&path, schema, batches),
-            }
+    fn finish(self) -> Result<(), StageError> {
+        for (mut w, tmp, path) in self.writers {
+            w.finish()?;
+            drop(w);
+            fs::rename(&tmp, &path)?;
         }
         Ok(())
-    }
-}
-
-impl Drop for StagedWriters<'_> {
-    /// A part left unfinished (a rejected file, an error) gives its held bytes back.
-    fn drop(&mut self) {
-        for target in &self.targets {
-            if let Target::Held { bytes, .. } = target {
-                self.held.release(*bytes);
-            }
-        }
     }
 }
 
@@ -557,39 +449,15 @@ pub fn stage_part_with(
     today: NaiveDate,
     limits: &Limits,
 ) -> Result<PartSummary, StageError> {
-    let held = Held::none();
-    stage_part_held(
-        schema, object, generation, input, staging, &held, today, limits,
-    )
+    stage_inner(schema, object, generation, input, staging, today, limits).map_err(|e| e.at(object))
 }
 
-/// Stages one part as [`stage_part_with`] does, its Arrow files held in `held` while its budget
-/// allows (the summary is written to `staging` all the same).
-#[allow(clippy::too_many_arguments)]
-pub fn stage_part_held(
-    schema: &TableSchema,
-    object: &str,
-    generation: &str,
-    input: impl Read + Send + 'static,
-    staging: &Path,
-    held: &Held,
-    today: NaiveDate,
-    limits: &Limits,
-) -> Result<PartSummary, StageError> {
-    stage_inner(
-        schema, object, generation, input, staging, held, today, limits,
-    )
-    .map_err(|e| e.at(object))
-}
-
-#[allow(clippy::too_many_arguments)]
 fn stage_inner(
     schema: &TableSchema,
     object: &str,
     generation: &str,
     input: impl Read + Send + 'static,
     staging: &Path,
-    held: &Held,
     today: NaiveDate,
     limits: &Limits,
 ) -> Result<PartSummary, StageError> {
@@ -618,7 +486,7 @@ fn stage_inner(
             .map(|c| (c.name.clone(), FieldCounts::default()))
             .collect(),
     };
-    match stage_rows(schema, &paths, held, input, today, limits, &mut summary) {
+    match stage_rows(schema, &paths, input, today, limits, &mut summary) {
         Ok(()) => {}
         Err(Failure::File(kind, message)) => {
             for f in paths.files() {
@@ -671,7 +539,6 @@ fn fault(f: FileFault) -> Failure {
 fn stage_rows(
     schema: &TableSchema,
     paths: &StagedPaths,
-    held: &Held,
     input: impl Read + Send + 'static,
     today: NaiveDate,
     limits: &Limits,
@@ -712,7 +579,6 @@ fn stage_rows(
             (&paths.keys, keys_schema()),
             (&paths.quarantine, quarantine_schema(schema)),
         ],
-        held,
         limits.compress_staged,
     )?;
     let (flush_rows, flush_bytes) = (limits.flush_rows(), limits.flush_bytes);
