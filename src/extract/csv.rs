@@ -915,32 +915,20 @@ mod properties {
                 csv.push_str(&r.iter().map(|f| quote(f)).collect::<Vec<_>>().join(","));
                 csv.push('\n');
             }
-            let got = drain(csv.into_bytes(), ReadLimits::default()).unwrap();
             let want: Vec<(bool, Vec<String>)> = rows
                 .into_iter()
                 // A row of one blank field is a blank line: skipped.
                 .filter(|r| !(r.iter().all(|f| f.chars().all(|c| c == ' ')) && r.len() == 1))
                 .map(|r| (false, r))
                 .collect();
-            prop_assert_eq!(got, want);
-        }
-
-        #[test]
-        fn windows_1252_records_read_back_as_written(rows in prop::collection::vec(prop::collection::vec(field(), 3), 1..20)) {
-            let mut csv = String::from("a,b,c\n");
-            for r in &rows {
-                csv.push_str(&r.iter().map(|f| quote(f)).collect::<Vec<_>>().join(","));
-                csv.push('\n');
-            }
-            let (bytes, _, unmappable) = encoding_rs::WINDOWS_1252.encode(&csv);
+            // The same records written in Windows-1252 read back the same.
+            let (windows_1252, _, unmappable) = encoding_rs::WINDOWS_1252.encode(&csv);
             prop_assert!(!unmappable);
-            let got = drain(bytes.into_owned(), ReadLimits::default()).unwrap();
-            let want: Vec<(bool, Vec<String>)> = rows
-                .into_iter()
-                .filter(|r| !(r.iter().all(|f| f.chars().all(|c| c == ' ')) && r.len() == 1))
-                .map(|r| (false, r))
-                .collect();
-            prop_assert_eq!(got, want);
+            let windows_1252 = windows_1252.into_owned();
+            for bytes in [csv.into_bytes(), windows_1252] {
+                let got = drain(bytes, ReadLimits::default()).unwrap();
+                prop_assert_eq!(&got, &want);
+            }
         }
     }
 }
