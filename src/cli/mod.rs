@@ -64,6 +64,7 @@ pub enum Command {
 
 /// Runs the command line: parses, runs, maps the result to the exit code.
 pub fn main() -> ExitCode {
+    crate::service::memory::configure_allocator();
     let command = Cli::parse().command;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
