@@ -12,8 +12,9 @@
 //! monthly aggregate's). The month-over-month change compares with M−1 computed the same way,
 //! before suppression, on the same (level, uf, city, brand); `OUTRAS` rows get null.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use super::FastSet;
 use super::contract::Contract;
 use super::daily::{OTHER_CITIES, is_partner_product};
 use super::month_lines::{MonthLine, MonthLines};
@@ -167,8 +168,8 @@ impl Sums {
 struct BrandAgg {
     sums: Sums,
     orders: u64,
-    customers: HashSet<u64>,
-    skus: HashSet<u32>,
+    customers: FastSet<u64>,
+    skus: FastSet<u32>,
 }
 
 impl BrandAgg {
@@ -190,7 +191,7 @@ impl BrandAgg {
 struct SegmentAgg<'a> {
     sums: Sums,
     brands: BTreeSet<&'a str>,
-    customers: HashSet<u64>,
+    customers: FastSet<u64>,
 }
 
 impl<'a> SegmentAgg<'a> {

@@ -9,11 +9,12 @@
 //! more cities, never fewer. The window is counted from one small file per batch
 //! (`super::window`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use arrow_array::RecordBatch;
 use chrono::{Datelike, Days, NaiveDate};
 
+use super::FastMap;
 use super::contract::Contract;
 use super::curated::{Curated, CuratedError, LineRef, Product, Status};
 use super::pseudonym::Pseudonymizer;
@@ -193,7 +194,7 @@ struct DayRows<'k> {
     month: String,
     keys: &'k Pseudonymizer,
     /// The partner's products in batch D's own snapshot, by code.
-    product_ids: HashMap<String, u32>,
+    product_ids: FastMap<String, u32>,
     rows: Vec<DailyRow>,
 }
 

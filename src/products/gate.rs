@@ -6,11 +6,10 @@
 //! (numbers, dates, timestamps) cannot hold text and are not scanned; keys are checked as exactly
 //! 16 lower-case hex characters, so they never trip the text scan.
 
-use std::collections::HashSet;
-
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
 
+use super::FastSet;
 use super::schema::{ColType, ProductSchema};
 use crate::br;
 use crate::clean::validators;
@@ -223,7 +222,7 @@ fn scan_batch(
         let Some(strings) = col.as_string_opt::<i32>() else {
             continue; // numbers, dates and timestamps are typed: nothing to scan
         };
-        let mut clean: HashSet<&str> = HashSet::new();
+        let mut clean: FastSet<&str> = FastSet::default();
         for r in 0..strings.len() {
             if strings.is_null(r) {
                 continue;

@@ -24,6 +24,13 @@ pub mod schema;
 pub mod window;
 pub mod write;
 
+/// A hash map of the builds' per-line look-ups: ahash, randomly keyed (SipHash, std's default,
+/// was ~5% of a 10M-row day's daily build).
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+
+/// A hash set of the builds' per-line look-ups (see [`FastMap`]).
+pub(crate) type FastSet<T> = std::collections::HashSet<T, ahash::RandomState>;
+
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};

@@ -9,12 +9,13 @@
 //! compares with M−1 computed the same way, before suppression, on the same (uf, city, product);
 //! `OUTRAS` rows get null.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{Datelike, Days, Months, NaiveDate};
 
+use super::FastSet;
 use super::brands::{self, BrandUnitsKey};
 use super::contract::Contract;
 use super::curated::{Curated, CuratedError, Product};
@@ -91,7 +92,7 @@ struct Agg {
     min: i64,
     max: i64,
     orders: u64,
-    customers: HashSet<u64>,
+    customers: FastSet<u64>,
 }
 
 impl Agg {

@@ -10,7 +10,7 @@
 //! batch's files (a re-run rewrites them); a batch that has none (written before, or a contract
 //! added since) gets them from its curated data on first use.
 
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read};
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use super::contract::Contract;
 use super::curated::{Curated, CuratedError, Status};
 use super::daily::is_partner_product;
+use super::{FastMap, FastSet};
 
 /// Folder of the window files, beside `curated/` (in the bucket and locally).
 pub const DIR: &str = "window";
@@ -187,7 +188,7 @@ pub(crate) fn id_hash(tag: u8, id: &str) -> u64 {
 #[derive(Default)]
 pub(crate) struct Places {
     /// uf → city → index (looked up by borrowed strings: a place is read millions of times).
-    ids: HashMap<String, HashMap<String, u32>>,
+    ids: FastMap<String, FastMap<String, u32>>,
     /// The places, by index.
     pub(crate) names: Vec<(String, String)>,
 }
@@ -211,7 +212,7 @@ impl Places {
 /// One contract's records of a batch while they are collected.
 struct Collect<'a> {
     contract: &'a Contract,
-    partner: HashSet<&'a str>,
+    partner: FastSet<&'a str>,
     records: Vec<Record>,
     places: Places,
 }
@@ -503,7 +504,7 @@ pub(crate) fn customers_per_place(
             heap.push(std::cmp::Reverse((key, i)));
         }
     }
-    let mut customers: HashMap<u32, HashSet<u64>> = HashMap::new();
+    let mut customers: FastMap<u32, FastSet<u64>> = FastMap::default();
     while let Some(std::cmp::Reverse((key, i))) = heap.pop() {
         let mut best = (cursors[i].take(), cursors[i].day);
         if let Some(next) = cursors[i].peek()? {
@@ -539,6 +540,7 @@ pub(crate) fn customers_per_place(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashSet;
 
     /// The count by holding every version: the latest per line over all batches, then distinct
     /// customers per place, capped at `k`.
