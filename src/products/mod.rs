@@ -24,13 +24,6 @@ pub mod schema;
 pub mod window;
 pub mod write;
 
-/// A hash map of the builds' per-line look-ups: ahash, randomly keyed (SipHash, std's default,
-/// was ~5% of a 10M-row day's daily build).
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
-
-/// A hash set of the builds' per-line look-ups (see [`FastMap`]).
-pub(crate) type FastSet<T> = std::collections::HashSet<T, ahash::RandomState>;
-
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
@@ -47,6 +40,13 @@ use self::schema::SchemaError;
 use self::write::WriteError;
 use crate::events::Alert;
 use crate::events::ProductKind;
+
+/// A hash map of the builds' per-line look-ups: ahash, randomly keyed (SipHash, std's default,
+/// was ~5% of a 10M-row day's daily build).
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+
+/// A hash set of the builds' per-line look-ups (see [`FastMap`]).
+pub(crate) type FastSet<T> = std::collections::HashSet<T, ahash::RandomState>;
 
 /// A product could not be built or was held.
 #[derive(Debug, thiserror::Error)]
