@@ -516,6 +516,19 @@ fn run_table(
             }
             let key_col = batch.column(table.key).as_string::<i32>();
             let line_col = batch.column(ncols).as_primitive::<Int64Type>();
+            // The reference checks, a column at a time before the rows: in a loop of probes
+            // alone the CPU overlaps the key sets' cache misses (1M customers' keys are ~34 MB).
+            let known: Vec<Vec<bool>> = refs
+                .iter()
+                .map(|(ci, _, set)| {
+                    let v = batch.column(*ci).as_string::<i32>();
+                    (0..batch.num_rows())
+                        .map(|i| {
+                            v.is_null(i) || set.is_some_and(|s| s.contains(&key_id(v.value(i))))
+                        })
+                        .collect()
+                })
+                .collect();
             let mut mask = Vec::with_capacity(batch.num_rows());
             for i in 0..batch.num_rows() {
                 let pos = (pi as u32, row + i as u64);
@@ -533,9 +546,8 @@ fn run_table(
                     continue;
                 }
                 let mut reasons = Vec::new();
-                for (ci, target, set) in &refs {
-                    let v = batch.column(*ci).as_string::<i32>();
-                    if !v.is_null(i) && !set.is_some_and(|s| s.contains(&key_id(v.value(i)))) {
+                for ((_, target, _), known) in refs.iter().zip(&known) {
+                    if !known[i] {
                         reasons.push(format!("unknown_{}", entity(target)));
                     }
                 }
