@@ -16,7 +16,7 @@
 //! worker 6% more CPU on a 1M-row day. Every command sets them, not only the roles: glibc starts
 //! at 128 KiB and raises its thresholds only as large blocks are freed, so until then each large
 //! buffer was a fresh mapping, faulted in and zeroed again (`datashare clean` on 1M rows: half
-//! its page faults, ~10% of its CPU).
+//! its page faults, 7% of its CPU).
 
 use std::sync::Mutex;
 
@@ -66,8 +66,8 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// (called first by the command line, and by [`runtime`] before its threads start).
 pub fn configure_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator settings (glibc serializes it); the roles call it
-    // before the runtime's threads start.
+    // SAFETY: mallopt only changes allocator settings (glibc serializes it); the command line
+    // calls it before any thread starts, `runtime` again before its threads start.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, ARENAS);
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
