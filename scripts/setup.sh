@@ -21,15 +21,16 @@ rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup com
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
 # The partner-side stand-ins (fake-gcp/partner/): SMTP (aiosmtpd) and the HTTPS API, with
-# throwaway certificates made by `cryptography`.
+# throwaway certificates made by `cryptography`; the API streams uploads with `multipart`
+# (PushMultipartParser, 1.0 and later).
 venv="${DATASHARE_CACHE:-$HOME/.cache/datashare}/venvs/partner"
 if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating $venv"
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import aiosmtpd, cryptography" 2>/dev/null; then
-  echo "setup: installing aiosmtpd, cryptography"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check aiosmtpd cryptography
+if ! "$venv/bin/python" -c "import aiosmtpd, cryptography, multipart" 2>/dev/null; then
+  echo "setup: installing aiosmtpd, cryptography, multipart"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check aiosmtpd cryptography "multipart>=1.2"
 fi
 
 # The tests' OTLP receiver (tests/py/otlp_receiver.py): the OTLP protobuf messages, gRPC.

@@ -10,7 +10,9 @@ Routes:
                                     `dictionary` (stored with them); needs credentials and
                                     an Idempotency-Key; 201 and stored under
                                     DIR/received/<key>/; 409 when the key was seen; 422 when a
-                                    file's SHA-256 is not its manifest's
+                                    file's SHA-256 is not its manifest's; the body is streamed
+                                    to disk and hashed as it arrives (memory stays one
+                                    chunk, whatever the upload's size)
   POST /_control/script             JSON list of answers for the next uploads, in order:
                                     {"status": 500} | {"status": 429, "retry_after": "1"} |
                                     {"status": 400} | {"hang": seconds}
@@ -26,10 +28,14 @@ import hmac
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
+
+import multipart
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -39,35 +45,52 @@ SCRIPT = []
 SEEN = set()
 
 
-def parse_multipart(body, content_type):
+CHUNK = 1 << 20
+
+
+def boundary_of(content_type):
+    """The multipart boundary of a `Content-Type` header, or None."""
     m = re.search(r'boundary="?([^";]+)"?', content_type or "")
-    if not m:
-        return None
-    delim = b"--" + m.group(1).encode()
-    parts = []
-    for chunk in body.split(delim)[1:]:
-        if chunk.startswith(b"--"):
+    return m.group(1) if m else None
+
+
+def receive_parts(rfile, length, boundary, folder):
+    """Streams a `multipart/form-data` body of `length` bytes from `rfile` into `folder`, one
+    file per part (under its file name's last segment, else its field name), hashing each as
+    it arrives: memory stays one chunk whatever the size. Returns the parts as dicts (field,
+    filename, path, sha256, bytes); raises `multipart.MultipartError` on a malformed body."""
+    parts, out, digest = [], None, None
+    with multipart.PushMultipartParser(boundary, content_length=length) as parser:
+        left = length
+        while not parser.closed:
+            chunk = rfile.read(min(CHUNK, left)) if left else b""
+            left -= len(chunk)
+            if left and not chunk:
+                raise multipart.MultipartError("the body ended early")
+            for event in parser.parse(chunk):
+                if isinstance(event, multipart.MultipartSegment):
+                    name = os.path.basename(event.filename or event.name or "") or "part"
+                    if name.startswith("."):
+                        name = "part" + name
+                    path = os.path.join(folder, f"{len(parts):03}-{name}")
+                    parts.append({"field": event.name, "filename": event.filename or "",
+                                  "path": path, "bytes": 0})
+                    out, digest = open(path, "wb"), hashlib.sha256()
+                elif event:
+                    out.write(event)
+                    digest.update(event)
+                    parts[-1]["bytes"] += len(event)
+                else:
+                    out.close()
+                    parts[-1]["sha256"] = digest.hexdigest()
+                    out = None
+    if out is not None:
+        out.close()
+    while left:  # an epilogue after the closing boundary
+        chunk = rfile.read(min(CHUNK, left))
+        if not chunk:
             break
-        if chunk.startswith(b"\r\n"):
-            chunk = chunk[2:]
-        head, _, data = chunk.partition(b"\r\n\r\n")
-        if data.endswith(b"\r\n"):
-            data = data[:-2]
-        headers = {}
-        for line in head.decode("utf-8", "replace").split("\r\n"):
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        disp = headers.get("content-disposition", "")
-        name = re.search(r'\bname="([^"]*)"', disp)
-        filename = re.search(r'filename="([^"]*)"', disp)
-        parts.append(
-            {
-                "field": name.group(1) if name else "",
-                "filename": filename.group(1) if filename else "",
-                "content_type": headers.get("content-type", ""),
-                "data": data,
-            }
-        )
+        left -= len(chunk)
     return parts
 
 
@@ -110,9 +133,21 @@ class Handler(BaseHTTPRequestHandler):
             want = "Basic " + base64.b64encode(raw).decode()
         return hmac.compare_digest(got.encode(), want.encode())
 
+    def body_length(self):
+        return int(self.headers.get("Content-Length") or 0)
+
     def read_body(self):
-        n = int(self.headers.get("Content-Length") or 0)
+        n = self.body_length()
         return self.rfile.read(n) if n else b""
+
+    def drain_body(self):
+        """Reads the request's body and drops it (an answer that does not need it)."""
+        left = self.body_length()
+        while left:
+            chunk = self.rfile.read(min(CHUNK, left))
+            if not chunk:
+                break
+            left -= len(chunk)
 
     def do_GET(self):
         if not re.fullmatch(r"(/[A-Za-z0-9_.-]+)*/health", self.path):
@@ -125,18 +160,19 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(200, {"status": "ok"})
 
     def do_POST(self):
-        body = self.read_body()
         if self.path == "/_control/script":
             with LOCK:
-                SCRIPT.extend(json.loads(body or b"[]"))
+                SCRIPT.extend(json.loads(self.read_body() or b"[]"))
             return self.answer(200, {"queued": len(SCRIPT)})
         m = re.fullmatch(r"(?:/[A-Za-z0-9_.-]+)*/datasets/([a-z]+)/files", self.path)
         if not m:
+            self.drain_body()
             self.record(404)
             return self.answer(404, {"error": "not found"})
         with LOCK:
             scripted = SCRIPT.pop(0) if SCRIPT else None
         if scripted:
+            self.drain_body()
             if "hang" in scripted:
                 self.record("hang")
                 time.sleep(float(scripted["hang"]))
@@ -149,47 +185,71 @@ class Handler(BaseHTTPRequestHandler):
             self.record(status, scripted=True)
             return self.answer(status, {"error": "scripted"}, headers)
         if not self.authorized():
+            self.drain_body()
             self.record(401)
             return self.answer(401, {"error": "unauthorized"})
         key = self.headers.get("Idempotency-Key", "")
         if not re.fullmatch(r"[A-Za-z0-9_-]{8,128}", key):
+            self.drain_body()
             self.record(400)
             return self.answer(400, {"error": "missing or bad Idempotency-Key"})
-        parts = parse_multipart(body, self.headers.get("Content-Type"))
-        files = [p for p in parts or [] if p["field"] == "file"]
-        manifests = [p for p in parts or [] if p["field"] == "manifest"]
-        dictionaries = [p for p in parts or [] if p["field"] == "dictionary"]
+        incoming = os.path.join(self.server.state, "incoming")
+        os.makedirs(incoming, exist_ok=True)
+        folder = tempfile.mkdtemp(dir=incoming)
+        try:
+            status, payload = self.store_upload(key, m.group(1), folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.answer(status, payload)
+
+    def store_upload(self, key, product, folder):
+        """Receives an upload into `folder` (streamed, hashed as it arrives), checks it and,
+        when it is new and whole, moves it to received/<key>/; returns (status, payload)."""
+        boundary = boundary_of(self.headers.get("Content-Type"))
+        try:
+            if boundary:
+                parts = receive_parts(self.rfile, self.body_length(), boundary, folder)
+            else:
+                self.drain_body()
+                parts = []
+        except multipart.MultipartError as e:
+            self.close_connection = True  # where the body ended is unknown
+            self.record(400)
+            return 400, {"error": f"bad multipart body: {e}"}
+        files = [p for p in parts if p["field"] == "file"]
+        manifests = [p for p in parts if p["field"] == "manifest"]
+        dictionaries = [p for p in parts if p["field"] == "dictionary"]
         if not files or not manifests:
             self.record(400)
-            return self.answer(400, {"error": "need file and manifest parts"})
+            return 400, {"error": "need file and manifest parts"}
         by_file = {}
         for mf in manifests:
             try:
-                doc = json.loads(mf["data"])
+                with open(mf["path"], "rb") as f:
+                    doc = json.loads(f.read(CHUNK))
                 by_file[doc["file"]] = doc
-            except (ValueError, KeyError):
+            except (ValueError, KeyError, TypeError):
                 self.record(400)
-                return self.answer(400, {"error": f"bad manifest {mf['filename']}"})
+                return 400, {"error": f"bad manifest {mf['filename']}"}
         for f in files:
             doc = by_file.get(f["filename"])
-            if doc is None or doc.get("sha256") != hashlib.sha256(f["data"]).hexdigest():
+            if doc is None or doc.get("sha256") != f["sha256"]:
                 self.record(422)
-                return self.answer(422, {"error": f"{f['filename']} does not match its manifest"})
+                return 422, {"error": f"{f['filename']} does not match its manifest"}
         with LOCK:
-            if key in SEEN:
-                duplicate = True
-            else:
-                SEEN.add(key)
-                duplicate = False
+            duplicate = key in SEEN
+            SEEN.add(key)
         if duplicate:
             self.record(409)
-            return self.answer(409, {"error": "already received", "id": key})
-        folder = os.path.join(self.server.state, "received", key)
-        os.makedirs(folder, exist_ok=True)
-        for p in files + manifests + dictionaries:
-            common.write_atomic(os.path.join(folder, os.path.basename(p["filename"])), p["data"])
-        self.record(201, product=m.group(1), files=[p["filename"] for p in files + manifests + dictionaries])
-        self.answer(201, {"id": key, "files": [p["filename"] for p in files]})
+            return 409, {"error": "already received", "id": key}
+        stored = files + manifests + dictionaries
+        target = os.path.join(self.server.state, "received", key)
+        os.makedirs(target, exist_ok=True)
+        for p in stored:
+            name = os.path.basename(p["filename"]) or p["field"]
+            os.replace(p["path"], os.path.join(target, name))
+        self.record(201, product=product, files=[p["filename"] for p in stored])
+        return 201, {"id": key, "files": [p["filename"] for p in files]}
 
 
 def main():
