@@ -241,7 +241,8 @@ async fn a_day_whose_files_pass_16_mib_is_delivered() {
         r.spawn_deliver(sink).await;
     }
     let dt = chrono::NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
-    upload_day(&r.gcs, &r.cfg, dt, 700_000, false).await;
+    // 850k rows: since staged files are zstd, 700k rows gave a largest staged part of 15.5 MB.
+    upload_day(&r.gcs, &r.cfg, dt, 850_000, false).await;
     let mail_dir = r.mail_dir();
     until("the partner e-mail", Duration::from_secs(1500), || {
         let n = mails(&mail_dir).len();
