@@ -20,6 +20,10 @@ use crate::sinks::{Delivery, ReceiptStore, Sink, deliver_once};
 /// How long a notify claim holds before a redelivery may take it over.
 pub const NOTIFY_LEASE: Duration = Duration::from_secs(60);
 
+/// How long a sink that finds the notify claim held waits for its holder's marker before it
+/// hands the message back for a redelivery.
+pub const NOTIFY_HOLDER_WAIT: Duration = Duration::from_secs(5);
+
 impl Deliver {
     /// Publishes one notify once every sink of the request has its receipt.
     pub(super) async fn notify_if_complete(
@@ -66,6 +70,14 @@ impl Deliver {
         }
         match claim::take(&self.gcs, ops, &claim_name, &self.owner, NOTIFY_LEASE).await? {
             Claim::Held { owner, until } => {
+                // Most often two sinks finished together and the other one is publishing: its
+                // marker comes within milliseconds, and this message needs no redelivery (nor
+                // this sink a second, "already delivered" pass). A holder that died is taken
+                // over on a redelivery once its lease ends.
+                if self.marker_appears(ops, &marker).await? {
+                    tracing::info!(holder = %owner, "notify published by its claim's holder");
+                    return Ok(());
+                }
                 return Err(HandleError::Transient(format!(
                     "notify claim held by {owner} until {until}"
                 )));
@@ -92,6 +104,20 @@ impl Deliver {
         }
         tracing::info!(message_id = %id, "notify published");
         Ok(())
+    }
+
+    /// Whether `marker` exists in `bucket` within [`NOTIFY_HOLDER_WAIT`] (polled).
+    async fn marker_appears(&self, bucket: &str, marker: &str) -> Result<bool, HandleError> {
+        let deadline = tokio::time::Instant::now() + NOTIFY_HOLDER_WAIT;
+        loop {
+            if self.gcs.stat(bucket, marker).await?.is_some() {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The e-mail sink's message.

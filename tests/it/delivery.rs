@@ -525,6 +525,53 @@ async fn a_notify_claim_left_by_a_crashed_instance_is_taken_over_once_its_lease_
     r.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sink_that_finds_the_notify_claim_held_waits_for_its_holder_instead_of_retrying() {
+    // Two sinks finishing together: the other one (here the test) holds the notify claim and
+    // writes the marker a moment after this sink's receipt. The API sink acknowledges on that
+    // marker; it used to nack, deliver "again" on the redelivery and count it twice.
+    crate::harness::capture_logs();
+    let r = start(spec(), &["sftp", "email"]).await;
+    let dt = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    upload_day(&r.gcs, &r.cfg, dt, 300, false).await;
+    let (_, req) = daily_request(&r).await;
+    let ops = r.cfg.gcp.buckets.ops.clone();
+    let holder = format!("holder-{}", crate::harness::random_hex(8));
+    let claim_name = format!("notify/{}", req.delivery_id);
+    let taken = claim::take(&r.gcs, &ops, &claim_name, &holder, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(matches!(taken, Claim::Taken { .. }), "{taken:?}");
+    r.spawn_deliver("api").await;
+    let receipts = GcsReceipts::new(r.gcs.clone(), ops.clone());
+    until("the API receipt", Duration::from_secs(120), || {
+        let (receipts, id) = (&receipts, &req.delivery_id);
+        async move { receipts.get("ouchhungry", "api", id).await.unwrap() }
+    })
+    .await;
+    let marker = format!("notify/{}.published", req.delivery_id);
+    r.gcs
+        .write(&ops, &marker, b"by-the-test".to_vec(), Some(0))
+        .await
+        .unwrap();
+    let waited = format!("holder={holder}");
+    until(
+        "the API sink's acknowledgement",
+        Duration::from_secs(30),
+        || {
+            let found = crate::harness::captured_logs().contains(&waited);
+            async move { found.then_some(()) }
+        },
+    )
+    .await;
+    let logs = crate::harness::captured_logs();
+    assert!(
+        !logs.contains(&format!("notify claim held by {holder}")),
+        "the API sink handed its message back"
+    );
+    r.stop().await;
+}
+
 #[tokio::test]
 async fn a_misconfigured_sink_stops_the_role_at_start_up() {
     let work = tempfile::tempdir().unwrap();
