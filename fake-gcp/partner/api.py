@@ -60,32 +60,34 @@ def receive_parts(rfile, length, boundary, folder):
     it arrives: memory stays one chunk whatever the size. Returns the parts as dicts (field,
     filename, path, sha256, bytes); raises `multipart.MultipartError` on a malformed body."""
     parts, out, digest = [], None, None
-    with multipart.PushMultipartParser(boundary, content_length=length) as parser:
-        left = length
-        while not parser.closed:
-            chunk = rfile.read(min(CHUNK, left)) if left else b""
-            left -= len(chunk)
-            if left and not chunk:
-                raise multipart.MultipartError("the body ended early")
-            for event in parser.parse(chunk):
-                if isinstance(event, multipart.MultipartSegment):
-                    name = os.path.basename(event.filename or event.name or "") or "part"
-                    if name.startswith("."):
-                        name = "part" + name
-                    path = os.path.join(folder, f"{len(parts):03}-{name}")
-                    parts.append({"field": event.name, "filename": event.filename or "",
-                                  "path": path, "bytes": 0})
-                    out, digest = open(path, "wb"), hashlib.sha256()
-                elif event:
-                    out.write(event)
-                    digest.update(event)
-                    parts[-1]["bytes"] += len(event)
-                else:
-                    out.close()
-                    parts[-1]["sha256"] = digest.hexdigest()
-                    out = None
-    if out is not None:
-        out.close()
+    left = length
+    try:
+        with multipart.PushMultipartParser(boundary, content_length=length) as parser:
+            while not parser.closed:
+                chunk = rfile.read(min(CHUNK, left)) if left else b""
+                left -= len(chunk)
+                if left and not chunk:
+                    raise multipart.MultipartError("the body ended early")
+                for event in parser.parse(chunk):
+                    if isinstance(event, multipart.MultipartSegment):
+                        name = os.path.basename(event.filename or event.name or "") or "part"
+                        if name.startswith("."):
+                            name = "part" + name
+                        path = os.path.join(folder, f"{len(parts):03}-{name}")
+                        parts.append({"field": event.name, "filename": event.filename or "",
+                                      "path": path, "bytes": 0})
+                        out, digest = open(path, "wb"), hashlib.sha256()
+                    elif event:
+                        out.write(event)
+                        digest.update(event)
+                        parts[-1]["bytes"] += len(event)
+                    else:
+                        out.close()
+                        parts[-1]["sha256"] = digest.hexdigest()
+                        out = None
+    finally:
+        if out is not None:  # a part cut short: its file is closed, the caller removes it
+            out.close()
     while left:  # an epilogue after the closing boundary
         chunk = rfile.read(min(CHUNK, left))
         if not chunk:
