@@ -22,7 +22,7 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 
 # The partner-side stand-ins (fake-gcp/partner/): SMTP (aiosmtpd) and the HTTPS API, with
 # throwaway certificates made by `cryptography`; the API streams uploads with `multipart`
-# (PushMultipartParser, 1.0 and later).
+# (its PushMultipartParser; 1.2 or later).
 venv="${DATASHARE_CACHE:-$HOME/.cache/datashare}/venvs/partner"
 if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating $venv"

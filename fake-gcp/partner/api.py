@@ -58,7 +58,7 @@ def receive_parts(rfile, length, boundary, folder):
     """Streams a `multipart/form-data` body of `length` bytes from `rfile` into `folder`, one
     file per part (under its file name's last segment, else its field name), hashing each as
     it arrives: memory stays one chunk whatever the size. Returns the parts as dicts (field,
-    filename, path, sha256, bytes); raises `multipart.MultipartError` on a malformed body."""
+    filename, name: the safe file name to store it under, path, sha256, bytes); raises `multipart.MultipartError` on a malformed body."""
     parts, out, digest = [], None, None
     left = length
     try:
@@ -75,7 +75,7 @@ def receive_parts(rfile, length, boundary, folder):
                             name = "part" + name
                         path = os.path.join(folder, f"{len(parts):03}-{name}")
                         parts.append({"field": event.name, "filename": event.filename or "",
-                                      "path": path, "bytes": 0})
+                                      "name": name, "path": path, "bytes": 0})
                         out, digest = open(path, "wb"), hashlib.sha256()
                     elif event:
                         out.write(event)
@@ -247,9 +247,8 @@ class Handler(BaseHTTPRequestHandler):
         stored = files + manifests + dictionaries
         target = os.path.join(self.server.state, "received", key)
         os.makedirs(target, exist_ok=True)
-        for p in stored:
-            name = os.path.basename(p["filename"]) or p["field"]
-            os.replace(p["path"], os.path.join(target, name))
+        for p in stored:  # under a name that cannot leave the folder (no "..", no dot file)
+            os.replace(p["path"], os.path.join(target, p["name"]))
         self.record(201, product=product, files=[p["filename"] for p in stored])
         return 201, {"id": key, "files": [p["filename"] for p in files]}
 

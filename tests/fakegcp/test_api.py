@@ -129,3 +129,13 @@ def test_malformed_bodies_get_a_400_and_the_server_goes_on(api):
     assert (status, doc["error"]) == (400, "need file and manifest parts")
     assert api.incoming() == [] and not (api.state / "received").exists()
     assert api.post(whole, "key-after-errors")[0] == 201
+
+
+def test_file_names_cannot_leave_the_upload_folder(api):
+    for name in ("..", "../escape.csv", ".hidden"):
+        status, _ = api.post(multipart(upload(name, b"a,b\n")), f"key-name-{len(name):02}")
+        assert status == 201, name
+    received = api.state / "received"
+    assert sorted(p.name for p in received.iterdir()) == ["key-name-02", "key-name-07", "key-name-13"]
+    assert all(p.is_file() for key in received.iterdir() for p in key.iterdir())
+    assert not (api.state / "escape.csv").exists() and not (received / "escape.csv").exists()
