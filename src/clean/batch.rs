@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, UInt32Type, UInt64Type};
-use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use arrow_array::{Array, BooleanArray, RecordBatch};
 use arrow_ipc::reader::FileReader;
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::SchemaRef;
@@ -32,7 +32,7 @@ use super::columns::{
 use super::encode::ParallelWriter;
 use super::report::{QualityReport, TableReport};
 use super::schema::{Schemas, TableSchema};
-use super::stage::{PartSummary, StagedPaths};
+use super::stage::{PartSummary, StagedPaths, Staging};
 use super::validators::Value;
 
 /// The batch step failed for a reason outside the data; it can run again.
@@ -219,7 +219,14 @@ pub fn run_batch(
     parts: &[PartSummary],
     out: &BatchOutputs,
 ) -> Result<QualityReport, BatchError> {
-    run_batch_with(schemas, dt, staging, parts, out, &Limits::default())
+    run_batch_with(
+        schemas,
+        dt,
+        Staging::dir(staging),
+        parts,
+        out,
+        &Limits::default(),
+    )
 }
 
 /// Runs the batch step over the staged parts of one batch and writes curated data, quarantine and the report.
@@ -228,7 +235,7 @@ pub fn run_batch(
 pub fn run_batch_with(
     schemas: &Schemas,
     dt: NaiveDate,
-    staging: &Path,
+    staging: Staging<'_>,
     parts: &[PartSummary],
     out: &BatchOutputs,
     limits: &Limits,
@@ -287,15 +294,48 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BatchError> {
     Ok(())
 }
 
-/// Opens a staged file; its columns must have `want`'s types, the last one may be missing when
-/// `last_optional` (parts staged by an earlier release).
+/// A staged file being read: from its Arrow IPC file, or the batches memory held for it.
+enum StagedReader {
+    File(FileReader<BufReader<File>>),
+    Memory(SchemaRef, std::vec::IntoIter<RecordBatch>),
+}
+
+impl StagedReader {
+    fn schema(&self) -> SchemaRef {
+        match self {
+            StagedReader::File(r) => r.schema(),
+            StagedReader::Memory(schema, _) => schema.clone(),
+        }
+    }
+}
+
+impl Iterator for StagedReader {
+    type Item = Result<RecordBatch, arrow_schema::ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            StagedReader::File(r) => r.next(),
+            StagedReader::Memory(_, batches) => batches.next().map(Ok),
+        }
+    }
+}
+
+/// Opens a staged file (taking it out of memory when held there: each is read once); its
+/// columns must have `want`'s types, the last one may be missing when `last_optional` (parts
+/// staged by an earlier release).
 fn open_staged(
+    staging: Staging<'_>,
     path: &Path,
     want: &SchemaRef,
     last_optional: bool,
-) -> Result<FileReader<BufReader<File>>, BatchError> {
-    let f = BufReader::with_capacity(1 << 20, File::open(path)?);
-    let staged = FileReader::try_new(f, None)?;
+) -> Result<StagedReader, BatchError> {
+    let staged = match staging.memory.and_then(|m| m.take(path)) {
+        Some((schema, batches)) => StagedReader::Memory(schema, batches.into_iter()),
+        None => {
+            let f = BufReader::with_capacity(1 << 20, File::open(path)?);
+            StagedReader::File(FileReader::try_new(f, None)?)
+        }
+    };
     let found = staged.schema();
     let (n, wanted) = (found.fields().len(), want.fields().len());
     let fits = (n == wanted || (last_optional && n + 1 == wanted))
@@ -335,7 +375,7 @@ fn rows_mismatch(path: &Path, keys: u64) -> BatchError {
 #[allow(clippy::too_many_arguments)]
 fn run_table(
     table: &TableSchema,
-    staging: &Path,
+    staging: Staging<'_>,
     parts: &[&PartSummary],
     out: &BatchOutputs,
     key_sets: &HashMap<String, KeySet>,
@@ -374,12 +414,12 @@ fn run_table(
     }
     let paths: Vec<StagedPaths> = good
         .iter()
-        .map(|p| StagedPaths::new(staging, &p.file.object, &p.file.generation))
+        .map(|p| StagedPaths::new(staging.dir, &p.file.object, &p.file.generation))
         .collect();
     for (p, path) in good.iter().zip(&paths) {
         if ![&path.data, &path.keys, &path.quarantine]
             .iter()
-            .all(|f| f.exists())
+            .all(|f| staging.has(f))
         {
             return Err(BatchError::MissingStage {
                 object: p.file.object.clone(),
@@ -396,7 +436,7 @@ fn run_table(
     let mut rows_per_part = Vec::with_capacity(good.len());
     for (pi, path) in paths.iter().enumerate() {
         let mut row = 0u64;
-        for batch in open_staged(&path.keys, &keys_schema(), false)? {
+        for batch in open_staged(staging, &path.keys, &keys_schema(), false)? {
             let batch = batch?;
             let keys = batch.column(0).as_primitive::<UInt64Type>();
             let checks = batch.column(1).as_primitive::<UInt32Type>();
@@ -498,11 +538,12 @@ fn run_table(
     let (mut hash_buf, mut values) = (Vec::new(), Vec::new());
     // Rows failing a reference check are quarantined with their raw values (`raw_values`);
     // beyond one flush they wait in a spill file, to follow the rows staging quarantined.
-    let spill_path = staging.join(format!("_orphans.{}.arrow", table.name));
+    let spill_path = staging.dir.join(format!("_orphans.{}.arrow", table.name));
     let mut spill: Option<FileWriter<std::io::BufWriter<File>>> = None;
+    let curated_columns: Vec<usize> = (0..ncols).collect();
     for (pi, path) in paths.iter().enumerate() {
         let mut row = 0u64;
-        let reader = open_staged(&path.data, &staged_schema(table), true)?;
+        let reader = open_staged(staging, &path.data, &staged_schema(table), true)?;
         if reader.schema().fields().len() == ncols + 1 {
             tracing::warn!(
                 object = %good[pi].file.object,
@@ -579,10 +620,12 @@ fn run_table(
                 }
             }
             row += batch.num_rows() as u64;
-            let kept =
-                arrow_select::filter::filter_record_batch(&batch, &BooleanArray::from(mask))?;
-            let columns: Vec<ArrayRef> = (0..ncols).map(|c| kept.column(c).clone()).collect();
-            let kept = RecordBatch::try_new(curated_schema.clone(), columns)?;
+            // The curated columns alone are filtered: not the lines and raw values.
+            let kept = arrow_select::filter::filter_record_batch(
+                &batch.project(&curated_columns)?,
+                &BooleanArray::from(mask),
+            )?;
+            let kept = RecordBatch::try_new(curated_schema.clone(), kept.columns().to_vec())?;
             rep.rows_kept += kept.num_rows() as u64;
             curated.write(&kept)?;
         }
@@ -607,7 +650,7 @@ fn run_table(
         Some(quarantine_props),
     )?;
     for path in &paths {
-        for batch in open_staged(&path.quarantine, &quarantine_schema(table), false)? {
+        for batch in open_staged(staging, &path.quarantine, &quarantine_schema(table), false)? {
             let mut builder = QuarantineBuilder::new(table);
             for mut row in quarantined_rows(&batch?, ncols) {
                 if row.record.is_none() {
@@ -628,7 +671,12 @@ fn run_table(
     if let Some(mut w) = spill {
         w.finish()?;
         drop(w);
-        for batch in open_staged(&spill_path, &quarantine_schema(table), false)? {
+        for batch in open_staged(
+            Staging::dir(staging.dir),
+            &spill_path,
+            &quarantine_schema(table),
+            false,
+        )? {
             qwriter.write(&batch?)?;
             if qwriter.in_progress_size() >= limits.row_group_bytes {
                 qwriter.flush()?;
@@ -971,11 +1019,16 @@ mod tests {
         assert_eq!(part.rows_staged, 2);
         // Only the messy row keeps its raw text in the staged file.
         let paths = StagedPaths::new(&staging, &part.file.object, &part.file.generation);
-        let staged = open_staged(&paths.data, &staged_schema(table), false)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap();
+        let staged = open_staged(
+            Staging::dir(&staging),
+            &paths.data,
+            &staged_schema(table),
+            false,
+        )
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
         let raw = staged.column(table.columns.len() + 1);
         assert_eq!((raw.len(), raw.null_count()), (2, 1));
         assert!(raw.is_valid(0));

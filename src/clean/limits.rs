@@ -30,9 +30,14 @@ pub struct Limits {
     pub row_group_rows: usize,
     /// Buffered bytes of one Parquet row group (default 64 MiB).
     pub row_group_bytes: usize,
-    /// Staged Arrow files compressed with LZ4 (default off: on where staged files cross the
+    /// Staged Arrow files compressed with zstd (default off: on where staged files cross the
     /// network, as in the worker, where they go up to the curated bucket and back).
     pub compress_staged: bool,
+    /// Bytes of staged rows a batch staged and cleaned in one process (`datashare clean`) keeps
+    /// in memory rather than writing them to staged files and reading them back (default
+    /// 512 MiB; 0: every staged file is written). The worker always writes them: they go to the
+    /// curated bucket.
+    pub stage_memory_bytes: usize,
     /// Threads encoding the columns of curated Parquet (default 1: on the batch step's own
     /// thread; the worker uses its vCPUs, up to 4).
     pub encode_threads: usize,
@@ -51,6 +56,7 @@ impl Default for Limits {
             row_group_rows: 256 * 1024,
             row_group_bytes: 64 << 20,
             compress_staged: false,
+            stage_memory_bytes: 512 << 20,
             encode_threads: 1,
         }
     }

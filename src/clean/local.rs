@@ -7,9 +7,10 @@ use chrono::NaiveDate;
 
 use super::Limits;
 use super::batch::{BatchError, BatchOutputs, run_batch_with};
+use super::memory::StagedMemory;
 use super::report::{FileError, FileReport, QualityReport};
 use super::schema::Schemas;
-use super::stage::{PartSummary, StageError, stage_part_with};
+use super::stage::{PartSummary, StageError, Staging, stage_part_with};
 use super::validators::today_sao_paulo;
 use crate::extract::{Layout, Marker, classify};
 
@@ -124,6 +125,12 @@ pub fn run_local_batch_with(
     }
 
     let staging = output.join(format!("_staging/dt={dt}"));
+    // Staged files are written once and read back once: in memory while the budget lasts.
+    let memory = StagedMemory::new(limits.stage_memory_bytes);
+    let staged_in = Staging {
+        dir: &staging,
+        memory: Some(&memory),
+    };
     let today = today_sao_paulo();
     let mut parts: Vec<PartSummary> = Vec::new();
     for object in &marker.files {
@@ -135,7 +142,8 @@ pub fn run_local_batch_with(
         match File::open(&path) {
             Ok(file) => {
                 let started = std::time::Instant::now();
-                let part = stage_part_with(schema, object, "local", file, &staging, today, limits)?;
+                let part =
+                    stage_part_with(schema, object, "local", file, staged_in, today, limits)?;
                 tracing::info!(
                     object = object.as_str(),
                     rows = part.file.rows,
@@ -162,7 +170,7 @@ pub fn run_local_batch_with(
         dt,
     };
     let started = std::time::Instant::now();
-    let report = run_batch_with(schemas, dt, &staging, &parts, &outputs, limits)?;
+    let report = run_batch_with(schemas, dt, staged_in, &parts, &outputs, limits)?;
     tracing::info!(%dt, elapsed_ms = started.elapsed().as_millis() as u64, "batch step done");
     let _ = fs::remove_dir_all(&staging);
     Ok(LocalBatch {

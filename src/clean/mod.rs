@@ -7,6 +7,7 @@ pub mod encode;
 pub mod guardrails;
 pub mod limits;
 pub mod local;
+pub mod memory;
 pub mod pattern;
 pub mod report;
 pub mod schema;

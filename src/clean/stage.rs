@@ -20,6 +20,7 @@ use super::columns::{
     QuarantineBuilder, QuarantinedRow, RAW_SEP, RowIdentity, StagedBatches, StagedBuilder,
     key_hash, keys_schema, quarantine_schema, staged_schema,
 };
+use super::memory::StagedMemory;
 use super::report::{FieldCounts, FileError, FileReport};
 use super::schema::{OnInvalid, TableSchema};
 use super::validators::{Kind, Value, is_null_marker};
@@ -200,35 +201,126 @@ fn staged_ipc_options(compress: bool) -> Result<IpcWriteOptions, StageError> {
 /// The zstd level of staged files: as small as the default level (3) on staged rows, for less CPU.
 const STAGED_ZSTD_LEVEL: i32 = 1;
 
-/// Arrow IPC writers of one staged part, to temporary names until the part is complete.
+/// Where a part is staged: a folder, and the memory that may hold its staged files instead.
+#[derive(Debug, Clone, Copy)]
+pub struct Staging<'a> {
+    /// The staging folder (summaries always, staged files when not held in memory).
+    pub dir: &'a Path,
+    /// Staged files held in memory while its budget lasts (the local `clean` command).
+    pub memory: Option<&'a StagedMemory>,
+}
+
+impl<'a> Staging<'a> {
+    /// Staging to files in `dir` only (the worker: its staged files go to the bucket).
+    pub fn dir(dir: &'a Path) -> Self {
+        Self { dir, memory: None }
+    }
+
+    /// Returns true when a staged file is held in memory or exists under `path`.
+    pub fn has(&self, path: &Path) -> bool {
+        self.memory.is_some_and(|m| m.contains(path)) || path.exists()
+    }
+}
+
+/// Where one staged file's batches go.
+enum Sink {
+    /// An Arrow IPC file under a temporary name (renamed when the part is complete).
+    File(Box<FileWriter<BufWriter<File>>>, PathBuf),
+    /// Batches held in memory, with the bytes reserved for them.
+    Memory(StagedMemory, Vec<RecordBatch>, usize),
+}
+
+/// One staged file being written.
+struct StagedWriter {
+    sink: Sink,
+    path: PathBuf,
+    schema: SchemaRef,
+}
+
+/// The staged files of one part, each written to a temporary name until the part is complete,
+/// or held in memory while the budget lasts (then written out, what it held first).
 struct StagedWriters {
-    writers: Vec<(FileWriter<BufWriter<File>>, PathBuf, PathBuf)>,
+    writers: Vec<StagedWriter>,
+    compress: bool,
 }
 
 impl StagedWriters {
-    fn create(targets: &[(&Path, SchemaRef)], compress: bool) -> Result<Self, StageError> {
+    fn create(
+        targets: &[(&Path, SchemaRef)],
+        compress: bool,
+        memory: Option<&StagedMemory>,
+    ) -> Result<Self, StageError> {
         let mut writers = Vec::with_capacity(targets.len());
         for (path, schema) in targets {
-            let tmp = path.with_extension("arrow.tmp");
-            let file = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-            let w = FileWriter::try_new_with_options(file, schema, staged_ipc_options(compress)?)?;
-            writers.push((w, tmp, path.to_path_buf()));
+            let sink = match memory {
+                Some(m) => Sink::Memory(m.clone(), Vec::new(), 0),
+                None => file_sink(path, schema, compress)?,
+            };
+            writers.push(StagedWriter {
+                sink,
+                path: path.to_path_buf(),
+                schema: schema.clone(),
+            });
         }
-        Ok(Self { writers })
+        Ok(Self { writers, compress })
     }
 
     fn write(&mut self, i: usize, batch: &RecordBatch) -> Result<(), StageError> {
-        Ok(self.writers[i].0.write(batch)?)
+        let w = &mut self.writers[i];
+        match &mut w.sink {
+            Sink::File(f, _) => Ok(f.write(batch)?),
+            Sink::Memory(memory, held, bytes) => {
+                let n = batch.get_array_memory_size();
+                if memory.reserve(n) {
+                    held.push(batch.clone());
+                    *bytes += n;
+                    return Ok(());
+                }
+                let mut sink = file_sink(&w.path, &w.schema, self.compress)?;
+                if let Sink::File(f, _) = &mut sink {
+                    for b in held.iter().chain([batch]) {
+                        f.write(b)?;
+                    }
+                }
+                memory.release(*bytes);
+                w.sink = sink;
+                Ok(())
+            }
+        }
     }
 
-    fn finish(self) -> Result<(), StageError> {
-        for (mut w, tmp, path) in self.writers {
-            w.finish()?;
-            drop(w);
-            fs::rename(&tmp, &path)?;
+    fn finish(mut self) -> Result<(), StageError> {
+        for w in std::mem::take(&mut self.writers) {
+            match w.sink {
+                Sink::File(mut f, tmp) => {
+                    f.finish()?;
+                    drop(f);
+                    fs::rename(&tmp, &w.path)?;
+                }
+                Sink::Memory(memory, held, bytes) => memory.insert(&w.path, w.schema, held, bytes),
+            }
         }
         Ok(())
     }
+}
+
+impl Drop for StagedWriters {
+    /// A part given up (a file-level failure) gives its reserved bytes back.
+    fn drop(&mut self) {
+        for w in &self.writers {
+            if let Sink::Memory(memory, _, bytes) = &w.sink {
+                memory.release(*bytes);
+            }
+        }
+    }
+}
+
+/// A staged file's Arrow IPC writer, to its temporary name.
+fn file_sink(path: &Path, schema: &SchemaRef, compress: bool) -> Result<Sink, StageError> {
+    let tmp = path.with_extension("arrow.tmp");
+    let file = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    let w = FileWriter::try_new_with_options(file, schema, staged_ipc_options(compress)?)?;
+    Ok(Sink::File(Box::new(w), tmp))
 }
 
 /// Applies a table's field rules to one row of raw values.
@@ -440,7 +532,7 @@ pub fn stage_part(
         object,
         generation,
         input,
-        staging,
+        Staging::dir(staging),
         today,
         &Limits::default(),
     )
@@ -454,7 +546,7 @@ pub fn stage_part_with(
     object: &str,
     generation: &str,
     input: impl Read + Send + 'static,
-    staging: &Path,
+    staging: Staging<'_>,
     today: NaiveDate,
     limits: &Limits,
 ) -> Result<PartSummary, StageError> {
@@ -466,12 +558,12 @@ fn stage_inner(
     object: &str,
     generation: &str,
     input: impl Read + Send + 'static,
-    staging: &Path,
+    staging: Staging<'_>,
     today: NaiveDate,
     limits: &Limits,
 ) -> Result<PartSummary, StageError> {
-    fs::create_dir_all(staging)?;
-    let paths = StagedPaths::new(staging, object, generation);
+    fs::create_dir_all(staging.dir)?;
+    let paths = StagedPaths::new(staging.dir, object, generation);
     let mut summary = PartSummary {
         table: schema.name.clone(),
         file: FileReport {
@@ -495,10 +587,13 @@ fn stage_inner(
             .map(|c| (c.name.clone(), FieldCounts::default()))
             .collect(),
     };
-    match stage_rows(schema, &paths, input, today, limits, &mut summary) {
+    match stage_rows(schema, &paths, staging, input, today, limits, &mut summary) {
         Ok(()) => {}
         Err(Failure::File(kind, message)) => {
             for f in paths.files() {
+                if let Some(m) = staging.memory {
+                    m.remove(f);
+                }
                 let _ = fs::remove_file(f);
                 let _ = fs::remove_file(f.with_extension("arrow.tmp"));
             }
@@ -548,6 +643,7 @@ fn fault(f: FileFault) -> Failure {
 fn stage_rows(
     schema: &TableSchema,
     paths: &StagedPaths,
+    staging: Staging<'_>,
     input: impl Read + Send + 'static,
     today: NaiveDate,
     limits: &Limits,
@@ -589,6 +685,7 @@ fn stage_rows(
             (&paths.quarantine, quarantine_schema(schema)),
         ],
         limits.compress_staged,
+        staging.memory,
     )?;
     let (flush_rows, flush_bytes) = (limits.flush_rows(), limits.flush_bytes);
     let mut staged = StagedBuilder::new(schema, flush_rows.min(32 * 1024));
@@ -930,7 +1027,7 @@ mod tests {
                 "extracts/products/dt=2026-11-27/part-000.csv",
                 "7",
                 std::io::Cursor::new(csv.clone()),
-                dir.path(),
+                Staging::dir(dir.path()),
                 today(),
                 &limits,
             )

@@ -2,8 +2,8 @@
 
 use chrono::NaiveDate;
 
-use crate::clean::Schemas;
-use crate::clean::local::{marker_days, run_local_batch};
+use crate::clean::local::{marker_days, run_local_batch, run_local_batch_with};
+use crate::clean::{Limits, Schemas};
 use crate::events::ProductKind;
 use crate::products::{BuildOptions, Period, Released, contract, month_periods, monthly};
 
@@ -26,9 +26,13 @@ pub fn clean(args: &CleanArgs) -> anyhow::Result<Verdict> {
             args.input.display()
         );
     }
+    let limits = Limits {
+        stage_memory_bytes: args.stage_memory_mib.saturating_mul(1 << 20),
+        ..Limits::default()
+    };
     let mut ok = true;
     for dt in days {
-        let batch = match run_local_batch(&schemas, &args.input, &args.output, dt) {
+        let batch = match run_local_batch_with(&schemas, &args.input, &args.output, dt, &limits) {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("dt={dt}: {e}");

@@ -291,6 +291,9 @@ pub struct CleanArgs {
     /// Table schemas to use instead of the built-in `config/tables.toml`.
     #[arg(long)]
     pub tables: Option<PathBuf>,
+    /// MiB of staged rows kept in memory instead of staged files (0: write every staged file).
+    #[arg(long, default_value_t = 512)]
+    pub stage_memory_mib: usize,
 }
 
 /// Arguments of `datashare bench`.

@@ -18,7 +18,7 @@ use super::{Worker, names};
 use crate::clean::Limits;
 use crate::clean::batch::{BatchOutputs, run_batch_with};
 use crate::clean::guardrails;
-use crate::clean::stage::{PartSummary, StagedPaths};
+use crate::clean::stage::{PartSummary, StagedPaths, Staging};
 use crate::clean::{QualityReport, Schemas};
 use crate::config::guardrails::VOLUME_HISTORY;
 use crate::events::ProductKind;
@@ -367,7 +367,14 @@ impl Worker {
                 encode_threads,
                 ..Limits::default()
             };
-            run_batch_with(&schemas, dt, &staging2, &parts, &outputs2, &limits)
+            run_batch_with(
+                &schemas,
+                dt,
+                Staging::dir(&staging2),
+                &parts,
+                &outputs2,
+                &limits,
+            )
         })
         .instrument(dedup)
         .await?

@@ -10,7 +10,7 @@ use chrono::NaiveDate;
 use futures::{StreamExt, TryStreamExt, stream};
 
 use super::{Worker, names};
-use crate::clean::stage::{PartSummary, StageError, StagedPaths, stage_part_with};
+use crate::clean::stage::{PartSummary, StageError, StagedPaths, Staging, stage_part_with};
 use crate::clean::validators::today_sao_paulo;
 use crate::clean::{Limits, Schemas};
 use crate::config::Config;
@@ -142,7 +142,7 @@ impl Worker {
                 &name,
                 &generation,
                 file,
-                &stage_dir,
+                Staging::dir(&stage_dir),
                 today_sao_paulo(),
                 &limits,
             )

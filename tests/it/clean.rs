@@ -463,3 +463,80 @@ fn a_pattern_that_does_not_compile_stops_the_program_at_start_up() {
     );
     assert!(!dir.path().join("out").exists());
 }
+
+/// Staged files held in memory (all of them, or some until the budget runs out) give the
+/// batch's outputs byte for byte as staged files written and read back do, and the budget is
+/// given back once the batch is done.
+#[test]
+fn staging_in_memory_gives_the_same_outputs_as_staged_files() {
+    use datashare::clean::Limits;
+    use datashare::clean::local::run_local_batch_with;
+    use datashare::generate::{GenerateOptions, LocalDirSink, generate_day};
+
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("raw");
+    let dt = chrono::NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+    let opts = GenerateOptions {
+        rows: 30_000,
+        parts: 3,
+        defect_rate: 0.05,
+        bad_files: true,
+        ..GenerateOptions::default()
+    };
+    generate_day(&opts, dt, &LocalDirSink::new(&raw)).unwrap();
+    let schemas = Schemas::builtin().unwrap();
+    let outputs = |budget: usize| {
+        let out = dir.path().join(format!("out-{budget}"));
+        let limits = Limits {
+            stage_memory_bytes: budget,
+            flush_rows: 4096,
+            ..Limits::default()
+        };
+        let batch = run_local_batch_with(&schemas, &raw, &out, dt, &limits).unwrap();
+        assert!(
+            !out.join(format!("_staging/dt={dt}")).exists(),
+            "the staging folder is removed"
+        );
+        let mut files = BTreeMap::new();
+        for entry in walk(&out) {
+            let name = entry.strip_prefix(&out).unwrap().display().to_string();
+            files.insert(name, std::fs::read(&entry).unwrap());
+        }
+        (serde_json::to_value(&batch.report).unwrap(), files)
+    };
+    let (files_report, written) = outputs(0);
+    assert!(
+        written
+            .keys()
+            .any(|k| k.starts_with("curated/transactions"))
+    );
+    // 1 MiB holds the first part's batches, not the others': some parts spill to files.
+    for budget in [1 << 20, 512 << 20] {
+        let (report, files) = outputs(budget);
+        assert_eq!(report, files_report, "budget {budget}");
+        assert_eq!(
+            files.keys().collect::<Vec<_>>(),
+            written.keys().collect::<Vec<_>>()
+        );
+        for (name, bytes) in &files {
+            assert!(
+                bytes == &written[name],
+                "{name} differs with budget {budget}"
+            );
+        }
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
