@@ -35,8 +35,8 @@ pub struct Limits {
     pub compress_staged: bool,
     /// Bytes of staged rows a batch staged and cleaned in one process (`datashare clean`) keeps
     /// in memory rather than writing them to staged files and reading them back (default
-    /// 512 MiB; 0: every staged file is written). The worker always writes them: they go to the
-    /// curated bucket.
+    /// 256 MiB: a 1M-row day; 0: every staged file is written). The worker always writes them:
+    /// they go to the curated bucket.
     pub stage_memory_bytes: usize,
     /// Threads encoding the columns of curated Parquet (default 1: on the batch step's own
     /// thread; the worker uses its vCPUs, up to 4).
@@ -56,7 +56,7 @@ impl Default for Limits {
             row_group_rows: 256 * 1024,
             row_group_bytes: 64 << 20,
             compress_staged: false,
-            stage_memory_bytes: 512 << 20,
+            stage_memory_bytes: 256 << 20,
             encode_threads: 1,
         }
     }

@@ -292,7 +292,7 @@ pub struct CleanArgs {
     #[arg(long)]
     pub tables: Option<PathBuf>,
     /// MiB of staged rows kept in memory instead of staged files (0: write every staged file).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 256)]
     pub stage_memory_mib: usize,
 }
 
