@@ -498,7 +498,7 @@ fn staging_in_memory_gives_the_same_outputs_as_staged_files() {
             "the staging folder is removed"
         );
         let mut files = BTreeMap::new();
-        for entry in walk(&out) {
+        for entry in crate::products::files_under(&out) {
             let name = entry.strip_prefix(&out).unwrap().display().to_string();
             files.insert(name, std::fs::read(&entry).unwrap());
         }
@@ -525,18 +525,4 @@ fn staging_in_memory_gives_the_same_outputs_as_staged_files() {
             );
         }
     }
-}
-
-/// Every file under `dir`, recursively.
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let path = e.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
