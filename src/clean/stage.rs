@@ -222,10 +222,13 @@ impl<'a> Staging<'a> {
     }
 }
 
+/// A staged file's Arrow IPC writer.
+type IpcFile = FileWriter<BufWriter<File>>;
+
 /// Where one staged file's batches go.
 enum Sink {
     /// An Arrow IPC file under a temporary name (renamed when the part is complete).
-    File(Box<FileWriter<BufWriter<File>>>, PathBuf),
+    File(Box<IpcFile>, PathBuf),
     /// Batches held in memory, with the bytes reserved for them.
     Memory(StagedMemory, Vec<RecordBatch>, usize),
 }
@@ -254,7 +257,10 @@ impl StagedWriters {
         for (path, schema) in targets {
             let sink = match memory {
                 Some(m) => Sink::Memory(m.clone(), Vec::new(), 0),
-                None => file_sink(path, schema, compress)?,
+                None => {
+                    let (f, tmp) = file_writer(path, schema, compress)?;
+                    Sink::File(f, tmp)
+                }
             };
             writers.push(StagedWriter {
                 sink,
@@ -276,14 +282,12 @@ impl StagedWriters {
                     *bytes += n;
                     return Ok(());
                 }
-                let mut sink = file_sink(&w.path, &w.schema, self.compress)?;
-                if let Sink::File(f, _) = &mut sink {
-                    for b in held.iter().chain([batch]) {
-                        f.write(b)?;
-                    }
+                let (mut f, tmp) = file_writer(&w.path, &w.schema, self.compress)?;
+                for b in held.iter().chain([batch]) {
+                    f.write(b)?;
                 }
                 memory.release(*bytes);
-                w.sink = sink;
+                w.sink = Sink::File(f, tmp);
                 Ok(())
             }
         }
@@ -316,11 +320,15 @@ impl Drop for StagedWriters {
 }
 
 /// A staged file's Arrow IPC writer, to its temporary name.
-fn file_sink(path: &Path, schema: &SchemaRef, compress: bool) -> Result<Sink, StageError> {
+fn file_writer(
+    path: &Path,
+    schema: &SchemaRef,
+    compress: bool,
+) -> Result<(Box<IpcFile>, PathBuf), StageError> {
     let tmp = path.with_extension("arrow.tmp");
     let file = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
     let w = FileWriter::try_new_with_options(file, schema, staged_ipc_options(compress)?)?;
-    Ok(Sink::File(Box::new(w), tmp))
+    Ok((Box::new(w), tmp))
 }
 
 /// Applies a table's field rules to one row of raw values.

@@ -1,6 +1,7 @@
 //! Hostile and unlucky input through the cleaning engine: each class ends in its quarantine
 //! reason or a permanent file error, the other parts are cleaned, and the heap the engine holds
-//! stays under 200 MiB + 40 bytes per distinct key (measured by the counting allocator).
+//! stays under 200 MiB + 40 bytes per distinct key (measured by the counting allocator), plus
+//! what the staged-rows budget holds (`Limits::stage_memory_bytes`; these parts' are small).
 
 use std::fs;
 use std::io::Write;
