@@ -464,46 +464,104 @@ fn differs(v: &Value, raw: &str) -> bool {
     match v {
         Value::Str(s) => !same_bytes(s.as_bytes(), raw.as_bytes()),
         // A raw text shaped like the canonical form was read field by field: it is that form.
-        Value::Ts(_) => !matches_shape(raw, b"dddd-dd-ddTdd:dd:ddZ"),
+        Value::Ts(_) => !INSTANT_SHAPE.matches(raw.as_bytes()),
         // A raw text already in canonical form reads back as the same number.
         Value::Int(_) => !is_canonical_number(raw, 0),
         Value::Cents(_) => !is_canonical_number(raw, 2),
-        Value::Date(_) => !matches_shape(raw, b"dddd-dd-dd"),
+        Value::Date(_) => !DATE_SHAPE.matches(raw.as_bytes()),
     }
 }
 
-/// Compares two byte strings; those of up to 32 bytes (most values) byte by byte or in word
-/// loads, without a call to `memcmp`.
+/// Reads 8 bytes of `s` at `i` as a little-endian word.
+fn word(s: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"))
+}
+
+/// Compares two byte strings; those of up to 32 bytes (most values) in two or four overlapping
+/// word loads, without a call to `memcmp`.
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;
     }
-    if n < 8 {
-        return a.iter().zip(b).fold(true, |same, (x, y)| same & (x == y));
+    let half = |s: &[u8], i: usize| u32::from_le_bytes(s[i..i + 4].try_into().expect("4 bytes"));
+    match n {
+        0..4 => a.iter().zip(b).fold(true, |same, (x, y)| same & (x == y)),
+        4..8 => (half(a, 0) == half(b, 0)) & (half(a, n - 4) == half(b, n - 4)),
+        8..=16 => (word(a, 0) == word(b, 0)) & (word(a, n - 8) == word(b, n - 8)),
+        17..=32 => {
+            (word(a, 0) == word(b, 0))
+                & (word(a, 8) == word(b, 8))
+                & (word(a, n - 16) == word(b, n - 16))
+                & (word(a, n - 8) == word(b, n - 8))
+        }
+        _ => a == b,
     }
-    if n > 32 {
-        return a == b;
-    }
-    let word = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
-    // Words at 0, 8 and 16 as far as they fit, and the last 8 bytes (overlapping).
-    (0..n - 8)
-        .step_by(8)
-        .chain([n - 8])
-        .all(|i| word(a, i) == word(b, i))
 }
 
-/// Returns true when `raw` has `shape`'s length and bytes, `d` standing for any ASCII digit.
-fn matches_shape(raw: &str, shape: &[u8]) -> bool {
-    // Without early exits: the loop over a constant shape compiles to straight-line checks.
-    raw.len() == shape.len()
-        && raw.bytes().zip(shape).fold(true, |ok, (b, &s)| {
-            ok & if s == b'd' {
-                b.is_ascii_digit()
-            } else {
-                b == s
+/// A fixed text shape (`d` standing for any ASCII digit, other bytes for themselves) of 8 to 32
+/// bytes, checked a word at a time: the words at 0, 8, 16 as far as they fit, and the last.
+struct Shape {
+    len: usize,
+    /// Each word's offset, its digit bytes (0xff) and its other bytes' expected values.
+    words: [(usize, u64, u64); 4],
+    count: usize,
+}
+
+/// The canonical text of an instant.
+const INSTANT_SHAPE: Shape = Shape::new(b"dddd-dd-ddTdd:dd:ddZ");
+/// The canonical text of a date.
+const DATE_SHAPE: Shape = Shape::new(b"dddd-dd-dd");
+
+impl Shape {
+    /// Builds the words of `shape` (8 to 32 bytes).
+    const fn new(shape: &[u8]) -> Shape {
+        let len = shape.len();
+        assert!(len >= 8 && len <= 32, "a shape has 8 to 32 bytes");
+        let mut words = [(0, 0, 0); 4];
+        let mut count = 0;
+        let mut at = 0;
+        loop {
+            let off = if at + 8 <= len { at } else { len - 8 };
+            let (mut digits, mut literal) = (0u64, 0u64);
+            let mut k = 0;
+            while k < 8 {
+                let c = shape[off + k];
+                if c == b'd' {
+                    digits |= 0xff << (8 * k);
+                } else {
+                    literal |= (c as u64) << (8 * k);
+                }
+                k += 1;
             }
-        })
+            words[count] = (off, digits, literal);
+            count += 1;
+            if off + 8 >= len {
+                break;
+            }
+            at += 8;
+        }
+        Shape { len, words, count }
+    }
+
+    /// Returns true when `raw` has the shape's length and bytes.
+    fn matches(&self, raw: &[u8]) -> bool {
+        const LOW: u64 = 0x0101_0101_0101_0101;
+        raw.len() == self.len
+            && self.words[..self.count]
+                .iter()
+                .fold(true, |ok, &(off, digits, literal)| {
+                    let x = word(raw, off);
+                    // Digits are 0x30..=0x39: high nibble 3, and still 3 after adding 6. A byte
+                    // of 0xfa or more fails the first test, so a carry out of it changes nothing.
+                    let d = x & digits;
+                    let high = (0xf0 * LOW) & digits;
+                    let three = (0x30 * LOW) & digits;
+                    ok & (x & !digits == literal)
+                        & (d & high == three)
+                        & (d.wrapping_add((0x06 * LOW) & digits) & high == three)
+                })
+    }
 }
 
 /// Returns true when `raw` is written as the canonical text of a number with `decimals` places.
@@ -511,19 +569,22 @@ fn is_canonical_number(raw: &str, decimals: usize) -> bool {
     let b = raw.as_bytes();
     let negative = b.first() == Some(&b'-');
     let b = b.strip_prefix(b"-").unwrap_or(b);
-    if negative && b.iter().all(|d| *d == b'0' || *d == b'.') {
-        return false; // `-0.00` reads as zero, written `0.00`
-    }
-    let (int, frac) = if decimals == 0 {
-        (b, &b[b.len()..])
+    let int_len = if decimals == 0 {
+        b.len()
     } else if b.len() > decimals && b[b.len() - decimals - 1] == b'.' {
-        (&b[..b.len() - decimals - 1], &b[b.len() - decimals..])
+        b.len() - decimals - 1
     } else {
         return false;
     };
-    !int.is_empty()
-        && (int.len() == 1 || int[0] != b'0')
-        && int.iter().chain(frac).all(u8::is_ascii_digit)
+    let (mut digits, mut zero) = (true, true);
+    for (i, &c) in b.iter().enumerate() {
+        if i != int_len {
+            digits &= c.is_ascii_digit();
+            zero &= c == b'0';
+        }
+    }
+    // `-0.00` reads as zero, written `0.00`; `07` reads as 7.
+    digits && int_len > 0 && (int_len == 1 || b[0] != b'0') && !(negative && zero)
 }
 
 /// Stages one part of a table into `staging` with the default [`Limits`].
@@ -904,6 +965,36 @@ mod tests {
                 b[p] ^= 0x80;
                 assert!(!same_bytes(&a, &b), "length {n}, byte {p}");
             }
+        }
+    }
+
+    #[test]
+    fn shapes_agree_with_a_byte_by_byte_check_at_every_position() {
+        let naive = |raw: &[u8], shape: &[u8]| {
+            raw.len() == shape.len()
+                && raw.iter().zip(shape).all(|(&b, &s)| match s {
+                    b'd' => b.is_ascii_digit(),
+                    _ => b == s,
+                })
+        };
+        for (shape, text, example) in [
+            (
+                &INSTANT_SHAPE,
+                b"dddd-dd-ddTdd:dd:ddZ".as_slice(),
+                b"2026-11-27T17:03:09Z".as_slice(),
+            ),
+            (&DATE_SHAPE, b"dddd-dd-dd", b"2026-11-27"),
+        ] {
+            assert!(shape.matches(example));
+            for p in 0..example.len() {
+                for c in 0..=255u8 {
+                    let mut raw = example.to_vec();
+                    raw[p] = c;
+                    assert_eq!(shape.matches(&raw), naive(&raw, text), "{raw:?}");
+                }
+            }
+            assert!(!shape.matches(&example[1..]));
+            assert!(!shape.matches(&[example, b"0"].concat()));
         }
     }
 
