@@ -116,6 +116,20 @@ struct Entry {
     row: u64,
 }
 
+/// Sorts `entries` and calls `each` with the rows of every key (its 96 bits: hash and check),
+/// in key order, each key's rows by version, part and row: the last one wins.
+fn for_each_key(entries: &mut [Entry], mut each: impl FnMut(&[Entry])) {
+    // Sorting needs only the hash; the rare hashes of several rows are ordered after.
+    entries.sort_unstable_by_key(|e| e.key);
+    for run in entries.chunk_by_mut(|a, b| a.key == b.key) {
+        if run.len() > 1 {
+            // By check first: two keys may share a hash.
+            run.sort_unstable_by_key(|e| (e.check, e.version, e.part, e.row));
+        }
+        run.chunk_by(|a, b| a.check == b.check).for_each(&mut each);
+    }
+}
+
 /// A row's place: part index and row index within the staged part.
 type Pos = (u32, u64);
 
@@ -454,31 +468,19 @@ fn run_table(
         }
         rows_per_part.push(row);
     }
-    // Grouping needs only the key; the rare groups of several rows are ordered below.
-    entries.sort_unstable_by_key(|e| (u128::from(e.key) << 32) | u128::from(e.check));
     let mut winners = RowBits::new(&rows_per_part);
     // Rows of keys held by several rows, and those groups' winners.
     let mut grouped = RowBits::new(&rows_per_part);
     let mut group_winners = RowBits::new(&rows_per_part);
     let mut groups: Vec<Group> = Vec::new();
     let mut members: Vec<Pos> = Vec::new();
-    let mut start = 0;
-    while start < entries.len() {
-        let (k, c) = (entries[start].key, entries[start].check);
-        let mut end = start + 1;
-        while end < entries.len() && entries[end].key == k && entries[end].check == c {
-            end += 1;
-        }
-        let group = &mut entries[start..end];
-        if group.len() > 1 {
-            group.sort_unstable_by_key(|e| (e.version, e.part, e.row));
-        }
+    for_each_key(&mut entries, |group| {
         let winner = group[group.len() - 1];
         let winner = (winner.part, winner.row);
         winners.set(winner);
         if group.len() > 1 {
             let from = members.len();
-            for e in group.iter() {
+            for e in group {
                 grouped.set((e.part, e.row));
                 members.push((e.part, e.row));
             }
@@ -488,8 +490,7 @@ fn run_table(
                 members: from..members.len(),
             });
         }
-        start = end;
-    }
+    });
     drop(entries);
 
     // Pass 2: write the winners that pass reference checks; quarantine the rest.
@@ -865,6 +866,42 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn keys_sharing_a_hash_are_told_apart_by_their_check() {
+        let e = |key, check, version, part, row| Entry {
+            key,
+            check,
+            part,
+            version,
+            row,
+        };
+        let mut entries = vec![
+            e(7, 2, 5, 0, 0),
+            e(3, 1, 0, 0, 1),
+            e(7, 1, 9, 0, 2),
+            e(7, 2, 4, 1, 0),
+            e(7, 1, 9, 0, 3),
+            e(1, 1, 0, 1, 1),
+        ];
+        let mut seen = Vec::new();
+        for_each_key(&mut entries, |g| {
+            seen.push(
+                g.iter()
+                    .map(|e| (e.key, e.check, e.part, e.row))
+                    .collect::<Vec<_>>(),
+            )
+        });
+        assert_eq!(
+            seen,
+            vec![
+                vec![(1, 1, 1, 1)],
+                vec![(3, 1, 0, 1)],
+                vec![(7, 1, 0, 2), (7, 1, 0, 3)],
+                vec![(7, 2, 1, 0), (7, 2, 0, 0)],
+            ]
+        );
     }
 
     #[test]
