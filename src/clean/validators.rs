@@ -602,13 +602,39 @@ fn canonical_instant(b: &[u8]) -> Option<i64> {
         let (h, l) = (b[i].wrapping_sub(b'0'), b[i + 1].wrapping_sub(b'0'));
         (h < 10 && l < 10).then(|| u32::from(h * 10 + l))
     };
-    let year = two(0)? * 100 + two(2)?;
     let (hour, minute, second) = (two(11)?, two(14)?, two(17)?);
-    if year == 0 || hour > 23 || minute > 59 || second > 59 {
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    Some(canonical_epoch_day(b)? * 86_400 + i64::from(hour * 3600 + minute * 60 + second))
+}
+
+/// Days since the epoch of the canonical date `b` starts with (`2026-11-27`, dashes checked by
+/// the caller); the last date read is remembered, since a day's rows mostly share it.
+fn canonical_epoch_day(b: &[u8]) -> Option<i64> {
+    use std::cell::Cell;
+    thread_local! {
+        // A text of zeros is no date: the first look-up misses.
+        static LAST: Cell<(u64, u16, i64)> = const { Cell::new((0, 0, 0)) };
+    }
+    let head = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+    let tail = u16::from_le_bytes(b.get(8..10)?.try_into().ok()?);
+    let (last_head, last_tail, last_day) = LAST.get();
+    if (head, tail) == (last_head, last_tail) {
+        return Some(last_day);
+    }
+    let two = |i: usize| {
+        let (h, l) = (b[i].wrapping_sub(b'0'), b[i + 1].wrapping_sub(b'0'));
+        (h < 10 && l < 10).then(|| u32::from(h * 10 + l))
+    };
+    let year = two(0)? * 100 + two(2)?;
+    if year == 0 {
         return None;
     }
     let date = NaiveDate::from_ymd_opt(year as i32, two(5)?, two(8)?)?;
-    Some(i64::from(date.to_epoch_days()) * 86_400 + i64::from(hour * 3600 + minute * 60 + second))
+    let day = i64::from(date.to_epoch_days());
+    LAST.set((head, tail, day));
+    Some(day)
 }
 
 /// Converts a São Paulo wall-clock time to UTC: gaps move forward, ambiguous times take the earlier offset.
@@ -1131,6 +1157,21 @@ mod tests {
             "01/01/0000 10:00",
         ] {
             assert_eq!(timestamp(bad), Err(Invalid), "{bad:?}");
+        }
+        // The remembered date answers only for the same date.
+        for (text, want) in [
+            ("2026-11-27T00:00:01Z", 1_795_737_601),
+            ("2026-11-27T23:59:59Z", 1_795_823_999),
+            ("2026-11-28T00:00:00Z", 1_795_824_000),
+            ("2026-11-27T00:00:00Z", 1_795_737_600),
+            ("2026-02-29T00:00:00Z", 0),
+            ("2026-11-27T24:00:00Z", 0),
+        ] {
+            assert_eq!(
+                canonical_instant(text.as_bytes()),
+                (want != 0).then_some(want),
+                "{text}"
+            );
         }
         assert_eq!(timestamp("0001-01-01T00:00:00Z"), Ok(MIN_INSTANT));
         assert_eq!(timestamp("9999-12-31T23:59:59Z"), Ok(MAX_INSTANT));
