@@ -23,7 +23,7 @@ use super::columns::{
 use super::memory::StagedMemory;
 use super::report::{FieldCounts, FileError, FileReport};
 use super::schema::{OnInvalid, TableSchema};
-use super::validators::{Kind, Value, is_null_marker};
+use super::validators::{Kind, Value, is_trimmed_null_marker};
 use crate::extract::{CsvReader, FileFault, Record};
 
 /// Staging failed for a reason outside the file's content, naming the object.
@@ -386,7 +386,7 @@ impl<'s> RowCleaner<'s> {
             let col = &self.schema.columns[i];
             let r = raw(i).unwrap_or("");
             let trimmed = super::validators::trim(r);
-            if is_null_marker(trimmed) {
+            if is_trimmed_null_marker(trimmed) {
                 if let Some(d) = &col.default {
                     let v = col.kind.validate(d, &col.options, None, self.today).ok();
                     out.normalized[i] = r != d.as_str();
@@ -406,12 +406,10 @@ impl<'s> RowCleaner<'s> {
                 _ => None,
             };
             // A pattern rule normalizes the raw value itself (trimming is one of its options).
-            let value = if col.kind == Kind::Pattern {
-                r
-            } else {
-                trimmed
-            };
-            match col.kind.validate(value, &col.options, uf, self.today) {
+            match col
+                .kind
+                .validate_trimmed(trimmed, r, &col.options, uf, self.today)
+            {
                 Ok(v) => {
                     out.normalized[i] = differs(&v, r);
                     out.verbatim[i] = !out.normalized[i];

@@ -168,7 +168,18 @@ impl Kind {
         uf: Option<&str>,
         today: NaiveDate,
     ) -> Result<Value, Invalid> {
-        let s = trim(raw);
+        self.validate_trimmed(trim(raw), raw, opts, uf, today)
+    }
+
+    /// [`Kind::validate`] of a value already trimmed (`s`: `trim(raw)`), as the row loop has it.
+    pub fn validate_trimmed(
+        self,
+        s: &str,
+        raw: &str,
+        opts: &KindOptions,
+        uf: Option<&str>,
+        today: NaiveDate,
+    ) -> Result<Value, Invalid> {
         match self {
             Kind::Text => Ok(Value::Str(text(s, &opts.known))),
             // ASCII text (nearly every value) holds no invisible character: no copy, no check.
@@ -249,7 +260,11 @@ fn sign_rule(v: i64, opts: &KindOptions) -> Result<i64, Invalid> {
 
 /// Returns true when a raw value is one of the null markers (any case, trimmed).
 pub fn is_null_marker(raw: &str) -> bool {
-    let s = trim(raw);
+    is_trimmed_null_marker(trim(raw))
+}
+
+/// [`is_null_marker`] of a value already trimmed.
+pub fn is_trimmed_null_marker(s: &str) -> bool {
     // Every marker but the empty, `-` and `?` ones starts with an `n`: most values stop at one byte.
     match s.as_bytes() {
         [] | [b'-'] | [b'?'] => true,
