@@ -458,6 +458,7 @@ impl<'s> RowCleaner<'s> {
 }
 
 /// Returns true when a value's canonical text differs from its raw text.
+#[inline]
 fn differs(v: &Value, raw: &str) -> bool {
     match v {
         Value::Str(s) => !same_bytes(s.as_bytes(), raw.as_bytes()),

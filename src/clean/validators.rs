@@ -214,6 +214,7 @@ impl Kind {
 }
 
 /// Trims white space; values that need no trimming (most) are checked in a few instructions.
+#[inline]
 pub fn trim(s: &str) -> &str {
     let b = s.as_bytes();
     match (b.first(), b.last()) {
@@ -264,6 +265,7 @@ pub fn is_null_marker(raw: &str) -> bool {
 }
 
 /// [`is_null_marker`] of a value already trimmed.
+#[inline]
 pub fn is_trimmed_null_marker(s: &str) -> bool {
     // Every marker but the empty, `-` and `?` ones starts with an `n`: most values stop at one byte.
     match s.as_bytes() {
