@@ -123,8 +123,8 @@ pub struct Dialect {
 pub struct Record {
     /// 1-based physical line where the record starts (the header is line 1).
     pub line: u64,
-    /// The fields' text; on a plain line (valid UTF-8, no quote), the line itself.
-    text: String,
+    /// The line read, then the fields that had to be decoded; every field's bounds hold UTF-8.
+    text: Vec<u8>,
     /// Each field's start and end in `text`.
     bounds: Vec<(usize, usize)>,
     /// True when the record's quoting is broken (an unclosed quote) or the line is too long.
@@ -148,7 +148,10 @@ impl Record {
     /// Returns field `i`.
     pub fn get(&self, i: usize) -> Option<&str> {
         let &(start, end) = self.bounds.get(i)?;
-        Some(&self.text[start..end])
+        let field = &self.text[start..end];
+        debug_assert!(std::str::from_utf8(field).is_ok(), "a field is UTF-8");
+        // SAFETY: `CsvReader::split_line` sets bounds only around UTF-8 bytes (checked, or decoded).
+        Some(unsafe { std::str::from_utf8_unchecked(field) })
     }
 
     /// Returns the length in bytes of field `i` (0 when there is none), without slicing it.
@@ -161,9 +164,10 @@ impl Record {
         (0..self.bounds.len()).filter_map(|i| self.get(i))
     }
 
-    /// Returns true when a field holds a NUL character.
+    /// Returns true when the record's line holds a NUL character (in a field, unless the record
+    /// is broken).
     pub fn has_nul(&self) -> bool {
-        memchr::memchr(0, self.text.as_bytes()).is_some()
+        memchr::memchr(0, &self.text).is_some()
     }
 
     /// The first bytes of a too-long line, decoded (empty for other records).
@@ -181,6 +185,8 @@ pub struct CsvReader {
     line_buf: Vec<u8>,
     limits: ReadLimits,
     field_buf: Vec<u8>,
+    /// Fields of the current line to decode (see [`Self::split_line`]).
+    decode: Vec<(usize, usize, usize, bool)>,
     saw_windows_1252: bool,
     header: Vec<String>,
 }
@@ -264,6 +270,7 @@ impl CsvReader {
             line_buf: Vec::with_capacity(1024),
             limits,
             field_buf: Vec::with_capacity(1024),
+            decode: Vec::new(),
             saw_windows_1252: false,
             header: Vec::new(),
         };
@@ -336,20 +343,12 @@ impl CsvReader {
                 continue;
             }
             rec.broken = false;
-            let Some(mut joined) = self.split_plain(line, rec) else {
+            let Some(mut joined) = self.split_line(line, rec, false) else {
                 return Ok(true);
             };
+            // An unclosed quote: the record may continue on the next lines.
             let mut extra: Vec<Line> = Vec::new();
-            loop {
-                if self.split_fields(&joined, rec) {
-                    // The line's buffer is read into again: no allocation per line.
-                    self.line_buf = joined;
-                    return Ok(true);
-                }
-                // An unclosed quote: the record may continue on the next line.
-                if extra.len() + 1 >= MAX_RECORD_LINES {
-                    break;
-                }
+            while extra.len() + 1 < MAX_RECORD_LINES {
                 match self.read_line()? {
                     Some((n, next, None))
                         if joined.len() + 1 + next.len() <= self.limits.max_record_bytes =>
@@ -365,6 +364,10 @@ impl CsvReader {
                     }
                     None => break,
                 }
+                match self.split_line(joined, rec, false) {
+                    None => return Ok(true),
+                    Some(open) => joined = open,
+                }
             }
             // Broken quoting: only the first line is malformed; the others are read again.
             for item in extra.into_iter().rev() {
@@ -375,7 +378,7 @@ impl CsvReader {
                 .position(|b| *b == b'\n')
                 .unwrap_or(joined.len());
             joined.truncate(first_len);
-            self.split_fields(&joined, rec);
+            self.split_line(joined, rec, true);
             rec.broken = true;
             return Ok(true);
         }
@@ -447,89 +450,112 @@ impl CsvReader {
         Ok(Some((no, std::mem::take(&mut self.line_buf), None)))
     }
 
-    /// Splits a plain line (valid UTF-8, no quote): the line's buffer becomes the record's text,
-    /// without a copy, and the record's old buffer is read into next. Other lines come back.
-    fn split_plain(&mut self, line: Vec<u8>, rec: &mut Record) -> Option<Vec<u8>> {
-        if memchr::memchr(b'"', &line).is_some() || simdutf8::basic::from_utf8(&line).is_err() {
-            return Some(line);
-        }
+    /// Splits a logical line into fields; gives the line back when a quote is left open, unless
+    /// `partial` (the first line of a broken record: the fields before the open quote are kept).
+    ///
+    /// The line becomes the record's text without a copy (the record's old buffer is read into
+    /// next), and a field is a slice of it. A field is decoded at the text's end only when it
+    /// must be: a quoted field with an escaped quote or text after its closing quote, or a field
+    /// that is not UTF-8 (read as Windows-1252).
+    fn split_line(
+        &mut self,
+        mut line: Vec<u8>,
+        rec: &mut Record,
+        partial: bool,
+    ) -> Option<Vec<u8>> {
         rec.bounds.clear();
-        let mut start = 0;
-        for end in memchr::memchr_iter(self.dialect.delimiter, &line).chain([line.len()]) {
-            rec.bounds.push((start, end));
-            start = end + 1;
-        }
-        // SAFETY: `line` was just found valid UTF-8.
-        let text = unsafe { String::from_utf8_unchecked(line) };
-        let mut old = std::mem::replace(&mut rec.text, text).into_bytes();
-        old.clear();
-        self.line_buf = old;
-        None
-    }
-
-    /// Splits one logical line (one with a quote, or not UTF-8) into decoded fields; false when
-    /// a quote is left open.
-    fn split_fields(&mut self, line: &[u8], rec: &mut Record) -> bool {
-        rec.text.clear();
-        rec.bounds.clear();
+        // Fields decoded after the split: (field, its text after the opening quote or its start,
+        // its end, whether it is quoted).
+        self.decode.clear();
         let delim = self.dialect.delimiter;
-        // Most lines are valid UTF-8 as a whole: their fields are copied without a check each.
-        let valid = valid_run(line);
-        let utf8 = (valid.len() == line.len()).then_some(valid);
-        // The valid UTF-8 run last found (its start, its text): plain fields inside it need no check.
-        // A line that is not UTF-8 starts with the run its check found: it is not checked again.
-        let mut run = (0, valid);
-        let mut i = 0;
-        loop {
-            // Leading spaces before an opening quote are tolerated.
-            let mut j = i;
-            while j < line.len() && line[j] == b' ' {
-                j += 1;
+        let n = line.len();
+        if memchr::memchr(b'"', &line).is_none() {
+            let mut start = 0;
+            for end in memchr::memchr_iter(delim, &line).chain([n]) {
+                rec.bounds.push((start, end));
+                start = end + 1;
             }
-            let start = rec.text.len();
-            if j < line.len() && line[j] == b'"' {
-                // Text after the closing quote, up to the delimiter, is kept as is.
-                let end = if let Some(text) = utf8 {
-                    // A valid line: quotes and delimiters are ASCII, its pieces are valid too.
-                    let Some(k) = unquote_text(&text[j + 1..], &mut rec.text) else {
-                        return false;
+        } else {
+            let mut i = 0;
+            loop {
+                // Leading spaces before an opening quote are tolerated (and dropped).
+                let j = i + line[i..].iter().take_while(|&&b| b == b' ').count();
+                let end = if line.get(j) == Some(&b'"') {
+                    let Some((close, escaped)) = closing_quote(&line[j + 1..]) else {
+                        if partial {
+                            break;
+                        }
+                        return Some(line);
                     };
-                    let k = j + 1 + k;
-                    let end = find_byte(delim, &line[k..]).map_or(line.len(), |p| k + p);
-                    rec.text.push_str(&text[k..end]);
+                    let after = j + 2 + close;
+                    // Text after the closing quote, up to the delimiter, is kept as is.
+                    let end = find_byte(delim, &line[after..]).map_or(n, |p| after + p);
+                    if escaped || end != after {
+                        self.decode.push((rec.bounds.len(), j + 1, end, true));
+                    }
+                    rec.bounds.push((j + 1, after - 1));
                     end
                 } else {
-                    self.field_buf.clear();
-                    let Some(k) = unquote(&line[j + 1..], &mut self.field_buf) else {
-                        return false;
-                    };
-                    let k = j + 1 + k;
-                    let end = find_byte(delim, &line[k..]).map_or(line.len(), |p| k + p);
-                    self.field_buf.extend_from_slice(&line[k..end]);
-                    self.saw_windows_1252 |= push_decoded(&mut rec.text, &self.field_buf);
+                    let end = find_byte(delim, &line[i..]).map_or(n, |p| i + p);
+                    rec.bounds.push((i, end));
                     end
                 };
-                rec.bounds.push((start, rec.text.len()));
-                if end >= line.len() {
-                    return true;
-                }
-                i = end + 1;
-            } else {
-                let end = find_byte(delim, &line[i..]).map_or(line.len(), |p| i + p);
-                if i < run.0 || end > run.0 + run.1.len() {
-                    run = (i, valid_run(&line[i..]));
-                }
-                match run.1.get(i - run.0..end - run.0) {
-                    Some(text) => rec.text.push_str(text),
-                    None => self.saw_windows_1252 |= push_decoded(&mut rec.text, &line[i..end]),
-                }
-                rec.bounds.push((start, rec.text.len()));
-                if end >= line.len() {
-                    return true;
+                if end >= n {
+                    break;
                 }
                 i = end + 1;
             }
         }
+        // Most lines are UTF-8 as a whole. On the others, a field inside the valid run last
+        // found needs no check of its own; one outside it starts a new run.
+        let mut run = (0, valid_up_to(&line));
+        if run.1 < n {
+            // Quoted fields already listed are checked as they are decoded.
+            let (quoted, mut next) = (self.decode.len(), 0);
+            for (field, &(start, end)) in rec.bounds.iter().enumerate() {
+                if next < quoted && self.decode[next].0 == field {
+                    next += 1;
+                    continue;
+                }
+                if start < run.0 || end > run.1 {
+                    run = (start, start + valid_up_to(&line[start..]));
+                }
+                if end > run.1 {
+                    self.decode.push((field, start, end, false));
+                }
+            }
+        }
+        for &(field, from, end, quoted) in &self.decode {
+            self.field_buf.clear();
+            if quoted {
+                let k = unquote(&line[from..end], &mut self.field_buf)
+                    .expect("the closing quote was found before");
+                self.field_buf.extend_from_slice(&line[from + k..end]);
+            } else {
+                self.field_buf.extend_from_slice(&line[from..end]);
+            }
+            let start = line.len();
+            self.saw_windows_1252 |= push_decoded(&mut line, &self.field_buf);
+            rec.bounds[field] = (start, line.len());
+        }
+        let old = std::mem::replace(&mut rec.text, line);
+        self.line_buf = old;
+        self.line_buf.clear();
+        None
+    }
+}
+
+/// Finds the closing quote of a quoted field's text (after its opening quote): its position,
+/// and whether an escaped quote (`""`) came before it; None when the quote is left open.
+fn closing_quote(rest: &[u8]) -> Option<(usize, bool)> {
+    let (mut k, mut escaped) = (0, false);
+    loop {
+        let q = k + find_byte(b'"', &rest[k..])?;
+        if rest.get(q + 1) != Some(&b'"') {
+            return Some((q, escaped));
+        }
+        escaped = true;
+        k = q + 2;
     }
 }
 
@@ -542,22 +568,6 @@ fn unquote(rest: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         out.extend_from_slice(&rest[k..q]);
         if rest.get(q + 1) == Some(&b'"') {
             out.push(b'"');
-            k = q + 2;
-        } else {
-            return Some(q + 1);
-        }
-    }
-}
-
-/// Like [`unquote`], for a quoted field of a valid UTF-8 line: appends to text, no check needed.
-fn unquote_text(rest: &str, out: &mut String) -> Option<usize> {
-    let bytes = rest.as_bytes();
-    let mut k = 0;
-    loop {
-        let q = k + find_byte(b'"', &bytes[k..])?;
-        out.push_str(&rest[k..q]);
-        if bytes.get(q + 1) == Some(&b'"') {
-            out.push('"');
             k = q + 2;
         } else {
             return Some(q + 1);
@@ -587,34 +597,38 @@ fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
     memchr::memchr(needle, &hay[i..]).map(|p| i + p)
 }
 
-/// The longest valid UTF-8 prefix of `bytes`, as text, checked once.
-fn valid_run(bytes: &[u8]) -> &str {
+/// The length of the longest valid UTF-8 prefix of `bytes`.
+fn valid_up_to(bytes: &[u8]) -> usize {
     match simdutf8::compat::from_utf8(bytes) {
-        Ok(text) => text,
-        // SAFETY: the check found the first `valid_up_to` bytes valid (what `valid_up_to`
-        // documents, as std's does); checking them again would double the cost.
-        Err(e) => unsafe { std::str::from_utf8_unchecked(&bytes[..e.valid_up_to()]) },
+        Ok(_) => bytes.len(),
+        Err(e) => e.valid_up_to(),
     }
 }
 
+/// The longest valid UTF-8 prefix of `bytes`, as text.
+fn valid_run(bytes: &[u8]) -> &str {
+    // SAFETY: `valid_up_to` found these bytes valid (what simdutf8's `valid_up_to` documents,
+    // as std's does); checking them again would double the cost.
+    unsafe { std::str::from_utf8_unchecked(&bytes[..valid_up_to(bytes)]) }
+}
+
 /// Appends a field's bytes decoded as UTF-8 or, when that fails, Windows-1252; true in that case.
-fn push_decoded(text: &mut String, bytes: &[u8]) -> bool {
-    match simdutf8::basic::from_utf8(bytes) {
-        Ok(s) => {
-            text.push_str(s);
-            false
-        }
-        Err(_) => {
-            let mut decoder = encoding_rs::WINDOWS_1252.new_decoder_without_bom_handling();
-            let room = decoder
-                .max_utf8_buffer_length(bytes.len())
-                .expect("a field's decoded length fits in memory");
-            text.reserve(room);
-            let (_, read, _) = decoder.decode_to_string(bytes, text, true);
-            debug_assert_eq!(read, bytes.len(), "room was reserved for the whole field");
-            true
-        }
+fn push_decoded(text: &mut Vec<u8>, bytes: &[u8]) -> bool {
+    if simdutf8::basic::from_utf8(bytes).is_ok() {
+        text.extend_from_slice(bytes);
+        return false;
     }
+    let mut decoder = encoding_rs::WINDOWS_1252.new_decoder_without_bom_handling();
+    let room = decoder
+        .max_utf8_buffer_length(bytes.len())
+        .expect("a field's decoded length fits in memory");
+    let at = text.len();
+    text.resize(at + room, 0);
+    let (_, read, written) =
+        decoder.decode_to_utf8_without_replacement(bytes, &mut text[at..], true);
+    debug_assert_eq!(read, bytes.len(), "room was reserved for the whole field");
+    text.truncate(at + written);
+    true
 }
 
 fn is_binary_control(b: u8) -> bool {
@@ -887,9 +901,10 @@ mod properties {
                 assert!(rec.is_empty() && rec.broken);
                 assert!(rec.prefix().len() <= 3 * TOO_LONG_PREFIX_BYTES);
             } else {
-                // Windows-1252 bytes decode to at most three UTF-8 bytes each.
+                // The line, then its decoded fields: Windows-1252 bytes decode to at most three
+                // UTF-8 bytes each.
                 assert!(
-                    rec.text.len() <= 3 * limits.max_record_bytes,
+                    rec.text.len() <= 4 * limits.max_record_bytes,
                     "{}",
                     rec.text.len()
                 );
@@ -943,6 +958,56 @@ mod properties {
         }
     }
 
+    /// One line split by the rules as written, field by field: the reference for the reader's
+    /// in-place split. Returns whether the quoting is broken, and the fields before that point.
+    fn split_by_the_rules(line: &[u8]) -> (bool, Vec<String>) {
+        let decode = |b: &[u8]| match std::str::from_utf8(b) {
+            Ok(s) => s.to_string(),
+            Err(_) => encoding_rs::WINDOWS_1252
+                .decode_without_bom_handling(b)
+                .0
+                .into_owned(),
+        };
+        let end_of = |from: usize| {
+            line[from..]
+                .iter()
+                .position(|&b| b == b',')
+                .map_or(line.len(), |p| from + p)
+        };
+        let (mut fields, mut i) = (Vec::new(), 0);
+        loop {
+            let j = i + line[i..].iter().take_while(|&&b| b == b' ').count();
+            let end = if line.get(j) == Some(&b'"') {
+                let (mut text, mut k) = (Vec::new(), j + 1);
+                loop {
+                    let Some(p) = line[k..].iter().position(|&b| b == b'"') else {
+                        return (true, fields);
+                    };
+                    text.extend_from_slice(&line[k..k + p]);
+                    if line.get(k + p + 1) == Some(&b'"') {
+                        text.push(b'"');
+                        k += p + 2;
+                    } else {
+                        k += p + 1;
+                        break;
+                    }
+                }
+                let end = end_of(k);
+                text.extend_from_slice(&line[k..end]);
+                fields.push(decode(&text));
+                end
+            } else {
+                let end = end_of(i);
+                fields.push(decode(&line[i..end]));
+                end
+            };
+            if end >= line.len() {
+                return (false, fields);
+            }
+            i = end + 1;
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -955,6 +1020,27 @@ mod properties {
         #[test]
         fn text_like_bytes_read_to_the_end_without_panic(text in "[a-c,;\"\\r\\n\u{0} é]{0,400}") {
             let _ = drain(format!("h1,h2\n{text}").into_bytes(), small());
+        }
+
+        #[test]
+        fn a_line_splits_as_the_rules_say(pieces in prop::collection::vec(
+            prop::sample::select(vec!["a", "bc", ",", "\"", "\"\"", " ", "\u{e9}", "\u{fffd}"]), 1..40),
+            latin1 in prop::collection::vec(any::<bool>(), 40)) {
+            // Some pieces in UTF-8, some in Windows-1252 (where they differ): mixed lines.
+            let mut line = Vec::new();
+            for (p, l) in pieces.iter().zip(&latin1) {
+                match (*p, l) {
+                    ("\u{e9}", true) => line.push(0xe9),
+                    ("\u{fffd}", true) => line.extend_from_slice(&[0xc3, 0x28]),
+                    _ => line.extend_from_slice(p.as_bytes()),
+                }
+            }
+            prop_assume!(line.iter().any(|&b| b != b' '));
+            let mut bytes = b"h1,h2\n".to_vec();
+            bytes.extend_from_slice(&line);
+            let got = drain(bytes, ReadLimits::default()).unwrap();
+            prop_assert_eq!(got.len(), 1);
+            prop_assert_eq!(&got[0], &split_by_the_rules(&line));
         }
 
         #[test]
