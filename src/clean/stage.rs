@@ -373,53 +373,56 @@ impl<'s> RowCleaner<'s> {
     /// Evaluates every field rule of a row; `raw(i)` is column i's raw value (None: column absent).
     pub fn clean<'r>(&self, raw: impl Fn(usize) -> Option<&'r str>, out: &mut CleanRow) {
         let n = self.schema.columns.len();
-        out.values.clear();
-        out.values.resize(n, None);
+        if out.values.len() != n {
+            out.values.resize(n, None);
+            out.normalized.resize(n, false);
+            out.nulled.resize(n, false);
+            out.verbatim.resize(n, false);
+        }
         out.reasons.clear();
-        out.normalized.clear();
-        out.normalized.resize(n, false);
-        out.nulled.clear();
-        out.nulled.resize(n, false);
-        out.verbatim.clear();
-        out.verbatim.resize(n, false);
+        // Every column's slots are written once a row, in the order the rules need.
         for &i in &self.order {
             let col = &self.schema.columns[i];
             let r = raw(i).unwrap_or("");
             let trimmed = super::validators::trim(r);
+            let (mut value, mut normalized, mut nulled, mut verbatim) = (None, false, false, false);
             if is_trimmed_null_marker(trimmed) {
                 if let Some(d) = &col.default {
-                    let v = col.kind.validate(d, &col.options, None, self.today).ok();
-                    out.normalized[i] = r != d.as_str();
-                    out.values[i] = v;
+                    value = col.kind.validate(d, &col.options, None, self.today).ok();
+                    normalized = r != d.as_str();
                 } else if col.required {
                     out.reasons.push(format!("missing_{}", col.name));
                 } else {
-                    out.verbatim[i] = r.is_empty();
+                    verbatim = r.is_empty();
                 }
-                continue;
-            }
-            let uf = match (col.kind, self.uf_index) {
-                (Kind::Municipality, Some(u)) => match &out.values[u] {
-                    Some(Value::Str(s)) => Some(s.as_str()),
+            } else {
+                let uf = match (col.kind, self.uf_index) {
+                    (Kind::Municipality, Some(u)) => match &out.values[u] {
+                        Some(Value::Str(s)) => Some(s.as_str()),
+                        _ => None,
+                    },
                     _ => None,
-                },
-                _ => None,
-            };
-            // A pattern rule normalizes the raw value itself (trimming is one of its options).
-            match col
-                .kind
-                .validate_trimmed(trimmed, r, &col.options, uf, self.today)
-            {
-                Ok(v) => {
-                    out.normalized[i] = differs(&v, r);
-                    out.verbatim[i] = !out.normalized[i];
-                    out.values[i] = Some(v);
+                };
+                // A pattern rule normalizes the raw value itself (trimming is one of its options).
+                match col
+                    .kind
+                    .validate_trimmed(trimmed, r, &col.options, uf, self.today)
+                {
+                    Ok(v) => {
+                        normalized = differs(&v, r);
+                        verbatim = !normalized;
+                        value = Some(v);
+                    }
+                    Err(_) => match col.on_invalid {
+                        OnInvalid::Null => nulled = true,
+                        OnInvalid::Quarantine => out.reasons.push(format!("invalid_{}", col.name)),
+                    },
                 }
-                Err(_) => match col.on_invalid {
-                    OnInvalid::Null => out.nulled[i] = true,
-                    OnInvalid::Quarantine => out.reasons.push(format!("invalid_{}", col.name)),
-                },
             }
+            out.values[i] = value;
+            out.normalized[i] = normalized;
+            out.nulled[i] = nulled;
+            out.verbatim[i] = verbatim;
         }
         self.sort_reasons(out);
     }
@@ -814,10 +817,8 @@ fn stage_rows(
         if row.reasons.is_empty() {
             // The raw values are kept only when the staged values do not give them back.
             raw_joined.clear();
-            let raw_len = column_at
-                .iter()
-                .map(|at| at.map_or(0, |at| rec.field_len(at)))
-                .sum();
+            // A bound on the raw values' length, for the flush (the line holds them all).
+            let raw_len = rec.text_len();
             let verbatim = row.verbatim.iter().all(|&v| v);
             if !verbatim {
                 for i in 0..ncols {

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use flate2::read::MultiGzDecoder;
 
+use super::scan::LineScan;
+
 /// How many physical lines one quoted record may span before it is judged broken.
 const MAX_RECORD_LINES: usize = 16;
 /// Bytes inspected to tell text from binary.
@@ -132,6 +134,8 @@ pub struct Record {
     /// The line's length in bytes (with its ending) when past the record limit; it has no field.
     pub too_long: Option<u64>,
     prefix: String,
+    /// Whether the record's line holds a NUL byte.
+    nul: bool,
 }
 
 impl Record {
@@ -154,20 +158,21 @@ impl Record {
         Some(unsafe { std::str::from_utf8_unchecked(field) })
     }
 
-    /// Returns the length in bytes of field `i` (0 when there is none), without slicing it.
-    pub fn field_len(&self, i: usize) -> usize {
-        self.bounds.get(i).map_or(0, |&(start, end)| end - start)
-    }
-
     /// Iterates over the fields.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         (0..self.bounds.len()).filter_map(|i| self.get(i))
     }
 
+    /// Bytes of the record's text: its line and its decoded fields, a bound on the length of
+    /// its fields.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
     /// Returns true when the record's line holds a NUL character (in a field, unless the record
     /// is broken).
     pub fn has_nul(&self) -> bool {
-        memchr::memchr(0, &self.text).is_some()
+        self.nul
     }
 
     /// The first bytes of a too-long line, decoded (empty for other records).
@@ -185,6 +190,8 @@ pub struct CsvReader {
     line_buf: Vec<u8>,
     limits: ReadLimits,
     field_buf: Vec<u8>,
+    /// Where the current line's delimiters and quotes are.
+    scan: LineScan,
     /// Fields of the current line to decode (see [`Self::split_line`]).
     decode: Vec<(usize, usize, usize, bool)>,
     saw_windows_1252: bool,
@@ -270,6 +277,7 @@ impl CsvReader {
             line_buf: Vec::with_capacity(1024),
             limits,
             field_buf: Vec::with_capacity(1024),
+            scan: LineScan::default(),
             decode: Vec::new(),
             saw_windows_1252: false,
             header: Vec::new(),
@@ -332,6 +340,7 @@ impl CsvReader {
             if too_long.is_some() {
                 rec.text.clear();
                 rec.bounds.clear();
+                rec.nul = false;
                 rec.broken = true;
                 // Its valid UTF-8 start only: a cut character must not make the file Windows-1252.
                 rec.prefix.push_str(valid_run(&line));
@@ -467,11 +476,13 @@ impl CsvReader {
         // Fields decoded after the split: (field, its text after the opening quote or its start,
         // its end, whether it is quoted).
         self.decode.clear();
-        let delim = self.dialect.delimiter;
         let n = line.len();
-        if memchr::memchr(b'"', &line).is_none() {
+        self.scan.scan(&line, self.dialect.delimiter);
+        let scan = &self.scan;
+        rec.nul = scan.nul;
+        if !scan.quoted {
             let mut start = 0;
-            for end in memchr::memchr_iter(delim, &line).chain([n]) {
+            for end in scan.delimiters().chain([n]) {
                 rec.bounds.push((start, end));
                 start = end + 1;
             }
@@ -481,22 +492,31 @@ impl CsvReader {
                 // Leading spaces before an opening quote are tolerated (and dropped).
                 let j = i + line[i..].iter().take_while(|&&b| b == b' ').count();
                 let end = if line.get(j) == Some(&b'"') {
-                    let Some((close, escaped)) = closing_quote(&line[j + 1..]) else {
-                        if partial {
-                            break;
+                    // The closing quote: the first quote after the opening one not doubled.
+                    let (mut k, mut escaped) = (j + 1, false);
+                    let close = loop {
+                        let Some(q) = scan.next_quote(k) else {
+                            if partial {
+                                break None;
+                            }
+                            return Some(line);
+                        };
+                        if line.get(q + 1) != Some(&b'"') {
+                            break Some(q);
                         }
-                        return Some(line);
+                        escaped = true;
+                        k = q + 2;
                     };
-                    let after = j + 2 + close;
+                    let Some(close) = close else { break };
                     // Text after the closing quote, up to the delimiter, is kept as is.
-                    let end = find_byte(delim, &line[after..]).map_or(n, |p| after + p);
-                    if escaped || end != after {
+                    let end = scan.next_delimiter(close + 1).unwrap_or(n);
+                    if escaped || end != close + 1 {
                         self.decode.push((rec.bounds.len(), j + 1, end, true));
                     }
-                    rec.bounds.push((j + 1, after - 1));
+                    rec.bounds.push((j + 1, close));
                     end
                 } else {
-                    let end = find_byte(delim, &line[i..]).map_or(n, |p| i + p);
+                    let end = scan.next_delimiter(i).unwrap_or(n);
                     rec.bounds.push((i, end));
                     end
                 };
@@ -508,7 +528,14 @@ impl CsvReader {
         }
         // Most lines are UTF-8 as a whole. On the others, a field inside the valid run last
         // found needs no check of its own; one outside it starts a new run.
-        let mut run = (0, valid_up_to(&line));
+        let mut run = (
+            0,
+            if self.scan.ascii {
+                n
+            } else {
+                valid_up_to(&line)
+            },
+        );
         if run.1 < n {
             // Quoted fields already listed are checked as they are decoded.
             let (quoted, mut next) = (self.decode.len(), 0);
@@ -542,20 +569,6 @@ impl CsvReader {
         self.line_buf = old;
         self.line_buf.clear();
         None
-    }
-}
-
-/// Finds the closing quote of a quoted field's text (after its opening quote): its position,
-/// and whether an escaped quote (`""`) came before it; None when the quote is left open.
-fn closing_quote(rest: &[u8]) -> Option<(usize, bool)> {
-    let (mut k, mut escaped) = (0, false);
-    loop {
-        let q = k + find_byte(b'"', &rest[k..])?;
-        if rest.get(q + 1) != Some(&b'"') {
-            return Some((q, escaped));
-        }
-        escaped = true;
-        k = q + 2;
     }
 }
 
@@ -677,9 +690,6 @@ mod tests {
         let mut rec = Record::default();
         let mut out = Vec::new();
         while r.next_record(&mut rec).unwrap() {
-            for i in 0..=rec.len() {
-                assert_eq!(rec.field_len(i), rec.get(i).map_or(0, str::len));
-            }
             out.push((
                 rec.line,
                 rec.broken,

@@ -2,6 +2,7 @@
 
 pub mod csv;
 pub mod layout;
+pub mod scan;
 
 pub use csv::{CsvReader, Dialect, FileFault, ReadLimits, Record};
 pub use layout::{Layout, Marker, classify};
