@@ -528,15 +528,8 @@ impl CsvReader {
         }
         // Most lines are UTF-8 as a whole. On the others, a field inside the valid run last
         // found needs no check of its own; one outside it starts a new run.
-        let mut run = (
-            0,
-            if self.scan.ascii {
-                n
-            } else {
-                valid_up_to(&line)
-            },
-        );
-        if run.1 < n {
+        // An ASCII line is UTF-8. On others, a field holding a byte past ASCII is checked alone.
+        if !self.scan.ascii {
             // Quoted fields already listed are checked as they are decoded.
             let (quoted, mut next) = (self.decode.len(), 0);
             for (field, &(start, end)) in rec.bounds.iter().enumerate() {
@@ -544,10 +537,9 @@ impl CsvReader {
                     next += 1;
                     continue;
                 }
-                if start < run.0 || end > run.1 {
-                    run = (start, start + valid_up_to(&line[start..]));
-                }
-                if end > run.1 {
+                if !self.scan.is_ascii(start..end)
+                    && simdutf8::basic::from_utf8(&line[start..end]).is_err()
+                {
                     self.decode.push((field, start, end, false));
                 }
             }
@@ -610,19 +602,14 @@ fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
     memchr::memchr(needle, &hay[i..]).map(|p| i + p)
 }
 
-/// The length of the longest valid UTF-8 prefix of `bytes`.
-fn valid_up_to(bytes: &[u8]) -> usize {
-    match simdutf8::compat::from_utf8(bytes) {
-        Ok(_) => bytes.len(),
-        Err(e) => e.valid_up_to(),
-    }
-}
-
-/// The longest valid UTF-8 prefix of `bytes`, as text.
+/// The longest valid UTF-8 prefix of `bytes`, as text, checked once.
 fn valid_run(bytes: &[u8]) -> &str {
-    // SAFETY: `valid_up_to` found these bytes valid (what simdutf8's `valid_up_to` documents,
-    // as std's does); checking them again would double the cost.
-    unsafe { std::str::from_utf8_unchecked(&bytes[..valid_up_to(bytes)]) }
+    match simdutf8::compat::from_utf8(bytes) {
+        Ok(text) => text,
+        // SAFETY: the check found the first `valid_up_to` bytes valid (what `valid_up_to`
+        // documents, as std's does); checking them again would double the cost.
+        Err(e) => unsafe { std::str::from_utf8_unchecked(&bytes[..e.valid_up_to()]) },
+    }
 }
 
 /// Appends a field's bytes decoded as UTF-8 or, when that fails, Windows-1252; true in that case.

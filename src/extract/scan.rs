@@ -1,14 +1,12 @@
-//! Where a CSV line's delimiters and quotes are, one bit a byte, found 16 bytes at a time (SSE2,
-//! which every x86-64 CPU has; a byte loop on other targets), with whether the line holds a NUL
-//! or a byte past ASCII: one pass over the line instead of a search per field.
+//! Where a CSV line's delimiters, quotes and bytes past ASCII are, one bit a byte, found 16
+//! bytes at a time (SSE2, which every x86-64 CPU has; a byte loop on other targets), with whether
+//! the line holds a NUL: one pass over the line instead of a search per field.
 
 /// The bytes of one line the CSV reader looks for.
 #[derive(Debug, Default)]
 pub struct LineScan {
-    /// One bit a byte: the delimiters.
-    delimiters: Vec<u64>,
-    /// One bit a byte: the quotes.
-    quotes: Vec<u64>,
+    /// One bit a byte, 64 bytes a word: the delimiters, the quotes, the bytes past ASCII.
+    words: Vec<Classes>,
     /// Whether the line holds a quote.
     pub quoted: bool,
     /// Whether the line holds a NUL byte.
@@ -17,88 +15,87 @@ pub struct LineScan {
     pub ascii: bool,
 }
 
+/// The bits of 64 bytes of a line: delimiters, quotes, bytes past ASCII.
+type Classes = [u64; 3];
+/// A class of bytes: its index in [`Classes`].
+const DELIMITER: usize = 0;
+const QUOTE: usize = 1;
+const HIGH: usize = 2;
+
 impl LineScan {
     /// Scans `line` for `delimiter`, quotes, NUL bytes and bytes past ASCII.
     pub fn scan(&mut self, line: &[u8], delimiter: u8) {
         let words = line.len().div_ceil(64);
-        self.delimiters.clear();
-        self.delimiters.resize(words, 0);
-        self.quotes.clear();
-        self.quotes.resize(words, 0);
+        self.words.clear();
+        self.words.resize(words, [0; 3]);
         let mut chunks = line.chunks_exact(16);
-        let mut any = scan_chunks(
-            &mut chunks,
-            delimiter,
-            &mut self.delimiters,
-            &mut self.quotes,
-        );
+        let mut nul = scan_chunks(&mut chunks, delimiter, &mut self.words);
         let rest = chunks.remainder();
         if !rest.is_empty() {
-            // The last chunk, padded with zeros: their bits are dropped.
-            let mut padded = [0u8; 16];
+            // The last chunk, padded with ASCII letters (no class, not NUL).
+            let mut padded = [b'a'; 16];
             padded[..rest.len()].copy_from_slice(rest);
-            let (mut delimiters, mut quotes) = ([0u64], [0u64]);
-            let mut last = padded.chunks_exact(16);
-            let rest_any = scan_chunks(&mut last, delimiter, &mut delimiters, &mut quotes);
-            let keep = (1u64 << rest.len()) - 1;
+            let mut last = [[0; 3]];
+            nul |= scan_chunks(&mut padded.chunks_exact(16), delimiter, &mut last);
             let shift = 16 * (line.len() / 16 % 4);
-            self.delimiters[words - 1] |= (delimiters[0] & keep) << shift;
-            self.quotes[words - 1] |= (quotes[0] & keep) << shift;
-            for (a, r) in any.iter_mut().zip(rest_any) {
-                *a |= r & keep as u16;
+            for (w, l) in self.words[words - 1].iter_mut().zip(last[0]) {
+                *w |= l << shift;
             }
         }
-        let [quoted, nul, high] = any;
-        self.quoted = quoted != 0;
-        self.nul = nul != 0;
-        self.ascii = high == 0;
+        let any = |class: usize| self.words.iter().any(|w| w[class] != 0);
+        self.quoted = any(QUOTE);
+        self.ascii = !any(HIGH);
+        self.nul = nul;
     }
 
     /// The first delimiter at or after `from`.
     pub fn next_delimiter(&self, from: usize) -> Option<usize> {
-        next_bit(&self.delimiters, from)
+        self.next(DELIMITER, from)
     }
 
     /// The first quote at or after `from`.
     pub fn next_quote(&self, from: usize) -> Option<usize> {
-        next_bit(&self.quotes, from)
+        self.next(QUOTE, from)
+    }
+
+    /// Returns true when all the bytes in `range` are ASCII.
+    pub fn is_ascii(&self, range: std::ops::Range<usize>) -> bool {
+        self.next(HIGH, range.start).is_none_or(|p| p >= range.end)
     }
 
     /// Every delimiter's position, in order.
     pub fn delimiters(&self) -> impl Iterator<Item = usize> + '_ {
-        self.delimiters.iter().enumerate().flat_map(|(w, &bits)| {
-            std::iter::successors(Some(bits), |b| Some(b & b.wrapping_sub(1)))
+        self.words.iter().enumerate().flat_map(|(w, classes)| {
+            std::iter::successors(Some(classes[DELIMITER]), |b| Some(b & b.wrapping_sub(1)))
                 .take_while(|&b| b != 0)
                 .map(move |b| w * 64 + b.trailing_zeros() as usize)
         })
     }
-}
 
-/// The first set bit at or after `from` in a bit set of one bit a byte.
-fn next_bit(bits: &[u64], from: usize) -> Option<usize> {
-    let mut w = from / 64;
-    let mut word = bits.get(w)? & (!0u64 << (from % 64));
-    loop {
-        if word != 0 {
-            return Some(w * 64 + word.trailing_zeros() as usize);
+    /// The first byte of `class` at or after `from`.
+    fn next(&self, class: usize, from: usize) -> Option<usize> {
+        let mut w = from / 64;
+        let mut word = self.words.get(w)?[class] & (!0u64 << (from % 64));
+        loop {
+            if word != 0 {
+                return Some(w * 64 + word.trailing_zeros() as usize);
+            }
+            w += 1;
+            word = self.words.get(w)?[class];
         }
-        w += 1;
-        word = *bits.get(w)?;
     }
 }
 
-/// Sets the delimiter and quote bits of 16-byte chunks (one bit a byte, from bit 0 of the
-/// first word); returns the quote, NUL and non-ASCII bytes found, OR-ed over the chunks as
-/// 16-bit masks.
+/// Sets the class bits of 16-byte chunks (one bit a byte, from the first word's bit 0);
+/// returns whether a NUL byte was found.
 #[cfg(target_arch = "x86_64")]
 fn scan_chunks(
     chunks: &mut std::slice::ChunksExact<'_, u8>,
     delimiter: u8,
-    delimiters: &mut [u64],
-    quotes: &mut [u64],
-) -> [u16; 3] {
+    words: &mut [Classes],
+) -> bool {
     // SAFETY: SSE2 is part of the x86-64 baseline: every x86-64 CPU has it.
-    unsafe { scan_chunks_sse2(chunks, delimiter, delimiters, quotes) }
+    unsafe { scan_chunks_sse2(chunks, delimiter, words) }
 }
 
 /// [`scan_chunks`] with SSE2: a compare a class, a mask extraction a bit set.
@@ -107,9 +104,8 @@ fn scan_chunks(
 fn scan_chunks_sse2(
     chunks: &mut std::slice::ChunksExact<'_, u8>,
     delimiter: u8,
-    delimiters: &mut [u64],
-    quotes: &mut [u64],
-) -> [u16; 3] {
+    words: &mut [Classes],
+) -> bool {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
         _mm_setzero_si128,
@@ -119,44 +115,41 @@ fn scan_chunks_sse2(
         _mm_set1_epi8(b'"' as i8),
         _mm_setzero_si128(),
     );
-    let (mut nul, mut high) = (zero, zero);
-    let mut quoted = 0u16;
+    let mut nul = zero;
     let bits = |x: __m128i| u64::from(_mm_movemask_epi8(x) as u16);
     for (c, chunk) in chunks.enumerate() {
         // SAFETY: a chunk has 16 bytes; the load has no alignment requirement.
         let v = unsafe { _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>()) };
         let shift = 16 * (c % 4);
-        delimiters[c / 4] |= bits(_mm_cmpeq_epi8(v, delimiter)) << shift;
-        let q = bits(_mm_cmpeq_epi8(v, quote));
-        quotes[c / 4] |= q << shift;
-        quoted |= q as u16;
+        let w = &mut words[c / 4];
+        w[DELIMITER] |= bits(_mm_cmpeq_epi8(v, delimiter)) << shift;
+        w[QUOTE] |= bits(_mm_cmpeq_epi8(v, quote)) << shift;
+        w[HIGH] |= bits(v) << shift;
         nul = _mm_or_si128(nul, _mm_cmpeq_epi8(v, zero));
-        high = _mm_or_si128(high, v);
     }
-    [quoted, bits(nul) as u16, bits(high) as u16]
+    bits(nul) != 0
 }
 
-/// Sets the delimiter and quote bits of 16-byte chunks, a byte at a time (see the x86-64
-/// version; this one is also the reference its tests compare with).
+/// Sets the class bits of 16-byte chunks, a byte at a time (see the x86-64 version; this one
+/// is also the reference its tests compare with).
 #[cfg(any(test, not(target_arch = "x86_64")))]
 fn scan_chunks_bytewise(
     chunks: &mut std::slice::ChunksExact<'_, u8>,
     delimiter: u8,
-    delimiters: &mut [u64],
-    quotes: &mut [u64],
-) -> [u16; 3] {
-    let mut any = [0u16; 3];
+    words: &mut [Classes],
+) -> bool {
+    let mut nul = false;
     for (c, chunk) in chunks.enumerate() {
         for (i, &b) in chunk.iter().enumerate() {
             let at = c * 16 + i;
-            delimiters[at / 64] |= u64::from(b == delimiter) << (at % 64);
-            quotes[at / 64] |= u64::from(b == b'"') << (at % 64);
-            for (a, hit) in any.iter_mut().zip([b == b'"', b == 0, b >= 0x80]) {
-                *a |= u16::from(hit) << i;
-            }
+            let w = &mut words[at / 64];
+            w[DELIMITER] |= u64::from(b == delimiter) << (at % 64);
+            w[QUOTE] |= u64::from(b == b'"') << (at % 64);
+            w[HIGH] |= u64::from(b >= 0x80) << (at % 64);
+            nul |= b == 0;
         }
     }
-    any
+    nul
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -184,10 +177,10 @@ mod tests {
             delimiter in prop::sample::select(vec![b',', b';', b'\t']),
         ) {
             let words = bytes.len().div_ceil(64);
-            let (mut d1, mut q1, mut d2, mut q2) = (vec![0; words], vec![0; words], vec![0; words], vec![0; words]);
-            let a = scan_chunks(&mut bytes.chunks_exact(16), delimiter, &mut d1, &mut q1);
-            let b = scan_chunks_bytewise(&mut bytes.chunks_exact(16), delimiter, &mut d2, &mut q2);
-            prop_assert_eq!((a, d1, q1), (b, d2, q2));
+            let (mut vector, mut bytewise) = (vec![[0; 3]; words], vec![[0; 3]; words]);
+            let a = scan_chunks(&mut bytes.chunks_exact(16), delimiter, &mut vector);
+            let b = scan_chunks_bytewise(&mut bytes.chunks_exact(16), delimiter, &mut bytewise);
+            prop_assert_eq!((a, vector), (b, bytewise));
         }
 
         #[test]
@@ -204,6 +197,11 @@ mod tests {
             for from in 0..=line.len() + 64 {
                 prop_assert_eq!(scan.next_delimiter(from), delimiters.iter().copied().find(|&p| p >= from));
                 prop_assert_eq!(scan.next_quote(from), positions(&line, b'"').into_iter().find(|&p| p >= from));
+            }
+            for start in (0..=line.len()).step_by(13) {
+                for end in (start..=line.len()).step_by(11) {
+                    prop_assert_eq!(scan.is_ascii(start..end), line[start..end].is_ascii());
+                }
             }
             prop_assert_eq!(scan.quoted, line.contains(&b'"'));
             prop_assert_eq!(scan.nul, line.contains(&0));
