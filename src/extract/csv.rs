@@ -526,8 +526,6 @@ impl CsvReader {
                 i = end + 1;
             }
         }
-        // Most lines are UTF-8 as a whole. On the others, a field inside the valid run last
-        // found needs no check of its own; one outside it starts a new run.
         // An ASCII line is UTF-8. On others, a field holding a byte past ASCII is checked alone.
         if !self.scan.ascii {
             // Quoted fields already listed are checked as they are decoded.
