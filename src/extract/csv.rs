@@ -711,6 +711,21 @@ mod tests {
     }
 
     #[test]
+    fn a_long_line_past_ascii_splits_every_field() {
+        // A byte past ASCII first, then 300k short fields: each field's check reads its own
+        // bytes only (reading on to the line's end for each was quadratic).
+        for first in [&b"\xc3\xa9"[..], &b"\xe9"[..]] {
+            let mut bytes = b"h1,h2\n".to_vec();
+            bytes.extend_from_slice(first);
+            bytes.extend(b",a".repeat(300_000));
+            let (_, rows) = read_all(&bytes);
+            assert_eq!(rows[0].2.len(), 300_001);
+            assert_eq!(rows[0].2[0], "\u{e9}");
+            assert!(rows[0].2[1..].iter().all(|f| f == "a"));
+        }
+    }
+
+    #[test]
     fn mixed_encodings_on_one_line_decode_field_by_field() {
         let (r, rows) = read_all(b"a,b,c,d,e\nS\xc3\xa3o,\"Bras\xedlia\",Bel\xe9m,ok,\xc3\xa9\n");
         assert_eq!(

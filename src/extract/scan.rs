@@ -7,6 +7,8 @@
 pub struct LineScan {
     /// One bit a byte, 64 bytes a word: the delimiters, the quotes, the bytes past ASCII.
     words: Vec<Classes>,
+    /// The line's length.
+    len: usize,
     /// Whether the line holds a quote.
     pub quoted: bool,
     /// Whether the line holds a NUL byte.
@@ -28,6 +30,7 @@ impl LineScan {
         let words = line.len().div_ceil(64);
         self.words.clear();
         self.words.resize(words, [0; 3]);
+        self.len = line.len();
         let mut chunks = line.chunks_exact(16);
         let mut nul = scan_chunks(&mut chunks, delimiter, &mut self.words);
         let rest = chunks.remainder();
@@ -58,9 +61,12 @@ impl LineScan {
         self.next(QUOTE, from)
     }
 
-    /// Returns true when all the bytes in `range` are ASCII.
+    /// Returns true when all the bytes in `range` (within the line) are ASCII; it reads the
+    /// range's own words only, so checking every field of a long line stays linear.
     pub fn is_ascii(&self, range: std::ops::Range<usize>) -> bool {
-        self.next(HIGH, range.start).is_none_or(|p| p >= range.end)
+        // A range past the line is not known to be ASCII: the caller checks its bytes.
+        range.is_empty()
+            || (range.end <= self.len && self.next_before(HIGH, range.start, range.end).is_none())
     }
 
     /// Every delimiter's position, in order.
@@ -74,13 +80,22 @@ impl LineScan {
 
     /// The first byte of `class` at or after `from`.
     fn next(&self, class: usize, from: usize) -> Option<usize> {
+        self.next_before(class, from, usize::MAX)
+    }
+
+    /// The first byte of `class` at or after `from` and before `end`, reading no word past it.
+    fn next_before(&self, class: usize, from: usize, end: usize) -> Option<usize> {
         let mut w = from / 64;
         let mut word = self.words.get(w)?[class] & (!0u64 << (from % 64));
         loop {
             if word != 0 {
-                return Some(w * 64 + word.trailing_zeros() as usize);
+                let at = w * 64 + word.trailing_zeros() as usize;
+                return (at < end).then_some(at);
             }
             w += 1;
+            if w * 64 >= end {
+                return None;
+            }
             word = self.words.get(w)?[class];
         }
     }
