@@ -567,7 +567,7 @@ impl CsvReader {
 fn unquote(rest: &[u8], out: &mut Vec<u8>) -> Option<usize> {
     let mut k = 0;
     loop {
-        let q = k + find_byte(b'"', &rest[k..])?;
+        let q = k + memchr::memchr(b'"', &rest[k..])?;
         out.extend_from_slice(&rest[k..q]);
         if rest.get(q + 1) == Some(&b'"') {
             out.push(b'"');
@@ -576,28 +576,6 @@ fn unquote(rest: &[u8], out: &mut Vec<u8>) -> Option<usize> {
             return Some(q + 1);
         }
     }
-}
-
-/// Position of the first `needle` in `hay`. Fields are short: their first 32 bytes are searched
-/// a word at a time, without a call; `memchr` takes the rest.
-fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
-    const LOW: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let pattern = LOW * u64::from(needle);
-    let mut i = 0;
-    while i < 32 && i + 8 <= hay.len() {
-        let x = u64::from_le_bytes(hay[i..i + 8].try_into().expect("8 bytes")) ^ pattern;
-        // The lowest bit set marks the first zero byte (a borrow only marks bytes after it).
-        let zero = x.wrapping_sub(LOW) & !x & HIGH;
-        if zero != 0 {
-            return Some(i + zero.trailing_zeros() as usize / 8);
-        }
-        i += 8;
-    }
-    if i < 32 {
-        return hay[i..].iter().position(|&b| b == needle).map(|p| i + p);
-    }
-    memchr::memchr(needle, &hay[i..]).map(|p| i + p)
 }
 
 /// The longest valid UTF-8 prefix of `bytes`, as text, checked once.
@@ -922,33 +900,6 @@ mod properties {
             out.push((rec.broken, rec.iter().map(str::to_string).collect()));
         }
         Ok(out)
-    }
-
-    #[test]
-    fn find_byte_agrees_with_memchr_at_every_length_and_position() {
-        for n in 0..80usize {
-            let hay: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
-            assert_eq!(find_byte(b';', &hay), None, "{n}");
-            for p in 0..n {
-                for (fill, needle) in [(b';', b';'), (0xbb, 0xbb), (b'"', b'"')] {
-                    let mut h = hay.clone();
-                    h[p] = fill;
-                    if p + 1 < n {
-                        h[p + 1] = fill; // a second one after it
-                    }
-                    assert_eq!(find_byte(needle, &h), memchr::memchr(needle, &h), "{n} {p}");
-                }
-            }
-            // Any bytes: those next to the needle's value make the word test borrow.
-            for seed in 0..64u64 {
-                let h: Vec<u8> = (0..n as u64)
-                    .map(|i| ((i * 37 + seed * 101) % 7 + 0x3a + (i % 3) * 0x40) as u8)
-                    .collect();
-                for needle in [b';', b'"', b',', 0x7b, 0xbb] {
-                    assert_eq!(find_byte(needle, &h), memchr::memchr(needle, &h), "{h:?}");
-                }
-            }
-        }
     }
 
     fn field() -> impl Strategy<Value = String> {

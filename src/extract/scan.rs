@@ -35,14 +35,16 @@ impl LineScan {
         let mut nul = scan_chunks(&mut chunks, delimiter, &mut self.words);
         let rest = chunks.remainder();
         if !rest.is_empty() {
-            // The last chunk, padded with ASCII letters (no class, not NUL).
-            let mut padded = [b'a'; 16];
+            // The last chunk, padded with zeros: a padding byte can match the delimiter or be
+            // NUL, so the padding's bits are dropped and the NUL test is on the bytes themselves.
+            let mut padded = [0u8; 16];
             padded[..rest.len()].copy_from_slice(rest);
             let mut last = [[0; 3]];
-            nul |= scan_chunks(&mut padded.chunks_exact(16), delimiter, &mut last);
-            let shift = 16 * (line.len() / 16 % 4);
+            scan_chunks(&mut padded.chunks_exact(16), delimiter, &mut last);
+            nul |= rest.contains(&0);
+            let (keep, shift) = ((1u64 << rest.len()) - 1, 16 * (line.len() / 16 % 4));
             for (w, l) in self.words[words - 1].iter_mut().zip(last[0]) {
-                *w |= l << shift;
+                *w |= (l & keep) << shift;
             }
         }
         let any = |class: usize| self.words.iter().any(|w| w[class] != 0);
