@@ -107,11 +107,16 @@ impl Worker {
         let dt = ready.dt;
         let ops = &self.config.gcp.buckets.ops;
         let done = names::batch_done(dt, &version);
-        if self.gcs.stat(ops, &done).await?.is_some() {
+        // Both read side by side: a round trip each.
+        let (finished, current) = tokio::try_join!(
+            async { Ok::<_, HandleError>(self.gcs.stat(ops, &done).await?) },
+            self.is_current(&ready),
+        )?;
+        if finished.is_some() {
             tracing::info!(%dt, %version, "batch already done");
             return Ok(Disposition::Done);
         }
-        if !self.is_current(&ready).await? {
+        if !current {
             tracing::info!(%dt, %version, "batch superseded by a newer generation, skipped");
             return Ok(Disposition::Done);
         }
@@ -282,10 +287,10 @@ impl Worker {
         // nothing is published before they are stored.
         let upload = self.upload_curated(&out, dt)?;
         let products = async {
-            // The batch's window files, whatever happens next: its lines count in later windows.
-            // Written first (the daily builds read them here), uploaded while the step goes on.
-            let window = self.write_window(&out, dt).await?;
-            let built = async {
+            let (periods, days, months) = self.plan_products(dt);
+            // The guardrails and the stored window are read from the buckets while the batch's
+            // window files are written (CPU): neither waits for the other.
+            let checks = async {
                 let guard = self.check_guardrails(ready, &report).await?;
                 if let Some(held) = self.hold_failed_files(ready, &report).await {
                     return Ok(Err(held));
@@ -294,20 +299,30 @@ impl Worker {
                     tracing::warn!(%dt, blocking = ?guard.blocking, "batch held by blocking guardrails");
                     return Ok(Err(format!("batch {dt}: {}", guard.blocking.join(","))));
                 }
-                let (periods, days, months) = self.plan_products(dt);
                 let window = Box::pin(self.window_source(&out, dt, &days, tmp.path())).await?;
+                Ok::<_, HandleError>(Ok(window))
+            };
+            // The batch's window files, whatever happens next: its lines count in later windows.
+            // Written before the daily builds (which read them here), uploaded while they run.
+            // Boxed: the step's future stays small (a debug build's worker thread has 2 MiB of stack).
+            let (window, checked) =
+                tokio::try_join!(Box::pin(self.write_window(&out, dt)), Box::pin(checks))?;
+            let built = async {
+                let source = match checked {
+                    Ok(source) => source,
+                    Err(held) => return Ok(Err(held)),
+                };
                 let built = self
                     .build_all(
                         &out,
                         &tmp.path().join("products"),
                         periods,
-                        Some(window),
+                        Some(source),
                         None,
                     )
                     .await?;
                 Ok::<_, HandleError>(Ok((built, months)))
             };
-            // Boxed: the step's future stays small (a debug build's worker thread has 2 MiB of stack).
             let ((), built) =
                 tokio::try_join!(Box::pin(self.upload_under(&out, window)), Box::pin(built))?;
             Ok::<_, HandleError>(built)
@@ -627,9 +642,14 @@ impl Worker {
             .collect();
         earlier.sort();
         let start = earlier.len().saturating_sub(VOLUME_HISTORY);
+        // Read side by side (a few small objects, each a round trip), kept in day order.
+        let bodies = try_join_all(earlier[start..].iter().map(|(_, name)| async move {
+            Ok::<_, HandleError>(self.gcs.read(curated, name, None).await?)
+        }))
+        .await?;
         let mut out = Vec::new();
-        for (d, name) in &earlier[start..] {
-            let Some((body, _)) = self.gcs.read(curated, name, None).await? else {
+        for ((d, _), read) in earlier[start..].iter().zip(bodies) {
+            let Some((body, _)) = read else {
                 continue;
             };
             match serde_json::from_slice::<QualityReport>(&body) {
@@ -649,11 +669,16 @@ impl Worker {
         let dt = ready.dt;
         let tables: Vec<&str> = self.schemas.names().collect();
         let listed: BTreeSet<&str> = ready.files.iter().map(|f| f.name.as_str()).collect();
-        for table in &tables {
-            let objects = self
-                .gcs
-                .list(raw, &format!("extracts/{table}/dt={dt}/"))
-                .await?;
+        // One listing per table, side by side.
+        let listings = try_join_all(tables.iter().map(|table| async move {
+            Ok::<_, HandleError>(
+                self.gcs
+                    .list(raw, &format!("extracts/{table}/dt={dt}/"))
+                    .await?,
+            )
+        }))
+        .await?;
+        for (table, objects) in tables.iter().zip(listings) {
             for o in objects {
                 // Objects outside the layout were dead-lettered when they arrived: not repeated.
                 let is_part =
@@ -701,24 +726,22 @@ impl Worker {
             serde_json::from_slice(&body).map_err(|e| HandleError::local("staged summary", e))?;
         if summary.file.error.is_none() {
             let paths = StagedPaths::new(staging, object, &generation.to_string());
-            for (suffix, dest) in paths
+            // The part's files side by side: each download is a round trip of its own.
+            let downloads = paths
                 .named()
                 .into_iter()
                 .filter(|(s, _)| *s != "summary.json")
-            {
-                let key = names::staged(dt, object, generation, suffix);
-                // A summary without its files is a part still being written: retry later.
-                if self
-                    .gcs
-                    .download(curated, &key, None, dest)
-                    .await?
-                    .is_none()
-                {
-                    return Err(HandleError::Transient(format!(
-                        "staged file gs://{curated}/{key} not found"
-                    )));
-                }
-            }
+                .map(|(suffix, dest)| async move {
+                    let key = names::staged(dt, object, generation, suffix);
+                    // A summary without its files is a part still being written: retry later.
+                    match self.gcs.download(curated, &key, None, dest).await? {
+                        Some(_) => Ok(()),
+                        None => Err(HandleError::Transient(format!(
+                            "staged file gs://{curated}/{key} not found"
+                        ))),
+                    }
+                });
+            try_join_all(downloads).await?;
         }
         Ok(summary)
     }
@@ -785,16 +808,21 @@ impl Worker {
         let bucket = &self.config.gcp.buckets.curated;
         let mut present = BTreeSet::new();
         if !days.is_empty() {
-            let mut tables: Vec<BTreeSet<NaiveDate>> = Vec::new();
-            for table in ["transactions", "products"] {
-                let listed = self.curated_objects(table, days).await?;
-                tables.push(listed.into_iter().map(|(d, _, _)| d).collect());
-            }
-            present = tables[0].intersection(&tables[1]).copied().collect();
-            let stored: BTreeSet<String> = self
-                .gcs
-                .list(bucket, &format!("{}/dt=", window::DIR))
-                .await?
+            // Three listings, side by side: each is a round trip of its own.
+            let window_prefix = format!("{}/dt=", window::DIR);
+            let (transactions, products, windows) = tokio::try_join!(
+                self.curated_objects("transactions", days),
+                self.curated_objects("products", days),
+                async { Ok::<_, HandleError>(self.gcs.list(bucket, &window_prefix).await?) },
+            )?;
+            let days_of = |listed: Vec<(NaiveDate, String, i64)>| -> BTreeSet<NaiveDate> {
+                listed.into_iter().map(|(d, _, _)| d).collect()
+            };
+            present = days_of(transactions)
+                .intersection(&days_of(products))
+                .copied()
+                .collect();
+            let stored: BTreeSet<String> = windows
                 .into_iter()
                 .filter(|o| window::day_of(&o.name).is_some_and(|d| present.contains(&d)))
                 .map(|o| o.name)

@@ -227,7 +227,12 @@ pub async fn ready_batch(
     };
     // One listing per folder of the marker's parts (one per table) and one of the day's staged
     // files, not a request per part: a marker may list 100k files.
-    let raw = generations(gcs, &b.raw, marker.files.iter().map(String::as_str)).await?;
+    // The listings side by side: each is a round trip of its own.
+    let staged_prefix = format!("staging/dt={dt}/");
+    let (raw, staged) = tokio::try_join!(
+        generations(gcs, &b.raw, marker.files.iter().map(String::as_str)),
+        async { Ok::<_, HandleError>(gcs.list(&b.curated, &staged_prefix).await?) },
+    )?;
     let mut files = Vec::with_capacity(marker.files.len());
     for name in &marker.files {
         let Some(generation) = raw.get(name) else {
@@ -239,12 +244,7 @@ pub async fn ready_batch(
             generation: *generation,
         });
     }
-    let staged: HashSet<String> = gcs
-        .list(&b.curated, &format!("staging/dt={dt}/"))
-        .await?
-        .into_iter()
-        .map(|o| o.name)
-        .collect();
+    let staged: HashSet<String> = staged.into_iter().map(|o| o.name).collect();
     let summary = |f: &ObjectGeneration| names::staged(dt, &f.name, f.generation, "summary.json");
     if let Some(f) = files.iter().find(|f| !staged.contains(&summary(f))) {
         tracing::info!(%dt, object = %f.name, generation = f.generation, "listed file not staged yet");
@@ -260,6 +260,9 @@ pub async fn ready_batch(
     }))
 }
 
+/// Folder listings [`generations`] runs side by side.
+const LISTINGS_AT_ONCE: usize = 8;
+
 /// The current generation of the objects in the folders of `names` (one listing per folder,
 /// not a request per object), by name; an object absent is not there.
 pub async fn generations(
@@ -270,13 +273,18 @@ pub async fn generations(
     let folders: BTreeSet<&str> = names
         .filter_map(|n| n.rsplit_once('/').map(|(folder, _)| folder))
         .collect();
-    let mut out = HashMap::new();
-    for folder in folders {
-        for o in gcs.list(bucket, &format!("{folder}/")).await? {
-            out.insert(o.name, o.generation);
-        }
-    }
-    Ok(out)
+    let listings = bounded(
+        LISTINGS_AT_ONCE,
+        folders.into_iter().map(|folder| async move {
+            Ok::<_, HandleError>(gcs.list(bucket, &format!("{folder}/")).await?)
+        }),
+    )
+    .await?;
+    Ok(listings
+        .into_iter()
+        .flatten()
+        .map(|o| (o.name, o.generation))
+        .collect())
 }
 
 /// Runs `futures` with at most `limit` at a time, results in order; the first error wins
