@@ -157,6 +157,8 @@ impl Deliver {
             tracing::info!(delivery_id = %req.delivery_id, "receipt exists, not delivering again");
         } else {
             let tmp = self.tempdir()?;
+            // The sink's connection opens while the files download.
+            sink.open_ahead();
             let delivery = self.download(&req, tmp.path(), sink.sends_data()).await?;
             deliver_once(sink, &self.receipts, &delivery)
                 .await

@@ -413,6 +413,10 @@ pub trait Sink: Send + Sync {
     fn sends_data(&self) -> bool {
         true
     }
+
+    /// Starts what the next delivery needs while its files are still downloading (the SFTP
+    /// sink opens its connection); nothing for the others. Called within the Tokio runtime.
+    fn open_ahead(&self) {}
 }
 
 /// Delivers unless a receipt exists, then stores the receipt: the idempotent entry point.
@@ -562,6 +566,14 @@ impl Sink for AnySink {
             AnySink::Sftp(s) => s.sends_data(),
             AnySink::Api(s) => s.sends_data(),
             AnySink::Email(s) => s.sends_data(),
+        }
+    }
+
+    fn open_ahead(&self) {
+        match self {
+            AnySink::Sftp(s) => s.open_ahead(),
+            AnySink::Api(s) => s.open_ahead(),
+            AnySink::Email(s) => s.open_ahead(),
         }
     }
 }

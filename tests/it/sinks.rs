@@ -364,6 +364,38 @@ async fn sftp_decrypts_the_key_once_and_refuses_a_wrong_passphrase_at_start_up()
     }
 }
 
+/// The connection opened while the files download is the one the delivery uses (one login for
+/// both); opened ahead to a server that stopped, the delivery fails as a transient error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_delivers_over_the_connection_opened_ahead() {
+    capture_logs();
+    let work = tempfile::tempdir().unwrap();
+    let mut env = sftp_env(work.path());
+    let d = delivery(work.path(), "ouchhungry");
+    let sink = SftpSink::new("ouchhungry", &env.config, &sftp_options()).unwrap();
+    let logins = |s: &Server| s.log_text().matches("Accepted publickey").count();
+    let before = logins(&env.server);
+
+    sink.open_ahead();
+    let first = sink.deliver(&d).await.expect("delivers");
+    assert!(!first.already_present, "{first:?}");
+    assert_eq!(
+        logins(&env.server),
+        before + 1,
+        "one login: the connection opened ahead"
+    );
+
+    // A delivery without a connection opened ahead connects itself.
+    let again = sink.deliver(&d).await.expect("delivers again");
+    assert!(again.already_present, "{again:?}");
+    assert_eq!(logins(&env.server), before + 2);
+
+    env.server.stop();
+    sink.open_ahead();
+    let e = sink.deliver(&d).await.unwrap_err();
+    assert!(e.is_transient(), "a stopped server is transient: {e}");
+}
+
 fn base64_blob(line: &str) -> Vec<u8> {
     use base64::Engine as _;
     let b64 = line.split_whitespace().nth(1).unwrap();
