@@ -434,6 +434,7 @@ impl Inner {
     /// Opens an authenticated SFTP session: TCP, SSH handshake, pinned host key, public key.
     fn connect(&self) -> Result<Connection, SinkError> {
         let where_ = format!("{}:{}", self.host, self.port);
+        let started = Instant::now();
         let (tcp, io) = self.open_tcp(&where_)?;
         let mut session = Session::new().map_err(|e| classify("ssh session", e))?;
         session.set_tcp_stream(tcp);
@@ -462,6 +463,11 @@ impl Inner {
         self.check_host_key(&session, &where_)?;
         self.authenticate(&session, &where_)?;
         let sftp = session.sftp().map_err(|e| classify("start sftp", e))?;
+        tracing::debug!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            cipher = session.methods(MethodType::CryptCs).unwrap_or_default(),
+            "connected"
+        );
         Ok((session, sftp))
     }
 
