@@ -10,10 +10,10 @@
 //!
 //! The connection of a delivery is opened while its files download ([`Sink::open_ahead`]): the
 //! server's banner, key exchange, authentication and SFTP start (40–90 ms on a busy 2-core
-//! machine, more across the internet) then overlap the download. The SFTP start waits for the
-//! server's post-authentication notice (`await_notice`), which saves a 40 ms stall against
-//! OpenSSH. A connection opened ahead and not taken
-//! within [`AHEAD_MAX_AGE`] is closed; one that fails is replaced by a fresh one.
+//! machine, more across the internet) then overlap the download. A connection opened ahead and
+//! not taken within [`AHEAD_MAX_AGE`] is closed; one that fails is replaced by a fresh one. The
+//! SFTP start waits for the server's post-authentication notice (`await_notice`), which saves a
+//! 40 ms stall against OpenSSH.
 //!
 //! Ciphers: AES-GCM first (OpenSSL's, with the CPU's AES instructions), then libssh2's own
 //! ChaCha20-Poly1305 (portable C, several times slower a byte) and AES-CTR.
