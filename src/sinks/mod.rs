@@ -415,7 +415,7 @@ pub trait Sink: Send + Sync {
     }
 
     /// Starts what the next delivery needs while its files are still downloading (the SFTP
-    /// sink opens its connection); nothing for the others. Called within the Tokio runtime.
+    /// sink opens its connection, within the Tokio runtime); nothing for the others.
     fn open_ahead(&self) {}
 }
 

@@ -358,15 +358,19 @@ impl Sink for SftpSink {
     }
 
     fn open_ahead(&self) {
+        // Outside a runtime there is nothing to run it on: the delivery connects itself.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let inner = self.inner.clone();
         let ahead = Ahead {
             started: Instant::now(),
-            task: tokio::task::spawn_blocking(move || inner.connect()),
+            task: rt.spawn_blocking(move || inner.connect()),
         };
         // A connection no delivery took is closed with its task's output.
         drop(lock(&self.ahead).replace(ahead));
         let slot = Arc::downgrade(&self.ahead);
-        tokio::spawn(async move {
+        rt.spawn(async move {
             tokio::time::sleep(AHEAD_MAX_AGE).await;
             if let Some(slot) = slot.upgrade() {
                 let mut slot = lock(&slot);
