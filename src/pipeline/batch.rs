@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use chrono::{Days, NaiveDate, Utc};
 use futures::future::try_join_all;
+use tokio::sync::watch;
 
 use super::stage::bounded;
 use super::{Worker, names};
@@ -288,9 +289,17 @@ impl Worker {
         let upload = self.upload_curated(&out, dt)?;
         let products = async {
             let (periods, days, months) = self.plan_products(dt);
-            // The guardrails and the stored window are read from the buckets while the batch's
-            // window files are written (CPU): neither waits for the other.
-            let checks = async {
+            // The batch's window files, whatever happens next: its lines count in later windows.
+            // Written (CPU) while the guardrails and the stored window are read from the
+            // buckets, uploaded while the products build; a daily build reads batch D's once
+            // written (`written`), its first part (batch D's own lines) running meanwhile.
+            let (written_tx, written) = watch::channel(false);
+            let window = async {
+                let files = Box::pin(self.write_window(&out, dt)).await?;
+                written_tx.send_replace(true);
+                Box::pin(self.upload_under(&out, files)).await
+            };
+            let built = async {
                 let guard = self.check_guardrails(ready, &report).await?;
                 if let Some(held) = self.hold_failed_files(ready, &report).await {
                     return Ok(Err(held));
@@ -299,32 +308,14 @@ impl Worker {
                     tracing::warn!(%dt, blocking = ?guard.blocking, "batch held by blocking guardrails");
                     return Ok(Err(format!("batch {dt}: {}", guard.blocking.join(","))));
                 }
-                let window = Box::pin(self.window_source(&out, dt, &days, tmp.path())).await?;
-                Ok::<_, HandleError>(Ok(window))
-            };
-            // The batch's window files, whatever happens next: its lines count in later windows.
-            // Written before the daily builds (which read them here), uploaded while they run.
-            // Boxed: the step's future stays small (a debug build's worker thread has 2 MiB of stack).
-            let (window, checked) =
-                tokio::try_join!(Box::pin(self.write_window(&out, dt)), Box::pin(checks))?;
-            let built = async {
-                let source = match checked {
-                    Ok(source) => source,
-                    Err(held) => return Ok(Err(held)),
-                };
-                let built = self
-                    .build_all(
-                        &out,
-                        &tmp.path().join("products"),
-                        periods,
-                        Some(source),
-                        None,
-                    )
-                    .await?;
+                let source = self.window_source(&out, (dt, written), &days, tmp.path());
+                let source = Box::pin(source).await?;
+                let products = tmp.path().join("products");
+                let built = (self.build_all(&out, &products, periods, Some(source), None)).await?;
                 Ok::<_, HandleError>(Ok((built, months)))
             };
-            let ((), built) =
-                tokio::try_join!(Box::pin(self.upload_under(&out, window)), Box::pin(built))?;
+            // Boxed: the step's future stays small (a debug build's worker thread has 2 MiB of stack).
+            let ((), built) = tokio::try_join!(Box::pin(window), Box::pin(built))?;
             Ok::<_, HandleError>(built)
         };
         let (uploaded, products) = tokio::join!(upload, products);
@@ -794,14 +785,14 @@ impl Worker {
         bounded(UPLOADS_AT_ONCE, uploads).await.map(drop)
     }
 
-    /// The window the daily builds of batch `dt` read: batch `dt`'s files under `out`, the
-    /// earlier `days`' from the curated bucket, streamed. A day whose curated batch exists
-    /// without a file for a daily contract (written before, or a contract added since) gets
-    /// it now, from its curated files downloaded one day at a time under `tmp`.
+    /// The window the daily builds of batch `dt` read: batch `dt`'s files under `out` (once
+    /// `written` says so), the earlier `days`' from the curated bucket, streamed. A day whose
+    /// curated batch exists without a file for a daily contract (written before, or a contract
+    /// added since) gets it now, from its curated files downloaded one day at a time under `tmp`.
     async fn window_source(
         &self,
         out: &Path,
-        dt: NaiveDate,
+        (dt, written): (NaiveDate, watch::Receiver<bool>),
         days: &BTreeSet<NaiveDate>,
         tmp: &Path,
     ) -> Result<Arc<dyn WindowSource>, HandleError> {
@@ -843,6 +834,7 @@ impl Worker {
         present.insert(dt);
         Ok(Arc::new(StoredWindow {
             local: out.to_path_buf(),
+            own: (dt, written),
             present,
             gcs: self.gcs.clone(),
             bucket: bucket.clone(),
@@ -1225,17 +1217,51 @@ impl TransactionsSource for StoredTransactions {
     }
 }
 
-/// The window a worker's daily build reads: batch D's files from the step's folder, the
-/// earlier days' streamed from the curated bucket.
+/// The window a worker's daily build reads: batch D's files from the step's folder (once the
+/// step has written them), the earlier days' streamed from the curated bucket.
 #[derive(Debug)]
 struct StoredWindow {
     /// The step's output folder (holding `window/dt=<D>/`).
     local: PathBuf,
+    /// Batch D, and whether the step has written its window files yet (false until then; the
+    /// sender dropped without `true`: they will not be).
+    own: (NaiveDate, watch::Receiver<bool>),
     /// Days whose batch exists (each has its files).
     present: BTreeSet<NaiveDate>,
     gcs: Gcs,
     bucket: String,
     rt: tokio::runtime::Handle,
+}
+
+impl StoredWindow {
+    /// Opens batch `dt`'s window file of `contract`: batch D's from the step's folder when
+    /// written, an earlier batch's as a stream from the bucket (its first round trip done).
+    async fn open_async(
+        &self,
+        contract: &Contract,
+        dt: NaiveDate,
+    ) -> Result<Box<dyn std::io::Read + Send>, WindowError> {
+        let name = window::object_name(contract, dt);
+        let io = |source| WindowError::Io {
+            path: name.clone(),
+            source,
+        };
+        if dt == self.own.0 {
+            let mut written = self.own.1.clone();
+            if written.wait_for(|w| *w).await.is_err() {
+                let e = std::io::Error::other("the batch's window files were not written");
+                return Err(io(e));
+            }
+            let path = self.local.join(&name);
+            return Ok(Box::new(std::fs::File::open(&path).map_err(io)?));
+        }
+        let reader = (self.gcs)
+            .blocking_reader(self.rt.clone(), &self.bucket, &name)
+            .await
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?
+            .ok_or_else(|| io(std::io::Error::from(std::io::ErrorKind::NotFound)))?;
+        Ok(Box::new(reader))
+    }
 }
 
 impl WindowSource for StoredWindow {
@@ -1248,23 +1274,17 @@ impl WindowSource for StoredWindow {
         contract: &Contract,
         dt: NaiveDate,
     ) -> Result<Box<dyn std::io::Read + Send>, WindowError> {
-        let name = window::object_name(contract, dt);
-        let io = |source| WindowError::Io {
-            path: name.clone(),
-            source,
-        };
-        let path = self.local.join(&name);
-        if path.is_file() {
-            return Ok(Box::new(std::fs::File::open(&path).map_err(io)?));
-        }
-        let reader = self
-            .rt
-            .block_on(
-                self.gcs
-                    .blocking_reader(self.rt.clone(), &self.bucket, &name),
-            )
-            .map_err(|e| io(std::io::Error::other(e.to_string())))?
-            .ok_or_else(|| io(std::io::Error::from(std::io::ErrorKind::NotFound)))?;
-        Ok(Box::new(reader))
+        self.rt.block_on(self.open_async(contract, dt))
+    }
+
+    fn open_all(
+        &self,
+        contract: &Contract,
+        days: &[NaiveDate],
+    ) -> Result<Vec<Box<dyn std::io::Read + Send>>, WindowError> {
+        // Side by side: each earlier day's file is a round trip before its first byte (29 of
+        // them in a full window), and batch D's may still be being written.
+        let opens = days.iter().map(|d| self.open_async(contract, *d));
+        self.rt.block_on(try_join_all(opens))
     }
 }

@@ -259,10 +259,10 @@ pub fn build(
     };
     let mut places = Places::default();
     curated.each_line(d, |l| day.take(&l, &mut places))?;
-    let mut files = Vec::with_capacity(present.len());
-    for x in &present {
-        files.push((object_name(contract, *x), *x, window.open(contract, *x)?));
-    }
+    let readers = window.open_all(contract, &present)?;
+    let files = (present.iter().zip(readers))
+        .map(|(x, r)| (object_name(contract, *x), *x, r))
+        .collect();
     let k = contract.k as usize;
     let customers = customers_per_place(files, (first, d), k, &mut places)?;
     let small = |place: u32| customers.get(&place).is_none_or(|n| *n < k);

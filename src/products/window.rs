@@ -90,6 +90,15 @@ pub trait WindowSource: Send + Sync + std::fmt::Debug {
     /// Opens batch `dt`'s window file for `contract` (written first when it has none).
     fn open(&self, contract: &Contract, dt: NaiveDate)
     -> Result<Box<dyn Read + Send>, WindowError>;
+    /// Opens the window files of batches `days` for `contract`, in that order (one after the
+    /// other unless the source can do better).
+    fn open_all(
+        &self,
+        contract: &Contract,
+        days: &[NaiveDate],
+    ) -> Result<Vec<Box<dyn Read + Send>>, WindowError> {
+        days.iter().map(|d| self.open(contract, *d)).collect()
+    }
 }
 
 /// The window files of a local curated root, written into `dir` when missing.
