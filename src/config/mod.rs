@@ -171,10 +171,6 @@ pub struct WorkerSettings {
     /// vCPU, up to 4).
     #[serde(default)]
     pub encode_threads: usize,
-    /// MiB of the parts it staged that a worker instance keeps on local disk for its own batch
-    /// steps (moved into place instead of downloaded again); 0 keeps none.
-    #[serde(default = "default_kept_staged_mib")]
-    pub kept_staged_mib: u64,
 }
 
 impl WorkerSettings {
@@ -189,10 +185,6 @@ impl WorkerSettings {
 
 fn default_listing_concurrency() -> usize {
     32
-}
-
-fn default_kept_staged_mib() -> u64 {
-    256
 }
 
 fn default_unclaimed_restart_after_secs() -> u64 {
@@ -478,9 +470,6 @@ impl Config {
         }
         if !(1..=1000).contains(&self.worker.listing_concurrency) {
             return Err(invalid("worker.listing_concurrency", "must be 1-1000"));
-        }
-        if self.worker.kept_staged_mib > 65_536 {
-            return Err(invalid("worker.kept_staged_mib", "must be 0-65536"));
         }
         if !(1..=86400).contains(&self.worker.unclaimed_restart_after_secs) {
             return Err(invalid(

@@ -698,8 +698,7 @@ impl Worker {
         Ok(())
     }
 
-    /// Puts one staged part (summary, then its Arrow files) into `staging`: this instance's kept
-    /// copy when it has one, else downloaded.
+    /// Downloads one staged part (summary, then its Arrow files) into `staging`.
     async fn fetch_staged(
         &self,
         dt: NaiveDate,
@@ -707,10 +706,6 @@ impl Worker {
         generation: i64,
         staging: &Path,
     ) -> Result<PartSummary, HandleError> {
-        let paths = StagedPaths::new(staging, object, &generation.to_string());
-        if let Some(summary) = self.kept.take(object, generation, &paths) {
-            return Ok(summary);
-        }
         let curated = &self.config.gcp.buckets.curated;
         let key = names::staged(dt, object, generation, "summary.json");
         let Some((body, _)) = self.gcs.read(curated, &key, None).await? else {
@@ -721,6 +716,7 @@ impl Worker {
         let summary: PartSummary =
             serde_json::from_slice(&body).map_err(|e| HandleError::local("staged summary", e))?;
         if summary.file.error.is_none() {
+            let paths = StagedPaths::new(staging, object, &generation.to_string());
             // The part's files side by side: each download is a round trip of its own.
             let downloads = paths
                 .named()

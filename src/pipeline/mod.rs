@@ -19,7 +19,6 @@ pub mod batch;
 pub mod check;
 pub mod deliver;
 pub mod delivered;
-pub mod kept;
 pub mod names;
 pub mod notify;
 pub mod powerbi;
@@ -48,8 +47,6 @@ pub struct Worker {
     pub contracts: Arc<Vec<Contract>>,
     /// Faults to inject (tests only; empty unless `DATASHARE_FAULTS` is set).
     pub faults: faults::Faults,
-    /// The parts this instance staged, kept for its own batch steps.
-    pub kept: Arc<kept::KeptStaged>,
 }
 
 impl Deref for Worker {
@@ -74,9 +71,6 @@ pub enum StartError {
     /// `DATASHARE_FAULTS` is malformed.
     #[error("{0}")]
     Faults(String),
-    /// The folder of kept staged parts could not be made in the temporary folder.
-    #[error("kept staged parts folder: {0}")]
-    Kept(std::io::Error),
 }
 
 impl Worker {
@@ -100,8 +94,6 @@ impl Worker {
             t.updates.clone(),
         ];
         let context = RoleContext::connect(WORKER_ROLE, config, topics).await?;
-        let budget = context.config.worker.kept_staged_mib << 20;
-        let kept = kept::KeptStaged::new(&context.tmp_root, budget).map_err(StartError::Kept)?;
         tracing::info!(
             owner = %context.owner,
             partners = contracts.len(),
@@ -113,7 +105,6 @@ impl Worker {
             schemas: Arc::new(schemas),
             contracts: Arc::new(contracts),
             faults,
-            kept: Arc::new(kept),
         })
     }
 

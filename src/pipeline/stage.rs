@@ -178,8 +178,6 @@ impl Worker {
         };
         futures::future::try_join_all(files.map(&upload)).await?;
         upload(summary_file).await?;
-        // Stored: this instance's batch step may take its own copy instead of downloading it.
-        self.kept.keep(&object.name, object.generation, &paths);
         crate::service::memory::release_free();
         let error = summary
             .file

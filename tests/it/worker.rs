@@ -322,48 +322,6 @@ async fn two_workers_race_for_one_batch_claim() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_builds_its_batch_from_the_parts_it_kept() {
-    let app = TestApp::spawn(Spec::new()).await;
-    let (stack, cfg) = (&app.stack, app.cfg.clone());
-    let worker = Arc::new(app.worker().await);
-    let dt = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
-    let (written, truth) = upload_day(&worker.gcs, &cfg, dt, 200, false).await;
-    for (i, (name, generation)) in written.iter().enumerate() {
-        let n = notification(&cfg.gcp.buckets.raw, name, *generation);
-        let outcome = worker
-            .handle(EXTRACTS_SUBSCRIPTION, &incoming(&n, &format!("n{i}")))
-            .await;
-        assert_eq!(outcome, Outcome::Ack, "{name}");
-    }
-    assert!(worker.kept.used() > 0, "the staged parts are kept");
-    // The staged Arrow files gone from the bucket (their summaries stay, so the batch is
-    // ready): only the worker's kept copies hold them.
-    let curated = &cfg.gcp.buckets.curated;
-    let staged = worker
-        .gcs
-        .list(curated, &format!("staging/dt={dt}/"))
-        .await
-        .unwrap();
-    let arrow: Vec<_> = staged
-        .iter()
-        .filter(|o| o.name.ends_with(".arrow"))
-        .collect();
-    assert!(!arrow.is_empty());
-    for o in arrow {
-        stack.delete_object(curated, &o.name).await;
-    }
-    let ready = current_batch(&worker.gcs, &cfg, dt).await;
-    let msg = incoming(&ready.to_message(), "batch-kept");
-    assert_eq!(
-        worker.handle(BATCHES_SUBSCRIPTION, &msg).await,
-        Outcome::Ack
-    );
-    assert_eq!(worker.kept.used(), 0, "each kept part taken once");
-    check_curated(&worker.gcs, &cfg, dt, &truth).await;
-    app.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_outside_the_layout_are_dead_lettered_once_and_acked() {
     let app = TestApp::spawn(Spec::new()).await;
     let cfg = app.cfg.clone();
