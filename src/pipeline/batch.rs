@@ -300,11 +300,7 @@ impl Worker {
                 Box::pin(self.upload_under(&out, files)).await
             };
             let built = async {
-                // The guardrails' reads and the stored window's listings side by side (round
-                // trips each); a held batch drops the window unread.
-                let source = self.window_source(&out, (dt, written), &days, tmp.path());
-                let guard = self.check_guardrails(ready, &report);
-                let (guard, source) = tokio::try_join!(Box::pin(guard), Box::pin(source))?;
+                let guard = self.check_guardrails(ready, &report).await?;
                 if let Some(held) = self.hold_failed_files(ready, &report).await {
                     return Ok(Err(held));
                 }
@@ -312,6 +308,8 @@ impl Worker {
                     tracing::warn!(%dt, blocking = ?guard.blocking, "batch held by blocking guardrails");
                     return Ok(Err(format!("batch {dt}: {}", guard.blocking.join(","))));
                 }
+                let source = self.window_source(&out, (dt, written), &days, tmp.path());
+                let source = Box::pin(source).await?;
                 let products = tmp.path().join("products");
                 let built = (self.build_all(&out, &products, periods, Some(source), None)).await?;
                 Ok::<_, HandleError>(Ok((built, months)))
@@ -417,9 +415,8 @@ impl Worker {
         report: &QualityReport,
     ) -> Result<guardrails::Evaluation, HandleError> {
         let dt = ready.dt;
-        // Independent reads, side by side.
-        let (_, history) =
-            tokio::try_join!(self.report_unlisted(ready), self.previous_reports(dt))?;
+        self.report_unlisted(ready).await?;
+        let history = self.previous_reports(dt).await?;
         let mut guard = guardrails::evaluate(&self.config.guardrails, report, &history);
         if ready.release && guard.holds() {
             tracing::warn!(%dt, blocking = ?guard.blocking, "batch released despite blocking guardrails");
@@ -701,7 +698,7 @@ impl Worker {
         Ok(())
     }
 
-    /// Downloads one staged part (its summary and Arrow files) into `staging`.
+    /// Downloads one staged part (summary, then its Arrow files) into `staging`.
     async fn fetch_staged(
         &self,
         dt: NaiveDate,
@@ -711,36 +708,31 @@ impl Worker {
     ) -> Result<PartSummary, HandleError> {
         let curated = &self.config.gcp.buckets.curated;
         let key = names::staged(dt, object, generation, "summary.json");
-        let summary = async {
-            let Some((body, _)) = self.gcs.read(curated, &key, None).await? else {
-                return Err(HandleError::Transient(format!(
-                    "staged part {object}@{generation} not found"
-                )));
-            };
-            serde_json::from_slice::<PartSummary>(&body)
-                .map_err(|e| HandleError::local("staged summary", e))
+        let Some((body, _)) = self.gcs.read(curated, &key, None).await? else {
+            return Err(HandleError::Transient(format!(
+                "staged part {object}@{generation} not found"
+            )));
         };
-        // The summary and the part's files side by side, each download a round trip of its
-        // own: a failed part has no files to use (what is found is removed), a part that did
-        // not fail must have them all.
-        let paths = StagedPaths::new(staging, object, &generation.to_string());
-        let named = paths.named();
-        let files = named.iter().filter(|(s, _)| *s != "summary.json");
-        let downloads = files.map(|(suffix, dest)| async move {
-            let key = names::staged(dt, object, generation, suffix);
-            let found = self.gcs.download(curated, &key, None, dest).await?;
-            Ok::<_, HandleError>((key, *dest, found.is_some()))
-        });
-        let (summary, downloads) = tokio::try_join!(summary, try_join_all(downloads))?;
-        for (key, dest, found) in downloads {
-            if summary.file.error.is_some() {
-                let _ = std::fs::remove_file(dest);
-            } else if !found {
-                // A summary without its files is a part still being written: retry later.
-                return Err(HandleError::Transient(format!(
-                    "staged file gs://{curated}/{key} not found"
-                )));
-            }
+        let summary: PartSummary =
+            serde_json::from_slice(&body).map_err(|e| HandleError::local("staged summary", e))?;
+        if summary.file.error.is_none() {
+            let paths = StagedPaths::new(staging, object, &generation.to_string());
+            // The part's files side by side: each download is a round trip of its own.
+            let downloads = paths
+                .named()
+                .into_iter()
+                .filter(|(s, _)| *s != "summary.json")
+                .map(|(suffix, dest)| async move {
+                    let key = names::staged(dt, object, generation, suffix);
+                    // A summary without its files is a part still being written: retry later.
+                    match self.gcs.download(curated, &key, None, dest).await? {
+                        Some(_) => Ok(()),
+                        None => Err(HandleError::Transient(format!(
+                            "staged file gs://{curated}/{key} not found"
+                        ))),
+                    }
+                });
+            try_join_all(downloads).await?;
         }
         Ok(summary)
     }
@@ -942,13 +934,8 @@ impl Worker {
             tracing::info!(partner = %rel.partner, delivery_id = %rel.delivery_id, "product version already delivered");
             return Ok(false);
         }
-        // The marker's generation is read while the files go up: a round trip off the path.
-        let (request, marker_generation) = tokio::join!(
-            Box::pin(self.upload_release(contract, rel)),
-            self.marker_generation(rel)
-        );
-        let mut request = request?;
-        request.marker_generation = marker_generation;
+        let mut request = self.upload_release(contract, rel).await?;
+        request.marker_generation = self.marker_generation(rel).await;
         self.faults.at("before_publish").await;
         let id = self
             .bus
