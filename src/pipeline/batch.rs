@@ -1174,6 +1174,68 @@ mod tests {
         );
         assert_eq!(month_completed_by(d("2026-11-27"), 2), None);
     }
+
+    fn contract() -> Contract {
+        let text = r#"
+name = "acme"
+display_name = "Acme"
+manufacturer = "Acme"
+brands = [{ name = "Zap", segment = "Sucos" }]
+products = ["daily"]
+k = 2
+[pseudonymization]
+key_version = "v1"
+secret = { env = "ACME_KEY" }
+[[sinks]]
+type = "api"
+base_url = "https://x.example"
+auth = { type = "bearer", token = { env = "T" } }
+[delivery]
+deadline = "08:00"
+"#;
+        Contract::parse(Path::new("acme.toml"), text).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_build_reads_batch_d_window_file_only_once_the_step_has_written_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        let c = contract();
+        // Never reached: batch D's file is local.
+        let gcs = Gcs::connect(Some("http://127.0.0.1:9")).await.unwrap();
+        let window = |written| StoredWindow {
+            local: dir.path().to_path_buf(),
+            own: (d, written),
+            present: BTreeSet::from([d]),
+            gcs: gcs.clone(),
+            bucket: "curated".into(),
+            rt: tokio::runtime::Handle::current(),
+        };
+        // Written after the build asked for it: the build waits, then reads the whole file.
+        let (tx, rx) = watch::channel(false);
+        let source = window(rx);
+        let c2 = c.clone();
+        let reading = tokio::task::spawn_blocking(move || {
+            let mut readers = source.open_all(&c2, &[d]).map_err(|e| e.to_string())?;
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut readers[0], &mut text).map_err(|e| e.to_string())?;
+            Ok::<_, String>(text)
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let path = dir.path().join(window::object_name(&c, d));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "the window of D").unwrap();
+        tx.send_replace(true);
+        assert_eq!(reading.await.unwrap().unwrap(), "the window of D");
+        // The step gave up writing them: the build fails instead of waiting for ever.
+        let (tx, rx) = watch::channel(false);
+        let source = window(rx);
+        drop(tx);
+        let c2 = c.clone();
+        let failed = tokio::task::spawn_blocking(move || source.open_all(&c2, &[d]).map(drop));
+        let e = failed.await.unwrap().unwrap_err().to_string();
+        assert!(e.contains("not written"), "{e}");
+    }
 }
 
 /// The curated transactions a worker's monthly build reads, fetched from the curated bucket
