@@ -14,6 +14,7 @@ mod powerbi;
 mod products;
 mod schedules;
 mod sinks;
+mod storage_pool;
 mod telemetry;
 mod worker;
 
