@@ -6,7 +6,6 @@
 //! the only kind on which fake-gcs-server honours preconditions; claims are small.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use google_cloud_auth::credentials::{CacheableResource, Credentials};
@@ -87,31 +86,10 @@ struct JsonList {
     next_page_token: Option<String>,
 }
 
-/// What builds the data-plane client again (credentials keep their cached token).
-#[derive(Clone, Debug)]
-struct StorageBuilder {
-    credentials: Credentials,
-    endpoint: Option<String>,
-}
-
-impl StorageBuilder {
-    async fn build(&self) -> Result<Storage, ClientError> {
-        let mut b = Storage::builder().with_credentials(self.credentials.clone());
-        if let Some(e) = &self.endpoint {
-            b = b.with_endpoint(e);
-        }
-        b.build().await.map_err(|e| ClientError::Build {
-            client: "storage",
-            message: e.to_string(),
-        })
-    }
-}
-
 /// A Cloud Storage client for the worker's buckets.
 #[derive(Clone, Debug)]
 pub struct Gcs {
-    client: Arc<Mutex<Storage>>,
-    builder: StorageBuilder,
+    client: Storage,
     http: reqwest::Client,
     json_base: String,
     credentials: Option<Credentials>,
@@ -121,11 +99,14 @@ impl Gcs {
     /// Connects to Cloud Storage, or to the emulator at `emulator` (anonymous).
     pub async fn connect(emulator: Option<&str>) -> Result<Gcs, ClientError> {
         let creds = super::credentials(emulator.is_some())?;
-        let builder = StorageBuilder {
-            credentials: creds.clone(),
-            endpoint: emulator.map(str::to_string),
-        };
-        let client = builder.build().await?;
+        let mut b = Storage::builder().with_credentials(creds.clone());
+        if let Some(e) = emulator {
+            b = b.with_endpoint(e);
+        }
+        let client = b.build().await.map_err(|e| ClientError::Build {
+            client: "storage",
+            message: e.to_string(),
+        })?;
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(60))
             .build()
@@ -134,28 +115,11 @@ impl Gcs {
                 message: e.to_string(),
             })?;
         Ok(Gcs {
-            client: Arc::new(Mutex::new(client)),
-            builder,
+            client,
             http,
             json_base: emulator.unwrap_or(JSON_API).to_string(),
             credentials: emulator.is_none().then_some(creds),
         })
-    }
-
-    /// The data-plane client now in use.
-    fn storage(&self) -> Storage {
-        self.client
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Starts a new pool of connections for the requests to come: the current pool's idle
-    /// connections (and their buffers) close once the requests under way are done with it.
-    pub async fn renew_connections(&self) -> Result<(), ClientError> {
-        let fresh = self.builder.build().await?;
-        *self.client.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
-        Ok(())
     }
 
     fn err(
@@ -192,7 +156,7 @@ impl Gcs {
         generation: Option<i64>,
     ) -> Result<Option<ReadObjectResponse>, GcsError> {
         let mut req = self
-            .storage()
+            .client
             .read_object(format!("projects/_/buckets/{bucket}"), name);
         if let Some(g) = generation {
             req = req.set_generation(g);
@@ -288,7 +252,7 @@ impl Gcs {
     ) -> Result<i64, GcsError> {
         let data: Bytes = data.into();
         let mut w = self
-            .storage()
+            .client
             .write_object(format!("projects/_/buckets/{bucket}"), name, data);
         if let Some(g) = if_generation_match {
             w = w.set_if_generation_match(g);
@@ -335,7 +299,7 @@ impl Gcs {
             .map_err(io)?;
         let file = tokio::fs::File::open(src).await.map_err(io)?;
         let mut w = self
-            .storage()
+            .client
             .write_object(format!("projects/_/buckets/{bucket}"), name, file)
             .with_known_crc32c(crc);
         if let Some(g) = if_generation_match {

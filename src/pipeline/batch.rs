@@ -141,11 +141,6 @@ impl Worker {
         };
         drop(timer);
         resources.finish();
-        // The step's pooled connections go with it: their read buffers (up to ~400 KiB each,
-        // grown by the day's largest downloads) would otherwise stay until the next day.
-        if let Err(e) = self.gcs.renew_connections().await {
-            tracing::warn!(error = %e, "storage connections not renewed");
-        }
         // What the step's async part (uploads, downloads) freed goes back too, not only what
         // its blocking jobs did.
         crate::service::memory::release_free();

@@ -14,7 +14,6 @@ mod powerbi;
 mod products;
 mod schedules;
 mod sinks;
-mod storage_pool;
 mod telemetry;
 mod worker;
 
