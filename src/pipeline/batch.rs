@@ -1176,24 +1176,7 @@ mod tests {
     }
 
     fn contract() -> Contract {
-        let text = r#"
-name = "acme"
-display_name = "Acme"
-manufacturer = "Acme"
-brands = [{ name = "Zap", segment = "Sucos" }]
-products = ["daily"]
-k = 2
-[pseudonymization]
-key_version = "v1"
-secret = { env = "ACME_KEY" }
-[[sinks]]
-type = "api"
-base_url = "https://x.example"
-auth = { type = "bearer", token = { env = "T" } }
-[delivery]
-deadline = "08:00"
-"#;
-        Contract::parse(Path::new("acme.toml"), text).unwrap()
+        crate::products::contract::acme_buying("daily")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -443,24 +443,7 @@ mod tests {
     use super::*;
 
     fn contract() -> Contract {
-        let text = r#"
-name = "acme"
-display_name = "Acme"
-manufacturer = "Acme"
-brands = [{ name = "Zap", segment = "Sucos" }]
-products = ["monthly_brands"]
-k = 2
-[pseudonymization]
-key_version = "v1"
-secret = { env = "ACME_KEY" }
-[[sinks]]
-type = "api"
-base_url = "https://x.example"
-auth = { type = "bearer", token = { env = "T" } }
-[delivery]
-deadline = "08:00"
-"#;
-        Contract::parse(std::path::Path::new("acme.toml"), text).unwrap()
+        crate::products::contract::acme_buying("monthly_brands")
     }
 
     fn line(tx: &str, customer: &str, code: &str, city: &str, uf: &str, q: i64) -> Line {

@@ -545,6 +545,31 @@ pub fn find(dir: &Path, name: &str) -> Result<Contract, ContractError> {
         })
 }
 
+/// A test partner, Acme (one brand, k = 2, an API sink), buying `product`.
+#[cfg(test)]
+pub(crate) fn acme_buying(product: &str) -> Contract {
+    let text = format!(
+        r#"
+name = "acme"
+display_name = "Acme"
+manufacturer = "Acme"
+brands = [{{ name = "Zap", segment = "Sucos" }}]
+products = ["{product}"]
+k = 2
+[pseudonymization]
+key_version = "v1"
+secret = {{ env = "ACME_KEY" }}
+[[sinks]]
+type = "api"
+base_url = "https://x.example"
+auth = {{ type = "bearer", token = {{ env = "T" }} }}
+[delivery]
+deadline = "08:00"
+"#
+    );
+    Contract::parse(Path::new("acme.toml"), &text).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
