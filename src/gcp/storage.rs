@@ -16,6 +16,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::{ClientError, is_transient, retryable_status};
 
+/// How much of a download is gathered before one write to the local file.
+const WRITE_CHUNK: usize = 1 << 20;
+
 /// The public Cloud Storage JSON API.
 const JSON_API: &str = "https://storage.googleapis.com";
 
@@ -231,7 +234,10 @@ impl Gcs {
         if let Some(dir) = dest.parent() {
             tokio::fs::create_dir_all(dir).await.map_err(io)?;
         }
-        let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+        // Written 1 MiB at a time: each write of a `tokio::fs::File` is a hop to a blocking
+        // thread, and the stream's pieces can be a few KiB.
+        let file = tokio::fs::File::create(dest).await.map_err(io)?;
+        let mut file = tokio::io::BufWriter::with_capacity(WRITE_CHUNK, file);
         while let Some(chunk) = resp.next().await {
             let chunk = chunk.map_err(|e| Self::err("read", bucket, name, &e))?;
             file.write_all(&chunk).await.map_err(io)?;

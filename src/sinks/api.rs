@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::multipart::{Form, Part};
 use reqwest::{RequestBuilder, StatusCode};
+use tokio_util::io::ReaderStream;
 
 use super::{Delivery, Sink, SinkError, receipt};
 use crate::config::secret::{Secret, SecretRef};
@@ -21,6 +22,8 @@ use crate::config::sinks::{ApiAuth, ApiConfig, ApiOptions};
 use crate::events::{Receipt, ReceiptFile};
 
 const SINK: &str = "api";
+/// How much of a file one read takes while it streams into the request's body.
+const READ_CHUNK: usize = 1 << 20;
 
 enum Credentials {
     Basic { user: String, password: Secret },
@@ -253,7 +256,10 @@ impl ApiSink {
                 .await
                 .map_err(|e| read_error(path, &e))?
                 .len();
-            let part = Part::stream_with_length(reqwest::Body::from(file), len)
+            // Read 1 MiB at a time: `Body::from(file)` reads 4 KiB per step, each a hop to a
+            // blocking thread (a 500 MB file: ~120,000 of them).
+            let body = reqwest::Body::wrap_stream(ReaderStream::with_capacity(file, READ_CHUNK));
+            let part = Part::stream_with_length(body, len)
                 .file_name(name.clone())
                 .mime_str(mime)
                 .map_err(|e| config(format!("mime {mime}: {e}")))?;
