@@ -219,6 +219,20 @@ impl Gcs {
         generation: Option<i64>,
         dest: &Path,
     ) -> Result<Option<i64>, GcsError> {
+        self.download_with(bucket, name, generation, dest, |_| {})
+            .await
+    }
+
+    /// [`Gcs::download`] that also hands every piece, in order, to `each` as it arrives (to
+    /// hash the object while it downloads, say).
+    pub async fn download_with(
+        &self,
+        bucket: &str,
+        name: &str,
+        generation: Option<i64>,
+        dest: &Path,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<Option<i64>, GcsError> {
         let io = |e: std::io::Error| GcsError {
             op: "download",
             bucket: bucket.to_string(),
@@ -240,6 +254,7 @@ impl Gcs {
         let mut file = tokio::io::BufWriter::with_capacity(WRITE_CHUNK, file);
         while let Some(chunk) = resp.next().await {
             let chunk = chunk.map_err(|e| Self::err("read", bucket, name, &e))?;
+            each(&chunk);
             file.write_all(&chunk).await.map_err(io)?;
         }
         file.flush().await.map_err(io)?;

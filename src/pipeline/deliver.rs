@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::path::Path;
 
+use sha2::{Digest, Sha256};
+
 use crate::config::Config;
 use crate::events::ProductKind;
 use crate::events::{DeliveryRequest, ErrorKind, FileDigest, Incoming};
@@ -203,8 +205,9 @@ impl Deliver {
             futures::future::try_join_all(files),
             self.download_file(&req.dictionary, dir)
         )?;
-        // Sizes and SHA-256 against the request: `deliver_once` checks them (a mismatch is
-        // transient: a fresh download may fix it).
+        // Every downloaded file was checked against the request's size and SHA-256 as it
+        // arrived (a mismatch is transient: a fresh download may fix it); the data files a sink
+        // only names are not read.
         Ok(Delivery {
             delivery_id: req.delivery_id.clone(),
             partner: req.partner.clone(),
@@ -214,10 +217,12 @@ impl Deliver {
             dictionary: Some(dictionary),
             new_dictionary: None,
             upstream: Vec::new(),
+            checked: true,
         })
     }
 
-    /// Downloads one `gs://` object into `dir` under its last name segment.
+    /// Downloads one `gs://` object into `dir` under its last name segment, hashing it on the
+    /// way: a size or SHA-256 other than the request's is a transient error.
     pub(super) async fn download_file(
         &self,
         f: &FileDigest,
@@ -225,13 +230,25 @@ impl Deliver {
     ) -> Result<LocalFile, HandleError> {
         let local = local_file(f, dir)?;
         let (bucket, name) = gs_parts(&f.uri).unwrap_or_default();
+        let (mut hash, mut bytes) = (Sha256::new(), 0u64);
+        let hashing = |piece: &[u8]| {
+            hash.update(piece);
+            bytes += piece.len() as u64;
+        };
         if self
             .gcs
-            .download(bucket, name, None, &local.path)
+            .download_with(bucket, name, None, &local.path, hashing)
             .await?
             .is_none()
         {
             return Err(HandleError::Transient(format!("{} not found", f.uri)));
+        }
+        let sha256 = hex::encode(hash.finalize());
+        if bytes != f.bytes || sha256 != f.sha256 {
+            return Err(HandleError::Transient(format!(
+                "{}: {bytes} bytes with SHA-256 {sha256}, the request says {} bytes with {}",
+                f.uri, f.bytes, f.sha256
+            )));
         }
         Ok(local)
     }

@@ -101,6 +101,10 @@ pub struct Delivery {
     /// Receipts of the data sinks (filled for the e-mail: where the partner fetches the files).
     #[serde(default)]
     pub upstream: Vec<Receipt>,
+    /// Every local file was checked against its size and SHA-256 as it was written (a download
+    /// that hashed it): [`deliver_once`] does not read them again.
+    #[serde(skip)]
+    pub checked: bool,
 }
 
 impl Delivery {
@@ -125,6 +129,7 @@ impl Delivery {
             dictionary: Some(LocalFile::from_path(&r.dictionary)?),
             new_dictionary: None,
             upstream: Vec::new(),
+            checked: false,
         })
     }
 
@@ -171,6 +176,9 @@ impl Delivery {
     /// Checks that every local file has the declared size and SHA-256 (blocking: hashes files);
     /// without `data`, the data files are left out (a sink that does not send them).
     pub fn verify_local_files(&self, sink: &'static str, data: bool) -> Result<(), SinkError> {
+        if self.checked {
+            return Ok(());
+        }
         let data_files = self.files.iter().filter(|_| data).map(|f| &f.data);
         let others = (self.files.iter().map(|f| &f.manifest))
             .chain(self.dictionary.iter())
@@ -621,6 +629,7 @@ mod tests {
             dictionary: Some(f("acme_daily_dictionary.pt-BR.md")),
             new_dictionary: None,
             upstream: vec![],
+            checked: false,
         }
     }
 

@@ -1107,3 +1107,75 @@ async fn status_tells_a_delivered_a_held_a_failed_part_and_a_missing_day_apart()
     }
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_product_file_that_is_not_what_the_request_says_is_retried_not_delivered() {
+    use datashare::service::{HandleError, Role};
+    let r = TestApp::spawn(spec()).await;
+    let products = r.cfg.gcp.buckets.products.clone();
+    let (data, manifest, dictionary) = (b"a,b\n1,2\n", b"{}", "# dicionário".as_bytes());
+    let mut digests = Vec::new();
+    for (name, bytes) in [
+        ("x.csv", &data[..]),
+        ("x.csv.manifest.json", manifest),
+        ("d.md", dictionary),
+    ] {
+        let object = format!("ouchhungry/daily/{name}");
+        r.gcs
+            .write(&products, &object, bytes.to_vec(), None)
+            .await
+            .unwrap();
+        digests.push(datashare::events::FileDigest {
+            uri: format!("gs://{products}/{object}"),
+            sha256: sha256_hex(bytes),
+            bytes: bytes.len() as u64,
+        });
+    }
+    // The bucket holds other bytes than the request describes (the same size).
+    digests[0].sha256 = sha256_hex(b"a,b\n1,3\n");
+    let req = DeliveryRequest {
+        schema_version: datashare::events::delivery::DELIVERY_REQUEST_VERSION,
+        delivery_id: "d".repeat(64),
+        partner: "ouchhungry".into(),
+        product: "daily".into(),
+        period: "2026-11-27".into(),
+        product_version: digests[0].sha256.clone(),
+        files: vec![datashare::events::DeliveryFile {
+            name: "ouchhungry_daily_2026-11-27.csv".into(),
+            format: "csv".into(),
+            rows: 1,
+            file: digests[0].clone(),
+            manifest: digests[1].clone(),
+        }],
+        dictionary: digests[2].clone(),
+        sinks: vec!["sftp".into()],
+        source_batches: vec![],
+        marker_generation: None,
+    };
+    let m = req.to_message();
+    let msg = Incoming {
+        id: "1".into(),
+        data: m.data,
+        attributes: m.attributes,
+        delivery_attempt: Some(1),
+    };
+    let role = Deliver::start(r.cfg.clone(), "sftp").await.unwrap();
+    match role.handle_message("deliveries-sftp", &msg).await {
+        Err(HandleError::Transient(e)) => assert!(e.contains("SHA-256"), "{e}"),
+        other => panic!("a mismatch is transient (a fresh download may fix it): {other:?}"),
+    }
+    assert!(
+        tree(&r.upload_dir()).is_empty(),
+        "nothing reached the SFTP server: {:?}",
+        tree(&r.upload_dir())
+    );
+    assert!(
+        role.receipts()
+            .get("ouchhungry", "sftp", &req.delivery_id)
+            .await
+            .unwrap()
+            .is_none(),
+        "no receipt"
+    );
+    r.stop().await;
+}

@@ -89,6 +89,7 @@ fn delivery(dir: &Path, partner: &str) -> Delivery {
         dictionary: Some(LocalFile::from_path(&dictionary_path).unwrap()),
         new_dictionary: None,
         upstream: vec![],
+        checked: false,
     }
 }
 
