@@ -230,7 +230,7 @@ async fn upload_and_download_big_file(host: &str, bucket: &str) {
 
 /// A day large enough that its staged files, its curated Parquet and the partner's daily CSV
 /// each pass the resumable threshold goes through every role to the partner's e-mail, the SFTP
-/// copy of the CSV equal to what was built (not timed: `scripts/bench-e2e.sh` measures).
+/// and API copies of the CSV equal to what was built (not timed: `scripts/bench-e2e.sh` measures).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_day_whose_files_pass_16_mib_is_delivered() {
     use crate::harness::{Partners, Spec, TestApp, mails, until, upload_day};
@@ -293,5 +293,17 @@ async fn a_day_whose_files_pass_16_mib_is_delivered() {
         sha256_hex(&at_sftp),
         sha256_hex(&built),
         "SFTP holds the CSV built"
+    );
+    // The API stand-in keeps each accepted POST's files under received/<Idempotency-Key>/.
+    let received = r.api().state.join("received");
+    let at_api = crate::harness::tree(&received)
+        .into_iter()
+        .filter_map(|line| line.split(' ').next().map(|p| received.join(p)))
+        .find(|p| p.file_name().is_some_and(|f| f.to_string_lossy() == name))
+        .expect("the CSV at the API");
+    assert_eq!(
+        sha256_hex(&std::fs::read(at_api).unwrap()),
+        sha256_hex(&built),
+        "the API holds the CSV built"
     );
 }
