@@ -174,7 +174,8 @@ impl Delivery {
     }
 
     /// Checks that every local file has the declared size and SHA-256 (blocking: hashes files);
-    /// without `data`, the data files are left out (a sink that does not send them).
+    /// without `data`, the data files are left out (a sink that does not send them). A delivery
+    /// already `checked` as it was written is not read again.
     pub fn verify_local_files(&self, sink: &'static str, data: bool) -> Result<(), SinkError> {
         if self.checked {
             return Ok(());
@@ -652,6 +653,9 @@ mod tests {
         // A manifest that changed on disk fails either way.
         std::fs::write(&d.files[0].manifest.path, "{ }").unwrap();
         assert!(d.verify_local_files("email", false).is_err());
+        // Files checked as they downloaded are not read again.
+        d.checked = true;
+        assert!(d.verify_local_files("sftp", true).is_ok());
     }
 
     #[test]
