@@ -26,6 +26,7 @@ pub mod write;
 
 use std::path::{Path, PathBuf};
 
+use arrow_array::RecordBatch;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 
 use self::contract::{Contract, ContractError, Format, KeyPeriod};
@@ -36,7 +37,7 @@ use self::manifest::{Manifest, ManifestError};
 use self::monthly::MonthlyError;
 use self::pseudonym::{PseudonymError, Pseudonymizer};
 use self::reconcile::ReconcileError;
-use self::schema::SchemaError;
+use self::schema::{ProductSchema, SchemaError};
 use self::write::WriteError;
 use crate::events::Alert;
 use crate::events::ProductKind;
@@ -392,6 +393,9 @@ struct Target {
 /// Writes the rows in each format the contract buys (Parquet first), a row group at a time,
 /// each chunk passing the privacy gate before it is written; returns what each file holds.
 /// A file the gate refuses is removed and nothing is released.
+///
+/// Each format is written on a thread of its own (the worker has two vCPUs) while this thread
+/// builds and scans the next row group: at most one group waits for each writer.
 fn encode(
     contract: &Contract,
     (kind, label): (ProductKind, &str),
@@ -399,51 +403,45 @@ fn encode(
     targets: &[Target],
 ) -> Result<Vec<write::Written>, BuildError> {
     let schema = schema::of(kind);
-    let mut writers = Vec::new();
-    for t in targets {
-        let tmp = tmp_name(&t.path);
-        writers.push(write::FileWriter::create(
-            &tmp,
-            t.format,
-            schema,
-            &contract.parquet,
-        )?);
-    }
     let discard = || {
         for t in targets {
             let _ = std::fs::remove_file(tmp_name(&t.path));
         }
     };
+    let mut writers = Vec::new();
+    for t in targets {
+        let tmp = tmp_name(&t.path);
+        match write::FileWriter::create(&tmp, t.format, schema, &contract.parquet) {
+            Ok(w) => writers.push(w),
+            Err(e) => {
+                discard();
+                return Err(e.into());
+            }
+        }
+    }
     let mut scanner = gate::Scanner::new(schema);
-    let n = rows.len();
-    let mut start = 0;
-    loop {
-        let end = (start + write::ROW_GROUP_ROWS).min(n);
-        let batch = rows.batch(schema, start..end)?;
-        {
-            let _gate = tracing::info_span!("privacy_gate", file = %targets[0].name).entered();
-            let _timer = crate::telemetry::metrics::Stage::PrivacyGate.timer();
-            scanner.scan(&batch);
+    let (fed, writers) = std::thread::scope(|s| {
+        let (senders, handles): (Vec<_>, Vec<_>) =
+            writers.into_iter().map(|w| spawn_writer(s, w)).unzip();
+        let fed = feed(rows, schema, &mut scanner, &targets[0].name, &senders);
+        drop(senders);
+        let writers: Vec<_> = (handles.into_iter())
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect();
+        (fed, writers)
+    });
+    let mut failed = fed.err();
+    let mut done = Vec::new();
+    for (w, outcome) in writers {
+        match outcome {
+            Ok(()) => done.push(w),
+            Err(e) => failed = failed.or(Some(e.into())),
         }
-        // After a finding the rest is still scanned (the alert lists the file's first
-        // findings) but no longer written.
-        // The formats are written side by side, one thread each (the worker has two vCPUs).
-        if !scanner.found() {
-            std::thread::scope(|s| {
-                let batch = &batch;
-                let handles: Vec<_> = writers
-                    .iter_mut()
-                    .map(|w| s.spawn(move || w.write(batch)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            })?;
-        }
-        start = end;
-        if start >= n {
-            break;
-        }
+    }
+    if let Some(e) = failed {
+        drop(done);
+        discard();
+        return Err(e);
     }
     let target = GateTarget {
         partner: &contract.name,
@@ -452,18 +450,74 @@ fn encode(
         file: &targets[0].name,
     };
     if let Err(e) = gate::refuse(scanner.findings(), target) {
-        drop(writers);
+        drop(done);
         discard();
         return Err(e.into());
     }
     let mut written = Vec::new();
-    for w in writers {
+    for w in done {
         written.push(w.finish()?);
     }
     for t in targets {
         std::fs::rename(tmp_name(&t.path), &t.path).map_err(io(&t.path))?;
     }
     Ok(written)
+}
+
+/// A writer's thread: writes each row group it receives until the channel closes or a write
+/// fails; hands the writer back with the outcome.
+type WriterThread<'s> =
+    std::thread::ScopedJoinHandle<'s, (write::FileWriter, Result<(), write::WriteError>)>;
+
+/// Starts a writer's thread; returns the sender of its row groups (one may wait) and the thread.
+fn spawn_writer<'s>(
+    s: &'s std::thread::Scope<'s, '_>,
+    mut w: write::FileWriter,
+) -> (std::sync::mpsc::SyncSender<RecordBatch>, WriterThread<'s>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(1);
+    let thread = s.spawn(move || {
+        for batch in rx {
+            if let Err(e) = w.write(&batch) {
+                return (w, Err(e));
+            }
+        }
+        (w, Ok(()))
+    });
+    (tx, thread)
+}
+
+/// Builds the rows' row groups in order, scans each (privacy gate) and sends it to every writer
+/// until a finding: the rest is still scanned (the alert lists the file's first findings) but
+/// no longer written. A writer that stopped (its error comes from its thread) stops the feed.
+fn feed(
+    rows: &Rows,
+    schema: &'static ProductSchema,
+    scanner: &mut gate::Scanner,
+    file: &str,
+    writers: &[std::sync::mpsc::SyncSender<RecordBatch>],
+) -> Result<(), BuildError> {
+    let n = rows.len();
+    let mut start = 0;
+    loop {
+        let end = (start + write::ROW_GROUP_ROWS).min(n);
+        let batch = rows.batch(schema, start..end)?;
+        {
+            let _gate = tracing::info_span!("privacy_gate", file = %file).entered();
+            let _timer = crate::telemetry::metrics::Stage::PrivacyGate.timer();
+            scanner.scan(&batch);
+        }
+        if !scanner.found() {
+            for w in writers {
+                if w.send(batch.clone()).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        start = end;
+        if start >= n {
+            return Ok(());
+        }
+    }
 }
 
 /// Encodes and writes a built product: its files, their manifests and the data dictionary.
