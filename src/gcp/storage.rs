@@ -81,6 +81,17 @@ impl JsonObject {
     }
 }
 
+/// The answer to a `rewriteTo` call.
+#[derive(Deserialize)]
+struct JsonRewrite {
+    #[serde(default)]
+    done: bool,
+    #[serde(default, rename = "rewriteToken")]
+    rewrite_token: Option<String>,
+    #[serde(default)]
+    resource: Option<JsonObject>,
+}
+
 #[derive(Deserialize)]
 struct JsonList {
     #[serde(default)]
@@ -340,6 +351,18 @@ impl Gcs {
         name: &str,
         url: &str,
     ) -> Result<Option<Vec<u8>>, GcsError> {
+        self.json_send(op, bucket, name, self.http.get(url)).await
+    }
+
+    /// Sends a JSON API request (with the credentials' headers); the body of a 2xx answer,
+    /// `None` for a 404.
+    async fn json_send(
+        &self,
+        op: &'static str,
+        bucket: &str,
+        name: &str,
+        mut req: reqwest::RequestBuilder,
+    ) -> Result<Option<Vec<u8>>, GcsError> {
         let fail = |status: Option<u16>, transient: bool, message: String| GcsError {
             op,
             bucket: bucket.to_string(),
@@ -348,7 +371,6 @@ impl Gcs {
             transient,
             message,
         };
-        let mut req = self.http.get(url);
         if let Some(c) = &self.credentials {
             let headers = c
                 .headers(http::Extensions::new())
@@ -401,6 +423,59 @@ impl Gcs {
             message: format!("unreadable object resource: {e}"),
         })?;
         Ok(o.meta())
+    }
+
+    /// Copies the live version of an object to `dest` inside the service (the JSON API's
+    /// `rewriteTo`: no byte passes through this process); returns the copy's generation, or
+    /// `None` when the source does not exist. A large copy between locations may take several
+    /// calls: each answer's token continues it.
+    pub async fn copy(
+        &self,
+        (bucket, name): (&str, &str),
+        (dest_bucket, dest): (&str, &str),
+    ) -> Result<Option<i64>, GcsError> {
+        let url = format!(
+            "{}/storage/v1/b/{}/o/{}/rewriteTo/b/{}/o/{}",
+            self.json_base,
+            encode(bucket),
+            encode(name),
+            encode(dest_bucket),
+            encode(dest)
+        );
+        let unreadable = |message: String| GcsError {
+            op: "copy",
+            bucket: bucket.to_string(),
+            name: name.to_string(),
+            status: None,
+            transient: true,
+            message,
+        };
+        let mut token: Option<String> = None;
+        loop {
+            let mut req = self
+                .http
+                .post(&url)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body("{}");
+            if let Some(t) = &token {
+                req = req.query(&[("rewriteToken", t)]);
+            }
+            let Some(body) = self.json_send("copy", bucket, name, req).await? else {
+                return Ok(None);
+            };
+            let r: JsonRewrite = serde_json::from_slice(&body)
+                .map_err(|e| unreadable(format!("unreadable rewrite answer: {e}")))?;
+            if r.done {
+                let meta = r.resource.and_then(JsonObject::meta);
+                let meta =
+                    meta.ok_or_else(|| unreadable("rewrite done without its object".into()))?;
+                return Ok(Some(meta.generation));
+            }
+            match r.rewrite_token.filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t),
+                None => return Err(unreadable("rewrite not done and no token".into())),
+            }
+        }
     }
 
     /// Every live object whose name starts with `prefix`, in name order.

@@ -987,7 +987,8 @@ impl Worker {
     }
 
     /// Overwrites the period's Parquet under `tables/` (the BigQuery products tables read the
-    /// latest version of each period there).
+    /// latest version of each period there): a copy of the delivered file made by the bucket,
+    /// or an upload of the local file when the delivered one is gone.
     async fn put_table_copy(&self, rel: &Released) -> Result<(), HandleError> {
         let products = &self.config.gcp.buckets.products;
         for f in &rel.files {
@@ -1001,7 +1002,14 @@ impl Worker {
                 .unwrap_or_default();
             let name =
                 names::product_table_file(&rel.partner, rel.product.as_str(), &rel.period, &file);
-            self.gcs.upload(products, &name, &f.path).await?;
+            let delivered =
+                names::product_file(&rel.partner, rel.product.as_str(), &rel.delivery_id, &file);
+            let copied = (self.gcs)
+                .copy((products, &delivered), (products, &name))
+                .await?;
+            if copied.is_none() {
+                self.gcs.upload(products, &name, &f.path).await?;
+            }
         }
         Ok(())
     }

@@ -101,6 +101,39 @@ async fn objects_of_64_mib_go_up_and_down_through_the_official_client() {
     let back = std::fs::read(&dest).unwrap();
     assert_eq!(back.len(), SIZE + 12_345);
     assert_eq!(sha256_hex(&back), want, "downloaded what was uploaded");
+
+    // Copied inside the service (`copy`, the tables' copy of a product), to another bucket.
+    let other = stack.env["DATASHARE_BUCKET_PRODUCTS"].clone();
+    let copied = tokio::time::timeout(
+        limit,
+        gcs.copy((&bucket, "large/from-file.bin"), (&other, "large/copy.bin")),
+    )
+    .await
+    .expect("a 64 MiB copy finishes")
+    .unwrap()
+    .expect("the source exists");
+    let meta = gcs.stat(&other, "large/copy.bin").await.unwrap().unwrap();
+    assert_eq!(
+        (meta.size, meta.generation),
+        ((SIZE + 12_345) as u64, copied)
+    );
+    let (back, _) = gcs
+        .read(&other, "large/copy.bin", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sha256_hex(&back), want, "the copy holds the source's bytes");
+    let missing = gcs
+        .copy((&bucket, "large/no-such.bin"), (&other, "large/copy-2.bin"))
+        .await
+        .unwrap();
+    assert_eq!(missing, None, "a missing source is not an error");
+    assert!(
+        gcs.stat(&other, "large/copy-2.bin")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// 200 MiB: far more than an upload or a download may hold in memory.
