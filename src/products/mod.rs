@@ -395,7 +395,7 @@ struct Target {
 /// A file the gate refuses is removed and nothing is released.
 ///
 /// Each format is written on a thread of its own (the worker has two vCPUs) while this thread
-/// builds and scans the next row group: at most one group waits for each writer.
+/// builds and scans the next row group, which waits until every writer has taken the last.
 fn encode(
     contract: &Contract,
     (kind, label): (ProductKind, &str),
@@ -469,12 +469,13 @@ fn encode(
 type WriterThread<'s> =
     std::thread::ScopedJoinHandle<'s, (write::FileWriter, Result<(), write::WriteError>)>;
 
-/// Starts a writer's thread; returns the sender of its row groups (one may wait) and the thread.
+/// Starts a writer's thread; returns the sender of its row groups (a rendezvous: a group is
+/// handed over once the writer is done with the previous one) and the thread.
 fn spawn_writer<'s>(
     s: &'s std::thread::Scope<'s, '_>,
     mut w: write::FileWriter,
 ) -> (std::sync::mpsc::SyncSender<RecordBatch>, WriterThread<'s>) {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(0);
     let thread = s.spawn(move || {
         for batch in rx {
             if let Err(e) = w.write(&batch) {
