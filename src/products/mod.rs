@@ -454,10 +454,13 @@ fn encode(
         discard();
         return Err(e.into());
     }
-    let mut written = Vec::new();
-    for w in done {
-        written.push(w.finish()?);
-    }
+    let written = match done.into_iter().map(|w| w.finish()).collect() {
+        Ok(written) => written,
+        Err(e) => {
+            discard();
+            return Err(BuildError::from(e));
+        }
+    };
     for t in targets {
         std::fs::rename(tmp_name(&t.path), &t.path).map_err(io(&t.path))?;
     }
